@@ -1,0 +1,1 @@
+//! Canister execution on wasmtime (placeholder: being written).
