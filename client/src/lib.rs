@@ -1,0 +1,1 @@
+//! ic-ws-client (being written).

@@ -1,0 +1,1 @@
+//! ic-ws-e2e (being written).

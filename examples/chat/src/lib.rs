@@ -1,0 +1,1 @@
+//! ic-ws-example-chat (being written).

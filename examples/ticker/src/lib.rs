@@ -1,0 +1,1 @@
+//! ic-ws-example-ticker (being written).

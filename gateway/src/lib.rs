@@ -1,0 +1,1 @@
+//! ic-ws-gateway (being written).

@@ -1,0 +1,1 @@
+//! ic-ws-canister (being written).

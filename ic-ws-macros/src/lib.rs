@@ -1,0 +1,1 @@
+//! ic-ws-macros (being written).

@@ -1,0 +1,1 @@
+//! ic-ws-protocol (being written).

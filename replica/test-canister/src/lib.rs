@@ -1,0 +1,1 @@
+//! ic-ws-replica-test-canister (being written).
