@@ -4,3 +4,4 @@
 //! the facade, certification and HTTP interface are layered on top of it.
 
 pub mod engine;
+pub mod wasm_build;
