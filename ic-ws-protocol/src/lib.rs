@@ -15,6 +15,8 @@
 pub mod certification;
 pub mod frames;
 pub mod signing;
+#[cfg(feature = "test-utils")]
+pub mod test_utils;
 pub mod types;
 #[cfg(feature = "verify")]
 pub mod verify;

@@ -302,9 +302,8 @@ impl DeliveryVerifier {
         if tree.digest().as_slice() != cert.certified_data.as_slice() {
             return Err(VerifyError::TreeRootMismatch);
         }
-        let mut expected = next_seq;
         let mut out = Vec::with_capacity(messages.len());
-        for m in messages {
+        for (expected, m) in (next_seq..).zip(messages) {
             if m.client_id != self.client_id {
                 return Err(VerifyError::WrongClient {
                     expected: self.client_id,
@@ -332,7 +331,6 @@ impl DeliveryVerifier {
                 seq: m.seq,
                 content,
             });
-            expected += 1;
         }
         Ok(out)
     }
