@@ -1,0 +1,4 @@
+export * from "./bytes.js";
+export * from "./signing.js";
+export * from "./types.js";
+export * from "./verify.js";
