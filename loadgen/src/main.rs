@@ -1,0 +1,2 @@
+//! ic-ws-loadgen (being written).
+fn main() {}
