@@ -1,0 +1,175 @@
+//! Client settings and their defaults.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use candid::Principal;
+use ic_ws_protocol::verify::{DEFAULT_MAX_CERTIFICATE_AGE_NS, MAINNET_ROOT_KEY_DER};
+
+/// A source of "now" in nanoseconds since the Unix epoch (for certificate age and open
+/// timestamps). Replaceable so tests can move a client's clock.
+pub type ClockFn = Arc<dyn Fn() -> u64 + Send + Sync>;
+
+/// The system clock as a [`ClockFn`].
+pub fn system_clock() -> ClockFn {
+    Arc::new(|| {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0)
+    })
+}
+
+/// Exponential backoff between reconnection attempts.
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    /// Delay before the first retry.
+    pub initial: Duration,
+    /// Upper bound of the delay.
+    pub max: Duration,
+    /// Factor applied after each failed attempt.
+    pub multiplier: f64,
+    /// Give up after this many consecutive failed attempts (`None`: never give up).
+    pub max_attempts: Option<u32>,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff {
+            initial: Duration::from_millis(100),
+            max: Duration::from_secs(10),
+            multiplier: 2.0,
+            max_attempts: None,
+        }
+    }
+}
+
+impl Backoff {
+    /// The delay before retry number `attempt` (1-based), with up to 25% random jitter so that
+    /// many clients of a restarted gateway do not reconnect in lockstep.
+    pub fn delay(&self, attempt: u32) -> Duration {
+        let exp = self.multiplier.max(1.0).powi(attempt.saturating_sub(1).min(64) as i32);
+        let base = self.initial.as_secs_f64() * exp;
+        let capped = base.min(self.max.as_secs_f64());
+        let jitter = 1.0 + rand::random::<f64>() * 0.25;
+        Duration::from_secs_f64((capped * jitter).min(self.max.as_secs_f64()))
+    }
+}
+
+/// What to do when the canister can no longer resume the session (messages were lost).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnResumeUnavailable {
+    /// Report [`crate::Event::ResumeUnavailable`] and open a new session (new key, new
+    /// client id); the app resynchronises its state.
+    NewSession,
+    /// Report it and stop.
+    Stop,
+}
+
+/// Settings of a [`crate::Client`].
+#[derive(Clone)]
+pub struct ClientConfig {
+    /// Gateway WebSocket URLs (`ws://` or, with feature `tls`, `wss://`). The client starts
+    /// with the first and moves to the next one after each failed connection.
+    pub gateway_urls: Vec<String>,
+    /// The canister to talk to.
+    pub canister_id: Principal,
+    /// The IC root key (DER). Default: the mainnet key.
+    pub root_key_der: Vec<u8>,
+    /// Maximum accepted age of a certificate.
+    pub max_certificate_age: Duration,
+    /// Application open arguments (candid) handed to the canister's `on_open`.
+    pub open_args: Vec<u8>,
+    /// Time allowed for TCP + WebSocket handshake.
+    pub connect_timeout: Duration,
+    /// Time allowed from connecting until the certified `Opened` arrives.
+    pub open_timeout: Duration,
+    /// A signed `KeepAlive` is sent when nothing was sent for this long.
+    pub keepalive_interval: Duration,
+    /// A signed `KeepAlive` is sent as soon as more than this many received messages are
+    /// unacknowledged.
+    pub ack_threshold: u64,
+    /// Reconnection policy.
+    pub backoff: Backoff,
+    /// Policy when a resume is impossible.
+    pub on_resume_unavailable: OnResumeUnavailable,
+    /// Own messages kept for re-sending until the canister certifies it received them.
+    pub resend_buffer: usize,
+    /// Events buffered for the application before the client stops reading the socket.
+    pub event_buffer: usize,
+    /// Largest WebSocket message accepted from the gateway.
+    pub max_frame_bytes: usize,
+    /// The clock (default: the system clock).
+    pub clock: ClockFn,
+}
+
+impl std::fmt::Debug for ClientConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientConfig")
+            .field("gateway_urls", &self.gateway_urls)
+            .field("canister_id", &self.canister_id.to_text())
+            .field("max_certificate_age", &self.max_certificate_age)
+            .field("keepalive_interval", &self.keepalive_interval)
+            .field("backoff", &self.backoff)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ClientConfig {
+    /// Defaults for one gateway URL and a canister on mainnet.
+    pub fn new(gateway_url: impl Into<String>, canister_id: Principal) -> Self {
+        ClientConfig {
+            gateway_urls: vec![gateway_url.into()],
+            canister_id,
+            root_key_der: MAINNET_ROOT_KEY_DER.to_vec(),
+            max_certificate_age: Duration::from_nanos(DEFAULT_MAX_CERTIFICATE_AGE_NS),
+            open_args: candid::encode_args(()).unwrap_or_default(),
+            connect_timeout: Duration::from_secs(10),
+            open_timeout: Duration::from_secs(30),
+            keepalive_interval: Duration::from_secs(30),
+            ack_threshold: 64,
+            backoff: Backoff::default(),
+            on_resume_unavailable: OnResumeUnavailable::NewSession,
+            resend_buffer: 1024,
+            event_buffer: 1024,
+            max_frame_bytes: 16 * 1024 * 1024,
+            clock: system_clock(),
+        }
+    }
+
+    /// Uses another IC root key (DER), e.g. a local replica's.
+    pub fn with_root_key(mut self, root_key_der: impl Into<Vec<u8>>) -> Self {
+        self.root_key_der = root_key_der.into();
+        self
+    }
+
+    /// Adds a fallback gateway URL.
+    pub fn with_fallback_gateway(mut self, url: impl Into<String>) -> Self {
+        self.gateway_urls.push(url.into());
+        self
+    }
+
+    /// Sets the candid open arguments.
+    pub fn with_open_args(mut self, args: Vec<u8>) -> Self {
+        self.open_args = args;
+        self
+    }
+
+    pub(crate) fn validate(&self) -> Result<(), crate::ClientError> {
+        use crate::ClientError::Config;
+        if self.gateway_urls.is_empty() {
+            return Err(Config("no gateway URL".into()));
+        }
+        for url in &self.gateway_urls {
+            if !(url.starts_with("ws://") || url.starts_with("wss://")) {
+                return Err(Config(format!("gateway URL {url:?} is not ws:// or wss://")));
+            }
+        }
+        ic_ws_protocol::verify::bls_key_from_der(&self.root_key_der)
+            .map_err(|e| Config(e.to_string()))?;
+        if self.event_buffer == 0 || self.resend_buffer == 0 {
+            return Err(Config("event_buffer and resend_buffer must be > 0".into()));
+        }
+        Ok(())
+    }
+}
