@@ -1,41 +1,450 @@
-//! ic-ws runtime (stub API for the macros; bodies being written).
-#![allow(missing_docs)]
+//! The ic-ws runtime inside a canister: WebSocket-style sessions for Internet Computer
+//! canisters, relayed by an untrusted gateway.
+//!
+//! This crate owns everything that happens in the canister (the wire protocol is in
+//! `ic-ws-protocol`, normative text in `docs/protocol.md`):
+//!
+//! - sessions bound to the client's Ed25519 session key and to the gateway they opened
+//!   through; signature, sequence, replay and gateway checks on every inbound message;
+//! - per-session outbound queues with sequence numbers, certified in a hash tree whose root
+//!   goes into `certified_data` (composable with the app's own, see [`certification`]);
+//! - acknowledged retention and resume through any gateway; idle expiry; limits with an
+//!   explicit overflow policy ([`WsConfig`]);
+//! - everything in stable memory ([`memory`]), so upgrades lose nothing.
+//!
+//! # Writing an app
+//!
+//! Annotate handlers with the attributes of `ic-ws-macros` (re-exported here); they generate
+//! the `ws_open`, `ws_message`, `ws_close` and `ws_poll` endpoints:
+//!
+//! ```ignore
+//! use ic_ws_canister::{on_message, send, ClientId};
+//!
+//! #[on_message]
+//! fn on_message(client: ClientId, msg: ChatMessage) {
+//!     // Echo: queued in stable memory, certified, delivered by the gateway's next poll.
+//!     send(client, &Reply { text: msg.text }).ok();
+//! }
+//! ```
+//!
+//! From any update method (handlers, the app's own endpoints, timers) the app calls
+//! [`send`], [`publish`], [`subscribe`], [`unsubscribe`], [`close`], and inspects sessions
+//! with [`client_info`] and [`clients`].
+//!
+//! # Handlers and re-entrancy
+//!
+//! Handlers may call every function of this crate. `on_close` is called exactly once per
+//! session, never from inside another runtime call: closes that happen during a ws endpoint
+//! (client close, expiry, overflow, `close` from a handler) are reported when that endpoint's
+//! work is done; a `close` from the app's own code outside ws endpoints reports at once.
+//!
+//! # Upgrades
+//!
+//! All state is in stable memory. The certification tree lives in the heap and is rebuilt
+//! on first use after an upgrade; call [`post_upgrade`] from the app's `#[post_upgrade]`
+//! so that this happens during the upgrade itself (then `certified_data` is correct before
+//! the first poll; otherwise the first poll after an upgrade rebuilds it at its own cost,
+//! and certificates are only valid again after the next update call).
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+#![warn(missing_docs)]
 
+pub mod certification;
+pub mod config;
+mod env;
+pub mod memory;
+mod runtime;
+mod store;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod testing;
+#[cfg(test)]
+mod tests;
+
+use candid::{CandidType, Principal};
+use serde::Deserialize;
+use std::cell::Cell;
+
+pub use config::{OverflowPolicy, WsConfig};
 pub use ic_ws_protocol::{
     ClientId, CloseBatch, CloseReason, CloseResult, MessageBatch, MessageResult, OpenBatch,
     OpenResult, PollRequest, PollResult, WsError,
 };
 
+/// Errors of the app-facing API ([`send`], [`publish`], [`subscribe`], ...).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, CandidType, Deserialize)]
+pub enum Error {
+    /// No session with this id (never opened, or deleted after its close).
+    #[error("unknown client {0}")]
+    UnknownClient(ClientId),
+    /// The session is closed.
+    #[error("client {0} is closed")]
+    Closed(ClientId),
+    /// The payload exceeds `max_outbound_payload_bytes`.
+    #[error("payload of {size} bytes exceeds the limit of {limit}")]
+    TooLarge {
+        /// Payload size.
+        size: u64,
+        /// The limit.
+        limit: u64,
+    },
+    /// The session's queue is full and the overflow policy is `Reject`: nothing was queued.
+    #[error("queue of client {0} is full")]
+    QueueFull(ClientId),
+    /// The session's queue was full and the overflow policy is `Close`: the session is now
+    /// closed with `QueueOverflow`.
+    #[error("queue of client {0} overflowed: session closed")]
+    QueueOverflowClosed(ClientId),
+    /// A configured limit (e.g. subscribers per topic).
+    #[error("limit reached: {0}")]
+    LimitReached(String),
+    /// The value could not be candid-encoded.
+    #[error("encoding failed: {0}")]
+    Encode(String),
+    /// A bad argument (topic name, configuration, ...).
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+}
+
+/// Former name of [`Error`] for `send`.
+pub type SendError = Error;
+
+/// A session as the app sees it.
+#[derive(Debug, Clone, PartialEq, Eq, CandidType, Deserialize)]
+pub struct ClientInfo {
+    /// Its id.
+    pub id: ClientId,
+    /// The session's Ed25519 public key.
+    pub key: Vec<u8>,
+    /// The gateway it is (or was last) attached to.
+    pub gateway: Principal,
+    /// Whether a gateway currently holds its connection.
+    pub attached: bool,
+    /// False once closed (a closed session is kept until its retention ends).
+    pub open: bool,
+    /// When it was opened (canister time, ns).
+    pub opened_at_ns: u64,
+    /// Last accepted signed open or message (ns).
+    pub last_activity_ns: u64,
+    /// The next inbound sequence number expected.
+    pub next_inbound_seq: u64,
+    /// The next outbound sequence number to be assigned.
+    pub next_outbound_seq: u64,
+    /// The oldest outbound sequence number still retained.
+    pub first_retained_seq: u64,
+    /// Retained (unacknowledged) messages.
+    pub queued_messages: u64,
+    /// Retained app payload bytes.
+    pub queued_bytes: u64,
+}
+
+/// What [`publish`] did for each subscriber.
+#[derive(Debug, Clone, Default, PartialEq, Eq, CandidType, Deserialize)]
+pub struct PublishReport {
+    /// Subscribers that got the message, with its sequence number in their stream.
+    pub delivered: Vec<(ClientId, u64)>,
+    /// Subscribers whose queue was full (policy `Reject`): they did not get it.
+    pub skipped: Vec<ClientId>,
+    /// Subscribers whose queue overflowed (policy `Close`): now closed.
+    pub closed: Vec<ClientId>,
+}
+
+fn encode_payload<T: CandidType>(msg: &T) -> Result<Vec<u8>, Error> {
+    ic_ws_protocol::encode(msg).map_err(|e| Error::Encode(e.to_string()))
+}
+
+/// Sends `msg` (candid-encoded) to one client; returns its sequence number in the client's
+/// stream. The message is retained in stable memory and certified until the client
+/// acknowledges it.
+///
+/// ```
+/// # use ic_ws_canister::testing;
+/// # let (client, _) = testing::open_test_client(1);
+/// let seq = ic_ws_canister::send(client, &"hello".to_string())?;
+/// assert_eq!(seq, 1); // 0 was the session's certified `Opened` message
+/// # Ok::<(), ic_ws_canister::Error>(())
+/// ```
+pub fn send<T: CandidType>(client: ClientId, msg: &T) -> Result<u64, Error> {
+    let payload = encode_payload(msg)?;
+    send_bytes(client, payload)
+}
+
+/// [`send`] for an already candid-encoded payload.
+pub fn send_bytes(client: ClientId, payload: Vec<u8>) -> Result<u64, Error> {
+    let now = env::time_ns();
+    let r = runtime::with_state(|s| {
+        let r = s.send_payload(client, payload, now);
+        s.certify();
+        r
+    });
+    report_closes();
+    r
+}
+
+/// Publishes `msg` to every subscriber of `topic`. The content is stored once; each
+/// subscriber gets it under its own sequence number (and certified path).
+pub fn publish<T: CandidType>(topic: &str, msg: &T) -> Result<PublishReport, Error> {
+    let payload = encode_payload(msg)?;
+    let now = env::time_ns();
+    let r = runtime::with_state(|s| {
+        let r = s.publish_payload(topic, payload, now);
+        s.certify();
+        r
+    });
+    report_closes();
+    r
+}
+
+/// Subscribes an open session to `topic` (idempotent). Subscriptions end with the session.
+pub fn subscribe(client: ClientId, topic: &str) -> Result<(), Error> {
+    runtime::with_state(|s| s.subscribe(client, topic))
+}
+
+/// Unsubscribes; returns whether the client was subscribed.
+pub fn unsubscribe(client: ClientId, topic: &str) -> bool {
+    runtime::with_state(|s| s.unsubscribe(client, topic))
+}
+
+/// The topics a client is subscribed to.
+pub fn subscriptions(client: ClientId) -> Vec<String> {
+    runtime::with_state(|s| s.subscriptions(client))
+}
+
+/// The subscribers of a topic.
+pub fn subscribers(topic: &str) -> Vec<ClientId> {
+    runtime::with_state(|s| s.subscribers(topic))
+}
+
+/// Closes a session with `AppClosed { code, reason }`: a certified `Closed` message is its
+/// last, and `on_close` runs once. Returns false if it was unknown or already closed.
+pub fn close(client: ClientId, code: u16, reason: &str) -> bool {
+    let now = env::time_ns();
+    let closed = runtime::with_state(|s| {
+        let c = s.close_session(
+            client,
+            CloseReason::AppClosed {
+                code,
+                reason: reason.to_string(),
+            },
+            now,
+        );
+        s.certify();
+        c
+    });
+    report_closes();
+    closed
+}
+
+/// A session's state, or `None` if unknown.
+pub fn client_info(client: ClientId) -> Option<ClientInfo> {
+    runtime::with_state(|s| s.clients.get(&client).map(|r| s.info(client, &r)))
+}
+
+/// Up to `limit` sessions with ids after `after` (all from the start with `None`), in id
+/// order: page through them with the last id seen.
+pub fn clients(after: Option<ClientId>, limit: usize) -> Vec<ClientInfo> {
+    runtime::with_state(|s| {
+        let start = after.map_or(0, |a| a.saturating_add(1));
+        if after == Some(u64::MAX) {
+            return Vec::new();
+        }
+        s.clients
+            .range(start..)
+            .take(limit)
+            .map(|e| s.info(*e.key(), &e.value()))
+            .collect()
+    })
+}
+
+/// Number of sessions (open, and closed ones not yet deleted).
+pub fn client_count() -> u64 {
+    runtime::with_state(|s| s.clients.len())
+}
+
+/// Sets limits and policies (validated; persisted in stable memory).
+pub fn configure(config: WsConfig) -> Result<(), Error> {
+    runtime::with_state(|s| s.set_config(config))
+}
+
+/// The current configuration.
+pub fn config() -> WsConfig {
+    runtime::with_state(|s| s.config.clone())
+}
+
+/// Expires idle sessions and deletes closed ones past their retention now (bounded by
+/// `max_housekeeping_per_call`). The ws endpoints do this on every update call; an app whose
+/// gateways may all go silent can call it from a timer.
+pub fn housekeeping() {
+    let now = env::time_ns();
+    runtime::with_state(|s| {
+        s.housekeeping(now);
+        s.certify();
+    });
+    report_closes();
+}
+
+/// Rebuilds the certification tree from stable memory and sets `certified_data`. Call it from
+/// the app's `#[post_upgrade]` (after [`memory::set_base_memory_id`] if used).
+pub fn post_upgrade() {
+    runtime::load_now();
+}
+
+// ------------------------------------------------------------------- on_close delivery
+
+thread_local! {
+    static HANDLERS: Cell<Option<__private::Handlers>> = const { Cell::new(None) };
+    /// Depth of ws endpoint calls in progress (closes are reported when it returns to 0).
+    static IN_ENDPOINT: Cell<u32> = const { Cell::new(0) };
+    static REPORTING: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Calls `on_close` for every session closed since the last report, unless a ws endpoint is
+/// in progress (it reports at its end) or a report is already running (it picks these up).
+fn report_closes() {
+    if IN_ENDPOINT.with(Cell::get) > 0 || REPORTING.with(Cell::get) {
+        return;
+    }
+    let Some(h) = HANDLERS.with(Cell::get) else {
+        // No ws endpoint has run in this canister instance yet (e.g. a timer right after an
+        // upgrade): the closes stay pending in stable memory until the next endpoint call.
+        return;
+    };
+    REPORTING.with(|r| r.set(true));
+    while let Some((id, reason)) = runtime::with_state(|s| s.pop_pending_close()) {
+        (h.on_close)(id, reason);
+    }
+    REPORTING.with(|r| r.set(false));
+}
+
+struct EndpointGuard;
+
+impl EndpointGuard {
+    fn enter(h: &__private::Handlers) -> Self {
+        HANDLERS.with(|c| c.set(Some(*h)));
+        IN_ENDPOINT.with(|d| d.set(d.get() + 1));
+        EndpointGuard
+    }
+}
+
+impl Drop for EndpointGuard {
+    fn drop(&mut self) {
+        IN_ENDPOINT.with(|d| d.set(d.get().saturating_sub(1)));
+        runtime::with_state(|s| s.certify());
+        report_closes();
+    }
+}
+
+/// What the code generated by `ic-ws-macros` calls. Not a stable API for apps.
 #[doc(hidden)]
 pub mod __private {
     pub use ::candid;
     pub use ::ic_cdk;
+
     use super::*;
-    use candid::CandidType;
+    use crate::runtime::{with_state, Accepted};
     use serde::de::DeserializeOwned;
 
+    /// The app's handlers (defaults where the app defines none).
     #[derive(Clone, Copy)]
     pub struct Handlers {
+        /// Called once when a session is created, with the open's `args` (candid).
+        /// `Err(reason)` rejects the open (`WsError::Rejected`).
         pub on_open: fn(ClientId, &[u8]) -> Result<(), String>,
+        /// Called for every accepted app message (payload candid, decoded by the shim with
+        /// [`decode_payload`]). Its error is the entry's result.
         pub on_message: fn(ClientId, &[u8]) -> Result<(), WsError>,
+        /// Called exactly once when a session ends.
         pub on_close: fn(ClientId, CloseReason),
     }
-    pub fn ws_open(_h: &Handlers, batch: OpenBatch) -> Vec<OpenResult> {
-        batch.opens.iter().map(|_| Err(WsError::InvalidArgument("stub".into()))).collect()
+
+    /// `ws_open` (update).
+    pub fn ws_open(h: &Handlers, batch: OpenBatch) -> Vec<OpenResult> {
+        let _guard = EndpointGuard::enter(h);
+        let caller = env::caller();
+        let canister = env::canister_id();
+        let now = env::time_ns();
+        with_state(|s| s.housekeeping(now));
+        let mut results = Vec::with_capacity(batch.opens.len());
+        for open in batch.opens {
+            if open.resume.is_some() {
+                results.push(with_state(|s| s.open_resume(caller, &canister, &open, now)));
+                continue;
+            }
+            match with_state(|s| s.open_new(caller, &canister, &open, now)) {
+                Err(e) => results.push(Err(e)),
+                Ok(new) => match (h.on_open)(new.ok.client_id, &open.args) {
+                    Ok(()) => results.push(Ok(new.ok)),
+                    Err(reason) => {
+                        with_state(|s| s.abort_new_session(&new));
+                        results.push(Err(WsError::Rejected(reason)));
+                    }
+                },
+            }
+        }
+        results
     }
-    pub fn ws_message(_h: &Handlers, batch: MessageBatch) -> Vec<MessageResult> {
-        batch.messages.iter().map(|_| MessageResult::Err(WsError::InvalidArgument("stub".into()))).collect()
+
+    /// `ws_message` (update).
+    pub fn ws_message(h: &Handlers, batch: MessageBatch) -> Vec<MessageResult> {
+        let _guard = EndpointGuard::enter(h);
+        let caller = env::caller();
+        let canister = env::canister_id();
+        let now = env::time_ns();
+        with_state(|s| s.housekeeping(now));
+        let mut results = Vec::with_capacity(batch.messages.len());
+        for msg in batch.messages {
+            let id = msg.client_id;
+            let r = match with_state(|s| s.accept_message(caller, &canister, msg, now)) {
+                Err(e) => MessageResult::Err(e),
+                Ok(None) => MessageResult::Duplicate,
+                Ok(Some(Accepted::App(payload))) => match (h.on_message)(id, &payload) {
+                    Ok(()) => MessageResult::Ok,
+                    Err(e) => MessageResult::Err(e),
+                },
+                Ok(Some(Accepted::KeepAlive | Accepted::Closed)) => MessageResult::Ok,
+            };
+            results.push(r);
+        }
+        results
     }
-    pub fn ws_close(_h: &Handlers, batch: CloseBatch) -> Vec<CloseResult> {
-        batch.clients.iter().map(|_| Err(WsError::InvalidArgument("stub".into()))).collect()
+
+    /// `ws_close` (update): the gateway lost these clients' connections.
+    pub fn ws_close(h: &Handlers, batch: CloseBatch) -> Vec<CloseResult> {
+        let _guard = EndpointGuard::enter(h);
+        let caller = env::caller();
+        let now = env::time_ns();
+        with_state(|s| s.housekeeping(now));
+        batch
+            .clients
+            .into_iter()
+            .map(|id| with_state(|s| s.gateway_detach(caller, id)))
+            .collect()
     }
-    pub fn ws_poll(_req: PollRequest) -> PollResult {
-        Err(WsError::InvalidArgument("stub".into()))
+
+    /// `ws_poll` (query).
+    pub fn ws_poll(req: PollRequest) -> PollResult {
+        let caller = env::caller();
+        with_state(|s| s.poll(caller, req))
     }
+
+    /// Decodes an app payload (bounded candid decoding); failures are `DecodeError`.
     pub fn decode_payload<T: CandidType + DeserializeOwned>(bytes: &[u8]) -> Result<T, WsError> {
         ic_ws_protocol::decode(bytes).map_err(|e| WsError::DecodeError(e.to_string()))
     }
-    pub fn default_on_open(_client: ClientId, _args: &[u8]) -> Result<(), String> { Ok(()) }
+
+    /// `on_open` of an app that defines none: accepts every open.
+    pub fn default_on_open(_client: ClientId, _args: &[u8]) -> Result<(), String> {
+        Ok(())
+    }
+
+    /// `on_message` of an app that defines none: rejects app messages.
+    pub fn default_on_message(_client: ClientId, _payload: &[u8]) -> Result<(), WsError> {
+        Err(WsError::Rejected("this canister accepts no app messages".into()))
+    }
+
+    /// `on_close` of an app that defines none.
     pub fn default_on_close(_client: ClientId, _reason: CloseReason) {}
-    pub fn post_upgrade() {}
+
+    /// See [`crate::post_upgrade`].
+    pub fn post_upgrade() {
+        crate::post_upgrade();
+    }
 }

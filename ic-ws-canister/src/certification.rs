@@ -1,0 +1,220 @@
+//! The certified hash tree and how the app composes its own certified data with it.
+//!
+//! The runtime certifies every retained outbound message at `/ws/<client BE>/<seq BE>` (value:
+//! `sha256(content)`). The canister's `certified_data` (32 bytes, see
+//! `ic_cdk::api::certified_data_set`) is the root hash of:
+//!
+//! - `labeled("ws", W)` when the app certifies nothing itself (the default);
+//! - `fork(labeled("app", A), labeled("ws", W))` when the app registered its own root hash `A`
+//!   with [`set_app_root_hash`].
+//!
+//! The app never calls `certified_data_set` itself (it would break the ws certificates);
+//! it registers `A` instead, and builds the witness of its own data with [`app_witness`]:
+//!
+//! ```
+//! use ic_certification::{labeled, leaf, AsHashTree, RbTree};
+//! use ic_ws_canister::certification;
+//!
+//! // The app's own certified map (kept in the heap, rebuilt after upgrade like any RbTree).
+//! let mut app: RbTree<Vec<u8>, Vec<u8>> = RbTree::new();
+//! app.insert(b"greeting".to_vec(), b"hello".to_vec());
+//! // After every change: register its root hash (this updates certified_data).
+//! certification::set_app_root_hash(Some(app.root_hash()));
+//!
+//! // In a query: the app's witness, composed with the ws subtree (pruned to its hash), whose
+//! // root hash is exactly the certified_data; reply with it and
+//! // `certification::data_certificate()`.
+//! let tree = certification::app_witness(app.witness(b"greeting"));
+//! assert_eq!(tree.digest(), certification::certified_root());
+//! let cbor = certification::encode_tree(&tree);
+//! # let _ = cbor;
+//! ```
+//!
+//! A verifier looks the app's value up at `/app/greeting` in that tree and checks the tree's
+//! root hash against `/canister/<id>/certified_data` of the certificate, exactly as ic-ws
+//! clients do for `/ws/...`.
+//!
+//! The ws tree lives in the heap (an ic-certification `RbTree`) and is rebuilt from stable
+//! memory after an upgrade (see [`crate::post_upgrade`]).
+
+use ic_certification::{
+    fork, fork_hash, labeled, labeled_hash, pruned, AsHashTree, Hash, HashTree, HashTreeNode,
+    RbTree,
+};
+use ic_ws_protocol::certification::{APP_LABEL, WS_LABEL};
+use ic_ws_protocol::ClientId;
+
+pub use ic_certification;
+
+/// The heap tree of retained messages: client -> seq -> content hash.
+#[derive(Default)]
+pub(crate) struct WsTree {
+    clients: RbTree<[u8; 8], RbTree<[u8; 8], Hash>>,
+}
+
+impl WsTree {
+    pub(crate) fn insert(&mut self, client: ClientId, seq: u64, hash: Hash) {
+        let ck = client.to_be_bytes();
+        if self.clients.get(&ck).is_none() {
+            let mut inner = RbTree::new();
+            inner.insert(seq.to_be_bytes(), hash);
+            self.clients.insert(ck, inner);
+        } else {
+            self.clients
+                .modify(&ck, |inner| inner.insert(seq.to_be_bytes(), hash));
+        }
+    }
+
+    pub(crate) fn remove(&mut self, client: ClientId, seq: u64) {
+        self.clients
+            .modify(&client.to_be_bytes(), |inner| inner.delete(&seq.to_be_bytes()));
+    }
+
+    pub(crate) fn remove_client(&mut self, client: ClientId) {
+        self.clients.delete(&client.to_be_bytes());
+    }
+
+    #[cfg(test)]
+    pub(crate) fn get(&self, client: ClientId, seq: u64) -> Option<Hash> {
+        self.clients
+            .get(&client.to_be_bytes())
+            .and_then(|inner| inner.get(&seq.to_be_bytes()).copied())
+    }
+
+    /// Hash of the `labeled("ws", W)` subtree.
+    pub(crate) fn labeled_hash(&self) -> Hash {
+        labeled_hash(WS_LABEL, &self.clients.root_hash())
+    }
+
+    /// Witness of every `(client, first..=last)` range, as the `labeled("ws", ...)` subtree.
+    pub(crate) fn witness(&self, ranges: &[(ClientId, u64, u64)]) -> HashTree {
+        let mut acc: Option<HashTree> = None;
+        for &(client, first, last) in ranges {
+            let w = self.clients.nested_witness(&client.to_be_bytes(), |inner| {
+                inner.value_range(&first.to_be_bytes(), &last.to_be_bytes())
+            });
+            acc = Some(match acc {
+                None => w,
+                Some(prev) => ic_certification::merge_hash_trees(prev, w),
+            });
+        }
+        let ws = acc.unwrap_or_else(|| pruned(self.clients.root_hash()));
+        labeled(WS_LABEL, ws)
+    }
+}
+
+/// The root hash given a ws subtree hash and the app's hash.
+pub(crate) fn compose_root(ws_labeled: Hash, app: Option<Hash>) -> Hash {
+    match app {
+        None => ws_labeled,
+        Some(a) => fork_hash(&labeled_hash(APP_LABEL, &a), &ws_labeled),
+    }
+}
+
+/// The full tree (for `ws_poll`) given the ws witness and the app's hash.
+pub(crate) fn compose_tree(ws: HashTree, app: Option<Hash>) -> HashTree {
+    match app {
+        None => ws,
+        Some(a) => fork(pruned(labeled_hash(APP_LABEL, &a)), ws),
+    }
+}
+
+/// Registers (or, with `None`, removes) the root hash of the app's own certified data and
+/// updates `certified_data` accordingly. Persisted in stable memory, so the composition is
+/// the same after an upgrade even before the app registers again (it should register again
+/// once its own tree is rebuilt, if that tree lives in the heap).
+pub fn set_app_root_hash(hash: Option<Hash>) {
+    crate::runtime::with_state(|s| {
+        s.set_app_hash(hash);
+        s.certify();
+    });
+}
+
+/// The app's registered root hash.
+pub fn app_root_hash() -> Option<Hash> {
+    crate::runtime::with_state(|s| s.app_hash())
+}
+
+/// The hash of the `labeled("ws", ...)` subtree.
+pub fn ws_labeled_hash() -> Hash {
+    crate::runtime::with_state(|s| s.tree.labeled_hash())
+}
+
+/// The root hash the runtime puts in `certified_data`.
+pub fn certified_root() -> Hash {
+    crate::runtime::with_state(|s| s.root_hash())
+}
+
+/// Composes a witness of the app's own tree (whose root hash is the registered app hash) with
+/// the ws subtree (pruned), so that its root hash is the canister's certified data.
+pub fn app_witness(app_tree: HashTree) -> HashTree {
+    fork(labeled(APP_LABEL, app_tree), pruned(ws_labeled_hash()))
+}
+
+/// The IC data certificate (CBOR), available in non-replicated queries only.
+pub fn data_certificate() -> Option<Vec<u8>> {
+    crate::env::data_certificate()
+}
+
+/// Serializes a hash tree in the IC's CBOR encoding (as `ws_poll` does, and as clients and
+/// agents decode it).
+pub fn encode_tree(tree: &HashTree) -> Vec<u8> {
+    let mut out = Vec::with_capacity(256);
+    encode_node(tree.as_ref(), &mut out);
+    out
+}
+
+fn cbor_head(major: u8, len: u64, out: &mut Vec<u8>) {
+    let m = major << 5;
+    if len < 24 {
+        out.push(m | len as u8);
+    } else if len <= 0xff {
+        out.push(m | 24);
+        out.push(len as u8);
+    } else if len <= 0xffff {
+        out.push(m | 25);
+        out.extend_from_slice(&(len as u16).to_be_bytes());
+    } else if len <= 0xffff_ffff {
+        out.push(m | 26);
+        out.extend_from_slice(&(len as u32).to_be_bytes());
+    } else {
+        out.push(m | 27);
+        out.extend_from_slice(&len.to_be_bytes());
+    }
+}
+
+fn cbor_bytes(bytes: &[u8], out: &mut Vec<u8>) {
+    cbor_head(2, bytes.len() as u64, out);
+    out.extend_from_slice(bytes);
+}
+
+fn encode_node(node: &HashTreeNode, out: &mut Vec<u8>) {
+    match node {
+        HashTreeNode::Empty() => {
+            cbor_head(4, 1, out);
+            cbor_head(0, 0, out);
+        }
+        HashTreeNode::Fork(lr) => {
+            cbor_head(4, 3, out);
+            cbor_head(0, 1, out);
+            encode_node(&lr.0, out);
+            encode_node(&lr.1, out);
+        }
+        HashTreeNode::Labeled(label, sub) => {
+            cbor_head(4, 3, out);
+            cbor_head(0, 2, out);
+            cbor_bytes(label.as_bytes(), out);
+            encode_node(sub, out);
+        }
+        HashTreeNode::Leaf(v) => {
+            cbor_head(4, 2, out);
+            cbor_head(0, 3, out);
+            cbor_bytes(v, out);
+        }
+        HashTreeNode::Pruned(h) => {
+            cbor_head(4, 2, out);
+            cbor_head(0, 4, out);
+            cbor_bytes(h, out);
+        }
+    }
+}

@@ -1,0 +1,133 @@
+//! Runtime limits and policies ([`WsConfig`]), persisted in stable memory.
+//!
+//! Defaults are those of the Limits table in `docs/protocol.md`. An app sets its own once,
+//! typically in `#[init]`:
+//!
+//! ```
+//! use ic_ws_canister::{configure, OverflowPolicy, WsConfig};
+//! configure(WsConfig {
+//!     max_queued_messages: 256,
+//!     overflow_policy: OverflowPolicy::Reject,
+//!     ..WsConfig::default()
+//! })
+//! .expect("valid config");
+//! ```
+//!
+//! The configuration lives in stable memory, so it survives upgrades without being set again.
+
+use candid::CandidType;
+use serde::{Deserialize, Serialize};
+
+const SECOND_NS: u64 = 1_000_000_000;
+
+/// What happens when a session's retained (unacknowledged) messages would exceed
+/// [`WsConfig::max_queued_messages`] or [`WsConfig::max_queued_bytes`].
+#[derive(CandidType, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum OverflowPolicy {
+    /// Close the session with `CloseReason::QueueOverflow` (its certified `Closed` message
+    /// tells the client that it missed data) and return
+    /// [`Error::QueueOverflowClosed`](crate::Error::QueueOverflowClosed) to the sender.
+    #[default]
+    Close,
+    /// Queue nothing and return [`Error::QueueFull`](crate::Error::QueueFull); the session
+    /// stays open and the app decides (drop, retry later, close).
+    Reject,
+}
+
+/// Limits and policies of the runtime. Every field has the documented default.
+#[derive(CandidType, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct WsConfig {
+    /// Largest inbound app payload (bytes of `MessageKind::App`); larger: `TooLarge`.
+    /// Default 64 KiB.
+    pub max_inbound_payload_bytes: u64,
+    /// Largest outbound app payload (candid bytes of what `send`/`publish` encode).
+    /// Default 256 KiB.
+    pub max_outbound_payload_bytes: u64,
+    /// Retained (unacknowledged) messages per session. Default 1 024.
+    pub max_queued_messages: u64,
+    /// Retained content bytes per session. Default 4 MiB.
+    pub max_queued_bytes: u64,
+    /// Attached sessions per gateway; further opens get `LimitReached`. Default 50 000.
+    pub max_sessions_per_gateway: u64,
+    /// Subscribers per topic; further `subscribe` calls fail. Default 10 000.
+    pub max_topic_subscribers: u64,
+    /// Longest topic name in bytes. Default 128.
+    pub max_topic_len: u64,
+    /// Messages per poll reply (the gateway may ask for fewer). Default 500.
+    pub max_poll_messages: u32,
+    /// Content bytes per poll reply (the gateway may ask for fewer). Default 1.5 MiB, which
+    /// keeps the reply (with certificate and witness) far below the 3 MiB query reply limit.
+    pub max_poll_bytes: u32,
+    /// A session with no accepted signed message (or open) for this long is closed with
+    /// `Expired`. Default 120 s.
+    pub idle_timeout_ns: u64,
+    /// Allowed distance between an open's timestamp and canister time. Default 5 min.
+    pub clock_skew_ns: u64,
+    /// How long a closed session (its `Closed` message and unacknowledged messages) is kept
+    /// before it is deleted. At least `clock_skew_ns` (so a replayed open of its key is still
+    /// recognised as stale). Default 10 min.
+    pub closed_retention_ns: u64,
+    /// What to do when a session's queue is full. Default [`OverflowPolicy::Close`].
+    pub overflow_policy: OverflowPolicy,
+    /// Most sessions expired or deleted by one housekeeping pass (bounds the instructions a
+    /// single call can spend on housekeeping). Default 100.
+    pub max_housekeeping_per_call: u32,
+}
+
+impl Default for WsConfig {
+    fn default() -> Self {
+        WsConfig {
+            max_inbound_payload_bytes: 64 * 1024,
+            max_outbound_payload_bytes: 256 * 1024,
+            max_queued_messages: 1024,
+            max_queued_bytes: 4 * 1024 * 1024,
+            max_sessions_per_gateway: 50_000,
+            max_topic_subscribers: 10_000,
+            max_topic_len: 128,
+            max_poll_messages: 500,
+            max_poll_bytes: 1536 * 1024,
+            idle_timeout_ns: 120 * SECOND_NS,
+            clock_skew_ns: 300 * SECOND_NS,
+            closed_retention_ns: 600 * SECOND_NS,
+            overflow_policy: OverflowPolicy::Close,
+            max_housekeeping_per_call: 100,
+        }
+    }
+}
+
+/// Largest poll reply content the runtime ever allows, whatever the configuration: 2.5 MiB
+/// leaves room for the certificate, the witness and candid framing under the 3 MiB limit.
+pub const HARD_MAX_POLL_BYTES: u32 = 2560 * 1024;
+
+impl WsConfig {
+    /// Checks that the values are usable; returns what is wrong.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.max_queued_messages == 0 || self.max_queued_bytes == 0 {
+            return Err("queue limits must be positive".into());
+        }
+        if self.max_poll_messages == 0 || self.max_poll_bytes == 0 {
+            return Err("poll limits must be positive".into());
+        }
+        if self.max_poll_bytes > HARD_MAX_POLL_BYTES {
+            return Err(format!(
+                "max_poll_bytes {} exceeds {HARD_MAX_POLL_BYTES} (3 MiB query reply limit)",
+                self.max_poll_bytes
+            ));
+        }
+        if u64::from(self.max_poll_bytes) < self.max_outbound_payload_bytes + 1024 {
+            return Err("max_poll_bytes must exceed max_outbound_payload_bytes + 1 KiB, \
+                 or a large message could never be polled"
+                .into());
+        }
+        if self.idle_timeout_ns == 0 {
+            return Err("idle_timeout_ns must be positive".into());
+        }
+        if self.closed_retention_ns < self.clock_skew_ns {
+            return Err("closed_retention_ns must be at least clock_skew_ns".into());
+        }
+        if self.max_housekeeping_per_call == 0 {
+            return Err("max_housekeeping_per_call must be positive".into());
+        }
+        Ok(())
+    }
+}

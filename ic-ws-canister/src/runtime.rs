@@ -1,0 +1,1017 @@
+//! The runtime's state (stable structures + the heap certification tree) and every state
+//! transition of the protocol: open, resume, inbound messages, acks, detach, close, expiry,
+//! deletion, send, publish, subscriptions and polling.
+//!
+//! Nothing here calls an app handler: [`crate::lib`'s endpoint functions](crate::__private)
+//! call handlers between state transitions, never while the state is borrowed, so handlers
+//! can freely call `send`, `close`, `publish`, ... Each transition checks everything first
+//! and only then mutates, so a rejected request changes nothing.
+
+use crate::certification::{compose_root, compose_tree, encode_tree, WsTree};
+use crate::config::WsConfig;
+use crate::env;
+use crate::memory::{slot, ws_memory, Memory};
+use crate::store::{
+    client_sub_key, log_key, pair_key, split_pair, sub_key, ClientRecord, Counters,
+    GatewayRecord, KeyRecord, OutBody, OutEntry, SharedContent, NOT_LOGGED,
+};
+use crate::{ClientInfo, Error};
+use candid::Principal;
+use ic_certification::Hash;
+use ic_stable_structures::{StableBTreeMap, StableCell};
+use ic_ws_protocol::types::{
+    ClientMessage, MessageKind, OpenOk, OpenRequest, OutboundBody, OutboundContent,
+    OutboundMessage, PollReply, PollRequest,
+};
+use ic_ws_protocol::{content_hash, ClientId, CloseReason, WsError};
+use std::cell::RefCell;
+
+/// Everything the runtime keeps.
+pub(crate) struct State {
+    counters_cell: StableCell<[u8; 32], Memory>,
+    config_cell: StableCell<Vec<u8>, Memory>,
+    app_hash_cell: StableCell<Vec<u8>, Memory>,
+    pub(crate) clients: StableBTreeMap<u64, ClientRecord, Memory>,
+    keys: StableBTreeMap<[u8; 32], KeyRecord, Memory>,
+    gateways: StableBTreeMap<Principal, GatewayRecord, Memory>,
+    gateway_ids: StableBTreeMap<u32, Principal, Memory>,
+    pub(crate) outbox: StableBTreeMap<[u8; 16], OutEntry, Memory>,
+    pub(crate) log: StableBTreeMap<[u8; 12], [u8; 16], Memory>,
+    pub(crate) shared: StableBTreeMap<u64, SharedContent, Memory>,
+    subs: StableBTreeMap<Vec<u8>, (), Memory>,
+    client_subs: StableBTreeMap<Vec<u8>, (), Memory>,
+    topics: StableBTreeMap<Vec<u8>, u64, Memory>,
+    activity: StableBTreeMap<[u8; 16], (), Memory>,
+    closed: StableBTreeMap<[u8; 16], (), Memory>,
+    pending_close: StableBTreeMap<u64, Vec<u8>, Memory>,
+    counters: Counters,
+    pub(crate) config: WsConfig,
+    app_hash: Option<Hash>,
+    pub(crate) tree: WsTree,
+}
+
+thread_local! {
+    static STATE: RefCell<Option<State>> = const { RefCell::new(None) };
+}
+
+/// Runs `f` on the state, loading it (and rebuilding the tree) on first use.
+///
+/// Never call an app handler inside `f`.
+pub(crate) fn with_state<R>(f: impl FnOnce(&mut State) -> R) -> R {
+    STATE.with(|cell| {
+        let mut guard = cell.borrow_mut();
+        let state = guard.get_or_insert_with(State::load);
+        f(state)
+    })
+}
+
+/// Loads the state now (after an upgrade: rebuilds the tree and re-sets certified data).
+pub(crate) fn load_now() {
+    with_state(|s| s.certify());
+}
+
+/// What an accepted inbound message asks the endpoint to do next.
+pub(crate) enum Accepted {
+    /// Call `on_message` with this payload.
+    App(Vec<u8>),
+    /// Nothing more.
+    KeepAlive,
+    /// The session was closed by the client.
+    Closed,
+}
+
+/// Outcome of a new-session open before `on_open` runs.
+pub(crate) struct NewSession {
+    pub(crate) ok: OpenOk,
+    prev_key: Option<KeyRecord>,
+    key: [u8; 32],
+}
+
+impl State {
+    fn load() -> State {
+        let counters_cell = StableCell::init(ws_memory(slot::COUNTERS), [0u8; 32]);
+        let config_cell = StableCell::init(ws_memory(slot::CONFIG), Vec::new());
+        let app_hash_cell = StableCell::init(ws_memory(slot::APP_HASH), Vec::new());
+        let counters = Counters::from_array(counters_cell.get());
+        let config = if config_cell.get().is_empty() {
+            WsConfig::default()
+        } else {
+            // Written by `configure` from a validated value; on a decode failure (an
+            // incompatible older layout) the defaults are the safe choice.
+            ic_ws_protocol::decode(config_cell.get()).unwrap_or_default()
+        };
+        let app_hash = <[u8; 32]>::try_from(app_hash_cell.get().as_slice()).ok();
+        let mut s = State {
+            counters_cell,
+            config_cell,
+            app_hash_cell,
+            clients: StableBTreeMap::init(ws_memory(slot::CLIENTS)),
+            keys: StableBTreeMap::init(ws_memory(slot::KEYS)),
+            gateways: StableBTreeMap::init(ws_memory(slot::GATEWAYS)),
+            gateway_ids: StableBTreeMap::init(ws_memory(slot::GATEWAY_IDS)),
+            outbox: StableBTreeMap::init(ws_memory(slot::OUTBOX)),
+            log: StableBTreeMap::init(ws_memory(slot::LOG)),
+            shared: StableBTreeMap::init(ws_memory(slot::SHARED)),
+            subs: StableBTreeMap::init(ws_memory(slot::SUBS)),
+            client_subs: StableBTreeMap::init(ws_memory(slot::CLIENT_SUBS)),
+            topics: StableBTreeMap::init(ws_memory(slot::TOPICS)),
+            activity: StableBTreeMap::init(ws_memory(slot::ACTIVITY)),
+            closed: StableBTreeMap::init(ws_memory(slot::CLOSED)),
+            pending_close: StableBTreeMap::init(ws_memory(slot::PENDING_CLOSE)),
+            counters,
+            config,
+            app_hash,
+            tree: WsTree::default(),
+        };
+        s.rebuild_tree();
+        s
+    }
+
+    /// Recomputes the heap tree from the retained messages in stable memory.
+    fn rebuild_tree(&mut self) {
+        let mut tree = WsTree::default();
+        let mut key_of: Option<(u64, [u8; 32])> = None;
+        for entry in self.outbox.iter() {
+            let (client, seq) = split_pair(entry.key());
+            let value = entry.value();
+            let key = match key_of {
+                Some((c, k)) if c == client => k,
+                _ => {
+                    let k = self.clients.get(&client).map(|r| r.key).unwrap_or_default();
+                    key_of = Some((client, k));
+                    k
+                }
+            };
+            let content = self.content(&key, &value);
+            tree.insert(client, seq, content_hash(&content));
+        }
+        self.tree = tree;
+    }
+
+    // ---------------------------------------------------------------- helpers
+
+    fn save_counters(&mut self) {
+        self.counters_cell.set(self.counters.to_array());
+    }
+
+    pub(crate) fn app_hash(&self) -> Option<Hash> {
+        self.app_hash
+    }
+
+    pub(crate) fn set_app_hash(&mut self, hash: Option<Hash>) {
+        self.app_hash = hash;
+        self.app_hash_cell
+            .set(hash.map(|h| h.to_vec()).unwrap_or_default());
+    }
+
+    pub(crate) fn root_hash(&self) -> Hash {
+        compose_root(self.tree.labeled_hash(), self.app_hash)
+    }
+
+    /// Puts the current root hash into `certified_data`.
+    pub(crate) fn certify(&self) {
+        env::set_certified_data(&self.root_hash());
+    }
+
+    pub(crate) fn set_config(&mut self, config: WsConfig) -> Result<(), Error> {
+        config.validate().map_err(Error::InvalidArgument)?;
+        let bytes = ic_ws_protocol::encode(&config).map_err(|e| Error::Encode(e.to_string()))?;
+        self.config_cell.set(bytes);
+        self.config = config;
+        Ok(())
+    }
+
+    fn gateway_id(&self, p: &Principal) -> Option<u32> {
+        self.gateways.get(p).map(|g| g.id)
+    }
+
+    fn gateway_principal(&self, id: u32) -> Principal {
+        self.gateway_ids.get(&id).unwrap_or(Principal::anonymous())
+    }
+
+    fn gateway_or_create(&mut self, p: Principal) -> GatewayRecord {
+        if let Some(g) = self.gateways.get(&p) {
+            return g;
+        }
+        let id = self.counters.next_gateway_id as u32;
+        self.counters.next_gateway_id += 1;
+        self.save_counters();
+        let g = GatewayRecord { id, sessions: 0 };
+        self.gateways.insert(p, g);
+        self.gateway_ids.insert(id, p);
+        g
+    }
+
+    fn adjust_gateway_sessions(&mut self, id: u32, delta: i64) {
+        let p = self.gateway_principal(id);
+        if let Some(mut g) = self.gateways.get(&p) {
+            g.sessions = g.sessions.saturating_add_signed(delta);
+            self.gateways.insert(p, g);
+        }
+    }
+
+    /// The certified content of a retained message.
+    pub(crate) fn content(&self, key: &[u8; 32], entry: &OutEntry) -> Vec<u8> {
+        let (ts, body) = match &entry.body {
+            OutBody::Shared { pid, .. } => {
+                return self.shared.get(pid).map(|s| s.content).unwrap_or_default()
+            }
+            OutBody::App { ts, payload } => (
+                *ts,
+                OutboundBody::App {
+                    topic: None,
+                    payload: payload.clone(),
+                },
+            ),
+            OutBody::Opened {
+                ts,
+                open_ts,
+                next_inbound_seq,
+                resumed,
+            } => (
+                *ts,
+                OutboundBody::Opened {
+                    client_key: key.to_vec(),
+                    open_timestamp_ns: *open_ts,
+                    next_inbound_seq: *next_inbound_seq,
+                    resumed: *resumed,
+                },
+            ),
+            OutBody::Closed { ts, reason } => (
+                *ts,
+                OutboundBody::Closed {
+                    reason: ic_ws_protocol::decode(reason)
+                        .unwrap_or(CloseReason::ProtocolError(String::new())),
+                },
+            ),
+        };
+        encode_content(ts, body)
+    }
+
+    fn touch_activity(&mut self, id: ClientId, rec: &mut ClientRecord, now: u64) {
+        self.activity.remove(&pair_key(rec.last_activity_ns, id));
+        rec.last_activity_ns = now;
+        self.activity.insert(pair_key(now, id), ());
+    }
+
+    // ---------------------------------------------------------------- outbound
+
+    /// Appends a message to a session's queue (limits already checked), logs it for the
+    /// attached gateway and certifies it. Returns its sequence number.
+    fn enqueue(
+        &mut self,
+        id: ClientId,
+        rec: &mut ClientRecord,
+        body: OutBody,
+        hash: Hash,
+    ) -> u64 {
+        let seq = rec.next_outbound_seq;
+        let log_idx = if rec.attached {
+            let idx = self.counters.next_log_idx;
+            self.counters.next_log_idx += 1;
+            self.save_counters();
+            self.log.insert(log_key(rec.gateway, idx), pair_key(id, seq));
+            idx
+        } else {
+            NOT_LOGGED
+        };
+        let entry = OutEntry { log_idx, body };
+        rec.queued_messages += 1;
+        rec.queued_bytes += entry.counted_bytes();
+        rec.next_outbound_seq += 1;
+        self.outbox.insert(pair_key(id, seq), entry);
+        self.tree.insert(id, seq, hash);
+        seq
+    }
+
+    /// Deletes the retained messages of a session with `seq < upto`.
+    fn release(&mut self, id: ClientId, rec: &mut ClientRecord, upto: u64) {
+        while rec.first_retained_seq < upto.min(rec.next_outbound_seq) {
+            let seq = rec.first_retained_seq;
+            if let Some(entry) = self.outbox.remove(&pair_key(id, seq)) {
+                self.forget_entry(id, rec, seq, &entry);
+            }
+            rec.first_retained_seq += 1;
+        }
+    }
+
+    fn forget_entry(&mut self, id: ClientId, rec: &mut ClientRecord, seq: u64, e: &OutEntry) {
+        if e.log_idx != NOT_LOGGED {
+            self.log.remove(&log_key(rec.gateway, e.log_idx));
+        }
+        if let OutBody::Shared { pid, .. } = &e.body {
+            self.unref_shared(*pid);
+        }
+        rec.queued_messages = rec.queued_messages.saturating_sub(1);
+        rec.queued_bytes = rec.queued_bytes.saturating_sub(e.counted_bytes());
+        self.tree.remove(id, seq);
+    }
+
+    fn unref_shared(&mut self, pid: u64) {
+        if let Some(mut s) = self.shared.get(&pid) {
+            s.refs = s.refs.saturating_sub(1);
+            if s.refs == 0 {
+                self.shared.remove(&pid);
+            } else {
+                self.shared.insert(pid, s);
+            }
+        }
+    }
+
+    /// Removes a session's retained messages from its gateway's delivery log.
+    fn detach(&mut self, id: ClientId, rec: &mut ClientRecord) {
+        if !rec.attached {
+            return;
+        }
+        let keys: Vec<[u8; 16]> = self
+            .outbox
+            .keys_range(pair_key(id, rec.first_retained_seq)..=pair_key(id, u64::MAX))
+            .collect();
+        for k in keys {
+            if let Some(mut e) = self.outbox.get(&k) {
+                if e.log_idx != NOT_LOGGED {
+                    self.log.remove(&log_key(rec.gateway, e.log_idx));
+                    e.log_idx = NOT_LOGGED;
+                    self.outbox.insert(k, e);
+                }
+            }
+        }
+        self.adjust_gateway_sessions(rec.gateway, -1);
+        rec.attached = false;
+    }
+
+    /// Attaches a detached session to gateway `gw` and logs its retained messages for it.
+    fn attach(&mut self, id: ClientId, rec: &mut ClientRecord, gw: u32) {
+        rec.gateway = gw;
+        rec.attached = true;
+        self.adjust_gateway_sessions(gw, 1);
+        let keys: Vec<[u8; 16]> = self
+            .outbox
+            .keys_range(pair_key(id, rec.first_retained_seq)..=pair_key(id, u64::MAX))
+            .collect();
+        for k in keys {
+            if let Some(mut e) = self.outbox.get(&k) {
+                let idx = self.counters.next_log_idx;
+                self.counters.next_log_idx += 1;
+                self.log.insert(log_key(gw, idx), k);
+                e.log_idx = idx;
+                self.outbox.insert(k, e);
+            }
+        }
+        self.save_counters();
+    }
+
+    /// Checks the queue limits for one more message of `bytes` payload bytes.
+    fn fits(&self, rec: &ClientRecord, bytes: u64) -> bool {
+        rec.queued_messages < self.config.max_queued_messages
+            && rec.queued_bytes.saturating_add(bytes) <= self.config.max_queued_bytes
+    }
+
+    /// Sends an app payload (candid bytes) to one client.
+    pub(crate) fn send_payload(&mut self, id: ClientId, payload: Vec<u8>, now: u64) -> Result<u64, Error> {
+        let mut rec = self.clients.get(&id).ok_or(Error::UnknownClient(id))?;
+        if rec.closed {
+            return Err(Error::Closed(id));
+        }
+        let size = payload.len() as u64;
+        if size > self.config.max_outbound_payload_bytes {
+            return Err(Error::TooLarge {
+                size,
+                limit: self.config.max_outbound_payload_bytes,
+            });
+        }
+        if !self.fits(&rec, size) {
+            return Err(self.overflow(id, now));
+        }
+        let content = encode_content(
+            now,
+            OutboundBody::App {
+                topic: None,
+                payload: payload.clone(),
+            },
+        );
+        let hash = content_hash(&content);
+        let seq = self.enqueue(id, &mut rec, OutBody::App { ts: now, payload }, hash);
+        self.clients.insert(id, rec);
+        Ok(seq)
+    }
+
+    /// Applies the overflow policy to a full session; returns the error for the sender.
+    fn overflow(&mut self, id: ClientId, now: u64) -> Error {
+        match self.config.overflow_policy {
+            crate::OverflowPolicy::Reject => Error::QueueFull(id),
+            crate::OverflowPolicy::Close => {
+                self.close_session(id, CloseReason::QueueOverflow, now);
+                Error::QueueOverflowClosed(id)
+            }
+        }
+    }
+
+    /// Closes a session: queues the certified `Closed` message (beyond the limits: it is the
+    /// last one), drops its subscriptions, schedules `on_close` and its deletion. Returns
+    /// false if it was already closed (or unknown).
+    pub(crate) fn close_session(&mut self, id: ClientId, reason: CloseReason, now: u64) -> bool {
+        let Some(mut rec) = self.clients.get(&id) else {
+            return false;
+        };
+        if rec.closed {
+            return false;
+        }
+        let reason_bytes = ic_ws_protocol::encode(&reason).unwrap_or_default();
+        let content = encode_content(now, OutboundBody::Closed { reason });
+        let hash = content_hash(&content);
+        self.enqueue(
+            id,
+            &mut rec,
+            OutBody::Closed {
+                ts: now,
+                reason: reason_bytes.clone(),
+            },
+            hash,
+        );
+        rec.closed = true;
+        rec.closed_at_ns = now;
+        self.activity.remove(&pair_key(rec.last_activity_ns, id));
+        self.closed.insert(pair_key(now, id), ());
+        self.unsubscribe_all(id);
+        self.pending_close.insert(id, reason_bytes);
+        self.clients.insert(id, rec);
+        true
+    }
+
+    /// Deletes every trace of a session (after its retention, or a rejected open).
+    fn delete_session(&mut self, id: ClientId) {
+        let Some(mut rec) = self.clients.remove(&id) else {
+            return;
+        };
+        let keys: Vec<[u8; 16]> = self
+            .outbox
+            .keys_range(pair_key(id, 0)..=pair_key(id, u64::MAX))
+            .collect();
+        for k in keys {
+            if let Some(e) = self.outbox.remove(&k) {
+                let (_, seq) = split_pair(&k);
+                self.forget_entry(id, &mut rec, seq, &e);
+            }
+        }
+        self.tree.remove_client(id);
+        if rec.attached {
+            self.adjust_gateway_sessions(rec.gateway, -1);
+        }
+        self.activity.remove(&pair_key(rec.last_activity_ns, id));
+        self.closed.remove(&pair_key(rec.closed_at_ns, id));
+        self.unsubscribe_all(id);
+        self.pending_close.remove(&id);
+        if let Some(mut k) = self.keys.get(&rec.key) {
+            k.sessions = k.sessions.saturating_sub(1);
+            if k.sessions == 0 {
+                self.keys.remove(&rec.key);
+            } else {
+                self.keys.insert(rec.key, k);
+            }
+        }
+    }
+
+    /// Expires silent sessions and deletes closed ones past their retention (bounded work).
+    pub(crate) fn housekeeping(&mut self, now: u64) {
+        let budget = self.config.max_housekeeping_per_call as usize;
+        let idle_before = now.saturating_sub(self.config.idle_timeout_ns);
+        let expired: Vec<u64> = self
+            .activity
+            .keys_range(pair_key(0, 0)..pair_key(idle_before, 0))
+            .into_iter()
+            .take(budget)
+            .map(|k| split_pair(&k).1)
+            .collect();
+        for id in expired {
+            self.close_session(id, CloseReason::Expired, now);
+        }
+        let delete_before = now.saturating_sub(self.config.closed_retention_ns);
+        let done: Vec<u64> = self
+            .closed
+            .keys_range(pair_key(0, 0)..pair_key(delete_before, 0))
+            .into_iter()
+            .take(budget)
+            .map(|k| split_pair(&k).1)
+            .collect();
+        for id in done {
+            self.delete_session(id);
+        }
+    }
+
+    /// Takes the next session whose `on_close` is due.
+    pub(crate) fn pop_pending_close(&mut self) -> Option<(ClientId, CloseReason)> {
+        let (id, bytes) = self.pending_close.pop_first()?;
+        let reason =
+            ic_ws_protocol::decode(&bytes).unwrap_or(CloseReason::ProtocolError(String::new()));
+        Some((id, reason))
+    }
+
+    // ---------------------------------------------------------------- open
+
+    /// Every check of an open, without changing anything.
+    fn check_open(
+        &self,
+        caller: Principal,
+        canister: &Principal,
+        open: &OpenRequest,
+        now: u64,
+    ) -> Result<[u8; 32], WsError> {
+        if caller == Principal::anonymous() {
+            return Err(WsError::AnonymousGateway);
+        }
+        if open.gateway != caller {
+            return Err(WsError::GatewayMismatch);
+        }
+        let key: [u8; 32] = open
+            .client_key
+            .as_slice()
+            .try_into()
+            .map_err(|_| WsError::MalformedKey)?;
+        ic_ws_protocol::signing::verify_open(canister, open).map_err(sig_error)?;
+        if open.timestamp_ns.abs_diff(now) > self.config.clock_skew_ns {
+            return Err(WsError::StaleOpen);
+        }
+        if let Some(k) = self.keys.get(&key) {
+            if open.timestamp_ns <= k.last_open_ts {
+                return Err(WsError::StaleOpen);
+            }
+        }
+        Ok(key)
+    }
+
+    fn check_gateway_capacity(&self, caller: &Principal) -> Result<(), WsError> {
+        let sessions = self.gateways.get(caller).map(|g| g.sessions).unwrap_or(0);
+        if sessions >= self.config.max_sessions_per_gateway {
+            return Err(WsError::LimitReached(format!(
+                "{} sessions on this gateway",
+                self.config.max_sessions_per_gateway
+            )));
+        }
+        Ok(())
+    }
+
+    /// A new session: checks, then creates it with its `Opened` message (seq 0). The caller
+    /// runs `on_open` next and calls [`State::abort_new_session`] if it rejects.
+    pub(crate) fn open_new(
+        &mut self,
+        caller: Principal,
+        canister: &Principal,
+        open: &OpenRequest,
+        now: u64,
+    ) -> Result<NewSession, WsError> {
+        let key = self.check_open(caller, canister, open, now)?;
+        self.check_gateway_capacity(&caller)?;
+        let id = self.counters.next_client_id;
+        self.counters.next_client_id += 1;
+        self.save_counters();
+        let gw = self.gateway_or_create(caller);
+        let prev_key = self.keys.get(&key);
+        let mut k = prev_key.unwrap_or_default();
+        k.last_open_ts = open.timestamp_ns;
+        k.sessions += 1;
+        self.keys.insert(key, k);
+        let mut rec = ClientRecord {
+            key,
+            gateway: gw.id,
+            attached: true,
+            last_open_ts: open.timestamp_ns,
+            opened_at_ns: now,
+            last_activity_ns: now,
+            ..ClientRecord::default()
+        };
+        self.adjust_gateway_sessions(gw.id, 1);
+        self.activity.insert(pair_key(now, id), ());
+        let opened_seq = self.enqueue_opened(id, &mut rec, open.timestamp_ns, false, now);
+        self.clients.insert(id, rec);
+        Ok(NewSession {
+            ok: OpenOk {
+                client_id: id,
+                next_inbound_seq: 0,
+                opened_seq,
+            },
+            prev_key,
+            key,
+        })
+    }
+
+    fn enqueue_opened(
+        &mut self,
+        id: ClientId,
+        rec: &mut ClientRecord,
+        open_ts: u64,
+        resumed: bool,
+        now: u64,
+    ) -> u64 {
+        let content = encode_content(
+            now,
+            OutboundBody::Opened {
+                client_key: rec.key.to_vec(),
+                open_timestamp_ns: open_ts,
+                next_inbound_seq: rec.next_inbound_seq,
+                resumed,
+            },
+        );
+        let hash = content_hash(&content);
+        let body = OutBody::Opened {
+            ts: now,
+            open_ts,
+            next_inbound_seq: rec.next_inbound_seq,
+            resumed,
+        };
+        self.enqueue(id, rec, body, hash)
+    }
+
+    /// Undoes [`State::open_new`] after `on_open` rejected (the client id stays consumed).
+    pub(crate) fn abort_new_session(&mut self, new: &NewSession) {
+        let id = new.ok.client_id;
+        self.delete_session(id);
+        match new.prev_key {
+            Some(k) => {
+                self.keys.insert(new.key, k);
+            }
+            None => {
+                self.keys.remove(&new.key);
+            }
+        }
+    }
+
+    /// A resume: checks, then re-attaches the session to the caller.
+    pub(crate) fn open_resume(
+        &mut self,
+        caller: Principal,
+        canister: &Principal,
+        open: &OpenRequest,
+        now: u64,
+    ) -> Result<OpenOk, WsError> {
+        let key = self.check_open(caller, canister, open, now)?;
+        let Some(resume) = open.resume else {
+            return Err(WsError::InvalidArgument("not a resume".into()));
+        };
+        let id = resume.client_id;
+        let mut rec = self.clients.get(&id).ok_or(WsError::UnknownClient(id))?;
+        if rec.key != key {
+            return Err(WsError::InvalidResume);
+        }
+        if rec.closed {
+            return Err(WsError::Closed);
+        }
+        if resume.next_outbound_seq > rec.next_outbound_seq {
+            return Err(WsError::InvalidResume);
+        }
+        if resume.next_outbound_seq < rec.first_retained_seq {
+            return Err(WsError::ResumeUnavailable {
+                first_available: rec.first_retained_seq,
+            });
+        }
+        let same_gateway =
+            rec.attached && self.gateway_principal(rec.gateway) == caller;
+        if !same_gateway {
+            self.check_gateway_capacity(&caller)?;
+        }
+        // All checks passed: from here on, mutate.
+        self.release(id, &mut rec, resume.next_outbound_seq);
+        self.detach(id, &mut rec);
+        let gw = self.gateway_or_create(caller);
+        self.attach(id, &mut rec, gw.id);
+        if let Some(mut k) = self.keys.get(&key) {
+            k.last_open_ts = open.timestamp_ns;
+            self.keys.insert(key, k);
+        }
+        rec.last_open_ts = open.timestamp_ns;
+        self.touch_activity(id, &mut rec, now);
+        let opened_seq = self.enqueue_opened(id, &mut rec, open.timestamp_ns, true, now);
+        let next_inbound_seq = rec.next_inbound_seq;
+        self.clients.insert(id, rec);
+        Ok(OpenOk {
+            client_id: id,
+            next_inbound_seq,
+            opened_seq,
+        })
+    }
+
+    // ---------------------------------------------------------------- inbound
+
+    /// Checks one client message and, if it is the next one, accepts it (sequence, activity,
+    /// ack). Returns what the endpoint must do next; `Ok(None)` for a duplicate.
+    pub(crate) fn accept_message(
+        &mut self,
+        caller: Principal,
+        canister: &Principal,
+        msg: ClientMessage,
+        now: u64,
+    ) -> Result<Option<Accepted>, WsError> {
+        let id = msg.client_id;
+        let mut rec = self.clients.get(&id).ok_or(WsError::UnknownClient(id))?;
+        if rec.closed {
+            return Err(WsError::Closed);
+        }
+        if !rec.attached || self.gateway_id(&caller) != Some(rec.gateway) {
+            return Err(WsError::WrongGateway);
+        }
+        if let MessageKind::App(p) = &msg.kind {
+            let size = p.len() as u64;
+            if size > self.config.max_inbound_payload_bytes {
+                return Err(WsError::TooLarge {
+                    size,
+                    limit: self.config.max_inbound_payload_bytes,
+                });
+            }
+        }
+        ic_ws_protocol::signing::verify_message(canister, &rec.key, &msg).map_err(sig_error)?;
+        if msg.seq < rec.next_inbound_seq {
+            return Ok(None);
+        }
+        if msg.seq > rec.next_inbound_seq {
+            return Err(WsError::OutOfSequence {
+                expected: rec.next_inbound_seq,
+                got: msg.seq,
+            });
+        }
+        if msg.ack > rec.next_outbound_seq {
+            return Err(WsError::InvalidArgument(format!(
+                "ack {} beyond the next outbound sequence number {}",
+                msg.ack, rec.next_outbound_seq
+            )));
+        }
+        rec.next_inbound_seq += 1;
+        self.touch_activity(id, &mut rec, now);
+        self.release(id, &mut rec, msg.ack);
+        self.clients.insert(id, rec);
+        Ok(Some(match msg.kind {
+            MessageKind::App(payload) => Accepted::App(payload),
+            MessageKind::KeepAlive => Accepted::KeepAlive,
+            MessageKind::Close { code, reason } => {
+                self.close_session(id, CloseReason::ClientClosed { code, reason }, now);
+                Accepted::Closed
+            }
+        }))
+    }
+
+    /// `ws_close` for one client: detaches it from the calling gateway.
+    pub(crate) fn gateway_detach(&mut self, caller: Principal, id: ClientId) -> Result<(), WsError> {
+        let mut rec = self.clients.get(&id).ok_or(WsError::UnknownClient(id))?;
+        if !rec.attached || self.gateway_id(&caller) != Some(rec.gateway) {
+            return Err(WsError::WrongGateway);
+        }
+        self.detach(id, &mut rec);
+        self.clients.insert(id, rec);
+        Ok(())
+    }
+
+    // ---------------------------------------------------------------- poll
+
+    /// `ws_poll`: the caller's delivery log from `cursor`, capped, with a witness.
+    pub(crate) fn poll(&self, caller: Principal, req: PollRequest) -> Result<PollReply, WsError> {
+        let certificate = env::data_certificate().ok_or_else(|| {
+            WsError::InvalidArgument("ws_poll must be called as a query".into())
+        })?;
+        let max_messages = req
+            .max_messages
+            .unwrap_or(u32::MAX)
+            .min(self.config.max_poll_messages) as usize;
+        let max_bytes = u64::from(
+            req.max_bytes
+                .unwrap_or(u32::MAX)
+                .min(self.config.max_poll_bytes),
+        );
+        let mut messages: Vec<OutboundMessage> = Vec::new();
+        let mut ranges: Vec<(ClientId, u64, u64)> = Vec::new();
+        let mut next_cursor = req.cursor;
+        let mut more = false;
+        if let Some(gw) = self.gateway_id(&caller) {
+            let mut bytes = 0u64;
+            let mut key_cache: Option<(u64, [u8; 32])> = None;
+            for entry in self
+                .log
+                .range(log_key(gw, req.cursor)..=log_key(gw, u64::MAX))
+            {
+                if messages.len() >= max_messages {
+                    more = true;
+                    break;
+                }
+                let (client, seq) = split_pair(&entry.value());
+                let Some(out) = self.outbox.get(&pair_key(client, seq)) else {
+                    continue;
+                };
+                let key = match key_cache {
+                    Some((c, k)) if c == client => k,
+                    _ => {
+                        let k = self.clients.get(&client).map(|r| r.key).unwrap_or_default();
+                        key_cache = Some((client, k));
+                        k
+                    }
+                };
+                let content = self.content(&key, &out);
+                let size = content.len() as u64 + 24;
+                if !messages.is_empty() && bytes + size > max_bytes {
+                    more = true;
+                    break;
+                }
+                bytes += size;
+                let idx = crate::store::Reader::new(&entry.key()[4..]).u64();
+                next_cursor = idx + 1;
+                match ranges.iter_mut().find(|r| r.0 == client) {
+                    Some(r) => {
+                        r.1 = r.1.min(seq);
+                        r.2 = r.2.max(seq);
+                    }
+                    None => ranges.push((client, seq, seq)),
+                }
+                messages.push(OutboundMessage {
+                    client_id: client,
+                    seq,
+                    content,
+                });
+            }
+        }
+        ranges.sort_unstable();
+        let tree = compose_tree(self.tree.witness(&ranges), self.app_hash);
+        Ok(PollReply {
+            messages,
+            next_cursor,
+            more,
+            certificate,
+            tree: encode_tree(&tree),
+        })
+    }
+
+    // ---------------------------------------------------------------- topics
+
+    fn check_topic(&self, topic: &str) -> Result<(), Error> {
+        if topic.is_empty() || topic.len() as u64 > self.config.max_topic_len.min(255) {
+            return Err(Error::InvalidArgument(format!(
+                "topic length must be 1..={}",
+                self.config.max_topic_len.min(255)
+            )));
+        }
+        Ok(())
+    }
+
+    pub(crate) fn subscribe(&mut self, id: ClientId, topic: &str) -> Result<(), Error> {
+        self.check_topic(topic)?;
+        let rec = self.clients.get(&id).ok_or(Error::UnknownClient(id))?;
+        if rec.closed {
+            return Err(Error::Closed(id));
+        }
+        let key = sub_key(topic, id);
+        if self.subs.contains_key(&key) {
+            return Ok(());
+        }
+        let count = self.topics.get(&topic.as_bytes().to_vec()).unwrap_or(0);
+        if count >= self.config.max_topic_subscribers {
+            return Err(Error::LimitReached(format!(
+                "{} subscribers on topic {topic:?}",
+                self.config.max_topic_subscribers
+            )));
+        }
+        self.subs.insert(key, ());
+        self.client_subs.insert(client_sub_key(id, topic), ());
+        self.topics.insert(topic.as_bytes().to_vec(), count + 1);
+        Ok(())
+    }
+
+    pub(crate) fn unsubscribe(&mut self, id: ClientId, topic: &str) -> bool {
+        if self.subs.remove(&sub_key(topic, id)).is_none() {
+            return false;
+        }
+        self.client_subs.remove(&client_sub_key(id, topic));
+        let t = topic.as_bytes().to_vec();
+        let count = self.topics.get(&t).unwrap_or(1).saturating_sub(1);
+        if count == 0 {
+            self.topics.remove(&t);
+        } else {
+            self.topics.insert(t, count);
+        }
+        true
+    }
+
+    fn unsubscribe_all(&mut self, id: ClientId) {
+        let prefix = id.to_be_bytes().to_vec();
+        let mut end = (id + 1).to_be_bytes().to_vec();
+        if id == u64::MAX {
+            end = vec![0xff; 9];
+        }
+        let keys: Vec<Vec<u8>> = self.client_subs.keys_range(prefix..end).collect();
+        for k in keys {
+            let topic = String::from_utf8_lossy(&k[8..]).into_owned();
+            self.unsubscribe(id, &topic);
+        }
+    }
+
+    pub(crate) fn subscriptions(&self, id: ClientId) -> Vec<String> {
+        let prefix = id.to_be_bytes().to_vec();
+        let end = (id.saturating_add(1)).to_be_bytes().to_vec();
+        self.client_subs
+            .keys_range(prefix..end)
+            .into_iter()
+            .map(|k| String::from_utf8_lossy(&k[8..]).into_owned())
+            .collect()
+    }
+
+    pub(crate) fn subscribers(&self, topic: &str) -> Vec<ClientId> {
+        let mut start = vec![topic.len() as u8];
+        start.extend_from_slice(topic.as_bytes());
+        let mut end = start.clone();
+        end.extend_from_slice(&[0xff; 9]);
+        self.subs
+            .keys_range(start..end)
+            .into_iter()
+            .filter_map(|k| k.get(k.len().saturating_sub(8)..).map(|b| crate::store::Reader::new(b).u64()))
+            .collect()
+    }
+
+    /// Publishes a payload to every subscriber of `topic`, storing the content once.
+    pub(crate) fn publish_payload(
+        &mut self,
+        topic: &str,
+        payload: Vec<u8>,
+        now: u64,
+    ) -> Result<crate::PublishReport, Error> {
+        self.check_topic(topic)?;
+        let size = payload.len() as u64;
+        if size > self.config.max_outbound_payload_bytes {
+            return Err(Error::TooLarge {
+                size,
+                limit: self.config.max_outbound_payload_bytes,
+            });
+        }
+        let content = encode_content(
+            now,
+            OutboundBody::App {
+                topic: Some(topic.to_string()),
+                payload,
+            },
+        );
+        let hash = content_hash(&content);
+        let pid = self.counters.next_payload_id;
+        let mut report = crate::PublishReport::default();
+        let mut refs = 0u64;
+        for id in self.subscribers(topic) {
+            let Some(mut rec) = self.clients.get(&id) else {
+                continue;
+            };
+            if rec.closed {
+                continue;
+            }
+            if !self.fits(&rec, size) {
+                match self.overflow(id, now) {
+                    Error::QueueOverflowClosed(_) => report.closed.push(id),
+                    _ => report.skipped.push(id),
+                }
+                continue;
+            }
+            let seq = self.enqueue(
+                id,
+                &mut rec,
+                OutBody::Shared {
+                    pid,
+                    len: size as u32,
+                },
+                hash,
+            );
+            self.clients.insert(id, rec);
+            report.delivered.push((id, seq));
+            refs += 1;
+        }
+        if refs > 0 {
+            self.counters.next_payload_id += 1;
+            self.save_counters();
+            self.shared.insert(pid, SharedContent { refs, content });
+        }
+        Ok(report)
+    }
+
+    // ---------------------------------------------------------------- introspection
+
+    pub(crate) fn info(&self, id: ClientId, rec: &ClientRecord) -> ClientInfo {
+        ClientInfo {
+            id,
+            key: rec.key.to_vec(),
+            gateway: self.gateway_principal(rec.gateway),
+            attached: rec.attached,
+            open: !rec.closed,
+            opened_at_ns: rec.opened_at_ns,
+            last_activity_ns: rec.last_activity_ns,
+            next_inbound_seq: rec.next_inbound_seq,
+            next_outbound_seq: rec.next_outbound_seq,
+            first_retained_seq: rec.first_retained_seq,
+            queued_messages: rec.queued_messages,
+            queued_bytes: rec.queued_bytes,
+        }
+    }
+}
+
+fn sig_error(e: ic_ws_protocol::SignatureError) -> WsError {
+    match e {
+        ic_ws_protocol::SignatureError::Malformed => WsError::MalformedKey,
+        ic_ws_protocol::SignatureError::Invalid => WsError::InvalidSignature,
+    }
+}
+
+/// candid of an `OutboundContent`.
+pub(crate) fn encode_content(timestamp_ns: u64, body: OutboundBody) -> Vec<u8> {
+    // Encoding our own well-formed value cannot fail; an empty content would simply not
+    // verify at the client rather than trap the canister.
+    ic_ws_protocol::encode(&OutboundContent { timestamp_ns, body }).unwrap_or_default()
+}

@@ -1,0 +1,441 @@
+//! Stable-memory records and their byte layouts.
+//!
+//! Every structure the runtime persists lives in its own virtual memory (see
+//! [`crate::memory`]) as an ic-stable-structures map or cell. Records use small fixed layouts
+//! (big-endian integers) rather than candid: they are written on every `send`, and a compact
+//! layout keeps both instructions and stable-memory overhead per message low. These bytes are
+//! only ever written by this crate; decoding is still defensive (missing bytes read as zero)
+//! so that no stored value can make the runtime panic.
+
+use ic_stable_structures::storable::Bound;
+use ic_stable_structures::Storable;
+use std::borrow::Cow;
+
+/// Reads big-endian integers from a byte slice; past the end it yields zeros.
+pub(crate) struct Reader<'a> {
+    bytes: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Reader<'a> {
+    pub(crate) fn new(bytes: &'a [u8]) -> Self {
+        Reader { bytes, pos: 0 }
+    }
+    fn take<const N: usize>(&mut self) -> [u8; N] {
+        let mut out = [0u8; N];
+        if let Some(src) = self.bytes.get(self.pos..self.pos + N) {
+            out.copy_from_slice(src);
+        }
+        self.pos += N;
+        out
+    }
+    pub(crate) fn u8(&mut self) -> u8 {
+        self.take::<1>()[0]
+    }
+    pub(crate) fn u32(&mut self) -> u32 {
+        u32::from_be_bytes(self.take())
+    }
+    pub(crate) fn u64(&mut self) -> u64 {
+        u64::from_be_bytes(self.take())
+    }
+    pub(crate) fn array<const N: usize>(&mut self) -> [u8; N] {
+        self.take()
+    }
+    pub(crate) fn rest(&mut self) -> &'a [u8] {
+        let rest = self.bytes.get(self.pos..).unwrap_or(&[]);
+        self.pos = self.bytes.len();
+        rest
+    }
+}
+
+const FLAG_ATTACHED: u8 = 1;
+const FLAG_CLOSED: u8 = 2;
+
+/// One session.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub(crate) struct ClientRecord {
+    pub key: [u8; 32],
+    /// Internal id of the gateway it is (or was last) attached to.
+    pub gateway: u32,
+    pub attached: bool,
+    pub closed: bool,
+    pub next_inbound_seq: u64,
+    pub next_outbound_seq: u64,
+    /// Oldest retained outbound sequence number (== next_outbound_seq when none retained).
+    pub first_retained_seq: u64,
+    pub queued_messages: u64,
+    pub queued_bytes: u64,
+    pub last_open_ts: u64,
+    pub opened_at_ns: u64,
+    pub last_activity_ns: u64,
+    pub closed_at_ns: u64,
+}
+
+const CLIENT_RECORD_LEN: usize = 32 + 4 + 1 + 8 * 9;
+
+impl Storable for ClientRecord {
+    fn to_bytes(&self) -> Cow<'_, [u8]> {
+        Cow::Owned(self.clone().into_bytes())
+    }
+    fn into_bytes(self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(CLIENT_RECORD_LEN);
+        out.extend_from_slice(&self.key);
+        out.extend_from_slice(&self.gateway.to_be_bytes());
+        let flags = if self.attached { FLAG_ATTACHED } else { 0 }
+            | if self.closed { FLAG_CLOSED } else { 0 };
+        out.push(flags);
+        for v in [
+            self.next_inbound_seq,
+            self.next_outbound_seq,
+            self.first_retained_seq,
+            self.queued_messages,
+            self.queued_bytes,
+            self.last_open_ts,
+            self.opened_at_ns,
+            self.last_activity_ns,
+            self.closed_at_ns,
+        ] {
+            out.extend_from_slice(&v.to_be_bytes());
+        }
+        out
+    }
+    fn from_bytes(bytes: Cow<'_, [u8]>) -> Self {
+        let mut r = Reader::new(&bytes);
+        let key = r.array();
+        let gateway = r.u32();
+        let flags = r.u8();
+        ClientRecord {
+            key,
+            gateway,
+            attached: flags & FLAG_ATTACHED != 0,
+            closed: flags & FLAG_CLOSED != 0,
+            next_inbound_seq: r.u64(),
+            next_outbound_seq: r.u64(),
+            first_retained_seq: r.u64(),
+            queued_messages: r.u64(),
+            queued_bytes: r.u64(),
+            last_open_ts: r.u64(),
+            opened_at_ns: r.u64(),
+            last_activity_ns: r.u64(),
+            closed_at_ns: r.u64(),
+        }
+    }
+    const BOUND: Bound = Bound::Bounded {
+        max_size: CLIENT_RECORD_LEN as u32,
+        is_fixed_size: true,
+    };
+}
+
+/// Per session key: the newest accepted open timestamp (replay protection) and how many
+/// sessions (open or closed but not yet deleted) use the key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub(crate) struct KeyRecord {
+    pub last_open_ts: u64,
+    pub sessions: u32,
+}
+
+impl Storable for KeyRecord {
+    fn to_bytes(&self) -> Cow<'_, [u8]> {
+        Cow::Owned(self.into_bytes())
+    }
+    fn into_bytes(self) -> Vec<u8> {
+        let mut out = self.last_open_ts.to_be_bytes().to_vec();
+        out.extend_from_slice(&self.sessions.to_be_bytes());
+        out
+    }
+    fn from_bytes(bytes: Cow<'_, [u8]>) -> Self {
+        let mut r = Reader::new(&bytes);
+        KeyRecord {
+            last_open_ts: r.u64(),
+            sessions: r.u32(),
+        }
+    }
+    const BOUND: Bound = Bound::Bounded {
+        max_size: 12,
+        is_fixed_size: true,
+    };
+}
+
+/// Per gateway principal: its internal id and the sessions attached to it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub(crate) struct GatewayRecord {
+    pub id: u32,
+    pub sessions: u64,
+}
+
+impl Storable for GatewayRecord {
+    fn to_bytes(&self) -> Cow<'_, [u8]> {
+        Cow::Owned(self.into_bytes())
+    }
+    fn into_bytes(self) -> Vec<u8> {
+        let mut out = self.id.to_be_bytes().to_vec();
+        out.extend_from_slice(&self.sessions.to_be_bytes());
+        out
+    }
+    fn from_bytes(bytes: Cow<'_, [u8]>) -> Self {
+        let mut r = Reader::new(&bytes);
+        GatewayRecord {
+            id: r.u32(),
+            sessions: r.u64(),
+        }
+    }
+    const BOUND: Bound = Bound::Bounded {
+        max_size: 12,
+        is_fixed_size: true,
+    };
+}
+
+/// `log_idx` of a message that is in no gateway's delivery log (session detached).
+pub(crate) const NOT_LOGGED: u64 = u64::MAX;
+
+/// A retained outbound message. The certified `content` (candid of `OutboundContent`) is
+/// rebuilt from this on demand; only shared (published) contents are stored whole, once.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct OutEntry {
+    /// Position in the attached gateway's delivery log, or [`NOT_LOGGED`].
+    pub log_idx: u64,
+    pub body: OutBody,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum OutBody {
+    /// A direct `send`: timestamp and the app's candid payload.
+    App { ts: u64, payload: Vec<u8> },
+    /// A `publish`: the shared content `pid` of `len` payload bytes.
+    Shared { pid: u64, len: u32 },
+    /// The certified open confirmation (the key comes from the client record).
+    Opened {
+        ts: u64,
+        open_ts: u64,
+        next_inbound_seq: u64,
+        resumed: bool,
+    },
+    /// The certified close; `reason` is candid of `CloseReason`.
+    Closed { ts: u64, reason: Vec<u8> },
+}
+
+impl OutEntry {
+    /// Bytes counted against the session's `max_queued_bytes` (app payload bytes only).
+    pub(crate) fn counted_bytes(&self) -> u64 {
+        match &self.body {
+            OutBody::App { payload, .. } => payload.len() as u64,
+            OutBody::Shared { len, .. } => u64::from(*len),
+            OutBody::Opened { .. } | OutBody::Closed { .. } => 0,
+        }
+    }
+}
+
+impl Storable for OutEntry {
+    fn to_bytes(&self) -> Cow<'_, [u8]> {
+        Cow::Owned(self.clone().into_bytes())
+    }
+    fn into_bytes(self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(32);
+        match self.body {
+            OutBody::App { ts, payload } => {
+                out.reserve(payload.len());
+                out.push(0);
+                out.extend_from_slice(&self.log_idx.to_be_bytes());
+                out.extend_from_slice(&ts.to_be_bytes());
+                out.extend_from_slice(&payload);
+            }
+            OutBody::Shared { pid, len } => {
+                out.push(1);
+                out.extend_from_slice(&self.log_idx.to_be_bytes());
+                out.extend_from_slice(&pid.to_be_bytes());
+                out.extend_from_slice(&len.to_be_bytes());
+            }
+            OutBody::Opened {
+                ts,
+                open_ts,
+                next_inbound_seq,
+                resumed,
+            } => {
+                out.push(2);
+                out.extend_from_slice(&self.log_idx.to_be_bytes());
+                out.extend_from_slice(&ts.to_be_bytes());
+                out.extend_from_slice(&open_ts.to_be_bytes());
+                out.extend_from_slice(&next_inbound_seq.to_be_bytes());
+                out.push(u8::from(resumed));
+            }
+            OutBody::Closed { ts, reason } => {
+                out.push(3);
+                out.extend_from_slice(&self.log_idx.to_be_bytes());
+                out.extend_from_slice(&ts.to_be_bytes());
+                out.extend_from_slice(&reason);
+            }
+        }
+        out
+    }
+    fn from_bytes(bytes: Cow<'_, [u8]>) -> Self {
+        let mut r = Reader::new(&bytes);
+        let tag = r.u8();
+        let log_idx = r.u64();
+        let body = match tag {
+            1 => OutBody::Shared {
+                pid: r.u64(),
+                len: r.u32(),
+            },
+            2 => OutBody::Opened {
+                ts: r.u64(),
+                open_ts: r.u64(),
+                next_inbound_seq: r.u64(),
+                resumed: r.u8() != 0,
+            },
+            3 => OutBody::Closed {
+                ts: r.u64(),
+                reason: r.rest().to_vec(),
+            },
+            _ => OutBody::App {
+                ts: r.u64(),
+                payload: r.rest().to_vec(),
+            },
+        };
+        OutEntry { log_idx, body }
+    }
+    const BOUND: Bound = Bound::Unbounded;
+}
+
+/// A published content stored once for all its recipients.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct SharedContent {
+    /// Retained messages that reference it; deleted at zero.
+    pub refs: u64,
+    /// candid of `OutboundContent` (identical for every subscriber, hence one hash).
+    pub content: Vec<u8>,
+}
+
+impl Storable for SharedContent {
+    fn to_bytes(&self) -> Cow<'_, [u8]> {
+        Cow::Owned(self.clone().into_bytes())
+    }
+    fn into_bytes(self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(8 + self.content.len());
+        out.extend_from_slice(&self.refs.to_be_bytes());
+        out.extend_from_slice(&self.content);
+        out
+    }
+    fn from_bytes(bytes: Cow<'_, [u8]>) -> Self {
+        let mut r = Reader::new(&bytes);
+        SharedContent {
+            refs: r.u64(),
+            content: r.rest().to_vec(),
+        }
+    }
+    const BOUND: Bound = Bound::Unbounded;
+}
+
+/// Key of `(u64, u64)` pairs, ordered by the first then the second (big-endian).
+pub(crate) fn pair_key(a: u64, b: u64) -> [u8; 16] {
+    let mut k = [0u8; 16];
+    k[..8].copy_from_slice(&a.to_be_bytes());
+    k[8..].copy_from_slice(&b.to_be_bytes());
+    k
+}
+
+/// Splits a [`pair_key`].
+pub(crate) fn split_pair(k: &[u8; 16]) -> (u64, u64) {
+    let mut r = Reader::new(k);
+    (r.u64(), r.u64())
+}
+
+/// Key of a gateway's delivery log entry: `(gateway id, log index)`.
+pub(crate) fn log_key(gateway: u32, idx: u64) -> [u8; 12] {
+    let mut k = [0u8; 12];
+    k[..4].copy_from_slice(&gateway.to_be_bytes());
+    k[4..].copy_from_slice(&idx.to_be_bytes());
+    k
+}
+
+/// Key of a topic subscription: `len(topic) u8, topic, client BE`.
+pub(crate) fn sub_key(topic: &str, client: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(1 + topic.len() + 8);
+    k.push(topic.len() as u8);
+    k.extend_from_slice(topic.as_bytes());
+    k.extend_from_slice(&client.to_be_bytes());
+    k
+}
+
+/// Key of a client's subscription (reverse index): `client BE, topic`.
+pub(crate) fn client_sub_key(client: u64, topic: &str) -> Vec<u8> {
+    let mut k = client.to_be_bytes().to_vec();
+    k.extend_from_slice(topic.as_bytes());
+    k
+}
+
+/// Persistent counters.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub(crate) struct Counters {
+    pub next_client_id: u64,
+    pub next_log_idx: u64,
+    pub next_payload_id: u64,
+    pub next_gateway_id: u64,
+}
+
+impl Counters {
+    pub(crate) fn to_array(self) -> [u8; 32] {
+        let mut out = [0u8; 32];
+        out[..8].copy_from_slice(&self.next_client_id.to_be_bytes());
+        out[8..16].copy_from_slice(&self.next_log_idx.to_be_bytes());
+        out[16..24].copy_from_slice(&self.next_payload_id.to_be_bytes());
+        out[24..].copy_from_slice(&self.next_gateway_id.to_be_bytes());
+        out
+    }
+    pub(crate) fn from_array(a: &[u8; 32]) -> Self {
+        let mut r = Reader::new(a);
+        Counters {
+            next_client_id: r.u64(),
+            next_log_idx: r.u64(),
+            next_payload_id: r.u64(),
+            next_gateway_id: r.u64(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_round_trip() {
+        let rec = ClientRecord {
+            key: [7; 32],
+            gateway: 3,
+            attached: true,
+            closed: false,
+            next_inbound_seq: 1,
+            next_outbound_seq: 2,
+            first_retained_seq: 3,
+            queued_messages: 4,
+            queued_bytes: 5,
+            last_open_ts: 6,
+            opened_at_ns: 7,
+            last_activity_ns: 8,
+            closed_at_ns: 9,
+        };
+        assert_eq!(ClientRecord::from_bytes(rec.to_bytes()), rec);
+        for body in [
+            OutBody::App {
+                ts: 1,
+                payload: vec![1, 2, 3],
+            },
+            OutBody::Shared { pid: 9, len: 100 },
+            OutBody::Opened {
+                ts: 1,
+                open_ts: 2,
+                next_inbound_seq: 3,
+                resumed: true,
+            },
+            OutBody::Closed {
+                ts: 5,
+                reason: vec![9, 9],
+            },
+        ] {
+            let e = OutEntry { log_idx: 42, body };
+            assert_eq!(OutEntry::from_bytes(e.to_bytes()), e);
+        }
+        // Truncated bytes never panic.
+        let _ = ClientRecord::from_bytes(Cow::Borrowed(&[1, 2, 3]));
+        let _ = OutEntry::from_bytes(Cow::Borrowed(&[2]));
+    }
+}
