@@ -129,9 +129,9 @@ export interface IcWsClientOptions<In, Out> {
   /** IC root key (DER, 133 bytes). Default: the mainnet key. A local replica has its own. */
   rootKey?: Uint8Array;
   /** Candid type of what the client sends (the canister's `on_message` argument). */
-  inboundType?: IDL.Type<In>;
+  inboundType?: IDL.Type;
   /** Candid type of what the canister sends. Without it, `data` is the raw candid bytes. */
-  outboundType?: IDL.Type<Out>;
+  outboundType?: IDL.Type;
   /** Candid bytes given to the canister's `on_open` (default: empty). */
   openArgs?: Uint8Array;
   /** Where the session is kept for resuming (default: `sessionStorage` in browsers, memory in Node). `null` disables persistence. */

@@ -4,3 +4,7 @@ export * from "./types.js";
 export * from "./verify.js";
 export * from "./storage.js";
 export * from "./client.js";
+// Re-exported so that apps describe their message types with the same candid library the
+// client decodes with (and bundle one copy of it).
+export { IDL } from "@icp-sdk/core/candid";
+export { Principal } from "@icp-sdk/core/principal";

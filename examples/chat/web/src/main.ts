@@ -1,0 +1,193 @@
+/**
+ * The chat page: pick a name, see who is online and the messages, type and send. Every
+ * message shown passed the client's checks (IC certificate, tree, sequence); a check mark
+ * shows the certificate's time. A failed check shows a banner and the message is never shown.
+ *
+ * Configuration: `config.json` next to the page (written by scripts/demo), overridden by
+ * query parameters `gateway`, `canister`, `rootKey` (hex DER; omit for mainnet) and `name`.
+ */
+import { IcWsClient, IDL, fromHex } from "@ic-ws/client";
+import type { ConnectionState, IcWsError } from "@ic-ws/client";
+import { ChatIn, ChatOut, OpenArgs } from "./chat-types.js";
+
+interface Config { gateway: string; canister: string; rootKey?: string }
+
+const $ = <T extends HTMLElement>(id: string) => document.getElementById(id) as T;
+
+async function loadConfig(): Promise<Config> {
+  let file: Partial<Config> = {};
+  try {
+    const r = await fetch("./config.json", { cache: "no-store" });
+    if (r.ok) file = (await r.json()) as Partial<Config>;
+  } catch {
+    // No config file: query parameters only.
+  }
+  const q = new URLSearchParams(location.search);
+  const cfg = {
+    gateway: q.get("gateway") ?? file.gateway,
+    canister: q.get("canister") ?? file.canister,
+    rootKey: q.get("rootKey") ?? file.rootKey,
+  };
+  if (!cfg.gateway || !cfg.canister) throw new Error("no gateway/canister configured (config.json or ?gateway=&canister=)");
+  return cfg as Config;
+}
+
+const STATE_TEXT: Record<ConnectionState, string> = {
+  idle: "not connected",
+  connecting: "connecting…",
+  open: "connected",
+  reconnecting: "reconnecting…",
+  closed: "disconnected",
+};
+
+function setState(s: ConnectionState): void {
+  const el = $("state");
+  el.dataset.state = s;
+  el.textContent = STATE_TEXT[s];
+  ($("send") as HTMLButtonElement).disabled = s !== "open";
+}
+
+function timeOf(ns: bigint): string {
+  return new Date(Number(ns / 1_000_000n)).toLocaleTimeString();
+}
+
+function addLine(build: (li: HTMLLIElement) => void): void {
+  const list = $("messages");
+  const li = document.createElement("li");
+  build(li);
+  const atBottom = list.scrollTop + list.clientHeight >= list.scrollHeight - 20;
+  list.appendChild(li);
+  if (atBottom) list.scrollTop = list.scrollHeight;
+}
+
+function verifiedMark(li: HTMLLIElement, certNs: bigint): void {
+  const mark = document.createElement("span");
+  mark.className = "verified";
+  mark.textContent = `✓ ${timeOf(certNs)}`;
+  mark.title = `verified: certified by the Internet Computer at ${new Date(Number(certNs / 1_000_000n)).toISOString()}`;
+  li.appendChild(mark);
+}
+
+const members = new Set<string>();
+function renderMembers(): void {
+  const ul = $("members");
+  ul.replaceChildren(...[...members].sort().map((n) => {
+    const li = document.createElement("li");
+    li.textContent = n;
+    return li;
+  }));
+}
+
+function showBanner(e: IcWsError): void {
+  const b = $("banner");
+  b.textContent = `Tampering detected (${e.kind}): ${e.message}. The data was dropped and not shown; reconnecting.`;
+  b.dataset.check = e.kind;
+  b.classList.add("show");
+}
+
+function showNotice(text: string): void {
+  const n = $("notice");
+  n.textContent = text;
+  n.classList.add("show");
+  setTimeout(() => n.classList.remove("show"), 8000);
+}
+
+function start(cfg: Config, name: string): void {
+  $("join").classList.add("hidden");
+  $("chat").classList.remove("hidden");
+  const client = new IcWsClient<ChatIn, ChatOut>({
+    gatewayUrl: cfg.gateway,
+    canisterId: cfg.canister,
+    rootKey: cfg.rootKey ? fromHex(cfg.rootKey) : undefined,
+    inboundType: ChatIn,
+    outboundType: ChatOut,
+    openArgs: IDL.encode([OpenArgs], [{ name }]),
+    storageKey: `ic-ws-chat:${cfg.canister}:${name}`,
+  });
+  (window as unknown as { chatClient: unknown }).chatClient = client;
+  client.on("state", setState);
+  client.on("open", (o) => {
+    $("whoami").textContent = `${name} · client #${o.clientId}${o.resumed ? " (resumed)" : ""}`;
+  });
+  client.on("message", (m) => {
+    const d = m.data;
+    if ("Message" in d) {
+      addLine((li) => {
+        li.className = "chat";
+        const from = document.createElement("span");
+        from.className = "from";
+        from.textContent = d.Message.from;
+        const text = document.createElement("span");
+        text.className = "text";
+        text.textContent = d.Message.text;
+        li.append(from, text);
+        verifiedMark(li, m.certificateTimeNs);
+      });
+    } else if ("Joined" in d) {
+      members.add(d.Joined.name);
+      renderMembers();
+      addLine((li) => {
+        li.className = "event";
+        li.textContent = `${d.Joined.name} joined`;
+        verifiedMark(li, m.certificateTimeNs);
+      });
+    } else if ("Left" in d) {
+      members.delete(d.Left.name);
+      renderMembers();
+      addLine((li) => {
+        li.className = "event";
+        li.textContent = `${d.Left.name} left`;
+        verifiedMark(li, m.certificateTimeNs);
+      });
+    } else if ("Members" in d) {
+      members.clear();
+      for (const n of d.Members.names) members.add(n);
+      renderMembers();
+    }
+  });
+  client.on("error", (e) => {
+    if (e.tampering) showBanner(e);
+    else showNotice(`${e.kind}: ${e.message}`);
+  });
+  client.on("close", (c) => {
+    if (c.sessionClosed) showNotice(`session ended: ${c.reason}`);
+  });
+  $("send-form").addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    const input = $<HTMLInputElement>("text");
+    const text = input.value.trim();
+    if (!text) return;
+    try {
+      client.send({ Say: { text } });
+      input.value = "";
+    } catch (e) {
+      showNotice(String(e));
+    }
+  });
+  client.connect();
+}
+
+async function main(): Promise<void> {
+  let cfg: Config;
+  try {
+    cfg = await loadConfig();
+  } catch (e) {
+    showNotice(String(e));
+    return;
+  }
+  const preset = new URLSearchParams(location.search).get("name") ?? sessionStorage.getItem("ic-ws-chat:name");
+  if (preset) {
+    sessionStorage.setItem("ic-ws-chat:name", preset);
+    start(cfg, preset);
+    return;
+  }
+  $("join-form").addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    const name = $<HTMLInputElement>("name").value.trim();
+    if (!name) return;
+    sessionStorage.setItem("ic-ws-chat:name", name);
+    start(cfg, name);
+  });
+}
+
+void main();
