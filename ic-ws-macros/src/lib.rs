@@ -1,1 +1,164 @@
-//! ic-ws-macros (being written).
+//! Attribute macros of ic-ws: `#[on_open]`, `#[on_message]`, `#[on_close]`.
+//!
+//! Use them through `ic_ws_canister` (which re-exports them and provides everything the
+//! generated code calls). This crate only parses the attribute and the handler (`attr`,
+//! `handler`), validates the handler's signature, and generates a short shim (`expand`): the
+//! canister endpoints of `docs/protocol.md` and the typed decoding of the app's messages. All
+//! behaviour (signatures, sequence numbers, queues, certification) lives in the runtime.
+//!
+//! The module `expand` documents how the endpoints are generated exactly once although each
+//! attribute sees only its own function.
+
+mod attr;
+mod errors;
+mod expand;
+mod handler;
+
+use errors::Errors;
+use handler::{Handler, Kind};
+use proc_macro::TokenStream;
+use quote::quote;
+
+/// Declares the handler of app messages and generates the canister's ic-ws endpoints.
+///
+/// Required, exactly once per canister. The function takes the sender and the message, decoded
+/// from candid into the parameter's type (a payload that does not decode is answered with
+/// `WsError::DecodeError` for that message only; the handler is not called), and returns `()`
+/// or `Result<(), String>` (an `Err` is reported to the client as `WsError::Rejected`):
+///
+/// ```
+/// use candid::{CandidType, Deserialize};
+/// use ic_ws_canister::{on_message, ClientId};
+///
+/// #[derive(CandidType, Deserialize)]
+/// enum Inbound { Say(String) }
+///
+/// #[derive(CandidType, Deserialize)]
+/// enum Outbound { Said { from: ClientId, text: String } }
+///
+/// #[on_message(outbound = Outbound)]
+/// fn message(client: ClientId, message: Inbound) -> Result<(), String> {
+///     match message {
+///         Inbound::Say(text) if text.is_empty() => Err("empty message".into()),
+///         Inbound::Say(text) => Ok(()),
+///     }
+/// }
+/// # fn main() {}
+/// ```
+///
+/// It generates the update methods `ws_open`, `ws_message`, `ws_close`, the query `ws_poll`
+/// (candid in `docs/protocol.md`) and the query `ws_app_types : () -> (opt M, opt O)` whose
+/// only purpose is to name the app's inbound type `M` and outbound type `O` in the candid
+/// interface, so that clients can generate bindings for them. All of them are declared to
+/// `ic_cdk::export_candid!()` (invoke it after the handlers, as for `#[ic_cdk::update]`). The
+/// types are named as written in the handler and must be nameable where `export_candid!()`
+/// is invoked (usually the crate root).
+///
+/// Arguments:
+/// - `outbound = Type`: the app's outbound message type (what it passes to `send` and
+///   `publish`), named in `ws_app_types`. Optional.
+/// - `crate = "path"`: where `ic_ws_canister` is, if it is renamed or re-exported
+///   (default `::ic_ws_canister`). Use an absolute path (`::name` or `crate::...`).
+///
+/// The handler cannot be `async` (start async work with `ic_cdk::futures::spawn`), generic or
+/// a method. It runs inside the batched `ws_message` update call: if it traps, the whole batch
+/// is rolled back and the gateway retries its entries one by one.
+///
+/// A second `#[on_message]` in the crate is a compile error (`__ic_ws_only_one_on_message_per_canister`
+/// defined multiple times); the generated items live beside the app's own `#[init]`,
+/// `#[post_upgrade]`, timers and stable structures, which the macros never define.
+#[proc_macro_attribute]
+pub fn on_message(attr: TokenStream, item: TokenStream) -> TokenStream {
+    expand_attribute(Kind::Message, attr.into(), item.into()).into()
+}
+
+/// Declares the handler called once when a client opens a new session.
+///
+/// `fn(client: ClientId)` or `fn(client: ClientId, args: A)`, returning `()` or
+/// `Result<(), String>`. `A` is decoded from the open request's `args` (candid); an `Err`, or
+/// arguments that do not decode, reject the open (`WsError::Rejected`) and nothing of the
+/// session remains. Resuming a session does not call it again. Without `#[on_open]` every
+/// open is accepted.
+///
+/// ```
+/// use candid::{CandidType, Deserialize};
+/// use ic_ws_canister::{on_message, on_open, ClientId};
+///
+/// #[derive(CandidType, Deserialize)]
+/// struct Join { name: String }
+///
+/// #[on_open]
+/// fn open(client: ClientId, join: Join) -> Result<(), String> {
+///     if join.name.is_empty() { Err("pick a name".into()) } else { Ok(()) }
+/// }
+///
+/// #[on_message]
+/// fn message(client: ClientId, text: String) {}
+/// # fn main() {}
+/// ```
+///
+/// With arguments, it also generates the query `ws_open_args_type : () -> (opt A)`, which names
+/// `A` in the candid interface for client bindings.
+///
+/// Arguments: `crate = "path"` as for `#[on_message]`, and `on_message_in = path::to::module`
+/// when `#[on_message]` is in another module (default: the same module).
+#[proc_macro_attribute]
+pub fn on_open(attr: TokenStream, item: TokenStream) -> TokenStream {
+    expand_attribute(Kind::Open, attr.into(), item.into()).into()
+}
+
+/// Declares the handler called exactly once when a session ends, with the reason.
+///
+/// `fn(client: ClientId, reason: CloseReason)` or `fn(client: ClientId)`, returning `()`.
+/// Called for a client's close, `ic_ws_canister::close`, expiry and queue overflow; a gateway
+/// disconnect does not end a session (the client may resume). Without `#[on_close]` nothing is
+/// called.
+///
+/// ```
+/// use ic_ws_canister::{on_close, on_message, ClientId, CloseReason};
+///
+/// #[on_message]
+/// fn message(client: ClientId, text: String) {}
+///
+/// #[on_close]
+/// fn close(client: ClientId, reason: CloseReason) {
+///     let _ = (client, reason);
+/// }
+/// # fn main() {}
+/// ```
+///
+/// Arguments: `crate = "path"` and `on_message_in = path::to::module`, as for `#[on_open]`.
+#[proc_macro_attribute]
+pub fn on_close(attr: TokenStream, item: TokenStream) -> TokenStream {
+    expand_attribute(Kind::Close, attr.into(), item.into()).into()
+}
+
+/// Parse, validate, generate. The original item is always emitted, also with errors, so that
+/// the rest of the crate (and IDEs) keep seeing the function.
+fn expand_attribute(
+    kind: Kind,
+    attr: proc_macro2::TokenStream,
+    item: proc_macro2::TokenStream,
+) -> proc_macro2::TokenStream {
+    let mut errors = Errors::default();
+    let config = attr::parse(kind, attr, &mut errors);
+    let generated = match syn::parse2::<syn::ItemFn>(item.clone()) {
+        Ok(func) => match Handler::from_fn(kind, &func, &mut errors) {
+            Some(handler) if errors.is_empty() => expand::generate(&handler, &config),
+            _ => expand::fallback(kind),
+        },
+        Err(_) => {
+            errors.error(
+                &item,
+                format!("`#[{}]` must be placed on a function", kind.attr_name()),
+            );
+            expand::fallback(kind)
+        }
+    };
+    let compile_errors = errors.to_compile_errors();
+    quote! {
+        #item
+        #generated
+        #compile_errors
+    }
+}

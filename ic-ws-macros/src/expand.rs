@@ -1,0 +1,435 @@
+//! Code generation: the short shims around the app's handlers.
+//!
+//! # How the endpoints are generated exactly once
+//!
+//! The canister endpoints (`ws_open`, `ws_message`, `ws_close`, `ws_poll`) need all three
+//! handlers, but each attribute only sees its own function. So:
+//!
+//! - `#[on_message]` (required, exactly once per canister) generates the endpoints, plus a
+//!   hidden module `__ic_ws_on_message` holding a marker type `App`, and a private trait with
+//!   *provided* associated constants `ON_OPEN` / `ON_CLOSE` set to the runtime's defaults,
+//!   implemented for `App`. The endpoints read `App::ON_OPEN` and `App::ON_CLOSE`.
+//! - `#[on_open]` / `#[on_close]` generate an *inherent* `impl App { const ON_OPEN: .. }`.
+//!   Rust resolves `App::ON_OPEN` to an inherent associated item before any trait item, so an
+//!   app that defines the handler gets it and one that does not falls back to the default
+//!   (the same principle as autoref specialization, on a path instead of a method call; it is
+//!   resolved at compile time, in a non-generic context, so it is sound on stable Rust).
+//! - A duplicate `#[on_open]` / `#[on_close]` is a duplicate inherent constant (E0592); a
+//!   duplicate `#[on_message]` in the same module a duplicate `__ic_ws_on_message` module, and
+//!   in any module a duplicate crate-level `#[macro_export]` sentinel (E0428), both found by
+//!   `cargo check`, before the linker would see two `canister_update ws_open` exports.
+//! - `#[on_open]` / `#[on_close]` without `#[on_message]` in their module fail to resolve
+//!   `__ic_ws_on_message::App`; `on_message_in = path::to::module` names the module when the
+//!   handlers are split over modules.
+//!
+//! Everything the generated code names goes through the runtime's hidden path
+//! (`::ic_ws_canister::__private`, or `crate = "..."`), never through the user's imports;
+//! generated locals use mixed-site hygiene, so they cannot capture or shadow the app's names.
+
+use crate::attr::Config;
+use crate::handler::{Handler, Kind, Output};
+use proc_macro2::{Span, TokenStream};
+use quote::{format_ident, quote, quote_spanned};
+use syn::spanned::Spanned;
+use syn::{Ident, Path, Type};
+
+/// Name of the hidden module `#[on_message]` generates.
+const MARKER_MODULE: &str = "__ic_ws_on_message";
+
+/// The paths generated code uses.
+struct Paths {
+    /// The runtime crate's root (public API: `ClientId`, `CloseReason`, batch types).
+    krate: Path,
+    /// Its hidden macro support module.
+    private: TokenStream,
+}
+
+impl Paths {
+    fn new(config: &Config) -> Paths {
+        let krate = config.krate();
+        let private = quote!(#krate::__private);
+        Paths { krate, private }
+    }
+}
+
+/// Locals of the generated shims: mixed-site hygiene so they never clash with the app's
+/// names (a handler may well be called `message` or take a parameter named `client`).
+fn local(name: &str) -> Ident {
+    Ident::new(name, Span::mixed_site())
+}
+
+/// The same local, reported at `at` in diagnostics (for type errors about the user's
+/// parameter types).
+fn local_at(name: &str, at: Span) -> Ident {
+    Ident::new(name, Span::mixed_site().located_at(at))
+}
+
+/// The generated code for a valid handler.
+pub fn generate(handler: &Handler, config: &Config) -> TokenStream {
+    let paths = Paths::new(config);
+    match handler.kind {
+        Kind::Message => on_message(handler, config, &paths),
+        Kind::Open => on_open(handler, config, &paths),
+        Kind::Close => on_close(handler, config, &paths),
+    }
+}
+
+/// What is still generated when the handler has errors: for `#[on_message]`, the marker
+/// module, so that valid `#[on_open]` / `#[on_close]` do not add unrelated errors.
+pub fn fallback(kind: Kind) -> TokenStream {
+    match kind {
+        Kind::Message => marker_module(),
+        Kind::Open | Kind::Close => TokenStream::new(),
+    }
+}
+
+fn marker_module() -> TokenStream {
+    let module = format_ident!("{}", MARKER_MODULE);
+    quote! {
+        #[doc(hidden)]
+        #[allow(dead_code, non_snake_case)]
+        pub(crate) mod #module {
+            /// The handlers of this canister: `#[on_open]` and `#[on_close]` attach their
+            /// shims to it as inherent constants, which take precedence over the defaults.
+            pub struct App;
+        }
+
+        /// Only one `#[on_message]` per canister: a second one redefines this crate-level
+        /// macro, which the compiler reports wherever the two are.
+        #[doc(hidden)]
+        #[macro_export]
+        macro_rules! __ic_ws_only_one_on_message_per_canister {
+            () => {};
+        }
+    }
+}
+
+/// The path of the marker type as seen from an `#[on_open]` / `#[on_close]`.
+fn marker_path(config: &Config) -> TokenStream {
+    let module = format_ident!("{}", MARKER_MODULE);
+    match &config.on_message_in {
+        Some(path) => quote!(#path::#module::App),
+        None => quote!(#module::App),
+    }
+}
+
+/// The export attributes of a canister method (`canister_update <name>` on wasm; natively
+/// the same name with a dot, as ic-cdk does, so native builds link).
+fn export_attrs(mode: &str, name: &str) -> TokenStream {
+    let wasm = format!("canister_{mode} {name}");
+    let native = format!("canister_{mode}.{name}");
+    quote! {
+        #[cfg_attr(target_family = "wasm", unsafe(export_name = #wasm))]
+        #[cfg_attr(not(target_family = "wasm"), unsafe(export_name = #native))]
+    }
+}
+
+/// Calls the user's handler with the shim's locals, mapping its return value:
+/// `()` -> `Ok(())`; otherwise the value must be `Result<(), String>` (checked at the user's
+/// return type, so a wrong one is reported there).
+fn call_handler(handler: &Handler, args: &[Ident]) -> TokenStream {
+    let ident = &handler.ident;
+    match &handler.output {
+        Output::Unit => quote! {
+            #ident(#(#args),*);
+            ::core::result::Result::Ok(())
+        },
+        Output::Fallible(ty) => {
+            let result = local("result");
+            let span = ty.span();
+            let annotated = quote_spanned! {span=>
+                ::core::result::Result<(), ::std::string::String>
+            };
+            quote! {
+                let #result: #annotated = #ident(#(#args),*);
+                #result
+            }
+        }
+    }
+}
+
+/// The client id local, located at the user's client type so that a parameter that is not a
+/// `ClientId` is reported there.
+fn client_local(handler: &Handler) -> Ident {
+    local_at("client", handler.client_ty.span())
+}
+
+fn on_message(handler: &Handler, config: &Config, paths: &Paths) -> TokenStream {
+    let Paths { krate, private } = paths;
+    let marker = marker_module();
+    let module = format_ident!("{}", MARKER_MODULE);
+    let message_ty: &Type = match &handler.payload_ty {
+        Some(ty) => ty,
+        // Validation guarantees two parameters; stay total anyway.
+        None => return marker,
+    };
+
+    let client = client_local(handler);
+    let payload = local("payload");
+    let message = local_at("message", message_ty.span());
+    let call = call_handler(handler, &[client.clone(), message.clone()]);
+
+    let outbound_ty = config.outbound.as_ref();
+    let app_types_rets = match outbound_ty {
+        Some(out) => quote!((::core::option::Option<#message_ty>, ::core::option::Option<#out>)),
+        None => quote!((::core::option::Option<#message_ty>,)),
+    };
+    let app_types_value = match outbound_ty {
+        Some(out) => quote!((
+            ::core::option::Option::<#message_ty>::None,
+            ::core::option::Option::<#out>::None,
+        )),
+        None => quote!((::core::option::Option::<#message_ty>::None,)),
+    };
+
+    let export_open = export_attrs("update", "ws_open");
+    let export_message = export_attrs("update", "ws_message");
+    let export_close = export_attrs("update", "ws_close");
+    let export_poll = export_attrs("query", "ws_poll");
+    let export_types = export_attrs("query", "ws_app_types");
+
+    quote! {
+        #marker
+
+        const _: () = {
+            /// Defaults for handlers the app does not define; an inherent constant generated
+            /// by `#[on_open]` / `#[on_close]` on the marker shadows these.
+            #[allow(dead_code)]
+            trait __IcWsDefaultHandlers {
+                const ON_OPEN: fn(#krate::ClientId, &[u8])
+                    -> ::core::result::Result<(), ::std::string::String> = #private::default_on_open;
+                const ON_CLOSE: fn(#krate::ClientId, #krate::CloseReason) = #private::default_on_close;
+            }
+            impl __IcWsDefaultHandlers for #module::App {}
+
+            fn __ic_ws_on_message(
+                #client: #krate::ClientId,
+                #payload: &[u8],
+            ) -> ::core::result::Result<(), #krate::WsError> {
+                let #message = #private::decode_payload::<#message_ty>(#payload)?;
+                let result: ::core::result::Result<(), ::std::string::String> = { #call };
+                result.map_err(#krate::WsError::Rejected)
+            }
+
+            static __IC_WS_HANDLERS: #private::Handlers = #private::Handlers {
+                on_open: #module::App::ON_OPEN,
+                on_message: __ic_ws_on_message,
+                on_close: #module::App::ON_CLOSE,
+            };
+
+            /// Decoded argument of an endpoint; an argument that does not decode rejects the
+            /// whole call (no entry of it can be attributed to a client).
+            fn __ic_ws_argument<T>(
+                method: &str,
+                decoded: ::core::result::Result<T, #krate::WsError>,
+            ) -> T {
+                match decoded {
+                    ::core::result::Result::Ok(value) => value,
+                    ::core::result::Result::Err(error) => #private::ic_cdk::trap(
+                        ::std::format!("{method}: the argument does not decode: {error}"),
+                    ),
+                }
+            }
+
+            fn __ic_ws_reply<T: #private::candid::utils::ArgumentEncoder>(method: &str, value: T) {
+                match #private::candid::encode_args(value) {
+                    ::core::result::Result::Ok(bytes) => #private::ic_cdk::api::msg_reply(bytes),
+                    ::core::result::Result::Err(error) => #private::ic_cdk::trap(
+                        ::std::format!("{method}: the reply does not encode: {error}"),
+                    ),
+                }
+            }
+
+            fn __ic_ws_arg_bytes() -> ::std::vec::Vec<u8> {
+                #private::ic_cdk::api::msg_arg_data()
+            }
+
+            #export_open
+            fn __ic_ws_endpoint_ws_open() {
+                #private::ic_cdk::futures::internals::in_executor_context(|| {
+                    let batch = __ic_ws_argument(
+                        "ws_open",
+                        #private::decode_payload::<#krate::OpenBatch>(&__ic_ws_arg_bytes()),
+                    );
+                    __ic_ws_reply("ws_open", (#private::ws_open(&__IC_WS_HANDLERS, batch),));
+                });
+            }
+
+            #export_message
+            fn __ic_ws_endpoint_ws_message() {
+                #private::ic_cdk::futures::internals::in_executor_context(|| {
+                    let batch = __ic_ws_argument(
+                        "ws_message",
+                        #private::decode_payload::<#krate::MessageBatch>(&__ic_ws_arg_bytes()),
+                    );
+                    __ic_ws_reply("ws_message", (#private::ws_message(&__IC_WS_HANDLERS, batch),));
+                });
+            }
+
+            #export_close
+            fn __ic_ws_endpoint_ws_close() {
+                #private::ic_cdk::futures::internals::in_executor_context(|| {
+                    let batch = __ic_ws_argument(
+                        "ws_close",
+                        #private::decode_payload::<#krate::CloseBatch>(&__ic_ws_arg_bytes()),
+                    );
+                    __ic_ws_reply("ws_close", (#private::ws_close(&__IC_WS_HANDLERS, batch),));
+                });
+            }
+
+            #export_poll
+            fn __ic_ws_endpoint_ws_poll() {
+                #private::ic_cdk::futures::internals::in_query_executor_context(|| {
+                    let request = __ic_ws_argument(
+                        "ws_poll",
+                        #private::decode_payload::<#krate::PollRequest>(&__ic_ws_arg_bytes()),
+                    );
+                    __ic_ws_reply("ws_poll", (#private::ws_poll(request),));
+                });
+            }
+
+            /// Names the app's message types in the candid interface (bindings for clients);
+            /// the values are always `null`.
+            #export_types
+            fn __ic_ws_endpoint_ws_app_types() {
+                #private::ic_cdk::futures::internals::in_query_executor_context(|| {
+                    __ic_ws_reply("ws_app_types", #app_types_value);
+                });
+            }
+
+            // Candid declarations of the endpoints for `ic_cdk::export_candid!()` (these
+            // functions are never called; only their signatures are read).
+            #[#private::candid::candid_method(update, rename = "ws_open")]
+            #[allow(dead_code, unused_variables)]
+            fn __ic_ws_candid_ws_open(
+                arg: #krate::OpenBatch,
+            ) -> ::std::vec::Vec<#krate::OpenResult> {
+                ::core::unreachable!()
+            }
+            #[#private::candid::candid_method(update, rename = "ws_message")]
+            #[allow(dead_code, unused_variables)]
+            fn __ic_ws_candid_ws_message(
+                arg: #krate::MessageBatch,
+            ) -> ::std::vec::Vec<#krate::MessageResult> {
+                ::core::unreachable!()
+            }
+            #[#private::candid::candid_method(update, rename = "ws_close")]
+            #[allow(dead_code, unused_variables)]
+            fn __ic_ws_candid_ws_close(
+                arg: #krate::CloseBatch,
+            ) -> ::std::vec::Vec<#krate::CloseResult> {
+                ::core::unreachable!()
+            }
+            #[#private::candid::candid_method(query, rename = "ws_poll")]
+            #[allow(dead_code, unused_variables)]
+            fn __ic_ws_candid_ws_poll(arg: #krate::PollRequest) -> #krate::PollResult {
+                ::core::unreachable!()
+            }
+            #[#private::candid::candid_method(query, rename = "ws_app_types")]
+            #[allow(dead_code)]
+            fn __ic_ws_candid_ws_app_types() -> #app_types_rets {
+                ::core::unreachable!()
+            }
+        };
+    }
+}
+
+fn on_open(handler: &Handler, config: &Config, paths: &Paths) -> TokenStream {
+    let Paths { krate, private } = paths;
+    let marker = marker_path(config);
+    let client = client_local(handler);
+    let args_bytes = local("args");
+    let (decode, call_args, open_args_query) = match &handler.payload_ty {
+        Some(args_ty) => {
+            let args = local_at("open_args", args_ty.span());
+            let decode = quote! {
+                let #args = #private::decode_payload::<#args_ty>(#args_bytes)
+                    .map_err(|error| ::std::string::ToString::to_string(&error))?;
+            };
+            (decode, vec![client.clone(), args], open_args_query(args_ty, paths))
+        }
+        None => (
+            quote!(let _ = #args_bytes;),
+            vec![client.clone()],
+            TokenStream::new(),
+        ),
+    };
+    let call = call_handler(handler, &call_args);
+    quote! {
+        impl #marker {
+            #[doc(hidden)]
+            #[allow(dead_code)]
+            pub(crate) const ON_OPEN: fn(#krate::ClientId, &[u8])
+                -> ::core::result::Result<(), ::std::string::String> = {
+                fn __ic_ws_on_open(
+                    #client: #krate::ClientId,
+                    #args_bytes: &[u8],
+                ) -> ::core::result::Result<(), ::std::string::String> {
+                    #decode
+                    #call
+                }
+                __ic_ws_on_open
+            };
+        }
+        #open_args_query
+    }
+}
+
+/// `ws_open_args_type : () -> (opt A) query`: names the open arguments' type in the candid
+/// interface (`OpenRequest.args` is its candid encoding).
+fn open_args_query(args_ty: &Type, paths: &Paths) -> TokenStream {
+    let Paths { private, .. } = paths;
+    let export = export_attrs("query", "ws_open_args_type");
+    quote! {
+        const _: () = {
+            #export
+            fn __ic_ws_endpoint_ws_open_args_type() {
+                #private::ic_cdk::futures::internals::in_query_executor_context(|| {
+                    match #private::candid::encode_one(::core::option::Option::<#args_ty>::None) {
+                        ::core::result::Result::Ok(bytes) => #private::ic_cdk::api::msg_reply(bytes),
+                        ::core::result::Result::Err(error) => #private::ic_cdk::trap(
+                            ::std::format!("ws_open_args_type: the reply does not encode: {error}"),
+                        ),
+                    }
+                });
+            }
+            #[#private::candid::candid_method(query, rename = "ws_open_args_type")]
+            #[allow(dead_code)]
+            fn __ic_ws_candid_ws_open_args_type() -> ::core::option::Option<#args_ty> {
+                ::core::unreachable!()
+            }
+        };
+    }
+}
+
+fn on_close(handler: &Handler, config: &Config, paths: &Paths) -> TokenStream {
+    let Paths { krate, .. } = paths;
+    let marker = marker_path(config);
+    let client = client_local(handler);
+    let (reason, call_args) = match &handler.payload_ty {
+        Some(reason_ty) => {
+            let reason = local_at("reason", reason_ty.span());
+            (reason.clone(), vec![client.clone(), reason])
+        }
+        None => (local("reason"), vec![client.clone()]),
+    };
+    let ident = &handler.ident;
+    let ignore_reason = if handler.payload_ty.is_none() {
+        quote!(let _ = #reason;)
+    } else {
+        quote!()
+    };
+    quote! {
+        impl #marker {
+            #[doc(hidden)]
+            #[allow(dead_code)]
+            pub(crate) const ON_CLOSE: fn(#krate::ClientId, #krate::CloseReason) = {
+                fn __ic_ws_on_close(#client: #krate::ClientId, #reason: #krate::CloseReason) {
+                    #ignore_reason
+                    #ident(#(#call_args),*);
+                }
+                __ic_ws_on_close
+            };
+        }
+    }
+}
