@@ -81,6 +81,8 @@ export class FakeGateway {
     this.tamper = null;
     this.misbind = undefined;
     this.sockets = new Set();
+    /** Called after a new session's Opened is queued: the app's on_open. */
+    this.onOpened = (_session, _args) => {};
     this.onApp = (s, payload) => {
       const [text] = IDL.decode([IDL.Text], payload);
       this.push(s, { App: { topic: [], payload: IDL.encode([IDL.Text], [`echo: ${text}`]) } });
@@ -178,6 +180,7 @@ export class FakeGateway {
     conn.session = s;
     reply({ Ok: { client_id: s.id, next_inbound_seq: s.nextInSeq, opened_seq: s.nextOutSeq } });
     this.push(s, { Opened: { client_key: req.client_key, open_timestamp_ns: req.timestamp_ns, next_inbound_seq: s.nextInSeq, resumed: req.resume.length > 0 } });
+    if (req.resume.length === 0) this.onOpened(s, req.args);
   }
 
   /** Sends the session's undelivered messages, certified, with a tree of this client's paths. */

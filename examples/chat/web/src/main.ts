@@ -80,7 +80,7 @@ function renderMembers(): void {
 
 function showBanner(e: IcWsError): void {
   const b = $("banner");
-  b.textContent = `Tampering detected (${e.kind}): ${e.message}. The data was dropped and not shown; reconnecting.`;
+  b.textContent = `Tampering detected (${e.kind}) at ${new Date().toLocaleTimeString()}: ${e.message}. The data was dropped and not shown; the page reconnected to get the real messages.`;
   b.dataset.check = e.kind;
   b.classList.add("show");
 }

@@ -1,0 +1,30 @@
+// The chat "canister" on client-js's fake IC + gateway (real certificates from a test root
+// key): lets the page and the bench run in Chromium without building the Rust stack.
+import { IDL } from "../../client-js/dist/index.js";
+import { FakeGateway } from "../../client-js/test/fake-gateway.mjs";
+import { ChatIn, ChatOut, OpenArgs } from "./chat-idl.mjs";
+
+export async function startFakeChat() {
+  const gw = await new FakeGateway().start();
+  const names = new Map();
+  const broadcast = (out) => {
+    for (const s of gw.sessions.values()) if (!s.closed) gw.push(s, { App: { topic: [], payload: IDL.encode([ChatOut], [out]) } });
+  };
+  gw.onOpened = (s, args) => {
+    const [{ name }] = IDL.decode([OpenArgs], args);
+    names.set(s.id, name);
+    gw.push(s, { App: { topic: [], payload: IDL.encode([ChatOut], [{ Members: { names: [...names.values()] } }]) } });
+    broadcast({ Joined: { name } });
+  };
+  gw.onApp = (s, payload) => {
+    const [msg] = IDL.decode([ChatIn], payload);
+    broadcast({ Message: { from: names.get(s.id) ?? "?", text: msg.Say.text } });
+  };
+  return {
+    gatewayUrl: gw.url,
+    canisterId: gw.canisterId.toText(),
+    rootKeyHex: Buffer.from(gw.root.der).toString("hex"),
+    gw,
+    stop: () => gw.stop(),
+  };
+}
