@@ -1,0 +1,78 @@
+// The real stack for the browser test and the bench: builds the chat canister to wasm and the
+// replica and gateway binaries (cargo, incremental), then starts
+//   ic-ws-replica --port 0 --json --install chat=<wasm>
+//   ic-ws-gateway --listen 127.0.0.1:0 --network <replica> --fetch-root-key --canister <chat>
+// and returns their addresses and the replica's root key (the page verifies against it).
+import { execFileSync } from "node:child_process";
+import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { ROOT } from "./page-build.mjs";
+import { start, stop } from "./proc.mjs";
+
+export const TARGET_DIR = process.env.CARGO_TARGET_DIR || join(ROOT, "target");
+
+function cargo(args) {
+  console.error(`[build] cargo ${args.join(" ")}`);
+  execFileSync("cargo", args, { cwd: ROOT, stdio: ["ignore", "inherit", "inherit"] });
+}
+
+/** Builds what the stack needs; returns the paths. */
+export function buildStack() {
+  cargo(["build", "--target", "wasm32-unknown-unknown", "--profile", "canister", "-p", "ic-ws-example-chat"]);
+  cargo(["build", "-p", "ic-ws-replica", "-p", "ic-ws-gateway", "--bins"]);
+  const paths = {
+    wasm: join(TARGET_DIR, "wasm32-unknown-unknown/canister/ic_ws_example_chat.wasm"),
+    replica: join(TARGET_DIR, "debug/ic-ws-replica"),
+    gateway: join(TARGET_DIR, "debug/ic-ws-gateway"),
+  };
+  for (const [what, p] of Object.entries(paths)) if (!existsSync(p)) throw new Error(`${what} not built: ${p}`);
+  return paths;
+}
+
+async function waitForFile(path, ms) {
+  const end = Date.now() + ms;
+  while (!existsSync(path)) {
+    if (Date.now() > end) throw new Error(`timed out waiting for ${path}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  return readFileSync(path, "utf8");
+}
+
+/** Starts replica (with the chat canister) and gateway. */
+export async function startStack(paths = buildStack()) {
+  const replica = await start("replica", paths.replica, ["--port", "0", "--json", "--install", `chat=${paths.wasm}`], {
+    ready: (l) => l.startsWith("{"),
+    timeoutMs: 180_000,
+  });
+  const info = JSON.parse(replica.line);
+  const canisterId = info.canisters.chat;
+  const dir = mkdtempSync(join(tmpdir(), "ic-ws-gateway-"));
+  const readyFile = join(dir, "ready.json");
+  const gatewayArgs = [
+    "--listen", "127.0.0.1:0", "--admin-listen", "off", "--ready-file", readyFile,
+    "--network", info.url, "--fetch-root-key", "--identity-file", join(dir, "identity.pem"),
+    "--canister", canisterId,
+  ];
+  const gwChild = start("gateway", paths.gateway, gatewayArgs, { ready: () => false, timeoutMs: 600_000 });
+  gwChild.catch(() => {});
+  let ready;
+  try {
+    ready = JSON.parse(await Promise.race([waitForFile(readyFile, 60_000), gwChild.then(() => { throw new Error("gateway exited"); })]));
+  } catch (e) {
+    await stop(replica.child);
+    throw e;
+  }
+  return {
+    replicaUrl: info.url,
+    canisterId,
+    rootKeyHex: info.root_key,
+    gatewayUrl: `ws://${ready.listen}`,
+    gatewayPrincipal: ready.principal,
+    async stop() {
+      const { stopAll } = await import("./proc.mjs");
+      await stopAll();
+      rmSync(dir, { recursive: true, force: true });
+    },
+  };
+}
