@@ -64,6 +64,8 @@ use serde::Deserialize;
 use std::cell::Cell;
 
 pub use config::{OverflowPolicy, WsConfig};
+// The handler attributes; they generate the ws endpoints (docs in ic-ws-macros).
+pub use ic_ws_macros::{on_close, on_message, on_open};
 pub use ic_ws_protocol::{
     ClientId, CloseBatch, CloseReason, CloseResult, MessageBatch, MessageResult, OpenBatch,
     OpenResult, PollRequest, PollResult, WsError,
