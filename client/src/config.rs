@@ -48,7 +48,10 @@ impl Backoff {
     /// The delay before retry number `attempt` (1-based), with up to 25% random jitter so that
     /// many clients of a restarted gateway do not reconnect in lockstep.
     pub fn delay(&self, attempt: u32) -> Duration {
-        let exp = self.multiplier.max(1.0).powi(attempt.saturating_sub(1).min(64) as i32);
+        let exp = self
+            .multiplier
+            .max(1.0)
+            .powi(attempt.saturating_sub(1).min(64) as i32);
         let base = self.initial.as_secs_f64() * exp;
         let capped = base.min(self.max.as_secs_f64());
         let jitter = 1.0 + rand::random::<f64>() * 0.25;
@@ -162,7 +165,9 @@ impl ClientConfig {
         }
         for url in &self.gateway_urls {
             if !(url.starts_with("ws://") || url.starts_with("wss://")) {
-                return Err(Config(format!("gateway URL {url:?} is not ws:// or wss://")));
+                return Err(Config(format!(
+                    "gateway URL {url:?} is not ws:// or wss://"
+                )));
             }
         }
         ic_ws_protocol::verify::bls_key_from_der(&self.root_key_der)
@@ -171,5 +176,44 @@ impl ClientConfig {
             return Err(Config("event_buffer and resend_buffer must be > 0".into()));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_exponentially_up_to_the_cap() {
+        let b = Backoff {
+            initial: Duration::from_millis(100),
+            max: Duration::from_secs(2),
+            multiplier: 2.0,
+            max_attempts: None,
+        };
+        for (attempt, base_ms) in [(1u32, 100u64), (2, 200), (3, 400), (4, 800)] {
+            let d = b.delay(attempt).as_millis() as u64;
+            assert!(
+                (base_ms..=base_ms * 5 / 4).contains(&d),
+                "attempt {attempt}: {d} ms"
+            );
+        }
+        assert_eq!(b.delay(30), Duration::from_secs(2));
+        assert_eq!(b.delay(u32::MAX), Duration::from_secs(2));
+    }
+
+    #[test]
+    fn config_validation_names_the_problem() {
+        let c = ClientConfig::new("ws://127.0.0.1:1", Principal::anonymous());
+        assert!(c.validate().is_ok());
+        let mut bad = c.clone();
+        bad.gateway_urls.clear();
+        assert!(
+            matches!(bad.validate(), Err(crate::ClientError::Config(m)) if m.contains("no gateway"))
+        );
+        let bad = c.clone().with_root_key(vec![0u8; 10]);
+        assert!(
+            matches!(bad.validate(), Err(crate::ClientError::Config(m)) if m.contains("root key"))
+        );
     }
 }

@@ -39,9 +39,8 @@ pub(crate) struct Driver {
     pub(crate) url_index: usize,
 }
 
-type Ws = tokio_tungstenite::WebSocketStream<
-    tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
->;
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 impl Driver {
     pub(crate) async fn run(mut self) {

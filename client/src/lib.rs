@@ -36,8 +36,6 @@ mod driver;
 pub mod error;
 pub mod event;
 mod session;
-#[cfg(test)]
-mod tests;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -68,7 +66,8 @@ const NO_CLIENT: u64 = u64::MAX;
 
 impl Shared {
     fn set_client_id(&self, id: Option<ClientId>) {
-        self.client_id.store(id.unwrap_or(NO_CLIENT), Ordering::Relaxed);
+        self.client_id
+            .store(id.unwrap_or(NO_CLIENT), Ordering::Relaxed);
         if id.is_none() {
             self.received.store(0, Ordering::Relaxed);
         }

@@ -97,7 +97,12 @@ impl Session {
     }
 
     /// The signed `Open` frame for `gateway` (new session, or resume of the current one).
-    pub(crate) fn open_frame(&mut self, gateway: Principal, args: &[u8], now_ns: u64) -> ClientFrame {
+    pub(crate) fn open_frame(
+        &mut self,
+        gateway: Principal,
+        args: &[u8],
+        now_ns: u64,
+    ) -> ClientFrame {
         // Open timestamps must strictly increase per key, or the canister answers StaleOpen.
         let timestamp_ns = now_ns.max(self.last_open_ts.saturating_add(1));
         self.last_open_ts = timestamp_ns;
@@ -170,7 +175,9 @@ impl Session {
         now_ns: u64,
     ) -> Result<Delivery, ClientError> {
         let Some(client_id) = self.client_id else {
-            return Err(ClientError::Protocol("messages before the open result".into()));
+            return Err(ClientError::Protocol(
+                "messages before the open result".into(),
+            ));
         };
         let verified =
             self.verifier
@@ -328,10 +335,5 @@ impl Session {
         self.last_open_ts = 0;
         self.ready = false;
         dropped
-    }
-
-    #[cfg(test)]
-    pub(crate) fn public_key(&self) -> Vec<u8> {
-        self.key.public_key()
     }
 }
