@@ -74,13 +74,6 @@ impl WsTree {
         self.clients.delete(&client.to_be_bytes());
     }
 
-    #[cfg(test)]
-    pub(crate) fn get(&self, client: ClientId, seq: u64) -> Option<Hash> {
-        self.clients
-            .get(&client.to_be_bytes())
-            .and_then(|inner| inner.get(&seq.to_be_bytes()).copied())
-    }
-
     /// Hash of the `labeled("ws", W)` subtree.
     pub(crate) fn labeled_hash(&self) -> Hash {
         labeled_hash(WS_LABEL, &self.clients.root_hash())

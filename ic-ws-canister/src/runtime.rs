@@ -1015,3 +1015,9 @@ pub(crate) fn encode_content(timestamp_ns: u64, body: OutboundBody) -> Vec<u8> {
     // verify at the client rather than trap the canister.
     ic_ws_protocol::encode(&OutboundContent { timestamp_ns, body }).unwrap_or_default()
 }
+
+/// Forgets the heap state (what an upgrade does); stable memory stays. Native tests only.
+#[cfg(not(target_arch = "wasm32"))]
+pub(crate) fn forget_heap() {
+    STATE.with(|s| *s.borrow_mut() = None);
+}

@@ -84,3 +84,9 @@ pub fn open_test_client(seed: u8) -> (ClientId, SessionKey) {
         other => panic!("test open failed: {other:?}"),
     }
 }
+
+/// Simulates an upgrade: the heap (certification tree, caches) is dropped, stable memory is
+/// kept; the next runtime call reloads from stable memory.
+pub fn simulate_upgrade() {
+    crate::runtime::forget_heap();
+}

@@ -1,1 +1,585 @@
+//! Native unit tests of the runtime logic, on the fake environment of `testing`.
 
+use crate::__private::{self, Handlers};
+use crate::testing::{self, gateway, open_request};
+use crate::*;
+use ic_certification::{HashTree, LookupResult};
+use ic_ws_protocol::types::*;
+use ic_ws_protocol::{content_hash, message_path, SessionKey};
+use std::cell::RefCell;
+
+thread_local! {
+    static EVENTS: RefCell<Vec<String>> = const { RefCell::new(Vec::new()) };
+}
+
+fn event(e: String) {
+    EVENTS.with(|v| v.borrow_mut().push(e));
+}
+
+fn events() -> Vec<String> {
+    EVENTS.with(|v| v.borrow().clone())
+}
+
+/// Handlers that record what they see; `on_message` echoes strings and obeys commands.
+const H: Handlers = Handlers {
+    on_open: |id, args| {
+        let arg: String = ic_ws_protocol::decode(args).unwrap_or_default();
+        if arg == "reject" {
+            // Side effect before rejecting: must be undone by the runtime.
+            send(id, &"welcome".to_string()).ok();
+            return Err("go away".into());
+        }
+        event(format!("open {id}"));
+        Ok(())
+    },
+    on_message: |id, payload| {
+        let text: String = __private::decode_payload(payload)?;
+        event(format!("msg {id} {text}"));
+        match text.as_str() {
+            "close me" => {
+                close(id, 4000, "bye");
+            }
+            "refuse" => return Err(WsError::Rejected("no".into())),
+            _ => {
+                send(id, &format!("echo {text}")).map_err(|e| WsError::Rejected(e.to_string()))?;
+            }
+        }
+        Ok(())
+    },
+    on_close: |id, reason| {
+        event(format!("close {id} {reason:?}"));
+        // Re-entrancy: handlers may use the API from on_close.
+        let _ = send(id, &"too late".to_string());
+    },
+};
+
+struct Client {
+    id: ClientId,
+    key: SessionKey,
+    next_seq: u64,
+    ack: u64,
+}
+
+fn canister() -> candid::Principal {
+    testing::canister_id()
+}
+
+fn open(seed: u8, gw: u8) -> Client {
+    let key = SessionKey::from_seed([seed; 32]);
+    testing::set_caller(gateway(gw));
+    let r = __private::ws_open(&H, OpenBatch { opens: vec![open_request(&key, gateway(gw), None)] });
+    let ok = r[0].clone().unwrap();
+    assert_eq!(ok.opened_seq, 0);
+    Client { id: ok.client_id, key, next_seq: 0, ack: 0 }
+}
+
+fn msg(c: &Client, seq: u64, kind: MessageKind) -> ClientMessage {
+    let mut m = ClientMessage { client_id: c.id, seq, ack: c.ack, kind, signature: vec![] };
+    c.key.sign_message(&canister(), &mut m);
+    m
+}
+
+fn app(text: &str) -> MessageKind {
+    MessageKind::App(candid::encode_one(text.to_string()).unwrap())
+}
+
+fn deliver(gw: u8, msgs: Vec<ClientMessage>) -> Vec<MessageResult> {
+    testing::set_caller(gateway(gw));
+    __private::ws_message(&H, MessageBatch { messages: msgs })
+}
+
+fn say(c: &mut Client, gw: u8, text: &str) -> MessageResult {
+    let m = msg(c, c.next_seq, app(text));
+    let r = deliver(gw, vec![m]).remove(0);
+    if r == MessageResult::Ok {
+        c.next_seq += 1;
+    }
+    r
+}
+
+fn poll(gw: u8, cursor: u64) -> PollReply {
+    testing::set_caller(gateway(gw));
+    __private::ws_poll(PollRequest { cursor, max_messages: None, max_bytes: None }).unwrap()
+}
+
+/// Checks what a client checks (without the BLS part): the tree's root is the certified data
+/// and every message's hash sits at its path. Returns the decoded contents.
+fn verify(reply: &PollReply) -> Vec<(ClientId, u64, OutboundContent)> {
+    let tree: HashTree = serde_cbor::from_slice(&reply.tree).unwrap();
+    assert_eq!(Some(tree.digest()), testing::certified_data(), "tree root != certified data");
+    reply
+        .messages
+        .iter()
+        .map(|m| {
+            let path = message_path(m.client_id, m.seq);
+            match tree.lookup_path(path.iter()) {
+                LookupResult::Found(v) => assert_eq!(v, content_hash(&m.content)),
+                other => panic!("message {}/{} not witnessed: {other:?}", m.client_id, m.seq),
+            }
+            (m.client_id, m.seq, ic_ws_protocol::decode(&m.content).unwrap())
+        })
+        .collect()
+}
+
+fn app_text(c: &OutboundContent) -> Option<String> {
+    match &c.body {
+        OutboundBody::App { payload, .. } => candid::decode_one(payload).ok(),
+        _ => None,
+    }
+}
+
+#[test]
+fn open_message_send_poll_verify() {
+    let mut c = open(1, 1);
+    assert_eq!(events(), vec![format!("open {}", c.id)]);
+    assert_eq!(say(&mut c, 1, "hi"), MessageResult::Ok);
+    let reply = poll(1, 0);
+    let got = verify(&reply);
+    assert_eq!(got.len(), 2);
+    match &got[0].2.body {
+        OutboundBody::Opened { client_key, resumed, next_inbound_seq, .. } => {
+            assert_eq!(client_key, &c.key.public_key());
+            assert!(!resumed);
+            assert_eq!(*next_inbound_seq, 0);
+        }
+        other => panic!("first message must be Opened, got {other:?}"),
+    }
+    assert_eq!(app_text(&got[1].2).as_deref(), Some("echo hi"));
+    assert_eq!((got[1].0, got[1].1), (c.id, 1));
+    assert!(!reply.more);
+    // Polling from next_cursor gives nothing new; polling again from 0 gives the same.
+    assert!(poll(1, reply.next_cursor).messages.is_empty());
+    assert_eq!(poll(1, 0).messages, reply.messages);
+    // Another gateway sees nothing of this client.
+    assert!(poll(2, 0).messages.is_empty());
+}
+
+#[test]
+fn batch_in_order_with_per_entry_results() {
+    let a = open(1, 1);
+    let b = open(2, 1);
+    let batch = vec![
+        msg(&a, 0, app("a0")),
+        msg(&b, 0, app("b0")),
+        msg(&a, 1, app("refuse")),
+        msg(&a, 3, app("a3")),
+        msg(&b, 1, MessageKind::KeepAlive),
+        msg(&a, 0, app("a0")),
+    ];
+    let r = deliver(1, batch);
+    assert_eq!(
+        r,
+        vec![
+            MessageResult::Ok,
+            MessageResult::Ok,
+            MessageResult::Err(WsError::Rejected("no".into())),
+            MessageResult::Err(WsError::OutOfSequence { expected: 2, got: 3 }),
+            MessageResult::Ok,
+            MessageResult::Duplicate,
+        ]
+    );
+    // The handler saw a0 once (the duplicate is a no-op), in order.
+    let msgs: Vec<String> = events().into_iter().filter(|e| e.starts_with("msg")).collect();
+    assert_eq!(msgs, vec![format!("msg {} a0", a.id), format!("msg {} b0", b.id), format!("msg {} refuse", a.id)]);
+    assert_eq!(client_info(a.id).unwrap().next_inbound_seq, 2);
+}
+
+/// A snapshot of everything observable about a client: its info and the gateways' polls.
+fn snapshot(id: ClientId) -> (Option<ClientInfo>, Vec<OutboundMessage>, Vec<OutboundMessage>, Option<[u8; 32]>) {
+    (client_info(id), poll(1, 0).messages, poll(2, 0).messages, testing::certified_data())
+}
+
+#[test]
+fn rejected_messages_change_nothing() {
+    let mut c = open(1, 1);
+    assert_eq!(say(&mut c, 1, "first"), MessageResult::Ok);
+    let before = snapshot(c.id);
+
+    // Tampered payload (signature over other bytes).
+    let mut m = msg(&c, 1, app("real"));
+    m.kind = app("forged");
+    assert_eq!(deliver(1, vec![m]), vec![MessageResult::Err(WsError::InvalidSignature)]);
+    // Signed for another canister.
+    let mut m = ClientMessage { client_id: c.id, seq: 1, ack: 0, kind: app("x"), signature: vec![] };
+    c.key.sign_message(&candid::Principal::from_slice(&[9, 9]), &mut m);
+    assert_eq!(deliver(1, vec![m]), vec![MessageResult::Err(WsError::InvalidSignature)]);
+    // Signed by another key.
+    let mut m = ClientMessage { client_id: c.id, seq: 1, ack: 0, kind: app("x"), signature: vec![] };
+    SessionKey::from_seed([77; 32]).sign_message(&canister(), &mut m);
+    assert_eq!(deliver(1, vec![m]), vec![MessageResult::Err(WsError::InvalidSignature)]);
+    // Truncated signature.
+    let mut m = msg(&c, 1, app("x"));
+    m.signature.truncate(10);
+    assert_eq!(deliver(1, vec![m]), vec![MessageResult::Err(WsError::MalformedKey)]);
+    // Relayed by another gateway.
+    assert_eq!(deliver(2, vec![msg(&c, 1, app("x"))]), vec![MessageResult::Err(WsError::WrongGateway)]);
+    // Out of sequence.
+    assert_eq!(
+        deliver(1, vec![msg(&c, 5, app("x"))]),
+        vec![MessageResult::Err(WsError::OutOfSequence { expected: 1, got: 5 })]
+    );
+    // Replay of the accepted message: a no-op.
+    assert_eq!(deliver(1, vec![msg(&c, 0, app("first"))]), vec![MessageResult::Duplicate]);
+    // Unknown client.
+    let mut m = msg(&c, 1, app("x"));
+    m.client_id = 999;
+    assert_eq!(deliver(1, vec![m]), vec![MessageResult::Err(WsError::UnknownClient(999))]);
+    // Oversized payload.
+    let big = "x".repeat(70 * 1024);
+    let m = msg(&c, 1, app(&big));
+    assert!(matches!(deliver(1, vec![m])[0], MessageResult::Err(WsError::TooLarge { .. })));
+    // Ack beyond what was sent.
+    let mut m = ClientMessage { client_id: c.id, seq: 1, ack: 99, kind: MessageKind::KeepAlive, signature: vec![] };
+    c.key.sign_message(&canister(), &mut m);
+    assert!(matches!(deliver(1, vec![m])[0], MessageResult::Err(WsError::InvalidArgument(_))));
+
+    assert_eq!(snapshot(c.id), before);
+    // And the session still works.
+    assert_eq!(say(&mut c, 1, "second"), MessageResult::Ok);
+}
+
+#[test]
+fn rejected_opens_change_nothing() {
+    let c = open(1, 1);
+    let before = (snapshot(c.id), client_count());
+    let key = SessionKey::from_seed([1; 32]);
+    testing::set_caller(gateway(1));
+    let ws_open = |o: OpenRequest| __private::ws_open(&H, OpenBatch { opens: vec![o] }).remove(0);
+
+    // Replay of the accepted open.
+    let replay = open_request(&key, gateway(1), None);
+    // (same timestamp as the first open: the fake clock has not moved)
+    assert_eq!(ws_open(replay), Err(WsError::StaleOpen));
+    testing::advance_ns(1);
+    // Bad signature.
+    let mut o = open_request(&key, gateway(1), None);
+    o.timestamp_ns += 1;
+    assert_eq!(ws_open(o), Err(WsError::InvalidSignature));
+    // Names another gateway than its caller.
+    assert_eq!(ws_open(open_request(&key, gateway(2), None)), Err(WsError::GatewayMismatch));
+    // Anonymous caller.
+    testing::set_caller(candid::Principal::anonymous());
+    let o = open_request(&key, candid::Principal::anonymous(), None);
+    assert_eq!(__private::ws_open(&H, OpenBatch { opens: vec![o] }).remove(0), Err(WsError::AnonymousGateway));
+    testing::set_caller(gateway(1));
+    // Clock skew, both ways.
+    for skewed in [testing::time_ns() + 400_000_000_000, testing::time_ns() - 400_000_000_000] {
+        let mut o = open_request(&key, gateway(1), None);
+        o.timestamp_ns = skewed;
+        key.sign_open(&canister(), &mut o);
+        assert_eq!(ws_open(o), Err(WsError::StaleOpen));
+    }
+    // Hijack: resume c's session with another key.
+    let thief = SessionKey::from_seed([66; 32]);
+    assert_eq!(ws_open(open_request(&thief, gateway(1), Some((c.id, 0)))), Err(WsError::InvalidResume));
+    // Resume beyond what was sent.
+    assert_eq!(ws_open(open_request(&key, gateway(1), Some((c.id, 50)))), Err(WsError::InvalidResume));
+    // Resume of an unknown session.
+    assert_eq!(ws_open(open_request(&key, gateway(1), Some((77, 0)))), Err(WsError::UnknownClient(77)));
+    // Malformed key.
+    let mut o = open_request(&key, gateway(1), None);
+    o.client_key.truncate(5);
+    assert_eq!(ws_open(o), Err(WsError::MalformedKey));
+    // on_open rejects (after sending a welcome): nothing of the session remains.
+    let k2 = SessionKey::from_seed([2; 32]);
+    let mut o = open_request(&k2, gateway(1), None);
+    o.args = candid::encode_one("reject".to_string()).unwrap();
+    k2.sign_open(&canister(), &mut o);
+    assert_eq!(ws_open(o), Err(WsError::Rejected("go away".into())));
+
+    assert_eq!((snapshot(c.id), client_count()), before);
+}
+
+#[test]
+fn acks_release_messages_and_certification() {
+    let mut c = open(1, 1);
+    for i in 0..5 {
+        send(c.id, &format!("m{i}")).unwrap();
+    }
+    assert_eq!(client_info(c.id).unwrap().queued_messages, 6);
+    c.ack = 4;
+    let m = msg(&c, 0, MessageKind::KeepAlive);
+    assert_eq!(deliver(1, vec![m]), vec![MessageResult::Ok]);
+    let info = client_info(c.id).unwrap();
+    assert_eq!((info.first_retained_seq, info.queued_messages), (4, 2));
+    let got = verify(&poll(1, 0));
+    assert_eq!(got.iter().map(|g| g.1).collect::<Vec<_>>(), vec![4, 5]);
+}
+
+#[test]
+fn resume_through_second_gateway() {
+    let mut c = open(1, 1);
+    for i in 0..3 {
+        send(c.id, &format!("m{i}")).unwrap();
+    }
+    // The client received 0..=1 (through gateway 1), then gateway 1 lost it.
+    testing::set_caller(gateway(1));
+    assert_eq!(__private::ws_close(&H, CloseBatch { clients: vec![c.id] }), vec![Ok(())]);
+    assert!(poll(1, 0).messages.is_empty());
+    assert!(client_info(c.id).unwrap().open);
+    testing::advance_ns(1_000);
+    testing::set_caller(gateway(2));
+    let r = __private::ws_open(&H, OpenBatch { opens: vec![open_request(&c.key, gateway(2), Some((c.id, 2)))] });
+    let ok = r[0].clone().unwrap();
+    assert_eq!(ok, OpenOk { client_id: c.id, next_inbound_seq: 0, opened_seq: 4 });
+    let got = verify(&poll(2, 0));
+    assert_eq!(got.iter().map(|g| g.1).collect::<Vec<_>>(), vec![2, 3, 4]);
+    assert!(matches!(got[2].2.body, OutboundBody::Opened { resumed: true, .. }));
+    // Messages below the resume point are released; on_open ran once only.
+    assert_eq!(client_info(c.id).unwrap().first_retained_seq, 2);
+    assert_eq!(events().iter().filter(|e| e.starts_with("open")).count(), 1);
+    // The old gateway can no longer act for it; the new one can.
+    assert_eq!(say(&mut c, 1, "x"), MessageResult::Err(WsError::WrongGateway));
+    assert_eq!(say(&mut c, 2, "x"), MessageResult::Ok);
+    // Resuming from before the oldest retained message is refused plainly.
+    testing::advance_ns(1_000);
+    testing::set_caller(gateway(1));
+    let r = __private::ws_open(&H, OpenBatch { opens: vec![open_request(&c.key, gateway(1), Some((c.id, 1)))] });
+    assert_eq!(r[0], Err(WsError::ResumeUnavailable { first_available: 2 }));
+}
+
+#[test]
+fn expiry_closes_once_with_certified_reason() {
+    let a = open(1, 1);
+    let mut b = open(2, 1);
+    testing::advance_ns(100 * 1_000_000_000);
+    assert_eq!(say(&mut b, 1, "alive"), MessageResult::Ok);
+    testing::advance_ns(30 * 1_000_000_000);
+    // Any update endpoint runs housekeeping: a is silent for 130 s > 120 s.
+    assert_eq!(say(&mut b, 1, "still"), MessageResult::Ok);
+    let closes: Vec<String> = events().into_iter().filter(|e| e.starts_with("close")).collect();
+    assert_eq!(closes, vec![format!("close {} Expired", a.id)]);
+    assert!(!client_info(a.id).unwrap().open);
+    let got = verify(&poll(1, 0));
+    let last_a = got.iter().filter(|g| g.0 == a.id).last().unwrap();
+    assert_eq!(last_a.2.body, OutboundBody::Closed { reason: CloseReason::Expired });
+    // on_close's send after the close was refused (the session is closed): Closed is last.
+    assert_eq!(send(a.id, &"x".to_string()), Err(Error::Closed(a.id)));
+    // Later calls do not report it again; after the retention it is deleted.
+    testing::advance_ns(700 * 1_000_000_000);
+    housekeeping();
+    assert_eq!(client_info(a.id), None);
+    assert_eq!(events().iter().filter(|e| e.starts_with("close")).count(), 2); // a, then b expired
+    assert!(poll(1, 0).messages.iter().all(|m| m.client_id != a.id));
+}
+
+#[test]
+fn client_and_app_close() {
+    let mut c = open(1, 1);
+    let d = open(2, 1);
+    assert_eq!(say(&mut c, 1, "close me"), MessageResult::Ok);
+    assert!(close(d.id, 4001, "kicked"));
+    assert!(!close(d.id, 4001, "again"));
+    let closes: Vec<String> = events().into_iter().filter(|e| e.starts_with("close")).collect();
+    assert_eq!(
+        closes,
+        vec![
+            format!("close {} AppClosed {{ code: 4000, reason: \"bye\" }}", c.id),
+            format!("close {} AppClosed {{ code: 4001, reason: \"kicked\" }}", d.id),
+        ]
+    );
+    assert_eq!(say(&mut c, 1, "x"), MessageResult::Err(WsError::Closed));
+    // A signed client close.
+    let mut e = open(3, 1);
+    let m = msg(&e, 0, MessageKind::Close { code: 1000, reason: "done".into() });
+    assert_eq!(deliver(1, vec![m]), vec![MessageResult::Ok]);
+    e.next_seq = 1;
+    assert!(events().last().unwrap().contains("ClientClosed"));
+    let _ = e;
+}
+
+#[test]
+fn overflow_policies() {
+    configure(WsConfig { max_queued_messages: 4, ..WsConfig::default() }).unwrap();
+    let c = open(1, 1);
+    for i in 0..3 {
+        send(c.id, &i).unwrap();
+    }
+    assert_eq!(send(c.id, &9), Err(Error::QueueOverflowClosed(c.id)));
+    assert!(!client_info(c.id).unwrap().open);
+    let got = verify(&poll(1, 0));
+    assert_eq!(got.last().unwrap().2.body, OutboundBody::Closed { reason: CloseReason::QueueOverflow });
+    assert!(events().contains(&format!("close {} QueueOverflow", c.id)));
+
+    configure(WsConfig {
+        max_queued_messages: 4,
+        overflow_policy: OverflowPolicy::Reject,
+        ..WsConfig::default()
+    })
+    .unwrap();
+    let d = open(2, 1);
+    for i in 0..3 {
+        send(d.id, &i).unwrap();
+    }
+    let before = client_info(d.id);
+    assert_eq!(send(d.id, &9), Err(Error::QueueFull(d.id)));
+    assert_eq!(client_info(d.id), before);
+    // Outbound size limit.
+    let big = vec![0u8; 300 * 1024];
+    assert!(matches!(send_bytes(d.id, big), Err(Error::TooLarge { .. })));
+}
+
+#[test]
+fn poll_is_capped_by_count_and_bytes() {
+    let c = open(1, 1);
+    let payload = "y".repeat(100 * 1024);
+    for _ in 0..40 {
+        send(c.id, &payload).unwrap();
+    }
+    // 41 messages of which 40 are ~100 KiB: the default 1.5 MiB cap splits them.
+    let mut cursor = 0;
+    let mut seqs = Vec::new();
+    let mut polls = 0;
+    loop {
+        let r = poll(1, cursor);
+        let bytes: usize = r.messages.iter().map(|m| m.content.len()).sum();
+        assert!(bytes <= 1536 * 1024, "reply content {bytes} over the cap");
+        verify(&r);
+        seqs.extend(r.messages.iter().map(|m| m.seq));
+        cursor = r.next_cursor;
+        polls += 1;
+        if !r.more {
+            break;
+        }
+    }
+    assert_eq!(seqs, (0..41).collect::<Vec<_>>());
+    assert!(polls >= 3);
+    // The gateway's own caps apply too.
+    testing::set_caller(gateway(1));
+    let r = __private::ws_poll(PollRequest { cursor: 0, max_messages: Some(3), max_bytes: None }).unwrap();
+    assert_eq!(r.messages.len(), 3);
+    assert!(r.more);
+    // A poll must be a query (a data certificate exists).
+    testing::set_data_certificate(None);
+    assert!(matches!(
+        __private::ws_poll(PollRequest::default()),
+        Err(WsError::InvalidArgument(_))
+    ));
+}
+
+#[test]
+fn topics_fan_out_with_one_stored_payload() {
+    let clients: Vec<Client> = (1..=20).map(|i| open(i, 1)).collect();
+    for c in &clients[..15] {
+        subscribe(c.id, "prices").unwrap();
+    }
+    unsubscribe(clients[0].id, "prices");
+    let report = publish("prices", &42u64).unwrap();
+    assert_eq!(report.delivered.len(), 14);
+    assert!(report.delivered.iter().all(|&(_, seq)| seq == 1));
+    runtime::with_state(|s| assert_eq!(s.shared.len(), 1));
+    let got = verify(&poll(1, 0));
+    let topical: Vec<_> = got
+        .iter()
+        .filter(|g| matches!(&g.2.body, OutboundBody::App { topic: Some(t), .. } if t == "prices"))
+        .collect();
+    assert_eq!(topical.len(), 14);
+    // Closing a subscriber drops its subscription; acks free the shared payload.
+    close(clients[1].id, 1000, "");
+    assert_eq!(subscribers("prices").len(), 13);
+    for c in &clients[1..15] {
+        let m = ClientMessage { client_id: c.id, seq: 0, ack: 2, kind: MessageKind::KeepAlive, signature: vec![] };
+        let mut m = m;
+        c.key.sign_message(&canister(), &mut m);
+        deliver(1, vec![m]);
+    }
+    // clients[1] is closed (its retained copy stays until deletion), the rest released it.
+    runtime::with_state(|s| assert_eq!(s.shared.get(&0).unwrap().refs, 1));
+    // Limits.
+    configure(WsConfig { max_topic_subscribers: 13, ..WsConfig::default() }).unwrap();
+    assert!(matches!(subscribe(clients[16].id, "prices"), Err(Error::LimitReached(_))));
+    assert!(matches!(subscribe(clients[16].id, ""), Err(Error::InvalidArgument(_))));
+}
+
+#[test]
+fn upgrade_rebuilds_the_same_tree() {
+    let mut c = open(1, 1);
+    for i in 0..10 {
+        assert_eq!(say(&mut c, 1, &format!("m{i}")), MessageResult::Ok);
+    }
+    let d = open(2, 1);
+    subscribe(d.id, "t").unwrap();
+    subscribe(c.id, "t").unwrap();
+    publish("t", &"news".to_string()).unwrap();
+    set_ws_and_app_hash();
+    let before = (testing::certified_data(), poll(1, 0));
+    testing::simulate_upgrade();
+    post_upgrade();
+    let after = (testing::certified_data(), poll(1, 0));
+    assert_eq!(before, after);
+    verify(&after.1);
+    // Sessions go on after the upgrade.
+    assert_eq!(say(&mut c, 1, "after"), MessageResult::Ok);
+    assert_eq!(client_info(c.id).unwrap().next_inbound_seq, 11);
+}
+
+fn set_ws_and_app_hash() {
+    certification::set_app_root_hash(Some([5; 32]));
+}
+
+#[test]
+fn app_certified_data_composes() {
+    use ic_certification::{AsHashTree, RbTree};
+    let c = open(1, 1);
+    send(c.id, &"x".to_string()).unwrap();
+    let mut app: RbTree<Vec<u8>, Vec<u8>> = RbTree::new();
+    app.insert(b"k".to_vec(), b"v".to_vec());
+    certification::set_app_root_hash(Some(app.root_hash()));
+    // The ws witness still matches certified_data (check done by verify()).
+    verify(&poll(1, 0));
+    // The app's witness does too, and proves its value at /app/k.
+    let tree = certification::app_witness(app.witness(b"k"));
+    assert_eq!(Some(tree.digest()), testing::certified_data());
+    let decoded: HashTree = serde_cbor::from_slice(&certification::encode_tree(&tree)).unwrap();
+    assert_eq!(decoded.lookup_path([b"app".as_slice(), b"k"]), LookupResult::Found(b"v"));
+    certification::set_app_root_hash(None);
+    assert_eq!(testing::certified_data(), Some(certification::ws_labeled_hash()));
+    verify(&poll(1, 0));
+}
+
+#[test]
+fn on_close_reentrancy_close_from_on_close() {
+    // on_close of H sends (refused: closed); a handler closing another client from on_close
+    // is covered by queueing: every close is reported exactly once.
+    let a = open(1, 1);
+    let b = open(2, 1);
+    testing::advance_ns(200 * 1_000_000_000);
+    housekeeping();
+    let mut closes: Vec<String> = events().into_iter().filter(|e| e.starts_with("close")).collect();
+    closes.sort();
+    assert_eq!(closes, vec![format!("close {} Expired", a.id), format!("close {} Expired", b.id)]);
+    housekeeping();
+    assert_eq!(events().iter().filter(|e| e.starts_with("close")).count(), 2);
+}
+
+#[test]
+fn sessions_per_gateway_limit() {
+    configure(WsConfig { max_sessions_per_gateway: 2, ..WsConfig::default() }).unwrap();
+    open(1, 1);
+    open(2, 1);
+    let key = SessionKey::from_seed([3; 32]);
+    testing::set_caller(gateway(1));
+    let r = __private::ws_open(&H, OpenBatch { opens: vec![open_request(&key, gateway(1), None)] });
+    assert!(matches!(r[0], Err(WsError::LimitReached(_))));
+    // Another gateway has room.
+    open(3, 2);
+}
+
+#[test]
+fn clients_listing_pages() {
+    for i in 1..=5 {
+        open(i, 1);
+    }
+    let first = clients(None, 3);
+    assert_eq!(first.iter().map(|c| c.id).collect::<Vec<_>>(), vec![0, 1, 2]);
+    let rest = clients(Some(2), 10);
+    assert_eq!(rest.iter().map(|c| c.id).collect::<Vec<_>>(), vec![3, 4]);
+    assert!(rest.iter().all(|c| c.attached && c.open && c.gateway == gateway(1)));
+}
+
+#[test]
+fn config_validation() {
+    assert!(configure(WsConfig { max_poll_bytes: 3 * 1024 * 1024, ..WsConfig::default() }).is_err());
+    assert!(configure(WsConfig { closed_retention_ns: 1, ..WsConfig::default() }).is_err());
+    assert_eq!(config(), WsConfig::default());
+}
