@@ -15,11 +15,11 @@
  * are) and after the signature check, in the Rust order. Each failure is a {@link VerifyError}
  * whose `check` is the name of the Rust `VerifyError` variant.
  */
-import { Certificate, Cbor, lookup_path, lookupResultToBuffer, reconstruct, AgentError } from "@icp-sdk/core/agent";
+import { Certificate, Cbor, lookup_path, lookupResultToBuffer, reconstruct, AgentError, blsVerify } from "@icp-sdk/core/agent";
 import type { HashTree } from "@icp-sdk/core/agent";
 import { Principal } from "@icp-sdk/core/principal";
 import { sha256 } from "@noble/hashes/sha2.js";
-import { bytesEqual, fromHex, u64be, utf8 } from "./bytes.js";
+import { bytesEqual, fromHex, toHex, u64be, utf8 } from "./bytes.js";
 import { decodeOutboundContent } from "./types.js";
 import type { OutboundContent, OutboundMessage } from "./types.js";
 
@@ -113,6 +113,26 @@ function classifyCertificateError(e: unknown): VerifyError {
   return new VerifyError("MalformedCertificate", `certificate: malformed CBOR: ${errorText(e)}`);
 }
 
+/**
+ * BLS signatures that verified, remembered by (key, signature, message). A subnet delegation
+ * (mainnet) is the same for every certificate of a subnet for a long time: remembering it
+ * saves one of the two BLS checks per frame. Only successes are kept; verification is
+ * deterministic, so a hit is exactly as good as checking again.
+ */
+const verifiedBls = new Map<string, true>();
+const VERIFIED_BLS_CAPACITY = 32;
+
+async function memoBlsVerify(pk: Uint8Array, sig: Uint8Array, msg: Uint8Array): Promise<boolean> {
+  const key = `${toHex(pk)}:${toHex(sig)}:${toHex(msg)}`;
+  if (verifiedBls.has(key)) return true;
+  const ok = await blsVerify(pk, sig, msg);
+  if (ok) {
+    if (verifiedBls.size >= VERIFIED_BLS_CAPACITY) verifiedBls.delete(verifiedBls.keys().next().value as string);
+    verifiedBls.set(key, true);
+  }
+  return ok;
+}
+
 /** Checks 1-2 and reads the certified data (first half of check 3). */
 export async function verifyCertificate(
   certificate: Uint8Array,
@@ -130,6 +150,7 @@ export async function verifyCertificate(
       certificate,
       rootKey: rootKeyDer,
       principal: { canisterId },
+      blsVerify: memoBlsVerify,
       // The age is checked below with the caller's clock, after the signature (Rust order).
       disableTimeVerification: true,
     });

@@ -263,3 +263,24 @@ test("client: send() refuses oversized payloads", () => {
   const { c } = makeClient();
   assert.throws(() => c.send("x".repeat(70_000)), /exceeds/);
 });
+
+test("client: certificates signed through a subnet delegation (as on mainnet) verify", async () => {
+  gw.delegation = { ranges: [[gw.canisterId, gw.canisterId]] };
+  const { c, log } = makeClient();
+  c.connect();
+  c.send("via subnet");
+  await until(() => log.messages.length === 1, "echo");
+  assert.equal(log.messages[0].data, "echo: via subnet");
+  assert.deepEqual(log.errors, []);
+});
+
+test("client: a delegation whose ranges do not contain the canister is rejected (BadDelegation)", async () => {
+  const other = (await import("../dist/index.js")).Principal.fromText("aaaaa-aa");
+  gw.delegation = { ranges: [[other, other]] };
+  const { c, log } = makeClient({ reconnect: false });
+  c.connect();
+  await until(() => log.errors.length === 1, "error");
+  assert.equal(log.errors[0].check, "BadDelegation");
+  assert.equal(log.errors[0].tampering, true);
+  assert.equal(log.opens.length, 0);
+});

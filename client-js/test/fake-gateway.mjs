@@ -47,16 +47,40 @@ export class TestRootKey {
     this.sk = new Uint8Array(32).fill(seedByte);
     this.der = concat([DER_PREFIX, bls.getPublicKey(this.sk).toBytes()]);
   }
-  /** A CBOR certificate of `certifiedData` for `canisterId` at `timeNs`. */
-  async certificate(canisterId, certifiedData, timeNs) {
+
+  static async signTree(tree, sk) {
+    const root = await reconstruct(tree);
+    const msg = concat([new Uint8Array([13]), utf8("ic-state-root"), root]);
+    return bls.sign(bls.hash(msg), sk).toBytes();
+  }
+
+  /**
+   * A CBOR certificate of `certifiedData` for `canisterId` at `timeNs`, signed by the root
+   * key, or (with `delegation`) by a subnet key that the root key delegated to, mainnet-style.
+   * `delegation`: { subnetSeed, ranges: [[lo, hi] principals] }.
+   */
+  async certificate(canisterId, certifiedData, timeNs, delegation) {
     const tree = fork(
       labeled("canister", labeled(canisterId.toUint8Array(), labeled("certified_data", leaf(certifiedData)))),
       labeled("time", leaf(leb128(timeNs))),
     );
-    const root = await reconstruct(tree);
-    const msg = concat([new Uint8Array([13]), utf8("ic-state-root"), root]);
-    const signature = bls.sign(bls.hash(msg), this.sk).toBytes();
-    return new Uint8Array(Cbor.encode({ tree, signature }));
+    if (!delegation) {
+      return new Uint8Array(Cbor.encode({ tree, signature: await TestRootKey.signTree(tree, this.sk) }));
+    }
+    const subnetSk = new Uint8Array(32).fill(delegation.subnetSeed ?? 0x51);
+    const subnetDer = concat([DER_PREFIX, bls.getPublicKey(subnetSk).toBytes()]);
+    const subnetId = Principal.selfAuthenticating(subnetDer).toUint8Array();
+    const ranges = new Uint8Array(Cbor.encode(delegation.ranges.map(([lo, hi]) => [lo.toUint8Array(), hi.toUint8Array()])));
+    const dtree = fork(
+      labeled("subnet", labeled(subnetId, fork(labeled("canister_ranges", leaf(ranges)), labeled("public_key", leaf(subnetDer))))),
+      labeled("time", leaf(leb128(timeNs))),
+    );
+    const dcert = new Uint8Array(Cbor.encode({ tree: dtree, signature: await TestRootKey.signTree(dtree, this.sk) }));
+    return new Uint8Array(Cbor.encode({
+      tree,
+      signature: await TestRootKey.signTree(tree, subnetSk),
+      delegation: { subnet_id: subnetId, certificate: dcert },
+    }));
   }
 }
 
@@ -195,7 +219,7 @@ export class FakeGateway {
     // Frames of one session go out in order although certifying is asynchronous.
     s.sending = (s.sending ?? Promise.resolve()).then(async () => {
       const root = await reconstruct(tree);
-      const certificate = await this.root.certificate(this.canisterId, root, this.now());
+      const certificate = await this.root.certificate(this.canisterId, root, this.now(), this.delegation);
       let frame = { Messages: { messages: batch, certificate, tree: new Uint8Array(Cbor.encode(tree)) } };
       if (this.tamper) frame = this.tamper(frame, s) ?? frame;
       if (ws.readyState === 1) this.send(ws, frame);
