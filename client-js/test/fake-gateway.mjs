@@ -57,7 +57,7 @@ export class TestRootKey {
   /**
    * A CBOR certificate of `certifiedData` for `canisterId` at `timeNs`, signed by the root
    * key, or (with `delegation`) by a subnet key that the root key delegated to, mainnet-style.
-   * `delegation`: { subnetSeed, ranges: [[lo, hi] principals] }.
+   * `delegation`: { subnetSeed, ranges: [[lo, hi] principals], timeNs }.
    */
   async certificate(canisterId, certifiedData, timeNs, delegation) {
     const tree = fork(
@@ -73,7 +73,8 @@ export class TestRootKey {
     const ranges = new Uint8Array(Cbor.encode(delegation.ranges.map(([lo, hi]) => [lo.toUint8Array(), hi.toUint8Array()])));
     const dtree = fork(
       labeled("subnet", labeled(subnetId, fork(labeled("canister_ranges", leaf(ranges)), labeled("public_key", leaf(subnetDer))))),
-      labeled("time", leaf(leb128(timeNs))),
+      // A subnet's delegation is reused for a long time (fixed `timeNs` when given).
+      labeled("time", leaf(leb128(delegation.timeNs ?? timeNs))),
     );
     const dcert = new Uint8Array(Cbor.encode({ tree: dtree, signature: await TestRootKey.signTree(dtree, this.sk) }));
     return new Uint8Array(Cbor.encode({
@@ -226,3 +227,4 @@ export class FakeGateway {
     });
   }
 }
+export { sha256, Cbor, reconstruct };
