@@ -357,7 +357,7 @@ export class IcWsClient<In = Uint8Array, Out = Uint8Array> {
     try {
       frame = decodeGatewayFrame(bytes);
     } catch (e) {
-      this.fail(conn, new IcWsError("ProtocolViolation", `gateway frame does not decode: ${String(e)}`, true), CLOSE_PROTOCOL_VIOLATION);
+      this.fail(conn, new IcWsError("ProtocolViolation", `gateway frame does not decode: ${String(e)}`, false), CLOSE_PROTOCOL_VIOLATION);
       return;
     }
     if ("Hello" in frame) return this.onHello(conn, frame.Hello.gateway, frame.Hello.protocol_version);

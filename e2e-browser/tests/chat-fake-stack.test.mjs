@@ -4,16 +4,17 @@
 import { test, after } from "node:test";
 import { ensureChromium } from "../lib/chromium.mjs";
 import { buildPage } from "../lib/page-build.mjs";
-import { serveStatic } from "../lib/static.mjs";
-import { startFakeChat } from "../lib/fake-stack.mjs";
-import { runChatScenario } from "../lib/scenario.mjs";
 import { stopAll } from "../lib/proc.mjs";
 
 const chromium = ensureChromium();
+// Build the client and the page first: the helpers below import the built client.
+const dist = chromium.skip ? undefined : buildPage();
+const { serveStatic } = await import("../lib/static.mjs");
+const { startFakeChat } = await import("../lib/fake-stack.mjs");
+const { runChatScenario } = await import("../lib/scenario.mjs");
 after(stopAll);
 
 test("browser (fake gateway): two pages chat, tampering is detected and never displayed", { skip: chromium.skip, timeout: 180_000 }, async () => {
-  const dist = buildPage();
   const web = await serveStatic(dist);
   const stack = await startFakeChat();
   try {
