@@ -148,6 +148,8 @@ export interface IcWsClientOptions<In, Out> {
   reconnect?: boolean | ReconnectOptions;
   /** Largest inbound app payload accepted by `send` (default 64 KiB, the canister's default). */
   maxPayloadBytes?: number;
+  /** Time allowed from connecting until the certified `Opened` arrives (default 30 s); then the client reconnects. */
+  openTimeoutMs?: number;
   /** Cap on signed messages kept until the canister confirms them (default 1024). */
   maxUnconfirmed?: number;
   /** WebSocket implementation (default: the global one, else the `ws` package in Node). */
@@ -207,6 +209,7 @@ interface Connection {
   /** Set once the certified `Opened` of this open was verified. */
   confirmed: boolean;
   verifier?: DeliveryVerifier;
+  openTimer?: ReturnType<typeof setTimeout>;
 }
 
 /**
@@ -333,6 +336,12 @@ export class IcWsClient<In = Uint8Array, Out = Uint8Array> {
     ws.binaryType = "arraybuffer";
     const conn: Connection = { ws, phase: "hello", openTimestampNs: 0n, resuming: false, confirmed: false };
     this.conn = conn;
+    const openTimeout = this.opts.openTimeoutMs ?? 30_000;
+    conn.openTimer = setTimeout(() => {
+      if (this.conn === conn && !conn.confirmed) {
+        this.fail(conn, new IcWsError("Transport", `no certified confirmation of the open within ${openTimeout} ms`, false), 1000);
+      }
+    }, openTimeout);
     ws.onmessage = (ev) => {
       const bytes = toBytes(ev.data);
       this.chain = this.chain.then(() => this.onFrame(conn, bytes)).catch((e) => {
@@ -518,6 +527,7 @@ export class IcWsClient<In = Uint8Array, Out = Uint8Array> {
   /** The canister certified our open: the session is live. */
   private onConfirmed(conn: Connection, nextInboundSeq: bigint, resumed: boolean): void {
     conn.confirmed = true;
+    clearTimeout(conn.openTimer);
     const s = this.session;
     s.clientId = conn.verifier!.clientId;
     // Messages below next_inbound_seq were accepted; the rest are re-sent as signed.
@@ -549,6 +559,7 @@ export class IcWsClient<In = Uint8Array, Out = Uint8Array> {
     this.stopKeepAlive();
     this.storage.removeItem(this.storageKey);
     this.conn = undefined;
+    clearTimeout(conn.openTimer);
     conn.ws.onclose = null;
     conn.ws.onmessage = null;
     try {
@@ -656,6 +667,7 @@ export class IcWsClient<In = Uint8Array, Out = Uint8Array> {
   private onSocketClosed(conn: Connection, code: number, reason: string): void {
     if (this.conn !== conn) return;
     this.conn = undefined;
+    clearTimeout(conn.openTimer);
     conn.ws.onmessage = null;
     conn.ws.onclose = null;
     this.stopKeepAlive();

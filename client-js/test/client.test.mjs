@@ -284,3 +284,18 @@ test("client: a delegation whose ranges do not contain the canister is rejected 
   assert.equal(log.errors[0].tampering, true);
   assert.equal(log.opens.length, 0);
 });
+
+test("client: a gateway that never confirms the open is left after openTimeoutMs", async () => {
+  const original = gw.onOpen.bind(gw);
+  let swallowed = 0;
+  gw.onOpen = (conn, req) => {
+    if (swallowed++ === 0) return; // the first open goes nowhere
+    original(conn, req);
+  };
+  const { c, log } = makeClient({ openTimeoutMs: 300 });
+  c.connect();
+  await until(() => log.opens.length === 1, "open on the second attempt");
+  assert.equal(log.errors[0].kind, "Transport");
+  assert.match(log.errors[0].message, /no certified confirmation/);
+  assert.equal(gw.opens.length, 1, "the swallowed open never reached the canister");
+});
