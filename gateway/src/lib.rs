@@ -1,1 +1,184 @@
-//! ic-ws-gateway (being written).
+//! ic-ws-gateway: the companion gateway of ic-ws.
+//!
+//! It holds clients' WebSockets, relays their signed messages to canisters as batched update
+//! calls and polls the canisters for certified messages, handing each client only its own,
+//! with a witness pruned to them. It is untrusted by design: clients check everything it
+//! delivers (docs/protocol.md).
+//!
+//! Modules, one concern each:
+//! - [`config`]: flags and environment variables, validation;
+//! - [`identity`]: the gateway's key file and principal;
+//! - [`canister`]: the canister endpoints ([`canister::CanisterApi`]) and their ic-agent
+//!   implementation; relay and poller are generic over the trait;
+//! - [`listener`]: accept loop, TLS, handshake, connection limits; [`ratelimit`]: per-IP rate;
+//! - [`session`]: one client connection; [`outbox`]: its bounded send buffer;
+//! - [`relay`]: client -> canister batching; [`poller`]: canister -> client delivery;
+//!   [`witness`]: per-client pruned trees; [`hub`]: the shared state they meet in;
+//! - [`metrics`] and [`admin`]: Prometheus `/metrics` and `/healthz`;
+//! - [`shutdown`]: SIGTERM/Ctrl-C handling;
+//! - [`fake`]: an in-memory canister for tests and gateway-only benchmarks.
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+#![warn(missing_docs)]
+
+pub mod admin;
+pub mod canister;
+pub mod config;
+pub mod error;
+pub mod fake;
+pub mod hub;
+pub mod identity;
+pub mod listener;
+pub mod metrics;
+pub mod outbox;
+pub mod poller;
+pub mod ratelimit;
+pub mod relay;
+pub mod session;
+pub mod shutdown;
+pub mod witness;
+
+pub use canister::{AgentCanister, CallError, CanisterApi};
+pub use config::Config;
+pub use error::{GatewayError, Result};
+
+use candid::Principal;
+use hub::Shared;
+use metrics::Metrics;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+/// A running gateway.
+pub struct Gateway<C: CanisterApi> {
+    shared: Arc<Shared<C>>,
+    local_addr: SocketAddr,
+    admin_addr: Option<SocketAddr>,
+    stop_accepting: watch::Sender<bool>,
+    stop_admin: watch::Sender<bool>,
+    accept_task: JoinHandle<()>,
+    admin_task: Option<JoinHandle<()>>,
+}
+
+impl<C: CanisterApi> Gateway<C> {
+    /// Binds the client and admin listeners and starts serving, talking to canisters through
+    /// `api` as `principal`.
+    pub async fn start(config: Config, api: C, principal: Principal) -> Result<Self> {
+        config.validate()?;
+        let policy = config.canister_policy()?;
+        let tls = match (&config.tls_cert, &config.tls_key) {
+            (Some(cert), Some(key)) => Some(listener::tls_acceptor(cert, key)?),
+            _ => None,
+        };
+        let listener = listener::bind(config.listen).await?;
+        let local_addr = listener.local_addr()?;
+        let admin_listener = match config.admin_addr()? {
+            Some(addr) => Some(
+                tokio::net::TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| GatewayError::Bind { addr: addr.to_string(), source })?,
+            ),
+            None => None,
+        };
+        let admin_addr = admin_listener.as_ref().map(|l| l.local_addr()).transpose()?;
+        let shared = Shared::new(config, policy, Arc::new(api), principal);
+        let (stop_accepting, stop_rx) = watch::channel(false);
+        let (stop_admin, admin_stop_rx) = watch::channel(false);
+        let accept_task = tokio::spawn(listener::accept_loop(shared.clone(), listener, tls.clone(), stop_rx));
+        let admin_task = admin_listener.map(|l| {
+            tokio::spawn(admin::serve(l, shared.metrics.clone(), shared.closing.subscribe(), admin_stop_rx))
+        });
+        tracing::info!(
+            listen = %local_addr,
+            admin = ?admin_addr,
+            tls = tls.is_some(),
+            principal = %principal,
+            "ic-ws-gateway listening"
+        );
+        Ok(Gateway {
+            shared,
+            local_addr,
+            admin_addr,
+            stop_accepting,
+            stop_admin,
+            accept_task,
+            admin_task,
+        })
+    }
+
+    /// The client listener's address (the real port when started with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The admin server's address, if enabled.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
+    }
+
+    /// The gateway's principal.
+    pub fn principal(&self) -> Principal {
+        self.shared.principal
+    }
+
+    /// Live metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.shared.metrics
+    }
+
+    /// Orderly shutdown (see [`shutdown`]): stop accepting, close clients with the shutdown
+    /// close code, flush pending batches, stop.
+    pub async fn shutdown(self) {
+        let deadline = tokio::time::Instant::now() + self.shared.config.shutdown_timeout();
+        self.stop_accepting.send_replace(true);
+        let _ = self.accept_task.await;
+        shutdown::drain(&self.shared, deadline).await;
+        self.stop_admin.send_replace(true);
+        if let Some(task) = self.admin_task {
+            let _ = tokio::time::timeout_at(deadline, task).await;
+        }
+        tracing::info!("ic-ws-gateway stopped");
+    }
+}
+
+/// What the binary does: identity, IC agent, serve until SIGTERM/Ctrl-C, shut down.
+pub async fn run(config: Config) -> Result<()> {
+    config.validate()?;
+    let (identity, principal) = identity::load_or_create(&config.identity_file)?;
+    let agent = ic_agent::Agent::builder()
+        .with_url(config.network.trim())
+        .with_identity(identity)
+        .with_verify_query_signatures(config.verify_query_signatures)
+        .with_max_concurrent_requests(1024)
+        .build()
+        .map_err(|e| GatewayError::Agent(format!("cannot build an agent for {}: {e}", config.network)))?;
+    if config.fetch_root_key {
+        agent
+            .fetch_root_key()
+            .await
+            .map_err(|e| GatewayError::Agent(format!("cannot fetch the root key from {}: {e}", config.network)))?;
+    }
+    let ready_file = config.ready_file.clone();
+    let gateway = Gateway::start(config, AgentCanister::new(agent), principal).await?;
+    if let Some(path) = ready_file {
+        write_ready_file(&path, &gateway)?;
+    }
+    shutdown::signal().await;
+    gateway.shutdown().await;
+    Ok(())
+}
+
+/// Writes `{"listen","admin","principal"}` atomically (temp file + rename), so a process that
+/// started the gateway with port 0 learns where it listens.
+pub fn write_ready_file<C: CanisterApi>(path: &std::path::Path, gateway: &Gateway<C>) -> Result<()> {
+    let line = serde_json::json!({
+        "listen": gateway.local_addr().to_string(),
+        "admin": gateway.admin_addr().map(|a| a.to_string()),
+        "principal": gateway.principal().to_text(),
+    })
+    .to_string();
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, format!("{line}\n"))?;
+    std::fs::rename(&tmp, path)?;
+    Ok(())
+}

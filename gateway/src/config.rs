@@ -1,0 +1,429 @@
+//! Configuration: every option is a CLI flag with an environment variable
+//! (`IC_WS_GATEWAY_<NAME>`) and a default shown in `--help`. [`Config::validate`] turns
+//! inconsistent values into a clear [`GatewayError::Config`] instead of a panic later.
+
+use crate::error::{GatewayError, Result};
+use candid::Principal;
+use clap::Parser;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Hosts of the IC mainnet API: the root key is built in, never fetched from them.
+const MAINNET_HOSTS: [&str; 4] = ["icp-api.io", "ic0.app", "icp0.io", "boundary.ic0.app"];
+
+/// ic-ws-gateway: holds clients' WebSockets, relays their signed messages to canisters (update
+/// calls, batched) and delivers each client its own certified messages (polling queries).
+#[derive(Parser, Debug, Clone)]
+#[command(name = "ic-ws-gateway", version, about, long_about = None)]
+pub struct Config {
+    /// Address for client WebSockets (port 0 picks a free port; see --ready-file).
+    #[arg(long, env = "IC_WS_GATEWAY_LISTEN", default_value = "0.0.0.0:8080")]
+    pub listen: SocketAddr,
+
+    /// Address of the admin HTTP server (/metrics, /healthz), or "off".
+    #[arg(long, env = "IC_WS_GATEWAY_ADMIN_LISTEN", default_value = "127.0.0.1:9090")]
+    pub admin_listen: String,
+
+    /// When ready, write a JSON line {"listen","admin","principal"} to this file (atomically).
+    #[arg(long, env = "IC_WS_GATEWAY_READY_FILE")]
+    pub ready_file: Option<PathBuf>,
+
+    /// URL of the IC API (a boundary node, the embedded replica, or dfx's local network).
+    #[arg(long, env = "IC_WS_GATEWAY_NETWORK", default_value = "https://icp-api.io")]
+    pub network: String,
+
+    /// Fetch the root key from the network (local networks only; refused for mainnet URLs).
+    #[arg(long, env = "IC_WS_GATEWAY_FETCH_ROOT_KEY", default_value_t = false)]
+    pub fetch_root_key: bool,
+
+    /// Check node signatures on query replies (ic-agent's default). Clients verify every
+    /// delivered message anyway; disable only for networks that do not sign queries.
+    #[arg(long, env = "IC_WS_GATEWAY_VERIFY_QUERY_SIGNATURES", default_value_t = true,
+          action = clap::ArgAction::Set)]
+    pub verify_query_signatures: bool,
+
+    /// Ed25519 PKCS#8 PEM key of the gateway's identity; created (mode 0600) if missing.
+    #[arg(long, env = "IC_WS_GATEWAY_IDENTITY_FILE", default_value = "ic-ws-gateway-identity.pem")]
+    pub identity_file: PathBuf,
+
+    /// Canister ids this gateway serves (repeat or comma-separate).
+    #[arg(long = "canister", env = "IC_WS_GATEWAY_CANISTERS", value_delimiter = ',')]
+    pub canisters: Vec<String>,
+
+    /// Serve any canister a client names (instead of the --canister allowlist).
+    #[arg(long, env = "IC_WS_GATEWAY_ALLOW_ANY_CANISTER", default_value_t = false)]
+    pub allow_any_canister: bool,
+
+    /// Maximum number of distinct canisters served at once (bounds --allow-any-canister).
+    #[arg(long, env = "IC_WS_GATEWAY_MAX_CANISTERS", default_value_t = 1000)]
+    pub max_canisters: usize,
+
+    /// TLS certificate chain (PEM). With --tls-key, clients connect with wss://.
+    #[arg(long, env = "IC_WS_GATEWAY_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// TLS private key (PEM).
+    #[arg(long, env = "IC_WS_GATEWAY_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+
+    /// Maximum simultaneous client connections (more are closed with 4006).
+    #[arg(long, env = "IC_WS_GATEWAY_MAX_CONNECTIONS", default_value_t = 100_000)]
+    pub max_connections: usize,
+
+    /// New connections per second allowed from one IP address (0 = unlimited).
+    #[arg(long, env = "IC_WS_GATEWAY_IP_CONNECT_RATE", default_value_t = 20.0)]
+    pub ip_connect_rate: f64,
+
+    /// Burst of new connections allowed from one IP address above the rate.
+    #[arg(long, env = "IC_WS_GATEWAY_IP_CONNECT_BURST", default_value_t = 40.0)]
+    pub ip_connect_burst: f64,
+
+    /// Time allowed for the TLS and WebSocket handshakes, in milliseconds.
+    #[arg(long, env = "IC_WS_GATEWAY_HANDSHAKE_TIMEOUT_MS", default_value_t = 10_000)]
+    pub handshake_timeout_ms: u64,
+
+    /// Close a connection (4002) after this long without any frame from the client, in ms.
+    #[arg(long, env = "IC_WS_GATEWAY_IDLE_TIMEOUT_MS", default_value_t = 120_000)]
+    pub idle_timeout_ms: u64,
+
+    /// Largest WebSocket message accepted from a client, in bytes (bigger: close 1009).
+    #[arg(long, env = "IC_WS_GATEWAY_MAX_MESSAGE_SIZE", default_value_t = 128 * 1024)]
+    pub max_message_size: usize,
+
+    /// Largest WebSocket frame accepted from a client, in bytes (bigger: close 1009).
+    #[arg(long, env = "IC_WS_GATEWAY_MAX_FRAME_SIZE", default_value_t = 128 * 1024)]
+    pub max_frame_size: usize,
+
+    /// Initial read buffer per connection, in bytes (grows for large frames, then shrinks).
+    #[arg(long, env = "IC_WS_GATEWAY_READ_BUFFER_SIZE", default_value_t = 1024)]
+    pub read_buffer_size: usize,
+
+    /// Frames queued for one client before it is closed as too slow (4001).
+    #[arg(long, env = "IC_WS_GATEWAY_SEND_BUFFER_FRAMES", default_value_t = 256)]
+    pub send_buffer_frames: usize,
+
+    /// Bytes queued for one client before it is closed as too slow (4001).
+    #[arg(long, env = "IC_WS_GATEWAY_SEND_BUFFER_BYTES", default_value_t = 1024 * 1024)]
+    pub send_buffer_bytes: usize,
+
+    /// A single write to a client blocked longer than this closes it as too slow (4001), in ms.
+    #[arg(long, env = "IC_WS_GATEWAY_WRITE_TIMEOUT_MS", default_value_t = 10_000)]
+    pub write_timeout_ms: u64,
+
+    /// Messages of one client waiting for the canister before the gateway stops reading
+    /// from that client (backpressure on that client only).
+    #[arg(long, env = "IC_WS_GATEWAY_MAX_INFLIGHT_PER_CLIENT", default_value_t = 256)]
+    pub max_inflight_per_client: usize,
+
+    /// Minimum time between two relay batches to one canister, in ms (collects messages).
+    #[arg(long, env = "IC_WS_GATEWAY_BATCH_INTERVAL_MS", default_value_t = 50)]
+    pub batch_interval_ms: u64,
+
+    /// Most client messages in one `ws_message` call.
+    #[arg(long, env = "IC_WS_GATEWAY_BATCH_MAX_MESSAGES", default_value_t = 500)]
+    pub batch_max_messages: usize,
+
+    /// Most payload bytes in one `ws_message` call (the IC's ingress limit is 2 MiB).
+    #[arg(long, env = "IC_WS_GATEWAY_BATCH_MAX_BYTES", default_value_t = 1024 * 1024)]
+    pub batch_max_bytes: usize,
+
+    /// Items (opens, messages, closes) queued per canister before senders wait.
+    #[arg(long, env = "IC_WS_GATEWAY_RELAY_QUEUE", default_value_t = 10_000)]
+    pub relay_queue: usize,
+
+    /// Attempts of a call that fails with a transient error before giving up.
+    #[arg(long, env = "IC_WS_GATEWAY_RETRY_ATTEMPTS", default_value_t = 5)]
+    pub retry_attempts: u32,
+
+    /// First retry delay in ms (doubles on each attempt).
+    #[arg(long, env = "IC_WS_GATEWAY_RETRY_BACKOFF_MS", default_value_t = 100)]
+    pub retry_backoff_ms: u64,
+
+    /// Poll interval while messages flow, in ms.
+    #[arg(long, env = "IC_WS_GATEWAY_POLL_MIN_INTERVAL_MS", default_value_t = 20)]
+    pub poll_min_interval_ms: u64,
+
+    /// Poll interval when idle (reached by doubling after each empty poll), in ms.
+    #[arg(long, env = "IC_WS_GATEWAY_POLL_MAX_INTERVAL_MS", default_value_t = 500)]
+    pub poll_max_interval_ms: u64,
+
+    /// Cap on messages per poll reply (the canister applies its own lower cap).
+    #[arg(long, env = "IC_WS_GATEWAY_POLL_MAX_MESSAGES")]
+    pub poll_max_messages: Option<u32>,
+
+    /// Cap on bytes per poll reply (the canister applies its own lower cap).
+    #[arg(long, env = "IC_WS_GATEWAY_POLL_MAX_BYTES")]
+    pub poll_max_bytes: Option<u32>,
+
+    /// Stop polling a canister this long after its last client left, in ms.
+    #[arg(long, env = "IC_WS_GATEWAY_POLL_IDLE_STOP_MS", default_value_t = 30_000)]
+    pub poll_idle_stop_ms: u64,
+
+    /// Messages for a client not (yet) attached are kept this long, in ms (covers the race
+    /// between an open's reply and the first poll that carries its `Opened` message).
+    #[arg(long, env = "IC_WS_GATEWAY_ORPHAN_TTL_MS", default_value_t = 30_000)]
+    pub orphan_ttl_ms: u64,
+
+    /// Close code sent to clients on SIGTERM/Ctrl-C (1012 restart or 1001 going away).
+    #[arg(long, env = "IC_WS_GATEWAY_SHUTDOWN_CLOSE_CODE", default_value_t = 1012)]
+    pub shutdown_close_code: u16,
+
+    /// Time allowed on shutdown to close clients and flush pending batches, in ms.
+    #[arg(long, env = "IC_WS_GATEWAY_SHUTDOWN_TIMEOUT_MS", default_value_t = 10_000)]
+    pub shutdown_timeout_ms: u64,
+
+    /// Log filter (tracing EnvFilter syntax, e.g. "info,ic_ws_gateway=debug").
+    #[arg(long, env = "IC_WS_GATEWAY_LOG", default_value = "info")]
+    pub log: String,
+}
+
+/// Which canisters the gateway serves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CanisterPolicy {
+    /// Only these.
+    Allow(Vec<Principal>),
+    /// Any canister a client names.
+    Any,
+}
+
+impl CanisterPolicy {
+    /// Whether `canister` may be served.
+    pub fn allows(&self, canister: &Principal) -> bool {
+        match self {
+            CanisterPolicy::Allow(list) => list.contains(canister),
+            CanisterPolicy::Any => true,
+        }
+    }
+}
+
+impl Config {
+    /// Parses the command line (and environment) like the binary does.
+    pub fn from_args<I, T>(args: I) -> Result<Config>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        let config =
+            Config::try_parse_from(args).map_err(|e| GatewayError::Config(e.to_string()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks values and their combinations.
+    pub fn validate(&self) -> Result<()> {
+        let err = |m: String| Err(GatewayError::Config(m));
+        self.canister_policy()?;
+        self.admin_addr()?;
+        let url = self.network.trim();
+        if !(url.starts_with("http://") || url.starts_with("https://")) {
+            return err(format!("--network {url:?} must be an http:// or https:// URL"));
+        }
+        if self.fetch_root_key && is_mainnet_url(url) {
+            return err(format!(
+                "--fetch-root-key with the mainnet URL {url}: the mainnet root key is built in \
+                 and must never be fetched"
+            ));
+        }
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            return err("--tls-cert and --tls-key must be given together".into());
+        }
+        let positive = [
+            ("--max-connections", self.max_connections as u64),
+            ("--max-canisters", self.max_canisters as u64),
+            ("--handshake-timeout-ms", self.handshake_timeout_ms),
+            ("--idle-timeout-ms", self.idle_timeout_ms),
+            ("--max-message-size", self.max_message_size as u64),
+            ("--max-frame-size", self.max_frame_size as u64),
+            ("--read-buffer-size", self.read_buffer_size as u64),
+            ("--send-buffer-frames", self.send_buffer_frames as u64),
+            ("--send-buffer-bytes", self.send_buffer_bytes as u64),
+            ("--write-timeout-ms", self.write_timeout_ms),
+            ("--max-inflight-per-client", self.max_inflight_per_client as u64),
+            ("--batch-max-messages", self.batch_max_messages as u64),
+            ("--batch-max-bytes", self.batch_max_bytes as u64),
+            ("--relay-queue", self.relay_queue as u64),
+            ("--retry-attempts", u64::from(self.retry_attempts)),
+            ("--poll-min-interval-ms", self.poll_min_interval_ms),
+            ("--shutdown-timeout-ms", self.shutdown_timeout_ms),
+        ];
+        for (name, value) in positive {
+            if value == 0 {
+                return err(format!("{name} must be greater than 0"));
+            }
+        }
+        if self.poll_max_interval_ms < self.poll_min_interval_ms {
+            return err(format!(
+                "--poll-max-interval-ms ({}) is below --poll-min-interval-ms ({})",
+                self.poll_max_interval_ms, self.poll_min_interval_ms
+            ));
+        }
+        if self.max_frame_size > self.max_message_size {
+            return err("--max-frame-size must not exceed --max-message-size".into());
+        }
+        if self.batch_max_bytes > 2 * 1024 * 1024 {
+            return err("--batch-max-bytes must be at most 2 MiB (the IC ingress limit)".into());
+        }
+        if !(self.ip_connect_rate >= 0.0 && self.ip_connect_rate.is_finite()) {
+            return err("--ip-connect-rate must be a finite number >= 0".into());
+        }
+        if !(self.ip_connect_burst >= 1.0 && self.ip_connect_burst.is_finite()) {
+            return err("--ip-connect-burst must be a finite number >= 1".into());
+        }
+        if ![1000, 1001, 1012].contains(&self.shutdown_close_code) {
+            return err("--shutdown-close-code must be 1000, 1001 or 1012".into());
+        }
+        Ok(())
+    }
+
+    /// The allowlist (or "any").
+    pub fn canister_policy(&self) -> Result<CanisterPolicy> {
+        if self.allow_any_canister {
+            return Ok(CanisterPolicy::Any);
+        }
+        let ids = self
+            .canisters
+            .iter()
+            .map(|s| s.trim())
+            .filter(|s| !s.is_empty())
+            .map(|s| {
+                Principal::from_text(s).map_err(|e| {
+                    GatewayError::Config(format!("--canister {s:?} is not a principal: {e}"))
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        if ids.is_empty() {
+            return Err(GatewayError::Config(
+                "no canister to serve: give --canister <id> (repeatable) or --allow-any-canister"
+                    .into(),
+            ));
+        }
+        Ok(CanisterPolicy::Allow(ids))
+    }
+
+    /// The admin address, or `None` when disabled with "off".
+    pub fn admin_addr(&self) -> Result<Option<SocketAddr>> {
+        let v = self.admin_listen.trim();
+        if v.eq_ignore_ascii_case("off") {
+            return Ok(None);
+        }
+        v.parse().map(Some).map_err(|e| {
+            GatewayError::Config(format!("--admin-listen {v:?} is not an address or \"off\": {e}"))
+        })
+    }
+
+    /// Idle timeout.
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_millis(self.idle_timeout_ms)
+    }
+    /// Handshake timeout.
+    pub fn handshake_timeout(&self) -> Duration {
+        Duration::from_millis(self.handshake_timeout_ms)
+    }
+    /// Write timeout.
+    pub fn write_timeout(&self) -> Duration {
+        Duration::from_millis(self.write_timeout_ms)
+    }
+    /// Batch interval.
+    pub fn batch_interval(&self) -> Duration {
+        Duration::from_millis(self.batch_interval_ms)
+    }
+    /// First retry backoff.
+    pub fn retry_backoff(&self) -> Duration {
+        Duration::from_millis(self.retry_backoff_ms)
+    }
+    /// Fastest poll interval.
+    pub fn poll_min_interval(&self) -> Duration {
+        Duration::from_millis(self.poll_min_interval_ms)
+    }
+    /// Slowest poll interval.
+    pub fn poll_max_interval(&self) -> Duration {
+        Duration::from_millis(self.poll_max_interval_ms)
+    }
+    /// Poller stop delay.
+    pub fn poll_idle_stop(&self) -> Duration {
+        Duration::from_millis(self.poll_idle_stop_ms)
+    }
+    /// Orphan retention.
+    pub fn orphan_ttl(&self) -> Duration {
+        Duration::from_millis(self.orphan_ttl_ms)
+    }
+    /// Shutdown budget.
+    pub fn shutdown_timeout(&self) -> Duration {
+        Duration::from_millis(self.shutdown_timeout_ms)
+    }
+}
+
+/// Whether `url` points at the IC mainnet API.
+fn is_mainnet_url(url: &str) -> bool {
+    let host = url
+        .split("://")
+        .nth(1)
+        .unwrap_or(url)
+        .split(['/', ':'])
+        .next()
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    MAINNET_HOSTS
+        .iter()
+        .any(|m| host == *m || host.ends_with(&format!(".{m}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(extra: &[&str]) -> Result<Config> {
+        let mut args = vec!["ic-ws-gateway", "--canister", "aaaaa-aa"];
+        args.extend_from_slice(extra);
+        Config::from_args(args)
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        let c = parse(&[]).unwrap();
+        assert_eq!(c.canister_policy().unwrap(), CanisterPolicy::Allow(vec![Principal::management_canister()]));
+        assert_eq!(c.network, "https://icp-api.io");
+        assert!(!c.fetch_root_key);
+    }
+
+    #[test]
+    fn config_errors_are_messages_not_panics() {
+        let cases: &[(&[&str], &str)] = &[
+            (&["--poll-min-interval-ms", "100", "--poll-max-interval-ms", "10"], "poll-max-interval"),
+            (&["--tls-cert", "c.pem"], "--tls-key"),
+            (&["--fetch-root-key"], "mainnet"),
+            (&["--network", "ftp://x"], "http"),
+            (&["--admin-listen", "nowhere"], "admin-listen"),
+            (&["--batch-max-bytes", "5000000"], "2 MiB"),
+            (&["--canister", "not a principal"], "not a principal"),
+            (&["--max-connections", "0"], "max-connections"),
+            (&["--listen", "banana"], "banana"),
+        ];
+        for (args, needle) in cases {
+            let e = parse(args).unwrap_err().to_string();
+            assert!(e.contains(needle), "{args:?}: {e}");
+        }
+        let none = Config::from_args(["ic-ws-gateway"]).unwrap_err().to_string();
+        assert!(none.contains("--allow-any-canister"), "{none}");
+    }
+
+    #[test]
+    fn local_network_may_fetch_root_key_and_any_canister_is_explicit() {
+        let c = Config::from_args([
+            "ic-ws-gateway",
+            "--network",
+            "http://127.0.0.1:4943",
+            "--fetch-root-key",
+            "--allow-any-canister",
+            "--admin-listen",
+            "off",
+        ])
+        .unwrap();
+        assert_eq!(c.canister_policy().unwrap(), CanisterPolicy::Any);
+        assert_eq!(c.admin_addr().unwrap(), None);
+        assert!(is_mainnet_url("https://icp0.io/api"));
+        assert!(is_mainnet_url("https://xyz.ic0.app"));
+        assert!(!is_mainnet_url("http://localhost:4943"));
+    }
+}

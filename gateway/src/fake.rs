@@ -1,0 +1,305 @@
+//! An in-memory canister implementing [`CanisterApi`] with the semantics of
+//! docs/protocol.md that matter to a gateway (sessions, inbound sequence numbers, duplicates
+//! as no-ops, traps rolling back a whole call, a per-gateway delivery log with a cursor, a hash
+//! tree witnessing each poll reply), plus knobs to inject failures. Signatures and certificates
+//! are not checked or produced (the certificate is a fixed blob): it exists to test and
+//! benchmark the gateway without a replica.
+//!
+//! App payloads with a meaning: `b"trap"` traps the whole call, `b"reject"` is rejected by
+//! the "app" (`Rejected`, sequence consumed), `b"close"` makes the app close the session,
+//! anything starting with `b"echo:"` is sent back to the sender.
+
+use crate::canister::{CallError, CanisterApi};
+use candid::Principal;
+use ic_certification::{fork, labeled, leaf, HashTree};
+use ic_ws_protocol::types::*;
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+/// The certificate blob the fake returns.
+pub const FAKE_CERTIFICATE: &[u8] = b"fake-certificate";
+
+#[derive(Debug, Clone)]
+struct Session {
+    next_in: u64,
+    next_out: u64,
+    closed: bool,
+    retained: Vec<OutboundMessage>,
+}
+
+/// What the fake recorded and what it will do next.
+#[derive(Debug, Default, Clone)]
+pub struct FakeState {
+    next_client: u64,
+    sessions: HashMap<ClientId, Session>,
+    /// The gateway's delivery log (`ws_poll` reads it from the cursor).
+    pub log: Vec<OutboundMessage>,
+    /// Accepted app payloads, in acceptance order.
+    pub received: Vec<(ClientId, u64, Vec<u8>)>,
+    /// Every update call: method and number of entries.
+    pub calls: Vec<(&'static str, usize)>,
+    /// Clients reported by `ws_close`.
+    pub closed_by_gateway: Vec<ClientId>,
+    /// Errors returned by the next update calls (before doing anything).
+    pub fail_next: VecDeque<CallError>,
+    /// Number of polls so far.
+    pub polls: u64,
+    /// The next this many `ws_message` calls are applied but their reply is "lost" (a
+    /// transient error), as when a connection drops after the IC executed the call.
+    pub lose_replies: usize,
+}
+
+/// The fake canister (cheap to clone: shared state).
+#[derive(Debug, Clone, Default)]
+pub struct FakeCanister {
+    state: Arc<Mutex<FakeState>>,
+    /// Artificial latency of update calls.
+    pub update_delay: Duration,
+    /// Artificial latency of queries.
+    pub query_delay: Duration,
+}
+
+fn now_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
+fn content(body: OutboundBody) -> Vec<u8> {
+    ic_ws_protocol::encode(&OutboundContent { timestamp_ns: now_ns(), body }).unwrap_or_default()
+}
+
+/// A balanced fork over `nodes`.
+pub fn fork_all(mut nodes: Vec<HashTree>) -> HashTree {
+    match nodes.len() {
+        0 => ic_certification::empty(),
+        1 => nodes.remove(0),
+        n => {
+            let right = nodes.split_off(n / 2);
+            fork(fork_all(nodes), fork_all(right))
+        }
+    }
+}
+
+/// The tree `/ws/<client>/<seq> -> sha256(content)` over `messages`, beside an app subtree.
+pub fn tree_of(messages: &[OutboundMessage]) -> HashTree {
+    let mut by_client: BTreeMap<ClientId, BTreeMap<u64, HashTree>> = BTreeMap::new();
+    for m in messages {
+        by_client.entry(m.client_id).or_default().insert(
+            m.seq,
+            labeled(m.seq.to_be_bytes().to_vec(), leaf(ic_ws_protocol::content_hash(&m.content).to_vec())),
+        );
+    }
+    let clients = by_client
+        .into_iter()
+        .map(|(c, leaves)| labeled(c.to_be_bytes().to_vec(), fork_all(leaves.into_values().collect())))
+        .collect();
+    fork(
+        labeled(b"app".to_vec(), leaf(b"app data".to_vec())),
+        labeled(b"ws".to_vec(), fork_all(clients)),
+    )
+}
+
+impl FakeState {
+    fn queue(&mut self, client: ClientId, body: OutboundBody) -> Option<u64> {
+        let s = self.sessions.get_mut(&client)?;
+        if s.closed {
+            return None;
+        }
+        let seq = s.next_out;
+        s.next_out += 1;
+        let m = OutboundMessage { client_id: client, seq, content: content(body) };
+        s.retained.push(m.clone());
+        self.log.push(m);
+        Some(seq)
+    }
+
+    fn close_session(&mut self, client: ClientId, reason: CloseReason) {
+        self.queue(client, OutboundBody::Closed { reason });
+        if let Some(s) = self.sessions.get_mut(&client) {
+            s.closed = true;
+        }
+    }
+}
+
+impl FakeCanister {
+    /// A fresh canister.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The recorded state, locked.
+    pub fn state(&self) -> MutexGuard<'_, FakeState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The app sends `payload` to `client`; returns its sequence number.
+    pub fn send(&self, client: ClientId, payload: &[u8]) -> Option<u64> {
+        self.state().queue(client, OutboundBody::App { topic: None, payload: payload.to_vec() })
+    }
+
+    /// The app closes `client`'s session.
+    pub fn close(&self, client: ClientId) {
+        self.state().close_session(client, CloseReason::AppClosed { code: 1000, reason: "bye".into() });
+    }
+
+    /// Every open session's id.
+    pub fn clients(&self) -> Vec<ClientId> {
+        let s = self.state();
+        let mut ids: Vec<ClientId> = s.sessions.iter().filter(|(_, v)| !v.closed).map(|(k, _)| *k).collect();
+        ids.sort_unstable();
+        ids
+    }
+
+    /// Update calls made with `method` and their entry counts.
+    pub fn calls(&self, method: &str) -> Vec<usize> {
+        self.state().calls.iter().filter(|(m, _)| *m == method).map(|(_, n)| *n).collect()
+    }
+
+    async fn begin(&self, method: &'static str, entries: usize) -> Result<(), CallError> {
+        if !self.update_delay.is_zero() {
+            tokio::time::sleep(self.update_delay).await;
+        }
+        let mut s = self.state();
+        s.calls.push((method, entries));
+        match s.fail_next.pop_front() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+}
+
+impl CanisterApi for FakeCanister {
+    async fn ws_open(&self, _canister: Principal, batch: &OpenBatch) -> Result<Vec<OpenResult>, CallError> {
+        self.begin("ws_open", batch.opens.len()).await?;
+        let mut guard = self.state();
+        let mut s = guard.clone();
+        let mut results = Vec::new();
+        for open in &batch.opens {
+            if open.args == b"trap" {
+                return Err(CallError::Trapped("on_open trapped".into()));
+            }
+            if open.args == b"reject" {
+                results.push(Err(WsError::Rejected("not welcome".into())));
+                continue;
+            }
+            let client = match open.resume {
+                None => {
+                    let id = s.next_client;
+                    s.next_client += 1;
+                    s.sessions.insert(id, Session { next_in: 0, next_out: 0, closed: false, retained: vec![] });
+                    id
+                }
+                Some(r) => {
+                    let Some(session) = s.sessions.get(&r.client_id).filter(|x| !x.closed) else {
+                        results.push(Err(WsError::UnknownClient(r.client_id)));
+                        continue;
+                    };
+                    let again: Vec<OutboundMessage> =
+                        session.retained.iter().filter(|m| m.seq >= r.next_outbound_seq).cloned().collect();
+                    s.log.extend(again);
+                    r.client_id
+                }
+            };
+            let next_in = s.sessions.get(&client).map_or(0, |x| x.next_in);
+            let opened_seq = s
+                .queue(
+                    client,
+                    OutboundBody::Opened {
+                        client_key: open.client_key.clone(),
+                        open_timestamp_ns: open.timestamp_ns,
+                        next_inbound_seq: next_in,
+                        resumed: open.resume.is_some(),
+                    },
+                )
+                .unwrap_or(0);
+            results.push(Ok(OpenOk { client_id: client, next_inbound_seq: next_in, opened_seq }));
+        }
+        *guard = s;
+        Ok(results)
+    }
+
+    async fn ws_message(&self, _canister: Principal, batch: &MessageBatch) -> Result<Vec<MessageResult>, CallError> {
+        self.begin("ws_message", batch.messages.len()).await?;
+        let mut guard = self.state();
+        // Work on a copy: a trap rolls the whole call back.
+        let mut s = guard.clone();
+        let mut results = Vec::new();
+        for m in &batch.messages {
+            let Some(session) = s.sessions.get_mut(&m.client_id) else {
+                results.push(MessageResult::Err(WsError::UnknownClient(m.client_id)));
+                continue;
+            };
+            if session.closed {
+                results.push(MessageResult::Err(WsError::Closed));
+                continue;
+            }
+            if m.seq < session.next_in {
+                results.push(MessageResult::Duplicate);
+                continue;
+            }
+            if m.seq > session.next_in {
+                results.push(MessageResult::Err(WsError::OutOfSequence { expected: session.next_in, got: m.seq }));
+                continue;
+            }
+            session.next_in += 1;
+            match &m.kind {
+                MessageKind::App(p) if p == b"trap" => {
+                    return Err(CallError::Trapped("on_message trapped".into()));
+                }
+                MessageKind::App(p) if p == b"reject" => {
+                    results.push(MessageResult::Err(WsError::Rejected("app said no".into())));
+                }
+                MessageKind::App(p) => {
+                    s.received.push((m.client_id, m.seq, p.clone()));
+                    if p == b"close" {
+                        s.close_session(m.client_id, CloseReason::AppClosed { code: 1000, reason: "asked".into() });
+                    } else if let Some(rest) = p.strip_prefix(b"echo:") {
+                        s.queue(m.client_id, OutboundBody::App { topic: None, payload: rest.to_vec() });
+                    }
+                    results.push(MessageResult::Ok);
+                }
+                MessageKind::KeepAlive => results.push(MessageResult::Ok),
+                MessageKind::Close { code, reason } => {
+                    s.close_session(m.client_id, CloseReason::ClientClosed { code: *code, reason: reason.clone() });
+                    results.push(MessageResult::Ok);
+                }
+            }
+        }
+        if s.lose_replies > 0 {
+            s.lose_replies -= 1;
+            *guard = s;
+            return Err(CallError::Transient("reply lost".into()));
+        }
+        *guard = s;
+        Ok(results)
+    }
+
+    async fn ws_close(&self, _canister: Principal, batch: &CloseBatch) -> Result<Vec<CloseResult>, CallError> {
+        self.begin("ws_close", batch.clients.len()).await?;
+        let mut s = self.state();
+        s.closed_by_gateway.extend(batch.clients.iter().copied());
+        Ok(batch.clients.iter().map(|_| Ok(())).collect())
+    }
+
+    async fn ws_poll(&self, _canister: Principal, request: PollRequest) -> Result<PollResult, CallError> {
+        if !self.query_delay.is_zero() {
+            tokio::time::sleep(self.query_delay).await;
+        }
+        let mut s = self.state();
+        s.polls += 1;
+        let max = request.max_messages.unwrap_or(500).min(500) as usize;
+        let start = (request.cursor as usize).min(s.log.len());
+        let end = (start + max).min(s.log.len());
+        let messages = s.log[start..end].to_vec();
+        let tree = serde_cbor::to_vec(&tree_of(&messages)).map_err(|e| CallError::Permanent(e.to_string()))?;
+        Ok(Ok(PollReply {
+            more: end < s.log.len(),
+            next_cursor: end as u64,
+            messages,
+            certificate: FAKE_CERTIFICATE.to_vec(),
+            tree,
+        }))
+    }
+}

@@ -1,0 +1,317 @@
+//! Shared state, in one place: the gateway-wide [`Shared`] (configuration, canister API,
+//! metrics, one [`Hub`] per canister) and, per canister, the table of attached clients and the
+//! delivery of certified messages to them.
+//!
+//! The client table is the only state the relay (which attaches clients when their opens
+//! succeed), the poller (which delivers to them) and the sessions (which detach on disconnect)
+//! share. Everything it does under its lock is non-blocking: pushing to an [`Outbox`] never
+//! waits for a client.
+
+use crate::canister::CanisterApi;
+use crate::config::{CanisterPolicy, Config};
+use crate::metrics::Metrics;
+use crate::outbox::{CloseWith, Outbox, Push};
+use crate::relay::RelayItem;
+use crate::witness::PageWitness;
+use candid::Principal;
+use ic_ws_protocol::frames::close_code;
+use ic_ws_protocol::types::{ClientId, OutboundBody, OutboundContent, OutboundMessage, WsError};
+use ic_ws_protocol::GatewayFrame;
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
+use tokio::sync::{mpsc, watch, Notify};
+use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::Bytes;
+
+/// Most messages kept for clients that are not attached (yet).
+const MAX_ORPHANS: usize = 20_000;
+
+/// Gateway-wide state.
+pub struct Shared<C> {
+    /// The configuration.
+    pub config: Config,
+    /// Which canisters are served.
+    pub policy: CanisterPolicy,
+    /// The canisters' endpoints.
+    pub api: Arc<C>,
+    /// The gateway's principal (in `Hello`; the caller of every update).
+    pub principal: Principal,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// `Hello`, encoded once.
+    pub hello: Bytes,
+    hubs: Mutex<HashMap<Principal, Arc<Hub>>>,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+    next_conn_id: AtomicU64,
+    /// Set on shutdown: sessions close their clients, pollers stop.
+    pub closing: watch::Sender<bool>,
+    /// Set once sessions are gone: relays flush what is queued and exit.
+    pub draining: watch::Sender<bool>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Poisoning only follows a panic elsewhere; the maps stay structurally valid.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl<C: CanisterApi> Shared<C> {
+    /// New state for a gateway with `principal`.
+    pub fn new(config: Config, policy: CanisterPolicy, api: Arc<C>, principal: Principal) -> Arc<Self> {
+        let hello = ic_ws_protocol::encode(&GatewayFrame::Hello {
+            gateway: principal,
+            protocol_version: ic_ws_protocol::PROTOCOL_VERSION,
+        })
+        .map(Bytes::from)
+        .unwrap_or_default();
+        Arc::new(Shared {
+            config,
+            policy,
+            api,
+            principal,
+            metrics: Arc::new(Metrics::default()),
+            hello,
+            hubs: Mutex::new(HashMap::new()),
+            tasks: Mutex::new(Vec::new()),
+            next_conn_id: AtomicU64::new(1),
+            closing: watch::channel(false).0,
+            draining: watch::channel(false).0,
+        })
+    }
+
+    /// A fresh connection id (distinguishes a client's old and new connections).
+    pub fn next_conn_id(&self) -> u64 {
+        self.next_conn_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// The hub of `canister`, created (with its relay worker) on first use.
+    pub fn hub(self: &Arc<Self>, canister: Principal) -> Result<Arc<Hub>, WsError> {
+        if !self.policy.allows(&canister) {
+            return Err(WsError::InvalidArgument(format!(
+                "canister {canister} is not served by this gateway"
+            )));
+        }
+        let mut hubs = lock(&self.hubs);
+        if let Some(h) = hubs.get(&canister) {
+            return Ok(h.clone());
+        }
+        if hubs.len() >= self.config.max_canisters {
+            return Err(WsError::LimitReached(format!(
+                "this gateway serves at most {} canisters",
+                self.config.max_canisters
+            )));
+        }
+        let (tx, rx) = mpsc::channel(self.config.relay_queue);
+        let hub = Arc::new(Hub {
+            canister,
+            relay: tx,
+            table: Mutex::new(Table::default()),
+            poll_wake: Notify::new(),
+            cursor: AtomicU64::new(0),
+        });
+        hubs.insert(canister, hub.clone());
+        drop(hubs);
+        let task = tokio::spawn(crate::relay::run(self.clone(), hub.clone(), rx));
+        lock(&self.tasks).push(task);
+        Ok(hub)
+    }
+
+    /// Every hub.
+    pub fn hubs(&self) -> Vec<Arc<Hub>> {
+        lock(&self.hubs).values().cloned().collect()
+    }
+
+    /// Relay worker tasks (awaited on shutdown).
+    pub fn take_tasks(&self) -> Vec<JoinHandle<()>> {
+        std::mem::take(&mut *lock(&self.tasks))
+    }
+
+    /// Attaches a client whose open succeeded and hands it the messages polled before it was
+    /// attached. Starts the canister's poller if it is not running.
+    pub fn attach(self: &Arc<Self>, hub: &Arc<Hub>, client_id: ClientId, entry: ClientEntry) {
+        let mut table = hub.table();
+        if let Some(old) = table.clients.insert(client_id, entry) {
+            old.outbox.abort(CloseWith::new(1000, "session resumed on another connection"));
+        } else {
+            self.metrics.sessions.inc();
+        }
+        let orphans: Vec<Orphan> = {
+            let (mine, rest): (VecDeque<Orphan>, VecDeque<Orphan>) =
+                table.orphans.drain(..).partition(|o| o.client == client_id);
+            table.orphans = rest;
+            mine.into()
+        };
+        for o in orphans {
+            table.orphan_count -= o.messages.len();
+            self.deliver_locked(&mut table, &o.page, client_id, o.messages);
+        }
+        if !table.poller_running {
+            table.poller_running = true;
+            drop(table);
+            tokio::spawn(crate::poller::run(self.clone(), hub.clone()));
+        }
+    }
+
+    /// Delivers one page's messages for `client_id` (in log order) to the client, or keeps
+    /// them as orphans when the client is not attached.
+    pub fn deliver_locked(&self, table: &mut Table, page: &Arc<Page>, client_id: ClientId, messages: Vec<OutboundMessage>) {
+        let Some(entry) = table.clients.get_mut(&client_id) else {
+            table.orphan_count += messages.len();
+            table.orphans.push_back(Orphan {
+                at: page.received,
+                page: page.clone(),
+                client: client_id,
+                messages,
+            });
+            while table.orphan_count > MAX_ORPHANS {
+                match table.orphans.pop_front() {
+                    Some(o) => table.orphan_count -= o.messages.len(),
+                    None => break,
+                }
+            }
+            return;
+        };
+        // A restarted gateway re-reads the log from cursor 0: skip what this client already
+        // has (it resumed from `next_seq`).
+        let messages: Vec<OutboundMessage> = messages.into_iter().filter(|m| m.seq >= entry.next_seq).collect();
+        let Some(last) = messages.last() else { return };
+        entry.next_seq = last.seq + 1;
+        let closed = matches!(
+            ic_ws_protocol::decode::<OutboundContent>(&last.content),
+            Ok(OutboundContent { body: OutboundBody::Closed { .. }, .. })
+        );
+        let seqs: Vec<u64> = messages.iter().map(|m| m.seq).collect();
+        let tree = match serde_cbor::to_vec(&page.witness.for_client(client_id, &seqs)) {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::error!(client_id, "cannot encode a witness: {e}");
+                return;
+            }
+        };
+        let count = messages.len() as u64;
+        let frame = GatewayFrame::Messages {
+            messages,
+            certificate: page.certificate.clone(),
+            tree,
+        };
+        let Ok(bytes) = ic_ws_protocol::encode(&frame) else {
+            tracing::error!(client_id, "cannot encode a Messages frame");
+            return;
+        };
+        match entry.outbox.push(Bytes::from(bytes), Some(page.received)) {
+            Push::Queued => {
+                self.metrics.messages_out.add(count);
+                self.metrics.frames_out.inc();
+            }
+            Push::Overflowed => {
+                self.metrics.buffer_overflows.inc();
+                tracing::info!(client_id, "slow client closed: send buffer overflow");
+            }
+            Push::Closed => {}
+        }
+        if closed {
+            entry.outbox.finish(CloseWith::new(close_code::SESSION_CLOSED, "session closed by the canister"));
+            table.clients.remove(&client_id);
+            self.metrics.sessions.dec();
+        }
+    }
+
+    /// Detaches `client_id` if `conn_id` still owns it; returns whether the canister should be
+    /// told (`ws_close`).
+    pub fn detach(&self, hub: &Hub, client_id: ClientId, conn_id: u64) -> bool {
+        let mut table = hub.table();
+        match table.clients.get(&client_id) {
+            Some(e) if e.conn_id == conn_id => {
+                table.clients.remove(&client_id);
+                self.metrics.sessions.dec();
+                true
+            }
+            _ => false,
+        }
+    }
+}
+
+/// One canister: its relay queue, its attached clients, its poller's wake-up.
+pub struct Hub {
+    /// The canister.
+    pub canister: Principal,
+    /// Items for the relay worker.
+    pub relay: mpsc::Sender<RelayItem>,
+    table: Mutex<Table>,
+    /// Wakes the poller early (a message was relayed: replies are likely).
+    pub poll_wake: Notify,
+    /// Position in this gateway's delivery log (kept when the poller stops and restarts).
+    cursor: AtomicU64,
+}
+
+impl Hub {
+    /// The poll cursor.
+    pub fn cursor(&self) -> u64 {
+        self.cursor.load(Ordering::Relaxed)
+    }
+    /// Stores the poll cursor.
+    pub fn set_cursor(&self, cursor: u64) {
+        self.cursor.store(cursor, Ordering::Relaxed);
+    }
+
+    /// The client table, locked.
+    pub fn table(&self) -> MutexGuard<'_, Table> {
+        lock(&self.table)
+    }
+}
+
+/// A client attached through this gateway.
+#[derive(Debug)]
+pub struct ClientEntry {
+    /// The connection that owns the session now.
+    pub conn_id: u64,
+    /// Its send buffer.
+    pub outbox: Arc<Outbox>,
+    /// The next outbound sequence number it expects (older ones are not delivered again).
+    pub next_seq: u64,
+}
+
+/// Messages for a client that is not attached (yet).
+#[derive(Debug)]
+pub struct Orphan {
+    at: Instant,
+    page: Arc<Page>,
+    client: ClientId,
+    messages: Vec<OutboundMessage>,
+}
+
+/// Attached clients and orphans of one canister.
+#[derive(Debug, Default)]
+pub struct Table {
+    /// Attached clients.
+    pub clients: HashMap<ClientId, ClientEntry>,
+    orphans: VecDeque<Orphan>,
+    orphan_count: usize,
+    /// Whether the poller task runs.
+    pub poller_running: bool,
+}
+
+impl Table {
+    /// Drops orphans older than `ttl`.
+    pub fn expire_orphans(&mut self, now: Instant, ttl: std::time::Duration) {
+        while let Some(o) = self.orphans.front() {
+            if now.duration_since(o.at) <= ttl {
+                break;
+            }
+            self.orphan_count -= o.messages.len();
+            self.orphans.pop_front();
+        }
+    }
+}
+
+/// One poll reply, shared by the frames cut from it.
+#[derive(Debug)]
+pub struct Page {
+    /// The data certificate.
+    pub certificate: Vec<u8>,
+    /// The indexed tree.
+    pub witness: PageWitness,
+    /// When the reply arrived.
+    pub received: Instant,
+}

@@ -1,0 +1,342 @@
+//! Prometheus metrics: lock-free counters, gauges and fixed-bucket histograms, rendered in the
+//! text exposition format by the admin server's `/metrics`.
+//!
+//! Hand-written on atomics rather than a registry crate: the set is small and fixed, and every
+//! hot-path update is one relaxed atomic add.
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+/// A monotonically increasing count.
+#[derive(Default, Debug)]
+pub struct Counter(AtomicU64);
+
+impl Counter {
+    /// Adds `n`.
+    pub fn add(&self, n: u64) {
+        self.0.fetch_add(n, Relaxed);
+    }
+    /// Adds one.
+    pub fn inc(&self) {
+        self.add(1);
+    }
+    /// Current value.
+    pub fn get(&self) -> u64 {
+        self.0.load(Relaxed)
+    }
+}
+
+/// A value that goes up and down.
+#[derive(Default, Debug)]
+pub struct Gauge(AtomicI64);
+
+impl Gauge {
+    /// Adds one.
+    pub fn inc(&self) {
+        self.0.fetch_add(1, Relaxed);
+    }
+    /// Subtracts one.
+    pub fn dec(&self) {
+        self.0.fetch_sub(1, Relaxed);
+    }
+    /// Current value.
+    pub fn get(&self) -> i64 {
+        self.0.load(Relaxed)
+    }
+}
+
+/// A histogram with fixed upper bounds.
+#[derive(Debug)]
+pub struct Histogram {
+    bounds: &'static [f64],
+    buckets: Vec<AtomicU64>,
+    count: AtomicU64,
+    /// Sum in millionths of the unit (so it can be an integer atomic).
+    sum_micros: AtomicU64,
+}
+
+/// Bounds for durations in seconds (100 µs .. 30 s).
+pub const SECONDS_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0, 30.0,
+];
+/// Bounds for batch sizes (entries per call).
+pub const SIZE_BUCKETS: &[f64] = &[1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0];
+
+impl Histogram {
+    /// A histogram with these bucket upper bounds.
+    pub fn new(bounds: &'static [f64]) -> Self {
+        Histogram {
+            bounds,
+            buckets: bounds.iter().map(|_| AtomicU64::new(0)).collect(),
+            count: AtomicU64::new(0),
+            sum_micros: AtomicU64::new(0),
+        }
+    }
+    /// Records one observation.
+    pub fn observe(&self, value: f64) {
+        if let Some(i) = self.bounds.iter().position(|b| value <= *b) {
+            self.buckets[i].fetch_add(1, Relaxed);
+        }
+        self.count.fetch_add(1, Relaxed);
+        self.sum_micros.fetch_add((value.max(0.0) * 1e6) as u64, Relaxed);
+    }
+    /// Records a duration in seconds.
+    pub fn observe_duration(&self, d: Duration) {
+        self.observe(d.as_secs_f64());
+    }
+    /// Number of observations.
+    pub fn count(&self) -> u64 {
+        self.count.load(Relaxed)
+    }
+    /// Smallest bucket bound below which at least `q` (0..1) of observations fall (an upper
+    /// estimate of the quantile), or `None` without observations.
+    pub fn quantile_upper_bound(&self, q: f64) -> Option<f64> {
+        let total = self.count();
+        if total == 0 {
+            return None;
+        }
+        let mut seen = 0;
+        for (i, b) in self.buckets.iter().enumerate() {
+            seen += b.load(Relaxed);
+            if seen as f64 >= q * total as f64 {
+                return Some(self.bounds[i]);
+            }
+        }
+        Some(f64::INFINITY)
+    }
+
+    fn render(&self, out: &mut String, name: &str, help: &str) {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+        let mut cumulative = 0;
+        for (i, b) in self.buckets.iter().enumerate() {
+            cumulative += b.load(Relaxed);
+            let _ = writeln!(out, "{name}_bucket{{le=\"{}\"}} {cumulative}", self.bounds[i]);
+        }
+        let count = self.count();
+        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
+        let sum = self.sum_micros.load(Relaxed) as f64 / 1e6;
+        let _ = writeln!(out, "{name}_sum {sum}\n{name}_count {count}");
+    }
+}
+
+/// Kinds of errors counted in `ic_ws_gateway_errors_total{kind}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// A client sent a frame that is not a valid `ClientFrame` (closed 1008).
+    MalformedFrame,
+    /// A client frame over the size limit (closed 1009).
+    FrameTooBig,
+    /// A WebSocket or TLS handshake failed or timed out.
+    Handshake,
+    /// A socket error on a client connection.
+    ClientIo,
+    /// A canister call failed transiently (retried).
+    CallTransient,
+    /// A canister call trapped (entries isolated).
+    CallTrapped,
+    /// A canister call failed permanently.
+    CallPermanent,
+    /// A `ws_poll` failed.
+    Poll,
+    /// The canister rejected a client message (`MessageError` sent).
+    MessageRejected,
+    /// The canister rejected an open.
+    OpenRejected,
+}
+
+const ERROR_KINDS: [(ErrorKind, &str); 10] = [
+    (ErrorKind::MalformedFrame, "malformed_frame"),
+    (ErrorKind::FrameTooBig, "frame_too_big"),
+    (ErrorKind::Handshake, "handshake"),
+    (ErrorKind::ClientIo, "client_io"),
+    (ErrorKind::CallTransient, "call_transient"),
+    (ErrorKind::CallTrapped, "call_trapped"),
+    (ErrorKind::CallPermanent, "call_permanent"),
+    (ErrorKind::Poll, "poll"),
+    (ErrorKind::MessageRejected, "message_rejected"),
+    (ErrorKind::OpenRejected, "open_rejected"),
+];
+
+/// Why a connection was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rejection {
+    /// `--max-connections` reached.
+    MaxConnections,
+    /// Per-IP connection rate exceeded.
+    RateLimited,
+}
+
+/// All gateway metrics.
+#[derive(Debug)]
+pub struct Metrics {
+    /// Open client connections.
+    pub connections: Gauge,
+    /// Connections accepted since start.
+    pub connections_total: Counter,
+    /// Connections refused because of `--max-connections`.
+    pub rejected_max_connections: Counter,
+    /// Connections refused by the per-IP rate limit.
+    pub rejected_rate_limited: Counter,
+    /// Sessions attached (opened or resumed) through this gateway right now.
+    pub sessions: Gauge,
+    /// Client messages received (frames relayed to `ws_message`).
+    pub messages_in: Counter,
+    /// Certified messages delivered to clients.
+    pub messages_out: Counter,
+    /// `Messages` frames written to clients.
+    pub frames_out: Counter,
+    /// Update calls made, by method.
+    pub calls_open: Counter,
+    /// `ws_message` calls.
+    pub calls_message: Counter,
+    /// `ws_close` calls.
+    pub calls_close: Counter,
+    /// `ws_poll` queries.
+    pub polls: Counter,
+    /// Entries per `ws_message` call.
+    pub batch_size: Histogram,
+    /// `ws_poll` round trip.
+    pub poll_latency: Histogram,
+    /// `ws_message` round trip.
+    pub message_call_latency: Histogram,
+    /// From a poll reply's arrival to the frame being written to the client's socket.
+    pub delivery_delay: Histogram,
+    /// Clients closed because their send buffer overflowed (4001).
+    pub buffer_overflows: Counter,
+    errors: [Counter; ERROR_KINDS.len()],
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            connections: Gauge::default(),
+            connections_total: Counter::default(),
+            rejected_max_connections: Counter::default(),
+            rejected_rate_limited: Counter::default(),
+            sessions: Gauge::default(),
+            messages_in: Counter::default(),
+            messages_out: Counter::default(),
+            frames_out: Counter::default(),
+            calls_open: Counter::default(),
+            calls_message: Counter::default(),
+            calls_close: Counter::default(),
+            polls: Counter::default(),
+            batch_size: Histogram::new(SIZE_BUCKETS),
+            poll_latency: Histogram::new(SECONDS_BUCKETS),
+            message_call_latency: Histogram::new(SECONDS_BUCKETS),
+            delivery_delay: Histogram::new(SECONDS_BUCKETS),
+            buffer_overflows: Counter::default(),
+            errors: Default::default(),
+        }
+    }
+}
+
+impl Metrics {
+    /// Counts one error of `kind`.
+    pub fn error(&self, kind: ErrorKind) {
+        if let Some(i) = ERROR_KINDS.iter().position(|(k, _)| *k == kind) {
+            self.errors[i].inc();
+        }
+    }
+    /// Errors of `kind` so far.
+    pub fn errors(&self, kind: ErrorKind) -> u64 {
+        ERROR_KINDS
+            .iter()
+            .position(|(k, _)| *k == kind)
+            .map_or(0, |i| self.errors[i].get())
+    }
+    /// Counts a refused connection.
+    pub fn rejected(&self, why: Rejection) {
+        match why {
+            Rejection::MaxConnections => self.rejected_max_connections.inc(),
+            Rejection::RateLimited => self.rejected_rate_limited.inc(),
+        }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut out = String::with_capacity(8192);
+        let gauge = |out: &mut String, name: &str, help: &str, v: i64| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
+        };
+        let counter = |out: &mut String, name: &str, help: &str, v: u64| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}");
+        };
+        gauge(&mut out, "ic_ws_gateway_connections", "Open client WebSocket connections.", self.connections.get());
+        counter(&mut out, "ic_ws_gateway_connections_total", "Client connections accepted.", self.connections_total.get());
+        let _ = writeln!(
+            out,
+            "# HELP ic_ws_gateway_connections_rejected_total Connections refused (closed 4006), by reason.\n\
+             # TYPE ic_ws_gateway_connections_rejected_total counter\n\
+             ic_ws_gateway_connections_rejected_total{{reason=\"max_connections\"}} {}\n\
+             ic_ws_gateway_connections_rejected_total{{reason=\"rate_limit\"}} {}",
+            self.rejected_max_connections.get(),
+            self.rejected_rate_limited.get()
+        );
+        gauge(&mut out, "ic_ws_gateway_sessions", "Sessions attached through this gateway.", self.sessions.get());
+        counter(&mut out, "ic_ws_gateway_messages_in_total", "Client messages received for relay.", self.messages_in.get());
+        counter(&mut out, "ic_ws_gateway_messages_out_total", "Certified messages delivered to clients.", self.messages_out.get());
+        counter(&mut out, "ic_ws_gateway_frames_out_total", "Messages frames written to clients.", self.frames_out.get());
+        let _ = writeln!(
+            out,
+            "# HELP ic_ws_gateway_update_calls_total Update calls to canisters, by method.\n\
+             # TYPE ic_ws_gateway_update_calls_total counter\n\
+             ic_ws_gateway_update_calls_total{{method=\"ws_open\"}} {}\n\
+             ic_ws_gateway_update_calls_total{{method=\"ws_message\"}} {}\n\
+             ic_ws_gateway_update_calls_total{{method=\"ws_close\"}} {}",
+            self.calls_open.get(),
+            self.calls_message.get(),
+            self.calls_close.get()
+        );
+        counter(&mut out, "ic_ws_gateway_polls_total", "ws_poll queries.", self.polls.get());
+        self.batch_size.render(&mut out, "ic_ws_gateway_batch_size", "Client messages per ws_message call.");
+        self.poll_latency.render(&mut out, "ic_ws_gateway_poll_latency_seconds", "ws_poll round trip.");
+        self.message_call_latency.render(&mut out, "ic_ws_gateway_message_call_seconds", "ws_message round trip.");
+        self.delivery_delay.render(
+            &mut out,
+            "ic_ws_gateway_delivery_delay_seconds",
+            "Delay added by the gateway: poll reply received to frame written to the client.",
+        );
+        counter(&mut out, "ic_ws_gateway_buffer_overflows_total", "Clients closed with 4001 (send buffer overflow).", self.buffer_overflows.get());
+        let _ = writeln!(out, "# HELP ic_ws_gateway_errors_total Errors by kind.\n# TYPE ic_ws_gateway_errors_total counter");
+        for (i, (_, name)) in ERROR_KINDS.iter().enumerate() {
+            let _ = writeln!(out, "ic_ws_gateway_errors_total{{kind=\"{name}\"}} {}", self.errors[i].get());
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_buckets_are_cumulative_and_render() {
+        let h = Histogram::new(SIZE_BUCKETS);
+        for v in [1.0, 3.0, 3.0, 700.0, 5000.0] {
+            h.observe(v);
+        }
+        let mut s = String::new();
+        h.render(&mut s, "x", "help");
+        assert!(s.contains("x_bucket{le=\"1\"} 1"), "{s}");
+        assert!(s.contains("x_bucket{le=\"5\"} 3"), "{s}");
+        assert!(s.contains("x_bucket{le=\"1000\"} 4"), "{s}");
+        assert!(s.contains("x_bucket{le=\"+Inf\"} 5"), "{s}");
+        assert!(s.contains("x_count 5"), "{s}");
+        assert_eq!(h.quantile_upper_bound(0.5), Some(5.0));
+    }
+
+    #[test]
+    fn errors_are_counted_by_kind() {
+        let m = Metrics::default();
+        m.error(ErrorKind::MalformedFrame);
+        m.error(ErrorKind::MalformedFrame);
+        m.error(ErrorKind::Poll);
+        let text = m.render();
+        assert!(text.contains("ic_ws_gateway_errors_total{kind=\"malformed_frame\"} 2"));
+        assert!(text.contains("ic_ws_gateway_errors_total{kind=\"poll\"} 1"));
+        assert!(text.contains("ic_ws_gateway_errors_total{kind=\"handshake\"} 0"));
+    }
+}

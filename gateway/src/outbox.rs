@@ -1,0 +1,233 @@
+//! A client's bounded send buffer.
+//!
+//! Producers (the poller, the relay) never wait on a client: they push encoded frames and
+//! return. The client's session task drains the buffer into its socket. When a client reads
+//! too slowly the buffer reaches its frame or byte bound and the client is aborted with 4001,
+//! so one stalled client never delays anybody else.
+//!
+//! Memory: an idle outbox is a mutex, an empty `VecDeque` (no allocation) and a `Notify`.
+
+use std::collections::VecDeque;
+use std::sync::Mutex;
+use std::time::Instant;
+use tokio::sync::Notify;
+use tokio_tungstenite::tungstenite::Bytes;
+
+/// A WebSocket close to send: code and reason.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CloseWith {
+    /// Close code (see `ic_ws_protocol::frames::close_code`).
+    pub code: u16,
+    /// Human-readable reason (at most 123 bytes on the wire; longer is cut).
+    pub reason: String,
+}
+
+impl CloseWith {
+    /// A close with `code` and `reason`.
+    pub fn new(code: u16, reason: impl Into<String>) -> Self {
+        CloseWith {
+            code,
+            reason: reason.into(),
+        }
+    }
+}
+
+/// What the session should do next.
+#[derive(Debug)]
+pub enum Outgoing {
+    /// Write this frame; `since` is when its poll reply arrived (for the delivery-delay metric).
+    Frame(Bytes, Option<Instant>),
+    /// Close the connection.
+    Close(CloseWith),
+}
+
+/// Result of [`Outbox::push`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Push {
+    /// Queued.
+    Queued,
+    /// The buffer overflowed: the client is being closed with 4001 (the frame is dropped).
+    Overflowed,
+    /// The client is already closing; the frame is dropped.
+    Closed,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    frames: VecDeque<(Bytes, Option<Instant>)>,
+    bytes: usize,
+    /// Close after the queued frames are written.
+    finish: Option<CloseWith>,
+    /// Close now, dropping queued frames.
+    abort: Option<CloseWith>,
+}
+
+/// A bounded per-client send buffer (single consumer: the client's session).
+#[derive(Debug)]
+pub struct Outbox {
+    state: Mutex<State>,
+    ready: Notify,
+    aborted: Notify,
+    max_frames: usize,
+    max_bytes: usize,
+}
+
+impl Outbox {
+    /// An empty buffer bounded by `max_frames` and `max_bytes`.
+    pub fn new(max_frames: usize, max_bytes: usize) -> Self {
+        Outbox {
+            state: Mutex::new(State::default()),
+            ready: Notify::new(),
+            aborted: Notify::new(),
+            max_frames,
+            max_bytes,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        // A poisoned lock only means a panic elsewhere while holding it; the state is still
+        // a consistent queue.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Queues a frame, or aborts the client with 4001 if that would exceed the bounds.
+    pub fn push(&self, frame: Bytes, since: Option<Instant>) -> Push {
+        let mut s = self.lock();
+        if s.abort.is_some() || s.finish.is_some() {
+            return Push::Closed;
+        }
+        if s.frames.len() >= self.max_frames || s.bytes + frame.len() > self.max_bytes {
+            s.frames.clear();
+            s.bytes = 0;
+            s.abort = Some(CloseWith::new(
+                ic_ws_protocol::frames::close_code::SLOW_CLIENT,
+                "slow client: send buffer overflow",
+            ));
+            drop(s);
+            self.ready.notify_one();
+            self.aborted.notify_waiters();
+            return Push::Overflowed;
+        }
+        s.bytes += frame.len();
+        s.frames.push_back((frame, since));
+        drop(s);
+        self.ready.notify_one();
+        Push::Queued
+    }
+
+    /// Closes after every queued frame has been written (first close wins).
+    pub fn finish(&self, close: CloseWith) {
+        let mut s = self.lock();
+        if s.abort.is_none() && s.finish.is_none() {
+            s.finish = Some(close);
+        }
+        drop(s);
+        self.ready.notify_one();
+    }
+
+    /// Closes now, dropping queued frames (first abort wins).
+    pub fn abort(&self, close: CloseWith) {
+        let mut s = self.lock();
+        if s.abort.is_none() {
+            s.frames.clear();
+            s.bytes = 0;
+            s.abort = Some(close);
+        }
+        drop(s);
+        self.ready.notify_one();
+        self.aborted.notify_waiters();
+    }
+
+    /// Whether the client is closing (no more frames are accepted).
+    pub fn is_closing(&self) -> bool {
+        let s = self.lock();
+        s.abort.is_some() || s.finish.is_some()
+    }
+
+    /// Frames and bytes queued.
+    pub fn len(&self) -> (usize, usize) {
+        let s = self.lock();
+        (s.frames.len(), s.bytes)
+    }
+
+    fn take(&self) -> Option<Outgoing> {
+        let mut s = self.lock();
+        if let Some(c) = &s.abort {
+            return Some(Outgoing::Close(c.clone()));
+        }
+        if let Some((f, since)) = s.frames.pop_front() {
+            s.bytes -= f.len();
+            if s.frames.is_empty() {
+                // Give back the memory of a burst.
+                s.frames.shrink_to(0);
+            }
+            return Some(Outgoing::Frame(f, since));
+        }
+        s.finish.clone().map(Outgoing::Close)
+    }
+
+    /// The next thing to write (waits until there is one).
+    pub async fn next(&self) -> Outgoing {
+        loop {
+            if let Some(out) = self.take() {
+                return out;
+            }
+            self.ready.notified().await;
+        }
+    }
+
+    /// Resolves when the client has been aborted (used to interrupt a blocked write).
+    pub async fn until_aborted(&self) -> CloseWith {
+        loop {
+            let notified = self.aborted.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if let Some(c) = self.lock().abort.clone() {
+                return c;
+            }
+            notified.await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn frames_come_out_in_order_then_the_close() {
+        let o = Outbox::new(10, 1000);
+        assert_eq!(o.push(Bytes::from_static(b"a"), None), Push::Queued);
+        assert_eq!(o.push(Bytes::from_static(b"b"), None), Push::Queued);
+        o.finish(CloseWith::new(4000, "closed"));
+        assert_eq!(o.push(Bytes::from_static(b"c"), None), Push::Closed);
+        assert!(matches!(o.next().await, Outgoing::Frame(f, _) if f == "a"));
+        assert!(matches!(o.next().await, Outgoing::Frame(f, _) if f == "b"));
+        assert!(matches!(o.next().await, Outgoing::Close(c) if c.code == 4000));
+    }
+
+    #[tokio::test]
+    async fn overflow_by_count_or_bytes_aborts_with_4001() {
+        let o = Outbox::new(2, 1000);
+        o.push(Bytes::from_static(b"a"), None);
+        o.push(Bytes::from_static(b"b"), None);
+        assert_eq!(o.push(Bytes::from_static(b"c"), None), Push::Overflowed);
+        assert!(matches!(o.next().await, Outgoing::Close(c) if c.code == 4001));
+        assert_eq!(o.until_aborted().await.code, 4001);
+
+        let o = Outbox::new(100, 10);
+        o.push(Bytes::from(vec![0u8; 8]), None);
+        assert_eq!(o.push(Bytes::from(vec![0u8; 3]), None), Push::Overflowed);
+        assert_eq!(o.len(), (0, 0));
+    }
+
+    #[tokio::test]
+    async fn next_waits_for_a_push() {
+        let o = std::sync::Arc::new(Outbox::new(10, 1000));
+        let o2 = o.clone();
+        let waiter = tokio::spawn(async move { matches!(o2.next().await, Outgoing::Frame(..)) });
+        tokio::task::yield_now().await;
+        o.push(Bytes::from_static(b"x"), None);
+        assert!(waiter.await.unwrap());
+    }
+}

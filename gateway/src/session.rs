@@ -1,0 +1,339 @@
+//! One client connection, from `Hello` to close, in a single task.
+//!
+//! The session reads the client's frames (decoding each as a `ClientFrame`; anything else
+//! closes this connection only, with 1008), hands opens and messages to its canister's relay,
+//! and writes what its [`Outbox`] holds. A client that does not read blocks only this task, and
+//! is closed with 4001 when its outbox overflows or a write stays blocked too long. Pings are
+//! answered by tungstenite itself while the session reads. Generic over any WebSocket
+//! `Sink + Stream`, so TLS and plain TCP share the code.
+
+use crate::canister::CanisterApi;
+use crate::hub::{Hub, Shared};
+use crate::metrics::ErrorKind;
+use crate::outbox::{CloseWith, Outbox, Outgoing};
+use crate::relay::{PendingMessage, PendingOpen, RelayItem};
+use futures_util::{Sink, SinkExt, Stream, StreamExt};
+use ic_ws_protocol::frames::close_code;
+use ic_ws_protocol::types::{ClientId, OpenOk, WsError};
+use ic_ws_protocol::{ClientFrame, GatewayFrame};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{oneshot, Semaphore};
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::{Bytes, Error as WsProtoError, Message};
+
+/// How long a close frame may take to leave before the socket is dropped.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+
+enum State {
+    /// Waiting for the client's `Open`.
+    New,
+    /// `ws_open` in flight.
+    Opening { hub: Arc<Hub> },
+    /// Attached as `client_id`.
+    Open { hub: Arc<Hub>, client_id: ClientId },
+    /// The open failed; waiting for the outbox to deliver the result and close.
+    Failed,
+}
+
+/// Per-session values that exist only once the client sent an `Open`.
+struct Attached {
+    outbox: Arc<Outbox>,
+    inflight: Arc<Semaphore>,
+}
+
+/// What woke the session up.
+enum Event {
+    Shutdown,
+    Out(Outgoing),
+    Opened(Option<OpenOk>),
+    Slot(Option<tokio::sync::OwnedSemaphorePermit>, Option<tokio::sync::mpsc::OwnedPermit<RelayItem>>),
+    Frame(Option<Result<Message, WsProtoError>>),
+    IdleTimer,
+}
+
+/// Why the read side asks to end the session.
+enum End {
+    /// Send this close and stop.
+    Close(CloseWith),
+    /// The peer went away (closed or errored): nothing to send.
+    Gone,
+}
+
+fn close_message(close: &CloseWith) -> Message {
+    let mut reason = close.reason.clone();
+    // A close frame's reason is limited to 123 bytes.
+    while reason.len() > 123 {
+        reason.pop();
+    }
+    Message::Close(Some(CloseFrame {
+        code: CloseCode::from(close.code),
+        reason: reason.into(),
+    }))
+}
+
+/// Sends `close` (bounded in time) and flushes; errors only mean the peer is gone.
+pub async fn send_close<W>(ws: &mut W, close: &CloseWith)
+where
+    W: Sink<Message, Error = WsProtoError> + Unpin,
+{
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
+        let _ = ws.send(close_message(close)).await;
+        let _ = ws.close().await;
+    })
+    .await;
+}
+
+/// Runs one client's session to its end.
+pub async fn run<C, W>(shared: Arc<Shared<C>>, mut ws: W, peer: std::net::SocketAddr)
+where
+    C: CanisterApi,
+    W: Stream<Item = Result<Message, WsProtoError>> + Sink<Message, Error = WsProtoError> + Unpin + Send,
+{
+    let conn_id = shared.next_conn_id();
+    let mut closing = shared.closing.subscribe();
+    if ws.send(Message::Binary(shared.hello.clone())).await.is_err() {
+        return;
+    }
+    let idle = shared.config.idle_timeout();
+    let mut last_activity = Instant::now();
+    let idle_sleep = tokio::time::sleep(idle);
+    tokio::pin!(idle_sleep);
+    let mut state = State::New;
+    let mut attached: Option<Attached> = None;
+    // A decoded message waiting for an in-flight slot and room in the relay queue.
+    let mut held: Option<RelayItem> = None;
+    // The relay's answer to our open, while it is in flight.
+    let mut open_reply: Option<oneshot::Receiver<OpenOk>> = None;
+
+    let end: CloseWith = loop {
+        let reading = held.is_none() && matches!(state, State::New | State::Open { .. });
+        let event = tokio::select! {
+            biased;
+            _ = closing.wait_for(|c| *c) => Event::Shutdown,
+            out = async { match &attached { Some(a) => a.outbox.next().await, None => std::future::pending().await } } => Event::Out(out),
+            ok = async {
+                match &mut open_reply { Some(reply) => reply.await.ok(), None => std::future::pending().await }
+            } => Event::Opened(ok),
+            sent = async {
+                let (Some(RelayItem::Message(_)), State::Open { hub, .. }, Some(a)) = (&held, &state, &attached) else {
+                    return std::future::pending().await;
+                };
+                let relay = hub.relay.clone();
+                let permit = a.inflight.clone().acquire_owned().await.ok();
+                (permit, relay.reserve_owned().await.ok())
+            } => Event::Slot(sent.0, sent.1),
+            frame = ws.next(), if reading => Event::Frame(frame),
+            _ = &mut idle_sleep => Event::IdleTimer,
+        };
+        match event {
+            Event::Shutdown => {
+                break CloseWith::new(shared.config.shutdown_close_code, "gateway restarting: reconnect and resume");
+            }
+            Event::Out(Outgoing::Close(c)) => break c,
+            Event::Out(Outgoing::Frame(frame, since)) => {
+                let Some(a) = &attached else { continue };
+                match write(&shared, &mut ws, &a.outbox, frame).await {
+                    Ok(()) => {
+                        if let Some(since) = since {
+                            shared.metrics.delivery_delay.observe_duration(since.elapsed());
+                        }
+                    }
+                    Err(End::Close(c)) => break c,
+                    Err(End::Gone) => break CloseWith::new(1006, ""),
+                }
+            }
+            Event::Opened(ok) => {
+                open_reply = None;
+                state = match (ok, std::mem::replace(&mut state, State::Failed)) {
+                    (Some(ok), State::Opening { hub, .. }) => State::Open { hub, client_id: ok.client_id },
+                    // Failed opens: the relay queued the OpenResult and a 4003/4005 close.
+                    _ => State::Failed,
+                };
+            }
+            Event::Slot(permit, slot) => match (held.take(), slot) {
+                (Some(RelayItem::Message(mut m)), Some(slot)) => {
+                    m.permit = permit;
+                    shared.metrics.messages_in.inc();
+                    slot.send(RelayItem::Message(m));
+                }
+                _ => break CloseWith::new(1011, "relay unavailable"),
+            },
+            Event::Frame(frame) => {
+                last_activity = Instant::now();
+                let frame = match frame {
+                    None => break CloseWith::new(1006, ""),
+                    Some(Err(e)) => match read_error(&shared, e) {
+                        End::Close(c) => break c,
+                        End::Gone => break CloseWith::new(1006, ""),
+                    },
+                    Some(Ok(frame)) => frame,
+                };
+                match on_frame(&shared, frame, &mut state, &mut attached, &mut open_reply, conn_id) {
+                    Ok(Some(item)) => held = Some(item),
+                    Ok(None) => {}
+                    Err(End::Close(c)) => break c,
+                    Err(End::Gone) => break CloseWith::new(1006, ""),
+                }
+            }
+            Event::IdleTimer => {
+                let deadline = last_activity + idle;
+                if deadline > Instant::now() {
+                    idle_sleep.as_mut().reset(deadline);
+                } else {
+                    break CloseWith::new(close_code::IDLE_TIMEOUT, "idle timeout");
+                }
+            }
+        }
+    };
+    if end.code != 1006 {
+        send_close(&mut ws, &end).await;
+    }
+    tracing::debug!(%peer, code = end.code, reason = %end.reason, "session ended");
+    // Tell the canister the client went away (it stays resumable), unless the session ended
+    // in the canister already or another connection took it over.
+    if let State::Open { hub, client_id } = state {
+        if end.code != close_code::SESSION_CLOSED && shared.detach(&hub, client_id, conn_id) {
+            let item = RelayItem::Close { client_id, conn_id };
+            if tokio::time::timeout(CLOSE_TIMEOUT, hub.relay.send(item)).await.is_err() {
+                tracing::debug!(client_id, "relay queue full: ws_close skipped (the session expires)");
+            }
+        }
+    }
+}
+
+/// Writes one frame, giving up when the client is aborted meanwhile or the write blocks longer
+/// than the write timeout.
+async fn write<C, W>(shared: &Shared<C>, ws: &mut W, outbox: &Outbox, frame: Bytes) -> Result<(), End>
+where
+    W: Sink<Message, Error = WsProtoError> + Unpin,
+{
+    tokio::select! {
+        r = tokio::time::timeout(shared.config.write_timeout(), ws.send(Message::Binary(frame))) => match r {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => {
+                shared.metrics.error(ErrorKind::ClientIo);
+                Err(End::Gone)
+            }
+            Err(_) => {
+                shared.metrics.buffer_overflows.inc();
+                Err(End::Close(CloseWith::new(close_code::SLOW_CLIENT, "slow client: write timed out")))
+            }
+        },
+        c = outbox.until_aborted() => Err(End::Close(c)),
+    }
+}
+
+fn read_error<C>(shared: &Shared<C>, e: WsProtoError) -> End {
+    match e {
+        WsProtoError::Capacity(e) => {
+            shared.metrics.error(ErrorKind::FrameTooBig);
+            End::Close(CloseWith::new(1009, format!("frame too big: {e}")))
+        }
+        WsProtoError::Protocol(e) => {
+            shared.metrics.error(ErrorKind::MalformedFrame);
+            End::Close(CloseWith::new(1002, format!("protocol error: {e}")))
+        }
+        WsProtoError::Utf8(_) => {
+            shared.metrics.error(ErrorKind::MalformedFrame);
+            End::Close(CloseWith::new(1007, "invalid UTF-8"))
+        }
+        WsProtoError::ConnectionClosed | WsProtoError::AlreadyClosed => End::Gone,
+        _ => {
+            shared.metrics.error(ErrorKind::ClientIo);
+            End::Gone
+        }
+    }
+}
+
+fn bad_frame<C>(shared: &Shared<C>, why: impl Into<String>) -> End {
+    shared.metrics.error(ErrorKind::MalformedFrame);
+    End::Close(CloseWith::new(close_code::POLICY_VIOLATION, why))
+}
+
+/// Handles one frame from the client; returns a message to relay.
+fn on_frame<C: CanisterApi>(
+    shared: &Arc<Shared<C>>,
+    frame: Message,
+    state: &mut State,
+    attached: &mut Option<Attached>,
+    open_reply: &mut Option<oneshot::Receiver<OpenOk>>,
+    conn_id: u64,
+) -> Result<Option<RelayItem>, End> {
+    let bytes = match frame {
+        Message::Binary(b) => b,
+        Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => return Ok(None),
+        Message::Close(_) => return Err(End::Gone),
+        Message::Text(_) => return Err(bad_frame(shared, "text frames are not part of the protocol")),
+    };
+    let client_frame: ClientFrame = match ic_ws_protocol::decode(&bytes) {
+        Ok(f) => f,
+        Err(e) => {
+            let mut why = format!("not a ClientFrame: {e}");
+            why.truncate(100);
+            return Err(bad_frame(shared, why));
+        }
+    };
+    match (client_frame, &*state) {
+        (ClientFrame::Open { canister_id, request }, State::New) => {
+            let outbox = Arc::new(Outbox::new(shared.config.send_buffer_frames, shared.config.send_buffer_bytes));
+            *attached = Some(Attached {
+                outbox: outbox.clone(),
+                inflight: Arc::new(Semaphore::new(shared.config.max_inflight_per_client)),
+            });
+            let refuse = |error: WsError| -> Result<Option<RelayItem>, End> {
+                if let Ok(b) = ic_ws_protocol::encode(&GatewayFrame::OpenResult(Err(error.clone()))) {
+                    outbox.push(Bytes::from(b), None);
+                }
+                let mut reason = format!("open failed: {error}");
+                reason.truncate(100);
+                outbox.finish(CloseWith::new(close_code::OPEN_FAILED, reason));
+                Ok(None)
+            };
+            if request.gateway != shared.principal {
+                *state = State::Failed;
+                return refuse(WsError::GatewayMismatch);
+            }
+            let hub = match shared.hub(canister_id) {
+                Ok(h) => h,
+                Err(e) => {
+                    *state = State::Failed;
+                    return refuse(e);
+                }
+            };
+            let (tx, rx) = oneshot::channel();
+            let item = RelayItem::Open(PendingOpen {
+                request,
+                conn_id,
+                outbox: outbox.clone(),
+                reply: tx,
+            });
+            if let Err(e) = hub.relay.try_send(item) {
+                drop(e);
+                *state = State::Failed;
+                return refuse(WsError::LimitReached("gateway overloaded: relay queue full".into()));
+            }
+            *state = State::Opening { hub };
+            *open_reply = Some(rx);
+            Ok(None)
+        }
+        (ClientFrame::Open { .. }, _) => Err(bad_frame(shared, "one session per WebSocket: second Open")),
+        (ClientFrame::Message(message), State::Open { client_id, .. }) => {
+            if message.client_id != *client_id {
+                return Err(bad_frame(shared, "message for another client id"));
+            }
+            let Some(a) = attached else {
+                return Err(End::Close(CloseWith::new(1011, "internal error")));
+            };
+            Ok(Some(RelayItem::Message(PendingMessage {
+                size: bytes.len(),
+                message,
+                outbox: a.outbox.clone(),
+                permit: None,
+            })))
+        }
+        (ClientFrame::Message(_), _) => Err(bad_frame(shared, "message before a successful open")),
+    }
+}
