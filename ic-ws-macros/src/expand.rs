@@ -211,11 +211,16 @@ fn on_message(handler: &Handler, config: &Config, paths: &Paths) -> TokenStream 
                 result.map_err(#krate::WsError::Rejected)
             }
 
-            static __IC_WS_HANDLERS: #private::Handlers = #private::Handlers {
-                on_open: #module::App::ON_OPEN,
-                on_message: __ic_ws_on_message,
-                on_close: #module::App::ON_CLOSE,
-            };
+            impl #module::App {
+                /// The app's handlers as the runtime takes them; also the hook for native
+                /// tests that drive `ic_ws_canister::__private::ws_*` without a replica.
+                #[doc(hidden)]
+                pub(crate) const HANDLERS: #private::Handlers = #private::Handlers {
+                    on_open: #module::App::ON_OPEN,
+                    on_message: __ic_ws_on_message,
+                    on_close: #module::App::ON_CLOSE,
+                };
+            }
 
             /// Decoded argument of an endpoint; an argument that does not decode rejects the
             /// whole call (no entry of it can be attributed to a client).
@@ -251,7 +256,7 @@ fn on_message(handler: &Handler, config: &Config, paths: &Paths) -> TokenStream 
                         "ws_open",
                         #private::decode_payload::<#krate::OpenBatch>(&__ic_ws_arg_bytes()),
                     );
-                    __ic_ws_reply("ws_open", (#private::ws_open(&__IC_WS_HANDLERS, batch),));
+                    __ic_ws_reply("ws_open", (#private::ws_open(&#module::App::HANDLERS, batch),));
                 });
             }
 
@@ -262,7 +267,7 @@ fn on_message(handler: &Handler, config: &Config, paths: &Paths) -> TokenStream 
                         "ws_message",
                         #private::decode_payload::<#krate::MessageBatch>(&__ic_ws_arg_bytes()),
                     );
-                    __ic_ws_reply("ws_message", (#private::ws_message(&__IC_WS_HANDLERS, batch),));
+                    __ic_ws_reply("ws_message", (#private::ws_message(&#module::App::HANDLERS, batch),));
                 });
             }
 
@@ -273,7 +278,7 @@ fn on_message(handler: &Handler, config: &Config, paths: &Paths) -> TokenStream 
                         "ws_close",
                         #private::decode_payload::<#krate::CloseBatch>(&__ic_ws_arg_bytes()),
                     );
-                    __ic_ws_reply("ws_close", (#private::ws_close(&__IC_WS_HANDLERS, batch),));
+                    __ic_ws_reply("ws_close", (#private::ws_close(&#module::App::HANDLERS, batch),));
                 });
             }
 
