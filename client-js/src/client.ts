@@ -569,6 +569,7 @@ export class IcWsClient<In = Uint8Array, Out = Uint8Array> {
     }
     this.key = SessionKey.generate();
     this.session = this.freshSession(this.key);
+    this.lastAckSent = 0n;
     this.setState("closed");
     const [name, value] = Object.entries(reason)[0] ?? ["", null];
     const text = value && typeof value === "object" ? `${name}: ${(value as { reason: string }).reason}` : name;
@@ -702,6 +703,7 @@ export class IcWsClient<In = Uint8Array, Out = Uint8Array> {
   private resetSession(): void {
     this.key = SessionKey.generate();
     this.session = this.freshSession(this.key);
+    this.lastAckSent = 0n;
     this.persist();
   }
 
