@@ -1,0 +1,210 @@
+//! Test canister of the ic-ws runtime: the attributes generate the ws endpoints; the `app_*`
+//! methods let tests and the benchmark reach the runtime's app-facing API (send, publish,
+//! subscribe, close, configure, client info, the app's own certified data and stable
+//! structures beside the runtime's).
+//!
+//! Not an example to copy: its methods are open to any caller, for tests.
+
+use candid::{CandidType, Deserialize};
+use ic_certification::{AsHashTree, RbTree};
+use ic_stable_structures::memory_manager::MemoryId;
+use ic_stable_structures::StableBTreeMap;
+use ic_ws_canister::{
+    certification, memory, on_close, on_message, on_open, ClientId, ClientInfo, CloseReason,
+    WsConfig,
+};
+use std::cell::RefCell;
+
+/// What clients send.
+#[derive(CandidType, Deserialize, Clone, Debug)]
+pub enum Inbound {
+    /// Answered with `Outbound::Echo`.
+    Echo(String),
+    /// Subscribes the sender to a topic.
+    Subscribe(String),
+    /// Asks the app to close the sender's session.
+    CloseMe,
+    /// Rejected by the handler.
+    Fail,
+}
+
+/// What the app sends.
+#[derive(CandidType, Deserialize, Clone, Debug)]
+pub enum Outbound {
+    /// Reply to `Inbound::Echo`.
+    Echo(String),
+    /// Text sent by `app_send`.
+    Text(String),
+    /// Bulk bytes (benchmarks, limits).
+    Bytes(serde_bytes::ByteBuf),
+}
+
+type Mem = memory::Memory;
+
+thread_local! {
+    /// The app's own stable structures, in memory ids outside the runtime's range.
+    static OPENS: RefCell<StableBTreeMap<u64, String, Mem>> =
+        RefCell::new(StableBTreeMap::init(memory::get(MemoryId::new(0))));
+    static CLOSES: RefCell<StableBTreeMap<u64, String, Mem>> =
+        RefCell::new(StableBTreeMap::init(memory::get(MemoryId::new(1))));
+    static VALUES: RefCell<StableBTreeMap<String, String, Mem>> =
+        RefCell::new(StableBTreeMap::init(memory::get(MemoryId::new(2))));
+    /// The app's own certified map (heap, rebuilt from VALUES after upgrade).
+    static CERTIFIED: RefCell<RbTree<Vec<u8>, Vec<u8>>> = const { RefCell::new(RbTree::new()) };
+}
+
+#[on_open]
+fn open(client: ClientId, args: String) -> Result<(), String> {
+    if args == "reject" {
+        return Err("rejected by the test app".into());
+    }
+    OPENS.with(|o| o.borrow_mut().insert(client, args));
+    Ok(())
+}
+
+#[on_message(outbound = Outbound)]
+fn message(client: ClientId, msg: Inbound) -> Result<(), String> {
+    match msg {
+        Inbound::Echo(text) => ic_ws_canister::send(client, &Outbound::Echo(text))
+            .map(|_| ())
+            .map_err(|e| e.to_string()),
+        Inbound::Subscribe(topic) => {
+            ic_ws_canister::subscribe(client, &topic).map_err(|e| e.to_string())
+        }
+        Inbound::CloseMe => {
+            ic_ws_canister::close(client, 4000, "asked to");
+            Ok(())
+        }
+        Inbound::Fail => Err("fail requested".into()),
+    }
+}
+
+#[on_close]
+fn closed(client: ClientId, reason: CloseReason) {
+    CLOSES.with(|c| {
+        let mut c = c.borrow_mut();
+        // Exactly once: a second report would be a runtime bug the tests must see.
+        let text = match c.get(&client) {
+            Some(prev) => format!("{prev} | AGAIN {reason:?}"),
+            None => format!("{reason:?}"),
+        };
+        c.insert(client, text);
+    });
+}
+
+#[ic_cdk::init]
+fn init() {}
+
+#[ic_cdk::post_upgrade]
+fn post_upgrade() {
+    ic_ws_canister::post_upgrade();
+    // Rebuild the app's heap tree from its stable map and register its root again.
+    let pairs: Vec<(String, String)> = VALUES.with(|v| v.borrow().iter().map(|e| e.into_pair()).collect());
+    CERTIFIED.with(|t| {
+        let mut t = t.borrow_mut();
+        for (k, v) in pairs {
+            t.insert(k.into_bytes(), v.into_bytes());
+        }
+        if !t.is_empty() {
+            certification::set_app_root_hash(Some(t.root_hash()));
+        }
+    });
+}
+
+/// Sends `Outbound::Text(text)` to a client.
+#[ic_cdk::update]
+fn app_send(client: ClientId, text: String) -> Result<u64, String> {
+    ic_ws_canister::send(client, &Outbound::Text(text)).map_err(|e| e.to_string())
+}
+
+/// Sends `count` messages of `size` bytes; returns the last sequence number.
+#[ic_cdk::update]
+fn app_send_bytes(client: ClientId, size: u32, count: u32) -> Result<u64, String> {
+    let mut last = 0;
+    for _ in 0..count {
+        last = ic_ws_canister::send(client, &Outbound::Bytes(serde_bytes::ByteBuf::from(vec![7; size as usize])))
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(last)
+}
+
+/// Subscribes a client to a topic.
+#[ic_cdk::update]
+fn app_subscribe(client: ClientId, topic: String) -> Result<(), String> {
+    ic_ws_canister::subscribe(client, &topic).map_err(|e| e.to_string())
+}
+
+/// Publishes `size` bytes to a topic; returns (delivered, skipped, closed) counts.
+#[ic_cdk::update]
+fn app_publish(topic: String, size: u32) -> Result<(u64, u64, u64), String> {
+    let r = ic_ws_canister::publish(&topic, &Outbound::Bytes(serde_bytes::ByteBuf::from(vec![9; size as usize])))
+        .map_err(|e| e.to_string())?;
+    Ok((r.delivered.len() as u64, r.skipped.len() as u64, r.closed.len() as u64))
+}
+
+/// Closes a session.
+#[ic_cdk::update]
+fn app_close(client: ClientId, code: u16, reason: String) -> bool {
+    ic_ws_canister::close(client, code, &reason)
+}
+
+/// Sets the runtime's limits.
+#[ic_cdk::update]
+fn app_configure(config: WsConfig) -> Result<(), String> {
+    ic_ws_canister::configure(config).map_err(|e| e.to_string())
+}
+
+/// Runs housekeeping (expiry) now.
+#[ic_cdk::update]
+fn app_housekeeping() {
+    ic_ws_canister::housekeeping();
+}
+
+/// A session's info.
+#[ic_cdk::query]
+fn app_client_info(client: ClientId) -> Option<ClientInfo> {
+    ic_ws_canister::client_info(client)
+}
+
+/// Every `on_open` the app saw: (client, args).
+#[ic_cdk::query]
+fn app_opens() -> Vec<(u64, String)> {
+    OPENS.with(|o| o.borrow().iter().map(|e| e.into_pair()).collect())
+}
+
+/// Every `on_close` the app saw: (client, reason).
+#[ic_cdk::query]
+fn app_closes() -> Vec<(u64, String)> {
+    CLOSES.with(|c| c.borrow().iter().map(|e| e.into_pair()).collect())
+}
+
+/// Stores a value in the app's own certified map.
+#[ic_cdk::update]
+fn app_set_value(key: String, value: String) {
+    VALUES.with(|v| v.borrow_mut().insert(key.clone(), value.clone()));
+    CERTIFIED.with(|t| {
+        let mut t = t.borrow_mut();
+        t.insert(key.into_bytes(), value.into_bytes());
+        certification::set_app_root_hash(Some(t.root_hash()));
+    });
+}
+
+/// A certified read of the app's own data: (value, data certificate, CBOR tree).
+#[ic_cdk::query]
+fn app_get_value(key: String) -> (Option<String>, Vec<u8>, Vec<u8>) {
+    let value = VALUES.with(|v| v.borrow().get(&key));
+    let tree = CERTIFIED.with(|t| certification::app_witness(t.borrow().witness(key.as_bytes())));
+    (
+        value,
+        certification::data_certificate().unwrap_or_default(),
+        certification::encode_tree(&tree),
+    )
+}
+
+/// Stable memory size in bytes.
+#[ic_cdk::query]
+fn app_stable_bytes() -> u64 {
+    ic_cdk::stable::stable_size() * 65536
+}
+
+ic_cdk::export_candid!();
