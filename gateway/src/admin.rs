@@ -21,7 +21,10 @@ struct AdminState {
 
 async fn get_metrics(State(s): State<AdminState>) -> impl IntoResponse {
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
         s.metrics.render(),
     )
 }
@@ -35,7 +38,12 @@ async fn get_healthz(State(s): State<AdminState>) -> impl IntoResponse {
 }
 
 /// Serves the admin endpoints on `listener` until `closing` is set and then `stop` is set.
-pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, closing: watch::Receiver<bool>, mut stop: watch::Receiver<bool>) {
+pub async fn serve(
+    listener: TcpListener,
+    metrics: Arc<Metrics>,
+    closing: watch::Receiver<bool>,
+    mut stop: watch::Receiver<bool>,
+) {
     let app = Router::new()
         .route("/metrics", get(get_metrics))
         .route("/healthz", get(get_healthz))
@@ -43,7 +51,10 @@ pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, closing: watch:
     let shutdown = async move {
         let _ = stop.wait_for(|s| *s).await;
     };
-    if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(shutdown).await {
+    if let Err(e) = axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+    {
         tracing::warn!("admin server stopped: {e}");
     }
 }

@@ -98,7 +98,11 @@ where
 }
 
 impl CanisterApi for AgentCanister {
-    async fn ws_open(&self, canister: Principal, batch: &OpenBatch) -> Result<Vec<OpenResult>, CallError> {
+    async fn ws_open(
+        &self,
+        canister: Principal,
+        batch: &OpenBatch,
+    ) -> Result<Vec<OpenResult>, CallError> {
         self.update(canister, "ws_open", batch).await
     }
 
@@ -110,11 +114,19 @@ impl CanisterApi for AgentCanister {
         self.update(canister, "ws_message", batch).await
     }
 
-    async fn ws_close(&self, canister: Principal, batch: &CloseBatch) -> Result<Vec<CloseResult>, CallError> {
+    async fn ws_close(
+        &self,
+        canister: Principal,
+        batch: &CloseBatch,
+    ) -> Result<Vec<CloseResult>, CallError> {
         self.update(canister, "ws_close", batch).await
     }
 
-    async fn ws_poll(&self, canister: Principal, request: PollRequest) -> Result<PollResult, CallError> {
+    async fn ws_poll(
+        &self,
+        canister: Principal,
+        request: PollRequest,
+    ) -> Result<PollResult, CallError> {
         let bytes = ic_ws_protocol::encode(&request)
             .map_err(|e| CallError::Permanent(format!("cannot encode ws_poll argument: {e}")))?;
         let reply = self
@@ -158,10 +170,11 @@ fn classify_reject(reject: &RejectResponse) -> CallError {
 /// Maps an agent error to what the gateway can do about it.
 pub fn classify(error: AgentError) -> CallError {
     match &error {
-        AgentError::CertifiedReject { reject, .. } | AgentError::UncertifiedReject { reject, .. } => {
-            classify_reject(reject)
-        }
-        AgentError::HttpError(payload) if (400..500).contains(&payload.status) && payload.status != 429 => {
+        AgentError::CertifiedReject { reject, .. }
+        | AgentError::UncertifiedReject { reject, .. } => classify_reject(reject),
+        AgentError::HttpError(payload)
+            if (400..500).contains(&payload.status) && payload.status != 429 =>
+        {
             CallError::Permanent(error.to_string())
         }
         AgentError::InvalidReplicaUrl(_) | AgentError::CandidError(_) => {
@@ -173,16 +186,32 @@ pub fn classify(error: AgentError) -> CallError {
 }
 
 impl<T: CanisterApi> CanisterApi for Arc<T> {
-    fn ws_open(&self, canister: Principal, batch: &OpenBatch) -> impl Future<Output = Result<Vec<OpenResult>, CallError>> + Send {
+    fn ws_open(
+        &self,
+        canister: Principal,
+        batch: &OpenBatch,
+    ) -> impl Future<Output = Result<Vec<OpenResult>, CallError>> + Send {
         (**self).ws_open(canister, batch)
     }
-    fn ws_message(&self, canister: Principal, batch: &MessageBatch) -> impl Future<Output = Result<Vec<MessageResult>, CallError>> + Send {
+    fn ws_message(
+        &self,
+        canister: Principal,
+        batch: &MessageBatch,
+    ) -> impl Future<Output = Result<Vec<MessageResult>, CallError>> + Send {
         (**self).ws_message(canister, batch)
     }
-    fn ws_close(&self, canister: Principal, batch: &CloseBatch) -> impl Future<Output = Result<Vec<CloseResult>, CallError>> + Send {
+    fn ws_close(
+        &self,
+        canister: Principal,
+        batch: &CloseBatch,
+    ) -> impl Future<Output = Result<Vec<CloseResult>, CallError>> + Send {
         (**self).ws_close(canister, batch)
     }
-    fn ws_poll(&self, canister: Principal, request: PollRequest) -> impl Future<Output = Result<PollResult, CallError>> + Send {
+    fn ws_poll(
+        &self,
+        canister: Principal,
+        request: PollRequest,
+    ) -> impl Future<Output = Result<PollResult, CallError>> + Send {
         (**self).ws_poll(canister, request)
     }
 }
@@ -201,11 +230,29 @@ mod tests {
 
     #[test]
     fn rejects_are_classified_by_what_the_gateway_can_do() {
-        assert!(matches!(classify_reject(&reject(RejectCode::CanisterError, Some("IC0503"))), CallError::Trapped(_)));
-        assert!(matches!(classify_reject(&reject(RejectCode::CanisterError, None)), CallError::Trapped(_)));
-        assert!(matches!(classify_reject(&reject(RejectCode::CanisterError, Some("IC0508"))), CallError::Transient(_)));
-        assert!(matches!(classify_reject(&reject(RejectCode::SysTransient, None)), CallError::Transient(_)));
-        assert!(matches!(classify_reject(&reject(RejectCode::DestinationInvalid, Some("IC0301"))), CallError::Permanent(_)));
-        assert!(matches!(classify(AgentError::TimeoutWaitingForResponse()), CallError::Transient(_)));
+        assert!(matches!(
+            classify_reject(&reject(RejectCode::CanisterError, Some("IC0503"))),
+            CallError::Trapped(_)
+        ));
+        assert!(matches!(
+            classify_reject(&reject(RejectCode::CanisterError, None)),
+            CallError::Trapped(_)
+        ));
+        assert!(matches!(
+            classify_reject(&reject(RejectCode::CanisterError, Some("IC0508"))),
+            CallError::Transient(_)
+        ));
+        assert!(matches!(
+            classify_reject(&reject(RejectCode::SysTransient, None)),
+            CallError::Transient(_)
+        ));
+        assert!(matches!(
+            classify_reject(&reject(RejectCode::DestinationInvalid, Some("IC0301"))),
+            CallError::Permanent(_)
+        ));
+        assert!(matches!(
+            classify(AgentError::TimeoutWaitingForResponse()),
+            CallError::Transient(_)
+        ));
     }
 }

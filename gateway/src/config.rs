@@ -15,14 +15,18 @@ const MAINNET_HOSTS: [&str; 4] = ["icp-api.io", "ic0.app", "icp0.io", "boundary.
 /// ic-ws-gateway: holds clients' WebSockets, relays their signed messages to canisters (update
 /// calls, batched) and delivers each client its own certified messages (polling queries).
 #[derive(Parser, Debug, Clone)]
-#[command(name = "ic-ws-gateway", version, about, long_about = None)]
+#[command(name = "ic-ws-gateway", version, about, long_about = None, args_override_self = true)]
 pub struct Config {
     /// Address for client WebSockets (port 0 picks a free port; see --ready-file).
     #[arg(long, env = "IC_WS_GATEWAY_LISTEN", default_value = "0.0.0.0:8080")]
     pub listen: SocketAddr,
 
     /// Address of the admin HTTP server (/metrics, /healthz), or "off".
-    #[arg(long, env = "IC_WS_GATEWAY_ADMIN_LISTEN", default_value = "127.0.0.1:9090")]
+    #[arg(
+        long,
+        env = "IC_WS_GATEWAY_ADMIN_LISTEN",
+        default_value = "127.0.0.1:9090"
+    )]
     pub admin_listen: String,
 
     /// When ready, write a JSON line {"listen","admin","principal"} to this file (atomically).
@@ -30,7 +34,11 @@ pub struct Config {
     pub ready_file: Option<PathBuf>,
 
     /// URL of the IC API (a boundary node, the embedded replica, or dfx's local network).
-    #[arg(long, env = "IC_WS_GATEWAY_NETWORK", default_value = "https://icp-api.io")]
+    #[arg(
+        long,
+        env = "IC_WS_GATEWAY_NETWORK",
+        default_value = "https://icp-api.io"
+    )]
     pub network: String,
 
     /// Fetch the root key from the network (local networks only; refused for mainnet URLs).
@@ -44,15 +52,27 @@ pub struct Config {
     pub verify_query_signatures: bool,
 
     /// Ed25519 PKCS#8 PEM key of the gateway's identity; created (mode 0600) if missing.
-    #[arg(long, env = "IC_WS_GATEWAY_IDENTITY_FILE", default_value = "ic-ws-gateway-identity.pem")]
+    #[arg(
+        long,
+        env = "IC_WS_GATEWAY_IDENTITY_FILE",
+        default_value = "ic-ws-gateway-identity.pem"
+    )]
     pub identity_file: PathBuf,
 
     /// Canister ids this gateway serves (repeat or comma-separate).
-    #[arg(long = "canister", env = "IC_WS_GATEWAY_CANISTERS", value_delimiter = ',')]
+    #[arg(
+        long = "canister",
+        env = "IC_WS_GATEWAY_CANISTERS",
+        value_delimiter = ','
+    )]
     pub canisters: Vec<String>,
 
     /// Serve any canister a client names (instead of the --canister allowlist).
-    #[arg(long, env = "IC_WS_GATEWAY_ALLOW_ANY_CANISTER", default_value_t = false)]
+    #[arg(
+        long,
+        env = "IC_WS_GATEWAY_ALLOW_ANY_CANISTER",
+        default_value_t = false
+    )]
     pub allow_any_canister: bool,
 
     /// Maximum number of distinct canisters served at once (bounds --allow-any-canister).
@@ -80,7 +100,11 @@ pub struct Config {
     pub ip_connect_burst: f64,
 
     /// Time allowed for the TLS and WebSocket handshakes, in milliseconds.
-    #[arg(long, env = "IC_WS_GATEWAY_HANDSHAKE_TIMEOUT_MS", default_value_t = 10_000)]
+    #[arg(
+        long,
+        env = "IC_WS_GATEWAY_HANDSHAKE_TIMEOUT_MS",
+        default_value_t = 10_000
+    )]
     pub handshake_timeout_ms: u64,
 
     /// Close a connection (4002) after this long without any frame from the client, in ms.
@@ -103,8 +127,9 @@ pub struct Config {
     #[arg(long, env = "IC_WS_GATEWAY_SEND_BUFFER_FRAMES", default_value_t = 256)]
     pub send_buffer_frames: usize,
 
-    /// Bytes queued for one client before it is closed as too slow (4001).
-    #[arg(long, env = "IC_WS_GATEWAY_SEND_BUFFER_BYTES", default_value_t = 1024 * 1024)]
+    /// Bytes queued for one client before it is closed as too slow (4001). An empty buffer
+    /// always takes one frame (up to a poll reply, about 1.5 MiB).
+    #[arg(long, env = "IC_WS_GATEWAY_SEND_BUFFER_BYTES", default_value_t = 4 * 1024 * 1024)]
     pub send_buffer_bytes: usize,
 
     /// A single write to a client blocked longer than this closes it as too slow (4001), in ms.
@@ -113,7 +138,11 @@ pub struct Config {
 
     /// Messages of one client waiting for the canister before the gateway stops reading
     /// from that client (backpressure on that client only).
-    #[arg(long, env = "IC_WS_GATEWAY_MAX_INFLIGHT_PER_CLIENT", default_value_t = 256)]
+    #[arg(
+        long,
+        env = "IC_WS_GATEWAY_MAX_INFLIGHT_PER_CLIENT",
+        default_value_t = 256
+    )]
     pub max_inflight_per_client: usize,
 
     /// Minimum time between two relay batches to one canister, in ms (collects messages).
@@ -145,7 +174,11 @@ pub struct Config {
     pub poll_min_interval_ms: u64,
 
     /// Poll interval when idle (reached by doubling after each empty poll), in ms.
-    #[arg(long, env = "IC_WS_GATEWAY_POLL_MAX_INTERVAL_MS", default_value_t = 500)]
+    #[arg(
+        long,
+        env = "IC_WS_GATEWAY_POLL_MAX_INTERVAL_MS",
+        default_value_t = 500
+    )]
     pub poll_max_interval_ms: u64,
 
     /// Cap on messages per poll reply (the canister applies its own lower cap).
@@ -157,7 +190,11 @@ pub struct Config {
     pub poll_max_bytes: Option<u32>,
 
     /// Stop polling a canister this long after its last client left, in ms.
-    #[arg(long, env = "IC_WS_GATEWAY_POLL_IDLE_STOP_MS", default_value_t = 30_000)]
+    #[arg(
+        long,
+        env = "IC_WS_GATEWAY_POLL_IDLE_STOP_MS",
+        default_value_t = 30_000
+    )]
     pub poll_idle_stop_ms: u64,
 
     /// Messages for a client not (yet) attached are kept this long, in ms (covers the race
@@ -166,11 +203,19 @@ pub struct Config {
     pub orphan_ttl_ms: u64,
 
     /// Close code sent to clients on SIGTERM/Ctrl-C (1012 restart or 1001 going away).
-    #[arg(long, env = "IC_WS_GATEWAY_SHUTDOWN_CLOSE_CODE", default_value_t = 1012)]
+    #[arg(
+        long,
+        env = "IC_WS_GATEWAY_SHUTDOWN_CLOSE_CODE",
+        default_value_t = 1012
+    )]
     pub shutdown_close_code: u16,
 
     /// Time allowed on shutdown to close clients and flush pending batches, in ms.
-    #[arg(long, env = "IC_WS_GATEWAY_SHUTDOWN_TIMEOUT_MS", default_value_t = 10_000)]
+    #[arg(
+        long,
+        env = "IC_WS_GATEWAY_SHUTDOWN_TIMEOUT_MS",
+        default_value_t = 10_000
+    )]
     pub shutdown_timeout_ms: u64,
 
     /// Log filter (tracing EnvFilter syntax, e.g. "info,ic_ws_gateway=debug").
@@ -217,7 +262,9 @@ impl Config {
         self.admin_addr()?;
         let url = self.network.trim();
         if !(url.starts_with("http://") || url.starts_with("https://")) {
-            return err(format!("--network {url:?} must be an http:// or https:// URL"));
+            return err(format!(
+                "--network {url:?} must be an http:// or https:// URL"
+            ));
         }
         if self.fetch_root_key && is_mainnet_url(url) {
             return err(format!(
@@ -239,7 +286,10 @@ impl Config {
             ("--send-buffer-frames", self.send_buffer_frames as u64),
             ("--send-buffer-bytes", self.send_buffer_bytes as u64),
             ("--write-timeout-ms", self.write_timeout_ms),
-            ("--max-inflight-per-client", self.max_inflight_per_client as u64),
+            (
+                "--max-inflight-per-client",
+                self.max_inflight_per_client as u64,
+            ),
             ("--batch-max-messages", self.batch_max_messages as u64),
             ("--batch-max-bytes", self.batch_max_bytes as u64),
             ("--relay-queue", self.relay_queue as u64),
@@ -308,7 +358,9 @@ impl Config {
             return Ok(None);
         }
         v.parse().map(Some).map_err(|e| {
-            GatewayError::Config(format!("--admin-listen {v:?} is not an address or \"off\": {e}"))
+            GatewayError::Config(format!(
+                "--admin-listen {v:?} is not an address or \"off\": {e}"
+            ))
         })
     }
 
@@ -382,7 +434,10 @@ mod tests {
     #[test]
     fn defaults_are_valid() {
         let c = parse(&[]).unwrap();
-        assert_eq!(c.canister_policy().unwrap(), CanisterPolicy::Allow(vec![Principal::management_canister()]));
+        assert_eq!(
+            c.canister_policy().unwrap(),
+            CanisterPolicy::Allow(vec![Principal::management_canister()])
+        );
         assert_eq!(c.network, "https://icp-api.io");
         assert!(!c.fetch_root_key);
     }
@@ -390,7 +445,15 @@ mod tests {
     #[test]
     fn config_errors_are_messages_not_panics() {
         let cases: &[(&[&str], &str)] = &[
-            (&["--poll-min-interval-ms", "100", "--poll-max-interval-ms", "10"], "poll-max-interval"),
+            (
+                &[
+                    "--poll-min-interval-ms",
+                    "100",
+                    "--poll-max-interval-ms",
+                    "10",
+                ],
+                "poll-max-interval",
+            ),
             (&["--tls-cert", "c.pem"], "--tls-key"),
             (&["--fetch-root-key"], "mainnet"),
             (&["--network", "ftp://x"], "http"),
@@ -404,7 +467,9 @@ mod tests {
             let e = parse(args).unwrap_err().to_string();
             assert!(e.contains(needle), "{args:?}: {e}");
         }
-        let none = Config::from_args(["ic-ws-gateway"]).unwrap_err().to_string();
+        let none = Config::from_args(["ic-ws-gateway"])
+            .unwrap_err()
+            .to_string();
         assert!(none.contains("--allow-any-canister"), "{none}");
     }
 

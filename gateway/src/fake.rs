@@ -67,7 +67,11 @@ fn now_ns() -> u64 {
 }
 
 fn content(body: OutboundBody) -> Vec<u8> {
-    ic_ws_protocol::encode(&OutboundContent { timestamp_ns: now_ns(), body }).unwrap_or_default()
+    ic_ws_protocol::encode(&OutboundContent {
+        timestamp_ns: now_ns(),
+        body,
+    })
+    .unwrap_or_default()
 }
 
 /// A balanced fork over `nodes`.
@@ -88,12 +92,20 @@ pub fn tree_of(messages: &[OutboundMessage]) -> HashTree {
     for m in messages {
         by_client.entry(m.client_id).or_default().insert(
             m.seq,
-            labeled(m.seq.to_be_bytes().to_vec(), leaf(ic_ws_protocol::content_hash(&m.content).to_vec())),
+            labeled(
+                m.seq.to_be_bytes().to_vec(),
+                leaf(ic_ws_protocol::content_hash(&m.content).to_vec()),
+            ),
         );
     }
     let clients = by_client
         .into_iter()
-        .map(|(c, leaves)| labeled(c.to_be_bytes().to_vec(), fork_all(leaves.into_values().collect())))
+        .map(|(c, leaves)| {
+            labeled(
+                c.to_be_bytes().to_vec(),
+                fork_all(leaves.into_values().collect()),
+            )
+        })
         .collect();
     fork(
         labeled(b"app".to_vec(), leaf(b"app data".to_vec())),
@@ -109,7 +121,11 @@ impl FakeState {
         }
         let seq = s.next_out;
         s.next_out += 1;
-        let m = OutboundMessage { client_id: client, seq, content: content(body) };
+        let m = OutboundMessage {
+            client_id: client,
+            seq,
+            content: content(body),
+        };
         s.retained.push(m.clone());
         self.log.push(m);
         Some(seq)
@@ -136,25 +152,47 @@ impl FakeCanister {
 
     /// The app sends `payload` to `client`; returns its sequence number.
     pub fn send(&self, client: ClientId, payload: &[u8]) -> Option<u64> {
-        self.state().queue(client, OutboundBody::App { topic: None, payload: payload.to_vec() })
+        self.state().queue(
+            client,
+            OutboundBody::App {
+                topic: None,
+                payload: payload.to_vec(),
+            },
+        )
     }
 
     /// The app closes `client`'s session.
     pub fn close(&self, client: ClientId) {
-        self.state().close_session(client, CloseReason::AppClosed { code: 1000, reason: "bye".into() });
+        self.state().close_session(
+            client,
+            CloseReason::AppClosed {
+                code: 1000,
+                reason: "bye".into(),
+            },
+        );
     }
 
     /// Every open session's id.
     pub fn clients(&self) -> Vec<ClientId> {
         let s = self.state();
-        let mut ids: Vec<ClientId> = s.sessions.iter().filter(|(_, v)| !v.closed).map(|(k, _)| *k).collect();
+        let mut ids: Vec<ClientId> = s
+            .sessions
+            .iter()
+            .filter(|(_, v)| !v.closed)
+            .map(|(k, _)| *k)
+            .collect();
         ids.sort_unstable();
         ids
     }
 
     /// Update calls made with `method` and their entry counts.
     pub fn calls(&self, method: &str) -> Vec<usize> {
-        self.state().calls.iter().filter(|(m, _)| *m == method).map(|(_, n)| *n).collect()
+        self.state()
+            .calls
+            .iter()
+            .filter(|(m, _)| *m == method)
+            .map(|(_, n)| *n)
+            .collect()
     }
 
     async fn begin(&self, method: &'static str, entries: usize) -> Result<(), CallError> {
@@ -171,7 +209,11 @@ impl FakeCanister {
 }
 
 impl CanisterApi for FakeCanister {
-    async fn ws_open(&self, _canister: Principal, batch: &OpenBatch) -> Result<Vec<OpenResult>, CallError> {
+    async fn ws_open(
+        &self,
+        _canister: Principal,
+        batch: &OpenBatch,
+    ) -> Result<Vec<OpenResult>, CallError> {
         self.begin("ws_open", batch.opens.len()).await?;
         let mut guard = self.state();
         let mut s = guard.clone();
@@ -188,7 +230,15 @@ impl CanisterApi for FakeCanister {
                 None => {
                     let id = s.next_client;
                     s.next_client += 1;
-                    s.sessions.insert(id, Session { next_in: 0, next_out: 0, closed: false, retained: vec![] });
+                    s.sessions.insert(
+                        id,
+                        Session {
+                            next_in: 0,
+                            next_out: 0,
+                            closed: false,
+                            retained: vec![],
+                        },
+                    );
                     id
                 }
                 Some(r) => {
@@ -196,8 +246,12 @@ impl CanisterApi for FakeCanister {
                         results.push(Err(WsError::UnknownClient(r.client_id)));
                         continue;
                     };
-                    let again: Vec<OutboundMessage> =
-                        session.retained.iter().filter(|m| m.seq >= r.next_outbound_seq).cloned().collect();
+                    let again: Vec<OutboundMessage> = session
+                        .retained
+                        .iter()
+                        .filter(|m| m.seq >= r.next_outbound_seq)
+                        .cloned()
+                        .collect();
                     s.log.extend(again);
                     r.client_id
                 }
@@ -214,13 +268,21 @@ impl CanisterApi for FakeCanister {
                     },
                 )
                 .unwrap_or(0);
-            results.push(Ok(OpenOk { client_id: client, next_inbound_seq: next_in, opened_seq }));
+            results.push(Ok(OpenOk {
+                client_id: client,
+                next_inbound_seq: next_in,
+                opened_seq,
+            }));
         }
         *guard = s;
         Ok(results)
     }
 
-    async fn ws_message(&self, _canister: Principal, batch: &MessageBatch) -> Result<Vec<MessageResult>, CallError> {
+    async fn ws_message(
+        &self,
+        _canister: Principal,
+        batch: &MessageBatch,
+    ) -> Result<Vec<MessageResult>, CallError> {
         self.begin("ws_message", batch.messages.len()).await?;
         let mut guard = self.state();
         // Work on a copy: a trap rolls the whole call back.
@@ -240,7 +302,10 @@ impl CanisterApi for FakeCanister {
                 continue;
             }
             if m.seq > session.next_in {
-                results.push(MessageResult::Err(WsError::OutOfSequence { expected: session.next_in, got: m.seq }));
+                results.push(MessageResult::Err(WsError::OutOfSequence {
+                    expected: session.next_in,
+                    got: m.seq,
+                }));
                 continue;
             }
             session.next_in += 1;
@@ -254,15 +319,33 @@ impl CanisterApi for FakeCanister {
                 MessageKind::App(p) => {
                     s.received.push((m.client_id, m.seq, p.clone()));
                     if p == b"close" {
-                        s.close_session(m.client_id, CloseReason::AppClosed { code: 1000, reason: "asked".into() });
+                        s.close_session(
+                            m.client_id,
+                            CloseReason::AppClosed {
+                                code: 1000,
+                                reason: "asked".into(),
+                            },
+                        );
                     } else if let Some(rest) = p.strip_prefix(b"echo:") {
-                        s.queue(m.client_id, OutboundBody::App { topic: None, payload: rest.to_vec() });
+                        s.queue(
+                            m.client_id,
+                            OutboundBody::App {
+                                topic: None,
+                                payload: rest.to_vec(),
+                            },
+                        );
                     }
                     results.push(MessageResult::Ok);
                 }
                 MessageKind::KeepAlive => results.push(MessageResult::Ok),
                 MessageKind::Close { code, reason } => {
-                    s.close_session(m.client_id, CloseReason::ClientClosed { code: *code, reason: reason.clone() });
+                    s.close_session(
+                        m.client_id,
+                        CloseReason::ClientClosed {
+                            code: *code,
+                            reason: reason.clone(),
+                        },
+                    );
                     results.push(MessageResult::Ok);
                 }
             }
@@ -276,14 +359,22 @@ impl CanisterApi for FakeCanister {
         Ok(results)
     }
 
-    async fn ws_close(&self, _canister: Principal, batch: &CloseBatch) -> Result<Vec<CloseResult>, CallError> {
+    async fn ws_close(
+        &self,
+        _canister: Principal,
+        batch: &CloseBatch,
+    ) -> Result<Vec<CloseResult>, CallError> {
         self.begin("ws_close", batch.clients.len()).await?;
         let mut s = self.state();
         s.closed_by_gateway.extend(batch.clients.iter().copied());
         Ok(batch.clients.iter().map(|_| Ok(())).collect())
     }
 
-    async fn ws_poll(&self, _canister: Principal, request: PollRequest) -> Result<PollResult, CallError> {
+    async fn ws_poll(
+        &self,
+        _canister: Principal,
+        request: PollRequest,
+    ) -> Result<PollResult, CallError> {
         if !self.query_delay.is_zero() {
             tokio::time::sleep(self.query_delay).await;
         }
@@ -291,9 +382,19 @@ impl CanisterApi for FakeCanister {
         s.polls += 1;
         let max = request.max_messages.unwrap_or(500).min(500) as usize;
         let start = (request.cursor as usize).min(s.log.len());
-        let end = (start + max).min(s.log.len());
+        let max_bytes = request.max_bytes.unwrap_or(1_572_864).min(1_572_864) as usize;
+        let mut end = start;
+        let mut bytes = 0;
+        while end < s.log.len()
+            && end - start < max
+            && (end == start || bytes + s.log[end].content.len() <= max_bytes)
+        {
+            bytes += s.log[end].content.len();
+            end += 1;
+        }
         let messages = s.log[start..end].to_vec();
-        let tree = serde_cbor::to_vec(&tree_of(&messages)).map_err(|e| CallError::Permanent(e.to_string()))?;
+        let tree = serde_cbor::to_vec(&tree_of(&messages))
+            .map_err(|e| CallError::Permanent(e.to_string()))?;
         Ok(Ok(PollReply {
             more: end < s.log.len(),
             next_cursor: end as u64,

@@ -58,7 +58,12 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl<C: CanisterApi> Shared<C> {
     /// New state for a gateway with `principal`.
-    pub fn new(config: Config, policy: CanisterPolicy, api: Arc<C>, principal: Principal) -> Arc<Self> {
+    pub fn new(
+        config: Config,
+        policy: CanisterPolicy,
+        api: Arc<C>,
+        principal: Principal,
+    ) -> Arc<Self> {
         let hello = ic_ws_protocol::encode(&GatewayFrame::Hello {
             gateway: principal,
             protocol_version: ic_ws_protocol::PROTOCOL_VERSION,
@@ -132,7 +137,10 @@ impl<C: CanisterApi> Shared<C> {
     pub fn attach(self: &Arc<Self>, hub: &Arc<Hub>, client_id: ClientId, entry: ClientEntry) {
         let mut table = hub.table();
         if let Some(old) = table.clients.insert(client_id, entry) {
-            old.outbox.abort(CloseWith::new(1000, "session resumed on another connection"));
+            old.outbox.abort(CloseWith::new(
+                1000,
+                "session resumed on another connection",
+            ));
         } else {
             self.metrics.sessions.inc();
         }
@@ -155,7 +163,13 @@ impl<C: CanisterApi> Shared<C> {
 
     /// Delivers one page's messages for `client_id` (in log order) to the client, or keeps
     /// them as orphans when the client is not attached.
-    pub fn deliver_locked(&self, table: &mut Table, page: &Arc<Page>, client_id: ClientId, messages: Vec<OutboundMessage>) {
+    pub fn deliver_locked(
+        &self,
+        table: &mut Table,
+        page: &Arc<Page>,
+        client_id: ClientId,
+        messages: Vec<OutboundMessage>,
+    ) {
         let Some(entry) = table.clients.get_mut(&client_id) else {
             table.orphan_count += messages.len();
             table.orphans.push_back(Orphan {
@@ -174,12 +188,25 @@ impl<C: CanisterApi> Shared<C> {
         };
         // A restarted gateway re-reads the log from cursor 0: skip what this client already
         // has (it resumed from `next_seq`).
-        let messages: Vec<OutboundMessage> = messages.into_iter().filter(|m| m.seq >= entry.next_seq).collect();
+        let mut next = entry.next_seq;
+        let messages: Vec<OutboundMessage> = messages
+            .into_iter()
+            .filter(|m| {
+                let fresh = m.seq >= next;
+                if fresh {
+                    next = m.seq + 1;
+                }
+                fresh
+            })
+            .collect();
         let Some(last) = messages.last() else { return };
         entry.next_seq = last.seq + 1;
         let closed = matches!(
             ic_ws_protocol::decode::<OutboundContent>(&last.content),
-            Ok(OutboundContent { body: OutboundBody::Closed { .. }, .. })
+            Ok(OutboundContent {
+                body: OutboundBody::Closed { .. },
+                ..
+            })
         );
         let seqs: Vec<u64> = messages.iter().map(|m| m.seq).collect();
         let tree = match serde_cbor::to_vec(&page.witness.for_client(client_id, &seqs)) {
@@ -211,7 +238,10 @@ impl<C: CanisterApi> Shared<C> {
             Push::Closed => {}
         }
         if closed {
-            entry.outbox.finish(CloseWith::new(close_code::SESSION_CLOSED, "session closed by the canister"));
+            entry.outbox.finish(CloseWith::new(
+                close_code::SESSION_CLOSED,
+                "session closed by the canister",
+            ));
             table.clients.remove(&client_id);
             self.metrics.sessions.dec();
         }

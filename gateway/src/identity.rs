@@ -19,7 +19,8 @@ pub fn load_or_create(path: &Path) -> Result<(BasicIdentity, Principal)> {
         let key = ic_ed25519::PrivateKey::generate();
         let pem = key.serialize_pkcs8_pem(ic_ed25519::PrivateKeyFormat::Pkcs8v1);
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|e| fail(format!("cannot create directory: {e}")))?;
+            std::fs::create_dir_all(dir)
+                .map_err(|e| fail(format!("cannot create directory: {e}")))?;
         }
         let mut options = std::fs::OpenOptions::new();
         options.write(true).create_new(true);
@@ -40,8 +41,8 @@ pub fn load_or_create(path: &Path) -> Result<(BasicIdentity, Principal)> {
             Err(e) => return Err(fail(format!("cannot create: {e}"))),
         }
     }
-    let identity =
-        BasicIdentity::from_pem_file(path).map_err(|e| fail(format!("not an Ed25519 PEM key: {e}")))?;
+    let identity = BasicIdentity::from_pem_file(path)
+        .map_err(|e| fail(format!("not an Ed25519 PEM key: {e}")))?;
     let principal = identity.sender().map_err(fail)?;
     Ok((identity, principal))
 }

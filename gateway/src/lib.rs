@@ -72,21 +72,36 @@ impl<C: CanisterApi> Gateway<C> {
         };
         let listener = listener::bind(config.listen).await?;
         let local_addr = listener.local_addr()?;
-        let admin_listener = match config.admin_addr()? {
-            Some(addr) => Some(
-                tokio::net::TcpListener::bind(addr)
-                    .await
-                    .map_err(|source| GatewayError::Bind { addr: addr.to_string(), source })?,
-            ),
-            None => None,
-        };
-        let admin_addr = admin_listener.as_ref().map(|l| l.local_addr()).transpose()?;
+        let admin_listener =
+            match config.admin_addr()? {
+                Some(addr) => Some(tokio::net::TcpListener::bind(addr).await.map_err(
+                    |source| GatewayError::Bind {
+                        addr: addr.to_string(),
+                        source,
+                    },
+                )?),
+                None => None,
+            };
+        let admin_addr = admin_listener
+            .as_ref()
+            .map(|l| l.local_addr())
+            .transpose()?;
         let shared = Shared::new(config, policy, Arc::new(api), principal);
         let (stop_accepting, stop_rx) = watch::channel(false);
         let (stop_admin, admin_stop_rx) = watch::channel(false);
-        let accept_task = tokio::spawn(listener::accept_loop(shared.clone(), listener, tls.clone(), stop_rx));
+        let accept_task = tokio::spawn(listener::accept_loop(
+            shared.clone(),
+            listener,
+            tls.clone(),
+            stop_rx,
+        ));
         let admin_task = admin_listener.map(|l| {
-            tokio::spawn(admin::serve(l, shared.metrics.clone(), shared.closing.subscribe(), admin_stop_rx))
+            tokio::spawn(admin::serve(
+                l,
+                shared.metrics.clone(),
+                shared.closing.subscribe(),
+                admin_stop_rx,
+            ))
         });
         tracing::info!(
             listen = %local_addr,
@@ -151,12 +166,16 @@ pub async fn run(config: Config) -> Result<()> {
         .with_verify_query_signatures(config.verify_query_signatures)
         .with_max_concurrent_requests(1024)
         .build()
-        .map_err(|e| GatewayError::Agent(format!("cannot build an agent for {}: {e}", config.network)))?;
+        .map_err(|e| {
+            GatewayError::Agent(format!("cannot build an agent for {}: {e}", config.network))
+        })?;
     if config.fetch_root_key {
-        agent
-            .fetch_root_key()
-            .await
-            .map_err(|e| GatewayError::Agent(format!("cannot fetch the root key from {}: {e}", config.network)))?;
+        agent.fetch_root_key().await.map_err(|e| {
+            GatewayError::Agent(format!(
+                "cannot fetch the root key from {}: {e}",
+                config.network
+            ))
+        })?;
     }
     let ready_file = config.ready_file.clone();
     let gateway = Gateway::start(config, AgentCanister::new(agent), principal).await?;
@@ -170,7 +189,10 @@ pub async fn run(config: Config) -> Result<()> {
 
 /// Writes `{"listen","admin","principal"}` atomically (temp file + rename), so a process that
 /// started the gateway with port 0 learns where it listens.
-pub fn write_ready_file<C: CanisterApi>(path: &std::path::Path, gateway: &Gateway<C>) -> Result<()> {
+pub fn write_ready_file<C: CanisterApi>(
+    path: &std::path::Path,
+    gateway: &Gateway<C>,
+) -> Result<()> {
     let line = serde_json::json!({
         "listen": gateway.local_addr().to_string(),
         "admin": gateway.admin_addr().map(|a| a.to_string()),

@@ -32,16 +32,21 @@ pub fn tls_acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor> {
         .and_then(|it| it.collect::<std::result::Result<Vec<_>, _>>())
         .map_err(|e| GatewayError::Tls(format!("certificate {}: {e}", cert.display())))?;
     if certs.is_empty() {
-        return Err(GatewayError::Tls(format!("no certificate in {}", cert.display())));
+        return Err(GatewayError::Tls(format!(
+            "no certificate in {}",
+            cert.display()
+        )));
     }
     let key = PrivateKeyDer::from_pem_file(key)
         .map_err(|e| GatewayError::Tls(format!("private key {}: {e}", key.display())))?;
-    let config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
-        .with_safe_default_protocol_versions()
-        .map_err(|e| GatewayError::Tls(e.to_string()))?
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .map_err(|e| GatewayError::Tls(format!("certificate and key do not fit: {e}")))?;
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| GatewayError::Tls(e.to_string()))?
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .map_err(|e| GatewayError::Tls(format!("certificate and key do not fit: {e}")))?;
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
@@ -52,15 +57,22 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener> {
     } else {
         tokio::net::TcpSocket::new_v6()
     }
-    .map_err(|source| GatewayError::Bind { addr: addr.to_string(), source })?;
+    .map_err(|source| GatewayError::Bind {
+        addr: addr.to_string(),
+        source,
+    })?;
     let bind = |s: &tokio::net::TcpSocket| -> std::io::Result<()> {
         s.set_reuseaddr(true)?;
         s.bind(addr)
     };
-    bind(&socket).map_err(|source| GatewayError::Bind { addr: addr.to_string(), source })?;
-    socket
-        .listen(4096)
-        .map_err(|source| GatewayError::Bind { addr: addr.to_string(), source })
+    bind(&socket).map_err(|source| GatewayError::Bind {
+        addr: addr.to_string(),
+        source,
+    })?;
+    socket.listen(4096).map_err(|source| GatewayError::Bind {
+        addr: addr.to_string(),
+        source,
+    })
 }
 
 fn ws_config<C>(shared: &Shared<C>) -> WebSocketConfig {
@@ -78,7 +90,10 @@ pub async fn accept_loop<C: CanisterApi>(
     tls: Option<TlsAcceptor>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let limiter = Arc::new(IpRateLimiter::new(shared.config.ip_connect_rate, shared.config.ip_connect_burst));
+    let limiter = Arc::new(IpRateLimiter::new(
+        shared.config.ip_connect_rate,
+        shared.config.ip_connect_burst,
+    ));
     loop {
         let accepted = tokio::select! {
             _ = stop.wait_for(|s| *s) => break,
@@ -87,17 +102,31 @@ pub async fn accept_loop<C: CanisterApi>(
         match accepted {
             Ok((tcp, peer)) => {
                 let _ = tcp.set_nodelay(true);
-                let reject = if shared.metrics.connections.get() as usize >= shared.config.max_connections {
-                    shared.metrics.rejected(Rejection::MaxConnections);
-                    Some(CloseWith::new(close_code::OVERLOADED, "overloaded: too many connections"))
-                } else if !limiter.allow(peer.ip(), Instant::now()) {
-                    shared.metrics.rejected(Rejection::RateLimited);
-                    Some(CloseWith::new(close_code::OVERLOADED, "overloaded: too many new connections from this address"))
-                } else {
-                    None
-                };
+                let reject =
+                    if shared.metrics.connections.get() as usize >= shared.config.max_connections {
+                        shared.metrics.rejected(Rejection::MaxConnections);
+                        Some(CloseWith::new(
+                            close_code::OVERLOADED,
+                            "overloaded: too many connections",
+                        ))
+                    } else if !limiter.allow(peer.ip(), Instant::now()) {
+                        shared.metrics.rejected(Rejection::RateLimited);
+                        Some(CloseWith::new(
+                            close_code::OVERLOADED,
+                            "overloaded: too many new connections from this address",
+                        ))
+                    } else {
+                        None
+                    };
                 let guard = ConnGuard::new(shared.metrics.clone(), reject.is_none());
-                tokio::spawn(handle(shared.clone(), tcp, peer, tls.clone(), reject, guard));
+                tokio::spawn(handle(
+                    shared.clone(),
+                    tcp,
+                    peer,
+                    tls.clone(),
+                    reject,
+                    guard,
+                ));
             }
             Err(e) => {
                 // Out of file descriptors and the like: back off instead of spinning.
@@ -145,7 +174,8 @@ async fn handle<C: CanisterApi>(
     match tls {
         None => Box::pin(serve(shared, tcp, peer, reject)).await,
         Some(acceptor) => {
-            let handshake = tokio::time::timeout(shared.config.handshake_timeout(), acceptor.accept(tcp));
+            let handshake =
+                tokio::time::timeout(shared.config.handshake_timeout(), acceptor.accept(tcp));
             match Box::pin(handshake).await {
                 Ok(Ok(stream)) => Box::pin(serve(shared, stream, peer, reject)).await,
                 Ok(Err(e)) => {
@@ -167,7 +197,12 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let handshake = tokio_tungstenite::accept_async_with_config(stream, Some(ws_config(&shared)));
-    let mut ws = match Box::pin(tokio::time::timeout(shared.config.handshake_timeout(), handshake)).await {
+    let mut ws = match Box::pin(tokio::time::timeout(
+        shared.config.handshake_timeout(),
+        handshake,
+    ))
+    .await
+    {
         Ok(Ok(ws)) => ws,
         Ok(Err(e)) => {
             shared.metrics.error(ErrorKind::Handshake);

@@ -80,7 +80,8 @@ impl Histogram {
             self.buckets[i].fetch_add(1, Relaxed);
         }
         self.count.fetch_add(1, Relaxed);
-        self.sum_micros.fetch_add((value.max(0.0) * 1e6) as u64, Relaxed);
+        self.sum_micros
+            .fetch_add((value.max(0.0) * 1e6) as u64, Relaxed);
     }
     /// Records a duration in seconds.
     pub fn observe_duration(&self, d: Duration) {
@@ -112,7 +113,11 @@ impl Histogram {
         let mut cumulative = 0;
         for (i, b) in self.buckets.iter().enumerate() {
             cumulative += b.load(Relaxed);
-            let _ = writeln!(out, "{name}_bucket{{le=\"{}\"}} {cumulative}", self.bounds[i]);
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{le=\"{}\"}} {cumulative}",
+                self.bounds[i]
+            );
         }
         let count = self.count();
         let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
@@ -262,10 +267,23 @@ impl Metrics {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
         };
         let counter = |out: &mut String, name: &str, help: &str, v: u64| {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}");
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}"
+            );
         };
-        gauge(&mut out, "ic_ws_gateway_connections", "Open client WebSocket connections.", self.connections.get());
-        counter(&mut out, "ic_ws_gateway_connections_total", "Client connections accepted.", self.connections_total.get());
+        gauge(
+            &mut out,
+            "ic_ws_gateway_connections",
+            "Open client WebSocket connections.",
+            self.connections.get(),
+        );
+        counter(
+            &mut out,
+            "ic_ws_gateway_connections_total",
+            "Client connections accepted.",
+            self.connections_total.get(),
+        );
         let _ = writeln!(
             out,
             "# HELP ic_ws_gateway_connections_rejected_total Connections refused (closed 4006), by reason.\n\
@@ -275,10 +293,30 @@ impl Metrics {
             self.rejected_max_connections.get(),
             self.rejected_rate_limited.get()
         );
-        gauge(&mut out, "ic_ws_gateway_sessions", "Sessions attached through this gateway.", self.sessions.get());
-        counter(&mut out, "ic_ws_gateway_messages_in_total", "Client messages received for relay.", self.messages_in.get());
-        counter(&mut out, "ic_ws_gateway_messages_out_total", "Certified messages delivered to clients.", self.messages_out.get());
-        counter(&mut out, "ic_ws_gateway_frames_out_total", "Messages frames written to clients.", self.frames_out.get());
+        gauge(
+            &mut out,
+            "ic_ws_gateway_sessions",
+            "Sessions attached through this gateway.",
+            self.sessions.get(),
+        );
+        counter(
+            &mut out,
+            "ic_ws_gateway_messages_in_total",
+            "Client messages received for relay.",
+            self.messages_in.get(),
+        );
+        counter(
+            &mut out,
+            "ic_ws_gateway_messages_out_total",
+            "Certified messages delivered to clients.",
+            self.messages_out.get(),
+        );
+        counter(
+            &mut out,
+            "ic_ws_gateway_frames_out_total",
+            "Messages frames written to clients.",
+            self.frames_out.get(),
+        );
         let _ = writeln!(
             out,
             "# HELP ic_ws_gateway_update_calls_total Update calls to canisters, by method.\n\
@@ -290,19 +328,45 @@ impl Metrics {
             self.calls_message.get(),
             self.calls_close.get()
         );
-        counter(&mut out, "ic_ws_gateway_polls_total", "ws_poll queries.", self.polls.get());
-        self.batch_size.render(&mut out, "ic_ws_gateway_batch_size", "Client messages per ws_message call.");
-        self.poll_latency.render(&mut out, "ic_ws_gateway_poll_latency_seconds", "ws_poll round trip.");
-        self.message_call_latency.render(&mut out, "ic_ws_gateway_message_call_seconds", "ws_message round trip.");
+        counter(
+            &mut out,
+            "ic_ws_gateway_polls_total",
+            "ws_poll queries.",
+            self.polls.get(),
+        );
+        self.batch_size.render(
+            &mut out,
+            "ic_ws_gateway_batch_size",
+            "Client messages per ws_message call.",
+        );
+        self.poll_latency.render(
+            &mut out,
+            "ic_ws_gateway_poll_latency_seconds",
+            "ws_poll round trip.",
+        );
+        self.message_call_latency.render(
+            &mut out,
+            "ic_ws_gateway_message_call_seconds",
+            "ws_message round trip.",
+        );
         self.delivery_delay.render(
             &mut out,
             "ic_ws_gateway_delivery_delay_seconds",
             "Delay added by the gateway: poll reply received to frame written to the client.",
         );
-        counter(&mut out, "ic_ws_gateway_buffer_overflows_total", "Clients closed with 4001 (send buffer overflow).", self.buffer_overflows.get());
+        counter(
+            &mut out,
+            "ic_ws_gateway_buffer_overflows_total",
+            "Clients closed with 4001 (send buffer overflow).",
+            self.buffer_overflows.get(),
+        );
         let _ = writeln!(out, "# HELP ic_ws_gateway_errors_total Errors by kind.\n# TYPE ic_ws_gateway_errors_total counter");
         for (i, (_, name)) in ERROR_KINDS.iter().enumerate() {
-            let _ = writeln!(out, "ic_ws_gateway_errors_total{{kind=\"{name}\"}} {}", self.errors[i].get());
+            let _ = writeln!(
+                out,
+                "ic_ws_gateway_errors_total{{kind=\"{name}\"}} {}",
+                self.errors[i].get()
+            );
         }
         out
     }

@@ -96,7 +96,11 @@ impl Outbox {
         if s.abort.is_some() || s.finish.is_some() {
             return Push::Closed;
         }
-        if s.frames.len() >= self.max_frames || s.bytes + frame.len() > self.max_bytes {
+        // An empty buffer always takes one frame, however large (a frame is bounded by the
+        // canister's poll reply limit).
+        if !s.frames.is_empty()
+            && (s.frames.len() >= self.max_frames || s.bytes + frame.len() > self.max_bytes)
+        {
             s.frames.clear();
             s.bytes = 0;
             s.abort = Some(CloseWith::new(
@@ -216,7 +220,11 @@ mod tests {
         assert_eq!(o.until_aborted().await.code, 4001);
 
         let o = Outbox::new(100, 10);
-        o.push(Bytes::from(vec![0u8; 8]), None);
+        assert_eq!(
+            o.push(Bytes::from(vec![0u8; 30]), None),
+            Push::Queued,
+            "an empty buffer takes a big frame"
+        );
         assert_eq!(o.push(Bytes::from(vec![0u8; 3]), None), Push::Overflowed);
         assert_eq!(o.len(), (0, 0));
     }

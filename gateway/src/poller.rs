@@ -17,7 +17,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// The next poll interval after a poll that returned `got_messages`.
-pub fn next_interval(current: Duration, got_messages: bool, min: Duration, max: Duration) -> Duration {
+pub fn next_interval(
+    current: Duration,
+    got_messages: bool,
+    min: Duration,
+    max: Duration,
+) -> Duration {
     if got_messages {
         min
     } else {
@@ -58,7 +63,10 @@ pub async fn run<C: CanisterApi>(shared: Arc<Shared<C>>, hub: Arc<Hub>) {
         let started = Instant::now();
         shared.metrics.polls.inc();
         let result = shared.api.ws_poll(hub.canister, request).await;
-        shared.metrics.poll_latency.observe_duration(started.elapsed());
+        shared
+            .metrics
+            .poll_latency
+            .observe_duration(started.elapsed());
         let mut more = false;
         match result {
             Ok(Ok(reply)) => {

@@ -34,10 +34,13 @@ impl IpRateLimiter {
         let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
         if buckets.len() >= SWEEP_AT {
             let (rate, burst) = (self.rate, self.burst);
-            buckets.retain(|_, (tokens, at)| *tokens + now.duration_since(*at).as_secs_f64() * rate < burst);
+            buckets.retain(|_, (tokens, at)| {
+                *tokens + now.duration_since(*at).as_secs_f64() * rate < burst
+            });
         }
         let (tokens, at) = buckets.entry(ip).or_insert((self.burst, now));
-        let refilled = (*tokens + now.saturating_duration_since(*at).as_secs_f64() * self.rate).min(self.burst);
+        let refilled = (*tokens + now.saturating_duration_since(*at).as_secs_f64() * self.rate)
+            .min(self.burst);
         *at = now;
         if refilled >= 1.0 {
             *tokens = refilled - 1.0;
@@ -63,7 +66,10 @@ mod tests {
         assert!((0..3).all(|_| l.allow(a, t)));
         assert!(!l.allow(a, t), "burst exhausted");
         assert!(l.allow(b, t), "another address is not affected");
-        assert!(l.allow(a, t + Duration::from_millis(500)), "one token after 0.5 s at 2/s");
+        assert!(
+            l.allow(a, t + Duration::from_millis(500)),
+            "one token after 0.5 s at 2/s"
+        );
         assert!(!l.allow(a, t + Duration::from_millis(600)));
         assert!(IpRateLimiter::new(0.0, 1.0).allow(a, t));
     }

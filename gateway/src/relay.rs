@@ -20,8 +20,8 @@ use crate::metrics::ErrorKind;
 use crate::outbox::{CloseWith, Outbox};
 use ic_ws_protocol::frames::close_code;
 use ic_ws_protocol::types::{
-    ClientId, ClientMessage, CloseBatch, MessageBatch, MessageResult, OpenBatch, OpenOk, OpenRequest,
-    WsError,
+    ClientId, ClientMessage, CloseBatch, MessageBatch, MessageResult, OpenBatch, OpenOk,
+    OpenRequest, WsError,
 };
 use ic_ws_protocol::GatewayFrame;
 use std::collections::{HashSet, VecDeque};
@@ -103,7 +103,11 @@ fn send_frame(outbox: &Outbox, frame: &GatewayFrame) {
 
 /// Takes the next batch off the front of `queue`: entries in queue order while they fit the
 /// bounds (at least one).
-pub fn take_batch(queue: &mut VecDeque<RelayItem>, max_entries: usize, max_bytes: usize) -> Vec<RelayItem> {
+pub fn take_batch(
+    queue: &mut VecDeque<RelayItem>,
+    max_entries: usize,
+    max_bytes: usize,
+) -> Vec<RelayItem> {
     let mut batch = Vec::new();
     let mut bytes = 0;
     while let Some(item) = queue.front() {
@@ -120,7 +124,11 @@ pub fn take_batch(queue: &mut VecDeque<RelayItem>, max_entries: usize, max_bytes
 }
 
 /// Runs `call` until it succeeds, fails non-transiently, or runs out of attempts.
-async fn with_retry<C, T, F, Fut>(shared: &Shared<C>, what: &str, mut call: F) -> Result<T, CallError>
+async fn with_retry<C, T, F, Fut>(
+    shared: &Shared<C>,
+    what: &str,
+    mut call: F,
+) -> Result<T, CallError>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, CallError>>,
@@ -131,7 +139,10 @@ where
         match call().await {
             Err(CallError::Transient(e)) if attempt < shared.config.retry_attempts => {
                 shared.metrics.error(ErrorKind::CallTransient);
-                tracing::warn!(attempt, "{what}: transient error, retrying in {backoff:?}: {e}");
+                tracing::warn!(
+                    attempt,
+                    "{what}: transient error, retrying in {backoff:?}: {e}"
+                );
                 tokio::time::sleep(backoff).await;
                 backoff = backoff.saturating_mul(2);
                 attempt += 1;
@@ -150,7 +161,11 @@ where
 }
 
 /// The relay worker of `hub`'s canister. Returns when the gateway drains and the queue is empty.
-pub async fn run<C: CanisterApi>(shared: Arc<Shared<C>>, hub: Arc<Hub>, mut rx: mpsc::Receiver<RelayItem>) {
+pub async fn run<C: CanisterApi>(
+    shared: Arc<Shared<C>>,
+    hub: Arc<Hub>,
+    mut rx: mpsc::Receiver<RelayItem>,
+) {
     let mut queue: VecDeque<RelayItem> = VecDeque::new();
     let mut draining = shared.draining.subscribe();
     let interval = shared.config.batch_interval();
@@ -221,7 +236,11 @@ async fn process<C: CanisterApi>(shared: &Arc<Shared<C>>, hub: &Arc<Hub>, batch:
     }
 }
 
-async fn call_messages<C: CanisterApi>(shared: &Shared<C>, hub: &Hub, entries: &[&PendingMessage]) -> Result<Vec<MessageResult>, CallError> {
+async fn call_messages<C: CanisterApi>(
+    shared: &Shared<C>,
+    hub: &Hub,
+    entries: &[&PendingMessage],
+) -> Result<Vec<MessageResult>, CallError> {
     let batch = MessageBatch {
         messages: entries.iter().map(|m| m.message.clone()).collect(),
     };
@@ -233,25 +252,35 @@ async fn call_messages<C: CanisterApi>(shared: &Shared<C>, hub: &Hub, entries: &
         let fut = shared.api.ws_message(hub.canister, &batch);
         async move {
             let r = fut.await;
-            shared.metrics.message_call_latency.observe_duration(started.elapsed());
+            shared
+                .metrics
+                .message_call_latency
+                .observe_duration(started.elapsed());
             r
         }
     })
     .await?;
     if result.len() != n {
-        return Err(CallError::Permanent(format!("ws_message returned {} results for {n} messages", result.len())));
+        return Err(CallError::Permanent(format!(
+            "ws_message returned {} results for {n} messages",
+            result.len()
+        )));
     }
     Ok(result)
 }
 
-async fn relay_messages<C: CanisterApi>(shared: &Arc<Shared<C>>, hub: &Arc<Hub>, messages: Vec<PendingMessage>) {
+async fn relay_messages<C: CanisterApi>(
+    shared: &Arc<Shared<C>>,
+    hub: &Arc<Hub>,
+    messages: Vec<PendingMessage>,
+) {
     // Clients whose session ended in this batch: their later entries are not reported again.
     let mut failed: HashSet<ClientId> = HashSet::new();
     let all: Vec<&PendingMessage> = messages.iter().collect();
     match call_messages(shared, hub, &all).await {
         Ok(results) => {
             for (m, r) in messages.iter().zip(results) {
-                handle_message_result(shared, m, r, &mut failed);
+                handle_message_result(shared, m, r, false, &mut failed);
             }
         }
         Err(CallError::Trapped(reason)) => {
@@ -263,13 +292,26 @@ async fn relay_messages<C: CanisterApi>(shared: &Arc<Shared<C>>, hub: &Arc<Hub>,
                 let result = if messages.len() == 1 {
                     Err(CallError::Trapped(reason.clone()))
                 } else {
-                    call_messages(shared, hub, &[m]).await.map(|mut r| r.remove(0))
+                    call_messages(shared, hub, &[m])
+                        .await
+                        .map(|mut r| r.remove(0))
                 };
                 match result {
-                    Ok(r) => handle_message_result(shared, m, r, &mut failed),
+                    Ok(r) => handle_message_result(shared, m, r, false, &mut failed),
                     Err(CallError::Trapped(why)) => {
-                        let error = WsError::Rejected(format!("the canister trapped handling this message: {why}"));
-                        handle_message_result(shared, m, MessageResult::Err(error), &mut failed);
+                        // The trap rolled the message back: its sequence number is not consumed
+                        // and the same signed message would trap again, so the session cannot
+                        // continue.
+                        let error = WsError::Rejected(format!(
+                            "the canister trapped handling this message: {why}"
+                        ));
+                        handle_message_result(
+                            shared,
+                            m,
+                            MessageResult::Err(error),
+                            true,
+                            &mut failed,
+                        );
                     }
                     Err(e) => {
                         unavailable(shared, &m.outbox, &e);
@@ -296,7 +338,13 @@ fn unavailable<C>(shared: &Shared<C>, outbox: &Outbox, error: &CallError) {
     outbox.finish(CloseWith::new(close_code::CANISTER_UNAVAILABLE, reason));
 }
 
-fn handle_message_result<C>(shared: &Shared<C>, m: &PendingMessage, result: MessageResult, failed: &mut HashSet<ClientId>) {
+fn handle_message_result<C>(
+    shared: &Shared<C>,
+    m: &PendingMessage,
+    result: MessageResult,
+    always_fatal: bool,
+    failed: &mut HashSet<ClientId>,
+) {
     let client = m.message.client_id;
     match result {
         MessageResult::Ok | MessageResult::Duplicate => {}
@@ -305,20 +353,36 @@ fn handle_message_result<C>(shared: &Shared<C>, m: &PendingMessage, result: Mess
                 return;
             }
             shared.metrics.error(ErrorKind::MessageRejected);
-            let fatal = is_fatal(&error);
-            tracing::debug!(client, seq = m.message.seq, fatal, "message rejected: {error}");
-            send_frame(&m.outbox, &GatewayFrame::MessageError { seq: m.message.seq, error: error.clone() });
+            let fatal = always_fatal || is_fatal(&error);
+            tracing::debug!(
+                client,
+                seq = m.message.seq,
+                fatal,
+                "message rejected: {error}"
+            );
+            send_frame(
+                &m.outbox,
+                &GatewayFrame::MessageError {
+                    seq: m.message.seq,
+                    error: error.clone(),
+                },
+            );
             if fatal {
                 failed.insert(client);
                 let mut reason = format!("message {} rejected: {error}", m.message.seq);
                 reason.truncate(100);
-                m.outbox.finish(CloseWith::new(close_code::MESSAGE_REJECTED, reason));
+                m.outbox
+                    .finish(CloseWith::new(close_code::MESSAGE_REJECTED, reason));
             }
         }
     }
 }
 
-async fn relay_closes<C: CanisterApi>(shared: &Arc<Shared<C>>, hub: &Arc<Hub>, closes: Vec<(ClientId, u64)>) {
+async fn relay_closes<C: CanisterApi>(
+    shared: &Arc<Shared<C>>,
+    hub: &Arc<Hub>,
+    closes: Vec<(ClientId, u64)>,
+) {
     // A client that already resumed on another connection of this gateway stays attached.
     let clients: Vec<ClientId> = {
         let table = hub.table();
@@ -343,7 +407,11 @@ async fn relay_closes<C: CanisterApi>(shared: &Arc<Shared<C>>, hub: &Arc<Hub>, c
     }
 }
 
-async fn call_opens<C: CanisterApi>(shared: &Shared<C>, hub: &Hub, entries: &[&PendingOpen]) -> Result<Vec<ic_ws_protocol::types::OpenResult>, CallError> {
+async fn call_opens<C: CanisterApi>(
+    shared: &Shared<C>,
+    hub: &Hub,
+    entries: &[&PendingOpen],
+) -> Result<Vec<ic_ws_protocol::types::OpenResult>, CallError> {
     let batch = OpenBatch {
         opens: entries.iter().map(|o| o.request.clone()).collect(),
     };
@@ -354,14 +422,25 @@ async fn call_opens<C: CanisterApi>(shared: &Shared<C>, hub: &Hub, entries: &[&P
     })
     .await?;
     if result.len() != n {
-        return Err(CallError::Permanent(format!("ws_open returned {} results for {n} opens", result.len())));
+        return Err(CallError::Permanent(format!(
+            "ws_open returned {} results for {n} opens",
+            result.len()
+        )));
     }
     Ok(result)
 }
 
-async fn relay_opens<C: CanisterApi>(shared: &Arc<Shared<C>>, hub: &Arc<Hub>, opens: Vec<PendingOpen>) {
+async fn relay_opens<C: CanisterApi>(
+    shared: &Arc<Shared<C>>,
+    hub: &Arc<Hub>,
+    opens: Vec<PendingOpen>,
+) {
     let all: Vec<&PendingOpen> = opens.iter().collect();
-    let results: Vec<Result<ic_ws_protocol::types::OpenResult, CallError>> = match call_opens(shared, hub, &all).await {
+    let results: Vec<Result<ic_ws_protocol::types::OpenResult, CallError>> = match call_opens(
+        shared, hub, &all,
+    )
+    .await
+    {
         Ok(results) => results.into_iter().map(Ok).collect(),
         Err(CallError::Trapped(reason)) if opens.len() > 1 => {
             tracing::warn!(canister = %hub.canister, entries = opens.len(), "ws_open trapped, isolating entries: {reason}");
@@ -376,7 +455,9 @@ async fn relay_opens<C: CanisterApi>(shared: &Arc<Shared<C>>, hub: &Arc<Hub>, op
     for (open, result) in opens.into_iter().zip(results) {
         let result = match result {
             Ok(r) => r,
-            Err(CallError::Trapped(why)) => Err(WsError::Rejected(format!("the canister trapped handling this open: {why}"))),
+            Err(CallError::Trapped(why)) => Err(WsError::Rejected(format!(
+                "the canister trapped handling this open: {why}"
+            ))),
             Err(e) => {
                 unavailable(shared, &open.outbox, &e);
                 continue;
@@ -397,9 +478,15 @@ async fn relay_opens<C: CanisterApi>(shared: &Arc<Shared<C>>, hub: &Arc<Hub>, op
                 );
                 if open.reply.send(ok).is_err() && shared.detach(hub, ok.client_id, open.conn_id) {
                     // The connection went away while its open was in flight.
-                    let item = RelayItem::Close { client_id: ok.client_id, conn_id: open.conn_id };
+                    let item = RelayItem::Close {
+                        client_id: ok.client_id,
+                        conn_id: open.conn_id,
+                    };
                     if hub.relay.try_send(item).is_err() {
-                        tracing::debug!(client = ok.client_id, "relay queue full: ws_close skipped (the session expires)");
+                        tracing::debug!(
+                            client = ok.client_id,
+                            "relay queue full: ws_close skipped (the session expires)"
+                        );
                     }
                 }
             }
@@ -407,7 +494,8 @@ async fn relay_opens<C: CanisterApi>(shared: &Arc<Shared<C>>, hub: &Arc<Hub>, op
                 shared.metrics.error(ErrorKind::OpenRejected);
                 let mut reason = format!("open failed: {error}");
                 reason.truncate(100);
-                open.outbox.finish(CloseWith::new(close_code::OPEN_FAILED, reason));
+                open.outbox
+                    .finish(CloseWith::new(close_code::OPEN_FAILED, reason));
             }
         }
     }
@@ -458,7 +546,10 @@ mod tests {
     fn only_sequence_consuming_errors_let_a_session_continue() {
         assert!(!is_fatal(&WsError::Rejected("no".into())));
         assert!(!is_fatal(&WsError::DecodeError("bad".into())));
-        assert!(is_fatal(&WsError::OutOfSequence { expected: 1, got: 3 }));
+        assert!(is_fatal(&WsError::OutOfSequence {
+            expected: 1,
+            got: 3
+        }));
         assert!(is_fatal(&WsError::InvalidSignature));
         assert!(is_fatal(&WsError::Closed));
     }

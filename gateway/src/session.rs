@@ -49,7 +49,10 @@ enum Event {
     Shutdown,
     Out(Outgoing),
     Opened(Option<OpenOk>),
-    Slot(Option<tokio::sync::OwnedSemaphorePermit>, Option<tokio::sync::mpsc::OwnedPermit<RelayItem>>),
+    Slot(
+        Option<tokio::sync::OwnedSemaphorePermit>,
+        Option<tokio::sync::mpsc::OwnedPermit<RelayItem>>,
+    ),
     Frame(Option<Result<Message, WsProtoError>>),
     IdleTimer,
 }
@@ -90,11 +93,18 @@ where
 pub async fn run<C, W>(shared: Arc<Shared<C>>, mut ws: W, peer: std::net::SocketAddr)
 where
     C: CanisterApi,
-    W: Stream<Item = Result<Message, WsProtoError>> + Sink<Message, Error = WsProtoError> + Unpin + Send,
+    W: Stream<Item = Result<Message, WsProtoError>>
+        + Sink<Message, Error = WsProtoError>
+        + Unpin
+        + Send,
 {
     let conn_id = shared.next_conn_id();
     let mut closing = shared.closing.subscribe();
-    if ws.send(Message::Binary(shared.hello.clone())).await.is_err() {
+    if ws
+        .send(Message::Binary(shared.hello.clone()))
+        .await
+        .is_err()
+    {
         return;
     }
     let idle = shared.config.idle_timeout();
@@ -130,7 +140,10 @@ where
         };
         match event {
             Event::Shutdown => {
-                break CloseWith::new(shared.config.shutdown_close_code, "gateway restarting: reconnect and resume");
+                break CloseWith::new(
+                    shared.config.shutdown_close_code,
+                    "gateway restarting: reconnect and resume",
+                );
             }
             Event::Out(Outgoing::Close(c)) => break c,
             Event::Out(Outgoing::Frame(frame, since)) => {
@@ -138,7 +151,10 @@ where
                 match write(&shared, &mut ws, &a.outbox, frame).await {
                     Ok(()) => {
                         if let Some(since) = since {
-                            shared.metrics.delivery_delay.observe_duration(since.elapsed());
+                            shared
+                                .metrics
+                                .delivery_delay
+                                .observe_duration(since.elapsed());
                         }
                     }
                     Err(End::Close(c)) => break c,
@@ -148,7 +164,10 @@ where
             Event::Opened(ok) => {
                 open_reply = None;
                 state = match (ok, std::mem::replace(&mut state, State::Failed)) {
-                    (Some(ok), State::Opening { hub, .. }) => State::Open { hub, client_id: ok.client_id },
+                    (Some(ok), State::Opening { hub, .. }) => State::Open {
+                        hub,
+                        client_id: ok.client_id,
+                    },
                     // Failed opens: the relay queued the OpenResult and a 4003/4005 close.
                     _ => State::Failed,
                 };
@@ -171,7 +190,14 @@ where
                     },
                     Some(Ok(frame)) => frame,
                 };
-                match on_frame(&shared, frame, &mut state, &mut attached, &mut open_reply, conn_id) {
+                match on_frame(
+                    &shared,
+                    frame,
+                    &mut state,
+                    &mut attached,
+                    &mut open_reply,
+                    conn_id,
+                ) {
                     Ok(Some(item)) => held = Some(item),
                     Ok(None) => {}
                     Err(End::Close(c)) => break c,
@@ -197,8 +223,14 @@ where
     if let State::Open { hub, client_id } = state {
         if end.code != close_code::SESSION_CLOSED && shared.detach(&hub, client_id, conn_id) {
             let item = RelayItem::Close { client_id, conn_id };
-            if tokio::time::timeout(CLOSE_TIMEOUT, hub.relay.send(item)).await.is_err() {
-                tracing::debug!(client_id, "relay queue full: ws_close skipped (the session expires)");
+            if tokio::time::timeout(CLOSE_TIMEOUT, hub.relay.send(item))
+                .await
+                .is_err()
+            {
+                tracing::debug!(
+                    client_id,
+                    "relay queue full: ws_close skipped (the session expires)"
+                );
             }
         }
     }
@@ -206,7 +238,12 @@ where
 
 /// Writes one frame, giving up when the client is aborted meanwhile or the write blocks longer
 /// than the write timeout.
-async fn write<C, W>(shared: &Shared<C>, ws: &mut W, outbox: &Outbox, frame: Bytes) -> Result<(), End>
+async fn write<C, W>(
+    shared: &Shared<C>,
+    ws: &mut W,
+    outbox: &Outbox,
+    frame: Bytes,
+) -> Result<(), End>
 where
     W: Sink<Message, Error = WsProtoError> + Unpin,
 {
@@ -266,7 +303,12 @@ fn on_frame<C: CanisterApi>(
         Message::Binary(b) => b,
         Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => return Ok(None),
         Message::Close(_) => return Err(End::Gone),
-        Message::Text(_) => return Err(bad_frame(shared, "text frames are not part of the protocol")),
+        Message::Text(_) => {
+            return Err(bad_frame(
+                shared,
+                "text frames are not part of the protocol",
+            ))
+        }
     };
     let client_frame: ClientFrame = match ic_ws_protocol::decode(&bytes) {
         Ok(f) => f,
@@ -277,14 +319,24 @@ fn on_frame<C: CanisterApi>(
         }
     };
     match (client_frame, &*state) {
-        (ClientFrame::Open { canister_id, request }, State::New) => {
-            let outbox = Arc::new(Outbox::new(shared.config.send_buffer_frames, shared.config.send_buffer_bytes));
+        (
+            ClientFrame::Open {
+                canister_id,
+                request,
+            },
+            State::New,
+        ) => {
+            let outbox = Arc::new(Outbox::new(
+                shared.config.send_buffer_frames,
+                shared.config.send_buffer_bytes,
+            ));
             *attached = Some(Attached {
                 outbox: outbox.clone(),
                 inflight: Arc::new(Semaphore::new(shared.config.max_inflight_per_client)),
             });
             let refuse = |error: WsError| -> Result<Option<RelayItem>, End> {
-                if let Ok(b) = ic_ws_protocol::encode(&GatewayFrame::OpenResult(Err(error.clone()))) {
+                if let Ok(b) = ic_ws_protocol::encode(&GatewayFrame::OpenResult(Err(error.clone())))
+                {
                     outbox.push(Bytes::from(b), None);
                 }
                 let mut reason = format!("open failed: {error}");
@@ -313,13 +365,17 @@ fn on_frame<C: CanisterApi>(
             if let Err(e) = hub.relay.try_send(item) {
                 drop(e);
                 *state = State::Failed;
-                return refuse(WsError::LimitReached("gateway overloaded: relay queue full".into()));
+                return refuse(WsError::LimitReached(
+                    "gateway overloaded: relay queue full".into(),
+                ));
             }
             *state = State::Opening { hub };
             *open_reply = Some(rx);
             Ok(None)
         }
-        (ClientFrame::Open { .. }, _) => Err(bad_frame(shared, "one session per WebSocket: second Open")),
+        (ClientFrame::Open { .. }, _) => {
+            Err(bad_frame(shared, "one session per WebSocket: second Open"))
+        }
         (ClientFrame::Message(message), State::Open { client_id, .. }) => {
             if message.client_id != *client_id {
                 return Err(bad_frame(shared, "message for another client id"));

@@ -61,7 +61,10 @@ impl PageWitness {
         let (n, digest) = match node {
             HashTreeNode::Empty() => (Node::Empty, node.digest()),
             HashTreeNode::Pruned(h) => (Node::Pruned, *h),
-            HashTreeNode::Leaf(v) => (Node::Leaf(v.clone()), ic_certification::hash_tree::leaf_hash(v)),
+            HashTreeNode::Leaf(v) => (
+                Node::Leaf(v.clone()),
+                ic_certification::hash_tree::leaf_hash(v),
+            ),
             HashTreeNode::Fork(lr) => {
                 let l = self.add(&lr.0, path);
                 let r = self.add(&lr.1, path);
@@ -76,12 +79,19 @@ impl PageWitness {
                 let s = self.add(sub, path);
                 let full_path = path.clone();
                 path.pop();
-                let d = ic_certification::hash_tree::labeled_hash(label.as_bytes(), &self.digests[s as usize]);
+                let d = ic_certification::hash_tree::labeled_hash(
+                    label.as_bytes(),
+                    &self.digests[s as usize],
+                );
                 let idx = self.nodes.len() as u32;
                 if let [ws, client, seq] = full_path.as_slice() {
                     if ws.as_slice() == ic_ws_protocol::certification::WS_LABEL {
-                        if let (Ok(c), Ok(s)) = (<[u8; 8]>::try_from(client.as_slice()), <[u8; 8]>::try_from(seq.as_slice())) {
-                            self.leaves.insert((u64::from_be_bytes(c), u64::from_be_bytes(s)), idx);
+                        if let (Ok(c), Ok(s)) = (
+                            <[u8; 8]>::try_from(client.as_slice()),
+                            <[u8; 8]>::try_from(seq.as_slice()),
+                        ) {
+                            self.leaves
+                                .insert((u64::from_be_bytes(c), u64::from_be_bytes(s)), idx);
                         }
                     }
                 }
@@ -114,7 +124,9 @@ impl PageWitness {
         let mut keep: HashSet<u32> = HashSet::new();
         let mut full: HashSet<u32> = HashSet::new();
         for seq in seqs {
-            let Some(&idx) = self.leaves.get(&(client, *seq)) else { continue };
+            let Some(&idx) = self.leaves.get(&(client, *seq)) else {
+                continue;
+            };
             full.insert(idx);
             let mut at = idx;
             while at != NONE && keep.insert(at) {
@@ -132,8 +144,12 @@ impl PageWitness {
             return self.clone_subtree(idx);
         }
         match &self.nodes[idx as usize] {
-            Node::Fork(l, r) => ic_certification::fork(self.build(*l, keep, full), self.build(*r, keep, full)),
-            Node::Labeled(label, s) => ic_certification::labeled(label.clone(), self.build(*s, keep, full)),
+            Node::Fork(l, r) => {
+                ic_certification::fork(self.build(*l, keep, full), self.build(*r, keep, full))
+            }
+            Node::Labeled(label, s) => {
+                ic_certification::labeled(label.clone(), self.build(*s, keep, full))
+            }
             _ => self.clone_subtree(idx),
         }
     }
@@ -143,8 +159,12 @@ impl PageWitness {
             Node::Empty => ic_certification::empty(),
             Node::Pruned => ic_certification::pruned(self.digests[idx as usize]),
             Node::Leaf(v) => ic_certification::leaf(v.clone()),
-            Node::Fork(l, r) => ic_certification::fork(self.clone_subtree(*l), self.clone_subtree(*r)),
-            Node::Labeled(label, s) => ic_certification::labeled(label.clone(), self.clone_subtree(*s)),
+            Node::Fork(l, r) => {
+                ic_certification::fork(self.clone_subtree(*l), self.clone_subtree(*r))
+            }
+            Node::Labeled(label, s) => {
+                ic_certification::labeled(label.clone(), self.clone_subtree(*s))
+            }
         }
     }
 }
@@ -171,10 +191,10 @@ pub(crate) mod tests {
     pub(crate) fn tree_of(messages: &[(ClientId, u64, Vec<u8>)]) -> HashTree {
         let mut by_client: std::collections::BTreeMap<ClientId, Vec<HashTree>> = Default::default();
         for (c, s, content) in messages {
-            by_client
-                .entry(*c)
-                .or_default()
-                .push(labeled(s.to_be_bytes().to_vec(), leaf(content_hash(content).to_vec())));
+            by_client.entry(*c).or_default().push(labeled(
+                s.to_be_bytes().to_vec(),
+                leaf(content_hash(content).to_vec()),
+            ));
         }
         let clients = by_client
             .into_iter()
@@ -206,11 +226,18 @@ pub(crate) mod tests {
             for (c, s, content) in &messages {
                 let path = ic_ws_protocol::message_path(*c, *s);
                 let got = matches!(mine.lookup_path(path.iter()), LookupResult::Found(v) if v == content_hash(content));
-                assert_eq!(got, *c == client, "client {c} seq {s} visible only to its owner");
+                assert_eq!(
+                    got,
+                    *c == client,
+                    "client {c} seq {s} visible only to its owner"
+                );
             }
             let mine_len = serde_cbor::to_vec(&mine).unwrap().len();
             let reference_len = serde_cbor::to_vec(&reference).unwrap().len();
-            assert!(mine_len * 10 < reference_len, "{mine_len} vs {reference_len}");
+            assert!(
+                mine_len * 10 < reference_len,
+                "{mine_len} vs {reference_len}"
+            );
         }
     }
 
@@ -222,7 +249,10 @@ pub(crate) mod tests {
         let w = page.for_client(1, &[2, 3]);
         assert_eq!(w.digest(), tree.digest());
         for s in 0..5u64 {
-            let found = matches!(w.lookup_path(ic_ws_protocol::message_path(1, s).iter()), LookupResult::Found(_));
+            let found = matches!(
+                w.lookup_path(ic_ws_protocol::message_path(1, s).iter()),
+                LookupResult::Found(_)
+            );
             assert_eq!(found, s == 2 || s == 3);
         }
         assert!(page.has(1, 4));
