@@ -311,6 +311,7 @@ export class IcWsClient<In = Uint8Array, Out = Uint8Array> {
 
   /** Connects (or resumes the stored session). */
   connect(): void {
+    if (this.closing && this.conn) return; // a close is in progress
     this.stopped = false;
     this.closing = false;
     if (this.conn) return;
@@ -708,6 +709,8 @@ export class IcWsClient<In = Uint8Array, Out = Uint8Array> {
   }
 
   private persist(): void {
+    // A session being closed is not resumed later (not even after a page reload).
+    if (this.closing) return;
     saveSession(this.storage, this.storageKey, this.session);
   }
 
@@ -717,21 +720,20 @@ export class IcWsClient<In = Uint8Array, Out = Uint8Array> {
    */
   close(code = 1000, reason = "client closed", timeoutMs = 3000): void {
     if (this.closing || this._state === "closed") return;
-    this.closing = true;
     this.stopped = true;
     if (this.reconnectTimer !== undefined) clearTimeout(this.reconnectTimer);
     const conn = this.conn;
     if (!conn || !conn.confirmed) {
-      this.disconnect();
+      this.closing = true;
       this.storage.removeItem(this.storageKey);
+      this.disconnect();
       return;
     }
     this.sendSigned({ Close: { code, reason } });
+    this.closing = true;
+    this.storage.removeItem(this.storageKey);
     this.closeTimer = setTimeout(() => {
-      if (this.conn === conn) {
-        this.storage.removeItem(this.storageKey);
-        this.disconnect();
-      }
+      if (this.conn === conn) this.disconnect();
     }, timeoutMs);
   }
 

@@ -299,3 +299,15 @@ test("client: a gateway that never confirms the open is left after openTimeoutMs
   assert.match(log.errors[0].message, /no certified confirmation/);
   assert.equal(gw.opens.length, 1, "the swallowed open never reached the canister");
 });
+
+test("client: a closed session is not kept for resuming", async () => {
+  const storage = new MemoryStorage();
+  const { c, log } = makeClient({ storage, storageKey: "k" });
+  c.connect();
+  await until(() => log.opens.length === 1, "open");
+  assert.ok(storage.getItem("k"), "session stored while open");
+  c.close();
+  assert.equal(storage.getItem("k"), null, "forgotten at once");
+  await until(() => c.state === "closed", "closed");
+  assert.equal(storage.getItem("k"), null);
+});

@@ -17,14 +17,21 @@ function cargo(args) {
   execFileSync("cargo", args, { cwd: ROOT, stdio: ["ignore", "inherit", "inherit"] });
 }
 
-/** Builds what the stack needs; returns the paths. */
+/**
+ * Builds what the stack needs; returns the paths. `IC_WS_CHAT_WASM`, `IC_WS_REPLICA_BIN` and
+ * `IC_WS_GATEWAY_BIN` name prebuilt artefacts instead (each one given is not built).
+ */
 export function buildStack() {
-  cargo(["build", "--target", "wasm32-unknown-unknown", "--profile", "canister", "-p", "ic-ws-example-chat"]);
-  cargo(["build", "-p", "ic-ws-replica", "-p", "ic-ws-gateway", "--bins"]);
+  const env = process.env;
+  if (!env.IC_WS_CHAT_WASM) cargo(["build", "--target", "wasm32-unknown-unknown", "--profile", "canister", "-p", "ic-ws-example-chat"]);
+  const bins = [];
+  if (!env.IC_WS_REPLICA_BIN) bins.push("-p", "ic-ws-replica");
+  if (!env.IC_WS_GATEWAY_BIN) bins.push("-p", "ic-ws-gateway");
+  if (bins.length) cargo(["build", ...bins, "--bins"]);
   const paths = {
-    wasm: join(TARGET_DIR, "wasm32-unknown-unknown/canister/ic_ws_example_chat.wasm"),
-    replica: join(TARGET_DIR, "debug/ic-ws-replica"),
-    gateway: join(TARGET_DIR, "debug/ic-ws-gateway"),
+    wasm: env.IC_WS_CHAT_WASM || join(TARGET_DIR, "wasm32-unknown-unknown/canister/ic_ws_example_chat.wasm"),
+    replica: env.IC_WS_REPLICA_BIN || join(TARGET_DIR, "debug/ic-ws-replica"),
+    gateway: env.IC_WS_GATEWAY_BIN || join(TARGET_DIR, "debug/ic-ws-gateway"),
   };
   for (const [what, p] of Object.entries(paths)) if (!existsSync(p)) throw new Error(`${what} not built: ${p}`);
   return paths;

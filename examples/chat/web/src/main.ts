@@ -164,6 +164,15 @@ function start(cfg: Config, name: string): void {
       showNotice(String(e));
     }
   });
+  const leave = $<HTMLButtonElement>("leave");
+  leave.classList.remove("hidden");
+  leave.onclick = () => {
+    client.close(1000, "left the chat");
+    sessionStorage.removeItem("ic-ws-chat:name");
+    leave.classList.add("hidden");
+    // Back to the join form once the session has ended.
+    setTimeout(() => location.assign(location.pathname + location.search.replace(/([?&])name=[^&]*&?/, "$1")), 500);
+  };
   client.connect();
 }
 
