@@ -345,3 +345,85 @@ pub struct Page {
     /// When the reply arrived.
     pub received: Instant,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fake::{tree_of, FakeCanister};
+    use crate::outbox::Outgoing;
+
+    fn page(messages: &[OutboundMessage]) -> Arc<Page> {
+        Arc::new(Page {
+            certificate: b"cert".to_vec(),
+            witness: PageWitness::new(&tree_of(messages)),
+            received: Instant::now(),
+        })
+    }
+
+    fn msg(client: ClientId, seq: u64) -> OutboundMessage {
+        OutboundMessage {
+            client_id: client,
+            seq,
+            content: vec![seq as u8],
+        }
+    }
+
+    async fn delivered(outbox: &Outbox) -> Vec<u64> {
+        match outbox.next().await {
+            Outgoing::Frame(bytes, _) => match ic_ws_protocol::decode::<GatewayFrame>(&bytes)
+                .unwrap()
+            {
+                GatewayFrame::Messages { messages, .. } => messages.iter().map(|m| m.seq).collect(),
+                other => panic!("{other:?}"),
+            },
+            Outgoing::Close(c) => panic!("closed: {c:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn messages_polled_before_the_open_reply_reach_the_client() {
+        let config = Config::from_args(["gw", "--canister", "aaaaa-aa"]).unwrap();
+        let policy = config.canister_policy().unwrap();
+        let shared = Shared::new(
+            config,
+            policy,
+            Arc::new(FakeCanister::new()),
+            Principal::anonymous(),
+        );
+        let hub = shared.hub(Principal::management_canister()).unwrap();
+        // The poll that carries client 5's `Opened` lands before ws_open's reply.
+        let early = vec![msg(5, 0), msg(6, 0)];
+        {
+            let mut table = hub.table();
+            shared.deliver_locked(&mut table, &page(&early), 5, vec![msg(5, 0)]);
+        }
+        let outbox = Arc::new(Outbox::new(10, 1 << 20));
+        shared.attach(
+            &hub,
+            5,
+            ClientEntry {
+                conn_id: 1,
+                outbox: outbox.clone(),
+                next_seq: 0,
+            },
+        );
+        assert_eq!(delivered(&outbox).await, vec![0]);
+        // Later pages go straight to it; old sequence numbers (a re-read log) are skipped.
+        let later = vec![msg(5, 0), msg(5, 1), msg(5, 2)];
+        {
+            let mut table = hub.table();
+            shared.deliver_locked(&mut table, &page(&later), 5, later.clone());
+        }
+        assert_eq!(delivered(&outbox).await, vec![1, 2]);
+        assert_eq!(outbox.len().0, 0);
+        // Orphans expire.
+        let mut table = hub.table();
+        shared.deliver_locked(&mut table, &page(&early), 6, vec![msg(6, 0)]);
+        assert_eq!(table.orphan_count, 1);
+        table.expire_orphans(
+            Instant::now() + std::time::Duration::from_secs(60),
+            std::time::Duration::from_secs(30),
+        );
+        assert_eq!(table.orphan_count, 0);
+    }
+}
