@@ -1,0 +1,141 @@
+//! Counters and latency samples shared by the load tasks, and the probes of the gateway
+//! process (RSS and CPU time from /proc, its Prometheus metrics over HTTP).
+
+use crate::LoadError;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Mutex;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// Shared counters.
+#[derive(Default, Debug)]
+pub struct Stats {
+    /// Messages delivered to clients.
+    pub delivered: AtomicU64,
+    /// Messages sent by clients.
+    pub sent: AtomicU64,
+    /// Sequence gaps seen (should stay 0).
+    pub gaps: AtomicU64,
+    /// `MessageError`s received.
+    pub errors: AtomicU64,
+    /// Sessions that ended early.
+    pub closed: AtomicU64,
+    /// Canister send -> client receipt, in µs (sampled).
+    delivery_us: Mutex<Vec<u64>>,
+    /// Client send -> echo receipt, in µs.
+    round_trip_us: Mutex<Vec<u64>>,
+    /// Sample one delivery in this many for latency.
+    pub sample_every: AtomicU64,
+}
+
+impl Stats {
+    /// Counts a delivery `age_ns` after the canister queued it.
+    pub fn record_delivery(&self, age_ns: u64) {
+        let n = self.delivered.fetch_add(1, Relaxed);
+        let every = self.sample_every.load(Relaxed).max(1);
+        if n % every == 0 {
+            if let Ok(mut v) = self.delivery_us.lock() {
+                v.push(age_ns / 1000);
+            }
+        }
+    }
+    /// Records an echo round trip.
+    pub fn record_round_trip(&self, d: Duration) {
+        if let Ok(mut v) = self.round_trip_us.lock() {
+            v.push(d.as_micros() as u64);
+        }
+    }
+    /// Forgets latency samples (after a warm-up).
+    pub fn reset_samples(&self) {
+        if let Ok(mut v) = self.delivery_us.lock() {
+            v.clear();
+        }
+        if let Ok(mut v) = self.round_trip_us.lock() {
+            v.clear();
+        }
+    }
+    /// (p50, p99, max, count) of delivery latency in ms.
+    pub fn delivery_percentiles(&self) -> Option<(f64, f64, f64, usize)> {
+        self.delivery_us.lock().ok().and_then(|mut v| percentiles(&mut v))
+    }
+    /// (p50, p99, max, count) of echo round trips in ms.
+    pub fn round_trip_percentiles(&self) -> Option<(f64, f64, f64, usize)> {
+        self.round_trip_us.lock().ok().and_then(|mut v| percentiles(&mut v))
+    }
+}
+
+fn percentiles(v: &mut [u64]) -> Option<(f64, f64, f64, usize)> {
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_unstable();
+    let at = |q: f64| v[((v.len() - 1) as f64 * q).round() as usize] as f64 / 1000.0;
+    Some((at(0.5), at(0.99), at(1.0), v.len()))
+}
+
+/// Resident set size of `pid` in KiB.
+pub fn rss_kib(pid: u32) -> Result<u64, LoadError> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).map_err(LoadError::io("read /proc status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .ok_or_else(|| LoadError::Protocol("no VmRSS".into()))
+}
+
+/// User + system CPU time of `pid` in seconds.
+pub fn cpu_seconds(pid: u32) -> Result<f64, LoadError> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).map_err(LoadError::io("read /proc stat"))?;
+    // Fields after the ")" that ends the command name: utime is the 12th, stime the 13th.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok()).unwrap_or(0.0);
+    Ok((ticks(11) + ticks(12)) / 100.0)
+}
+
+/// The gateway's metrics: `name{labels} value` lines.
+pub async fn scrape(admin: SocketAddr) -> Result<String, LoadError> {
+    let mut s = tokio::net::TcpStream::connect(admin).await.map_err(LoadError::io("admin connect"))?;
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n")
+        .await
+        .map_err(LoadError::io("admin write"))?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.map_err(LoadError::io("admin read"))?;
+    Ok(out)
+}
+
+/// The value of the metric line starting with `name` (exact series, labels included).
+pub fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(' ')))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// Upper bound of the bucket holding quantile `q` of histogram `name`, from cumulative
+/// buckets (le="...") of two scrapes (the interval between them).
+pub fn histogram_quantile(before: &str, after: &str, name: &str, q: f64) -> Option<f64> {
+    let buckets = |text: &str| -> Vec<(f64, f64)> {
+        text.lines()
+            .filter_map(|l| l.strip_prefix(&format!("{name}_bucket{{le=\"")))
+            .filter_map(|l| {
+                let (le, rest) = l.split_once("\"}")?;
+                let le = if le == "+Inf" { f64::INFINITY } else { le.parse().ok()? };
+                Some((le, rest.trim().parse().ok()?))
+            })
+            .collect()
+    };
+    let (b0, b1) = (buckets(before), buckets(after));
+    let total = b1.last()?.1 - b0.last().map_or(0.0, |x| x.1);
+    if total <= 0.0 {
+        return None;
+    }
+    for (i, (le, c1)) in b1.iter().enumerate() {
+        let c0 = b0.get(i).map_or(0.0, |x| x.1);
+        if c1 - c0 >= q * total {
+            return Some(*le);
+        }
+    }
+    None
+}
