@@ -144,6 +144,10 @@ pub enum ClientError {
         /// The last error.
         last: Box<ClientError>,
     },
+    /// No session to sign for at the moment: a new session is being opened (after
+    /// [`crate::Event::ResumeUnavailable`]); retry after its `Opened` event.
+    #[error("no session yet: a new session is being opened")]
+    NoSession,
     /// The client's background task has stopped (after a terminal event).
     #[error("client stopped")]
     Stopped,

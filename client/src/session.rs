@@ -290,7 +290,7 @@ impl Session {
 
     /// Signs the next own message (with the current ack) and keeps it for re-sending.
     pub(crate) fn sign(&mut self, kind: MessageKind) -> Result<ClientMessage, ClientError> {
-        let client_id = self.client_id.ok_or(ClientError::Stopped)?;
+        let client_id = self.client_id.ok_or(ClientError::NoSession)?;
         let mut msg = ClientMessage {
             client_id,
             seq: self.next_seq,
