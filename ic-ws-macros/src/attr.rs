@@ -163,7 +163,11 @@ mod tests {
     fn parse_ok(kind: Kind, args: TokenStream) -> Config {
         let mut errors = Errors::default();
         let config = parse(kind, args, &mut errors);
-        assert!(errors.is_empty(), "unexpected errors: {:?}", errors.messages());
+        assert!(
+            errors.is_empty(),
+            "unexpected errors: {:?}",
+            errors.messages()
+        );
         config
     }
 
@@ -211,7 +215,12 @@ mod tests {
     fn every_bad_argument_is_reported() {
         let errors = parse_err(
             Kind::Message,
-            quote!(colour = "blue", outbound = A, outbound = B, on_message_in = x),
+            quote!(
+                colour = "blue",
+                outbound = A,
+                outbound = B,
+                on_message_in = x
+            ),
         );
         assert_eq!(errors.len(), 3, "{errors:?}");
         assert!(errors[0].contains("unknown argument `colour`"));

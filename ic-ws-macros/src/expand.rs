@@ -58,12 +58,6 @@ fn local(name: &str) -> Ident {
     Ident::new(name, Span::mixed_site())
 }
 
-/// The same local, reported at `at` in diagnostics (for type errors about the user's
-/// parameter types).
-fn local_at(name: &str, at: Span) -> Ident {
-    Ident::new(name, Span::mixed_site().located_at(at))
-}
-
 /// The generated code for a valid handler.
 pub fn generate(handler: &Handler, config: &Config) -> TokenStream {
     let paths = Paths::new(config);
@@ -109,7 +103,7 @@ fn marker_path(config: &Config) -> TokenStream {
     let module = format_ident!("{}", MARKER_MODULE);
     match &config.on_message_in {
         Some(path) => quote!(#path::#module::App),
-        None => quote!(#module::App),
+        None => quote!(self::#module::App),
     }
 }
 
@@ -124,34 +118,73 @@ fn export_attrs(mode: &str, name: &str) -> TokenStream {
     }
 }
 
-/// Calls the user's handler with the shim's locals, mapping its return value:
-/// `()` -> `Ok(())`; otherwise the value must be `Result<(), String>` (checked at the user's
-/// return type, so a wrong one is reported there).
-fn call_handler(handler: &Handler, args: &[Ident]) -> TokenStream {
-    let ident = &handler.ident;
-    match &handler.output {
-        Output::Unit => quote! {
-            #ident(#(#args),*);
-            ::core::result::Result::Ok(())
-        },
-        Output::Fallible(ty) => {
-            let result = local("result");
-            let span = ty.span();
-            let annotated = quote_spanned! {span=>
-                ::core::result::Result<(), ::std::string::String>
-            };
-            quote! {
-                let #result: #annotated = #ident(#(#args),*);
-                #result
+/// Local traits that turn the shim's values into the handler's parameter types and its
+/// return value into `Result<(), String>`. They are implemented only for the accepted types,
+/// and the calls name them at the user's own type tokens, so a wrong client id, close reason
+/// or return type is one error, at that type, saying what is expected.
+fn signature_traits(kind: Kind, paths: &Paths) -> TokenStream {
+    let krate = &paths.krate;
+    let attr = kind.attr_name();
+    let client_msg = format!(
+        "the first parameter of an `#[{attr}]` handler is the client id: `ClientId`, not `{{Self}}`"
+    );
+    let reason_msg =
+        "the second parameter of an `#[on_close]` handler is the `CloseReason`, not `{Self}`";
+    let result_msg =
+        format!("an `#[{attr}]` handler returns `()` or `Result<(), String>`, not `{{Self}}`");
+    quote! {
+        #[diagnostic::on_unimplemented(message = #client_msg, label = "expected `ClientId`")]
+        trait __IcWsClientParam {
+            fn __ic_ws_from(client: #krate::ClientId) -> Self;
+        }
+        impl __IcWsClientParam for #krate::ClientId {
+            fn __ic_ws_from(client: #krate::ClientId) -> Self {
+                client
+            }
+        }
+        #[diagnostic::on_unimplemented(message = #reason_msg, label = "expected `CloseReason`")]
+        #[allow(dead_code)]
+        trait __IcWsReasonParam {
+            fn __ic_ws_from(reason: #krate::CloseReason) -> Self;
+        }
+        impl __IcWsReasonParam for #krate::CloseReason {
+            fn __ic_ws_from(reason: #krate::CloseReason) -> Self {
+                reason
+            }
+        }
+        #[diagnostic::on_unimplemented(message = #result_msg, label = "unsupported return type")]
+        #[allow(dead_code)]
+        trait __IcWsHandlerResult {
+            fn __ic_ws_into(self) -> ::core::result::Result<(), ::std::string::String>;
+        }
+        impl __IcWsHandlerResult for () {
+            fn __ic_ws_into(self) -> ::core::result::Result<(), ::std::string::String> {
+                ::core::result::Result::Ok(())
+            }
+        }
+        impl __IcWsHandlerResult for ::core::result::Result<(), ::std::string::String> {
+            fn __ic_ws_into(self) -> ::core::result::Result<(), ::std::string::String> {
+                self
             }
         }
     }
 }
 
-/// The client id local, located at the user's client type so that a parameter that is not a
-/// `ClientId` is reported there.
-fn client_local(handler: &Handler) -> Ident {
-    local_at("client", handler.client_ty.span())
+/// The client id argument, converted to the handler's declared type (see
+/// [`signature_traits`]).
+fn client_arg(handler: &Handler, client: &Ident) -> TokenStream {
+    let ty = &handler.client_ty;
+    quote!(<#ty as __IcWsClientParam>::__ic_ws_from(#client))
+}
+
+/// Calls the user's handler; evaluates to `Result<(), String>`.
+fn call_handler(handler: &Handler, args: &[TokenStream]) -> TokenStream {
+    let ident = &handler.ident;
+    let output = match &handler.output {
+        Output::Unit => quote!(()),
+        Output::Fallible(ty) => quote!(#ty),
+    };
+    quote!(<#output as __IcWsHandlerResult>::__ic_ws_into(#ident(#(#args),*)))
 }
 
 fn on_message(handler: &Handler, config: &Config, paths: &Paths) -> TokenStream {
@@ -164,10 +197,11 @@ fn on_message(handler: &Handler, config: &Config, paths: &Paths) -> TokenStream 
         None => return marker,
     };
 
-    let client = client_local(handler);
+    let client = local("client");
     let payload = local("payload");
-    let message = local_at("message", message_ty.span());
-    let call = call_handler(handler, &[client.clone(), message.clone()]);
+    let message = local("message");
+    let traits = signature_traits(Kind::Message, paths);
+    let call = call_handler(handler, &[client_arg(handler, &client), quote!(#message)]);
 
     let outbound_ty = config.outbound.as_ref();
     let app_types_rets = match outbound_ty {
@@ -206,9 +240,9 @@ fn on_message(handler: &Handler, config: &Config, paths: &Paths) -> TokenStream 
                 #client: #krate::ClientId,
                 #payload: &[u8],
             ) -> ::core::result::Result<(), #krate::WsError> {
+                #traits
                 let #message = #private::decode_payload::<#message_ty>(#payload)?;
-                let result: ::core::result::Result<(), ::std::string::String> = { #call };
-                result.map_err(#krate::WsError::Rejected)
+                #call.map_err(#krate::WsError::Rejected)
             }
 
             impl #module::App {
@@ -342,23 +376,23 @@ fn on_message(handler: &Handler, config: &Config, paths: &Paths) -> TokenStream 
 fn on_open(handler: &Handler, config: &Config, paths: &Paths) -> TokenStream {
     let Paths { krate, private } = paths;
     let marker = marker_path(config);
-    let client = client_local(handler);
+    let client = local("client");
     let args_bytes = local("args");
-    let (decode, call_args, open_args_query) = match &handler.payload_ty {
+    let mut call_args = vec![client_arg(handler, &client)];
+    let (decode, open_args_query) = match &handler.payload_ty {
         Some(args_ty) => {
-            let args = local_at("open_args", args_ty.span());
+            let args = local("open_args");
+            call_args.push(quote!(#args));
             let decode = quote! {
-                let #args = #private::decode_payload::<#args_ty>(#args_bytes)
-                    .map_err(|error| ::std::string::ToString::to_string(&error))?;
+                let #args = #private::decode_payload::<#args_ty>(#args_bytes).map_err(|error| {
+                    ::std::format!("the open arguments do not decode ({error})")
+                })?;
             };
-            (decode, vec![client.clone(), args], open_args_query(args_ty, paths))
+            (decode, open_args_query(args_ty, paths))
         }
-        None => (
-            quote!(let _ = #args_bytes;),
-            vec![client.clone()],
-            TokenStream::new(),
-        ),
+        None => (quote!(let _ = #args_bytes;), TokenStream::new()),
     };
+    let traits = signature_traits(Kind::Open, paths);
     let call = call_handler(handler, &call_args);
     quote! {
         impl #marker {
@@ -370,6 +404,7 @@ fn on_open(handler: &Handler, config: &Config, paths: &Paths) -> TokenStream {
                     #client: #krate::ClientId,
                     #args_bytes: &[u8],
                 ) -> ::core::result::Result<(), ::std::string::String> {
+                    #traits
                     #decode
                     #call
                 }
@@ -410,28 +445,28 @@ fn open_args_query(args_ty: &Type, paths: &Paths) -> TokenStream {
 fn on_close(handler: &Handler, config: &Config, paths: &Paths) -> TokenStream {
     let Paths { krate, .. } = paths;
     let marker = marker_path(config);
-    let client = client_local(handler);
-    let (reason, call_args) = match &handler.payload_ty {
+    let client = local("client");
+    let reason = local("reason");
+    let mut call_args = vec![client_arg(handler, &client)];
+    let ignore_reason = match &handler.payload_ty {
         Some(reason_ty) => {
-            let reason = local_at("reason", reason_ty.span());
-            (reason.clone(), vec![client.clone(), reason])
+            call_args.push(quote!(<#reason_ty as __IcWsReasonParam>::__ic_ws_from(#reason)));
+            TokenStream::new()
         }
-        None => (local("reason"), vec![client.clone()]),
+        None => quote!(let _ = #reason;),
     };
-    let ident = &handler.ident;
-    let ignore_reason = if handler.payload_ty.is_none() {
-        quote!(let _ = #reason;)
-    } else {
-        quote!()
-    };
+    let traits = signature_traits(Kind::Close, paths);
+    let call = call_handler(handler, &call_args);
     quote! {
         impl #marker {
             #[doc(hidden)]
             #[allow(dead_code)]
             pub(crate) const ON_CLOSE: fn(#krate::ClientId, #krate::CloseReason) = {
                 fn __ic_ws_on_close(#client: #krate::ClientId, #reason: #krate::CloseReason) {
+                    #traits
                     #ignore_reason
-                    #ident(#(#call_args),*);
+                    // Validation made the return type `()`: nothing to report.
+                    let _ = #call;
                 }
                 __ic_ws_on_close
             };

@@ -208,17 +208,22 @@ fn is_unit(ty: &Type) -> bool {
 /// Parameters are decoded into owned values and must be concrete types.
 fn check_owned_concrete(ty: &Type, what: &str, attr: &str, errors: &mut Errors) {
     match ty {
-        Type::Reference(reference) => errors.error(
-            reference,
-            format!(
-                "`#[{attr}]`: {what} is passed by value; write `{}` instead of a reference",
-                quote::ToTokens::to_token_stream(&reference.elem)
-            ),
-        ),
-        Type::ImplTrait(_) | Type::Infer(_) => errors.error(
-            ty,
-            format!("`#[{attr}]`: {what} must be a concrete type"),
-        ),
+        Type::Reference(reference) => {
+            let owned = match &*reference.elem {
+                Type::Path(path) if path.path.is_ident("str") => "String".to_string(),
+                Type::Slice(slice) => {
+                    format!("Vec<{}>", quote::ToTokens::to_token_stream(&slice.elem))
+                }
+                other => quote::ToTokens::to_token_stream(other).to_string(),
+            };
+            errors.error(
+                reference,
+                format!("`#[{attr}]`: {what} is passed by value; write `{owned}` instead of a reference"),
+            )
+        }
+        Type::ImplTrait(_) | Type::Infer(_) => {
+            errors.error(ty, format!("`#[{attr}]`: {what} must be a concrete type"))
+        }
         _ => {}
     }
 }
@@ -273,17 +278,33 @@ mod tests {
 
     #[test]
     fn explicit_unit_return_is_unit() {
-        let h = check(Kind::Close, quote!(fn c(c: ClientId) -> () {})).unwrap();
+        let h = check(
+            Kind::Close,
+            quote!(
+                fn c(c: ClientId) -> () {}
+            ),
+        )
+        .unwrap();
         assert!(matches!(h.output, Output::Unit));
         assert!(h.payload_ty.is_none());
     }
 
     #[test]
     fn open_accepts_one_or_two_parameters() {
-        assert!(check(Kind::Open, quote!(fn o(c: ClientId) {})).is_ok());
+        assert!(check(
+            Kind::Open,
+            quote!(
+                fn o(c: ClientId) {}
+            )
+        )
+        .is_ok());
         let h = check(
             Kind::Open,
-            quote!(fn o(c: ClientId, a: Join) -> Result<(), String> { Ok(()) }),
+            quote!(
+                fn o(c: ClientId, a: Join) -> Result<(), String> {
+                    Ok(())
+                }
+            ),
         )
         .unwrap();
         assert_eq!(h.payload_ty.to_token_stream().to_string(), "Join");
@@ -291,10 +312,22 @@ mod tests {
 
     #[test]
     fn message_needs_two_parameters() {
-        let errors = check(Kind::Message, quote!(fn m(c: ClientId) {})).unwrap_err();
+        let errors = check(
+            Kind::Message,
+            quote!(
+                fn m(c: ClientId) {}
+            ),
+        )
+        .unwrap_err();
         assert_eq!(errors.len(), 1);
         assert!(errors[0].contains("has 1 parameter;"), "{errors:?}");
-        let errors = check(Kind::Message, quote!(fn m() {})).unwrap_err();
+        let errors = check(
+            Kind::Message,
+            quote!(
+                fn m() {}
+            ),
+        )
+        .unwrap_err();
         assert!(errors[0].contains("has 0 parameters"), "{errors:?}");
     }
 
@@ -302,7 +335,9 @@ mod tests {
     fn every_extra_parameter_is_reported() {
         let errors = check(
             Kind::Message,
-            quote!(fn m(c: ClientId, m: Chat, x: u8, y: u8) {}),
+            quote!(
+                fn m(c: ClientId, m: Chat, x: u8, y: u8) {}
+            ),
         )
         .unwrap_err();
         assert_eq!(errors.len(), 2, "{errors:?}");
@@ -313,7 +348,9 @@ mod tests {
     fn all_problems_are_collected() {
         let errors = check(
             Kind::Message,
-            quote!(async unsafe fn m<T>(&self, m: &Chat) -> impl Sized {}),
+            quote!(
+                async unsafe fn m<T>(&self, c: &ClientId, m: &Chat) -> impl Sized {}
+            ),
         )
         .unwrap_err();
         let joined = errors.join("\n");
@@ -323,17 +360,45 @@ mod tests {
             "cannot be generic",
             "not a method taking `self`",
             "passed by value; write `Chat`",
+            "the client id is passed by value",
             "the return type must be a concrete type",
         ] {
-            assert!(joined.contains(expected), "missing {expected:?} in {joined}");
+            assert!(
+                joined.contains(expected),
+                "missing {expected:?} in {joined}"
+            );
         }
+    }
+
+    #[test]
+    fn borrowed_text_and_slices_suggest_owned_types() {
+        let errors = check(
+            Kind::Message,
+            quote!(
+                fn m(c: ClientId, m: &str) {}
+            ),
+        )
+        .unwrap_err();
+        assert!(errors[0].contains("write `String`"), "{errors:?}");
+        let errors = check(
+            Kind::Message,
+            quote!(
+                fn m(c: ClientId, m: &[u8]) {}
+            ),
+        )
+        .unwrap_err();
+        assert!(errors[0].contains("write `Vec<u8>`"), "{errors:?}");
     }
 
     #[test]
     fn close_cannot_return_a_value() {
         let errors = check(
             Kind::Close,
-            quote!(fn c(c: ClientId, r: CloseReason) -> Result<(), String> { Ok(()) }),
+            quote!(
+                fn c(c: ClientId, r: CloseReason) -> Result<(), String> {
+                    Ok(())
+                }
+            ),
         )
         .unwrap_err();
         assert_eq!(errors.len(), 1);
@@ -344,7 +409,13 @@ mod tests {
     fn where_clause_counts_as_generic() {
         let errors = check(
             Kind::Open,
-            quote!(fn o(c: ClientId) where u8: Copy {}),
+            quote!(
+                fn o(c: ClientId)
+                where
+                    u8: Copy,
+                {
+                }
+            ),
         )
         .unwrap_err();
         assert!(errors[0].contains("cannot be generic"));

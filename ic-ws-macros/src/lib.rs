@@ -145,6 +145,8 @@ fn expand_attribute(
     let generated = match syn::parse2::<syn::ItemFn>(item.clone()) {
         Ok(func) => match Handler::from_fn(kind, &func, &mut errors) {
             Some(handler) if errors.is_empty() => expand::generate(&handler, &config),
+            // A method sits in an `impl` block, where the fallback's items cannot go.
+            _ if func.sig.receiver().is_some() => proc_macro2::TokenStream::new(),
             _ => expand::fallback(kind),
         },
         Err(_) => {

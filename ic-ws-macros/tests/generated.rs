@@ -213,7 +213,10 @@ fn client_close_calls_on_close_with_the_reason() {
         code: 1000,
         reason: "bye".into(),
     };
-    assert_eq!(take_log(), vec![format!("close {} {expected:?}", client.id)]);
+    assert_eq!(
+        take_log(),
+        vec![format!("close {} {expected:?}", client.id)]
+    );
 }
 
 /// The candid block of `docs/protocol.md` (the normative interface).
@@ -243,9 +246,8 @@ fn generated_ws_endpoints_match_the_protocol_document() {
             .unwrap_or_else(|| panic!("generated interface lacks {name}:\n{generated}"));
         let doc_ty = env.merge_type(doc_env.clone(), doc_ty);
         let mut gamma = HashSet::new();
-        equal(&mut gamma, &env, ty, &doc_ty).unwrap_or_else(|e| {
-            panic!("{name} differs from docs/protocol.md: {e}\n{generated}")
-        });
+        equal(&mut gamma, &env, ty, &doc_ty)
+            .unwrap_or_else(|e| panic!("{name} differs from docs/protocol.md: {e}\n{generated}"));
         assert!(matches!(ty.as_ref(), TypeInner::Func(_)));
     }
 }

@@ -1,0 +1,8 @@
+use ic_ws_canister::on_message;
+
+#[on_message]
+struct Handler;
+
+fn main() {
+    let _ = Handler;
+}
