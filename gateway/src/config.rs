@@ -119,7 +119,7 @@ pub struct Config {
     #[arg(long, env = "IC_WS_GATEWAY_MAX_FRAME_SIZE", default_value_t = 128 * 1024)]
     pub max_frame_size: usize,
 
-    /// Initial read buffer per connection, in bytes (grows for large frames, then shrinks).
+    /// Initial read buffer per connection, in bytes (grows as needed for large frames).
     #[arg(long, env = "IC_WS_GATEWAY_READ_BUFFER_SIZE", default_value_t = 1024)]
     pub read_buffer_size: usize,
 

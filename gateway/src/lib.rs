@@ -70,6 +70,16 @@ impl<C: CanisterApi> Gateway<C> {
             (Some(cert), Some(key)) => Some(listener::tls_acceptor(cert, key)?),
             _ => None,
         };
+        if let Some(limit) = listener::open_files_limit() {
+            // Each connection is a file descriptor; accept fails (and is retried) beyond it.
+            if (limit as usize) < config.max_connections.saturating_add(64) {
+                tracing::warn!(
+                    limit,
+                    max_connections = config.max_connections,
+                    "the open-files limit (ulimit -n) is below --max-connections: connections beyond it will be refused by the OS"
+                );
+            }
+        }
         let listener = listener::bind(config.listen).await?;
         let local_addr = listener.local_addr()?;
         let admin_listener =

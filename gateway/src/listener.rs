@@ -50,6 +50,13 @@ pub fn tls_acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor> {
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
+/// The soft limit on open files of this process (from /proc/self/limits), if known.
+pub fn open_files_limit() -> Option<u64> {
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    line.split_whitespace().nth(3)?.parse().ok()
+}
+
 /// Binds the client listener.
 pub async fn bind(addr: SocketAddr) -> Result<TcpListener> {
     let socket = if addr.is_ipv4() {
