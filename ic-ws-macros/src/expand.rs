@@ -29,8 +29,7 @@
 use crate::attr::Config;
 use crate::handler::{Handler, Kind, Output};
 use proc_macro2::{Span, TokenStream};
-use quote::{format_ident, quote, quote_spanned};
-use syn::spanned::Spanned;
+use quote::{format_ident, quote};
 use syn::{Ident, Path, Type};
 
 /// Name of the hidden module `#[on_message]` generates.

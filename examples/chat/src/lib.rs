@@ -1,1 +1,385 @@
-//! ic-ws-example-chat (being written).
+//! ic-ws example: a chat canister.
+//!
+//! Clients open a session with their name (and optionally a room, default `lobby`); every
+//! message said in a room is published to the room's topic, so each participant gets it as a
+//! certified message in their own stream. Joins and leaves are announced in the room; a
+//! participant can switch rooms; the `participants` and `rooms` queries list who is there
+//! and who is connected right now.
+//!
+//! The whole ws part is the three annotated handlers below: `#[on_open]`, `#[on_message]`
+//! and `#[on_close]` generate the `ws_open`, `ws_message`, `ws_close` and `ws_poll`
+//! endpoints. The app keeps its own state (participants, names) in stable structures beside
+//! the runtime's (memory ids 0 and 1), so an upgrade loses neither sessions nor names.
+//!
+//! The message types are exported in the candid interface (`chat.did`, kept in sync by the
+//! test `candid_interface_matches_chat_did`) through `ws_app_types` and `ws_open_args_type`.
+
+use candid::{CandidType, Deserialize};
+use ic_stable_structures::memory_manager::MemoryId;
+use ic_stable_structures::storable::Bound;
+use ic_stable_structures::{StableBTreeMap, Storable};
+use ic_ws_canister::{on_close, on_message, on_open, ClientId, CloseReason};
+use std::borrow::Cow;
+use std::cell::RefCell;
+
+/// Room of clients that name none.
+pub const DEFAULT_ROOM: &str = "lobby";
+/// Longest name, in characters.
+pub const MAX_NAME_CHARS: usize = 32;
+/// Longest room name, in characters.
+pub const MAX_ROOM_CHARS: usize = 32;
+/// Longest message, in characters.
+pub const MAX_TEXT_CHARS: usize = 1000;
+/// Most names listed in a `Members` message (the total is given beside).
+pub const MAX_MEMBERS_LISTED: usize = 500;
+
+/// Arguments of an open (the `args` of the client's open request).
+#[derive(CandidType, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct OpenArgs {
+    /// The participant's name: 1 to 32 characters, unique (case-insensitively) in the chat.
+    pub name: String,
+    /// The room to join: 1 to 32 of `a-z 0-9 - _`; default `lobby`.
+    pub room: Option<String>,
+}
+
+/// What a participant sends.
+#[derive(CandidType, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub enum ChatIn {
+    /// Say something in the current room.
+    Say {
+        /// 1 to 1000 characters.
+        text: String,
+    },
+    /// Leave the current room for another.
+    SwitchRoom {
+        /// The room to join.
+        room: String,
+    },
+}
+
+/// What the canister sends.
+#[derive(CandidType, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub enum ChatOut {
+    /// A message said in the room.
+    Message {
+        /// The sender's name.
+        from: String,
+        /// The sender's client id.
+        client: ClientId,
+        /// The room.
+        room: String,
+        /// What was said.
+        text: String,
+        /// Canister time (ns).
+        at_ns: u64,
+    },
+    /// Someone joined the room.
+    Joined {
+        /// Their name.
+        name: String,
+        /// Their client id.
+        client: ClientId,
+        /// The room.
+        room: String,
+    },
+    /// Someone left the room (closed, expired or switched rooms).
+    Left {
+        /// Their name.
+        name: String,
+        /// Their client id.
+        client: ClientId,
+        /// The room.
+        room: String,
+        /// Why, for display.
+        reason: String,
+    },
+    /// Sent to a participant when they enter a room: who is there.
+    Members {
+        /// The room.
+        room: String,
+        /// Names, at most [`MAX_MEMBERS_LISTED`].
+        names: Vec<String>,
+        /// How many participants the room has.
+        total: u64,
+    },
+}
+
+/// A participant, as stored and as listed by `participants`.
+#[derive(CandidType, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct Participant {
+    /// The session.
+    pub client: ClientId,
+    /// The name.
+    pub name: String,
+    /// The current room.
+    pub room: String,
+    /// When they joined the chat (ns).
+    pub joined_at_ns: u64,
+}
+
+/// A participant and whether a gateway holds their connection right now (a disconnected
+/// participant may still resume until their session expires).
+#[derive(CandidType, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct Presence {
+    /// Who.
+    pub participant: Participant,
+    /// Connected through a gateway now.
+    pub connected: bool,
+}
+
+/// A room and its number of participants.
+#[derive(CandidType, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct RoomInfo {
+    /// The room.
+    pub room: String,
+    /// Participants in it.
+    pub participants: u64,
+}
+
+impl Storable for Participant {
+    fn to_bytes(&self) -> Cow<'_, [u8]> {
+        Cow::Owned(self.clone().into_bytes())
+    }
+
+    fn into_bytes(self) -> Vec<u8> {
+        // Encoding a plain record cannot fail; an empty value would fail to decode loudly.
+        candid::encode_one(&self).unwrap_or_default()
+    }
+
+    fn from_bytes(bytes: Cow<'_, [u8]>) -> Self {
+        // Only this canister writes these bytes: failure means corrupted stable memory,
+        // where trapping (and rolling back) is the only safe answer.
+        candid::decode_one(&bytes)
+            .unwrap_or_else(|e| ic_cdk::trap(format!("corrupted participant record: {e}")))
+    }
+
+    const BOUND: Bound = Bound::Unbounded;
+}
+
+type Memory = ic_ws_canister::memory::Memory;
+
+thread_local! {
+    /// Participants by session.
+    static PARTICIPANTS: RefCell<StableBTreeMap<ClientId, Participant, Memory>> = RefCell::new(
+        StableBTreeMap::init(ic_ws_canister::memory::get(MemoryId::new(0))),
+    );
+    /// Taken names (lower-cased) -> session.
+    static NAMES: RefCell<StableBTreeMap<String, ClientId, Memory>> = RefCell::new(
+        StableBTreeMap::init(ic_ws_canister::memory::get(MemoryId::new(1))),
+    );
+}
+
+/// Canister time; natively (unit tests) the runtime's fake clock.
+fn now_ns() -> u64 {
+    #[cfg(target_family = "wasm")]
+    let now = ic_cdk::api::time();
+    #[cfg(not(target_family = "wasm"))]
+    let now = ic_ws_canister::testing::time_ns();
+    now
+}
+
+fn room_topic(room: &str) -> String {
+    format!("room/{room}")
+}
+
+fn name_key(name: &str) -> String {
+    name.to_lowercase()
+}
+
+fn validate_name(name: &str) -> Result<String, String> {
+    let name = name.trim();
+    let chars = name.chars().count();
+    if chars == 0 || chars > MAX_NAME_CHARS {
+        return Err(format!("a name has 1 to {MAX_NAME_CHARS} characters"));
+    }
+    if name.chars().any(char::is_control) {
+        return Err("a name cannot contain control characters".into());
+    }
+    Ok(name.to_string())
+}
+
+fn validate_room(room: &str) -> Result<String, String> {
+    let ok_char = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_';
+    if room.is_empty() || room.chars().count() > MAX_ROOM_CHARS || !room.chars().all(ok_char) {
+        return Err(format!(
+            "a room name has 1 to {MAX_ROOM_CHARS} characters among a-z 0-9 - _"
+        ));
+    }
+    Ok(room.to_string())
+}
+
+fn participant(client: ClientId) -> Option<Participant> {
+    PARTICIPANTS.with(|p| p.borrow().get(&client))
+}
+
+/// The `Members` message for `room`.
+fn members(room: &str) -> ChatOut {
+    let subscribers = ic_ws_canister::subscribers(&room_topic(room));
+    let names = subscribers
+        .iter()
+        .take(MAX_MEMBERS_LISTED)
+        .filter_map(|c| participant(*c).map(|p| p.name))
+        .collect();
+    ChatOut::Members {
+        room: room.to_string(),
+        names,
+        total: subscribers.len() as u64,
+    }
+}
+
+fn publish(room: &str, event: &ChatOut) -> Result<(), String> {
+    ic_ws_canister::publish(&room_topic(room), event)
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
+/// Puts `client` in `room`: subscribes it (the only step that can fail, so nothing is
+/// announced for a participant that could not enter), tells it who is there, announces it.
+fn enter_room(client: ClientId, name: &str, room: &str) -> Result<(), String> {
+    ic_ws_canister::subscribe(client, &room_topic(room)).map_err(|e| e.to_string())?;
+    ic_ws_canister::send(client, &members(room)).map_err(|e| e.to_string())?;
+    publish(
+        room,
+        &ChatOut::Joined {
+            name: name.to_string(),
+            client,
+            room: room.to_string(),
+        },
+    )
+}
+
+fn leave_room(who: &Participant, reason: String) {
+    ic_ws_canister::unsubscribe(who.client, &room_topic(&who.room));
+    // A failed notice (e.g. the room's subscribers' queues are full) must not keep the
+    // participant in the room: the leave itself has happened.
+    let _ = publish(
+        &who.room,
+        &ChatOut::Left {
+            name: who.name.clone(),
+            client: who.client,
+            room: who.room.clone(),
+            reason,
+        },
+    );
+}
+
+#[on_open]
+fn open(client: ClientId, args: OpenArgs) -> Result<(), String> {
+    let name = validate_name(&args.name)?;
+    let room = validate_room(args.room.as_deref().unwrap_or(DEFAULT_ROOM))?;
+    if NAMES.with(|n| n.borrow().contains_key(&name_key(&name))) {
+        return Err(format!("the name {name:?} is taken"));
+    }
+    NAMES.with(|n| n.borrow_mut().insert(name_key(&name), client));
+    let me = Participant {
+        client,
+        name,
+        room,
+        joined_at_ns: now_ns(),
+    };
+    PARTICIPANTS.with(|p| p.borrow_mut().insert(client, me.clone()));
+    // If entering fails, the open is rejected and the runtime deletes the new session with
+    // whatever it queued; the participant is forgotten too.
+    enter_room(client, &me.name, &me.room).inspect_err(|_| {
+        NAMES.with(|n| n.borrow_mut().remove(&name_key(&me.name)));
+        PARTICIPANTS.with(|p| p.borrow_mut().remove(&client));
+    })
+}
+
+#[on_message(outbound = ChatOut)]
+fn message(client: ClientId, message: ChatIn) -> Result<(), String> {
+    let Some(mut me) = participant(client) else {
+        return Err("not a participant".into());
+    };
+    match message {
+        ChatIn::Say { text } => {
+            let chars = text.chars().count();
+            if text.trim().is_empty() || chars > MAX_TEXT_CHARS {
+                return Err(format!("a message has 1 to {MAX_TEXT_CHARS} characters"));
+            }
+            publish(
+                &me.room,
+                &ChatOut::Message {
+                    from: me.name,
+                    client,
+                    room: me.room.clone(),
+                    text,
+                    at_ns: now_ns(),
+                },
+            )
+        }
+        ChatIn::SwitchRoom { room } => {
+            let room = validate_room(&room)?;
+            if room == me.room {
+                return Ok(());
+            }
+            let previous = me.clone();
+            enter_room(client, &me.name, &room)?;
+            leave_room(&previous, format!("moved to {room}"));
+            me.room = room;
+            PARTICIPANTS.with(|p| p.borrow_mut().insert(client, me));
+            Ok(())
+        }
+    }
+}
+
+#[on_close]
+fn close(client: ClientId, reason: CloseReason) {
+    let Some(me) = PARTICIPANTS.with(|p| p.borrow_mut().remove(&client)) else {
+        return;
+    };
+    NAMES.with(|n| n.borrow_mut().remove(&name_key(&me.name)));
+    let reason = match reason {
+        CloseReason::ClientClosed { .. } => "left".to_string(),
+        CloseReason::AppClosed { reason, .. } => format!("removed: {reason}"),
+        CloseReason::Expired => "timed out".to_string(),
+        CloseReason::QueueOverflow => "fell behind".to_string(),
+        CloseReason::ProtocolError(e) => format!("protocol error: {e}"),
+    };
+    leave_room(&me, reason);
+}
+
+/// Participants of `room` (all rooms with `null`), in client id order, with whether each is
+/// connected now.
+#[ic_cdk::query]
+fn participants(room: Option<String>) -> Vec<Presence> {
+    PARTICIPANTS.with(|p| {
+        p.borrow()
+            .iter()
+            .map(|entry| entry.value())
+            .filter(|p| room.as_ref().is_none_or(|r| *r == p.room))
+            .map(|participant| Presence {
+                connected: ic_ws_canister::client_info(participant.client)
+                    .is_some_and(|info| info.attached && info.open),
+                participant,
+            })
+            .collect()
+    })
+}
+
+/// Rooms with at least one participant.
+#[ic_cdk::query]
+fn rooms() -> Vec<RoomInfo> {
+    let mut counts = std::collections::BTreeMap::<String, u64>::new();
+    PARTICIPANTS.with(|p| {
+        for entry in p.borrow().iter() {
+            *counts.entry(entry.value().room).or_default() += 1;
+        }
+    });
+    counts
+        .into_iter()
+        .map(|(room, participants)| RoomInfo { room, participants })
+        .collect()
+}
+
+/// The runtime rebuilds its certification tree during the upgrade (so the first poll after
+/// it is certified); the app's own state is in stable structures and needs nothing.
+#[ic_cdk::post_upgrade]
+fn post_upgrade() {
+    ic_ws_canister::post_upgrade();
+}
+
+ic_cdk::export_candid!();
+
+#[cfg(test)]
+mod tests;

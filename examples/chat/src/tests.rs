@@ -1,0 +1,293 @@
+//! Native tests of the chat: the candid file is in sync, and the handlers behave as a chat
+//! should, driven through the generated handlers and the runtime's fake environment (the
+//! same code paths as in the canister, minus the IC system API).
+#![allow(clippy::unwrap_used)]
+
+use super::*;
+use ic_ws_canister::__private::{ws_message, ws_open, ws_poll};
+use ic_ws_canister::{testing, MessageBatch, MessageResult, OpenBatch, PollRequest, WsError};
+use ic_ws_protocol::{ClientMessage, MessageKind, OutboundBody, OutboundContent, SessionKey};
+
+const DID_PATH: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/chat.did");
+
+#[test]
+fn candid_interface_matches_chat_did() {
+    let generated = __export_service();
+    if std::env::var_os("UPDATE_DID").is_some() {
+        std::fs::write(DID_PATH, &generated).unwrap();
+        return;
+    }
+    let on_disk = std::fs::read_to_string(DID_PATH).unwrap_or_default();
+    assert!(
+        on_disk == generated,
+        "examples/chat/chat.did is out of date with the canister's interface; regenerate it \
+         with `UPDATE_DID=1 cargo test -p ic-ws-example-chat candid_interface` and commit it.\n\
+         Generated interface:\n{generated}"
+    );
+}
+
+#[test]
+fn candid_interface_names_the_chat_types() {
+    let generated = __export_service();
+    assert!(generated.contains("ws_app_types : () -> (opt ChatIn, opt ChatOut) query;"));
+    assert!(generated.contains("ws_open_args_type : () -> (opt OpenArgs) query;"));
+}
+
+struct Client {
+    id: ClientId,
+    key: SessionKey,
+    seq: u64,
+}
+
+fn handlers() -> &'static ic_ws_canister::__private::Handlers {
+    &__ic_ws_on_message::App::HANDLERS
+}
+
+fn try_join(seed: u8, name: &str, room: Option<&str>) -> Result<Client, WsError> {
+    let key = SessionKey::from_seed([seed; 32]);
+    testing::set_caller(testing::gateway(1));
+    let mut open = testing::open_request(&key, testing::gateway(1), None);
+    open.args = candid::encode_one(OpenArgs {
+        name: name.into(),
+        room: room.map(Into::into),
+    })
+    .unwrap();
+    key.sign_open(&testing::canister_id(), &mut open);
+    let result = ws_open(handlers(), OpenBatch { opens: vec![open] }).pop();
+    result.unwrap().map(|ok| Client {
+        id: ok.client_id,
+        key,
+        seq: 0,
+    })
+}
+
+fn join(seed: u8, name: &str, room: Option<&str>) -> Client {
+    try_join(seed, name, room).unwrap()
+}
+
+fn send_kind(client: &mut Client, kind: MessageKind) -> MessageResult {
+    let mut msg = ClientMessage {
+        client_id: client.id,
+        seq: client.seq,
+        ack: 0,
+        kind,
+        signature: Vec::new(),
+    };
+    client.key.sign_message(&testing::canister_id(), &mut msg);
+    client.seq += 1;
+    testing::set_caller(testing::gateway(1));
+    let batch = MessageBatch {
+        messages: vec![msg],
+    };
+    ws_message(handlers(), batch).pop().unwrap()
+}
+
+fn say(client: &mut Client, message: ChatIn) -> MessageResult {
+    send_kind(
+        client,
+        MessageKind::App(candid::encode_one(message).unwrap()),
+    )
+}
+
+/// Every app message the gateway would deliver to `client` so far (polling from 0).
+fn inbox(client: &Client) -> Vec<ChatOut> {
+    testing::set_caller(testing::gateway(1));
+    let reply = ws_poll(PollRequest {
+        cursor: 0,
+        max_messages: None,
+        max_bytes: None,
+    })
+    .unwrap();
+    assert!(!reply.more, "test inbox larger than one poll");
+    reply
+        .messages
+        .iter()
+        .filter(|m| m.client_id == client.id)
+        .filter_map(|m| {
+            let content: OutboundContent = candid::decode_one(&m.content).unwrap();
+            match content.body {
+                OutboundBody::App { payload, .. } => Some(candid::decode_one(&payload).unwrap()),
+                _ => None,
+            }
+        })
+        .collect()
+}
+
+fn texts(events: &[ChatOut]) -> Vec<String> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            ChatOut::Message { from, text, .. } => Some(format!("{from}: {text}")),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn messages_are_fanned_out_to_the_room() {
+    let mut ada = join(1, "ada", None);
+    let bob = join(2, "bob", None);
+    let other = join(3, "cy", Some("kitchen"));
+    let said = ChatIn::Say {
+        text: "hello".into(),
+    };
+    assert_eq!(say(&mut ada, said), MessageResult::Ok);
+    assert_eq!(texts(&inbox(&ada)), vec!["ada: hello"]);
+    assert_eq!(texts(&inbox(&bob)), vec!["ada: hello"]);
+    assert!(
+        texts(&inbox(&other)).is_empty(),
+        "another room hears nothing"
+    );
+}
+
+#[test]
+fn joining_lists_members_and_announces_the_newcomer() {
+    let ada = join(1, "ada", None);
+    let bob = join(2, "bob", None);
+    let bob_inbox = inbox(&bob);
+    assert_eq!(
+        bob_inbox.first(),
+        Some(&ChatOut::Members {
+            room: "lobby".into(),
+            names: vec!["ada".into(), "bob".into()],
+            total: 2,
+        })
+    );
+    assert!(inbox(&ada).contains(&ChatOut::Joined {
+        name: "bob".into(),
+        client: bob.id,
+        room: "lobby".into(),
+    }));
+}
+
+#[test]
+fn names_are_unique_and_validated() {
+    let _ada = join(1, "Ada", None);
+    assert_eq!(
+        try_join(2, "ada", None).err(),
+        Some(WsError::Rejected("the name \"ada\" is taken".into()))
+    );
+    for bad in ["", "   ", &"x".repeat(MAX_NAME_CHARS + 1), "a\u{7}b"] {
+        assert!(
+            matches!(try_join(3, bad, None), Err(WsError::Rejected(_))),
+            "{bad:?} accepted"
+        );
+    }
+    assert!(matches!(
+        try_join(4, "dee", Some("Bad Room!")),
+        Err(WsError::Rejected(_))
+    ));
+    // A rejected open leaves no participant behind.
+    assert_eq!(participants(None).len(), 1);
+}
+
+#[test]
+fn leaving_is_announced_and_frees_the_name() {
+    let ada = join(1, "ada", None);
+    let mut bob = join(2, "bob", None);
+    let closed = send_kind(
+        &mut bob,
+        MessageKind::Close {
+            code: 1000,
+            reason: "bye".into(),
+        },
+    );
+    assert_eq!(closed, MessageResult::Ok);
+    assert!(inbox(&ada).contains(&ChatOut::Left {
+        name: "bob".into(),
+        client: bob.id,
+        room: "lobby".into(),
+        reason: "left".into(),
+    }));
+    assert_eq!(participants(None).len(), 1);
+    assert!(try_join(3, "bob", None).is_ok(), "the name is free again");
+}
+
+#[test]
+fn switching_rooms_moves_the_participant() {
+    let mut ada = join(1, "ada", None);
+    let bob = join(2, "bob", None);
+    let cy = join(3, "cy", Some("kitchen"));
+    let switch = ChatIn::SwitchRoom {
+        room: "kitchen".into(),
+    };
+    assert_eq!(say(&mut ada, switch), MessageResult::Ok);
+    assert!(inbox(&bob)
+        .iter()
+        .any(|e| matches!(e, ChatOut::Left { name, .. } if name == "ada")));
+    assert!(inbox(&cy)
+        .iter()
+        .any(|e| matches!(e, ChatOut::Joined { name, .. } if name == "ada")));
+    let hello = ChatIn::Say {
+        text: "hi kitchen".into(),
+    };
+    assert_eq!(say(&mut ada, hello), MessageResult::Ok);
+    assert_eq!(texts(&inbox(&cy)), vec!["ada: hi kitchen"]);
+    assert!(texts(&inbox(&bob)).is_empty());
+    let rooms = rooms();
+    assert_eq!(
+        rooms,
+        vec![
+            RoomInfo {
+                room: "kitchen".into(),
+                participants: 2
+            },
+            RoomInfo {
+                room: "lobby".into(),
+                participants: 1
+            },
+        ]
+    );
+}
+
+#[test]
+fn bad_messages_are_refused_without_effect() {
+    let mut ada = join(1, "ada", None);
+    let bob = join(2, "bob", None);
+    let empty = ChatIn::Say { text: "  ".into() };
+    assert!(matches!(
+        say(&mut ada, empty),
+        MessageResult::Err(WsError::Rejected(_))
+    ));
+    let long = ChatIn::Say {
+        text: "x".repeat(MAX_TEXT_CHARS + 1),
+    };
+    assert!(matches!(
+        say(&mut ada, long),
+        MessageResult::Err(WsError::Rejected(_))
+    ));
+    let garbage = send_kind(&mut ada, MessageKind::App(b"not candid".to_vec()));
+    assert!(matches!(
+        garbage,
+        MessageResult::Err(WsError::DecodeError(_))
+    ));
+    assert!(texts(&inbox(&bob)).is_empty());
+    // The session goes on.
+    let ok = ChatIn::Say { text: "ok".into() };
+    assert_eq!(say(&mut ada, ok), MessageResult::Ok);
+    assert_eq!(texts(&inbox(&bob)), vec!["ada: ok"]);
+}
+
+#[test]
+fn participants_query_reports_connection_state() {
+    let ada = join(1, "ada", None);
+    let _bob = join(2, "bob", Some("kitchen"));
+    testing::set_caller(testing::gateway(1));
+    let closed = ic_ws_canister::__private::ws_close(
+        handlers(),
+        ic_ws_canister::CloseBatch {
+            clients: vec![ada.id],
+        },
+    );
+    assert_eq!(closed, vec![Ok(())]);
+    let all = participants(None);
+    assert_eq!(all.len(), 2);
+    let ada_presence = all.iter().find(|p| p.participant.client == ada.id).unwrap();
+    assert!(!ada_presence.connected, "ada's gateway dropped her");
+    assert!(all
+        .iter()
+        .any(|p| p.participant.name == "bob" && p.connected));
+    let kitchen = participants(Some("kitchen".into()));
+    assert_eq!(kitchen.len(), 1);
+    assert_eq!(kitchen[0].participant.name, "bob");
+}
