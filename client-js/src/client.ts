@@ -210,6 +210,8 @@ interface Connection {
   confirmed: boolean;
   verifier?: DeliveryVerifier;
   openTimer?: ReturnType<typeof setTimeout>;
+  /** `Messages` frames that arrived before the `OpenResult` (checked once it arrives). */
+  early: { messages: OutboundMessage[]; certificate: Uint8Array; tree: Uint8Array }[];
 }
 
 /**
@@ -335,7 +337,7 @@ export class IcWsClient<In = Uint8Array, Out = Uint8Array> {
       return;
     }
     ws.binaryType = "arraybuffer";
-    const conn: Connection = { ws, phase: "hello", openTimestampNs: 0n, resuming: false, confirmed: false };
+    const conn: Connection = { ws, phase: "hello", openTimestampNs: 0n, resuming: false, confirmed: false, early: [] };
     this.conn = conn;
     const openTimeout = this.opts.openTimeoutMs ?? 30_000;
     conn.openTimer = setTimeout(() => {
@@ -371,7 +373,15 @@ export class IcWsClient<In = Uint8Array, Out = Uint8Array> {
       return;
     }
     if ("Hello" in frame) return this.onHello(conn, frame.Hello.gateway, frame.Hello.protocol_version);
-    if ("OpenResult" in frame) return this.onOpenResult(conn, frame.OpenResult);
+    if ("OpenResult" in frame) {
+      this.onOpenResult(conn, frame.OpenResult);
+      // A gateway may relay the first certified messages before the open's reply.
+      for (const f of conn.early.splice(0)) {
+        if (this.conn !== conn || conn.phase !== "streaming") return;
+        await this.onMessages(conn, f.messages, f.certificate, f.tree);
+      }
+      return;
+    }
     if ("Messages" in frame) return this.onMessages(conn, frame.Messages.messages, frame.Messages.certificate, frame.Messages.tree);
     if ("MessageError" in frame) return this.onMessageError(frame.MessageError.seq, frame.MessageError.error);
   }
@@ -446,6 +456,10 @@ export class IcWsClient<In = Uint8Array, Out = Uint8Array> {
   }
 
   private async onMessages(conn: Connection, messages: OutboundMessage[], certificate: Uint8Array, tree: Uint8Array): Promise<void> {
+    if (conn.phase === "opening" && conn.early.length < 16) {
+      conn.early.push({ messages, certificate, tree });
+      return;
+    }
     if (conn.phase !== "streaming" || !conn.verifier) {
       this.fail(conn, new IcWsError("ProtocolViolation", "Messages before the open completed", false), CLOSE_PROTOCOL_VIOLATION);
       return;

@@ -311,3 +311,27 @@ test("client: a closed session is not kept for resuming", async () => {
   await until(() => c.state === "closed", "closed");
   assert.equal(storage.getItem("k"), null);
 });
+
+test("client: certified messages relayed before the open's reply are checked once it arrives", async () => {
+  // The gateway sends OpenResult late (after the first Messages frame).
+  const send = gw.send.bind(gw);
+  let held = null;
+  gw.send = (ws, frame) => {
+    if (frame.OpenResult && !held) {
+      held = () => send(ws, frame);
+      return;
+    }
+    send(ws, frame);
+    if (frame.Messages && held) {
+      const h = held;
+      held = () => {};
+      setTimeout(h, 50);
+    }
+  };
+  const { c, log } = makeClient();
+  c.connect();
+  c.send("early");
+  await until(() => log.messages.length === 1, "echo");
+  assert.equal(log.messages[0].data, "echo: early");
+  assert.deepEqual(log.errors, []);
+});
