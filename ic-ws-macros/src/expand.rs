@@ -337,6 +337,7 @@ fn on_message(handler: &Handler, config: &Config, paths: &Paths) -> TokenStream 
 
             // Candid declarations of the endpoints for `ic_cdk::export_candid!()` (these
             // functions are never called; only their signatures are read).
+            #[doc = "ic-ws (generated): opens or resumes client sessions relayed by the calling gateway; one result per request, in order (docs/protocol.md)."]
             #[#private::candid::candid_method(update, rename = "ws_open")]
             #[allow(dead_code, unused_variables)]
             fn __ic_ws_candid_ws_open(
@@ -344,6 +345,7 @@ fn on_message(handler: &Handler, config: &Config, paths: &Paths) -> TokenStream 
             ) -> ::std::vec::Vec<#krate::OpenResult> {
                 ::core::unreachable!()
             }
+            #[doc = "ic-ws (generated): signed client messages relayed by the calling gateway, handled in order; one result per message."]
             #[#private::candid::candid_method(update, rename = "ws_message")]
             #[allow(dead_code, unused_variables)]
             fn __ic_ws_candid_ws_message(
@@ -351,6 +353,7 @@ fn on_message(handler: &Handler, config: &Config, paths: &Paths) -> TokenStream 
             ) -> ::std::vec::Vec<#krate::MessageResult> {
                 ::core::unreachable!()
             }
+            #[doc = "ic-ws (generated): the calling gateway lost these clients' connections; their sessions stay resumable."]
             #[#private::candid::candid_method(update, rename = "ws_close")]
             #[allow(dead_code, unused_variables)]
             fn __ic_ws_candid_ws_close(
@@ -358,11 +361,13 @@ fn on_message(handler: &Handler, config: &Config, paths: &Paths) -> TokenStream 
             ) -> ::std::vec::Vec<#krate::CloseResult> {
                 ::core::unreachable!()
             }
+            #[doc = "ic-ws (generated): certified outbound messages for the calling gateway's clients from `cursor`."]
             #[#private::candid::candid_method(query, rename = "ws_poll")]
             #[allow(dead_code, unused_variables)]
             fn __ic_ws_candid_ws_poll(arg: #krate::PollRequest) -> #krate::PollResult {
                 ::core::unreachable!()
             }
+            #[doc = "ic-ws (generated): names the app's inbound and outbound message types for client bindings; always returns nulls."]
             #[#private::candid::candid_method(query, rename = "ws_app_types")]
             #[allow(dead_code)]
             fn __ic_ws_candid_ws_app_types() -> #app_types_rets {
@@ -432,6 +437,7 @@ fn open_args_query(args_ty: &Type, paths: &Paths) -> TokenStream {
                     }
                 });
             }
+            #[doc = "ic-ws (generated): names the type of the open arguments (`OpenRequest.args`) for client bindings; always returns null."]
             #[#private::candid::candid_method(query, rename = "ws_open_args_type")]
             #[allow(dead_code)]
             fn __ic_ws_candid_ws_open_args_type() -> ::core::option::Option<#args_ty> {
