@@ -35,6 +35,11 @@ pub struct FakeState {
     sessions: HashMap<ClientId, Session>,
     /// The gateway's delivery log (`ws_poll` reads it from the cursor).
     pub log: Vec<OutboundMessage>,
+    /// Cursor of `log[0]` (non-zero once compacted).
+    log_base: usize,
+    /// Drop what a poll has read (long benchmarks; a restarted gateway then cannot re-read
+    /// the log from 0).
+    pub compact_log: bool,
     /// Accepted app payloads, in acceptance order.
     pub received: Vec<(ClientId, u64, Vec<u8>)>,
     /// Every update call: method and number of entries.
@@ -309,6 +314,7 @@ impl CanisterApi for FakeCanister {
                 continue;
             }
             session.next_in += 1;
+            session.retained.retain(|r| r.seq >= m.ack);
             match &m.kind {
                 MessageKind::App(p) if p == b"trap" => {
                     return Err(CallError::Trapped("on_message trapped".into()));
@@ -381,7 +387,17 @@ impl CanisterApi for FakeCanister {
         let mut s = self.state();
         s.polls += 1;
         let max = request.max_messages.unwrap_or(500).min(500) as usize;
-        let start = (request.cursor as usize).min(s.log.len());
+        if s.compact_log {
+            let read = (request.cursor as usize)
+                .saturating_sub(s.log_base)
+                .min(s.log.len());
+            s.log.drain(..read);
+            s.log_base += read;
+        }
+        let base = s.log_base;
+        let start = (request.cursor as usize)
+            .saturating_sub(base)
+            .min(s.log.len());
         let max_bytes = request.max_bytes.unwrap_or(1_572_864).min(1_572_864) as usize;
         let mut end = start;
         let mut bytes = 0;
@@ -397,7 +413,7 @@ impl CanisterApi for FakeCanister {
             .map_err(|e| CallError::Permanent(e.to_string()))?;
         Ok(Ok(PollReply {
             more: end < s.log.len(),
-            next_cursor: end as u64,
+            next_cursor: (base + end) as u64,
             messages,
             certificate: FAKE_CERTIFICATE.to_vec(),
             tree,

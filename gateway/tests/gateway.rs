@@ -238,11 +238,11 @@ async fn a_stalled_client_is_closed_and_does_not_delay_others() {
             }
         })
     };
-    let started = std::time::Instant::now();
+    // If the stalled client held anything up, the fast one would stop receiving (and
+    // `messages` would time out waiting for a frame).
     let got = fast.messages(total).await;
     assert_eq!(got.len(), total);
     sender.await.unwrap();
-    assert!(started.elapsed() < Duration::from_secs(20));
     eventually("stalled client overflowed", || {
         gw.metrics().buffer_overflows.get() >= 1
     })

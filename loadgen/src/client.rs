@@ -59,21 +59,34 @@ pub fn source_ip(k: usize) -> IpAddr {
 }
 
 /// Connects from `source` and reads `Hello`; returns the socket and the gateway's principal.
-pub async fn connect(gateway: SocketAddr, source: Option<IpAddr>) -> Result<(Ws, Principal), LoadError> {
+pub async fn connect(
+    gateway: SocketAddr,
+    source: Option<IpAddr>,
+) -> Result<(Ws, Principal), LoadError> {
     let socket = tokio::net::TcpSocket::new_v4().map_err(LoadError::io("socket"))?;
     if let Some(ip) = source {
-        socket.bind(SocketAddr::new(ip, 0)).map_err(LoadError::io("bind"))?;
+        socket
+            .bind(SocketAddr::new(ip, 0))
+            .map_err(LoadError::io("bind"))?;
     }
-    let tcp = socket.connect(gateway).await.map_err(LoadError::io("connect"))?;
+    let tcp = socket
+        .connect(gateway)
+        .await
+        .map_err(LoadError::io("connect"))?;
     let _ = tcp.set_nodelay(true);
     // Small buffers: the load generator holds up to 100k of these.
-    let config = WebSocketConfig::default().read_buffer_size(4096).write_buffer_size(0);
-    let (mut ws, _) = tokio_tungstenite::client_async_with_config(format!("ws://{gateway}/"), tcp, Some(config))
-        .await
-        .map_err(|e| LoadError::Protocol(format!("handshake: {e}")))?;
+    let config = WebSocketConfig::default()
+        .read_buffer_size(4096)
+        .write_buffer_size(0);
+    let (mut ws, _) =
+        tokio_tungstenite::client_async_with_config(format!("ws://{gateway}/"), tcp, Some(config))
+            .await
+            .map_err(|e| LoadError::Protocol(format!("handshake: {e}")))?;
     match next_frame(&mut ws).await? {
         GatewayFrame::Hello { gateway, .. } => Ok((ws, gateway)),
-        other => Err(LoadError::Protocol(format!("expected Hello, got {other:?}"))),
+        other => Err(LoadError::Protocol(format!(
+            "expected Hello, got {other:?}"
+        ))),
     }
 }
 
@@ -82,9 +95,12 @@ pub async fn next_frame(ws: &mut Ws) -> Result<GatewayFrame, LoadError> {
     loop {
         match ws.next().await {
             Some(Ok(Message::Binary(b))) => {
-                return ic_ws_protocol::decode(&b).map_err(|e| LoadError::Protocol(format!("bad frame: {e}")))
+                return ic_ws_protocol::decode(&b)
+                    .map_err(|e| LoadError::Protocol(format!("bad frame: {e}")))
             }
-            Some(Ok(Message::Close(c))) => return Err(LoadError::Protocol(format!("closed by the gateway: {c:?}"))),
+            Some(Ok(Message::Close(c))) => {
+                return Err(LoadError::Protocol(format!("closed by the gateway: {c:?}")))
+            }
             Some(Ok(_)) => continue,
             Some(Err(e)) => return Err(LoadError::Protocol(format!("socket: {e}"))),
             None => return Err(LoadError::Protocol("connection ended".into())),
@@ -107,7 +123,11 @@ pub struct Session {
 
 impl Session {
     /// Opens a new session on `ws` for `canister`.
-    pub async fn open(mut ws: Ws, gateway: Principal, canister: Principal) -> Result<Session, LoadError> {
+    pub async fn open(
+        mut ws: Ws,
+        gateway: Principal,
+        canister: Principal,
+    ) -> Result<Session, LoadError> {
         let key = SessionKey::from_seed(rand::random());
         let mut request = OpenRequest {
             client_key: key.public_key(),
@@ -118,12 +138,27 @@ impl Session {
             signature: vec![],
         };
         key.sign_open(&canister, &mut request);
-        send(&mut ws, &ClientFrame::Open { canister_id: canister, request }).await?;
+        send(
+            &mut ws,
+            &ClientFrame::Open {
+                canister_id: canister,
+                request,
+            },
+        )
+        .await?;
         let ok = match next_frame(&mut ws).await? {
             GatewayFrame::OpenResult(Ok(ok)) => ok,
             other => return Err(LoadError::Protocol(format!("open failed: {other:?}"))),
         };
-        let mut s = Session { ws, key, canister, client_id: ok.client_id, seq: ok.next_inbound_seq, next_out: 0, acked: 0 };
+        let mut s = Session {
+            ws,
+            key,
+            canister,
+            client_id: ok.client_id,
+            seq: ok.next_inbound_seq,
+            next_out: 0,
+            acked: 0,
+        };
         // Wait for the certified `Opened`.
         while s.next_out <= ok.opened_seq {
             match next_frame(&mut s.ws).await? {
@@ -132,14 +167,24 @@ impl Session {
                         s.next_out = m.seq + 1;
                     }
                 }
-                other => return Err(LoadError::Protocol(format!("expected Opened, got {other:?}"))),
+                other => {
+                    return Err(LoadError::Protocol(format!(
+                        "expected Opened, got {other:?}"
+                    )))
+                }
             }
         }
         Ok(s)
     }
 
     fn sign(&mut self, kind: MessageKind) -> ClientMessage {
-        let mut m = ClientMessage { client_id: self.client_id, seq: self.seq, ack: self.next_out, kind, signature: vec![] };
+        let mut m = ClientMessage {
+            client_id: self.client_id,
+            seq: self.seq,
+            ack: self.next_out,
+            kind,
+            signature: vec![],
+        };
         self.seq += 1;
         self.acked = self.next_out;
         self.key.sign_message(&self.canister, &mut m);
@@ -162,14 +207,20 @@ impl Session {
     }
 
     /// Handles one frame: counts messages, samples latency, acknowledges when due.
-    pub async fn on_frame(&mut self, frame: GatewayFrame, stats: &Stats) -> Result<Vec<Outbound>, LoadError> {
+    pub async fn on_frame(
+        &mut self,
+        frame: GatewayFrame,
+        stats: &Stats,
+    ) -> Result<Vec<Outbound>, LoadError> {
         let mut out = Vec::new();
         match frame {
             GatewayFrame::Messages { messages, .. } => {
                 let now = now_ns();
                 for m in &messages {
                     if m.seq != self.next_out {
-                        stats.gaps.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        stats
+                            .gaps
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     }
                     self.next_out = m.seq + 1;
                     if let Ok(content) = ic_ws_protocol::decode::<OutboundContent>(&m.content) {
@@ -188,9 +239,14 @@ impl Session {
                 }
             }
             GatewayFrame::MessageError { seq, error } => {
-                stats.errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                stats
+                    .errors
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 if stats.errors.load(std::sync::atomic::Ordering::Relaxed) < 5 {
-                    eprintln!("message {seq} of client {} rejected: {error}", self.client_id);
+                    eprintln!(
+                        "message {seq} of client {} rejected: {error}",
+                        self.client_id
+                    );
                 }
             }
             _ => {}
@@ -200,7 +256,11 @@ impl Session {
 
     /// Reads frames until the session ends, counting deliveries; echo round trips are timed
     /// against `sent` (send instants by echo text).
-    pub async fn run_receiver(mut self, stats: Arc<Stats>, stop: tokio::sync::watch::Receiver<bool>) {
+    pub async fn run_receiver(
+        mut self,
+        stats: Arc<Stats>,
+        stop: tokio::sync::watch::Receiver<bool>,
+    ) {
         let mut stop = stop;
         loop {
             tokio::select! {
@@ -222,11 +282,17 @@ impl Session {
 
     /// Sends an `Echo` every `period` (first after a random phase) until `stop`, timing each
     /// echo's round trip.
-    pub async fn run_echo(mut self, period: Duration, stats: Arc<Stats>, stop: tokio::sync::watch::Receiver<bool>) {
+    pub async fn run_echo(
+        mut self,
+        period: Duration,
+        stats: Arc<Stats>,
+        stop: tokio::sync::watch::Receiver<bool>,
+    ) {
         let mut stop = stop;
         let phase = Duration::from_micros(rand::random::<u64>() % period.as_micros().max(1) as u64);
         let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + phase, period);
-        let mut pending: std::collections::HashMap<String, Instant> = std::collections::HashMap::new();
+        let mut pending: std::collections::HashMap<String, Instant> =
+            std::collections::HashMap::new();
         let mut n = 0u64;
         loop {
             tokio::select! {
@@ -266,5 +332,7 @@ impl Session {
 
 async fn send(ws: &mut Ws, frame: &ClientFrame) -> Result<(), LoadError> {
     let bytes = ic_ws_protocol::encode(frame).map_err(|e| LoadError::Protocol(e.to_string()))?;
-    ws.send(Message::Binary(bytes.into())).await.map_err(|e| LoadError::Protocol(format!("send: {e}")))
+    ws.send(Message::Binary(bytes.into()))
+        .await
+        .map_err(|e| LoadError::Protocol(format!("send: {e}")))
 }

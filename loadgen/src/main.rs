@@ -152,7 +152,10 @@ struct InboundArgs {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("cannot start the runtime: {e}");
@@ -177,7 +180,9 @@ fn main() -> std::process::ExitCode {
 
 async fn idle(args: IdleArgs) -> Result<(), LoadError> {
     let c = &args.common;
-    let pid = c.gateway_pid.ok_or_else(|| LoadError::Protocol("--gateway-pid is required".into()))?;
+    let pid = c
+        .gateway_pid
+        .ok_or_else(|| LoadError::Protocol("--gateway-pid is required".into()))?;
     let base = stats::rss_kib(pid)?;
     println!("gateway RSS before: {base} KiB");
     let mut held: Vec<client::Ws> = Vec::new();
@@ -191,7 +196,9 @@ async fn idle(args: IdleArgs) -> Result<(), LoadError> {
             let (gateway, source) = (c.gateway, client::source_ip(i % c.sources.max(1)));
             tasks.push(tokio::spawn(async move {
                 let _permit = sem.acquire().await;
-                client::connect(gateway, Some(source)).await.map(|(ws, _)| ws)
+                client::connect(gateway, Some(source))
+                    .await
+                    .map(|(ws, _)| ws)
             }));
         }
         let mut failed = 0;
@@ -229,7 +236,10 @@ async fn idle(args: IdleArgs) -> Result<(), LoadError> {
             held.len()
         ));
     }
-    println!("{{\"scenario\":\"idle\",\"steps\":[{}]}}", results.join(","));
+    println!(
+        "{{\"scenario\":\"idle\",\"steps\":[{}]}}",
+        results.join(",")
+    );
     Ok(())
 }
 
@@ -239,19 +249,29 @@ async fn agent(replica: &str) -> Result<ic_agent::Agent, LoadError> {
         .with_max_concurrent_requests(256)
         .build()
         .map_err(|e| LoadError::Agent(e.to_string()))?;
-    agent.fetch_root_key().await.map_err(|e| LoadError::Agent(e.to_string()))?;
+    agent
+        .fetch_root_key()
+        .await
+        .map_err(|e| LoadError::Agent(e.to_string()))?;
     Ok(agent)
 }
 
 fn canisters(ic: &Ic) -> Result<Vec<Principal>, LoadError> {
     ic.canisters
         .iter()
-        .map(|c| Principal::from_text(c.trim()).map_err(|e| LoadError::Protocol(format!("canister {c}: {e}"))))
+        .map(|c| {
+            Principal::from_text(c.trim())
+                .map_err(|e| LoadError::Protocol(format!("canister {c}: {e}")))
+        })
         .collect()
 }
 
 /// Opens `per_canister` sessions on each canister; `then` runs on each (e.g. subscribe).
-async fn open_sessions(c: &Common, canisters: &[Principal], per_canister: usize) -> Result<Vec<Session>, LoadError> {
+async fn open_sessions(
+    c: &Common,
+    canisters: &[Principal],
+    per_canister: usize,
+) -> Result<Vec<Session>, LoadError> {
     let started = Instant::now();
     let sem = Arc::new(Semaphore::new(c.concurrency));
     let mut tasks = Vec::new();
@@ -286,12 +306,19 @@ async fn open_sessions(c: &Common, canisters: &[Principal], per_canister: usize)
         sessions.len(),
         canisters.len() * per_canister,
         started.elapsed().as_secs_f64(),
-        first_error.map(|e| format!(" (first error: {e})")).unwrap_or_default()
+        first_error
+            .map(|e| format!(" (first error: {e})"))
+            .unwrap_or_default()
     );
     Ok(sessions)
 }
 
-async fn publish(agent: &ic_agent::Agent, canister: Principal, topic: &str, size: u32) -> Result<u64, LoadError> {
+async fn publish(
+    agent: &ic_agent::Agent,
+    canister: Principal,
+    topic: &str,
+    size: u32,
+) -> Result<u64, LoadError> {
     let arg = candid::encode_args((topic, size)).map_err(|e| LoadError::Protocol(e.to_string()))?;
     let reply = agent
         .update(&canister, "app_publish")
@@ -299,8 +326,10 @@ async fn publish(agent: &ic_agent::Agent, canister: Principal, topic: &str, size
         .call_and_wait()
         .await
         .map_err(|e| LoadError::Agent(e.to_string()))?;
-    let r: Result<(u64, u64, u64), String> = candid::decode_one(&reply).map_err(|e| LoadError::Protocol(e.to_string()))?;
-    r.map(|(delivered, _, _)| delivered).map_err(LoadError::Agent)
+    let r: Result<(u64, u64, u64), String> =
+        candid::decode_one(&reply).map_err(|e| LoadError::Protocol(e.to_string()))?;
+    r.map(|(delivered, _, _)| delivered)
+        .map_err(LoadError::Agent)
 }
 
 struct Probe {
@@ -314,7 +343,10 @@ impl Probe {
             Some(a) => stats::scrape(a).await.unwrap_or_default(),
             None => String::new(),
         };
-        let cpu = self.pid.and_then(|p| stats::cpu_seconds(p).ok()).unwrap_or(f64::NAN);
+        let cpu = self
+            .pid
+            .and_then(|p| stats::cpu_seconds(p).ok())
+            .unwrap_or(f64::NAN);
         (text, cpu, Instant::now())
     }
 }
@@ -326,11 +358,14 @@ async fn fanout(args: FanoutArgs) -> Result<(), LoadError> {
     let topic = "bench";
     let sessions = open_sessions(c, &canisters, args.clients_per_canister).await?;
     let stats = Arc::new(Stats::default());
-    stats.sample_every.store(args.sample_every, std::sync::atomic::Ordering::Relaxed);
+    stats
+        .sample_every
+        .store(args.sample_every, std::sync::atomic::Ordering::Relaxed);
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut receivers = Vec::new();
     for mut s in sessions {
-        s.send_app(&client::Inbound::Subscribe(topic.into())).await?;
+        s.send_app(&client::Inbound::Subscribe(topic.into()))
+            .await?;
         receivers.push(tokio::spawn(s.run_receiver(stats.clone(), stop_rx.clone())));
     }
     // Wait until every subscription is in (a 1-byte publish reports its subscriber count).
@@ -347,7 +382,10 @@ async fn fanout(args: FanoutArgs) -> Result<(), LoadError> {
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
     stats.reset_samples();
-    let probe = Probe { admin: c.admin, pid: c.gateway_pid };
+    let probe = Probe {
+        admin: c.admin,
+        pid: c.gateway_pid,
+    };
     let d0 = stats.delivered.load(std::sync::atomic::Ordering::Relaxed);
     let (m0, cpu0, t0) = probe.take().await;
     let published = Arc::new(std::sync::atomic::AtomicU64::new(0));
@@ -377,7 +415,10 @@ async fn fanout(args: FanoutArgs) -> Result<(), LoadError> {
     }
     // Drain: until everything published has arrived or nothing moves for 3 s.
     let expected = published.load(std::sync::atomic::Ordering::Relaxed);
-    let mut last = (stats.delivered.load(std::sync::atomic::Ordering::Relaxed), Instant::now());
+    let mut last = (
+        stats.delivered.load(std::sync::atomic::Ordering::Relaxed),
+        Instant::now(),
+    );
     loop {
         let now = stats.delivered.load(std::sync::atomic::Ordering::Relaxed);
         if now - d0 >= expected || last.1.elapsed() > Duration::from_secs(3) {
@@ -390,12 +431,19 @@ async fn fanout(args: FanoutArgs) -> Result<(), LoadError> {
     }
     let (m1, cpu1, t1) = probe.take().await;
     let delivered = stats.delivered.load(std::sync::atomic::Ordering::Relaxed) - d0;
-    let wall = (last.1.max(t0) - t0).as_secs_f64().max(t1.duration_since(t0).as_secs_f64().min(args.secs as f64));
+    let wall = (last.1.max(t0) - t0)
+        .as_secs_f64()
+        .max(t1.duration_since(t0).as_secs_f64().min(args.secs as f64));
     let rate = delivered as f64 / wall;
     let cpu = (cpu1 - cpu0) / t1.duration_since(t0).as_secs_f64();
-    let (p50, p99, max, n) = stats.delivery_percentiles().unwrap_or((f64::NAN, f64::NAN, f64::NAN, 0));
-    let gw_p50 = stats::histogram_quantile(&m0, &m1, "ic_ws_gateway_delivery_delay_seconds", 0.5).map_or(f64::NAN, |s| s * 1000.0);
-    let gw_p99 = stats::histogram_quantile(&m0, &m1, "ic_ws_gateway_delivery_delay_seconds", 0.99).map_or(f64::NAN, |s| s * 1000.0);
+    let (p50, p99, max, n) =
+        stats
+            .delivery_percentiles()
+            .unwrap_or((f64::NAN, f64::NAN, f64::NAN, 0));
+    let gw_p50 = stats::histogram_quantile(&m0, &m1, "ic_ws_gateway_delivery_delay_seconds", 0.5)
+        .map_or(f64::NAN, |s| s * 1000.0);
+    let gw_p99 = stats::histogram_quantile(&m0, &m1, "ic_ws_gateway_delivery_delay_seconds", 0.99)
+        .map_or(f64::NAN, |s| s * 1000.0);
     let polls = metric(&m1, "ic_ws_gateway_polls_total") - metric(&m0, "ic_ws_gateway_polls_total");
     let gaps = stats.gaps.load(std::sync::atomic::Ordering::Relaxed);
     let closed = stats.closed.load(std::sync::atomic::Ordering::Relaxed);
@@ -431,23 +479,43 @@ async fn inbound(args: InboundArgs) -> Result<(), LoadError> {
     let period = Duration::from_secs_f64(1.0 / args.rate.max(0.001));
     let mut tasks = Vec::new();
     for s in sessions {
-        tasks.push(tokio::spawn(s.run_echo(period, stats.clone(), stop_rx.clone())));
+        tasks.push(tokio::spawn(s.run_echo(
+            period,
+            stats.clone(),
+            stop_rx.clone(),
+        )));
     }
     tokio::time::sleep(Duration::from_secs(5)).await;
     stats.reset_samples();
-    let probe = Probe { admin: c.admin, pid: c.gateway_pid };
+    let probe = Probe {
+        admin: c.admin,
+        pid: c.gateway_pid,
+    };
     let (m0, cpu0, t0) = probe.take().await;
     let s0 = stats.sent.load(std::sync::atomic::Ordering::Relaxed);
     tokio::time::sleep(Duration::from_secs(args.secs)).await;
     let (m1, cpu1, t1) = probe.take().await;
     let sent = stats.sent.load(std::sync::atomic::Ordering::Relaxed) - s0;
     let dt = t1.duration_since(t0).as_secs_f64();
-    let relayed = metric(&m1, "ic_ws_gateway_messages_in_total") - metric(&m0, "ic_ws_gateway_messages_in_total");
-    let calls = metric(&m1, "ic_ws_gateway_update_calls_total{method=\"ws_message\"}")
-        - metric(&m0, "ic_ws_gateway_update_calls_total{method=\"ws_message\"}");
-    let per_1000 = if relayed > 0.0 { calls * 1000.0 / relayed } else { f64::NAN };
+    let relayed = metric(&m1, "ic_ws_gateway_messages_in_total")
+        - metric(&m0, "ic_ws_gateway_messages_in_total");
+    let calls = metric(
+        &m1,
+        "ic_ws_gateway_update_calls_total{method=\"ws_message\"}",
+    ) - metric(
+        &m0,
+        "ic_ws_gateway_update_calls_total{method=\"ws_message\"}",
+    );
+    let per_1000 = if relayed > 0.0 {
+        calls * 1000.0 / relayed
+    } else {
+        f64::NAN
+    };
     let cpu = (cpu1 - cpu0) / dt;
-    let (p50, p99, max, n) = stats.round_trip_percentiles().unwrap_or((f64::NAN, f64::NAN, f64::NAN, 0));
+    let (p50, p99, max, n) =
+        stats
+            .round_trip_percentiles()
+            .unwrap_or((f64::NAN, f64::NAN, f64::NAN, 0));
     let errors = stats.errors.load(std::sync::atomic::Ordering::Relaxed);
     let closed = stats.closed.load(std::sync::atomic::Ordering::Relaxed);
     println!(

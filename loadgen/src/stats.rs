@@ -57,11 +57,17 @@ impl Stats {
     }
     /// (p50, p99, max, count) of delivery latency in ms.
     pub fn delivery_percentiles(&self) -> Option<(f64, f64, f64, usize)> {
-        self.delivery_us.lock().ok().and_then(|mut v| percentiles(&mut v))
+        self.delivery_us
+            .lock()
+            .ok()
+            .and_then(|mut v| percentiles(&mut v))
     }
     /// (p50, p99, max, count) of echo round trips in ms.
     pub fn round_trip_percentiles(&self) -> Option<(f64, f64, f64, usize)> {
-        self.round_trip_us.lock().ok().and_then(|mut v| percentiles(&mut v))
+        self.round_trip_us
+            .lock()
+            .ok()
+            .and_then(|mut v| percentiles(&mut v))
     }
 }
 
@@ -76,7 +82,8 @@ fn percentiles(v: &mut [u64]) -> Option<(f64, f64, f64, usize)> {
 
 /// Resident set size of `pid` in KiB.
 pub fn rss_kib(pid: u32) -> Result<u64, LoadError> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).map_err(LoadError::io("read /proc status"))?;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .map_err(LoadError::io("read /proc status"))?;
     status
         .lines()
         .find_map(|l| l.strip_prefix("VmRSS:"))
@@ -86,22 +93,32 @@ pub fn rss_kib(pid: u32) -> Result<u64, LoadError> {
 
 /// User + system CPU time of `pid` in seconds.
 pub fn cpu_seconds(pid: u32) -> Result<f64, LoadError> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).map_err(LoadError::io("read /proc stat"))?;
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map_err(LoadError::io("read /proc stat"))?;
     // Fields after the ")" that ends the command name: utime is the 12th, stime the 13th.
     let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
     let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok()).unwrap_or(0.0);
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
     Ok((ticks(11) + ticks(12)) / 100.0)
 }
 
 /// The gateway's metrics: `name{labels} value` lines.
 pub async fn scrape(admin: SocketAddr) -> Result<String, LoadError> {
-    let mut s = tokio::net::TcpStream::connect(admin).await.map_err(LoadError::io("admin connect"))?;
+    let mut s = tokio::net::TcpStream::connect(admin)
+        .await
+        .map_err(LoadError::io("admin connect"))?;
     s.write_all(b"GET /metrics HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n")
         .await
         .map_err(LoadError::io("admin write"))?;
     let mut out = String::new();
-    s.read_to_string(&mut out).await.map_err(LoadError::io("admin read"))?;
+    s.read_to_string(&mut out)
+        .await
+        .map_err(LoadError::io("admin read"))?;
     Ok(out)
 }
 
@@ -121,7 +138,11 @@ pub fn histogram_quantile(before: &str, after: &str, name: &str, q: f64) -> Opti
             .filter_map(|l| l.strip_prefix(&format!("{name}_bucket{{le=\"")))
             .filter_map(|l| {
                 let (le, rest) = l.split_once("\"}")?;
-                let le = if le == "+Inf" { f64::INFINITY } else { le.parse().ok()? };
+                let le = if le == "+Inf" {
+                    f64::INFINITY
+                } else {
+                    le.parse().ok()?
+                };
                 Some((le, rest.trim().parse().ok()?))
             })
             .collect()
