@@ -22,6 +22,18 @@
 //!   `__ic_ws_on_message::App`; `on_message_in = path::to::module` names the module when the
 //!   handlers are split over modules.
 //!
+//! `App::HANDLERS` (hidden) is the table of the three shims the endpoints pass to the runtime;
+//! native tests of an app drive `ic_ws_canister::__private::ws_*` with it, without a replica.
+//!
+//! # Signature checks
+//!
+//! Arity, `async`, generics, receivers and references are checked on syntax
+//! (`handler.rs`). Types are left to the compiler, but through small local traits
+//! implemented only for the accepted types (`ClientId`, `CloseReason`, `()` /
+//! `Result<(), String>`) and carrying `#[diagnostic::on_unimplemented]` messages: the shim
+//! converts through `<UserType as Trait>`, written with the user's own type tokens, so a
+//! wrong type is one error, at that type, saying what is expected; type aliases work.
+//!
 //! Everything the generated code names goes through the runtime's hidden path
 //! (`::ic_ws_canister::__private`, or `crate = "..."`), never through the user's imports;
 //! generated locals use mixed-site hygiene, so they cannot capture or shadow the app's names.
