@@ -1,6 +1,7 @@
 //! The background task that owns the WebSocket: connects, opens or resumes, feeds frames to
 //! the [`Session`], writes own messages and keep-alives, and reconnects with backoff.
 
+use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,6 +15,9 @@ use tokio_tungstenite::tungstenite::Message as WsMessage;
 
 use crate::session::Session;
 use crate::{ClientConfig, ClientError, Event, OnResumeUnavailable, Shared};
+
+/// Frames held while the open result is outstanding (see `connection`).
+const MAX_EARLY_FRAMES: usize = 64;
 
 pub(crate) enum Command {
     Send {
@@ -154,6 +158,8 @@ impl Driver {
         let mut awaiting_hello = true;
         let mut awaiting_open_result = false;
         let mut last_sent = Instant::now();
+        let mut queue: VecDeque<GatewayFrame> = VecDeque::new();
+        let mut early: Vec<GatewayFrame> = Vec::new();
 
         macro_rules! write {
             ($frame:expr) => {{
@@ -206,71 +212,89 @@ impl Driver {
                             return End::Failed(ClientError::Protocol(format!("undecodable frame: {e}")));
                         }
                     };
-                    match frame {
-                        GatewayFrame::Hello { gateway, protocol_version } if awaiting_hello => {
-                            if protocol_version != PROTOCOL_VERSION {
-                                let _ = sink.close().await;
-                                return End::Failed(ClientError::UnsupportedVersion {
-                                    got: protocol_version,
-                                    supported: PROTOCOL_VERSION,
-                                });
+                    queue.push_back(frame);
+                    while let Some(frame) = queue.pop_front() {
+                        match frame {
+                            GatewayFrame::Hello { gateway, protocol_version } if awaiting_hello => {
+                                if protocol_version != PROTOCOL_VERSION {
+                                    let _ = sink.close().await;
+                                    return End::Failed(ClientError::UnsupportedVersion {
+                                        got: protocol_version,
+                                        supported: PROTOCOL_VERSION,
+                                    });
+                                }
+                                awaiting_hello = false;
+                                awaiting_open_result = true;
+                                let now = (self.config.clock)();
+                                let open = self.session.open_frame(gateway, &self.config.open_args, now);
+                                write!(open);
                             }
-                            awaiting_hello = false;
-                            awaiting_open_result = true;
-                            let now = (self.config.clock)();
-                            let open = self.session.open_frame(gateway, &self.config.open_args, now);
-                            write!(open);
-                        }
-                        GatewayFrame::OpenResult(result) if awaiting_open_result => {
-                            awaiting_open_result = false;
-                            if let Err(e) = self.session.on_open_result(result) {
-                                let _ = sink.close().await;
-                                return End::Failed(e);
-                            }
-                            self.shared.set_client_id(self.session.client_id());
-                        }
-                        GatewayFrame::Messages { messages, certificate, tree }
-                            if !awaiting_hello && !awaiting_open_result =>
-                        {
-                            let now = (self.config.clock)();
-                            let delivery = match self.session.on_messages(&messages, &certificate, &tree, now) {
-                                Ok(d) => d,
-                                Err(e) => {
-                                    // Drop the whole frame and this gateway connection.
+                            GatewayFrame::OpenResult(result) if awaiting_open_result => {
+                                awaiting_open_result = false;
+                                if let Err(e) = self.session.on_open_result(result) {
                                     let _ = sink.close().await;
                                     return End::Failed(e);
                                 }
-                            };
-                            self.shared.received.store(self.session.next_expected(), Ordering::Relaxed);
-                            for m in delivery.resend {
-                                write!(ClientFrame::Message(m));
-                            }
-                            if delivery.opened {
-                                *opened = true;
-                            }
-                            for event in delivery.events {
-                                emit!(event);
-                            }
-                            if delivery.closed.is_some() {
-                                let _ = sink.close().await;
-                                return End::Stop;
-                            }
-                            if self.session.is_ready() && self.session.ack_due(self.config.ack_threshold) {
-                                match self.session.sign(MessageKind::KeepAlive) {
-                                    Ok(m) => write!(ClientFrame::Message(m)),
-                                    Err(e) => return End::Failed(e),
+                                self.shared.set_client_id(self.session.client_id());
+                                // Frames that overtook the open result, in their order.
+                                for f in early.drain(..).rev() {
+                                    queue.push_front(f);
                                 }
                             }
-                        }
-                        GatewayFrame::MessageError { seq, error } => {
-                            emit!(Event::MessageRejected { seq, error });
-                        }
-                        other => {
-                            let _ = sink.close().await;
-                            return End::Failed(ClientError::Protocol(format!(
-                                "unexpected frame {}",
-                                frame_name(&other)
-                            )));
+                            m @ GatewayFrame::Messages { .. } if awaiting_open_result => {
+                                // A gateway may deliver the certified Opened before relaying
+                                // the open's result: hold it (bounded) until the id is known.
+                                if early.len() >= MAX_EARLY_FRAMES {
+                                    let _ = sink.close().await;
+                                    return End::Failed(ClientError::Protocol(
+                                        "too many frames before the open result".into(),
+                                    ));
+                                }
+                                early.push(m);
+                            }
+                            GatewayFrame::Messages { messages, certificate, tree }
+                                if !awaiting_hello && !awaiting_open_result =>
+                            {
+                                let now = (self.config.clock)();
+                                let delivery = match self.session.on_messages(&messages, &certificate, &tree, now) {
+                                    Ok(d) => d,
+                                    Err(e) => {
+                                        // Drop the whole frame and this gateway connection.
+                                        let _ = sink.close().await;
+                                        return End::Failed(e);
+                                    }
+                                };
+                                self.shared.received.store(self.session.next_expected(), Ordering::Relaxed);
+                                for m in delivery.resend {
+                                    write!(ClientFrame::Message(m));
+                                }
+                                if delivery.opened {
+                                    *opened = true;
+                                }
+                                for event in delivery.events {
+                                    emit!(event);
+                                }
+                                if delivery.closed.is_some() {
+                                    let _ = sink.close().await;
+                                    return End::Stop;
+                                }
+                                if self.session.is_ready() && self.session.ack_due(self.config.ack_threshold) {
+                                    match self.session.sign(MessageKind::KeepAlive) {
+                                        Ok(m) => write!(ClientFrame::Message(m)),
+                                        Err(e) => return End::Failed(e),
+                                    }
+                                }
+                            }
+                            GatewayFrame::MessageError { seq, error } => {
+                                emit!(Event::MessageRejected { seq, error });
+                            }
+                            other => {
+                                let _ = sink.close().await;
+                                return End::Failed(ClientError::Protocol(format!(
+                                    "unexpected frame {}",
+                                    frame_name(&other)
+                                )));
+                            }
                         }
                     }
                 }

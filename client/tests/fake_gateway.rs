@@ -136,6 +136,15 @@ async fn round_trip_with_typed_messages() {
 }
 
 #[tokio::test]
+async fn certified_messages_ahead_of_the_open_result_are_held() {
+    let gw = FakeGateway::start().await;
+    gw.with(|c| c.messages_before_open_result = true);
+    let mut client = Client::connect(config(&gw)).await.unwrap();
+    client.send(&"after".to_string()).await.unwrap();
+    assert_eq!(message(&mut client).await.value, "after");
+}
+
+#[tokio::test]
 async fn payload_of_another_type_is_a_decode_error() {
     let gw = FakeGateway::start().await;
     let mut client = Client::connect(config(&gw)).await.unwrap();

@@ -65,6 +65,8 @@ pub struct Canister {
     pub lie_opened_key: bool,
     /// Protocol version announced in Hello.
     pub protocol_version: u32,
+    /// Deliver certified messages before the OpenResult (a legal race at real gateways).
+    pub messages_before_open_result: bool,
     changed: watch::Sender<u64>,
 }
 
@@ -139,6 +141,7 @@ pub fn new_canister(root_seed: u8) -> (Shared, watch::Receiver<u64>) {
         refuse_open: None,
         lie_opened_key: false,
         protocol_version: ic_ws_protocol::PROTOCOL_VERSION,
+        messages_before_open_result: false,
         changed,
     };
     (Arc::new(Mutex::new(canister)), rx)
@@ -262,12 +265,15 @@ impl Conn {
                     self.handle(frame, &mut client, &mut cursor, &mut replies);
                 }
             }
-            for r in replies {
-                if sink.send(encode(&r)).await.is_err() {
-                    return;
-                }
+            let early = self.canister.lock().unwrap().messages_before_open_result;
+            let messages = self.flush(client, &mut cursor);
+            let mut out = replies;
+            if early {
+                out.splice(0..0, messages);
+            } else {
+                out.extend(messages);
             }
-            if let Some(frame) = self.flush(client, &mut cursor) {
+            for frame in out {
                 if sink.send(encode(&frame)).await.is_err() {
                     return;
                 }
