@@ -1,0 +1,740 @@
+//! Rewrites canister wasm before compilation so the engine can call callbacks, snapshot globals
+//! and roll back the heap cheaply.
+//!
+//! What the rewrite adds (the canister's own behaviour is unchanged):
+//! - **Exports** of the function table (`__ic_table`, callbacks are table indices), of every
+//!   mutable global (`__ic_global_<index>`, restored after a trap), of the heap (`__ic_heap`),
+//!   as the IC's own instrumentation does.
+//! - **Dirty-page tracking**: a second memory (`__ic_dirty`, multi-memory) holds one byte per
+//!   4 KiB page of the heap. Every store instruction first writes 1 into the byte of the page its
+//!   effective address falls in; `memory.fill` / `memory.copy` / `memory.init` mark every page of
+//!   their destination range (through an injected helper function). A store that starts in page
+//!   `p` can spill at most [`STORE_SPILL`] bytes into page `p + 1`; the engine copies that many
+//!   extra bytes with every dirty page instead of marking two pages per store.
+//! - **A virtual heap size**: `memory.size` and `memory.grow` are redirected to a mutable global
+//!   (`__ic_heap_pages`) and an injected grow function. Wasm memories cannot shrink, so a message
+//!   that grew the heap and is then rolled back leaves the real memory larger than the canister's
+//!   view of it; restoring the global restores the view. When the canister grows again into pages
+//!   left over by a rolled-back message, the grow function zeroes them first, so the canister
+//!   sees fresh zero pages exactly as on the IC.
+//!
+//! The engine's rollback ([`super::runtime`]) relies on all of this: after a message it copies
+//! only the dirty pages (into the committed shadow on success, from it on trap or query).
+
+use std::collections::HashSet;
+
+use wasm_encoder::reencode::{Reencode, RoundtripReencoder};
+use wasm_encoder::{
+    BlockType, CodeSection, ConstExpr, ExportKind, ExportSection, Function, FunctionSection,
+    GlobalSection, GlobalType, MemArg, MemorySection, MemoryType, Module, RawSection, TypeSection,
+    ValType,
+};
+use wasmparser::{
+    CompositeInnerType, ExternalKind, FunctionBody, Operator, Parser, Payload, TypeRef,
+};
+
+/// Export name of the canister's (only) linear memory.
+pub const HEAP_EXPORT: &str = "__ic_heap";
+/// Export name of the dirty-page bytemap memory.
+pub const DIRTY_EXPORT: &str = "__ic_dirty";
+/// Export name of the global holding the canister-visible heap size in wasm pages.
+pub const HEAP_PAGES_EXPORT: &str = "__ic_heap_pages";
+/// Export name of the function table.
+pub const TABLE_EXPORT: &str = "__ic_table";
+/// Prefix of the exports of mutable globals.
+pub const GLOBAL_EXPORT_PREFIX: &str = "__ic_global_";
+/// log2 of the dirty-tracking page size.
+pub const DIRTY_PAGE_SHIFT: u32 = 12;
+/// Dirty-tracking page size (4 KiB).
+pub const DIRTY_PAGE_SIZE: usize = 1 << DIRTY_PAGE_SHIFT;
+/// Bytes a store that starts in one page can write into the next one (v128 store: 16 - 1).
+pub const STORE_SPILL: usize = 16;
+/// Size of the bytemap memory: one byte per 4 KiB page of a 4 GiB heap = 1 MiB = 16 wasm pages.
+pub const DIRTY_MAP_WASM_PAGES: u64 = 16;
+/// Wasm page size.
+pub const WASM_PAGE_SIZE: u64 = 65536;
+/// Largest 32-bit heap in wasm pages.
+const MAX_WASM32_PAGES: u64 = 65536;
+
+/// Why a module could not be instrumented (surfaced as an invalid-wasm reject).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InvalidWasm(pub String);
+
+impl std::fmt::Display for InvalidWasm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl From<wasmparser::BinaryReaderError> for InvalidWasm {
+    fn from(e: wasmparser::BinaryReaderError) -> Self {
+        InvalidWasm(format!("cannot parse wasm: {e}"))
+    }
+}
+
+impl<E: std::fmt::Display> From<wasm_encoder::reencode::Error<E>> for InvalidWasm {
+    fn from(e: wasm_encoder::reencode::Error<E>) -> Self {
+        InvalidWasm(format!("cannot re-encode wasm: {e}"))
+    }
+}
+
+/// The rewritten module and what the engine needs to know about it.
+#[derive(Debug, Clone)]
+pub struct Instrumented {
+    /// Rewritten wasm bytes.
+    pub wasm: Vec<u8>,
+    /// Names of the exported functions of the original module.
+    pub function_exports: Vec<String>,
+    /// Export names of all mutable globals (including `__ic_heap_pages`).
+    pub mutable_global_exports: Vec<String>,
+    /// Whether `__ic_table` is exported.
+    pub has_table: bool,
+    /// Largest heap the canister may grow to, in wasm pages.
+    pub max_heap_pages: u64,
+}
+
+/// What the first pass learns about the module.
+#[derive(Default)]
+struct Layout {
+    /// For each type index: number of params when it is a function type.
+    type_params: Vec<Option<u32>>,
+    num_types: u32,
+    imported_funcs: u32,
+    /// Type index of each function (imported then defined).
+    func_types: Vec<u32>,
+    imported_globals: u32,
+    mutable_globals: Vec<u32>,
+    defined_globals: u32,
+    has_table: bool,
+    memories: Vec<wasmparser::MemoryType>,
+    imported_memory: bool,
+    function_exports: Vec<String>,
+    export_names: HashSet<String>,
+}
+
+impl Layout {
+    fn scan(wasm: &[u8]) -> Result<Self, InvalidWasm> {
+        let mut l = Layout::default();
+        for payload in Parser::new(0).parse_all(wasm) {
+            match payload? {
+                Payload::TypeSection(r) => {
+                    for group in r {
+                        for sub in group?.into_types() {
+                            let params = match &sub.composite_type.inner {
+                                CompositeInnerType::Func(f) => Some(f.params().len() as u32),
+                                _ => None,
+                            };
+                            l.type_params.push(params);
+                        }
+                    }
+                    l.num_types = l.type_params.len() as u32;
+                }
+                Payload::ImportSection(r) => {
+                    for import in r.into_imports() {
+                        {
+                            let import = import?;
+                            match import.ty {
+                                TypeRef::Func(t) | TypeRef::FuncExact(t) => {
+                                    l.imported_funcs += 1;
+                                    l.func_types.push(t);
+                                }
+                                TypeRef::Global(g) => {
+                                    if g.mutable {
+                                        l.mutable_globals.push(l.imported_globals);
+                                    }
+                                    l.imported_globals += 1;
+                                }
+                                TypeRef::Table(_) => l.has_table = true,
+                                TypeRef::Memory(m) => {
+                                    l.imported_memory = true;
+                                    l.memories.push(m);
+                                }
+                                TypeRef::Tag(_) => {}
+                            }
+                        }
+                    }
+                }
+                Payload::FunctionSection(r) => {
+                    for t in r {
+                        l.func_types.push(t?);
+                    }
+                }
+                Payload::TableSection(r) => l.has_table |= r.count() > 0,
+                Payload::MemorySection(r) => {
+                    for m in r {
+                        l.memories.push(m?);
+                    }
+                }
+                Payload::GlobalSection(r) => {
+                    for (i, g) in r.into_iter().enumerate() {
+                        if g?.ty.mutable {
+                            l.mutable_globals.push(l.imported_globals + i as u32);
+                        }
+                        l.defined_globals += 1;
+                    }
+                }
+                Payload::ExportSection(r) => {
+                    for e in r {
+                        let e = e?;
+                        l.export_names.insert(e.name.to_string());
+                        if matches!(e.kind, ExternalKind::Func | ExternalKind::FuncExact) {
+                            l.function_exports.push(e.name.to_string());
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        if l.imported_memory {
+            return Err(InvalidWasm("canisters must not import a memory".into()));
+        }
+        if l.memories.len() > 1 {
+            return Err(InvalidWasm(format!(
+                "canisters may define at most one memory, this module defines {}",
+                l.memories.len()
+            )));
+        }
+        if let Some(m) = l.memories.first() {
+            if m.memory64 {
+                return Err(InvalidWasm("64-bit (memory64) heaps are not supported".into()));
+            }
+            if m.shared {
+                return Err(InvalidWasm("shared memories (threads) are not supported".into()));
+            }
+        }
+        for name in [HEAP_EXPORT, DIRTY_EXPORT, HEAP_PAGES_EXPORT, TABLE_EXPORT] {
+            if l.export_names.contains(name) {
+                return Err(InvalidWasm(format!("export name `{name}` is reserved")));
+            }
+        }
+        if l.export_names.iter().any(|n| n.starts_with(GLOBAL_EXPORT_PREFIX)) {
+            return Err(InvalidWasm(format!("export names starting with `{GLOBAL_EXPORT_PREFIX}` are reserved")));
+        }
+        Ok(l)
+    }
+
+    fn defined_funcs(&self) -> u32 {
+        self.func_types.len() as u32 - self.imported_funcs
+    }
+
+    fn params_of_func(&self, func_index: u32) -> Result<u32, InvalidWasm> {
+        self.func_types
+            .get(func_index as usize)
+            .and_then(|t| self.type_params.get(*t as usize).copied().flatten())
+            .ok_or_else(|| InvalidWasm(format!("function {func_index} has no function type")))
+    }
+}
+
+/// Indices of everything the rewrite injects.
+#[derive(Clone, Copy)]
+struct Injected {
+    /// Type `(i32, i32) -> ()` of the mark-range helper.
+    mark_type: u32,
+    /// Type `(i32) -> i32` of the grow helper.
+    grow_type: u32,
+    mark_func: u32,
+    grow_func: u32,
+    heap_pages_global: u32,
+    /// Bytemap memory index (the canister's heap is memory 0).
+    dirty_mem: u32,
+    max_heap_pages: u64,
+}
+
+/// Section order of the core module format (custom sections excluded).
+fn section_rank(id: u8) -> Option<u8> {
+    Some(match id {
+        1 => 1,   // type
+        2 => 2,   // import
+        3 => 3,   // function
+        4 => 4,   // table
+        5 => 5,   // memory
+        13 => 6,  // tag
+        6 => 7,   // global
+        7 => 8,   // export
+        8 => 9,   // start
+        9 => 10,  // element
+        12 => 11, // data count
+        10 => 12, // code
+        11 => 13, // data
+        _ => return None,
+    })
+}
+
+/// Rewrites `wasm` (see the module documentation).
+pub fn instrument(wasm: &[u8]) -> Result<Instrumented, InvalidWasm> {
+    // Validating first gives precise errors for broken input, and rejects the proposals the
+    // rewrite does not handle (atomics would write memory without marking pages dirty).
+    let features = wasmparser::WasmFeatures::default()
+        - wasmparser::WasmFeatures::THREADS
+        - wasmparser::WasmFeatures::SHARED_EVERYTHING_THREADS
+        - wasmparser::WasmFeatures::MEMORY64;
+    wasmparser::Validator::new_with_features(features)
+        .validate_all(wasm)
+        .map_err(|e| InvalidWasm(format!("invalid wasm module: {e}")))?;
+    let layout = Layout::scan(wasm)?;
+    let max_heap_pages = layout
+        .memories
+        .first()
+        .map(|m| m.maximum.unwrap_or(MAX_WASM32_PAGES).min(MAX_WASM32_PAGES))
+        .unwrap_or(0);
+    let total_funcs = layout.func_types.len() as u32;
+    let inj = Injected {
+        mark_type: layout.num_types,
+        grow_type: layout.num_types + 1,
+        mark_func: total_funcs,
+        grow_func: total_funcs + 1,
+        heap_pages_global: layout.imported_globals + layout.defined_globals,
+        dirty_mem: 1,
+        max_heap_pages,
+    };
+    let initial_heap_pages = layout.memories.first().map(|m| m.initial).unwrap_or(0);
+
+    let mut mutable_global_exports: Vec<String> =
+        layout.mutable_globals.iter().map(|g| format!("{GLOBAL_EXPORT_PREFIX}{g}")).collect();
+    mutable_global_exports.push(format!("{GLOBAL_EXPORT_PREFIX}{}", inj.heap_pages_global));
+
+    let mut out = Module::new();
+    // Sections this rewrite must emit, by rank: emitted in place when the module has them,
+    // otherwise created just before the first section of higher rank.
+    let mut pending: Vec<u8> = vec![1, 3, 5, 7, 8, 12];
+    let mut defined_func_index = layout.imported_funcs;
+
+    let emit_fresh = |out: &mut Module, rank: u8| -> Result<(), InvalidWasm> {
+        match rank {
+            1 => {
+                let mut s = TypeSection::new();
+                add_helper_types(&mut s);
+                out.section(&s);
+            }
+            3 => {
+                let mut s = FunctionSection::new();
+                s.function(inj.mark_type).function(inj.grow_type);
+                out.section(&s);
+            }
+            5 => {
+                let mut s = MemorySection::new();
+                // A module without memory gets an empty heap so the layout is always the same.
+                s.memory(heap_memory_type(0, None));
+                s.memory(dirty_memory_type());
+                out.section(&s);
+            }
+            7 => {
+                let mut s = GlobalSection::new();
+                add_heap_pages_global(&mut s, initial_heap_pages);
+                out.section(&s);
+            }
+            8 => {
+                let mut s = ExportSection::new();
+                add_exports(&mut s, &layout, &inj);
+                out.section(&s);
+            }
+            12 => {
+                let mut s = CodeSection::new();
+                add_helper_bodies(&mut s, &inj);
+                out.section(&s);
+            }
+            _ => {}
+        }
+        Ok(())
+    };
+
+    let mut reencoder = RoundtripReencoder;
+    let mut code_section: Option<CodeSection> = None;
+    let total_bodies = layout.defined_funcs();
+    let mut bodies_seen = 0;
+    for payload in Parser::new(0).parse_all(wasm) {
+        let payload = payload?;
+        if let Payload::CodeSectionEntry(body) = &payload {
+            let section = code_section
+                .as_mut()
+                .ok_or_else(|| InvalidWasm("code entry outside the code section".into()))?;
+            let params = layout.params_of_func(defined_func_index)?;
+            defined_func_index += 1;
+            bodies_seen += 1;
+            section.function(&rewrite_body(body, params, &inj)?);
+            if bodies_seen == total_bodies {
+                add_helper_bodies(section, &inj);
+                out.section(&*section);
+            }
+            continue;
+        }
+        let Some((id, range)) = payload.as_section() else {
+            continue;
+        };
+        if let Some(rank) = section_rank(id) {
+            while let Some(&first) = pending.first() {
+                if first < rank {
+                    emit_fresh(&mut out, first)?;
+                    pending.remove(0);
+                } else {
+                    break;
+                }
+            }
+            pending.retain(|r| *r != rank);
+        }
+        match payload {
+            Payload::TypeSection(r) => {
+                let mut s = TypeSection::new();
+                reencoder.parse_type_section(&mut s, r)?;
+                add_helper_types(&mut s);
+                out.section(&s);
+            }
+            Payload::FunctionSection(r) => {
+                let mut s = FunctionSection::new();
+                reencoder.parse_function_section(&mut s, r)?;
+                s.function(inj.mark_type).function(inj.grow_type);
+                out.section(&s);
+            }
+            Payload::MemorySection(r) => {
+                let mut s = MemorySection::new();
+                if r.count() == 0 {
+                    s.memory(heap_memory_type(0, None));
+                }
+                for m in r {
+                    let m = m?;
+                    s.memory(heap_memory_type(m.initial, m.maximum));
+                }
+                s.memory(dirty_memory_type());
+                out.section(&s);
+            }
+            Payload::GlobalSection(r) => {
+                let mut s = GlobalSection::new();
+                reencoder.parse_global_section(&mut s, r)?;
+                add_heap_pages_global(&mut s, initial_heap_pages);
+                out.section(&s);
+            }
+            Payload::ExportSection(r) => {
+                let mut s = ExportSection::new();
+                reencoder.parse_export_section(&mut s, r)?;
+                add_exports(&mut s, &layout, &inj);
+                out.section(&s);
+            }
+            Payload::CodeSectionStart { count, .. } => {
+                let mut section = CodeSection::new();
+                if count == 0 {
+                    add_helper_bodies(&mut section, &inj);
+                    out.section(&section);
+                } else {
+                    code_section = Some(section);
+                }
+            }
+            _ => {
+                out.section(&RawSection { id, data: &wasm[range] });
+            }
+        }
+    }
+    for rank in pending {
+        emit_fresh(&mut out, rank)?;
+    }
+    let wasm = out.finish();
+    Ok(Instrumented {
+        wasm,
+        function_exports: layout.function_exports,
+        mutable_global_exports,
+        has_table: layout.has_table,
+        max_heap_pages,
+    })
+}
+
+fn heap_memory_type(initial: u64, maximum: Option<u64>) -> MemoryType {
+    MemoryType { minimum: initial, maximum, memory64: false, shared: false, page_size_log2: None }
+}
+
+fn dirty_memory_type() -> MemoryType {
+    MemoryType {
+        minimum: DIRTY_MAP_WASM_PAGES,
+        maximum: Some(DIRTY_MAP_WASM_PAGES),
+        memory64: false,
+        shared: false,
+        page_size_log2: None,
+    }
+}
+
+fn add_helper_types(s: &mut TypeSection) {
+    s.ty().function([ValType::I32, ValType::I32], []);
+    s.ty().function([ValType::I32], [ValType::I32]);
+}
+
+fn add_heap_pages_global(s: &mut GlobalSection, initial_pages: u64) {
+    s.global(
+        GlobalType { val_type: ValType::I32, mutable: true, shared: false },
+        &ConstExpr::i32_const(initial_pages as i32),
+    );
+}
+
+fn add_exports(s: &mut ExportSection, layout: &Layout, inj: &Injected) {
+    s.export(HEAP_EXPORT, ExportKind::Memory, 0);
+    s.export(DIRTY_EXPORT, ExportKind::Memory, inj.dirty_mem);
+    s.export(HEAP_PAGES_EXPORT, ExportKind::Global, inj.heap_pages_global);
+    if layout.has_table {
+        s.export(TABLE_EXPORT, ExportKind::Table, 0);
+    }
+    for g in layout.mutable_globals.iter().chain(std::iter::once(&inj.heap_pages_global)) {
+        s.export(&format!("{GLOBAL_EXPORT_PREFIX}{g}"), ExportKind::Global, *g);
+    }
+}
+
+fn dirty_memarg(inj: &Injected) -> MemArg {
+    MemArg { offset: 0, align: 0, memory_index: inj.dirty_mem }
+}
+
+/// `mark(dst, len)`: marks every 4 KiB page of `[dst, dst + len)` dirty (nothing if `len` is 0).
+/// An overflowing range makes the `memory.fill` below trap, as the instrumented bulk operation
+/// would have trapped anyway.
+fn mark_body(inj: &Injected) -> Function {
+    let (dst, len) = (0, 1);
+    let mut f = Function::new([]);
+    f.instructions()
+        .local_get(len)
+        .i32_eqz()
+        .if_(BlockType::Empty)
+        .return_()
+        .end()
+        // destination: first page
+        .local_get(dst)
+        .i32_const(DIRTY_PAGE_SHIFT as i32)
+        .i32_shr_u()
+        .i32_const(1)
+        // count: last page - first page + 1
+        .local_get(dst)
+        .local_get(len)
+        .i32_add()
+        .i32_const(1)
+        .i32_sub()
+        .i32_const(DIRTY_PAGE_SHIFT as i32)
+        .i32_shr_u()
+        .local_get(dst)
+        .i32_const(DIRTY_PAGE_SHIFT as i32)
+        .i32_shr_u()
+        .i32_sub()
+        .i32_const(1)
+        .i32_add()
+        .memory_fill(inj.dirty_mem)
+        .end();
+    f
+}
+
+/// `grow(delta) -> old | -1`: grows the canister-visible heap (see the module documentation).
+fn grow_body(inj: &Injected) -> Function {
+    let delta = 0;
+    let (old, real, new) = (1, 2, 3); // i32 locals
+    let new64 = 4; // i64 local
+    let mut f = Function::new([(3, ValType::I32), (1, ValType::I64)]);
+    f.instructions()
+        .global_get(inj.heap_pages_global)
+        .local_set(old)
+        // new64 = old + delta (unsigned, no overflow in 64 bits)
+        .local_get(old)
+        .i64_extend_i32_u()
+        .local_get(delta)
+        .i64_extend_i32_u()
+        .i64_add()
+        .local_tee(new64)
+        .i64_const(inj.max_heap_pages as i64)
+        .i64_gt_u()
+        .if_(BlockType::Empty)
+        .i32_const(-1)
+        .return_()
+        .end()
+        .local_get(new64)
+        .i32_wrap_i64()
+        .local_set(new)
+        .memory_size(0)
+        .local_set(real)
+        // grow the real memory when the canister needs more than it has
+        .local_get(new)
+        .local_get(real)
+        .i32_gt_u()
+        .if_(BlockType::Empty)
+        .local_get(new)
+        .local_get(real)
+        .i32_sub()
+        .memory_grow(0)
+        .i32_const(-1)
+        .i32_eq()
+        .if_(BlockType::Empty)
+        .i32_const(-1)
+        .return_()
+        .end()
+        .end()
+        // recycled = min(new, real): pages [old, recycled) hold leftovers of rolled-back
+        // messages and must read as zero again
+        .local_get(new)
+        .local_get(real)
+        .local_get(new)
+        .local_get(real)
+        .i32_lt_u()
+        .select()
+        .local_set(real)
+        .local_get(real)
+        .local_get(old)
+        .i32_gt_u()
+        .if_(BlockType::Empty)
+        .local_get(old)
+        .i32_const(16)
+        .i32_shl()
+        .i32_const(0)
+        .local_get(real)
+        .local_get(old)
+        .i32_sub()
+        .i32_const(16)
+        .i32_shl()
+        .memory_fill(0)
+        .local_get(old)
+        .i32_const(16)
+        .i32_shl()
+        .local_get(real)
+        .local_get(old)
+        .i32_sub()
+        .i32_const(16)
+        .i32_shl()
+        .call(inj.mark_func)
+        .end()
+        .local_get(new)
+        .global_set(inj.heap_pages_global)
+        .local_get(old)
+        .end();
+    f
+}
+
+fn add_helper_bodies(s: &mut CodeSection, inj: &Injected) {
+    s.function(&mark_body(inj));
+    s.function(&grow_body(inj));
+}
+
+/// Value type a store instruction writes, and how many bytes.
+fn store_kind(op: &Operator<'_>) -> Option<(wasmparser::MemArg, ValType)> {
+    use Operator as O;
+    Some(match op {
+        O::I32Store { memarg } | O::I32Store8 { memarg } | O::I32Store16 { memarg } => {
+            (*memarg, ValType::I32)
+        }
+        O::I64Store { memarg }
+        | O::I64Store8 { memarg }
+        | O::I64Store16 { memarg }
+        | O::I64Store32 { memarg } => (*memarg, ValType::I64),
+        O::F32Store { memarg } => (*memarg, ValType::F32),
+        O::F64Store { memarg } => (*memarg, ValType::F64),
+        O::V128Store { memarg }
+        | O::V128Store8Lane { memarg, .. }
+        | O::V128Store16Lane { memarg, .. }
+        | O::V128Store32Lane { memarg, .. }
+        | O::V128Store64Lane { memarg, .. } => (*memarg, ValType::V128),
+        _ => return None,
+    })
+}
+
+/// Temporary locals appended to a function.
+struct Temps {
+    a: u32,
+    b: u32,
+    c: u32,
+    i64_: u32,
+    f32_: u32,
+    f64_: u32,
+    v128: Option<u32>,
+}
+
+impl Temps {
+    fn for_value(&self, ty: ValType) -> Result<u32, InvalidWasm> {
+        Ok(match ty {
+            ValType::I32 => self.b,
+            ValType::I64 => self.i64_,
+            ValType::F32 => self.f32_,
+            ValType::F64 => self.f64_,
+            ValType::V128 => self.v128.ok_or_else(|| InvalidWasm("v128 temp missing".into()))?,
+            ValType::Ref(_) => return Err(InvalidWasm("reference-typed store".into())),
+        })
+    }
+}
+
+fn rewrite_body(body: &FunctionBody<'_>, params: u32, inj: &Injected) -> Result<Function, InvalidWasm> {
+    let mut reencoder = RoundtripReencoder;
+    let mut locals: Vec<(u32, ValType)> = Vec::new();
+    let mut next_local = params;
+    for local in body.get_locals_reader()? {
+        let (count, ty) = local?;
+        next_local = next_local
+            .checked_add(count)
+            .ok_or_else(|| InvalidWasm("too many locals".into()))?;
+        locals.push((count, reencoder.val_type(ty)?));
+    }
+    let mut ops = Vec::new();
+    let mut reader = body.get_operators_reader()?;
+    while !reader.eof() {
+        ops.push(reader.read()?);
+    }
+    reader.finish()?;
+    let uses_v128_store = ops.iter().any(|op| matches!(store_kind(op), Some((_, ValType::V128))));
+    let temps = Temps {
+        a: next_local,
+        b: next_local + 1,
+        c: next_local + 2,
+        i64_: next_local + 3,
+        f32_: next_local + 4,
+        f64_: next_local + 5,
+        v128: uses_v128_store.then_some(next_local + 6),
+    };
+    locals.extend([(3, ValType::I32), (1, ValType::I64), (1, ValType::F32), (1, ValType::F64)]);
+    if uses_v128_store {
+        locals.push((1, ValType::V128));
+    }
+    let mut f = Function::new(locals);
+    for op in ops {
+        if let Some((memarg, ty)) = store_kind(&op) {
+            if memarg.memory != 0 {
+                return Err(InvalidWasm("store to a memory other than 0".into()));
+            }
+            let value = temps.for_value(ty)?;
+            let mut sink = f.instructions();
+            sink.local_set(value).local_tee(temps.a);
+            if memarg.offset != 0 {
+                // Wrapping is harmless: an address that wraps makes the store itself trap.
+                sink.i32_const(memarg.offset as u32 as i32).i32_add();
+            }
+            sink.i32_const(DIRTY_PAGE_SHIFT as i32)
+                .i32_shr_u()
+                .i32_const(1)
+                .i32_store8(dirty_memarg(inj))
+                .local_get(temps.a)
+                .local_get(value);
+            f.instruction(&reencoder.instruction(op)?);
+            continue;
+        }
+        match op {
+            Operator::MemoryFill { mem: 0 }
+            | Operator::MemoryCopy { dst_mem: 0, src_mem: 0 }
+            | Operator::MemoryInit { mem: 0, .. } => {
+                // Stack: [dst, value|src, len]
+                f.instructions()
+                    .local_set(temps.c)
+                    .local_set(temps.b)
+                    .local_tee(temps.a)
+                    .local_get(temps.c)
+                    .call(inj.mark_func)
+                    .local_get(temps.a)
+                    .local_get(temps.b)
+                    .local_get(temps.c);
+                f.instruction(&reencoder.instruction(op)?);
+            }
+            Operator::MemorySize { mem: 0 } => {
+                f.instructions().global_get(inj.heap_pages_global);
+            }
+            Operator::MemoryGrow { mem: 0 } => {
+                f.instructions().call(inj.grow_func);
+            }
+            Operator::MemoryFill { .. }
+            | Operator::MemoryCopy { .. }
+            | Operator::MemoryInit { .. }
+            | Operator::MemorySize { .. }
+            | Operator::MemoryGrow { .. }
+            | Operator::MemoryDiscard { .. } => {
+                return Err(InvalidWasm(format!("unsupported memory instruction {op:?}")));
+            }
+            op => {
+                f.instruction(&reencoder.instruction(op)?);
+            }
+        }
+    }
+    Ok(f)
+}
