@@ -1,12 +1,15 @@
-// The chat canister's message types for the test tools (same as
-// examples/chat/web/src/chat-types.ts, which the page uses; keep the two in step).
+// The chat canister's message types for the test tools (examples/chat/chat.did; the page's
+// copy is examples/chat/web/src/chat-types.ts: keep the three in step).
 import { IDL } from "../../client-js/dist/index.js";
 
-export const OpenArgs = IDL.Record({ name: IDL.Text });
-export const ChatIn = IDL.Variant({ Say: IDL.Record({ text: IDL.Text }) });
+export const OpenArgs = IDL.Record({ name: IDL.Text, room: IDL.Opt(IDL.Text) });
+export const ChatIn = IDL.Variant({
+  Say: IDL.Record({ text: IDL.Text }),
+  SwitchRoom: IDL.Record({ room: IDL.Text }),
+});
 export const ChatOut = IDL.Variant({
-  Message: IDL.Record({ from: IDL.Text, text: IDL.Text }),
-  Joined: IDL.Record({ name: IDL.Text }),
-  Left: IDL.Record({ name: IDL.Text }),
-  Members: IDL.Record({ names: IDL.Vec(IDL.Text) }),
+  Message: IDL.Record({ from: IDL.Text, client: IDL.Nat64, room: IDL.Text, text: IDL.Text, at_ns: IDL.Nat64 }),
+  Joined: IDL.Record({ name: IDL.Text, client: IDL.Nat64, room: IDL.Text }),
+  Left: IDL.Record({ name: IDL.Text, client: IDL.Nat64, room: IDL.Text, reason: IDL.Text }),
+  Members: IDL.Record({ room: IDL.Text, names: IDL.Vec(IDL.Text), total: IDL.Nat64 }),
 });

@@ -1,5 +1,5 @@
-// The chat "canister" on client-js's fake IC + gateway (real certificates from a test root
-// key): lets the page and the bench run in Chromium without building the Rust stack.
+// The chat "canister" (examples/chat, one room) on client-js's fake IC + gateway (real
+// certificates from a test root key): lets the page run in Chromium without the Rust stack.
 import { IDL } from "../../client-js/dist/index.js";
 import { FakeGateway } from "../../client-js/test/fake-gateway.mjs";
 import { ChatIn, ChatOut, OpenArgs } from "./chat-idl.mjs";
@@ -13,12 +13,12 @@ export async function startFakeChat() {
   gw.onOpened = (s, args) => {
     const [{ name }] = IDL.decode([OpenArgs], args);
     names.set(s.id, name);
-    gw.push(s, { App: { topic: [], payload: IDL.encode([ChatOut], [{ Members: { names: [...names.values()] } }]) } });
-    broadcast({ Joined: { name } });
+    gw.push(s, { App: { topic: [], payload: IDL.encode([ChatOut], [{ Members: { room: "lobby", names: [...names.values()], total: BigInt(names.size) } }]) } });
+    broadcast({ Joined: { name, client: s.id, room: "lobby" } });
   };
   gw.onApp = (s, payload) => {
     const [msg] = IDL.decode([ChatIn], payload);
-    broadcast({ Message: { from: names.get(s.id) ?? "?", text: msg.Say.text } });
+    broadcast({ Message: { from: names.get(s.id) ?? "?", client: s.id, room: "lobby", text: msg.Say.text, at_ns: gw.now() } });
   };
   return {
     gatewayUrl: gw.url,

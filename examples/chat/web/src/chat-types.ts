@@ -1,28 +1,29 @@
 /**
  * Candid types of the chat canister's messages (examples/chat/chat.did), as IDL values.
- * Keep in sync with the canister: the page decodes every verified payload with these.
+ * The page decodes every verified payload with these; keep them in step with chat.did.
  */
 import { IDL } from "@ic-ws/client";
 
-/** `on_open` argument: the name the user picked. */
-export const OpenArgs = IDL.Record({ name: IDL.Text });
-export interface OpenArgs { name: string }
+/** `on_open` argument: the name the user picked and the room (default `lobby`). */
+export const OpenArgs = IDL.Record({ name: IDL.Text, room: IDL.Opt(IDL.Text) });
+export interface OpenArgs { name: string; room: [] | [string] }
 
 /** What the page sends (the canister's `on_message` argument). */
 export const ChatIn = IDL.Variant({
   Say: IDL.Record({ text: IDL.Text }),
+  SwitchRoom: IDL.Record({ room: IDL.Text }),
 });
-export type ChatIn = { Say: { text: string } };
+export type ChatIn = { Say: { text: string } } | { SwitchRoom: { room: string } };
 
 /** What the canister sends. */
 export const ChatOut = IDL.Variant({
-  Message: IDL.Record({ from: IDL.Text, text: IDL.Text }),
-  Joined: IDL.Record({ name: IDL.Text }),
-  Left: IDL.Record({ name: IDL.Text }),
-  Members: IDL.Record({ names: IDL.Vec(IDL.Text) }),
+  Message: IDL.Record({ from: IDL.Text, client: IDL.Nat64, room: IDL.Text, text: IDL.Text, at_ns: IDL.Nat64 }),
+  Joined: IDL.Record({ name: IDL.Text, client: IDL.Nat64, room: IDL.Text }),
+  Left: IDL.Record({ name: IDL.Text, client: IDL.Nat64, room: IDL.Text, reason: IDL.Text }),
+  Members: IDL.Record({ room: IDL.Text, names: IDL.Vec(IDL.Text), total: IDL.Nat64 }),
 });
 export type ChatOut =
-  | { Message: { from: string; text: string } }
-  | { Joined: { name: string } }
-  | { Left: { name: string } }
-  | { Members: { names: string[] } };
+  | { Message: { from: string; client: bigint; room: string; text: string; at_ns: bigint } }
+  | { Joined: { name: string; client: bigint; room: string } }
+  | { Left: { name: string; client: bigint; room: string; reason: string } }
+  | { Members: { room: string; names: string[]; total: bigint } };

@@ -4,7 +4,8 @@
  * shows the certificate's time. A failed check shows a banner and the message is never shown.
  *
  * Configuration: `config.json` next to the page (written by scripts/demo), overridden by
- * query parameters `gateway`, `canister`, `rootKey` (hex DER; omit for mainnet) and `name`.
+ * query parameters `gateway`, `canister`, `rootKey` (hex DER; omit for mainnet), `name` and
+ * `room` (default `lobby`).
  */
 import { IcWsClient, IDL, fromHex } from "@ic-ws/client";
 import type { ConnectionState, IcWsError } from "@ic-ws/client";
@@ -92,16 +93,26 @@ function showNotice(text: string): void {
   setTimeout(() => n.classList.remove("show"), 8000);
 }
 
+function showJoin(): void {
+  $("chat").classList.add("hidden");
+  $("join").classList.remove("hidden");
+  $("leave").classList.add("hidden");
+}
+
 function start(cfg: Config, name: string): void {
   $("join").classList.add("hidden");
   $("chat").classList.remove("hidden");
+  $("messages").replaceChildren();
+  members.clear();
+  renderMembers();
+  const room = new URLSearchParams(location.search).get("room");
   const client = new IcWsClient<ChatIn, ChatOut>({
     gatewayUrl: cfg.gateway,
     canisterId: cfg.canister,
     rootKey: cfg.rootKey ? fromHex(cfg.rootKey) : undefined,
     inboundType: ChatIn,
     outboundType: ChatOut,
-    openArgs: IDL.encode([OpenArgs], [{ name }]),
+    openArgs: IDL.encode([OpenArgs], [{ name, room: room ? [room] : [] }]),
     storageKey: `ic-ws-chat:${cfg.canister}:${name}`,
   });
   (window as unknown as { chatClient: unknown }).chatClient = client;
@@ -117,6 +128,7 @@ function start(cfg: Config, name: string): void {
         const from = document.createElement("span");
         from.className = "from";
         from.textContent = d.Message.from;
+        from.title = `client #${d.Message.client}, room ${d.Message.room}`;
         const text = document.createElement("span");
         text.className = "text";
         text.textContent = d.Message.text;
@@ -136,18 +148,24 @@ function start(cfg: Config, name: string): void {
       renderMembers();
       addLine((li) => {
         li.className = "event";
-        li.textContent = `${d.Left.name} left`;
+        li.textContent = `${d.Left.name} left (${d.Left.reason})`;
         verifiedMark(li, m.certificateTimeNs);
       });
     } else if ("Members" in d) {
       members.clear();
       for (const n of d.Members.names) members.add(n);
       renderMembers();
+      $("room").textContent = `#${d.Members.room}`;
     }
   });
   client.on("error", (e) => {
     if (e.tampering) showBanner(e);
     else showNotice(`${e.kind}: ${e.message}`);
+    if (e.kind === "OpenFailed" && e.wsError && "Rejected" in e.wsError) {
+      // E.g. the name is taken: pick another.
+      sessionStorage.removeItem("ic-ws-chat:name");
+      showJoin();
+    }
   });
   client.on("close", (c) => {
     if (c.sessionClosed) showNotice(`session ended: ${c.reason}`);
@@ -184,12 +202,6 @@ async function main(): Promise<void> {
     showNotice(String(e));
     return;
   }
-  const preset = new URLSearchParams(location.search).get("name") ?? sessionStorage.getItem("ic-ws-chat:name");
-  if (preset) {
-    sessionStorage.setItem("ic-ws-chat:name", preset);
-    start(cfg, preset);
-    return;
-  }
   $("join-form").addEventListener("submit", (ev) => {
     ev.preventDefault();
     const name = $<HTMLInputElement>("name").value.trim();
@@ -197,6 +209,12 @@ async function main(): Promise<void> {
     sessionStorage.setItem("ic-ws-chat:name", name);
     start(cfg, name);
   });
+  // A reload keeps the name (and the client resumes the session stored for it).
+  const preset = sessionStorage.getItem("ic-ws-chat:name") ?? new URLSearchParams(location.search).get("name");
+  if (preset) {
+    sessionStorage.setItem("ic-ws-chat:name", preset);
+    start(cfg, preset);
+  }
 }
 
 void main();
