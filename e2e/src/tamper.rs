@@ -1,0 +1,357 @@
+//! A test-only adversarial gateway: a WebSocket proxy between the real gateway and its
+//! clients that tampers with the certified `Messages` frames it relays. It models everything
+//! an untrusted gateway can do to outbound traffic: alter a payload, alter a certificate,
+//! reorder, drop, duplicate, replay an old frame, deliver another client's frame, and replay
+//! an old frame later (a stale certificate). Client -> gateway frames pass unchanged.
+//!
+//! Attacks are armed per client id and fire once, on the next `Messages` frame for that
+//! client; [`TamperProxy::fired`] tells the test what was done (which sequence numbers), so it
+//! can assert the exact check the client reports. Every frame the real gateway delivered is
+//! recorded (untampered) for replays.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use futures_util::{SinkExt, StreamExt};
+use ic_ws_protocol::{ClientId, GatewayFrame};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+
+/// What the proxy does to the next `Messages` frame of a client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Attack {
+    /// Flip one byte of the last message's content.
+    AlterPayload,
+    /// Flip one bit of the certificate's BLS signature.
+    AlterCertificate,
+    /// Hold the frame back and deliver it after the next one.
+    Reorder,
+    /// Never deliver the frame.
+    Drop,
+    /// Deliver the frame twice.
+    Duplicate,
+    /// Deliver the frame, then the client's first frame again (genuinely certified, old).
+    ReplayOld,
+    /// Replace the frame by the latest frame delivered to another client.
+    DeliverOther,
+}
+
+/// An attack that was carried out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fired {
+    /// The victim.
+    pub client_id: ClientId,
+    /// What was done.
+    pub attack: Attack,
+    /// First sequence number of the frame the attack hit.
+    pub frame_first_seq: u64,
+    /// Last sequence number of that frame.
+    pub frame_last_seq: u64,
+    /// Reorder: first seq of the frame delivered ahead of it. ReplayOld: first seq of the
+    /// replayed frame. DeliverOther: first seq of the other client's frame.
+    pub other_seq: Option<u64>,
+    /// DeliverOther: the client whose frame was delivered.
+    pub other_client: Option<ClientId>,
+}
+
+#[derive(Clone)]
+struct Recorded {
+    client_id: ClientId,
+    bytes: Vec<u8>,
+    first_seq: u64,
+}
+
+#[derive(Default)]
+struct State {
+    armed: Vec<(ClientId, Attack)>,
+    frames: Vec<Recorded>,
+    fired: Vec<Fired>,
+    /// Latest connection of each client: where injected frames go.
+    injectors: HashMap<ClientId, mpsc::UnboundedSender<Vec<u8>>>,
+    connections: u64,
+}
+
+/// The proxy. Dropping it stops accepting; open connections end with their peers.
+pub struct TamperProxy {
+    url: String,
+    state: Arc<Mutex<State>>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl TamperProxy {
+    /// Listens on a free local port and relays every connection to `upstream` (a gateway's
+    /// `ws://` URL).
+    pub async fn start(upstream: &str) -> std::io::Result<Self> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let url = format!("ws://{}", listener.local_addr()?);
+        let state: Arc<Mutex<State>> = Arc::default();
+        let upstream = upstream.to_string();
+        let accept = {
+            let state = state.clone();
+            tokio::spawn(async move {
+                while let Ok((tcp, _)) = listener.accept().await {
+                    let state = state.clone();
+                    let upstream = upstream.clone();
+                    tokio::spawn(async move {
+                        let Ok(client) = tokio_tungstenite::accept_async(tcp).await else {
+                            return;
+                        };
+                        let Ok((gateway, _)) =
+                            tokio_tungstenite::connect_async(upstream.as_str()).await
+                        else {
+                            return;
+                        };
+                        lock(&state).connections += 1;
+                        relay(state, client, gateway).await;
+                    });
+                }
+            })
+        };
+        Ok(TamperProxy { url, state, accept })
+    }
+
+    /// `ws://127.0.0.1:<port>`: give this to clients instead of the gateway's URL.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// Arms `attack` for the next `Messages` frame of `client_id`.
+    pub fn arm(&self, client_id: ClientId, attack: Attack) {
+        lock(&self.state).armed.push((client_id, attack));
+    }
+
+    /// True while an armed attack for `client_id` has not fired.
+    pub fn is_armed(&self, client_id: ClientId) -> bool {
+        lock(&self.state).armed.iter().any(|(c, _)| *c == client_id)
+    }
+
+    /// The attacks carried out so far.
+    pub fn fired(&self) -> Vec<Fired> {
+        lock(&self.state).fired.clone()
+    }
+
+    /// `Messages` frames the real gateway delivered to `client_id` so far.
+    pub fn frames_for(&self, client_id: ClientId) -> usize {
+        lock(&self.state)
+            .frames
+            .iter()
+            .filter(|f| f.client_id == client_id)
+            .count()
+    }
+
+    /// Connections accepted so far.
+    pub fn connections(&self) -> u64 {
+        lock(&self.state).connections
+    }
+
+    /// Sends `client_id`'s first recorded frame (genuine, old) into its current connection
+    /// now. Returns the frame's first sequence number, or `None` if there is no such frame or
+    /// connection.
+    pub fn replay_first_frame(&self, client_id: ClientId) -> Option<u64> {
+        let state = lock(&self.state);
+        let frame = state.frames.iter().find(|f| f.client_id == client_id)?;
+        state
+            .injectors
+            .get(&client_id)?
+            .send(frame.bytes.clone())
+            .ok()?;
+        Some(frame.first_seq)
+    }
+}
+
+impl Drop for TamperProxy {
+    fn drop(&mut self) {
+        self.accept.abort();
+    }
+}
+
+fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
+    state.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+type Ws<S> = tokio_tungstenite::WebSocketStream<S>;
+
+async fn relay<C, G>(state: Arc<Mutex<State>>, client: Ws<C>, gateway: Ws<G>)
+where
+    C: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    G: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let (mut to_client, mut from_client) = client.split();
+    let (mut to_gateway, mut from_gateway) = gateway.split();
+    let (inject_tx, mut inject_rx) = mpsc::unbounded_channel::<Vec<u8>>();
+    let mut conn = Conn {
+        state,
+        client_id: None,
+        held: None,
+        inject: inject_tx,
+    };
+    loop {
+        tokio::select! {
+            m = from_client.next() => match m {
+                Some(Ok(m)) => {
+                    let close = m.is_close();
+                    if to_gateway.send(m).await.is_err() || close {
+                        return;
+                    }
+                }
+                _ => {
+                    let _ = to_gateway.close().await;
+                    return;
+                }
+            },
+            m = from_gateway.next() => match m {
+                Some(Ok(WsMessage::Binary(bytes))) => {
+                    for out in conn.on_gateway_frame(bytes.to_vec()) {
+                        if to_client.send(WsMessage::Binary(out.into())).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+                Some(Ok(m)) => {
+                    let close = m.is_close();
+                    if to_client.send(m).await.is_err() || close {
+                        return;
+                    }
+                }
+                _ => {
+                    let _ = to_client.close().await;
+                    return;
+                }
+            },
+            Some(bytes) = inject_rx.recv() => {
+                if to_client.send(WsMessage::Binary(bytes.into())).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+struct Conn {
+    state: Arc<Mutex<State>>,
+    client_id: Option<ClientId>,
+    /// A frame held back by `Reorder`.
+    held: Option<Recorded>,
+    inject: mpsc::UnboundedSender<Vec<u8>>,
+}
+
+impl Conn {
+    /// What the client gets for one frame from the gateway.
+    fn on_gateway_frame(&mut self, bytes: Vec<u8>) -> Vec<Vec<u8>> {
+        let frame: GatewayFrame = match ic_ws_protocol::decode(&bytes) {
+            Ok(f) => f,
+            Err(_) => return vec![bytes],
+        };
+        let (first_seq, last_seq, client_id) = match &frame {
+            GatewayFrame::OpenResult(Ok(ok)) => {
+                self.client_id = Some(ok.client_id);
+                lock(&self.state)
+                    .injectors
+                    .insert(ok.client_id, self.inject.clone());
+                return vec![bytes];
+            }
+            GatewayFrame::Messages { messages, .. } => match (messages.first(), messages.last()) {
+                (Some(f), Some(l)) => (f.seq, l.seq, f.client_id),
+                _ => return vec![bytes],
+            },
+            _ => return vec![bytes],
+        };
+        let this = Recorded {
+            client_id,
+            bytes: bytes.clone(),
+            first_seq,
+        };
+        let mut state = lock(&self.state);
+        state.frames.push(this.clone());
+        if let Some(held) = self.held.take() {
+            return vec![bytes, held.bytes];
+        }
+        let Some(pos) = state.armed.iter().position(|(c, _)| *c == client_id) else {
+            return vec![bytes];
+        };
+        let (_, attack) = state.armed.remove(pos);
+        let mut fired = Fired {
+            client_id,
+            attack,
+            frame_first_seq: first_seq,
+            frame_last_seq: last_seq,
+            other_seq: None,
+            other_client: None,
+        };
+        let out = match attack {
+            Attack::AlterPayload => vec![alter_payload(frame)],
+            Attack::AlterCertificate => vec![alter_certificate(frame)],
+            Attack::Reorder => {
+                self.held = Some(this);
+                vec![]
+            }
+            Attack::Drop => vec![],
+            Attack::Duplicate => vec![bytes.clone(), bytes],
+            Attack::ReplayOld => match state.frames.iter().find(|f| f.client_id == client_id) {
+                Some(old) if old.first_seq < first_seq => {
+                    fired.other_seq = Some(old.first_seq);
+                    vec![bytes, old.bytes.clone()]
+                }
+                _ => {
+                    // Nothing older yet: try again on the next frame.
+                    state.armed.insert(pos, (client_id, attack));
+                    return vec![bytes];
+                }
+            },
+            Attack::DeliverOther => {
+                match state.frames.iter().rev().find(|f| f.client_id != client_id) {
+                    Some(other) => {
+                        fired.other_seq = Some(other.first_seq);
+                        fired.other_client = Some(other.client_id);
+                        vec![other.bytes.clone()]
+                    }
+                    None => {
+                        state.armed.insert(pos, (client_id, attack));
+                        return vec![bytes];
+                    }
+                }
+            }
+        };
+        if attack == Attack::Reorder {
+            // Completed when the next frame arrives; record what will be delivered ahead.
+            fired.other_seq = Some(last_seq + 1);
+        }
+        state.fired.push(fired);
+        out
+    }
+}
+
+fn reencode(frame: &GatewayFrame) -> Vec<u8> {
+    ic_ws_protocol::encode(frame).unwrap_or_default()
+}
+
+fn alter_payload(mut frame: GatewayFrame) -> Vec<u8> {
+    if let GatewayFrame::Messages { messages, .. } = &mut frame {
+        if let Some(m) = messages.last_mut() {
+            let i = m.content.len() / 2;
+            if let Some(b) = m.content.get_mut(i) {
+                *b ^= 0x01;
+            }
+        }
+    }
+    reencode(&frame)
+}
+
+fn alter_certificate(mut frame: GatewayFrame) -> Vec<u8> {
+    if let GatewayFrame::Messages { certificate, .. } = &mut frame {
+        if let Ok(serde_cbor::Value::Map(mut map)) = serde_cbor::from_slice(certificate) {
+            if let Some(serde_cbor::Value::Bytes(sig)) =
+                map.get_mut(&serde_cbor::Value::Text("signature".into()))
+            {
+                if let Some(b) = sig.last_mut() {
+                    *b ^= 0x01;
+                }
+            }
+            if let Ok(bytes) = serde_cbor::to_vec(&serde_cbor::Value::Map(map)) {
+                *certificate = bytes;
+            }
+        }
+    }
+    reencode(&frame)
+}
