@@ -9,6 +9,8 @@
 //! The module `expand` documents how the endpoints are generated exactly once although each
 //! attribute sees only its own function.
 
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
 mod attr;
 mod errors;
 mod expand;
@@ -63,6 +65,11 @@ use quote::quote;
 /// The handler cannot be `async` (start async work with `ic_cdk::futures::spawn`), generic or
 /// a method. It runs inside the batched `ws_message` update call: if it traps, the whole batch
 /// is rolled back and the gateway retries its entries one by one.
+///
+/// Native tests of an app can drive the generated handlers without a replica, through the
+/// runtime's `testing` module and the hidden table `__ic_ws_on_message::App::HANDLERS` (in the
+/// module of `#[on_message]`): `ic_ws_canister::__private::ws_message(&HANDLERS, batch)` runs
+/// exactly what the `ws_message` endpoint runs (see `examples/chat/src/tests.rs`).
 ///
 /// A second `#[on_message]` in the crate is a compile error (`__ic_ws_only_one_on_message_per_canister`
 /// defined multiple times); the generated items live beside the app's own `#[init]`,

@@ -161,7 +161,7 @@ thread_local! {
         Settings::default(),
     ));
     /// The app's certified quotes (heap; rebuilt from `QUOTES` after an upgrade).
-    static CERTIFIED: RefCell<CertTree> = RefCell::new(CertTree::new());
+    static CERTIFIED: RefCell<CertTree> = const { RefCell::new(CertTree::new()) };
 }
 
 /// Canister time; natively (unit tests) the runtime's fake clock.
