@@ -8,6 +8,7 @@ import { fileURLToPath } from "node:url";
 export const ROOT = fileURLToPath(new URL("../..", import.meta.url));
 export const CLIENT_DIR = join(ROOT, "client-js");
 export const WEB_DIR = join(ROOT, "examples/chat/web");
+export const TICKER_WEB_DIR = join(ROOT, "examples/ticker/web");
 
 function newest(dir) {
   let t = 0;
@@ -22,6 +23,15 @@ function npmInstall(dir) {
   if (existsSync(join(dir, "node_modules"))) return;
   console.error(`[build] npm ci in ${dir}`);
   execSync("npm ci --no-audit --no-fund --loglevel=error", { cwd: dir, stdio: "inherit" });
+}
+
+/** Builds the client and the ticker page; returns its dist directory. */
+export function buildTickerPage() {
+  buildPage();
+  npmInstall(TICKER_WEB_DIR);
+  console.error("[build] ticker page (esbuild)");
+  execSync("node build.mjs", { cwd: TICKER_WEB_DIR, stdio: "inherit" });
+  return join(TICKER_WEB_DIR, "dist");
 }
 
 export function buildPage() {
