@@ -64,6 +64,9 @@ enum Scenario {
     Fanout(FanoutArgs),
     /// Clients sending messages at a fixed rate.
     Inbound(InboundArgs),
+    /// Open sessions and count what arrives (for ic-ws-bench-gateway, whose fake canister
+    /// produces the messages itself).
+    Receive(ReceiveArgs),
 }
 
 #[derive(Args, Debug, Clone)]
@@ -150,6 +153,24 @@ struct InboundArgs {
     secs: u64,
 }
 
+#[derive(Args, Debug)]
+struct ReceiveArgs {
+    #[command(flatten)]
+    common: Common,
+    /// The canister id the gateway serves.
+    #[arg(long)]
+    canister: String,
+    /// Sessions.
+    #[arg(long, default_value_t = 1000)]
+    clients: usize,
+    /// Seconds measured (after a warm-up of 3 s).
+    #[arg(long, default_value_t = 20)]
+    secs: u64,
+    /// Sample one delivery in this many for latency.
+    #[arg(long, default_value_t = 10)]
+    sample_every: u64,
+}
+
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let rt = match tokio::runtime::Builder::new_multi_thread()
@@ -167,6 +188,7 @@ fn main() -> std::process::ExitCode {
             Scenario::Idle(a) => idle(a).await,
             Scenario::Fanout(a) => fanout(a).await,
             Scenario::Inbound(a) => inbound(a).await,
+            Scenario::Receive(a) => receive(a).await,
         }
     });
     match result {
@@ -533,6 +555,59 @@ async fn inbound(args: InboundArgs) -> Result<(), LoadError> {
     stop_tx.send_replace(true);
     for t in tasks {
         let _ = t.await;
+    }
+    Ok(())
+}
+
+async fn receive(args: ReceiveArgs) -> Result<(), LoadError> {
+    let c = &args.common;
+    let canister = Principal::from_text(args.canister.trim())
+        .map_err(|e| LoadError::Protocol(format!("canister: {e}")))?;
+    let sessions = open_sessions(c, &[canister], args.clients).await?;
+    let stats = Arc::new(Stats::default());
+    stats
+        .sample_every
+        .store(args.sample_every, std::sync::atomic::Ordering::Relaxed);
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut receivers = Vec::new();
+    for s in sessions {
+        receivers.push(tokio::spawn(s.run_receiver(stats.clone(), stop_rx.clone())));
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    stats.reset_samples();
+    let probe = Probe {
+        admin: c.admin,
+        pid: c.gateway_pid,
+    };
+    let d0 = stats.delivered.load(std::sync::atomic::Ordering::Relaxed);
+    let (m0, cpu0, t0) = probe.take().await;
+    tokio::time::sleep(Duration::from_secs(args.secs)).await;
+    let (m1, cpu1, t1) = probe.take().await;
+    let delivered = stats.delivered.load(std::sync::atomic::Ordering::Relaxed) - d0;
+    let dt = t1.duration_since(t0).as_secs_f64();
+    let rate = delivered as f64 / dt;
+    let cpu = (cpu1 - cpu0) / dt;
+    let (p50, p99, max, n) =
+        stats
+            .delivery_percentiles()
+            .unwrap_or((f64::NAN, f64::NAN, f64::NAN, 0));
+    let gw_p50 = stats::histogram_quantile(&m0, &m1, "ic_ws_gateway_delivery_delay_seconds", 0.5)
+        .map_or(f64::NAN, |s| s * 1000.0);
+    let gw_p99 = stats::histogram_quantile(&m0, &m1, "ic_ws_gateway_delivery_delay_seconds", 0.99)
+        .map_or(f64::NAN, |s| s * 1000.0);
+    let gaps = stats.gaps.load(std::sync::atomic::Ordering::Relaxed);
+    let closed = stats.closed.load(std::sync::atomic::Ordering::Relaxed);
+    println!("receive: {} clients: {delivered} messages in {dt:.1} s = {rate:.0} msg/s; gateway CPU {cpu:.2} cores", args.clients);
+    println!(
+        "latency fake-canister send -> client receipt (ms, {n} samples): p50 {p50:.1}, p99 {p99:.1}, max {max:.1}; gateway-added delay: p50 <= {gw_p50} ms, p99 <= {gw_p99} ms; gaps {gaps}, sessions lost {closed}"
+    );
+    println!(
+        "{{\"scenario\":\"receive\",\"clients\":{},\"delivered\":{delivered},\"seconds\":{dt:.2},\"msgs_per_s\":{rate:.0},\"gateway_cpu_cores\":{cpu:.2},\"latency_ms\":{{\"p50\":{p50:.2},\"p99\":{p99:.2},\"max\":{max:.2}}},\"gateway_delay_ms\":{{\"p50_le\":{gw_p50},\"p99_le\":{gw_p99}}},\"gaps\":{gaps},\"lost_sessions\":{closed}}}",
+        args.clients
+    );
+    stop_tx.send_replace(true);
+    for r in receivers {
+        let _ = r.await;
     }
     Ok(())
 }

@@ -34,7 +34,7 @@ impl Stats {
     pub fn record_delivery(&self, age_ns: u64) {
         let n = self.delivered.fetch_add(1, Relaxed);
         let every = self.sample_every.load(Relaxed).max(1);
-        if n % every == 0 {
+        if n.is_multiple_of(every) {
             if let Ok(mut v) = self.delivery_us.lock() {
                 v.push(age_ns / 1000);
             }

@@ -73,6 +73,13 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
+    let filter = tracing_subscriber::EnvFilter::try_new(&config.log)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .init();
     let Ok(rt) = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -112,12 +119,11 @@ fn main() -> std::process::ExitCode {
             Text(String),
             Bytes(serde_bytes::ByteBuf),
         }
-        let payload =
-            candid::encode_one(Outbound::Bytes(serde_bytes::ByteBuf::from(vec![
+        let payload = candid::encode_one(Outbound::Bytes(serde_bytes::ByteBuf::from(vec![
                 9u8;
                 args.size
             ])))
-            .unwrap_or_default();
+        .unwrap_or_default();
         let producer = tokio::spawn(async move {
             let mut tick = tokio::time::interval(args.tick);
             loop {
