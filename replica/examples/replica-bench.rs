@@ -36,7 +36,10 @@ struct Options {
 }
 
 fn parse_options() -> Options {
-    let mut options = Options { seconds: 5, concurrency: 16 };
+    let mut options = Options {
+        seconds: 5,
+        concurrency: 16,
+    };
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
     while i < args.len() {
@@ -45,7 +48,9 @@ fn parse_options() -> Options {
             ("--seconds", Some(v)) => options.seconds = v,
             ("--concurrency", Some(v)) => options.concurrency = v as usize,
             (other, _) => {
-                eprintln!("usage: replica-bench [--seconds N] [--concurrency N] (unknown: {other})");
+                eprintln!(
+                    "usage: replica-bench [--seconds N] [--concurrency N] (unknown: {other})"
+                );
                 std::process::exit(2);
             }
         }
@@ -72,23 +77,44 @@ enum Kind {
 }
 
 /// Runs `callers` loops for `duration`; returns completed calls per second.
-async fn http_rate(url: &str, canister: Principal, kind: Kind, callers: usize, duration: Duration) -> f64 {
+async fn http_rate(
+    url: &str,
+    canister: Principal,
+    kind: Kind,
+    callers: usize,
+    duration: Duration,
+) -> f64 {
     let done = Arc::new(AtomicU64::new(0));
     let deadline = Instant::now() + duration;
     let mut tasks = Vec::new();
     for caller in 0..callers {
         let agent = agent(url, caller as u8 + 1).await;
         // warm-up: subnet keys fetched, connection open
-        agent.query(&canister, QUERY_METHOD).with_arg(query_arg()).call().await.unwrap();
+        agent
+            .query(&canister, QUERY_METHOD)
+            .with_arg(query_arg())
+            .call()
+            .await
+            .unwrap();
         let done = done.clone();
         tasks.push(tokio::spawn(async move {
             while Instant::now() < deadline {
                 match kind {
                     Kind::Update => {
-                        agent.update(&canister, UPDATE_METHOD).with_arg(update_arg()).call_and_wait().await.unwrap();
+                        agent
+                            .update(&canister, UPDATE_METHOD)
+                            .with_arg(update_arg())
+                            .call_and_wait()
+                            .await
+                            .unwrap();
                     }
                     Kind::Query => {
-                        agent.query(&canister, QUERY_METHOD).with_arg(query_arg()).call().await.unwrap();
+                        agent
+                            .query(&canister, QUERY_METHOD)
+                            .with_arg(query_arg())
+                            .call()
+                            .await
+                            .unwrap();
                     }
                 }
                 done.fetch_add(1, Ordering::Relaxed);
@@ -107,8 +133,17 @@ fn api_rate(replica: &Replica, canister: Principal, kind: Kind, duration: Durati
     let mut n = 0u64;
     while start.elapsed() < duration {
         match kind {
-            Kind::Update => replica.update(canister, UPDATE_METHOD, &update_arg(), Principal::anonymous()).map(drop),
-            Kind::Query => replica.query(canister, QUERY_METHOD, &query_arg(), Principal::anonymous()).map(drop),
+            Kind::Update => replica
+                .update(
+                    canister,
+                    UPDATE_METHOD,
+                    &update_arg(),
+                    Principal::anonymous(),
+                )
+                .map(drop),
+            Kind::Query => replica
+                .query(canister, QUERY_METHOD, &query_arg(), Principal::anonymous())
+                .map(drop),
         }
         .unwrap();
         n += 1;
@@ -120,9 +155,12 @@ fn api_rate(replica: &Replica, canister: Principal, kind: Kind, duration: Durati
 async fn main() {
     let options = parse_options();
     let duration = Duration::from_secs(options.seconds);
-    let wasm = ic_ws_replica::wasm_build::build_canister_wasm("ic-ws-replica-test-canister").unwrap();
+    let wasm =
+        ic_ws_replica::wasm_build::build_canister_wasm("ic-ws-replica-test-canister").unwrap();
     let replica = Replica::new(ReplicaConfig::with_seed("bench"));
-    let canister = replica.create_and_install(&wasm, &Encode!().unwrap()).unwrap();
+    let canister = replica
+        .create_and_install(&wasm, &Encode!().unwrap())
+        .unwrap();
     let server = replica.serve("127.0.0.1:0".parse().unwrap()).unwrap();
     let url = server.url();
     println!(
@@ -134,22 +172,39 @@ async fn main() {
     let signatures_before = replica.signatures_made();
     let rows = [
         ("HTTP updates/s, sequential", Kind::Update, 1),
-        ("HTTP updates/s, concurrent", Kind::Update, options.concurrency),
+        (
+            "HTTP updates/s, concurrent",
+            Kind::Update,
+            options.concurrency,
+        ),
         ("HTTP queries/s, sequential", Kind::Query, 1),
-        ("HTTP queries/s, concurrent", Kind::Query, options.concurrency),
+        (
+            "HTTP queries/s, concurrent",
+            Kind::Query,
+            options.concurrency,
+        ),
     ];
     for (label, kind, callers) in rows {
         let rate = http_rate(&url, canister, kind, callers, duration).await;
         println!("{label:<32} {rate:>9.0}");
     }
-    println!("BLS signatures during the HTTP runs: {}", replica.signatures_made() - signatures_before);
+    println!(
+        "BLS signatures during the HTTP runs: {}",
+        replica.signatures_made() - signatures_before
+    );
     let api = replica.clone();
     let (updates, queries) = tokio::task::spawn_blocking(move || {
-        (api_rate(&api, canister, Kind::Update, duration), api_rate(&api, canister, Kind::Query, duration))
+        (
+            api_rate(&api, canister, Kind::Update, duration),
+            api_rate(&api, canister, Kind::Query, duration),
+        )
     })
     .await
     .unwrap();
     println!("{:<32} {updates:>9.0}", "Rust API updates/s");
     println!("{:<32} {queries:>9.0}", "Rust API queries/s");
-    println!("instructions of the last query: {}", replica.last_instructions());
+    println!(
+        "instructions of the last query: {}",
+        replica.last_instructions()
+    );
 }

@@ -68,7 +68,9 @@ impl AuthenticatedRequest {
     /// Fails unless the delegation chain (if restricted) allows `canister`.
     pub fn check_target(&self, canister: &Principal) -> Result<(), AuthError> {
         match &self.targets {
-            Some(targets) if !targets.contains(canister) => Err(AuthError::TargetNotAllowed(*canister)),
+            Some(targets) if !targets.contains(canister) => {
+                Err(AuthError::TargetNotAllowed(*canister))
+            }
             _ => Ok(()),
         }
     }
@@ -106,18 +108,21 @@ pub fn authenticate(body: &[u8], now_ns: u64) -> Result<AuthenticatedRequest, Au
     let sender = *content.sender();
     let mut targets: Option<Vec<Principal>> = None;
     if sender == Principal::anonymous() {
-        if raw.sender_pubkey.is_some() || raw.sender_sig.is_some() || raw.sender_delegation.is_some() {
+        if raw.sender_pubkey.is_some()
+            || raw.sender_sig.is_some()
+            || raw.sender_delegation.is_some()
+        {
             return Err(AuthError::Signature(
                 "anonymous requests must not carry a public key, signature or delegation".into(),
             ));
         }
     } else {
-        let pubkey = raw
-            .sender_pubkey
-            .ok_or_else(|| AuthError::Signature("missing sender_pubkey for a non-anonymous sender".into()))?;
-        let signature = raw
-            .sender_sig
-            .ok_or_else(|| AuthError::Signature("missing sender_sig for a non-anonymous sender".into()))?;
+        let pubkey = raw.sender_pubkey.ok_or_else(|| {
+            AuthError::Signature("missing sender_pubkey for a non-anonymous sender".into())
+        })?;
+        let signature = raw.sender_sig.ok_or_else(|| {
+            AuthError::Signature("missing sender_sig for a non-anonymous sender".into())
+        })?;
         let expected = Principal::self_authenticating(&pubkey);
         if expected != sender {
             return Err(AuthError::Signature(format!(
@@ -155,11 +160,16 @@ pub fn authenticate(body: &[u8], now_ns: u64) -> Result<AuthenticatedRequest, Au
                 }
                 targets = Some(match targets {
                     None => new_targets,
-                    Some(previous) => previous.into_iter().filter(|t| new_targets.contains(t)).collect(),
+                    Some(previous) => previous
+                        .into_iter()
+                        .filter(|t| new_targets.contains(t))
+                        .collect(),
                 });
             }
             if seen_keys.contains(&delegation.pubkey) {
-                return Err(AuthError::Delegation("the delegation chain contains a cycle".into()));
+                return Err(AuthError::Delegation(
+                    "the delegation chain contains a cycle".into(),
+                ));
             }
             seen_keys.push(delegation.pubkey.clone());
             signing_key = delegation.pubkey;
@@ -207,8 +217,9 @@ pub fn hash_value(value: &Value, depth: usize) -> Result<[u8; 32], AuthError> {
         Value::Bytes(bytes) => Sha256::digest(bytes).into(),
         Value::Text(text) => Sha256::digest(text.as_bytes()).into(),
         Value::Integer(n) => {
-            let n = u64::try_from(*n)
-                .map_err(|_| AuthError::Malformed(format!("integer {n} out of range (nat64 expected)")))?;
+            let n = u64::try_from(*n).map_err(|_| {
+                AuthError::Malformed(format!("integer {n} out of range (nat64 expected)"))
+            })?;
             Sha256::digest(crate::certification::leb128(n)).into()
         }
         Value::Array(items) => {
@@ -238,7 +249,9 @@ pub fn hash_value(value: &Value, depth: usize) -> Result<[u8; 32], AuthError> {
         }
         Value::Tag(_, inner) => hash_value(inner, depth + 1)?,
         Value::Bool(_) | Value::Null | Value::Float(_) => {
-            return Err(AuthError::Malformed("booleans, nulls and floats cannot be hashed".into()))
+            return Err(AuthError::Malformed(
+                "booleans, nulls and floats cannot be hashed".into(),
+            ))
         }
         _ => return Err(AuthError::Malformed("unsupported CBOR value".into())),
     })
@@ -264,8 +277,9 @@ pub fn verify_signature(der_key: &[u8], message: &[u8], signature: &[u8]) -> Res
     }
     if let Ok(key) = k256::ecdsa::VerifyingKey::from_public_key_der(der_key) {
         use k256::ecdsa::signature::Verifier;
-        let sig = k256::ecdsa::Signature::from_slice(signature)
-            .map_err(|_| "malformed ECDSA secp256k1 signature (64 bytes r||s expected)".to_string())?;
+        let sig = k256::ecdsa::Signature::from_slice(signature).map_err(|_| {
+            "malformed ECDSA secp256k1 signature (64 bytes r||s expected)".to_string()
+        })?;
         return key
             .verify(message, &sig)
             .map_err(|_| "ECDSA secp256k1 signature verification failed".to_string());
@@ -274,13 +288,19 @@ pub fn verify_signature(der_key: &[u8], message: &[u8], signature: &[u8]) -> Res
     // do not emulate; say so rather than "bad signature".
     const CANISTER_SIG_OID: &[u8] = &[0x2b, 0x06, 0x01, 0x04, 0x01, 0x83, 0xb8, 0x43, 0x01, 0x02];
     const COSE_OID: &[u8] = &[0x2b, 0x06, 0x01, 0x04, 0x01, 0x83, 0xb8, 0x43, 0x01, 0x01];
-    if der_key.windows(CANISTER_SIG_OID.len()).any(|w| w == CANISTER_SIG_OID) {
+    if der_key
+        .windows(CANISTER_SIG_OID.len())
+        .any(|w| w == CANISTER_SIG_OID)
+    {
         return Err("canister signatures are not supported by this replica".into());
     }
     if der_key.windows(COSE_OID.len()).any(|w| w == COSE_OID) {
         return Err("WebAuthn (COSE) keys are not supported by this replica".into());
     }
-    Err("unsupported or malformed public key (Ed25519, ECDSA P-256 or secp256k1 DER expected)".into())
+    Err(
+        "unsupported or malformed public key (Ed25519, ECDSA P-256 or secp256k1 DER expected)"
+            .into(),
+    )
 }
 
 #[cfg(test)]
@@ -308,7 +328,9 @@ mod tests {
     }
     impl Ed {
         fn new(seed: u8) -> Self {
-            Ed { key: ic_ed25519::PrivateKey::generate_from_seed(&[seed; 32]) }
+            Ed {
+                key: ic_ed25519::PrivateKey::generate_from_seed(&[seed; 32]),
+            }
         }
         fn der(&self) -> Vec<u8> {
             self.key.public_key().serialize_rfc8410_der()
@@ -321,8 +343,19 @@ mod tests {
         }
     }
 
-    fn envelope(content: &EnvelopeContent, pubkey: Option<Vec<u8>>, sig: Option<Vec<u8>>, delegation: Option<Vec<SignedDelegation>>) -> Vec<u8> {
-        Envelope { content: Cow::Borrowed(content), sender_pubkey: pubkey, sender_sig: sig, sender_delegation: delegation }.encode_bytes()
+    fn envelope(
+        content: &EnvelopeContent,
+        pubkey: Option<Vec<u8>>,
+        sig: Option<Vec<u8>>,
+        delegation: Option<Vec<SignedDelegation>>,
+    ) -> Vec<u8> {
+        Envelope {
+            content: Cow::Borrowed(content),
+            sender_pubkey: pubkey,
+            sender_sig: sig,
+            sender_delegation: delegation,
+        }
+        .encode_bytes()
     }
 
     #[test]
@@ -341,7 +374,10 @@ mod tests {
         let read_state = EnvelopeContent::ReadState {
             ingress_expiry: NOW + 1,
             sender,
-            paths: vec![vec!["time".into()], vec!["request_status".into(), vec![1u8; 32].into()]],
+            paths: vec![
+                vec!["time".into()],
+                vec!["request_status".into(), vec![1u8; 32].into()],
+            ],
         };
         for c in [call, query, read_state] {
             let auth = authenticate(&envelope(&c, None, None, None), NOW).unwrap();
@@ -367,13 +403,18 @@ mod tests {
         if let EnvelopeContent::Call { method_name, .. } = &mut other {
             *method_name = "steal".into();
         }
-        let err = authenticate(&envelope(&other, Some(id.der()), Some(sig.clone()), None), NOW).unwrap_err();
+        let err = authenticate(
+            &envelope(&other, Some(id.der()), Some(sig.clone()), None),
+            NOW,
+        )
+        .unwrap_err();
         assert!(matches!(err, AuthError::Signature(_)), "{err}");
 
         // someone else's key cannot claim this sender
         let mallory = Ed::new(2);
         let msig = mallory.sign(&c.to_request_id().signable());
-        let err = authenticate(&envelope(&c, Some(mallory.der()), Some(msig), None), NOW).unwrap_err();
+        let err =
+            authenticate(&envelope(&c, Some(mallory.der()), Some(msig), None), NOW).unwrap_err();
         assert!(err.to_string().contains("does not match"), "{err}");
 
         // anonymous sender with a signature, or a named sender without one, are refused
@@ -386,28 +427,60 @@ mod tests {
     fn ecdsa_keys_are_verified() {
         use p256::pkcs8::EncodePublicKey;
         let sk = p256::ecdsa::SigningKey::from_slice(&[3u8; 32]).unwrap();
-        let der = sk.verifying_key().to_public_key_der().unwrap().as_bytes().to_vec();
+        let der = sk
+            .verifying_key()
+            .to_public_key_der()
+            .unwrap()
+            .as_bytes()
+            .to_vec();
         let c = content(Principal::self_authenticating(&der));
         use p256::ecdsa::signature::Signer;
         let sig: p256::ecdsa::Signature = sk.sign(&c.to_request_id().signable());
         let mut sig = sig.to_bytes().to_vec();
-        assert!(authenticate(&envelope(&c, Some(der.clone()), Some(sig.clone()), None), NOW).is_ok());
+        assert!(authenticate(
+            &envelope(&c, Some(der.clone()), Some(sig.clone()), None),
+            NOW
+        )
+        .is_ok());
         sig[10] ^= 1;
         assert!(authenticate(&envelope(&c, Some(der), Some(sig), None), NOW).is_err());
 
         let sk = k256::ecdsa::SigningKey::from_slice(&[4u8; 32]).unwrap();
-        let der = sk.verifying_key().to_public_key_der().unwrap().as_bytes().to_vec();
+        let der = sk
+            .verifying_key()
+            .to_public_key_der()
+            .unwrap()
+            .as_bytes()
+            .to_vec();
         let c = content(Principal::self_authenticating(&der));
-        let sig: k256::ecdsa::Signature = k256::ecdsa::signature::Signer::sign(&sk, &c.to_request_id().signable());
+        let sig: k256::ecdsa::Signature =
+            k256::ecdsa::signature::Signer::sign(&sk, &c.to_request_id().signable());
         let mut sig = sig.to_bytes().to_vec();
-        assert!(authenticate(&envelope(&c, Some(der.clone()), Some(sig.clone()), None), NOW).is_ok());
+        assert!(authenticate(
+            &envelope(&c, Some(der.clone()), Some(sig.clone()), None),
+            NOW
+        )
+        .is_ok());
         sig[40] ^= 1;
         assert!(authenticate(&envelope(&c, Some(der), Some(sig), None), NOW).is_err());
     }
 
-    fn delegate(from: &Ed, to: &Ed, expiration: u64, targets: Option<Vec<Principal>>) -> SignedDelegation {
-        let delegation = Delegation { pubkey: to.der(), expiration, targets, permissions: None };
-        SignedDelegation { signature: from.sign(&delegation.signable()), delegation }
+    fn delegate(
+        from: &Ed,
+        to: &Ed,
+        expiration: u64,
+        targets: Option<Vec<Principal>>,
+    ) -> SignedDelegation {
+        let delegation = Delegation {
+            pubkey: to.der(),
+            expiration,
+            targets,
+            permissions: None,
+        };
+        SignedDelegation {
+            signature: from.sign(&delegation.signable()),
+            delegation,
+        }
     }
 
     #[test]
@@ -421,39 +494,76 @@ mod tests {
         };
         let sig = session.sign(&c.to_request_id().signable());
         let good = delegate(&root, &session, NOW + 1_000, Some(vec![canister]));
-        let auth = authenticate(&envelope(&c, Some(root.der()), Some(sig.clone()), Some(vec![good])), NOW).unwrap();
+        let auth = authenticate(
+            &envelope(&c, Some(root.der()), Some(sig.clone()), Some(vec![good])),
+            NOW,
+        )
+        .unwrap();
         assert_eq!(auth.sender, root.principal());
         assert!(auth.check_target(&canister).is_ok());
         assert!(auth.check_target(&Principal::anonymous()).is_err());
 
         let expired = delegate(&root, &session, NOW - 1, None);
-        let err = authenticate(&envelope(&c, Some(root.der()), Some(sig.clone()), Some(vec![expired])), NOW).unwrap_err();
+        let err = authenticate(
+            &envelope(&c, Some(root.der()), Some(sig.clone()), Some(vec![expired])),
+            NOW,
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("expired"), "{err}");
 
         // a delegation signed by someone other than the sender's key
         let mallory = Ed::new(12);
         let forged = delegate(&mallory, &session, NOW + 1_000, None);
-        let err = authenticate(&envelope(&c, Some(root.der()), Some(sig.clone()), Some(vec![forged])), NOW).unwrap_err();
+        let err = authenticate(
+            &envelope(&c, Some(root.der()), Some(sig.clone()), Some(vec![forged])),
+            NOW,
+        )
+        .unwrap_err();
         assert!(matches!(err, AuthError::Delegation(_)), "{err}");
 
         // request signed by the root key instead of the delegated key
         let root_sig = root.sign(&c.to_request_id().signable());
         let good = delegate(&root, &session, NOW + 1_000, None);
-        assert!(authenticate(&envelope(&c, Some(root.der()), Some(root_sig), Some(vec![good])), NOW).is_err());
+        assert!(authenticate(
+            &envelope(&c, Some(root.der()), Some(root_sig), Some(vec![good])),
+            NOW
+        )
+        .is_err());
     }
 
     #[test]
     fn expiry_window_is_enforced() {
-        let c = |expiry| EnvelopeContent::ReadState { ingress_expiry: expiry, sender: Principal::anonymous(), paths: vec![] };
+        let c = |expiry| EnvelopeContent::ReadState {
+            ingress_expiry: expiry,
+            sender: Principal::anonymous(),
+            paths: vec![],
+        };
         assert!(authenticate(&envelope(&c(NOW - 1), None, None, None), NOW).is_err());
-        assert!(authenticate(&envelope(&c(NOW + 6 * 60 * 1_000_000_000 + 1), None, None, None), NOW).is_err());
-        assert!(authenticate(&envelope(&c(NOW + 5 * 60 * 1_000_000_000), None, None, None), NOW).is_ok());
+        assert!(authenticate(
+            &envelope(&c(NOW + 6 * 60 * 1_000_000_000 + 1), None, None, None),
+            NOW
+        )
+        .is_err());
+        assert!(authenticate(
+            &envelope(&c(NOW + 5 * 60 * 1_000_000_000), None, None, None),
+            NOW
+        )
+        .is_ok());
     }
 
     #[test]
     fn garbage_is_a_typed_error_not_a_panic() {
-        for body in [&b""[..], b"\xff\xff", b"\xd9\xd9\xf7\xa0", b"\xa1\x67content\x01", &[0x9f; 4096][..]] {
-            assert!(matches!(authenticate(body, NOW), Err(AuthError::Malformed(_))));
+        for body in [
+            &b""[..],
+            b"\xff\xff",
+            b"\xd9\xd9\xf7\xa0",
+            b"\xa1\x67content\x01",
+            &[0x9f; 4096][..],
+        ] {
+            assert!(matches!(
+                authenticate(body, NOW),
+                Err(AuthError::Malformed(_))
+            ));
         }
     }
 }

@@ -90,7 +90,11 @@ pub(crate) fn to_self_describing_cbor<T: Serialize>(value: &T) -> Vec<u8> {
 
 impl StateTree {
     /// A tree describing one subnet (`keys`) hosting `canister_ranges`, at time `time_ns`.
-    pub(crate) fn new(keys: &Keys, canister_ranges: &[(Principal, Principal)], time_ns: u64) -> Self {
+    pub(crate) fn new(
+        keys: &Keys,
+        canister_ranges: &[(Principal, Principal)],
+        time_ns: u64,
+    ) -> Self {
         let mut tree = NestedTree::default();
         let sid = keys.subnet_id().as_slice().to_vec();
         let subnet = |leaf: &str| vec![label("subnet"), sid.clone(), label(leaf)];
@@ -213,7 +217,10 @@ impl StateTree {
     /// Signs the current root unless the last signature already covers it.
     fn ensure_signed(&mut self, keys: &Keys) -> &mut Signed {
         let root_hash = self.tree.root_hash();
-        let stale = self.signed.as_ref().is_none_or(|s| s.root_hash != root_hash);
+        let stale = self
+            .signed
+            .as_ref()
+            .is_none_or(|s| s.root_hash != root_hash);
         if stale {
             self.signatures_made += 1;
             self.signed = Some(Signed {
@@ -240,12 +247,19 @@ impl StateTree {
 
     /// The data certificate a query on `canister` sees: `/time` and its `certified_data`.
     pub(crate) fn data_certificate(&mut self, keys: &Keys, canister: Principal) -> Arc<Vec<u8>> {
-        let cached = self.ensure_signed(keys).data_certificates.get(&canister).cloned();
+        let cached = self
+            .ensure_signed(keys)
+            .data_certificates
+            .get(&canister)
+            .cloned();
         if let Some(cert) = cached {
             return cert;
         }
         let path = Self::canister_path(canister, "certified_data");
-        let tree = merge_hash_trees(self.tree.witness(&[label("time")]), self.tree.witness(&path));
+        let tree = merge_hash_trees(
+            self.tree.witness(&[label("time")]),
+            self.tree.witness(&path),
+        );
         let signed = self.ensure_signed(keys);
         let cert = Arc::new(encode_certificate(tree, signed.signature.clone()));
         signed.data_certificates.insert(canister, cert.clone());
@@ -285,7 +299,12 @@ mod tests {
         let keys = Keys::from_seed(b"cert tests");
         let canister = Principal::from_slice(&[0, 0, 0, 0, 0, 0, 0, 1, 1, 1]);
         let mut tree = StateTree::new(&keys, &[(canister, canister)], 1_000);
-        tree.set_canister(canister, vec![0xab; 32], Some([1; 32]), &[Principal::anonymous()]);
+        tree.set_canister(
+            canister,
+            vec![0xab; 32],
+            Some([1; 32]),
+            &[Principal::anonymous()],
+        );
         (keys, tree, canister)
     }
 
@@ -294,12 +313,18 @@ mod tests {
         let (keys, mut tree, canister) = tree();
         let cert = decode(&tree.data_certificate(&keys, canister));
         assert!(verify(&keys, &cert));
-        let found = cert.tree.lookup_path([b"canister".as_ref(), canister.as_slice(), b"certified_data"]);
+        let found =
+            cert.tree
+                .lookup_path([b"canister".as_ref(), canister.as_slice(), b"certified_data"]);
         assert_eq!(found, LookupResult::Found(&[0xab; 32][..]));
-        assert_eq!(cert.tree.lookup_path([b"time".as_ref()]), LookupResult::Found(&leb128(1_000)[..]));
+        assert_eq!(
+            cert.tree.lookup_path([b"time".as_ref()]),
+            LookupResult::Found(&leb128(1_000)[..])
+        );
         // module hash is pruned away, not revealed
         assert!(!matches!(
-            cert.tree.lookup_path([b"canister".as_ref(), canister.as_slice(), b"module_hash"]),
+            cert.tree
+                .lookup_path([b"canister".as_ref(), canister.as_slice(), b"module_hash"]),
             LookupResult::Found(_)
         ));
     }
@@ -311,14 +336,26 @@ mod tests {
         tree.certificate(&keys, &[vec![label("subnet")]]);
         tree.data_certificate(&keys, canister);
         assert_eq!(tree.signatures_made(), 1);
-        tree.set_canister(canister, vec![0xcd; 32], Some([1; 32]), &[Principal::anonymous()]);
+        tree.set_canister(
+            canister,
+            vec![0xcd; 32],
+            Some([1; 32]),
+            &[Principal::anonymous()],
+        );
         let cert = decode(&tree.data_certificate(&keys, canister));
         assert_eq!(tree.signatures_made(), 2);
         assert!(verify(&keys, &cert));
-        let found = cert.tree.lookup_path([b"canister".as_ref(), canister.as_slice(), b"certified_data"]);
+        let found =
+            cert.tree
+                .lookup_path([b"canister".as_ref(), canister.as_slice(), b"certified_data"]);
         assert_eq!(found, LookupResult::Found(&[0xcd; 32][..]));
         // setting identical values is not a state change
-        tree.set_canister(canister, vec![0xcd; 32], Some([1; 32]), &[Principal::anonymous()]);
+        tree.set_canister(
+            canister,
+            vec![0xcd; 32],
+            Some([1; 32]),
+            &[Principal::anonymous()],
+        );
         tree.set_time(1_000);
         tree.data_certificate(&keys, canister);
         assert_eq!(tree.signatures_made(), 2);
@@ -331,16 +368,32 @@ mod tests {
         tree.set_request_status(&rid, &RequestStatus::Received);
         tree.set_request_status(
             &rid,
-            &RequestStatus::Rejected { code: 5, message: "trapped".into(), error_code: Some("IC0503".into()) },
+            &RequestStatus::Rejected {
+                code: 5,
+                message: "trapped".into(),
+                error_code: Some("IC0503".into()),
+            },
         );
         let path = vec![label("request_status"), rid.to_vec()];
         let unknown = vec![label("request_status"), vec![6u8; 32]];
         let cert = decode(&tree.certificate(&keys, &[path, unknown]));
         assert!(verify(&keys, &cert));
-        let status = |rid: &[u8], leaf: &[u8]| cert.tree.lookup_path([b"request_status".as_ref(), rid, leaf]);
-        assert_eq!(status(&rid, b"status"), LookupResult::Found(b"rejected".as_ref()));
-        assert_eq!(status(&rid, b"reject_code"), LookupResult::Found(&[5u8][..]));
-        assert_eq!(status(&rid, b"error_code"), LookupResult::Found(b"IC0503".as_ref()));
+        let status = |rid: &[u8], leaf: &[u8]| {
+            cert.tree
+                .lookup_path([b"request_status".as_ref(), rid, leaf])
+        };
+        assert_eq!(
+            status(&rid, b"status"),
+            LookupResult::Found(b"rejected".as_ref())
+        );
+        assert_eq!(
+            status(&rid, b"reject_code"),
+            LookupResult::Found(&[5u8][..])
+        );
+        assert_eq!(
+            status(&rid, b"error_code"),
+            LookupResult::Found(b"IC0503".as_ref())
+        );
         assert_eq!(status(&rid, b"reply"), LookupResult::Absent);
         assert_eq!(status(&[6u8; 32], b"status"), LookupResult::Absent);
     }
@@ -356,7 +409,9 @@ mod tests {
         let mut msg = b"\x0Dic-state-root".to_vec();
         msg.extend_from_slice(&cert.tree.digest());
         let other_pk = &other.root_key_der()[crate::keys::BLS_DER_PREFIX.len()..];
-        assert!(ic_verify_bls_signature::verify_bls_signature(&cert.signature, &msg, other_pk).is_err());
+        assert!(
+            ic_verify_bls_signature::verify_bls_signature(&cert.signature, &msg, other_pk).is_err()
+        );
     }
 
     #[test]

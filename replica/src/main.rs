@@ -20,7 +20,11 @@ use clap::Parser;
 use ic_ws_replica::{Replica, ReplicaConfig, ReplicaError};
 
 #[derive(Parser, Debug)]
-#[command(name = "ic-ws-replica", version, about = "Embedded single-subnet Internet Computer replica serving the IC HTTP interface")]
+#[command(
+    name = "ic-ws-replica",
+    version,
+    about = "Embedded single-subnet Internet Computer replica serving the IC HTTP interface"
+)]
 struct Args {
     /// Port to listen on (0 = any free port; the chosen URL is printed).
     #[arg(long, default_value_t = 4943, env = "IC_WS_REPLICA_PORT")]
@@ -59,11 +63,15 @@ struct InstallSpec {
 }
 
 fn parse_install(spec: &str) -> Result<InstallSpec, ReplicaError> {
-    let (name, rest) = spec
-        .split_once('=')
-        .ok_or_else(|| ReplicaError::Config(format!("--install {spec}: expected NAME=path.wasm[:candid-args]")))?;
+    let (name, rest) = spec.split_once('=').ok_or_else(|| {
+        ReplicaError::Config(format!(
+            "--install {spec}: expected NAME=path.wasm[:candid-args]"
+        ))
+    })?;
     if name.is_empty() {
-        return Err(ReplicaError::Config(format!("--install {spec}: empty canister name")));
+        return Err(ReplicaError::Config(format!(
+            "--install {spec}: empty canister name"
+        )));
     }
     // The candid text may itself contain ':' (type annotations), so split after the file
     // extension when there is one, else at the first ':'.
@@ -76,7 +84,9 @@ fn parse_install(spec: &str) -> Result<InstallSpec, ReplicaError> {
         None => (rest, None),
     };
     if path.is_empty() {
-        return Err(ReplicaError::Config(format!("--install {spec}: empty wasm path")));
+        return Err(ReplicaError::Config(format!(
+            "--install {spec}: empty wasm path"
+        )));
     }
     Ok(InstallSpec {
         name: name.to_string(),
@@ -105,16 +115,21 @@ fn run(args: Args) -> Result<(), ReplicaError> {
         sync_call_timeout: Duration::from_millis(args.sync_call_timeout_ms),
         ..Default::default()
     };
-    config.tick_interval = (args.tick_interval_ms > 0).then(|| Duration::from_millis(args.tick_interval_ms));
+    config.tick_interval =
+        (args.tick_interval_ms > 0).then(|| Duration::from_millis(args.tick_interval_ms));
     let replica = Replica::new(config);
 
     let mut canisters = BTreeMap::new();
     let mut names = BTreeMap::new();
     for spec in &specs {
         let arg = encode_candid_args(spec.arg_text.as_deref())?;
-        let id = replica
-            .install_file(&spec.wasm, &arg)
-            .map_err(|e| ReplicaError::Config(format!("installing {} ({}): {e}", spec.name, spec.wasm.display())))?;
+        let id = replica.install_file(&spec.wasm, &arg).map_err(|e| {
+            ReplicaError::Config(format!(
+                "installing {} ({}): {e}",
+                spec.name,
+                spec.wasm.display()
+            ))
+        })?;
         canisters.insert(spec.name.clone(), id.to_text());
         names.insert(id, spec.name.clone());
     }
@@ -141,7 +156,9 @@ fn run(args: Args) -> Result<(), ReplicaError> {
     use std::io::Write;
     let _ = std::io::stdout().flush();
 
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     runtime.block_on(async {
         let mut logs = tokio::time::interval(Duration::from_millis(200));
         let terminate = terminate_signal();
@@ -161,7 +178,10 @@ fn run(args: Args) -> Result<(), ReplicaError> {
 
 fn print_canister_logs(replica: &Replica, names: &BTreeMap<candid::Principal, String>) {
     for (canister, line) in replica.drain_logs() {
-        let name = names.get(&canister).cloned().unwrap_or_else(|| canister.to_text());
+        let name = names
+            .get(&canister)
+            .cloned()
+            .unwrap_or_else(|| canister.to_text());
         eprintln!("[{name}] {line}");
     }
 }
@@ -213,10 +233,20 @@ mod tests {
     #[test]
     fn install_specs_split_path_and_candid_text() {
         let spec = parse_install("chat=out/chat.wasm").unwrap();
-        assert_eq!(spec, InstallSpec { name: "chat".into(), wasm: "out/chat.wasm".into(), arg_text: None });
+        assert_eq!(
+            spec,
+            InstallSpec {
+                name: "chat".into(),
+                wasm: "out/chat.wasm".into(),
+                arg_text: None
+            }
+        );
         let spec = parse_install("t=a.wasm.gz:(record { period = 1 : nat })").unwrap();
         assert_eq!(spec.wasm, PathBuf::from("a.wasm.gz"));
-        assert_eq!(spec.arg_text.as_deref(), Some("(record { period = 1 : nat })"));
+        assert_eq!(
+            spec.arg_text.as_deref(),
+            Some("(record { period = 1 : nat })")
+        );
         let spec = parse_install("x=canister:(\"hi\")").unwrap();
         assert_eq!(spec.wasm, PathBuf::from("canister"));
         assert!(parse_install("no-equals").is_err());
@@ -228,7 +258,10 @@ mod tests {
         let bytes = encode_candid_args(Some("(\"hi\", 5 : nat64)")).unwrap();
         let (s, n): (String, u64) = candid::decode_args(&bytes).unwrap();
         assert_eq!((s.as_str(), n), ("hi", 5));
-        assert_eq!(encode_candid_args(None).unwrap(), candid::encode_args(()).unwrap());
+        assert_eq!(
+            encode_candid_args(None).unwrap(),
+            candid::encode_args(()).unwrap()
+        );
         assert!(encode_candid_args(Some("(unclosed")).is_err());
     }
 }

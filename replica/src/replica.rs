@@ -14,7 +14,9 @@ use std::time::Duration;
 use candid::Principal;
 
 use crate::certification::{Path, RequestStatus, StateTree};
-use crate::engine::{self, Clock, Engine, EngineConfig, InstallMode, MethodKind, Reject, RejectCode};
+use crate::engine::{
+    self, Clock, Engine, EngineConfig, InstallMode, MethodKind, Reject, RejectCode,
+};
 use crate::error::{ReplicaError, Result};
 use crate::keys::Keys;
 
@@ -134,7 +136,8 @@ impl Core {
             let certified = self.engine.certified_data(canister).unwrap_or_default();
             let module_hash = self.engine.module_hash(canister);
             let controllers = self.engine.controllers(canister).unwrap_or_default();
-            self.tree.set_canister(canister, certified, module_hash, &controllers);
+            self.tree
+                .set_canister(canister, certified, module_hash, &controllers);
         }
     }
 
@@ -174,9 +177,13 @@ impl Core {
         if self.requests.contains_key(&request_id) {
             return false;
         }
-        self.expiries.entry(record.expiry_ns).or_default().push(request_id);
+        self.expiries
+            .entry(record.expiry_ns)
+            .or_default()
+            .push(request_id);
         self.requests.insert(request_id, record);
-        self.tree.set_request_status(&request_id, &RequestStatus::Received);
+        self.tree
+            .set_request_status(&request_id, &RequestStatus::Received);
         true
     }
 
@@ -189,8 +196,13 @@ impl Core {
         arg: &[u8],
         sender: Principal,
     ) -> Result<Vec<u8>, Reject> {
+        // An empty canister or a missing method: the engine's own reject (IC0537) or IC0302.
+        let has_module = self.engine.module_hash(canister).is_some();
         let result = match self.engine.method_kind(canister, method) {
-            Some(MethodKind::Update | MethodKind::Query) => self.engine.update(canister, method, arg, sender),
+            Some(MethodKind::Update | MethodKind::Query) => {
+                self.engine.update(canister, method, arg, sender)
+            }
+            _ if !has_module => self.engine.update(canister, method, arg, sender),
             _ => Err(method_not_found(canister, method, "update")),
         };
         let status = match &result {
@@ -223,11 +235,13 @@ impl Core {
         }
         match self.engine.method_kind(canister, method) {
             Some(MethodKind::Query | MethodKind::CompositeQuery) => {}
+            _ if self.engine.module_hash(canister).is_none() => {} // the engine answers IC0537
             _ => return Err(method_not_found(canister, method, "query")),
         }
         self.refresh_time();
         let certificate = self.tree.data_certificate(keys, canister);
-        self.engine.query(canister, method, arg, caller, Some(&certificate))
+        self.engine
+            .query(canister, method, arg, caller, Some(&certificate))
     }
 
     /// A certificate over `paths` of the current state (signed at most once per state).
@@ -283,7 +297,9 @@ impl Replica {
             core: Mutex::new(core),
             manual_time_ns: AtomicU64::new(manual_time_ns),
         });
-        if let (Clock::Real, Some(interval)) = (shared.config.engine.clock, shared.config.tick_interval) {
+        if let (Clock::Real, Some(interval)) =
+            (shared.config.engine.clock, shared.config.tick_interval)
+        {
             spawn_ticker(Arc::downgrade(&shared), interval);
         }
         Replica { shared }
@@ -292,7 +308,10 @@ impl Replica {
     /// Locks the core. A panic while locked (an engine bug) must not wedge every later caller,
     /// so poisoning is ignored: the engine's own state is rolled back per message.
     pub(crate) fn core(&self) -> MutexGuard<'_, Core> {
-        self.shared.core.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.shared
+            .core
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// The settings this replica was started with.
@@ -346,7 +365,13 @@ impl Replica {
     /// Creates a canister controlled by the anonymous principal and installs `wasm` with `arg`.
     pub fn create_and_install(&self, wasm: &[u8], arg: &[u8]) -> Result<Principal> {
         let canister = self.create_canister(vec![Principal::anonymous()]);
-        self.install_code(canister, wasm, arg, InstallMode::Install, Principal::anonymous())?;
+        self.install_code(
+            canister,
+            wasm,
+            arg,
+            InstallMode::Install,
+            Principal::anonymous(),
+        )?;
         Ok(canister)
     }
 
@@ -361,7 +386,13 @@ impl Replica {
 
     /// An update call as `caller`, executed to completion (including downstream calls).
     /// Takes [`ReplicaConfig::round_delay`] first, like an update waiting for its round.
-    pub fn update(&self, canister: Principal, method: &str, arg: &[u8], caller: Principal) -> Result<Vec<u8>, Reject> {
+    pub fn update(
+        &self,
+        canister: Principal,
+        method: &str,
+        arg: &[u8],
+        caller: Principal,
+    ) -> Result<Vec<u8>, Reject> {
         if !self.shared.config.round_delay.is_zero() {
             std::thread::sleep(self.shared.config.round_delay);
         }
@@ -376,7 +407,13 @@ impl Replica {
 
     /// A query as `caller`. The canister sees a data certificate (`ic0.data_certificate_*`)
     /// over its current certified data, as for a non-replicated query on the IC.
-    pub fn query(&self, canister: Principal, method: &str, arg: &[u8], caller: Principal) -> Result<Vec<u8>, Reject> {
+    pub fn query(
+        &self,
+        canister: Principal,
+        method: &str,
+        arg: &[u8],
+        caller: Principal,
+    ) -> Result<Vec<u8>, Reject> {
         let mut core = self.core();
         core.query(&self.shared.keys, canister, method, arg, caller)
     }
@@ -394,7 +431,12 @@ impl Replica {
             return None;
         }
         core.refresh_time();
-        Some(core.tree.data_certificate(&self.shared.keys, canister).as_ref().clone())
+        Some(
+            core.tree
+                .data_certificate(&self.shared.keys, canister)
+                .as_ref()
+                .clone(),
+        )
     }
 
     /// A certificate (CBOR) revealing `/time` and the given state-tree `paths`.
@@ -437,7 +479,9 @@ impl Replica {
         let mut core = self.core();
         core.engine.set_time_ns(time_ns);
         core.manual_clock = true;
-        self.shared.manual_time_ns.store(core.engine.time_ns(), Ordering::SeqCst);
+        self.shared
+            .manual_time_ns
+            .store(core.engine.time_ns(), Ordering::SeqCst);
         core.sync_tree();
     }
 
@@ -447,7 +491,9 @@ impl Replica {
         let mut core = self.core();
         core.engine.advance_time(by);
         core.manual_clock = true;
-        self.shared.manual_time_ns.store(core.engine.time_ns(), Ordering::SeqCst);
+        self.shared
+            .manual_time_ns
+            .store(core.engine.time_ns(), Ordering::SeqCst);
         core.sync_tree();
     }
 
@@ -498,7 +544,9 @@ fn spawn_ticker(shared: Weak<Shared>, interval: Duration) {
         .name("ic-ws-replica-ticker".into())
         .spawn(move || loop {
             std::thread::sleep(interval);
-            let Some(shared) = shared.upgrade() else { return };
+            let Some(shared) = shared.upgrade() else {
+                return;
+            };
             Replica { shared }.tick();
         });
     if let Err(e) = spawned {

@@ -33,16 +33,29 @@ async fn sync_update_returns_a_certified_reply() {
     let agent = served.agent(ed25519_identity(1)).await;
 
     // v4 call answered 200 with a certificate: no polling
-    let response = agent.update(&canister, "inc").with_arg(no_args()).call().await.unwrap();
+    let response = agent
+        .update(&canister, "inc")
+        .with_arg(no_args())
+        .call()
+        .await
+        .unwrap();
     let CallResponse::Response((reply, certificate)) = response else {
         panic!("expected a synchronous certified reply, got a request id to poll");
     };
     assert_eq!(counter(&reply), 1);
     agent.verify(&certificate, canister).unwrap();
 
-    let reply = agent.update(&canister, "inc").with_arg(no_args()).call_and_wait().await.unwrap();
+    let reply = agent
+        .update(&canister, "inc")
+        .with_arg(no_args())
+        .call_and_wait()
+        .await
+        .unwrap();
     assert_eq!(counter(&reply), 2);
-    assert_eq!(served.replica.certified_data(canister).unwrap(), 2u64.to_le_bytes().to_vec());
+    assert_eq!(
+        served.replica.certified_data(canister).unwrap(),
+        2u64.to_le_bytes().to_vec()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -57,16 +70,29 @@ async fn slow_rounds_answer_202_and_the_agent_polls_read_state() {
     let agent = served.agent(ed25519_identity(2)).await;
 
     let start = Instant::now();
-    let response = agent.update(&canister, "inc").with_arg(no_args()).call().await.unwrap();
+    let response = agent
+        .update(&canister, "inc")
+        .with_arg(no_args())
+        .call()
+        .await
+        .unwrap();
     let CallResponse::Poll(request_id) = response else {
         panic!("a 400 ms round cannot finish within a 50 ms wait: expected 202");
     };
     let (reply, certificate) = agent.wait(&request_id, canister).await.unwrap();
     assert_eq!(counter(&reply), 1);
     agent.verify(&certificate, canister).unwrap();
-    assert!(start.elapsed() >= Duration::from_millis(400), "the round delay was not applied");
+    assert!(
+        start.elapsed() >= Duration::from_millis(400),
+        "the round delay was not applied"
+    );
 
-    let reply = agent.update(&canister, "inc").with_arg(no_args()).call_and_wait().await.unwrap();
+    let reply = agent
+        .update(&canister, "inc")
+        .with_arg(no_args())
+        .call_and_wait()
+        .await
+        .unwrap();
     assert_eq!(counter(&reply), 2);
 }
 
@@ -78,15 +104,35 @@ async fn queries_are_node_signed_and_see_the_caller() {
     let me = identity.sender().unwrap();
     let agent = served.agent(identity).await; // verify_query_signatures is on by default
 
-    let reply = agent.query(&canister, "whoami").with_arg(no_args()).call().await.unwrap();
+    let reply = agent
+        .query(&canister, "whoami")
+        .with_arg(no_args())
+        .call()
+        .await
+        .unwrap();
     assert_eq!(candid::decode_one::<Principal>(&reply).unwrap(), me);
-    agent.update(&canister, "inc").with_arg(no_args()).call_and_wait().await.unwrap();
-    let reply = agent.query(&canister, "get").with_arg(no_args()).call().await.unwrap();
+    agent
+        .update(&canister, "inc")
+        .with_arg(no_args())
+        .call_and_wait()
+        .await
+        .unwrap();
+    let reply = agent
+        .query(&canister, "get")
+        .with_arg(no_args())
+        .call()
+        .await
+        .unwrap();
     assert_eq!(counter(&reply), 1);
 
     // the raw response: one signature, by the node published in the state tree
     let content = query_content(Principal::anonymous(), canister, "get", no_args());
-    let (status, body) = served.post(&format!("/api/v3/canister/{canister}/query"), envelope(&content, None, None)).await;
+    let (status, body) = served
+        .post(
+            &format!("/api/v3/canister/{canister}/query"),
+            envelope(&content, None, None),
+        )
+        .await;
     assert_eq!(status, 200);
     let response: ic_transport_types::QueryResponse = serde_cbor::from_slice(&body).unwrap();
     assert_eq!(response.signatures().len(), 1);
@@ -118,7 +164,8 @@ async fn queries_are_node_signed_and_see_the_caller() {
     };
     let key = ic_ed25519::PublicKey::deserialize_rfc8410_der(der).unwrap();
     let signable = response.signable(content.to_request_id(), signature.timestamp);
-    key.verify_signature(&signable, &signature.signature).unwrap();
+    key.verify_signature(&signable, &signature.signature)
+        .unwrap();
     let mut forged = signable.clone();
     forged[20] ^= 1;
     assert!(key.verify_signature(&forged, &signature.signature).is_err());
@@ -130,19 +177,35 @@ async fn data_certificate_seen_by_a_query_verifies_against_the_root_key() {
     let canister = served.install_probe();
     let agent = served.anonymous_agent().await;
     for _ in 0..3 {
-        agent.update(&canister, "inc").with_arg(no_args()).call_and_wait().await.unwrap();
+        agent
+            .update(&canister, "inc")
+            .with_arg(no_args())
+            .call_and_wait()
+            .await
+            .unwrap();
     }
-    let bytes = agent.query(&canister, "data_certificate").with_arg(no_args()).call().await.unwrap();
+    let bytes = agent
+        .query(&canister, "data_certificate")
+        .with_arg(no_args())
+        .call()
+        .await
+        .unwrap();
     assert!(!bytes.is_empty(), "queries must see a data certificate");
     let certificate: Certificate = serde_cbor::from_slice(&bytes).unwrap();
     agent.verify(&certificate, canister).unwrap();
     let path = [b"canister".as_ref(), canister.as_slice(), b"certified_data"];
-    assert_eq!(certificate.tree.lookup_path(path), LookupResult::Found(&3u64.to_le_bytes()[..]));
+    assert_eq!(
+        certificate.tree.lookup_path(path),
+        LookupResult::Found(&3u64.to_le_bytes()[..])
+    );
 
     // a certificate claiming another certified value does not verify
     let forged_bytes = {
         let mut forged = bytes.clone();
-        let at = forged.windows(8).position(|w| w == 3u64.to_le_bytes()).unwrap();
+        let at = forged
+            .windows(8)
+            .position(|w| w == 3u64.to_le_bytes())
+            .unwrap();
         forged[at] = 9;
         forged
     };
@@ -150,7 +213,8 @@ async fn data_certificate_seen_by_a_query_verifies_against_the_root_key() {
     assert!(agent.verify(&forged, canister).is_err());
 
     // the Rust API hands out the same kind of certificate
-    let direct: Certificate = serde_cbor::from_slice(&served.replica.data_certificate(canister).unwrap()).unwrap();
+    let direct: Certificate =
+        serde_cbor::from_slice(&served.replica.data_certificate(canister).unwrap()).unwrap();
     agent.verify(&direct, canister).unwrap();
     // and a certificate from another replica's key is refused by this agent
     let other = ic_ws_replica::Replica::new(ReplicaConfig::with_seed("another root"));
@@ -171,16 +235,40 @@ async fn stale_certificates_and_signatures_are_rejected_by_the_agent() {
         .unwrap();
     agent.fetch_root_key().await.unwrap();
 
-    let err = agent.update(&canister, "inc").with_arg(no_args()).call_and_wait().await.unwrap_err();
+    let err = agent
+        .update(&canister, "inc")
+        .with_arg(no_args())
+        .call_and_wait()
+        .await
+        .unwrap_err();
     assert!(matches!(err, AgentError::CertificateOutdated(_)), "{err:?}");
-    let err = agent.query(&canister, "get").with_arg(no_args()).call().await.unwrap_err();
+    let err = agent
+        .query(&canister, "get")
+        .with_arg(no_args())
+        .call()
+        .await
+        .unwrap_err();
     assert!(matches!(err, AgentError::CertificateOutdated(_)), "{err:?}");
 
     // the same requests pass once the replica's clock is current
     served.replica.set_time_ns(now_ns());
-    let reply = agent.update(&canister, "inc").with_arg(no_args()).call_and_wait().await.unwrap();
-    assert_eq!(counter(&reply), 2, "the first (stale-certified) update did execute");
-    agent.query(&canister, "get").with_arg(no_args()).call().await.unwrap();
+    let reply = agent
+        .update(&canister, "inc")
+        .with_arg(no_args())
+        .call_and_wait()
+        .await
+        .unwrap();
+    assert_eq!(
+        counter(&reply),
+        2,
+        "the first (stale-certified) update did execute"
+    );
+    agent
+        .query(&canister, "get")
+        .with_arg(no_args())
+        .call()
+        .await
+        .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -192,29 +280,60 @@ async fn forged_sender_signatures_are_refused_and_change_nothing() {
     let victim_principal = victim.sender().unwrap();
     let path = format!("/api/v4/canister/{canister}/call");
 
-    let content = call_content(victim_principal, canister, "inc", no_args(), in_two_minutes());
+    let content = call_content(
+        victim_principal,
+        canister,
+        "inc",
+        no_args(),
+        in_two_minutes(),
+    );
     // mallory's signature presented with the victim's public key
     let mallory_sig = mallory.sign(&content).unwrap().signature.unwrap();
-    let body = envelope(&content, Some(victim.public_key().unwrap()), Some(mallory_sig));
+    let body = envelope(
+        &content,
+        Some(victim.public_key().unwrap()),
+        Some(mallory_sig),
+    );
     let (status, reason) = served.post(&path, body).await;
     assert_eq!(status, 400);
-    assert!(String::from_utf8_lossy(&reason).contains("Invalid signature"), "{}", String::from_utf8_lossy(&reason));
+    assert!(
+        String::from_utf8_lossy(&reason).contains("Invalid signature"),
+        "{}",
+        String::from_utf8_lossy(&reason)
+    );
 
     // the victim's real signature over a different request
-    let other = call_content(victim_principal, canister, "boom", no_args(), in_two_minutes());
+    let other = call_content(
+        victim_principal,
+        canister,
+        "boom",
+        no_args(),
+        in_two_minutes(),
+    );
     let victim_sig_for_other = victim.sign(&other).unwrap().signature.unwrap();
-    let body = envelope(&content, Some(victim.public_key().unwrap()), Some(victim_sig_for_other));
+    let body = envelope(
+        &content,
+        Some(victim.public_key().unwrap()),
+        Some(victim_sig_for_other),
+    );
     assert_eq!(served.post(&path, body).await.0, 400);
 
     // mallory's own key cannot claim to be the victim
     let body = signed(&content, &mallory);
     assert_eq!(served.post(&path, body).await.0, 400);
 
-    assert_eq!(served.replica.certified_data(canister).unwrap(), Vec::<u8>::new(), "nothing executed");
+    assert_eq!(
+        served.replica.certified_data(canister).unwrap(),
+        Vec::<u8>::new(),
+        "nothing executed"
+    );
     // and the genuine request goes through
     let (status, _) = served.post(&path, signed(&content, &victim)).await;
     assert_eq!(status, 200);
-    assert_eq!(served.replica.certified_data(canister).unwrap(), 1u64.to_le_bytes().to_vec());
+    assert_eq!(
+        served.replica.certified_data(canister).unwrap(),
+        1u64.to_le_bytes().to_vec()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -224,14 +343,31 @@ async fn expired_ingress_is_refused() {
     let agent = served.anonymous_agent().await;
     let past = std::time::SystemTime::now() - Duration::from_secs(10);
     for err in [
-        agent.update(&canister, "inc").with_arg(no_args()).expire_at(past).call_and_wait().await.unwrap_err(),
-        agent.query(&canister, "get").with_arg(no_args()).expire_at(past).call().await.unwrap_err(),
+        agent
+            .update(&canister, "inc")
+            .with_arg(no_args())
+            .expire_at(past)
+            .call_and_wait()
+            .await
+            .unwrap_err(),
+        agent
+            .query(&canister, "get")
+            .with_arg(no_args())
+            .expire_at(past)
+            .call()
+            .await
+            .unwrap_err(),
     ] {
-        let AgentError::HttpError(payload) = &err else { panic!("{err:?}") };
+        let AgentError::HttpError(payload) = &err else {
+            panic!("{err:?}")
+        };
         assert_eq!(payload.status, 400);
         assert!(String::from_utf8_lossy(&payload.content).contains("expiry"));
     }
-    assert_eq!(served.replica.certified_data(canister).unwrap(), Vec::<u8>::new());
+    assert_eq!(
+        served.replica.certified_data(canister).unwrap(),
+        Vec::<u8>::new()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -239,13 +375,27 @@ async fn replayed_call_executes_once() {
     let served = Served::new(ReplicaConfig::with_seed("replay"));
     let canister = served.install_probe();
     let identity = ed25519_identity(20);
-    let content = call_content(identity.sender().unwrap(), canister, "inc", no_args(), in_two_minutes());
+    let content = call_content(
+        identity.sender().unwrap(),
+        canister,
+        "inc",
+        no_args(),
+        in_two_minutes(),
+    );
     let body = signed(&content, &identity);
     for version in ["v4", "v3", "v2"] {
-        let (status, _) = served.post(&format!("/api/{version}/canister/{canister}/call"), body.clone()).await;
+        let (status, _) = served
+            .post(
+                &format!("/api/{version}/canister/{canister}/call"),
+                body.clone(),
+            )
+            .await;
         assert!(status == 200 || status == 202, "{version}: {status}");
     }
-    assert_eq!(served.replica.certified_data(canister).unwrap(), 1u64.to_le_bytes().to_vec());
+    assert_eq!(
+        served.replica.certified_data(canister).unwrap(),
+        1u64.to_le_bytes().to_vec()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -253,26 +403,56 @@ async fn request_status_is_only_readable_by_its_sender() {
     let served = Served::new(ReplicaConfig::with_seed("read_state auth"));
     let canister = served.install_probe();
     let alice = ed25519_identity(30);
-    let content = call_content(alice.sender().unwrap(), canister, "inc", no_args(), in_two_minutes());
+    let content = call_content(
+        alice.sender().unwrap(),
+        canister,
+        "inc",
+        no_args(),
+        in_two_minutes(),
+    );
     let request_id = content.to_request_id();
-    assert_eq!(served.post(&format!("/api/v4/canister/{canister}/call"), signed(&content, &alice)).await.0, 200);
+    assert_eq!(
+        served
+            .post(
+                &format!("/api/v4/canister/{canister}/call"),
+                signed(&content, &alice)
+            )
+            .await
+            .0,
+        200
+    );
 
-    let paths = vec![vec![Label::from("request_status"), Label::from_bytes(request_id.as_slice())]];
+    let paths = vec![vec![
+        Label::from("request_status"),
+        Label::from_bytes(request_id.as_slice()),
+    ]];
     let alice_agent = served.agent(alice).await;
-    let cert = alice_agent.read_state_raw(paths.clone(), canister).await.unwrap();
-    let status = cert.tree.lookup_path([b"request_status".as_ref(), request_id.as_slice(), b"status"]);
+    let cert = alice_agent
+        .read_state_raw(paths.clone(), canister)
+        .await
+        .unwrap();
+    let status =
+        cert.tree
+            .lookup_path([b"request_status".as_ref(), request_id.as_slice(), b"status"]);
     assert_eq!(status, LookupResult::Found(b"replied".as_ref()));
 
     let bob_agent = served.agent(ed25519_identity(31)).await;
     let err = bob_agent.read_state_raw(paths, canister).await.unwrap_err();
-    let AgentError::HttpError(payload) = &err else { panic!("{err:?}") };
+    let AgentError::HttpError(payload) = &err else {
+        panic!("{err:?}")
+    };
     assert_eq!(payload.status, 403);
 
     // an id never seen looks up as Absent, so agents keep polling
     let unknown = [7u8; 32];
-    let paths = vec![vec![Label::from("request_status"), Label::from_bytes(&unknown)]];
+    let paths = vec![vec![
+        Label::from("request_status"),
+        Label::from_bytes(&unknown),
+    ]];
     let cert = bob_agent.read_state_raw(paths, canister).await.unwrap();
-    let status = cert.tree.lookup_path([b"request_status".as_ref(), &unknown[..], b"status"]);
+    let status = cert
+        .tree
+        .lookup_path([b"request_status".as_ref(), &unknown[..], b"status"]);
     assert_eq!(status, LookupResult::Absent);
 }
 
@@ -281,19 +461,35 @@ async fn ecdsa_and_delegated_senders_are_authenticated() {
     let served = Served::new(ReplicaConfig::with_seed("key types"));
     let canister = served.install_probe();
     let whoami = |agent: ic_agent::Agent| async move {
-        let reply = agent.update(&canister, "inc").with_arg(no_args()).call_and_wait().await?;
+        let reply = agent
+            .update(&canister, "inc")
+            .with_arg(no_args())
+            .call_and_wait()
+            .await?;
         assert!(counter(&reply) > 0);
-        let reply = agent.query(&canister, "whoami").with_arg(no_args()).call().await?;
+        let reply = agent
+            .query(&canister, "whoami")
+            .with_arg(no_args())
+            .call()
+            .await?;
         Ok::<Principal, AgentError>(candid::decode_one(&reply).unwrap())
     };
 
-    let k256_identity = Secp256k1Identity::from_private_key(k256::SecretKey::from_slice(&[5u8; 32]).unwrap());
+    let k256_identity =
+        Secp256k1Identity::from_private_key(k256::SecretKey::from_slice(&[5u8; 32]).unwrap());
     let expected = k256_identity.sender().unwrap();
-    assert_eq!(whoami(served.agent(k256_identity).await).await.unwrap(), expected);
+    assert_eq!(
+        whoami(served.agent(k256_identity).await).await.unwrap(),
+        expected
+    );
 
-    let p256_identity = Prime256v1Identity::from_private_key(p256::SecretKey::from_slice(&[6u8; 32]).unwrap());
+    let p256_identity =
+        Prime256v1Identity::from_private_key(p256::SecretKey::from_slice(&[6u8; 32]).unwrap());
     let expected = p256_identity.sender().unwrap();
-    assert_eq!(whoami(served.agent(p256_identity).await).await.unwrap(), expected);
+    assert_eq!(
+        whoami(served.agent(p256_identity).await).await.unwrap(),
+        expected
+    );
 
     // a delegation from a root key to a session key, restricted to this canister
     let delegated = |targets: Vec<Principal>, expiration: u64| {
@@ -305,26 +501,41 @@ async fn ecdsa_and_delegated_senders_are_authenticated() {
             targets: Some(targets),
             permissions: None,
         };
-        let signature = root.sign_delegation(&delegation).unwrap().signature.unwrap();
+        let signature = root
+            .sign_delegation(&delegation)
+            .unwrap()
+            .signature
+            .unwrap();
         DelegatedIdentity::new_unchecked(
             root.public_key().unwrap(),
             Box::new(session),
-            vec![SignedDelegation { delegation, signature }],
+            vec![SignedDelegation {
+                delegation,
+                signature,
+            }],
         )
     };
     let root_principal = ed25519_identity(40).sender().unwrap();
     let allowed = delegated(vec![canister], now_ns() + 600_000_000_000);
-    assert_eq!(whoami(served.agent(allowed).await).await.unwrap(), root_principal);
+    assert_eq!(
+        whoami(served.agent(allowed).await).await.unwrap(),
+        root_principal
+    );
 
     let elsewhere = delegated(vec![unknown_canister()], now_ns() + 600_000_000_000);
     let err = whoami(served.agent(elsewhere).await).await.unwrap_err();
-    let AgentError::HttpError(payload) = &err else { panic!("{err:?}") };
+    let AgentError::HttpError(payload) = &err else {
+        panic!("{err:?}")
+    };
     assert_eq!(payload.status, 400);
     assert!(String::from_utf8_lossy(&payload.content).contains("targets"));
 
     let expired = delegated(vec![canister], now_ns() - 1);
     let err = whoami(served.agent(expired).await).await.unwrap_err();
-    assert!(matches!(&err, AgentError::HttpError(p) if p.status == 400), "{err:?}");
+    assert!(
+        matches!(&err, AgentError::HttpError(p) if p.status == 400),
+        "{err:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -332,19 +543,35 @@ async fn canister_metadata_is_certified_through_read_state() {
     let served = Served::new(ReplicaConfig::with_seed("metadata"));
     let canister = served.install_probe();
     let agent = served.anonymous_agent().await;
-    let hash = agent.read_state_canister_module_hash(canister).await.unwrap();
+    let hash = agent
+        .read_state_canister_module_hash(canister)
+        .await
+        .unwrap();
     use sha2::Digest;
     assert_eq!(hash, sha2::Sha256::digest(probe_wasm()).to_vec());
-    let controllers = agent.read_state_canister_controllers(canister).await.unwrap();
+    let controllers = agent
+        .read_state_canister_controllers(canister)
+        .await
+        .unwrap();
     assert_eq!(controllers, vec![Principal::anonymous()]);
 
     // canister paths must name the effective canister
     let other = unknown_canister();
     let err = agent
-        .read_state_raw(vec![vec![Label::from("canister"), Label::from_bytes(other.as_slice()), Label::from("module_hash")]], canister)
+        .read_state_raw(
+            vec![vec![
+                Label::from("canister"),
+                Label::from_bytes(other.as_slice()),
+                Label::from("module_hash"),
+            ]],
+            canister,
+        )
         .await
         .unwrap_err();
-    assert!(matches!(&err, AgentError::HttpError(p) if p.status == 400), "{err:?}");
+    assert!(
+        matches!(&err, AgentError::HttpError(p) if p.status == 400),
+        "{err:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -357,70 +584,145 @@ async fn bad_requests_are_answered_while_another_client_keeps_being_served() {
     let busy = tokio::spawn(async move {
         let mut last = 0;
         for _ in 0..40 {
-            last = counter(&busy_agent.update(&canister, "inc").with_arg(no_args()).call_and_wait().await.unwrap());
-            busy_agent.query(&canister, "get").with_arg(no_args()).call().await.unwrap();
+            last = counter(
+                &busy_agent
+                    .update(&canister, "inc")
+                    .with_arg(no_args())
+                    .call_and_wait()
+                    .await
+                    .unwrap(),
+            );
+            busy_agent
+                .query(&canister, "get")
+                .with_arg(no_args())
+                .call()
+                .await
+                .unwrap();
         }
         last
     });
 
     let agent = served.anonymous_agent().await;
     for _ in 0..5 {
-        let err = agent.update(&unknown_canister(), "inc").with_arg(no_args()).call_and_wait().await.unwrap_err();
-        let AgentError::UncertifiedReject { reject, .. } = &err else { panic!("{err:?}") };
+        let err = agent
+            .update(&unknown_canister(), "inc")
+            .with_arg(no_args())
+            .call_and_wait()
+            .await
+            .unwrap_err();
+        let AgentError::UncertifiedReject { reject, .. } = &err else {
+            panic!("{err:?}")
+        };
         assert_eq!(reject.reject_code, RejectCode::DestinationInvalid);
         assert_eq!(reject.error_code.as_deref(), Some("IC0301"));
 
-        let err = agent.query(&unknown_canister(), "get").with_arg(no_args()).call().await.unwrap_err();
-        let AgentError::UncertifiedReject { reject, .. } = &err else { panic!("{err:?}") };
+        let err = agent
+            .query(&unknown_canister(), "get")
+            .with_arg(no_args())
+            .call()
+            .await
+            .unwrap_err();
+        let AgentError::UncertifiedReject { reject, .. } = &err else {
+            panic!("{err:?}")
+        };
         assert_eq!(reject.error_code.as_deref(), Some("IC0301"));
 
-        let err = agent.query(&canister, "nope").with_arg(no_args()).call().await.unwrap_err();
-        let AgentError::UncertifiedReject { reject, .. } = &err else { panic!("{err:?}") };
+        let err = agent
+            .query(&canister, "nope")
+            .with_arg(no_args())
+            .call()
+            .await
+            .unwrap_err();
+        let AgentError::UncertifiedReject { reject, .. } = &err else {
+            panic!("{err:?}")
+        };
         assert_eq!(reject.reject_code, RejectCode::DestinationInvalid);
         assert_eq!(reject.error_code.as_deref(), Some("IC0302"));
 
-        let err = agent.update(&canister, "nope").with_arg(no_args()).call_and_wait().await.unwrap_err();
-        let AgentError::CertifiedReject { reject, .. } = &err else { panic!("{err:?}") };
+        let err = agent
+            .update(&canister, "nope")
+            .with_arg(no_args())
+            .call_and_wait()
+            .await
+            .unwrap_err();
+        let AgentError::CertifiedReject { reject, .. } = &err else {
+            panic!("{err:?}")
+        };
         assert_eq!(reject.error_code.as_deref(), Some("IC0302"));
 
-        let err = agent.update(&canister, "boom").with_arg(no_args()).call_and_wait().await.unwrap_err();
-        let AgentError::CertifiedReject { reject, .. } = &err else { panic!("{err:?}") };
+        let err = agent
+            .update(&canister, "boom")
+            .with_arg(no_args())
+            .call_and_wait()
+            .await
+            .unwrap_err();
+        let AgentError::CertifiedReject { reject, .. } = &err else {
+            panic!("{err:?}")
+        };
         assert_eq!(reject.reject_code, RejectCode::CanisterError);
-        assert!(reject.reject_message.contains("probe trapped on purpose"), "{}", reject.reject_message);
+        assert!(
+            reject.reject_message.contains("probe trapped on purpose"),
+            "{}",
+            reject.reject_message
+        );
 
         let path = format!("/api/v3/canister/{canister}/query");
-        assert_eq!(served.post(&path, b"\xa1\x67content\xf6".to_vec()).await.0, 400);
+        assert_eq!(
+            served.post(&path, b"\xa1\x67content\xf6".to_vec()).await.0,
+            400
+        );
         assert_eq!(served.post(&path, vec![0x9f; 100_000]).await.0, 400);
-        assert_eq!(served.post(&path, vec![0x41; 2 * 1024 * 1024 + 1]).await.0, 413);
+        assert_eq!(
+            served.post(&path, vec![0x41; 2 * 1024 * 1024 + 1]).await.0,
+            413
+        );
     }
     assert_eq!(busy.await.unwrap(), 40);
-    let reply = agent.query(&canister, "get").with_arg(no_args()).call().await.unwrap();
-    assert_eq!(counter(&reply), 40, "only the well-behaved client's updates executed");
+    let reply = agent
+        .query(&canister, "get")
+        .with_arg(no_args())
+        .call()
+        .await
+        .unwrap();
+    assert_eq!(
+        counter(&reply),
+        40,
+        "only the well-behaved client's updates executed"
+    );
 }
 
 #[test]
 fn rust_api_calls_and_time() {
-    let replica = ic_ws_replica::Replica::new(ReplicaConfig::with_seed("rust api").manual_clock(1_700_000_000_000_000_000));
+    let replica = ic_ws_replica::Replica::new(
+        ReplicaConfig::with_seed("rust api").manual_clock(1_700_000_000_000_000_000),
+    );
     let canister = replica.create_and_install(&probe_wasm(), &[]).unwrap();
     let caller = Principal::from_slice(&[9; 29]);
     let reply = replica.update(canister, "inc", &no_args(), caller).unwrap();
     assert_eq!(counter(&reply), 1);
-    let reply = replica.query(canister, "whoami", &no_args(), caller).unwrap();
+    let reply = replica
+        .query(canister, "whoami", &no_args(), caller)
+        .unwrap();
     assert_eq!(candid::decode_one::<Principal>(&reply).unwrap(), caller);
     assert!(replica.last_instructions() > 0);
 
     // the data certificate a query sees carries the replica's time and the certified counter
-    let cert_bytes = replica.query(canister, "data_certificate", &no_args(), caller).unwrap();
+    let cert_bytes = replica
+        .query(canister, "data_certificate", &no_args(), caller)
+        .unwrap();
     let cert: Certificate = serde_cbor::from_slice(&cert_bytes).unwrap();
     assert_eq!(
-        cert.tree.lookup_path([b"canister".as_ref(), canister.as_slice(), b"certified_data"]),
+        cert.tree
+            .lookup_path([b"canister".as_ref(), canister.as_slice(), b"certified_data"]),
         LookupResult::Found(&1u64.to_le_bytes()[..])
     );
     assert_eq!(replica.time_ns(), 1_700_000_000_000_000_000);
     replica.advance_time(Duration::from_secs(2));
     assert_eq!(replica.time_ns(), 1_700_000_002_000_000_000);
     let cert: Certificate = serde_cbor::from_slice(&replica.state_certificate(&[])).unwrap();
-    let LookupResult::Found(time) = cert.tree.lookup_path([b"time".as_ref()]) else { panic!() };
+    let LookupResult::Found(time) = cert.tree.lookup_path([b"time".as_ref()]) else {
+        panic!()
+    };
     let mut decoded = 0u64;
     for (i, b) in time.iter().enumerate() {
         decoded |= u64::from(b & 0x7f) << (7 * i);
@@ -428,21 +730,111 @@ fn rust_api_calls_and_time() {
     assert_eq!(decoded, 1_700_000_002_000_000_000);
 
     // a trap is a reject with the IC's code, and rolls back
-    let reject = replica.update(canister, "boom", &no_args(), caller).unwrap_err();
+    let reject = replica
+        .update(canister, "boom", &no_args(), caller)
+        .unwrap_err();
     assert_eq!(reject.code, ic_ws_replica::RejectCode::CanisterError);
-    assert_eq!(replica.certified_data(canister).unwrap(), 1u64.to_le_bytes().to_vec());
+    assert_eq!(
+        replica.certified_data(canister).unwrap(),
+        1u64.to_le_bytes().to_vec()
+    );
 
     // queries never change state and reuse the signed state
     let before = replica.signatures_made();
     for _ in 0..20 {
         replica.query(canister, "get", &no_args(), caller).unwrap();
     }
-    assert!(replica.signatures_made() <= before + 1, "queries must not re-sign every time");
+    assert!(
+        replica.signatures_made() <= before + 1,
+        "queries must not re-sign every time"
+    );
 
     // upgrades keep the canister (the probe has no stable state, so the counter restarts)
     replica.upgrade(canister, &probe_wasm(), &[]).unwrap();
     assert!(replica.module_hash(canister).is_some());
     assert!(!replica.canister_exists(unknown_canister()));
-    let reject = replica.query(unknown_canister(), "get", &no_args(), caller).unwrap_err();
+    let reject = replica
+        .query(unknown_canister(), "get", &no_args(), caller)
+        .unwrap_err();
     assert_eq!(reject.error_code.as_deref(), Some("IC0301"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn inspect_message_and_empty_canisters_refuse_before_execution() {
+    let served = Served::new(ReplicaConfig::with_seed("inspect"));
+    let canister = served.install_probe();
+    let agent = served.anonymous_agent().await;
+
+    let err = agent
+        .update(&canister, "refused")
+        .with_arg(no_args())
+        .call_and_wait()
+        .await
+        .unwrap_err();
+    let AgentError::UncertifiedReject { reject, .. } = &err else {
+        panic!("{err:?}")
+    };
+    assert_eq!(reject.reject_code, RejectCode::CanisterReject);
+    assert!(reject.error_code.is_some());
+    // v2: 200 with the reject map instead of 202
+    let content = call_content(
+        Principal::anonymous(),
+        canister,
+        "refused",
+        no_args(),
+        in_two_minutes(),
+    );
+    let (status, body) = served
+        .post(
+            &format!("/api/v2/canister/{canister}/call"),
+            envelope(&content, None, None),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let reject: ic_transport_types::RejectResponse = serde_cbor::from_slice(&body).unwrap();
+    assert_eq!(reject.reject_code, RejectCode::CanisterReject);
+    // inspect_message is not run for queries, and accepted updates execute
+    assert_eq!(
+        counter(
+            &agent
+                .update(&canister, "inc")
+                .with_arg(no_args())
+                .call_and_wait()
+                .await
+                .unwrap()
+        ),
+        1
+    );
+
+    let empty = served.replica.create_canister(vec![Principal::anonymous()]);
+    let err = agent
+        .update(&empty, "inc")
+        .with_arg(no_args())
+        .call_and_wait()
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, AgentError::UncertifiedReject { .. }),
+        "{err:?}"
+    );
+    let err = agent
+        .query(&empty, "get")
+        .with_arg(no_args())
+        .call()
+        .await
+        .unwrap_err();
+    let AgentError::UncertifiedReject { reject, .. } = &err else {
+        panic!("{err:?}")
+    };
+    assert_ne!(
+        reject.error_code.as_deref(),
+        Some("IC0302"),
+        "an empty canister is not a missing method"
+    );
+    // the empty canister has no module hash in the state tree
+    let err = agent
+        .read_state_canister_module_hash(empty)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, AgentError::LookupPathAbsent(_)), "{err:?}");
 }

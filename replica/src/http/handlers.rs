@@ -11,7 +11,8 @@ use axum::http::{header, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use candid::Principal;
 use ic_transport_types::{
-    EnvelopeContent, NodeSignature, QueryResponse, RejectCode as WireRejectCode, RejectResponse, ReplyResponse,
+    EnvelopeContent, NodeSignature, QueryResponse, RejectCode as WireRejectCode, RejectResponse,
+    ReplyResponse,
 };
 use serde::Serialize;
 
@@ -70,16 +71,22 @@ fn parse_ecid(text: &str) -> Result<Principal, HttpError> {
 }
 
 /// Runs `f` on the blocking pool (it may execute wasm for a long time).
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, HttpError> {
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, HttpError> {
     tokio::task::spawn_blocking(f).await.map_err(|e| {
         tracing::error!("replica task failed: {e}");
-        HttpError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("internal error: {e}"))
+        HttpError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("internal error: {e}"),
+        )
     })
 }
 
 fn reject_response(reject: &Reject) -> RejectResponse {
     RejectResponse {
-        reject_code: WireRejectCode::try_from(reject.code as u64).unwrap_or(WireRejectCode::SysFatal),
+        reject_code: WireRejectCode::try_from(reject.code as u64)
+            .unwrap_or(WireRejectCode::SysFatal),
         reject_message: reject.message.clone(),
         error_code: reject.error_code.clone(),
     }
@@ -91,7 +98,10 @@ pub(crate) async fn status(State(replica): State<Replica>) -> Response {
     let mut map = BTreeMap::new();
     let text = |s: &str| Value::Text(s.to_string());
     map.insert(text("ic_api_version"), text("0.18.0"));
-    map.insert(text("impl_source"), text("https://github.com/ic-ws/ic-ws (ic-ws-replica)"));
+    map.insert(
+        text("impl_source"),
+        text("https://github.com/ic-ws/ic-ws (ic-ws-replica)"),
+    );
     map.insert(text("impl_version"), text(env!("CARGO_PKG_VERSION")));
     map.insert(text("replica_health_status"), text("healthy"));
     map.insert(text("root_key"), Value::Bytes(replica.root_key_der()));
@@ -113,10 +123,24 @@ fn accept_canister_request(
 ) -> Result<(AuthenticatedRequest, Principal, String, Vec<u8>), HttpError> {
     let request = auth::authenticate(body, replica.ingress_time_ns())?;
     let (canister, method, arg) = match (&request.content, want_call) {
-        (EnvelopeContent::Call { canister_id, method_name, arg, .. }, true)
-        | (EnvelopeContent::Query { canister_id, method_name, arg, .. }, false) => {
-            (*canister_id, method_name.clone(), arg.clone())
-        }
+        (
+            EnvelopeContent::Call {
+                canister_id,
+                method_name,
+                arg,
+                ..
+            },
+            true,
+        )
+        | (
+            EnvelopeContent::Query {
+                canister_id,
+                method_name,
+                arg,
+                ..
+            },
+            false,
+        ) => (*canister_id, method_name.clone(), arg.clone()),
         _ => {
             let expected = if want_call { "call" } else { "query" };
             return Err(HttpError::bad_request(format!(
@@ -155,11 +179,18 @@ enum Accepted {
 }
 
 /// Validates and schedules an ingress call; shared by the async (v2) and sync (v3/v4) endpoints.
-async fn accept_call(replica: &Replica, ecid: Principal, body: &[u8]) -> Result<(Accepted, [u8; 32]), HttpError> {
+async fn accept_call(
+    replica: &Replica,
+    ecid: Principal,
+    body: &[u8],
+) -> Result<(Accepted, [u8; 32]), HttpError> {
     let (request, canister, method, arg) = accept_canister_request(replica, ecid, body, true)?;
     let request_id = request.request_id;
     if canister == Principal::management_canister() {
-        return Ok((Accepted::Rejected(management_unsupported(&method)), request_id));
+        return Ok((
+            Accepted::Rejected(management_unsupported(&method)),
+            request_id,
+        ));
     }
     let expiry_ns = request.content.ingress_expiry();
     let sender = request.sender;
@@ -176,7 +207,8 @@ async fn accept_call(replica: &Replica, ecid: Principal, body: &[u8]) -> Result<
                 return Err(crate::replica::canister_not_found(canister));
             }
             // canister_inspect_message runs for ingress updates only, before induction.
-            core.engine.inspect_message(canister, &method, &arg, sender)?;
+            core.engine
+                .inspect_message(canister, &method, &arg, sender)?;
             core.register_request(
                 request_id,
                 IngressRecord {
@@ -201,7 +233,9 @@ async fn accept_call(replica: &Replica, ecid: Principal, body: &[u8]) -> Result<
                     tokio::time::sleep(delay).await;
                 }
                 let executed = tokio::task::spawn_blocking(move || {
-                    let _ = replica.core().execute_ingress(request_id, canister, &method, &arg, sender);
+                    let _ = replica
+                        .core()
+                        .execute_ingress(request_id, canister, &method, &arg, sender);
                 })
                 .await;
                 if let Err(e) = executed {
@@ -223,7 +257,10 @@ pub(crate) async fn call_async(
     let ecid = parse_ecid(&ecid)?;
     let (accepted, _) = accept_call(&replica, ecid, &body).await?;
     Ok(match accepted {
-        Accepted::Rejected(reject) => cbor_response(StatusCode::OK, to_self_describing_cbor(&reject_response(&reject))),
+        Accepted::Rejected(reject) => cbor_response(
+            StatusCode::OK,
+            to_self_describing_cbor(&reject_response(&reject)),
+        ),
         Accepted::Scheduled(_) | Accepted::Duplicate { .. } => StatusCode::ACCEPTED.into_response(),
     })
 }
@@ -250,7 +287,10 @@ pub(crate) async fn call_sync(
     let completed = match accepted {
         Accepted::Rejected(reject) => {
             let body = SyncCallResponse::NonReplicatedRejection(reject_response(&reject));
-            return Ok(cbor_response(StatusCode::OK, to_self_describing_cbor(&body)));
+            return Ok(cbor_response(
+                StatusCode::OK,
+                to_self_describing_cbor(&body),
+            ));
         }
         Accepted::Duplicate { completed } => completed,
         Accepted::Scheduled(task) => {
@@ -268,7 +308,10 @@ pub(crate) async fn call_sync(
     })
     .await?;
     let body = SyncCallResponse::Replied { certificate };
-    Ok(cbor_response(StatusCode::OK, to_self_describing_cbor(&body)))
+    Ok(cbor_response(
+        StatusCode::OK,
+        to_self_describing_cbor(&body),
+    ))
 }
 
 /// `POST /api/v2|v3/canister/<ecid>/query`: executes the query with a data certificate and
@@ -284,7 +327,10 @@ pub(crate) async fn query(
     let request_id = request.request_id;
     let response = blocking(move || {
         let (result, timestamp) = if canister == Principal::management_canister() {
-            (Err(management_unsupported(&method)), replica.ingress_time_ns())
+            (
+                Err(management_unsupported(&method)),
+                replica.ingress_time_ns(),
+            )
         } else {
             let mut core = replica.core();
             let result = core.query(&replica.shared.keys, canister, &method, &arg, sender);
@@ -301,16 +347,16 @@ pub(crate) async fn query(
             },
         };
         // Signed outside the core lock: Ed25519 is cheap but needs no engine.
-        let signable = response.signable(ic_transport_types::RequestId::new(&request_id), timestamp);
+        let signable =
+            response.signable(ic_transport_types::RequestId::new(&request_id), timestamp);
         let signature = NodeSignature {
             timestamp,
             signature: replica.shared.keys.node_sign(&signable),
             identity: replica.shared.keys.node_id(),
         };
         match &mut response {
-            QueryResponse::Replied { signatures, .. } | QueryResponse::Rejected { signatures, .. } => {
-                signatures.push(signature)
-            }
+            QueryResponse::Replied { signatures, .. }
+            | QueryResponse::Rejected { signatures, .. } => signatures.push(signature),
         }
         to_self_describing_cbor(&response)
     })
@@ -325,7 +371,9 @@ fn check_read_state_paths(
     ecid: Principal,
 ) -> Result<Vec<Path>, HttpError> {
     let EnvelopeContent::ReadState { paths, .. } = &request.content else {
-        return Err(HttpError::bad_request("Expected a 'read_state' request on this endpoint"));
+        return Err(HttpError::bad_request(
+            "Expected a 'read_state' request on this endpoint",
+        ));
     };
     if paths.len() > 1_000 {
         return Err(HttpError::bad_request("Too many paths requested"));
@@ -340,7 +388,9 @@ fn check_read_state_paths(
                     .get(1)
                     .map(|id| Principal::try_from_slice(id))
                     .transpose()
-                    .map_err(|e| HttpError::bad_request(format!("Invalid canister id in path: {e}")))?;
+                    .map_err(|e| {
+                        HttpError::bad_request(format!("Invalid canister id in path: {e}"))
+                    })?;
                 if let Some(requested) = requested {
                     if requested != ecid {
                         return Err(HttpError::bad_request(format!(
@@ -378,7 +428,10 @@ fn check_read_state_paths(
                 }
             }
             _ => {
-                return Err(HttpError::new(StatusCode::NOT_FOUND, "Invalid path requested"));
+                return Err(HttpError::new(
+                    StatusCode::NOT_FOUND,
+                    "Invalid path requested",
+                ));
             }
         }
         out.push(labels);

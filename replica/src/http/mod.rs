@@ -42,8 +42,14 @@ pub fn router(replica: Replica) -> Router {
         .route("/api/v4/canister/{ecid}/call", post(handlers::call_sync))
         .route("/api/v2/canister/{ecid}/query", post(handlers::query))
         .route("/api/v3/canister/{ecid}/query", post(handlers::query))
-        .route("/api/v2/canister/{ecid}/read_state", post(handlers::read_state))
-        .route("/api/v3/canister/{ecid}/read_state", post(handlers::read_state))
+        .route(
+            "/api/v2/canister/{ecid}/read_state",
+            post(handlers::read_state),
+        )
+        .route(
+            "/api/v3/canister/{ecid}/read_state",
+            post(handlers::read_state),
+        )
         .fallback(handlers::not_found)
         .layer(DefaultBodyLimit::max(MAX_REQUEST_BODY_BYTES))
         .layer(middleware::from_fn(cors))
@@ -58,20 +64,28 @@ async fn cors(request: Request<axum::body::Body>, next: Next) -> Response {
         next.run(request).await
     };
     let headers = response.headers_mut();
-    headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*"));
+    headers.insert(
+        header::ACCESS_CONTROL_ALLOW_ORIGIN,
+        HeaderValue::from_static("*"),
+    );
     headers.insert(
         header::ACCESS_CONTROL_ALLOW_METHODS,
         HeaderValue::from_static("GET, POST, HEAD, OPTIONS"),
     );
     headers.insert(
         header::ACCESS_CONTROL_ALLOW_HEADERS,
-        HeaderValue::from_static("Accept, Authorization, Content-Type, Cookie, Range, User-Agent, X-Requested-With"),
+        HeaderValue::from_static(
+            "Accept, Authorization, Content-Type, Cookie, Range, User-Agent, X-Requested-With",
+        ),
     );
     headers.insert(
         header::ACCESS_CONTROL_EXPOSE_HEADERS,
         HeaderValue::from_static("Accept-Ranges, Content-Length, Content-Range, X-Request-Id"),
     );
-    headers.insert(header::ACCESS_CONTROL_MAX_AGE, HeaderValue::from_static("7200"));
+    headers.insert(
+        header::ACCESS_CONTROL_MAX_AGE,
+        HeaderValue::from_static("7200"),
+    );
     response
 }
 

@@ -13,7 +13,8 @@ use ic_transport_types::{Envelope, EnvelopeContent};
 use ic_ws_replica::{Replica, ReplicaConfig, ServerHandle};
 
 /// The hand-written "probe" canister (tests/common/probe.wat): `inc` (update, certifies the
-/// counter), `get`, `whoami`, `data_certificate` (queries), `boom` (traps).
+/// counter), `get`, `whoami`, `data_certificate` (queries), `boom` (traps), `refused` (an
+/// update its `canister_inspect_message` refuses).
 pub fn probe_wasm() -> Vec<u8> {
     wat::parse_str(include_str!("probe.wat")).expect("probe.wat parses")
 }
@@ -33,7 +34,10 @@ pub fn test_wasm() -> &'static [u8] {
 }
 
 pub fn now_ns() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos() as u64
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
 }
 
 /// A replica serving HTTP on a free loopback port.
@@ -98,7 +102,11 @@ pub fn ed25519_identity(seed: u8) -> BasicIdentity {
 }
 
 /// Serializes an envelope exactly as agents do (self-describing CBOR).
-pub fn envelope(content: &EnvelopeContent, pubkey: Option<Vec<u8>>, sig: Option<Vec<u8>>) -> Vec<u8> {
+pub fn envelope(
+    content: &EnvelopeContent,
+    pubkey: Option<Vec<u8>>,
+    sig: Option<Vec<u8>>,
+) -> Vec<u8> {
     Envelope {
         content: Cow::Borrowed(content),
         sender_pubkey: pubkey,
@@ -120,7 +128,13 @@ pub fn signed(content: &EnvelopeContent, identity: &dyn Identity) -> Vec<u8> {
     .encode_bytes()
 }
 
-pub fn call_content(sender: Principal, canister: Principal, method: &str, arg: Vec<u8>, expiry: u64) -> EnvelopeContent {
+pub fn call_content(
+    sender: Principal,
+    canister: Principal,
+    method: &str,
+    arg: Vec<u8>,
+    expiry: u64,
+) -> EnvelopeContent {
     EnvelopeContent::Call {
         nonce: Some(now_ns().to_be_bytes().to_vec()),
         ingress_expiry: expiry,
@@ -132,7 +146,12 @@ pub fn call_content(sender: Principal, canister: Principal, method: &str, arg: V
     }
 }
 
-pub fn query_content(sender: Principal, canister: Principal, method: &str, arg: Vec<u8>) -> EnvelopeContent {
+pub fn query_content(
+    sender: Principal,
+    canister: Principal,
+    method: &str,
+    arg: Vec<u8>,
+) -> EnvelopeContent {
     EnvelopeContent::Query {
         ingress_expiry: now_ns() + Duration::from_secs(120).as_nanos() as u64,
         sender,

@@ -10,6 +10,9 @@
   (import "ic0" "data_certificate_size" (func $cert_size (result i32)))
   (import "ic0" "data_certificate_copy" (func $cert_copy (param i32 i32 i32)))
   (import "ic0" "trap" (func $trap (param i32 i32)))
+  (import "ic0" "accept_message" (func $accept_message))
+  (import "ic0" "msg_method_name_size" (func $method_name_size (result i32)))
+  (import "ic0" "msg_method_name_copy" (func $method_name_copy (param i32 i32 i32)))
   (memory (export "memory") 2)
   ;; 0..8: counter (u64 LE). 16: candid nat64 header. 32: candid principal header. 48: trap text.
   (data (i32.const 16) "DIDL\00\01\78")
@@ -42,6 +45,16 @@
         (call $cert_copy (i32.const 1024) (i32.const 0) (local.get $n))
         (call $reply_append (i32.const 1024) (local.get $n))))
     (call $reply))
+  ;; Accepts every ingress message except calls to "refused".
+  (func (export "canister_inspect_message")
+    (if (i32.eq (call $method_name_size) (i32.const 7))
+      (then
+        (call $method_name_copy (i32.const 200) (i32.const 0) (i32.const 7))
+        (if (i32.eq (i32.load (i32.const 200)) (i32.const 0x75666572)) ;; "refu"
+          (then (return)))))
+    (call $accept_message))
+  (func (export "canister_update refused")
+    (call $reply_counter))
   (func (export "canister_update boom")
     (call $trap (i32.const 48) (i32.const 24)))
 )
