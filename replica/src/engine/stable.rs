@@ -134,6 +134,7 @@ impl StableMemory {
     }
 
     /// Pages allocated (written at least once), for diagnostics and tests.
+    #[cfg(test)]
     pub fn allocated_pages(&self) -> usize {
         self.pages.len()
     }
