@@ -120,10 +120,12 @@ where
 
     let end: CloseWith = loop {
         let reading = held.is_none() && matches!(state, State::New | State::Open { .. });
+        // Reads come before writes: a client under a constant stream of deliveries must still
+        // get its acknowledgements and pings through. (A client flooding its own reads only
+        // delays its own writes, and its reads pause when its messages in flight are bounded.)
         let event = tokio::select! {
             biased;
             _ = closing.wait_for(|c| *c) => Event::Shutdown,
-            out = async { match &attached { Some(a) => a.outbox.next().await, None => std::future::pending().await } } => Event::Out(out),
             ok = async {
                 match &mut open_reply { Some(reply) => reply.await.ok(), None => std::future::pending().await }
             } => Event::Opened(ok),
@@ -136,6 +138,7 @@ where
                 (permit, relay.reserve_owned().await.ok())
             } => Event::Slot(sent.0, sent.1),
             frame = ws.next(), if reading => Event::Frame(frame),
+            out = async { match &attached { Some(a) => a.outbox.next().await, None => std::future::pending().await } } => Event::Out(out),
             _ = &mut idle_sleep => Event::IdleTimer,
         };
         match event {
