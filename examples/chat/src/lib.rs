@@ -13,6 +13,12 @@
 //!
 //! The message types are exported in the candid interface (`chat.did`, kept in sync by the
 //! test `candid_interface_matches_chat_did`) through `ws_app_types` and `ws_open_args_type`.
+//!
+//! Build the canister with
+//! `cargo build --target wasm32-unknown-unknown --profile canister -p ic-ws-example-chat`
+//! (`target/wasm32-unknown-unknown/canister/ic_ws_example_chat.wasm`), or deploy it with `dfx deploy chat`
+//! (the repository's `dfx.json`). After an interface change, regenerate `chat.did` with
+//! `UPDATE_DID=1 cargo test -p ic-ws-example-chat candid_interface`.
 
 use candid::{CandidType, Deserialize};
 use ic_stable_structures::memory_manager::MemoryId;

@@ -13,6 +13,12 @@
 //!
 //! Only `#[on_message]` is defined: opens are accepted by the runtime's default and
 //! subscriptions end with the session, so no `#[on_open]` / `#[on_close]` is needed.
+//!
+//! Build the canister with
+//! `cargo build --target wasm32-unknown-unknown --profile canister -p ic-ws-example-ticker`
+//! (`target/wasm32-unknown-unknown/canister/ic_ws_example_ticker.wasm`), or deploy it with `dfx deploy ticker`
+//! (the repository's `dfx.json`). After an interface change, regenerate `ticker.did` with
+//! `UPDATE_DID=1 cargo test -p ic-ws-example-ticker candid_interface`.
 
 use candid::{CandidType, Deserialize};
 use ic_stable_structures::memory_manager::MemoryId;
