@@ -63,8 +63,9 @@ impl Paths {
     }
 }
 
-/// Locals of the generated shims: mixed-site hygiene so they never clash with the app's
-/// names (a handler may well be called `message` or take a parameter named `client`).
+/// Locals of the generated shims: mixed-site hygiene keeps them apart from the app's local
+/// variables, and the `__ic_ws_` prefix from its items (a binding named like a `static` in
+/// scope would be a pattern of that static, whatever the hygiene).
 fn local(name: &str) -> Ident {
     Ident::new(name, Span::mixed_site())
 }
@@ -146,21 +147,21 @@ fn signature_traits(kind: Kind, paths: &Paths) -> TokenStream {
     quote! {
         #[diagnostic::on_unimplemented(message = #client_msg, label = "expected `ClientId`")]
         trait __IcWsClientParam {
-            fn __ic_ws_from(client: #krate::ClientId) -> Self;
+            fn __ic_ws_from(__ic_ws_client: #krate::ClientId) -> Self;
         }
         impl __IcWsClientParam for #krate::ClientId {
-            fn __ic_ws_from(client: #krate::ClientId) -> Self {
-                client
+            fn __ic_ws_from(__ic_ws_client: #krate::ClientId) -> Self {
+                __ic_ws_client
             }
         }
         #[diagnostic::on_unimplemented(message = #reason_msg, label = "expected `CloseReason`")]
         #[allow(dead_code)]
         trait __IcWsReasonParam {
-            fn __ic_ws_from(reason: #krate::CloseReason) -> Self;
+            fn __ic_ws_from(__ic_ws_reason: #krate::CloseReason) -> Self;
         }
         impl __IcWsReasonParam for #krate::CloseReason {
-            fn __ic_ws_from(reason: #krate::CloseReason) -> Self {
-                reason
+            fn __ic_ws_from(__ic_ws_reason: #krate::CloseReason) -> Self {
+                __ic_ws_reason
             }
         }
         #[diagnostic::on_unimplemented(message = #result_msg, label = "unsupported return type")]
@@ -208,9 +209,9 @@ fn on_message(handler: &Handler, config: &Config, paths: &Paths) -> TokenStream 
         None => return marker,
     };
 
-    let client = local("client");
-    let payload = local("payload");
-    let message = local("message");
+    let client = local("__ic_ws_client");
+    let payload = local("__ic_ws_payload");
+    let message = local("__ic_ws_message");
     let traits = signature_traits(Kind::Message, paths);
     let call = call_handler(handler, &[client_arg(handler, &client), quote!(#message)]);
 
@@ -270,22 +271,22 @@ fn on_message(handler: &Handler, config: &Config, paths: &Paths) -> TokenStream 
             /// Decoded argument of an endpoint; an argument that does not decode rejects the
             /// whole call (no entry of it can be attributed to a client).
             fn __ic_ws_argument<T>(
-                method: &str,
-                decoded: ::core::result::Result<T, #krate::WsError>,
+                __ic_ws_method: &str,
+                __ic_ws_decoded: ::core::result::Result<T, #krate::WsError>,
             ) -> T {
-                match decoded {
-                    ::core::result::Result::Ok(value) => value,
-                    ::core::result::Result::Err(error) => #private::ic_cdk::trap(
-                        ::std::format!("{method}: the argument does not decode: {error}"),
+                match __ic_ws_decoded {
+                    ::core::result::Result::Ok(__ic_ws_value) => __ic_ws_value,
+                    ::core::result::Result::Err(__ic_ws_error) => #private::ic_cdk::trap(
+                        ::std::format!("{__ic_ws_method}: the argument does not decode: {__ic_ws_error}"),
                     ),
                 }
             }
 
-            fn __ic_ws_reply<T: #private::candid::utils::ArgumentEncoder>(method: &str, value: T) {
-                match #private::candid::encode_args(value) {
-                    ::core::result::Result::Ok(bytes) => #private::ic_cdk::api::msg_reply(bytes),
-                    ::core::result::Result::Err(error) => #private::ic_cdk::trap(
-                        ::std::format!("{method}: the reply does not encode: {error}"),
+            fn __ic_ws_reply<T: #private::candid::utils::ArgumentEncoder>(__ic_ws_method: &str, __ic_ws_value: T) {
+                match #private::candid::encode_args(__ic_ws_value) {
+                    ::core::result::Result::Ok(__ic_ws_bytes) => #private::ic_cdk::api::msg_reply(__ic_ws_bytes),
+                    ::core::result::Result::Err(__ic_ws_error) => #private::ic_cdk::trap(
+                        ::std::format!("{__ic_ws_method}: the reply does not encode: {__ic_ws_error}"),
                     ),
                 }
             }
@@ -297,44 +298,44 @@ fn on_message(handler: &Handler, config: &Config, paths: &Paths) -> TokenStream 
             #export_open
             fn __ic_ws_endpoint_ws_open() {
                 #private::ic_cdk::futures::internals::in_executor_context(|| {
-                    let batch = __ic_ws_argument(
+                    let __ic_ws_batch = __ic_ws_argument(
                         "ws_open",
                         #private::decode_payload::<#krate::OpenBatch>(&__ic_ws_arg_bytes()),
                     );
-                    __ic_ws_reply("ws_open", (#private::ws_open(&#module::App::HANDLERS, batch),));
+                    __ic_ws_reply("ws_open", (#private::ws_open(&#module::App::HANDLERS, __ic_ws_batch),));
                 });
             }
 
             #export_message
             fn __ic_ws_endpoint_ws_message() {
                 #private::ic_cdk::futures::internals::in_executor_context(|| {
-                    let batch = __ic_ws_argument(
+                    let __ic_ws_batch = __ic_ws_argument(
                         "ws_message",
                         #private::decode_payload::<#krate::MessageBatch>(&__ic_ws_arg_bytes()),
                     );
-                    __ic_ws_reply("ws_message", (#private::ws_message(&#module::App::HANDLERS, batch),));
+                    __ic_ws_reply("ws_message", (#private::ws_message(&#module::App::HANDLERS, __ic_ws_batch),));
                 });
             }
 
             #export_close
             fn __ic_ws_endpoint_ws_close() {
                 #private::ic_cdk::futures::internals::in_executor_context(|| {
-                    let batch = __ic_ws_argument(
+                    let __ic_ws_batch = __ic_ws_argument(
                         "ws_close",
                         #private::decode_payload::<#krate::CloseBatch>(&__ic_ws_arg_bytes()),
                     );
-                    __ic_ws_reply("ws_close", (#private::ws_close(&#module::App::HANDLERS, batch),));
+                    __ic_ws_reply("ws_close", (#private::ws_close(&#module::App::HANDLERS, __ic_ws_batch),));
                 });
             }
 
             #export_poll
             fn __ic_ws_endpoint_ws_poll() {
                 #private::ic_cdk::futures::internals::in_query_executor_context(|| {
-                    let request = __ic_ws_argument(
+                    let __ic_ws_request = __ic_ws_argument(
                         "ws_poll",
                         #private::decode_payload::<#krate::PollRequest>(&__ic_ws_arg_bytes()),
                     );
-                    __ic_ws_reply("ws_poll", (#private::ws_poll(request),));
+                    __ic_ws_reply("ws_poll", (#private::ws_poll(__ic_ws_request),));
                 });
             }
 
@@ -353,7 +354,7 @@ fn on_message(handler: &Handler, config: &Config, paths: &Paths) -> TokenStream 
             #[#private::candid::candid_method(update, rename = "ws_open")]
             #[allow(dead_code, unused_variables)]
             fn __ic_ws_candid_ws_open(
-                arg: #krate::OpenBatch,
+                __ic_ws_arg: #krate::OpenBatch,
             ) -> ::std::vec::Vec<#krate::OpenResult> {
                 ::core::unreachable!()
             }
@@ -361,7 +362,7 @@ fn on_message(handler: &Handler, config: &Config, paths: &Paths) -> TokenStream 
             #[#private::candid::candid_method(update, rename = "ws_message")]
             #[allow(dead_code, unused_variables)]
             fn __ic_ws_candid_ws_message(
-                arg: #krate::MessageBatch,
+                __ic_ws_arg: #krate::MessageBatch,
             ) -> ::std::vec::Vec<#krate::MessageResult> {
                 ::core::unreachable!()
             }
@@ -369,14 +370,14 @@ fn on_message(handler: &Handler, config: &Config, paths: &Paths) -> TokenStream 
             #[#private::candid::candid_method(update, rename = "ws_close")]
             #[allow(dead_code, unused_variables)]
             fn __ic_ws_candid_ws_close(
-                arg: #krate::CloseBatch,
+                __ic_ws_arg: #krate::CloseBatch,
             ) -> ::std::vec::Vec<#krate::CloseResult> {
                 ::core::unreachable!()
             }
             #[doc = "ic-ws (generated): certified outbound messages for the calling gateway's clients from `cursor`."]
             #[#private::candid::candid_method(query, rename = "ws_poll")]
             #[allow(dead_code, unused_variables)]
-            fn __ic_ws_candid_ws_poll(arg: #krate::PollRequest) -> #krate::PollResult {
+            fn __ic_ws_candid_ws_poll(__ic_ws_arg: #krate::PollRequest) -> #krate::PollResult {
                 ::core::unreachable!()
             }
             #[doc = "ic-ws (generated): names the app's inbound and outbound message types for client bindings; always returns nulls."]
@@ -392,16 +393,16 @@ fn on_message(handler: &Handler, config: &Config, paths: &Paths) -> TokenStream 
 fn on_open(handler: &Handler, config: &Config, paths: &Paths) -> TokenStream {
     let Paths { krate, private } = paths;
     let marker = marker_path(config);
-    let client = local("client");
-    let args_bytes = local("args");
+    let client = local("__ic_ws_client");
+    let args_bytes = local("__ic_ws_args");
     let mut call_args = vec![client_arg(handler, &client)];
     let (decode, open_args_query) = match &handler.payload_ty {
         Some(args_ty) => {
-            let args = local("open_args");
+            let args = local("__ic_ws_open_args");
             call_args.push(quote!(#args));
             let decode = quote! {
-                let #args = #private::decode_payload::<#args_ty>(#args_bytes).map_err(|error| {
-                    ::std::format!("the open arguments do not decode ({error})")
+                let #args = #private::decode_payload::<#args_ty>(#args_bytes).map_err(|__ic_ws_error| {
+                    ::std::format!("the open arguments do not decode ({__ic_ws_error})")
                 })?;
             };
             (decode, open_args_query(args_ty, paths))
@@ -442,9 +443,9 @@ fn open_args_query(args_ty: &Type, paths: &Paths) -> TokenStream {
             fn __ic_ws_endpoint_ws_open_args_type() {
                 #private::ic_cdk::futures::internals::in_query_executor_context(|| {
                     match #private::candid::encode_one(::core::option::Option::<#args_ty>::None) {
-                        ::core::result::Result::Ok(bytes) => #private::ic_cdk::api::msg_reply(bytes),
-                        ::core::result::Result::Err(error) => #private::ic_cdk::trap(
-                            ::std::format!("ws_open_args_type: the reply does not encode: {error}"),
+                        ::core::result::Result::Ok(__ic_ws_bytes) => #private::ic_cdk::api::msg_reply(__ic_ws_bytes),
+                        ::core::result::Result::Err(__ic_ws_error) => #private::ic_cdk::trap(
+                            ::std::format!("ws_open_args_type: the reply does not encode: {__ic_ws_error}"),
                         ),
                     }
                 });
@@ -462,8 +463,8 @@ fn open_args_query(args_ty: &Type, paths: &Paths) -> TokenStream {
 fn on_close(handler: &Handler, config: &Config, paths: &Paths) -> TokenStream {
     let Paths { krate, .. } = paths;
     let marker = marker_path(config);
-    let client = local("client");
-    let reason = local("reason");
+    let client = local("__ic_ws_client");
+    let reason = local("__ic_ws_reason");
     let mut call_args = vec![client_arg(handler, &client)];
     let ignore_reason = match &handler.payload_ty {
         Some(reason_ty) => {
