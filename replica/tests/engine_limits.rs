@@ -40,13 +40,13 @@ fn an_infinite_loop_is_stopped_and_rolled_back_and_the_canister_stays_usable() {
 fn the_performance_counter_counts_the_work_done() {
     let mut e = engine();
     let id = install(&mut e, None);
-    let ((b1, a1),): ((u64, u64),) = update(&mut e, id, "instructions", (1_000u64,)).unwrap();
-    let ((b2, a2),): ((u64, u64),) = update(&mut e, id, "instructions", (100_000u64,)).unwrap();
+    let (b1, a1): (u64, u64) = update(&mut e, id, "instructions", (1_000u64,)).unwrap();
+    let (b2, a2): (u64, u64) = update(&mut e, id, "instructions", (100_000u64,)).unwrap();
     assert!(b1 > 0 && a1 > b1, "counter runs: {b1} -> {a1}");
     let (small, large) = (a1 - b1, a2 - b2);
     assert!(large > 50 * small, "100x the iterations cost much more: {small} vs {large}");
     assert!(e.last_instructions() >= a2, "the engine reports at least what the canister saw");
-    let ((bq, aq),): ((u64, u64),) = query(&mut e, id, "instructions_query", (100_000u64,)).unwrap();
+    let (bq, aq): (u64, u64) = query(&mut e, id, "instructions_query", (100_000u64,)).unwrap();
     assert!(aq - bq > 50 * small, "queries count too");
 }
 

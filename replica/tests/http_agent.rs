@@ -838,3 +838,68 @@ async fn inspect_message_and_empty_canisters_refuse_before_execution() {
         .unwrap_err();
     assert!(matches!(err, AgentError::LookupPathAbsent(_)), "{err:?}");
 }
+
+/// The same checks with a real ic-cdk canister (stable structures, candid, inspect_message).
+#[tokio::test(flavor = "multi_thread")]
+async fn ic_cdk_test_canister_through_the_agent() {
+    let served = Served::new(ReplicaConfig::with_seed("ic-cdk canister"));
+    let canister = served.install_test_canister();
+    let identity = ed25519_identity(60);
+    let me = identity.sender().unwrap();
+    let agent = served.agent(identity).await;
+
+    let reply = agent
+        .update(&canister, "put")
+        .with_arg(Encode!(&1u64, &"one".to_string()).unwrap())
+        .call_and_wait()
+        .await
+        .unwrap();
+    let len = candid::decode_one::<u64>(&reply).unwrap();
+    let reply = agent
+        .query(&canister, "get")
+        .with_arg(Encode!(&1u64).unwrap())
+        .call()
+        .await
+        .unwrap();
+    assert_eq!(
+        candid::decode_one::<Option<String>>(&reply)
+            .unwrap()
+            .as_deref(),
+        Some("one")
+    );
+    let reply = agent
+        .query(&canister, "whoami")
+        .with_arg(no_args())
+        .call()
+        .await
+        .unwrap();
+    assert_eq!(candid::decode_one::<Principal>(&reply).unwrap(), me);
+
+    let reply = agent
+        .query(&canister, "certificate")
+        .with_arg(no_args())
+        .call()
+        .await
+        .unwrap();
+    let bytes = candid::decode_one::<Option<Vec<u8>>>(&reply)
+        .unwrap()
+        .expect("a query sees a data certificate");
+    let certificate: Certificate = serde_cbor::from_slice(&bytes).unwrap();
+    agent.verify(&certificate, canister).unwrap();
+    let path = [b"canister".as_ref(), canister.as_slice(), b"certified_data"];
+    assert_eq!(
+        certificate.tree.lookup_path(path),
+        LookupResult::Found(&len.to_be_bytes()[..])
+    );
+
+    let err = agent
+        .update(&canister, "forbidden")
+        .with_arg(no_args())
+        .call_and_wait()
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, AgentError::UncertifiedReject { .. }),
+        "{err:?}"
+    );
+}

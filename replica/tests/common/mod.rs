@@ -57,10 +57,10 @@ impl Served {
         self.server.url()
     }
 
-    /// Installs the test canister (init arg: empty candid).
+    /// Installs the Rust test canister (ic-cdk; init greeting left to its default).
     pub fn install_test_canister(&self) -> Principal {
         self.replica
-            .create_and_install(test_wasm(), &candid::encode_args(()).unwrap())
+            .create_and_install(test_wasm(), &candid::encode_one(None::<String>).unwrap())
             .unwrap()
     }
 
