@@ -491,3 +491,111 @@ fn on_close(handler: &Handler, config: &Config, paths: &Paths) -> TokenStream {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::errors::Errors;
+    use quote::quote;
+
+    fn expand(kind: Kind, config: Config, func: TokenStream) -> String {
+        let func: syn::ItemFn = syn::parse2(func).unwrap();
+        let mut errors = Errors::default();
+        let handler = Handler::from_fn(kind, &func, &mut errors).unwrap();
+        generate(&handler, &config).to_string()
+    }
+
+    #[test]
+    fn on_message_exports_every_endpoint_once() {
+        let code = expand(
+            Kind::Message,
+            Config::default(),
+            quote!(
+                fn m(c: ClientId, m: Chat) {}
+            ),
+        );
+        for export in [
+            "\"canister_update ws_open\"",
+            "\"canister_update ws_message\"",
+            "\"canister_update ws_close\"",
+            "\"canister_query ws_poll\"",
+            "\"canister_query ws_app_types\"",
+        ] {
+            assert_eq!(code.matches(export).count(), 1, "{export} in {code}");
+        }
+        assert!(code.contains("macro_rules ! __ic_ws_only_one_on_message_per_canister"));
+    }
+
+    #[test]
+    fn open_and_close_export_nothing_but_attach_to_the_marker() {
+        let open = expand(
+            Kind::Open,
+            Config::default(),
+            quote!(
+                fn o(c: ClientId) {}
+            ),
+        );
+        let close = expand(
+            Kind::Close,
+            Config::default(),
+            quote!(
+                fn c(c: ClientId, r: CloseReason) {}
+            ),
+        );
+        for (code, constant) in [(&open, "ON_OPEN"), (&close, "ON_CLOSE")] {
+            assert!(!code.contains("export_name"), "{code}");
+            assert!(
+                code.contains("impl self :: __ic_ws_on_message :: App"),
+                "{code}"
+            );
+            assert!(code.contains(&format!("const {constant}")), "{code}");
+        }
+    }
+
+    #[test]
+    fn open_with_arguments_names_their_type_in_a_query() {
+        let code = expand(
+            Kind::Open,
+            Config::default(),
+            quote!(
+                fn o(c: ClientId, a: Join) {}
+            ),
+        );
+        assert_eq!(
+            code.matches("\"canister_query ws_open_args_type\"").count(),
+            1
+        );
+        assert!(code.contains("Option < Join >"), "{code}");
+    }
+
+    #[test]
+    fn crate_override_and_module_path_are_used_everywhere() {
+        let config = Config {
+            krate: Some(syn::parse_quote!(crate::rt)),
+            on_message_in: Some(syn::parse_quote!(crate::ws)),
+            outbound: None,
+        };
+        let code = expand(
+            Kind::Close,
+            config,
+            quote!(
+                fn c(c: ClientId) {}
+            ),
+        );
+        assert!(!code.contains("ic_ws_canister"), "{code}");
+        assert!(code.contains("crate :: rt :: ClientId"), "{code}");
+        assert!(
+            code.contains("impl crate :: ws :: __ic_ws_on_message :: App"),
+            "{code}"
+        );
+    }
+
+    #[test]
+    fn fallback_keeps_the_marker_only_for_on_message() {
+        assert!(fallback(Kind::Message)
+            .to_string()
+            .contains("__ic_ws_on_message"));
+        assert!(fallback(Kind::Open).is_empty());
+        assert!(fallback(Kind::Close).is_empty());
+    }
+}
