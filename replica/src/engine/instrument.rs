@@ -738,3 +738,165 @@ fn rewrite_body(body: &FunctionBody<'_>, params: u32, inj: &Injected) -> Result<
     }
     Ok(f)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use wasmtime::{Instance, Module, Store, Val};
+
+    const PROBE: &str = r#"
+      (module
+        (memory 2)
+        (global $g (mut i32) (i32.const 5))
+        (table 2 funcref)
+        (func (export "store") (param i32 i32) (i32.store offset=4 (local.get 0) (local.get 1)))
+        (func (export "store64") (param i32 i64) (i64.store (local.get 0) (local.get 1)))
+        (func (export "fill") (param i32 i32 i32) (memory.fill (local.get 0) (local.get 1) (local.get 2)))
+        (func (export "copy") (param i32 i32 i32) (memory.copy (local.get 0) (local.get 1) (local.get 2)))
+        (func (export "grow") (param i32) (result i32) (memory.grow (local.get 0)))
+        (func (export "size") (result i32) (memory.size))
+        (func (export "load") (param i32) (result i32) (i32.load (local.get 0)))
+        (func (export "bump") (global.set $g (i32.add (global.get $g) (i32.const 1))))
+      )"#;
+
+    struct Probe {
+        store: Store<()>,
+        instance: Instance,
+    }
+
+    impl Probe {
+        fn new(wat_src: &str) -> (Probe, Instrumented) {
+            let wasm = wat::parse_str(wat_src).unwrap();
+            let out = instrument(&wasm).unwrap();
+            let engine = super::super::compile::wasmtime_engine().unwrap();
+            let module = Module::new(engine, &out.wasm).unwrap();
+            let mut store = Store::new(engine, ());
+            store.set_fuel(u64::MAX).unwrap();
+            let instance = Instance::new(&mut store, &module, &[]).unwrap();
+            (Probe { store, instance }, out)
+        }
+
+        fn call(&mut self, name: &str, args: &[Val]) -> Option<i32> {
+            let f = self.instance.get_func(&mut self.store, name).unwrap();
+            let mut results = vec![Val::I32(0); f.ty(&self.store).results().len()];
+            f.call(&mut self.store, args, &mut results).unwrap();
+            results.first().and_then(Val::i32)
+        }
+
+        fn dirty_pages(&mut self) -> Vec<usize> {
+            let map = self.instance.get_memory(&mut self.store, DIRTY_EXPORT).unwrap();
+            let pages = map.data(&self.store).iter().enumerate().filter(|(_, b)| **b != 0).map(|(i, _)| i).collect();
+            map.data_mut(&mut self.store).fill(0);
+            pages
+        }
+
+        fn heap(&mut self) -> Vec<u8> {
+            let heap = self.instance.get_memory(&mut self.store, HEAP_EXPORT).unwrap();
+            heap.data(&self.store).to_vec()
+        }
+
+        fn set_heap_pages(&mut self, pages: i32) {
+            let g = self.instance.get_global(&mut self.store, HEAP_PAGES_EXPORT).unwrap();
+            g.set(&mut self.store, Val::I32(pages)).unwrap();
+        }
+    }
+
+    #[test]
+    fn stores_mark_the_page_of_their_effective_address() {
+        let (mut p, _) = Probe::new(PROBE);
+        assert!(p.dirty_pages().is_empty(), "instantiation marks nothing");
+        p.call("store", &[Val::I32(4096 * 3 - 4), Val::I32(0x1234)]); // offset 4: address 3 * 4096
+        assert_eq!(p.dirty_pages(), vec![3]);
+        p.call("store64", &[Val::I32(4096 * 5 - 2), Val::I64(-1)]);
+        assert_eq!(p.dirty_pages(), vec![4], "a straddling store marks its first page (the spill is copied along)");
+        assert!(STORE_SPILL >= 8, "the spill covers what an i64 store writes past the page");
+        assert_eq!(p.heap()[4096 * 3..4096 * 3 + 4], 0x1234u32.to_le_bytes());
+    }
+
+    #[test]
+    fn bulk_operations_mark_their_whole_destination() {
+        let (mut p, _) = Probe::new(PROBE);
+        p.call("fill", &[Val::I32(4000), Val::I32(7), Val::I32(10_000)]);
+        assert_eq!(p.dirty_pages(), vec![0, 1, 2, 3]);
+        p.call("copy", &[Val::I32(65536 + 10), Val::I32(0), Val::I32(100)]);
+        assert_eq!(p.dirty_pages(), vec![16]);
+        p.call("fill", &[Val::I32(8192), Val::I32(7), Val::I32(0)]);
+        assert!(p.dirty_pages().is_empty(), "an empty range marks nothing");
+    }
+
+    #[test]
+    fn memory_size_and_grow_are_virtualised() {
+        let (mut p, out) = Probe::new(PROBE);
+        assert_eq!(out.max_heap_pages, 65536);
+        assert_eq!(p.call("size", &[]), Some(2));
+        assert_eq!(p.call("grow", &[Val::I32(1)]), Some(2));
+        assert_eq!(p.call("size", &[]), Some(3));
+        p.call("fill", &[Val::I32(2 * 65536), Val::I32(0xEE), Val::I32(65536)]);
+        // Roll back the canister's view to 2 pages: the real memory keeps its 3 pages.
+        p.set_heap_pages(2);
+        p.dirty_pages();
+        assert_eq!(p.call("size", &[]), Some(2));
+        assert_eq!(p.heap().len(), 3 * 65536);
+        // Growing again hands out the leftover page zeroed, and marks it dirty.
+        assert_eq!(p.call("grow", &[Val::I32(2)]), Some(2));
+        assert_eq!(p.call("size", &[]), Some(4));
+        assert!(p.heap()[2 * 65536..].iter().all(|b| *b == 0), "recycled and new pages read as zero");
+        let dirty = p.dirty_pages();
+        assert_eq!(dirty.first(), Some(&32), "the recycled page was marked: {dirty:?}");
+    }
+
+    #[test]
+    fn grow_respects_the_declared_maximum() {
+        let (mut p, out) = Probe::new(r#"(module (memory 1 3)
+            (func (export "grow") (param i32) (result i32) (memory.grow (local.get 0)))
+            (func (export "size") (result i32) (memory.size)))"#);
+        assert_eq!(out.max_heap_pages, 3);
+        assert_eq!(p.call("grow", &[Val::I32(5)]), Some(-1));
+        assert_eq!(p.call("size", &[]), Some(1));
+        assert_eq!(p.call("grow", &[Val::I32(2)]), Some(1));
+        assert_eq!(p.call("grow", &[Val::I32(1)]), Some(-1));
+    }
+
+    #[test]
+    fn table_and_mutable_globals_are_exported() {
+        let (mut p, out) = Probe::new(PROBE);
+        assert!(out.has_table);
+        assert_eq!(out.mutable_global_exports, vec!["__ic_global_0".to_string(), "__ic_global_1".to_string()]);
+        assert!(p.instance.get_table(&mut p.store, TABLE_EXPORT).is_some());
+        p.call("bump", &[]);
+        let g = p.instance.get_global(&mut p.store, "__ic_global_0").unwrap();
+        assert_eq!(g.get(&mut p.store).i32(), Some(6));
+        let heap_pages = p.instance.get_global(&mut p.store, "__ic_global_1").unwrap();
+        assert_eq!(heap_pages.get(&mut p.store).i32(), Some(2), "the heap size global is one of them");
+        assert!(out.function_exports.contains(&"store".to_string()));
+    }
+
+    #[test]
+    fn a_module_without_memory_gets_an_empty_heap() {
+        let (mut p, out) = Probe::new(r#"(module (func (export "canister_update f")))"#);
+        assert_eq!(out.max_heap_pages, 0);
+        assert!(p.heap().is_empty());
+        assert!(!out.has_table);
+    }
+
+    #[test]
+    fn unsupported_modules_are_refused_with_a_reason() {
+        let cases = [
+            (r#"(module (memory 1) (func (export "__ic_heap")))"#, "reserved"),
+            (r#"(module (memory 1) (global (export "__ic_global_0") i32 (i32.const 0)))"#, "reserved"),
+            (r#"(module (memory (import "env" "m") 1))"#, "import a memory"),
+            (r#"(module (memory 1) (memory 1))"#, "at most one memory"),
+            (r#"(module (memory i64 1))"#, "invalid wasm module"),
+            (
+                r#"(module (memory 1 1 shared) (func (drop (i32.atomic.load (i32.const 0)))))"#,
+                "invalid wasm module",
+            ),
+        ];
+        for (src, reason) in cases {
+            let wasm = wat::parse_str(src).unwrap();
+            let err = instrument(&wasm).unwrap_err();
+            assert!(err.0.contains(reason), "{src}: {err}");
+        }
+        assert!(instrument(b"\0asm\x01\0\0\0\x01").unwrap_err().0.contains("invalid wasm"));
+    }
+}

@@ -329,6 +329,13 @@ impl Runtime {
     pub fn dirty_page_count(&self) -> usize {
         self.dirty.data(&self.store).iter().filter(|b| **b != 0).count()
     }
+
+    /// The heap as the canister sees it.
+    #[cfg(test)]
+    pub fn heap_bytes(&mut self) -> Vec<u8> {
+        let size = self.visible_heap_bytes();
+        self.heap.data(&self.store)[..size].to_vec()
+    }
 }
 
 /// Maps a wasmtime error to the engine's error kinds (root cause, IC wording).
@@ -352,4 +359,89 @@ pub fn classify(err: wasmtime::Error, fuel: u64) -> ExecError {
         };
     }
     ExecError::Other(err.root_cause().to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::compile::compile;
+    use crate::engine::system_api::SubnetInfo;
+
+    const CANISTER: &str = r#"
+      (module
+        (import "ic0" "msg_arg_data_size" (func $size (result i32)))
+        (import "ic0" "msg_arg_data_copy" (func $copy (param i32 i32 i32)))
+        (import "ic0" "msg_reply" (func $reply))
+        (import "ic0" "trap" (func $trap (param i32 i32)))
+        (import "ic0" "not_an_ic0_function" (func $unknown))
+        (memory 4)
+        (func (export "canister_update write")
+          (call $copy (i32.const 70000) (i32.const 0) (call $size))
+          (i32.store (i32.const 200000) (i32.const 42))
+          (call $reply))
+        (func (export "canister_update write_then_trap")
+          (call $copy (i32.const 70000) (i32.const 0) (call $size))
+          (i32.store (i32.const 200000) (i32.const 99))
+          (call $trap (i32.const 0) (i32.const 0)))
+        (func (export "canister_update unknown") (call $unknown)))"#;
+
+    fn runtime() -> Runtime {
+        let wasm = wat::parse_str(CANISTER).unwrap();
+        let compiled = compile(&wasm).unwrap();
+        assert_eq!(compiled.unsupported_imports, vec!["ic0.not_an_ic0_function".to_string()]);
+        let host = Host::new(Principal::anonymous(), vec![], Arc::new(SubnetInfo::default()), Default::default());
+        Runtime::new(compiled, host, 1_000_000).unwrap()
+    }
+
+    fn run(rt: &mut Runtime, method: &str, arg: &[u8]) -> Outcome {
+        let mut exec = Exec::new(ApiContext::Update, Principal::anonymous(), 0, 1_000_000);
+        exec.arg = arg.to_vec();
+        exec.can_respond = true;
+        rt.execute(Entry::Export(&format!("canister_update {method}")), exec, OnSuccess::Commit)
+    }
+
+    #[test]
+    fn commit_copies_dirty_pages_into_the_shadow() {
+        let mut rt = runtime();
+        let out = run(&mut rt, "write", b"hello");
+        assert_eq!(out.result, Ok(()));
+        assert_eq!(out.response, Some(Response::Reply(vec![])));
+        assert_eq!(rt.dirty_page_count(), 0, "the bytemap is clean after a commit");
+        let heap = rt.heap_bytes();
+        assert_eq!(&heap[70000..70005], b"hello", "host write");
+        assert_eq!(heap[200000], 42, "wasm write");
+        assert_eq!(rt.shadow, heap, "the shadow is the committed heap");
+    }
+
+    #[test]
+    fn a_trap_restores_host_and_wasm_writes() {
+        let mut rt = runtime();
+        run(&mut rt, "write", b"hello");
+        let committed = rt.heap_bytes();
+        let out = run(&mut rt, "write_then_trap", b"HELLO, WORLD");
+        assert!(matches!(out.result, Err(ExecError::Host(HostTrap::CalledTrap(_)))), "{:?}", out.result);
+        assert_eq!(out.response, None);
+        assert_eq!(rt.heap_bytes(), committed);
+        assert_eq!(rt.dirty_page_count(), 0);
+    }
+
+    #[test]
+    fn unknown_imports_trap_with_their_name() {
+        let mut rt = runtime();
+        let out = run(&mut rt, "unknown", b"");
+        match out.result {
+            Err(ExecError::Host(HostTrap::Unsupported(m))) => assert!(m.contains("ic0.not_an_ic0_function"), "{m}"),
+            other => panic!("expected an unsupported-import trap, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn running_out_of_fuel_is_the_instruction_limit() {
+        let wasm = wat::parse_str(r#"(module (memory 1) (func (export "canister_update spin") (loop (br 0))))"#).unwrap();
+        let host = Host::new(Principal::anonymous(), vec![], Arc::new(SubnetInfo::default()), Default::default());
+        let mut rt = Runtime::new(compile(&wasm).unwrap(), host, 1_000).unwrap();
+        let out = run(&mut rt, "spin", b"");
+        assert_eq!(out.result, Err(ExecError::InstructionLimit(1_000_000)));
+        assert_eq!(out.instructions, 1_000_000);
+    }
 }
