@@ -838,6 +838,33 @@ fn define_misc_api(l: &mut Linker<Host>) -> wasmtime::Result<()> {
         check(&c, ctx::ANY, "env_var_name_exists")?;
         Ok(0)
     })?;
+    // With no variables, every index is out of range and every name unknown: these trap, as
+    // they do on the IC for a bad index or name.
+    l.func_wrap("ic0", "env_var_name_size", |c: Caller<'_, Host>, index: u32| -> HostResult<u32> {
+        check(&c, ctx::ANY, "env_var_name_size")?;
+        violation(format!("env_var_name_size: index {index} out of range (0 environment variables)"))
+    })?;
+    l.func_wrap("ic0", "env_var_name_copy", |c: Caller<'_, Host>, index: u32, _dst: u32, _off: u32, _size: u32| {
+        check(&c, ctx::ANY, "env_var_name_copy")?;
+        violation::<()>(format!("env_var_name_copy: index {index} out of range (0 environment variables)"))
+    })?;
+    l.func_wrap("ic0", "env_var_value_size", |mut c: Caller<'_, Host>, src: u32, size: u32| -> HostResult<u32> {
+        check(&c, ctx::ANY, "env_var_value_size")?;
+        let name = read_heap(&mut c, src as u64, size as u64)?;
+        violation(format!("env_var_value_size: no environment variable `{}`", String::from_utf8_lossy(&name)))
+    })?;
+    l.func_wrap(
+        "ic0",
+        "env_var_value_copy",
+        |mut c: Caller<'_, Host>, src: u32, size: u32, _dst: u32, _off: u32, _len: u32| {
+            check(&c, ctx::ANY, "env_var_value_copy")?;
+            let name = read_heap(&mut c, src as u64, size as u64)?;
+            violation::<()>(format!(
+                "env_var_value_copy: no environment variable `{}`",
+                String::from_utf8_lossy(&name)
+            ))
+        },
+    )?;
     l.func_wrap("ic0", "debug_print", |mut c: Caller<'_, Host>, src: u32, size: u32| {
         check(&c, ctx::ANY, "debug_print")?;
         let bytes = read_heap(&mut c, src as u64, size as u64)?;
