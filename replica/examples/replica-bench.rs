@@ -18,16 +18,16 @@ use ic_agent::identity::BasicIdentity;
 use ic_agent::Agent;
 use ic_ws_replica::{Replica, ReplicaConfig};
 
-/// The test canister's cheap update (state change + certified data) and query.
-const UPDATE_METHOD: &str = "inc";
+/// The test canister's `put` (stable map insert + certified data) and `get` query.
+const UPDATE_METHOD: &str = "put";
 const QUERY_METHOD: &str = "get";
 
 fn update_arg() -> Vec<u8> {
-    Encode!().unwrap()
+    Encode!(&1u64, &"bench".to_string()).unwrap()
 }
 
 fn query_arg() -> Vec<u8> {
-    Encode!().unwrap()
+    Encode!(&1u64).unwrap()
 }
 
 struct Options {

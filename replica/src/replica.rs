@@ -132,6 +132,11 @@ impl Core {
     fn sync_tree(&mut self) {
         let now = self.engine.time_ns();
         self.tree.set_time(now);
+        self.sync_canisters();
+    }
+
+    /// Publishes every canister's certified data, module hash and controllers.
+    fn sync_canisters(&mut self) {
         for &canister in &self.canisters {
             let certified = self.engine.certified_data(canister).unwrap_or_default();
             let module_hash = self.engine.module_hash(canister);
@@ -502,7 +507,10 @@ impl Replica {
         let mut core = self.core();
         core.engine.tick();
         core.prune_requests();
-        core.sync_tree();
+        // A round without ingress only moves /time when it is stale (see IDLE_TIME_REFRESH),
+        // so background ticks do not force a new signature every 100 ms.
+        core.sync_canisters();
+        core.refresh_time();
     }
 
     /// Instructions (wasm fuel) used by the last top-level message.

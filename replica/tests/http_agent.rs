@@ -903,3 +903,41 @@ async fn ic_cdk_test_canister_through_the_agent() {
         "{err:?}"
     );
 }
+
+/// With the real clock, background rounds fire canister timers without anyone calling tick
+/// (what the CLI and the demo rely on).
+#[tokio::test(flavor = "multi_thread")]
+async fn timers_fire_in_background_rounds_with_the_real_clock() {
+    #[derive(candid::CandidType, candid::Deserialize)]
+    struct State {
+        ticks: u64,
+    }
+    let served = Served::new(ReplicaConfig::with_seed("timers"));
+    let canister = served.install_test_canister();
+    let agent = served.anonymous_agent().await;
+    agent
+        .update(&canister, "start_interval")
+        .with_arg(Encode!(&1u64).unwrap())
+        .call_and_wait()
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let reply = agent
+            .query(&canister, "state")
+            .with_arg(no_args())
+            .call()
+            .await
+            .unwrap();
+        let state = candid::decode_one::<State>(&reply).unwrap();
+        if state.ticks >= 2 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "a 1 s interval timer fired {} times in 10 s",
+            state.ticks
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

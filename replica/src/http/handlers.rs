@@ -391,14 +391,18 @@ fn check_read_state_paths(
                     .map_err(|e| {
                         HttpError::bad_request(format!("Invalid canister id in path: {e}"))
                     })?;
-                if let Some(requested) = requested {
-                    if requested != ecid {
-                        return Err(HttpError::bad_request(format!(
-                            "Effective principal id in URL {ecid} does not match requested canister id: {requested}"
-                        )));
-                    }
-                    request.check_target(&requested)?;
+                let Some(requested) = requested else {
+                    return Err(HttpError::new(
+                        StatusCode::NOT_FOUND,
+                        "Invalid path requested: /canister needs a canister id",
+                    ));
+                };
+                if requested != ecid {
+                    return Err(HttpError::bad_request(format!(
+                        "Effective principal id in URL {ecid} does not match requested canister id: {requested}"
+                    )));
                 }
+                request.check_target(&requested)?;
             }
             Some(b"request_status") => {
                 let Some(rid) = labels.get(1) else {

@@ -15,6 +15,8 @@
 mod handlers;
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::DefaultBodyLimit;
@@ -30,11 +32,16 @@ use crate::replica::Replica;
 /// The IC's limit on the size of an ingress message (HTTP body).
 pub const MAX_REQUEST_BODY_BYTES: usize = 2 * 1024 * 1024;
 
+/// Requests processed at once before the replica answers 503 (each may hold a blocking thread
+/// while it waits for the single execution thread).
+pub const MAX_IN_FLIGHT: usize = 1024;
+
 /// How long a shutdown waits for in-flight requests.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 
 /// Builds the router (exposed for embedding the interface into another axum server).
 pub fn router(replica: Replica) -> Router {
+    let in_flight = Arc::new(AtomicUsize::new(0));
     Router::new()
         .route("/api/v2/status", get(handlers::status))
         .route("/api/v2/canister/{ecid}/call", post(handlers::call_async))
@@ -52,8 +59,38 @@ pub fn router(replica: Replica) -> Router {
         )
         .fallback(handlers::not_found)
         .layer(DefaultBodyLimit::max(MAX_REQUEST_BODY_BYTES))
+        .layer(middleware::from_fn(move |request, next| {
+            admission(in_flight.clone(), request, next)
+        }))
         .layer(middleware::from_fn(cors))
         .with_state(replica)
+}
+
+/// Backpressure: beyond [`MAX_IN_FLIGHT`] concurrent requests the replica answers 503 with
+/// `Retry-After` (agents retry 429/503) instead of queueing without bound.
+async fn admission(
+    in_flight: Arc<AtomicUsize>,
+    request: Request<axum::body::Body>,
+    next: Next,
+) -> Response {
+    struct Slot(Arc<AtomicUsize>);
+    impl Drop for Slot {
+        fn drop(&mut self) {
+            self.0.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+    let slot = Slot(in_flight);
+    if slot.0.fetch_add(1, Ordering::SeqCst) >= MAX_IN_FLIGHT {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [(header::RETRY_AFTER, "1")],
+            "ic-ws-replica is overloaded, retry later",
+        )
+            .into_response();
+    }
+    let response = next.run(request).await;
+    drop(slot);
+    response
 }
 
 /// Lets browser pages on any origin call the replica, as the IC's boundary nodes do.
