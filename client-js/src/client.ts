@@ -91,8 +91,17 @@ export interface CloseEvent {
   willReconnect: boolean;
 }
 
+/** Payload of `batch` events: one `Messages` frame passed every check. */
+export interface BatchEvent {
+  /** Messages in the frame. */
+  messages: number;
+  /** Time spent verifying it (all checks), in milliseconds. */
+  verifyMs: number;
+}
+
 interface Events<Out> {
   open: OpenEvent;
+  batch: BatchEvent;
   message: MessageEvent<Out>;
   close: CloseEvent;
   error: IcWsError;
@@ -232,7 +241,7 @@ export class IcWsClient<In = Uint8Array, Out = Uint8Array> {
   private readonly storageKey: string;
   private readonly now: () => bigint;
   private readonly listeners: { [K in keyof Events<Out>]: Set<Listener<Events<Out>[K]>> } = {
-    open: new Set(), message: new Set(), close: new Set(), error: new Set(), state: new Set(),
+    open: new Set(), batch: new Set(), message: new Set(), close: new Set(), error: new Set(), state: new Set(),
   };
 
   private session: StoredSession;
@@ -465,6 +474,7 @@ export class IcWsClient<In = Uint8Array, Out = Uint8Array> {
       return;
     }
     let verified: VerifiedMessage[];
+    const started = performance.now();
     try {
       verified = await conn.verifier.verify(messages, certificate, tree, this.session.nextOutboundSeq, this.now());
     } catch (e) {
@@ -476,6 +486,7 @@ export class IcWsClient<In = Uint8Array, Out = Uint8Array> {
       return;
     }
     if (this.conn !== conn) return;
+    this.emit("batch", { messages: verified.length, verifyMs: performance.now() - started });
     // Check the whole frame's Opened messages before delivering anything from it.
     let confirmed = conn.confirmed;
     for (const m of verified) {

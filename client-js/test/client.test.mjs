@@ -36,6 +36,8 @@ function makeClient(opts = {}) {
   c.on("open", (o) => log.opens.push(o));
   c.on("close", (e) => log.closes.push(e));
   c.on("state", (s) => log.states.push(s));
+  log.batches = [];
+  c.on("batch", (b) => log.batches.push(b));
   clients.push(c);
   return { c, log };
 }
@@ -63,6 +65,7 @@ test("client: opens, sends a signed message and receives the verified reply", as
   assert.equal(gw.received.length, 1);
   assert.equal(gw.received[0].seq, 0n);
   assert.deepEqual(log.errors, []);
+  assert.ok(log.batches.length >= 2 && log.batches.every((b) => b.messages >= 1 && b.verifyMs > 0), "batch events report verification");
 });
 
 test("client: messages sent before the session is open are queued, signed in order", async () => {

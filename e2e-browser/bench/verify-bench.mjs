@@ -3,6 +3,8 @@
 // warm-up, and the size of the client bundle (minified and gzip).
 //
 //   cd e2e-browser && npm run bench        (numbers go to client-js/BENCH.md by hand)
+//   npm run bench -- --real                also: real frames from the replica + gateway +
+//                                          chat canister, received by the chat page
 //
 // Batches are certified like the canister's (a test BLS root key; every batch has its own
 // certificate, as every poll does), 10 chat messages each, with a tree pruned to the client's
@@ -104,6 +106,52 @@ const { readFileSync } = await import("node:fs");
 const page = sizes(readFileSync(join(WEB_DIR, "dist/app.js")));
 const iife = Buffer.from(await bundle(`export * from "./src/index.ts";`, "iife", { globalName: "IcWs" })).toString();
 
+/** Real frames: the chat page receives what a Node client says through the real stack. */
+async function realStack(browser) {
+  const { startStack } = await import("../lib/stack.mjs");
+  const { serveStatic } = await import("../lib/static.mjs");
+  const { ChatIn, ChatOut, OpenArgs } = await import("../lib/chat-idl.mjs");
+  const { IcWsClient, MemoryStorage, fromHex } = await import("../../client-js/dist/index.js");
+  const stack = await startStack();
+  const web = await serveStatic(join(WEB_DIR, "dist"));
+  try {
+    const page = await browser.context.newPage();
+    const q = new URLSearchParams({ gateway: stack.gatewayUrl, canister: stack.canisterId, rootKey: stack.rootKeyHex, name: "reader" });
+    await page.goto(`${web.url}?${q}`);
+    await page.waitForSelector("#state[data-state=open]", { timeout: 60_000 });
+    await page.evaluate(() => {
+      window.__batches = [];
+      window.chatClient.on("batch", (b) => window.__batches.push(b));
+    });
+    const sender = new IcWsClient({
+      gatewayUrl: stack.gatewayUrl, canisterId: stack.canisterId, rootKey: fromHex(stack.rootKeyHex),
+      inboundType: ChatIn, outboundType: ChatOut, storage: new MemoryStorage(),
+      openArgs: IDL.encode([OpenArgs], [{ name: "writer", room: [] }]),
+    });
+    await new Promise((resolve) => { sender.on("open", resolve); sender.connect(); });
+    const total = 300;
+    for (let i = 0; i < total; i++) {
+      sender.send({ Say: { text: `message number ${i}: the quick brown fox jumps over the lazy dog` } });
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    await page.waitForFunction((n) => window.__batches.reduce((a, b) => a + b.messages, 0) >= n, total, { timeout: 300_000 });
+    const batches = await page.evaluate(() => window.__batches);
+    sender.disconnect();
+    const measured = batches.slice(10).map((b) => b.verifyMs).sort((a, b) => a - b);
+    const sizes = batches.slice(10).map((b) => b.messages);
+    return {
+      batches: batches.length,
+      first: batches[0].verifyMs,
+      median: measured[Math.floor(measured.length / 2)],
+      p95: measured[Math.min(measured.length - 1, Math.floor(measured.length * 0.95))],
+      max: measured[measured.length - 1],
+      meanMessages: sizes.reduce((a, b) => a + b, 0) / sizes.length,
+    };
+  } finally {
+    await stack.stop();
+  }
+}
+
 const browser = await launch(chromium.path);
 try {
   const results = {};
@@ -121,6 +169,13 @@ try {
   console.log("| certificate | first batch (cold) | median | p95 | max | mean | median, certificate already verified |");
   console.log("|---|---|---|---|---|---|---|");
   for (const [name, r] of Object.entries(results)) console.log(`| ${name} | ${f(r.first)} ms | ${f(r.median)} ms | ${f(r.p95)} ms | ${f(r.max)} ms | ${f(r.mean)} ms | ${f(r.cachedMedian)} ms |`);
+  if (process.argv.includes("--real")) {
+    const r = await realStack(browser);
+    console.log(`\nreal stack (replica + gateway + chat canister, chat page, ${r.batches} frames, first 10 are warm-up, ${r.meanMessages.toFixed(1)} messages per frame on average):`);
+    console.log("| first frame (cold) | median | p95 | max |");
+    console.log("|---|---|---|---|");
+    console.log(`| ${f(r.first)} ms | ${f(r.median)} ms | ${f(r.p95)} ms | ${f(r.max)} ms |`);
+  }
   const kb = (n) => `${(n / 1024).toFixed(1)} KB`;
   console.log("\n| bundle (esbuild, minified, es2022) | minified | gzip -9 |");
   console.log("|---|---|---|");
