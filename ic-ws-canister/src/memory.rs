@@ -33,8 +33,12 @@ pub const DEFAULT_BASE_MEMORY_ID: u8 = 239;
 /// Highest id a `MemoryManager` supports.
 const MAX_MEMORY_ID: u8 = 254;
 
+/// Default bucket size of the memory manager (ic-stable-structures' default: 128 pages = 8 MiB).
+pub const DEFAULT_BUCKET_SIZE_PAGES: u16 = 128;
+
 thread_local! {
-    static MANAGER: MemoryManager<DefaultMemoryImpl> = MemoryManager::init(DefaultMemoryImpl::default());
+    static MANAGER: RefCell<Option<MemoryManager<DefaultMemoryImpl>>> = const { RefCell::new(None) };
+    static BUCKET: Cell<u16> = const { Cell::new(DEFAULT_BUCKET_SIZE_PAGES) };
     static BASE: Cell<u8> = const { Cell::new(DEFAULT_BASE_MEMORY_ID) };
     static FROZEN: RefCell<bool> = const { RefCell::new(false) };
 }
@@ -44,7 +48,34 @@ thread_local! {
 /// Ids in the runtime's range are the runtime's: use them and you corrupt its state (the
 /// runtime cannot stop you; [`is_reserved`] tells you).
 pub fn get(id: MemoryId) -> Memory {
-    MANAGER.with(|m| m.get(id))
+    MANAGER.with(|m| {
+        m.borrow_mut()
+            .get_or_insert_with(|| {
+                MemoryManager::init_with_bucket_size(
+                    DefaultMemoryImpl::default(),
+                    BUCKET.with(Cell::get),
+                )
+            })
+            .get(id)
+    })
+}
+
+/// Sets the memory manager's bucket size (the unit in which each structure's memory grows;
+/// smaller buckets waste less for small canisters but cap the total at 32 768 buckets, i.e.
+/// 2 GiB with 1-page buckets). Only effective when called before the first use of stable
+/// memory on a *fresh* canister (first thing in `#[init]`); an existing layout keeps the
+/// bucket size it was created with. Fails once the manager exists.
+pub fn set_bucket_size_pages(pages: u16) -> Result<(), Error> {
+    if pages == 0 {
+        return Err(Error::InvalidArgument("bucket size must be positive".into()));
+    }
+    if MANAGER.with(|m| m.borrow().is_some()) {
+        return Err(Error::InvalidArgument(
+            "set_bucket_size_pages must be called before stable memory is used".into(),
+        ));
+    }
+    BUCKET.with(|b| b.set(pages));
+    Ok(())
 }
 
 /// True if memory id `id` is in the runtime's range.

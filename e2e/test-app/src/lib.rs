@@ -26,6 +26,8 @@ pub enum Inbound {
     CloseMe,
     /// Rejected by the handler.
     Fail,
+    /// Does nothing (measures the runtime's cost of an inbound message).
+    Noop,
 }
 
 /// What the app sends.
@@ -76,6 +78,7 @@ fn message(client: ClientId, msg: Inbound) -> Result<(), String> {
             Ok(())
         }
         Inbound::Fail => Err("fail requested".into()),
+        Inbound::Noop => Ok(()),
     }
 }
 
