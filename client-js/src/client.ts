@@ -258,6 +258,8 @@ export class IcWsClient<In = Uint8Array, Out = Uint8Array> {
   private attempts = 0;
   private stopped = false;
   private closing = false;
+  /** The session ended (closed by the client or the canister); `connect()` starts a new one. */
+  private ended = false;
   /** Frames are verified one after the other (verification is asynchronous). */
   private chain: Promise<void> = Promise.resolve();
 
@@ -325,6 +327,7 @@ export class IcWsClient<In = Uint8Array, Out = Uint8Array> {
     if (this.closing && this.conn) return; // a close is in progress
     this.stopped = false;
     this.closing = false;
+    this.ended = false;
     if (this.conn) return;
     void this.openSocket();
   }
@@ -581,6 +584,8 @@ export class IcWsClient<In = Uint8Array, Out = Uint8Array> {
 
   private onSessionClosed(conn: Connection, reason: CloseReason): void {
     this.stopped = true;
+    this.ended = true;
+    this.queued = [];
     if (this.closeTimer !== undefined) clearTimeout(this.closeTimer);
     this.stopKeepAlive();
     this.storage.removeItem(this.storageKey);
@@ -623,7 +628,7 @@ export class IcWsClient<In = Uint8Array, Out = Uint8Array> {
     }
     const limit = this.opts.maxPayloadBytes ?? 64 * 1024;
     if (payload.length > limit) throw new RangeError(`send: payload of ${payload.length} bytes exceeds ${limit}`);
-    if (this._state === "closed") throw new Error("send: the session is closed");
+    if (this.ended || this.closing) throw new Error("send: the session is closed");
     if (this.conn?.confirmed) this.sendSigned({ App: payload });
     else this.queued.push({ App: payload });
   }

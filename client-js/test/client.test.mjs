@@ -338,3 +338,17 @@ test("client: certified messages relayed before the open's reply are checked onc
   assert.equal(log.messages[0].data, "echo: early");
   assert.deepEqual(log.errors, []);
 });
+
+test("client: after disconnect() the session stays resumable and sends are queued for the next connect()", async () => {
+  const { c, log } = makeClient();
+  c.connect();
+  await until(() => log.opens.length === 1, "open");
+  c.disconnect();
+  await until(() => c.state === "closed", "closed");
+  c.send("later");
+  assert.equal(gw.received.length, 0);
+  c.connect();
+  await until(() => log.messages.length === 1, "echo after reconnect");
+  assert.equal(log.messages[0].data, "echo: later");
+  assert.equal(log.opens[1].resumed, true);
+});
