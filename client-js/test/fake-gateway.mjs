@@ -108,6 +108,8 @@ export class FakeGateway {
     this.sockets = new Set();
     /** Called after a new session's Opened is queued: the app's on_open. */
     this.onOpened = (_session, _args) => {};
+    /** Called when a session ends by a client Close: the app's on_close. */
+    this.onClosed = (_session) => {};
     this.onApp = (s, payload) => {
       const [text] = IDL.decode([IDL.Text], payload);
       this.push(s, { App: { topic: [], payload: IDL.encode([IDL.Text], [`echo: ${text}`]) } });
@@ -170,6 +172,7 @@ export class FakeGateway {
     else if (m.kind.Close) {
       s.closed = true;
       this.push(s, { Closed: { reason: { ClientClosed: m.kind.Close } } });
+      this.onClosed(s);
     }
   }
 

@@ -16,6 +16,11 @@ export async function startFakeChat() {
     gw.push(s, { App: { topic: [], payload: IDL.encode([ChatOut], [{ Members: { room: "lobby", names: [...names.values()], total: BigInt(names.size) } }]) } });
     broadcast({ Joined: { name, client: s.id, room: "lobby" } });
   };
+  gw.onClosed = (s) => {
+    const name = names.get(s.id);
+    names.delete(s.id);
+    broadcast({ Left: { name, client: s.id, room: "lobby", reason: "left" } });
+  };
   gw.onApp = (s, payload) => {
     const [msg] = IDL.decode([ChatIn], payload);
     broadcast({ Message: { from: names.get(s.id) ?? "?", client: s.id, room: "lobby", text: msg.Say.text, at_ns: gw.now() } });

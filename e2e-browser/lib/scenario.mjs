@@ -80,6 +80,13 @@ export async function runChatScenario({ chromiumPath, staticUrl, stack, screensh
     assert.deepEqual(after, ["hello bob", "hi alice", "the real secret"]);
     log("resumed after tampering: real message delivered once");
 
+    // alice leaves: the canister's on_close announces it; her page offers the name form again.
+    await alice.click("#leave");
+    await bob.locator("#messages li.event", { hasText: "alice left (left)" }).waitFor({ timeout: 30_000 });
+    await bob.waitForFunction(() => ![...document.querySelectorAll("#members li")].some((li) => li.textContent === "alice"), null, { timeout: 10_000 });
+    await alice.waitForSelector("#join:not(.hidden)", { timeout: 10_000 });
+    log("alice left: announced to bob, member list updated");
+
     mkdirSync(ARTIFACTS, { recursive: true });
     const shot = join(ARTIFACTS, screenshotName);
     await bob.screenshot({ path: shot });
