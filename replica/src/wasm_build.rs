@@ -128,9 +128,13 @@ fn find_workspace_root(start: &Path) -> Option<PathBuf> {
     })
 }
 
-/// Directory canister builds go to.
+/// Directory canister builds go to: `$IC_WS_CANISTER_TARGET_DIR` if set (CI points it at its
+/// cache outside the clone), else `<workspace>/target/canisters`.
 pub fn canister_target_dir(workspace_root: &Path) -> PathBuf {
-    workspace_root.join("target").join("canisters")
+    match std::env::var_os("IC_WS_CANISTER_TARGET_DIR").filter(|d| !d.is_empty()) {
+        Some(dir) => workspace_root.join(dir),
+        None => workspace_root.join("target").join("canisters"),
+    }
 }
 
 fn run_cargo(root: &Path, package: &str) -> Result<PathBuf, WasmBuildError> {
