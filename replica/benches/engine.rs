@@ -23,7 +23,13 @@ fn controller() -> Principal {
 fn install(engine: &mut Engine, wasm: &[u8]) -> Principal {
     let id = engine.create_canister(vec![controller()]);
     engine
-        .install(id, wasm, &candid::encode_one(None::<String>).unwrap(), InstallMode::Install, controller())
+        .install(
+            id,
+            wasm,
+            &candid::encode_one(None::<String>).unwrap(),
+            InstallMode::Install,
+            controller(),
+        )
         .expect("install");
     id
 }
@@ -47,18 +53,30 @@ fn time<F: FnMut(usize)>(n: usize, mut f: F) -> Duration {
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
     let n = if quick { 300 } else { 3_000 };
-    let wasm = ic_ws_replica::wasm_build::build_canister_wasm(PACKAGE).expect("build the test canister");
+    let wasm =
+        ic_ws_replica::wasm_build::build_canister_wasm(PACKAGE).expect("build the test canister");
     println!("test canister: {} bytes of wasm", wasm.len());
 
-    let config = EngineConfig { clock: Clock::Manual { now_ns: 1_767_225_600_000_000_000 }, ..Default::default() };
+    let config = EngineConfig {
+        clock: Clock::Manual {
+            now_ns: 1_767_225_600_000_000_000,
+        },
+        ..Default::default()
+    };
     let mut engine = Engine::new(config.clone());
     let start = Instant::now();
     let id = install(&mut engine, &wasm);
-    println!("install, cold (instrument + compile + init): {:.1} ms", start.elapsed().as_secs_f64() * 1e3);
+    println!(
+        "install, cold (instrument + compile + init): {:.1} ms",
+        start.elapsed().as_secs_f64() * 1e3
+    );
     let start = Instant::now();
     let mut other = Engine::new(config);
     install(&mut other, &wasm);
-    println!("install, module cached (new engine):         {:.2} ms", start.elapsed().as_secs_f64() * 1e3);
+    println!(
+        "install, module cached (new engine):         {:.2} ms",
+        start.elapsed().as_secs_f64() * 1e3
+    );
 
     let user = Principal::from_slice(&[5; 29]);
     let put = |engine: &mut Engine, id: Principal, k: u64| {
@@ -94,7 +112,9 @@ fn main() {
     for mib in [1u32, 50] {
         let mut engine = Engine::new(EngineConfig::default());
         let id = install(&mut engine, &wasm);
-        engine.update(id, "grow_heap", &candid::encode_args((mib,)).unwrap(), user).expect("grow_heap");
+        engine
+            .update(id, "grow_heap", &candid::encode_args((mib,)).unwrap(), user)
+            .expect("grow_heap");
         for k in 0..100 {
             put(&mut engine, id, k);
         }
@@ -103,7 +123,9 @@ fn main() {
         let du = time(n, |i| put(&mut engine, id, 10_000 + i as u64));
         let state_arg = candid::encode_args(()).unwrap();
         let ds = time(n, |_| {
-            engine.query(id, "state", &state_arg, user, None).expect("state");
+            engine
+                .query(id, "state", &state_arg, user, None)
+                .expect("state");
         });
         println!(
             "heap {:>3} MB ({:>3} MiB wasm heap): query get {:>6.1} us, query state {:>6.1} us, update put {:>6.1} us",

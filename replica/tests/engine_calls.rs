@@ -15,14 +15,19 @@ fn a_canister_calls_another_and_gets_the_reply() {
     let mut e = engine();
     let a = install(&mut e, None);
     let b = install(&mut e, None);
-    let (r,): (Result<u64, String>,) = update(&mut e, a, "call_put", (b, 10u64, "ten".to_string())).unwrap();
+    let (r,): (Result<u64, String>,) =
+        update(&mut e, a, "call_put", (b, 10u64, "ten".to_string())).unwrap();
     assert_eq!(r, Ok(2), "b's put answered through a's reply callback");
     let (v,): (Option<String>,) = query(&mut e, b, "get", (10u64,)).unwrap();
     assert_eq!(v.as_deref(), Some("ten"));
     let (v,): (Option<String>,) = query(&mut e, a, "get", (10u64,)).unwrap();
-    assert_eq!(v, None, "the caller's own state was not touched by the callee");
+    assert_eq!(
+        v, None,
+        "the caller's own state was not touched by the callee"
+    );
     // Calls to itself work the same way.
-    let (r,): (Result<u64, String>,) = update(&mut e, a, "call_put", (a, 11u64, "self".to_string())).unwrap();
+    let (r,): (Result<u64, String>,) =
+        update(&mut e, a, "call_put", (a, 11u64, "self".to_string())).unwrap();
     assert_eq!(r, Ok(2));
 }
 
@@ -40,14 +45,24 @@ fn reject_paths_reach_the_caller_with_their_codes() {
     assert_eq!(code, RejectCode::CanisterError as u32);
     assert!(message.contains("boom"), "{message}");
     let (code, message) = call(&mut e, b, "reject_me");
-    assert_eq!((code, message.as_str()), (RejectCode::CanisterReject as u32, "rejected on purpose"));
+    assert_eq!(
+        (code, message.as_str()),
+        (RejectCode::CanisterReject as u32, "rejected on purpose")
+    );
     let (code, message) = call(&mut e, b, "missing");
     assert_eq!(code, RejectCode::CanisterError as u32);
-    assert!(message.contains("has no update method 'missing'"), "{message}");
+    assert!(
+        message.contains("has no update method 'missing'"),
+        "{message}"
+    );
     let (code, message) = call(&mut e, canister_id_from_index(999), "put");
     assert_eq!(code, RejectCode::DestinationInvalid as u32);
     assert!(message.contains("not found"), "{message}");
-    assert_eq!(state(&mut e, a).counter, 4, "every call_raw committed its own work");
+    assert_eq!(
+        state(&mut e, a).counter,
+        4,
+        "every call_raw committed its own work"
+    );
 }
 
 #[test]
@@ -56,14 +71,24 @@ fn a_trapping_callback_is_rolled_back_but_the_callee_keeps_its_change() {
     let a = install(&mut e, None);
     let b = install(&mut e, None);
     let before = state(&mut e, a);
-    let err = update::<_, ()>(&mut e, a, "call_then_trap", (b, 3u64, "three".to_string())).unwrap_err();
+    let err =
+        update::<_, ()>(&mut e, a, "call_then_trap", (b, 3u64, "three".to_string())).unwrap_err();
     assert_eq!(err.error_code.as_deref(), Some("IC0503"), "{err}");
     assert!(err.message.contains("trapping in the callback"), "{err}");
-    assert_eq!(state(&mut e, a).counter, before.counter, "callback changes rolled back");
+    assert_eq!(
+        state(&mut e, a).counter,
+        before.counter,
+        "callback changes rolled back"
+    );
     let (v,): (Option<String>,) = query(&mut e, b, "get", (3u64,)).unwrap();
-    assert_eq!(v.as_deref(), Some("three"), "the callee's committed change stays");
+    assert_eq!(
+        v.as_deref(),
+        Some("three"),
+        "the callee's committed change stays"
+    );
     // The caller still works (the cleanup callback freed ic-cdk's call state).
-    let (r,): (Result<u64, String>,) = update(&mut e, a, "call_put", (b, 4u64, "four".to_string())).unwrap();
+    let (r,): (Result<u64, String>,) =
+        update(&mut e, a, "call_put", (b, 4u64, "four".to_string())).unwrap();
     assert_eq!(r, Ok(3));
 }
 
@@ -72,7 +97,9 @@ fn interval_timer_fires_through_self_calls_when_time_advances() {
     let mut e = engine();
     let id = install(&mut e, None);
     update::<_, ()>(&mut e, id, "start_interval", (1u64,)).unwrap();
-    let armed = e.global_timer(id).expect("ic-cdk-timers armed the global timer");
+    let armed = e
+        .global_timer(id)
+        .expect("ic-cdk-timers armed the global timer");
     assert_eq!(armed, START_NS + 1_000_000_000);
     assert_eq!(e.next_timer_ns(), Some(armed));
 
@@ -84,7 +111,10 @@ fn interval_timer_fires_through_self_calls_when_time_advances() {
     e.advance_time(Duration::from_secs(1));
     e.tick();
     assert_eq!(state(&mut e, id).ticks, 2);
-    assert!(e.global_timer(id).unwrap() > e.time_ns(), "re-armed for the next interval");
+    assert!(
+        e.global_timer(id).unwrap() > e.time_ns(),
+        "re-armed for the next interval"
+    );
 }
 
 #[test]
@@ -92,7 +122,13 @@ fn one_shot_timers_run_once_in_deadline_order() {
     let mut e = engine();
     let id = install(&mut e, None);
     update::<_, ()>(&mut e, id, "start_timer", (5u64, 1u64, "later".to_string())).unwrap();
-    update::<_, ()>(&mut e, id, "start_timer", (2u64, 2u64, "sooner".to_string())).unwrap();
+    update::<_, ()>(
+        &mut e,
+        id,
+        "start_timer",
+        (2u64, 2u64, "sooner".to_string()),
+    )
+    .unwrap();
     e.advance_time(Duration::from_secs(3));
     e.tick();
     let (sooner,): (Option<String>,) = query(&mut e, id, "get", (1_000_002u64,)).unwrap();
@@ -110,7 +146,12 @@ fn the_timer_executor_refuses_outside_callers() {
     let mut e = engine();
     let id = install(&mut e, None);
     let err = e
-        .update(id, "<ic-cdk internal> timer_executor", &1u64.to_be_bytes(), user())
+        .update(
+            id,
+            "<ic-cdk internal> timer_executor",
+            &1u64.to_be_bytes(),
+            user(),
+        )
         .unwrap_err();
     assert_eq!(err.code, RejectCode::CanisterError, "{err}");
 }

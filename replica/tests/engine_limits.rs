@@ -23,14 +23,29 @@ fn an_infinite_loop_is_stopped_and_rolled_back_and_the_canister_stays_usable() {
     let before = snapshot(&mut e, id);
 
     let err = update::<_, (u64,)>(&mut e, id, "spin", ()).unwrap_err();
-    assert_eq!((err.code, err.error_code.as_deref()), (RejectCode::CanisterError, Some("IC0522")), "{err}");
-    assert!(err.message.contains("exceeded the limit of 300000000 instructions"), "{err}");
+    assert_eq!(
+        (err.code, err.error_code.as_deref()),
+        (RejectCode::CanisterError, Some("IC0522")),
+        "{err}"
+    );
+    assert!(
+        err.message
+            .contains("exceeded the limit of 300000000 instructions"),
+        "{err}"
+    );
     assert!(e.last_instructions() >= 300_000_000);
-    assert_eq!(snapshot(&mut e, id), before, "the writes made before the loop are gone");
+    assert_eq!(
+        snapshot(&mut e, id),
+        before,
+        "the writes made before the loop are gone"
+    );
 
     let err = query::<_, (u64,)>(&mut e, id, "spin_query", ()).unwrap_err();
     assert_eq!(err.error_code.as_deref(), Some("IC0522"), "{err}");
-    assert!(err.message.contains("100000000"), "queries have their own limit: {err}");
+    assert!(
+        err.message.contains("100000000"),
+        "queries have their own limit: {err}"
+    );
 
     let (len,): (u64,) = update(&mut e, id, "put", (2u64, "two".to_string())).unwrap();
     assert_eq!(len, 3);
@@ -44,8 +59,14 @@ fn the_performance_counter_counts_the_work_done() {
     let (b2, a2): (u64, u64) = update(&mut e, id, "instructions", (100_000u64,)).unwrap();
     assert!(b1 > 0 && a1 > b1, "counter runs: {b1} -> {a1}");
     let (small, large) = (a1 - b1, a2 - b2);
-    assert!(large > 50 * small, "100x the iterations cost much more: {small} vs {large}");
-    assert!(e.last_instructions() >= a2, "the engine reports at least what the canister saw");
+    assert!(
+        large > 50 * small,
+        "100x the iterations cost much more: {small} vs {large}"
+    );
+    assert!(
+        e.last_instructions() >= a2,
+        "the engine reports at least what the canister saw"
+    );
     let (bq, aq): (u64, u64) = query(&mut e, id, "instructions_query", (100_000u64,)).unwrap();
     assert!(aq - bq > 50 * small, "queries count too");
 }

@@ -62,7 +62,8 @@ fn shared() -> Result<&'static Shared, InvalidWasm> {
             config.wasm_bulk_memory(true);
             config.wasm_simd(true);
             config.cranelift_opt_level(OptLevel::Speed);
-            let engine = wasmtime::Engine::new(&config).map_err(|e| format!("wasmtime engine: {e:#}"))?;
+            let engine =
+                wasmtime::Engine::new(&config).map_err(|e| format!("wasmtime engine: {e:#}"))?;
             let linker = linker(&engine).map_err(|e| format!("ic0 linker: {e:#}"))?;
             let mut store = Store::new(
                 &engine,
@@ -77,7 +78,12 @@ fn shared() -> Result<&'static Shared, InvalidWasm> {
                 .iter(&mut store)
                 .map(|(module, name, _)| (module.to_string(), name.to_string()))
                 .collect();
-            Ok(Shared { engine, linker, defined, cache: Mutex::new(HashMap::new()) })
+            Ok(Shared {
+                engine,
+                linker,
+                defined,
+                cache: Mutex::new(HashMap::new()),
+            })
         })
         .as_ref()
         .map_err(|e| InvalidWasm(e.clone()))
@@ -97,7 +103,9 @@ pub fn decompress(bytes: &[u8]) -> Result<Vec<u8>, InvalidWasm> {
             .read_to_end(&mut out)
             .map_err(|e| InvalidWasm(format!("cannot decompress gzipped wasm: {e}")))?;
         if out.len() > MAX_WASM_SIZE {
-            return Err(InvalidWasm(format!("decompressed wasm exceeds {MAX_WASM_SIZE} bytes")));
+            return Err(InvalidWasm(format!(
+                "decompressed wasm exceeds {MAX_WASM_SIZE} bytes"
+            )));
         }
         Ok(out)
     } else if bytes.len() > MAX_WASM_SIZE {
@@ -169,11 +177,14 @@ fn compile_uncached(shared: &Shared, wasm: &[u8]) -> Result<Compiled, InvalidWas
         } else if let Some(m) = name.strip_prefix("canister_query ") {
             Some((m, MethodKind::Query))
         } else {
-            name.strip_prefix("canister_composite_query ").map(|m| (m, MethodKind::CompositeQuery))
+            name.strip_prefix("canister_composite_query ")
+                .map(|m| (m, MethodKind::CompositeQuery))
         };
         if let Some((method, kind)) = kind {
             if methods.insert(method.to_string(), kind).is_some() {
-                return Err(InvalidWasm(format!("method `{method}` is exported more than once")));
+                return Err(InvalidWasm(format!(
+                    "method `{method}` is exported more than once"
+                )));
             }
         }
     }

@@ -196,10 +196,14 @@ impl Layout {
         }
         if let Some(m) = l.memories.first() {
             if m.memory64 {
-                return Err(InvalidWasm("64-bit (memory64) heaps are not supported".into()));
+                return Err(InvalidWasm(
+                    "64-bit (memory64) heaps are not supported".into(),
+                ));
             }
             if m.shared {
-                return Err(InvalidWasm("shared memories (threads) are not supported".into()));
+                return Err(InvalidWasm(
+                    "shared memories (threads) are not supported".into(),
+                ));
             }
         }
         for name in [HEAP_EXPORT, DIRTY_EXPORT, HEAP_PAGES_EXPORT, TABLE_EXPORT] {
@@ -207,8 +211,13 @@ impl Layout {
                 return Err(InvalidWasm(format!("export name `{name}` is reserved")));
             }
         }
-        if l.export_names.iter().any(|n| n.starts_with(GLOBAL_EXPORT_PREFIX)) {
-            return Err(InvalidWasm(format!("export names starting with `{GLOBAL_EXPORT_PREFIX}` are reserved")));
+        if l.export_names
+            .iter()
+            .any(|n| n.starts_with(GLOBAL_EXPORT_PREFIX))
+        {
+            return Err(InvalidWasm(format!(
+                "export names starting with `{GLOBAL_EXPORT_PREFIX}` are reserved"
+            )));
         }
         Ok(l)
     }
@@ -289,8 +298,11 @@ pub fn instrument(wasm: &[u8]) -> Result<Instrumented, InvalidWasm> {
     };
     let initial_heap_pages = layout.memories.first().map(|m| m.initial).unwrap_or(0);
 
-    let mut mutable_global_exports: Vec<String> =
-        layout.mutable_globals.iter().map(|g| format!("{GLOBAL_EXPORT_PREFIX}{g}")).collect();
+    let mut mutable_global_exports: Vec<String> = layout
+        .mutable_globals
+        .iter()
+        .map(|g| format!("{GLOBAL_EXPORT_PREFIX}{g}"))
+        .collect();
     mutable_global_exports.push(format!("{GLOBAL_EXPORT_PREFIX}{}", inj.heap_pages_global));
 
     let mut out = Module::new();
@@ -419,7 +431,10 @@ pub fn instrument(wasm: &[u8]) -> Result<Instrumented, InvalidWasm> {
                 }
             }
             _ => {
-                out.section(&RawSection { id, data: &wasm[range] });
+                out.section(&RawSection {
+                    id,
+                    data: &wasm[range],
+                });
             }
         }
     }
@@ -437,7 +452,13 @@ pub fn instrument(wasm: &[u8]) -> Result<Instrumented, InvalidWasm> {
 }
 
 fn heap_memory_type(initial: u64, maximum: Option<u64>) -> MemoryType {
-    MemoryType { minimum: initial, maximum, memory64: false, shared: false, page_size_log2: None }
+    MemoryType {
+        minimum: initial,
+        maximum,
+        memory64: false,
+        shared: false,
+        page_size_log2: None,
+    }
 }
 
 fn dirty_memory_type() -> MemoryType {
@@ -457,7 +478,11 @@ fn add_helper_types(s: &mut TypeSection) {
 
 fn add_heap_pages_global(s: &mut GlobalSection, initial_pages: u64) {
     s.global(
-        GlobalType { val_type: ValType::I32, mutable: true, shared: false },
+        GlobalType {
+            val_type: ValType::I32,
+            mutable: true,
+            shared: false,
+        },
         &ConstExpr::i32_const(initial_pages as i32),
     );
 }
@@ -469,13 +494,25 @@ fn add_exports(s: &mut ExportSection, layout: &Layout, inj: &Injected) {
     if layout.has_table {
         s.export(TABLE_EXPORT, ExportKind::Table, 0);
     }
-    for g in layout.mutable_globals.iter().chain(std::iter::once(&inj.heap_pages_global)) {
-        s.export(&format!("{GLOBAL_EXPORT_PREFIX}{g}"), ExportKind::Global, *g);
+    for g in layout
+        .mutable_globals
+        .iter()
+        .chain(std::iter::once(&inj.heap_pages_global))
+    {
+        s.export(
+            &format!("{GLOBAL_EXPORT_PREFIX}{g}"),
+            ExportKind::Global,
+            *g,
+        );
     }
 }
 
 fn dirty_memarg(inj: &Injected) -> MemArg {
-    MemArg { offset: 0, align: 0, memory_index: inj.dirty_mem }
+    MemArg {
+        offset: 0,
+        align: 0,
+        memory_index: inj.dirty_mem,
+    }
 }
 
 /// `mark(dst, len)`: marks every 4 KiB page of `[dst, dst + len)` dirty (nothing if `len` is 0).
@@ -642,13 +679,19 @@ impl Temps {
             ValType::I64 => self.i64_,
             ValType::F32 => self.f32_,
             ValType::F64 => self.f64_,
-            ValType::V128 => self.v128.ok_or_else(|| InvalidWasm("v128 temp missing".into()))?,
+            ValType::V128 => self
+                .v128
+                .ok_or_else(|| InvalidWasm("v128 temp missing".into()))?,
             ValType::Ref(_) => return Err(InvalidWasm("reference-typed store".into())),
         })
     }
 }
 
-fn rewrite_body(body: &FunctionBody<'_>, params: u32, inj: &Injected) -> Result<Function, InvalidWasm> {
+fn rewrite_body(
+    body: &FunctionBody<'_>,
+    params: u32,
+    inj: &Injected,
+) -> Result<Function, InvalidWasm> {
     let mut reencoder = RoundtripReencoder;
     let mut locals: Vec<(u32, ValType)> = Vec::new();
     let mut next_local = params;
@@ -665,7 +708,9 @@ fn rewrite_body(body: &FunctionBody<'_>, params: u32, inj: &Injected) -> Result<
         ops.push(reader.read()?);
     }
     reader.finish()?;
-    let uses_v128_store = ops.iter().any(|op| matches!(store_kind(op), Some((_, ValType::V128))));
+    let uses_v128_store = ops
+        .iter()
+        .any(|op| matches!(store_kind(op), Some((_, ValType::V128))));
     let temps = Temps {
         a: next_local,
         b: next_local + 1,
@@ -675,7 +720,12 @@ fn rewrite_body(body: &FunctionBody<'_>, params: u32, inj: &Injected) -> Result<
         f64_: next_local + 5,
         v128: uses_v128_store.then_some(next_local + 6),
     };
-    locals.extend([(3, ValType::I32), (1, ValType::I64), (1, ValType::F32), (1, ValType::F64)]);
+    locals.extend([
+        (3, ValType::I32),
+        (1, ValType::I64),
+        (1, ValType::F32),
+        (1, ValType::F64),
+    ]);
     if uses_v128_store {
         locals.push((1, ValType::V128));
     }
@@ -703,7 +753,10 @@ fn rewrite_body(body: &FunctionBody<'_>, params: u32, inj: &Injected) -> Result<
         }
         match op {
             Operator::MemoryFill { mem: 0 }
-            | Operator::MemoryCopy { dst_mem: 0, src_mem: 0 }
+            | Operator::MemoryCopy {
+                dst_mem: 0,
+                src_mem: 0,
+            }
             | Operator::MemoryInit { mem: 0, .. } => {
                 // Stack: [dst, value|src, len]
                 f.instructions()
@@ -729,7 +782,9 @@ fn rewrite_body(body: &FunctionBody<'_>, params: u32, inj: &Injected) -> Result<
             | Operator::MemorySize { .. }
             | Operator::MemoryGrow { .. }
             | Operator::MemoryDiscard { .. } => {
-                return Err(InvalidWasm(format!("unsupported memory instruction {op:?}")));
+                return Err(InvalidWasm(format!(
+                    "unsupported memory instruction {op:?}"
+                )));
             }
             op => {
                 f.instruction(&reencoder.instruction(op)?);
@@ -784,19 +839,34 @@ mod tests {
         }
 
         fn dirty_pages(&mut self) -> Vec<usize> {
-            let map = self.instance.get_memory(&mut self.store, DIRTY_EXPORT).unwrap();
-            let pages = map.data(&self.store).iter().enumerate().filter(|(_, b)| **b != 0).map(|(i, _)| i).collect();
+            let map = self
+                .instance
+                .get_memory(&mut self.store, DIRTY_EXPORT)
+                .unwrap();
+            let pages = map
+                .data(&self.store)
+                .iter()
+                .enumerate()
+                .filter(|(_, b)| **b != 0)
+                .map(|(i, _)| i)
+                .collect();
             map.data_mut(&mut self.store).fill(0);
             pages
         }
 
         fn heap(&mut self) -> Vec<u8> {
-            let heap = self.instance.get_memory(&mut self.store, HEAP_EXPORT).unwrap();
+            let heap = self
+                .instance
+                .get_memory(&mut self.store, HEAP_EXPORT)
+                .unwrap();
             heap.data(&self.store).to_vec()
         }
 
         fn set_heap_pages(&mut self, pages: i32) {
-            let g = self.instance.get_global(&mut self.store, HEAP_PAGES_EXPORT).unwrap();
+            let g = self
+                .instance
+                .get_global(&mut self.store, HEAP_PAGES_EXPORT)
+                .unwrap();
             g.set(&mut self.store, Val::I32(pages)).unwrap();
         }
     }
@@ -808,8 +878,15 @@ mod tests {
         p.call("store", &[Val::I32(4096 * 3 - 4), Val::I32(0x1234)]); // offset 4: address 3 * 4096
         assert_eq!(p.dirty_pages(), vec![3]);
         p.call("store64", &[Val::I32(4096 * 5 - 2), Val::I64(-1)]);
-        assert_eq!(p.dirty_pages(), vec![4], "a straddling store marks its first page (the spill is copied along)");
-        assert!(STORE_SPILL >= 8, "the spill covers what an i64 store writes past the page");
+        assert_eq!(
+            p.dirty_pages(),
+            vec![4],
+            "a straddling store marks its first page (the spill is copied along)"
+        );
+        assert!(
+            STORE_SPILL >= 8,
+            "the spill covers what an i64 store writes past the page"
+        );
         assert_eq!(p.heap()[4096 * 3..4096 * 3 + 4], 0x1234u32.to_le_bytes());
     }
 
@@ -831,7 +908,10 @@ mod tests {
         assert_eq!(p.call("size", &[]), Some(2));
         assert_eq!(p.call("grow", &[Val::I32(1)]), Some(2));
         assert_eq!(p.call("size", &[]), Some(3));
-        p.call("fill", &[Val::I32(2 * 65536), Val::I32(0xEE), Val::I32(65536)]);
+        p.call(
+            "fill",
+            &[Val::I32(2 * 65536), Val::I32(0xEE), Val::I32(65536)],
+        );
         // Roll back the canister's view to 2 pages: the real memory keeps its 3 pages.
         p.set_heap_pages(2);
         p.dirty_pages();
@@ -840,16 +920,25 @@ mod tests {
         // Growing again hands out the leftover page zeroed, and marks it dirty.
         assert_eq!(p.call("grow", &[Val::I32(2)]), Some(2));
         assert_eq!(p.call("size", &[]), Some(4));
-        assert!(p.heap()[2 * 65536..].iter().all(|b| *b == 0), "recycled and new pages read as zero");
+        assert!(
+            p.heap()[2 * 65536..].iter().all(|b| *b == 0),
+            "recycled and new pages read as zero"
+        );
         let dirty = p.dirty_pages();
-        assert_eq!(dirty.first(), Some(&32), "the recycled page was marked: {dirty:?}");
+        assert_eq!(
+            dirty.first(),
+            Some(&32),
+            "the recycled page was marked: {dirty:?}"
+        );
     }
 
     #[test]
     fn grow_respects_the_declared_maximum() {
-        let (mut p, out) = Probe::new(r#"(module (memory 1 3)
+        let (mut p, out) = Probe::new(
+            r#"(module (memory 1 3)
             (func (export "grow") (param i32) (result i32) (memory.grow (local.get 0)))
-            (func (export "size") (result i32) (memory.size)))"#);
+            (func (export "size") (result i32) (memory.size)))"#,
+        );
         assert_eq!(out.max_heap_pages, 3);
         assert_eq!(p.call("grow", &[Val::I32(5)]), Some(-1));
         assert_eq!(p.call("size", &[]), Some(1));
@@ -861,13 +950,26 @@ mod tests {
     fn table_and_mutable_globals_are_exported() {
         let (mut p, out) = Probe::new(PROBE);
         assert!(out.has_table);
-        assert_eq!(out.mutable_global_exports, vec!["__ic_global_0".to_string(), "__ic_global_1".to_string()]);
+        assert_eq!(
+            out.mutable_global_exports,
+            vec!["__ic_global_0".to_string(), "__ic_global_1".to_string()]
+        );
         assert!(p.instance.get_table(&mut p.store, TABLE_EXPORT).is_some());
         p.call("bump", &[]);
-        let g = p.instance.get_global(&mut p.store, "__ic_global_0").unwrap();
+        let g = p
+            .instance
+            .get_global(&mut p.store, "__ic_global_0")
+            .unwrap();
         assert_eq!(g.get(&mut p.store).i32(), Some(6));
-        let heap_pages = p.instance.get_global(&mut p.store, "__ic_global_1").unwrap();
-        assert_eq!(heap_pages.get(&mut p.store).i32(), Some(2), "the heap size global is one of them");
+        let heap_pages = p
+            .instance
+            .get_global(&mut p.store, "__ic_global_1")
+            .unwrap();
+        assert_eq!(
+            heap_pages.get(&mut p.store).i32(),
+            Some(2),
+            "the heap size global is one of them"
+        );
         assert!(out.function_exports.contains(&"store".to_string()));
     }
 
@@ -882,9 +984,18 @@ mod tests {
     #[test]
     fn unsupported_modules_are_refused_with_a_reason() {
         let cases = [
-            (r#"(module (memory 1) (func (export "__ic_heap")))"#, "reserved"),
-            (r#"(module (memory 1) (global (export "__ic_global_0") i32 (i32.const 0)))"#, "reserved"),
-            (r#"(module (memory (import "env" "m") 1))"#, "import a memory"),
+            (
+                r#"(module (memory 1) (func (export "__ic_heap")))"#,
+                "reserved",
+            ),
+            (
+                r#"(module (memory 1) (global (export "__ic_global_0") i32 (i32.const 0)))"#,
+                "reserved",
+            ),
+            (
+                r#"(module (memory (import "env" "m") 1))"#,
+                "import a memory",
+            ),
             (r#"(module (memory 1) (memory 1))"#, "at most one memory"),
             (r#"(module (memory i64 1))"#, "invalid wasm module"),
             (
@@ -897,6 +1008,9 @@ mod tests {
             let err = instrument(&wasm).unwrap_err();
             assert!(err.0.contains(reason), "{src}: {err}");
         }
-        assert!(instrument(b"\0asm\x01\0\0\0\x01").unwrap_err().0.contains("invalid wasm"));
+        assert!(instrument(b"\0asm\x01\0\0\0\x01")
+            .unwrap_err()
+            .0
+            .contains("invalid wasm"));
     }
 }

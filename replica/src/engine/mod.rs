@@ -135,11 +135,19 @@ pub struct Reject {
 
 impl Reject {
     fn new(code: RejectCode, error_code: u16, message: impl Into<String>) -> Self {
-        Reject { code, message: message.into(), error_code: Some(format!("IC{error_code:04}")) }
+        Reject {
+            code,
+            message: message.into(),
+            error_code: Some(format!("IC{error_code:04}")),
+        }
     }
 
     fn canister_not_found(id: Principal) -> Self {
-        Reject::new(RejectCode::DestinationInvalid, 301, format!("Canister {id} not found"))
+        Reject::new(
+            RejectCode::DestinationInvalid,
+            301,
+            format!("Canister {id} not found"),
+        )
     }
 
     fn no_wasm_module(id: Principal) -> Self {
@@ -184,7 +192,11 @@ impl Reject {
             ),
             ExecError::Other(what) => (521, format!("Canister encountered a Wasm engine error: {what}")),
         };
-        Reject::new(RejectCode::CanisterError, code, format!("Error from Canister {id}: {text}."))
+        Reject::new(
+            RejectCode::CanisterError,
+            code,
+            format!("Error from Canister {id}: {text}."),
+        )
     }
 }
 
@@ -202,7 +214,10 @@ impl std::error::Error for Reject {}
 
 /// First and last canister id of the emulated subnet (indices 0 ..= 0xFFFFF).
 pub fn canister_id_range() -> (Principal, Principal) {
-    (canister_id_from_index(0), canister_id_from_index(LAST_CANISTER_INDEX))
+    (
+        canister_id_from_index(0),
+        canister_id_from_index(LAST_CANISTER_INDEX),
+    )
 }
 
 const LAST_CANISTER_INDEX: u64 = 0xFFFFF;
@@ -253,8 +268,17 @@ struct Callback {
 }
 
 enum Message {
-    Request { from: Principal, to: Principal, method: String, arg: Vec<u8>, callback: u64 },
-    Response { callback: u64, result: Result<Vec<u8>, (RejectCode, String)> },
+    Request {
+        from: Principal,
+        to: Principal,
+        method: String,
+        arg: Vec<u8>,
+        callback: u64,
+    },
+    Response {
+        callback: u64,
+        result: Result<Vec<u8>, (RejectCode, String)>,
+    },
 }
 
 struct Canister {
@@ -288,7 +312,10 @@ pub struct Engine {
 }
 
 fn system_now_ns() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
 }
 
 impl Engine {
@@ -326,7 +353,10 @@ impl Engine {
     /// Tells canisters which subnet they run on (`ic0.subnet_self`) and its root key
     /// (`ic0.root_key`, DER). Applies to installed canisters too.
     pub fn set_subnet(&mut self, subnet_id: Principal, root_key_der: Vec<u8>) {
-        self.subnet = Arc::new(SubnetInfo { subnet_id: Some(subnet_id), root_key: root_key_der });
+        self.subnet = Arc::new(SubnetInfo {
+            subnet_id: Some(subnet_id),
+            root_key: root_key_der,
+        });
         for canister in self.canisters.values_mut() {
             if let Some(rt) = canister.runtime.as_mut() {
                 rt.host_mut().subnet = self.subnet.clone();
@@ -347,7 +377,13 @@ impl Engine {
         self.next_canister_index += 1;
         self.canisters.insert(
             id,
-            Canister { controllers, module_hash: None, runtime: None, generation: 0, version: 0 },
+            Canister {
+                controllers,
+                module_hash: None,
+                runtime: None,
+                generation: 0,
+                version: 0,
+            },
         );
         id
     }
@@ -369,7 +405,9 @@ impl Engine {
 
     /// Replaces the controllers (`update_settings`). Returns false if the canister does not exist.
     pub fn set_controllers(&mut self, canister: Principal, controllers: Vec<Principal>) -> bool {
-        let Some(c) = self.canisters.get_mut(&canister) else { return false };
+        let Some(c) = self.canisters.get_mut(&canister) else {
+            return false;
+        };
         if let Some(rt) = c.runtime.as_mut() {
             rt.host_mut().controllers = controllers.clone();
         }
@@ -385,7 +423,12 @@ impl Engine {
     /// Certified data of a canister (empty if nothing installed or set).
     pub fn certified_data(&self, canister: Principal) -> Option<Vec<u8>> {
         let c = self.canisters.get(&canister)?;
-        Some(c.runtime.as_ref().map(|rt| rt.host().certified_data.clone()).unwrap_or_default())
+        Some(
+            c.runtime
+                .as_ref()
+                .map(|rt| rt.host().certified_data.clone())
+                .unwrap_or_default(),
+        )
     }
 
     /// Kind of an exported method (`None`: no such canister, module or method).
@@ -397,30 +440,54 @@ impl Engine {
     /// Stable memory size in bytes.
     pub fn stable_memory_size(&self, canister: Principal) -> Option<u64> {
         let c = self.canisters.get(&canister)?;
-        Some(c.runtime.as_ref().map(|rt| rt.host().stable.size_bytes()).unwrap_or(0))
+        Some(
+            c.runtime
+                .as_ref()
+                .map(|rt| rt.host().stable.size_bytes())
+                .unwrap_or(0),
+        )
     }
 
     /// Wasm heap size in bytes, as the canister sees it.
     pub fn heap_size(&self, canister: Principal) -> Option<u64> {
         let c = self.canisters.get(&canister)?;
-        Some(c.runtime.as_ref().map(|rt| rt.committed_heap_bytes() as u64).unwrap_or(0))
+        Some(
+            c.runtime
+                .as_ref()
+                .map(|rt| rt.committed_heap_bytes() as u64)
+                .unwrap_or(0),
+        )
     }
 
     /// `ic0.canister_version` of a canister.
     pub fn canister_version(&self, canister: Principal) -> Option<u64> {
         let c = self.canisters.get(&canister)?;
-        Some(c.runtime.as_ref().map(|rt| rt.host().version).unwrap_or(c.version))
+        Some(
+            c.runtime
+                .as_ref()
+                .map(|rt| rt.host().version)
+                .unwrap_or(c.version),
+        )
     }
 
     /// The global timer deadline of a canister (`None`: disarmed or no such canister).
     pub fn global_timer(&self, canister: Principal) -> Option<u64> {
-        let t = self.canisters.get(&canister)?.runtime.as_ref()?.host().global_timer;
+        let t = self
+            .canisters
+            .get(&canister)?
+            .runtime
+            .as_ref()?
+            .host()
+            .global_timer;
         (t != 0).then_some(t)
     }
 
     /// The earliest armed global timer of any canister (lets a driver sleep until then).
     pub fn next_timer_ns(&self) -> Option<u64> {
-        self.canisters.keys().filter_map(|id| self.global_timer(*id)).min()
+        self.canisters
+            .keys()
+            .filter_map(|id| self.global_timer(*id))
+            .min()
     }
 
     /// Imports of the installed module that this replica does not implement (they trap).
@@ -468,7 +535,11 @@ impl Engine {
     }
 
     fn collect_logs(&mut self, canister: Principal) {
-        let Some(rt) = self.canisters.get_mut(&canister).and_then(|c| c.runtime.as_mut()) else {
+        let Some(rt) = self
+            .canisters
+            .get_mut(&canister)
+            .and_then(|c| c.runtime.as_mut())
+        else {
             return;
         };
         let lines = std::mem::take(&mut rt.host_mut().logs);
@@ -520,7 +591,10 @@ impl Engine {
         let limit = self.config.update_instruction_limit;
         let time = self.round_time;
         let subnet = self.subnet.clone();
-        let canister = self.canisters.get_mut(&id).ok_or_else(|| Reject::canister_not_found(id))?;
+        let canister = self
+            .canisters
+            .get_mut(&id)
+            .ok_or_else(|| Reject::canister_not_found(id))?;
         if !canister.controllers.contains(&sender) {
             return Err(Reject::new(
                 RejectCode::CanisterError,
@@ -536,7 +610,9 @@ impl Engine {
                     format!("Canister {id} is already installed."),
                 ));
             }
-            InstallMode::Upgrade if canister.runtime.is_none() => return Err(Reject::no_wasm_module(id)),
+            InstallMode::Upgrade if canister.runtime.is_none() => {
+                return Err(Reject::no_wasm_module(id))
+            }
             _ => {}
         }
         let compiled = compile::compile(wasm).map_err(|e| {
@@ -546,7 +622,12 @@ impl Engine {
                 format!("Error from Canister {id}: Canister's Wasm module is not valid: {e}"),
             )
         })?;
-        let version = canister.runtime.as_ref().map(|rt| rt.host().version).unwrap_or(canister.version) + 1;
+        let version = canister
+            .runtime
+            .as_ref()
+            .map(|rt| rt.host().version)
+            .unwrap_or(canister.version)
+            + 1;
         let mut host = Host::new(id, canister.controllers.clone(), subnet, Default::default());
         host.version = version;
 
@@ -554,10 +635,16 @@ impl Engine {
         // roll it back.
         let mut pre_upgrade_open = false;
         if mode == InstallMode::Upgrade {
-            let Some(old) = canister.runtime.as_mut() else { return Err(Reject::no_wasm_module(id)) };
+            let Some(old) = canister.runtime.as_mut() else {
+                return Err(Reject::no_wasm_module(id));
+            };
             if old.compiled().exports("canister_pre_upgrade") {
                 let exec = Exec::new(ApiContext::PreUpgrade, sender, time, limit);
-                let outcome = old.execute(Entry::Export("canister_pre_upgrade"), exec, OnSuccess::Defer);
+                let outcome = old.execute(
+                    Entry::Export("canister_pre_upgrade"),
+                    exec,
+                    OnSuccess::Defer,
+                );
                 self.last_instructions = outcome.instructions;
                 if let Err(e) = outcome.result {
                     return Err(Reject::from_exec(id, &e));
@@ -568,7 +655,11 @@ impl Engine {
             host.certified_data = old.host().certified_data.clone();
         }
 
-        let init_name = if mode == InstallMode::Upgrade { "canister_post_upgrade" } else { "canister_init" };
+        let init_name = if mode == InstallMode::Upgrade {
+            "canister_post_upgrade"
+        } else {
+            "canister_init"
+        };
         let fail = |canister: &mut Canister, reject: Reject| {
             if pre_upgrade_open {
                 if let Some(old) = canister.runtime.as_mut() {
@@ -605,7 +696,13 @@ impl Engine {
 
     /// Executes an update call (or a query method called as an update) and everything it causes
     /// downstream, then returns the answer of the call.
-    pub fn update(&mut self, canister: Principal, method: &str, arg: &[u8], caller: Principal) -> Result<Vec<u8>, Reject> {
+    pub fn update(
+        &mut self,
+        canister: Principal,
+        method: &str,
+        arg: &[u8],
+        caller: Principal,
+    ) -> Result<Vec<u8>, Reject> {
         self.begin_round();
         if canister == Principal::management_canister() {
             return Err(Reject::new(
@@ -621,7 +718,8 @@ impl Engine {
             return Err(Reject::canister_not_found(canister));
         }
         let id = self.fresh_id();
-        let instructions = self.run_method(canister, method, arg.to_vec(), caller, Origin::Ingress(id));
+        let instructions =
+            self.run_method(canister, method, arg.to_vec(), caller, Origin::Ingress(id));
         self.last_instructions = instructions;
         self.drain();
         self.ingress_results.remove(&id).unwrap_or_else(|| {
@@ -637,7 +735,14 @@ impl Engine {
     }
 
     /// Starts executing `method` in a new call context; returns the instructions used.
-    fn run_method(&mut self, id: Principal, method: &str, arg: Vec<u8>, caller: Principal, origin: Origin) -> u64 {
+    fn run_method(
+        &mut self,
+        id: Principal,
+        method: &str,
+        arg: Vec<u8>,
+        caller: Principal,
+        origin: Origin,
+    ) -> u64 {
         let limit = self.config.update_instruction_limit;
         let time = self.round_time;
         let Some(canister) = self.canisters.get_mut(&id) else {
@@ -649,10 +754,16 @@ impl Engine {
             return 0;
         };
         let (context, export, on_success) = match rt.compiled().methods.get(method) {
-            Some(MethodKind::Update) => (ApiContext::Update, format!("canister_update {method}"), OnSuccess::Commit),
-            Some(MethodKind::Query) => {
-                (ApiContext::ReplicatedQuery, format!("canister_query {method}"), OnSuccess::Rollback)
-            }
+            Some(MethodKind::Update) => (
+                ApiContext::Update,
+                format!("canister_update {method}"),
+                OnSuccess::Commit,
+            ),
+            Some(MethodKind::Query) => (
+                ApiContext::ReplicatedQuery,
+                format!("canister_query {method}"),
+                OnSuccess::Rollback,
+            ),
             Some(MethodKind::CompositeQuery) => {
                 let reject = Reject::new(
                     RejectCode::CanisterError,
@@ -692,10 +803,16 @@ impl Engine {
     /// Records what a message of call context `cc` did: queues its calls, delivers its answer,
     /// closes the context when nothing can answer it any more.
     fn after_execution(&mut self, cc_id: u64, outcome: Outcome) {
-        let Some(cc) = self.contexts.get_mut(&cc_id) else { return };
+        let Some(cc) = self.contexts.get_mut(&cc_id) else {
+            return;
+        };
         let canister = cc.canister;
         cc.instructions += outcome.instructions;
-        let generation = self.canisters.get(&canister).map(|c| c.generation).unwrap_or(0);
+        let generation = self
+            .canisters
+            .get(&canister)
+            .map(|c| c.generation)
+            .unwrap_or(0);
         let mut answer = None;
         match outcome.result {
             Ok(()) => {
@@ -735,7 +852,10 @@ impl Engine {
         let origin = cc.origin;
         if answer.is_none() && !cc.responded && cc.outstanding == 0 {
             cc.responded = true;
-            answer = Some(Err(cc.last_error.take().unwrap_or_else(|| Reject::did_not_reply(canister))));
+            answer = Some(Err(cc
+                .last_error
+                .take()
+                .unwrap_or_else(|| Reject::did_not_reply(canister))));
         }
         if cc.responded && cc.outstanding == 0 {
             self.contexts.remove(&cc_id);
@@ -752,7 +872,10 @@ impl Engine {
                 self.ingress_results.insert(id, result);
             }
             Origin::Canister { callback } => {
-                self.queue.push_back(Message::Response { callback, result: result.map_err(|r| (r.code, r.message)) });
+                self.queue.push_back(Message::Response {
+                    callback,
+                    result: result.map_err(|r| (r.code, r.message)),
+                });
             }
             Origin::System => {
                 if let Err(reject) = result {
@@ -765,9 +888,17 @@ impl Engine {
     /// Processes queued messages until none is left (or the per-drain budget is spent).
     fn drain(&mut self) {
         for _ in 0..MAX_MESSAGES_PER_DRAIN {
-            let Some(message) = self.queue.pop_front() else { return };
+            let Some(message) = self.queue.pop_front() else {
+                return;
+            };
             match message {
-                Message::Request { from, to, method, arg, callback } => {
+                Message::Request {
+                    from,
+                    to,
+                    method,
+                    arg,
+                    callback,
+                } => {
                     let origin = Origin::Canister { callback };
                     if to == Principal::management_canister() {
                         let result = self.management_call(from, &method, &arg);
@@ -781,11 +912,19 @@ impl Engine {
         }
     }
 
-    fn deliver_response(&mut self, callback_id: u64, result: Result<Vec<u8>, (RejectCode, String)>) {
-        let Some(cb) = self.callbacks.remove(&callback_id) else { return };
+    fn deliver_response(
+        &mut self,
+        callback_id: u64,
+        result: Result<Vec<u8>, (RejectCode, String)>,
+    ) {
+        let Some(cb) = self.callbacks.remove(&callback_id) else {
+            return;
+        };
         let limit = self.config.update_instruction_limit;
         let time = self.round_time;
-        let Some(cc) = self.contexts.get_mut(&cb.call_context) else { return };
+        let Some(cc) = self.contexts.get_mut(&cb.call_context) else {
+            return;
+        };
         cc.outstanding = cc.outstanding.saturating_sub(1);
         let (caller, can_respond, cc_instructions) = (cc.caller, !cc.responded, cc.instructions);
         let runtime = self
@@ -837,7 +976,12 @@ impl Engine {
     }
 
     /// The part of the management canister (`aaaaa-aa`) canisters can call here.
-    fn management_call(&mut self, _caller: Principal, method: &str, arg: &[u8]) -> Result<Vec<u8>, Reject> {
+    fn management_call(
+        &mut self,
+        _caller: Principal,
+        method: &str,
+        arg: &[u8],
+    ) -> Result<Vec<u8>, Reject> {
         match method {
             "raw_rand" => {
                 if candid::decode_args::<()>(arg).is_err() {
@@ -879,13 +1023,23 @@ impl Engine {
     ) -> Result<Vec<u8>, Reject> {
         let time = self.time_ns();
         let limit = self.config.query_instruction_limit;
-        let c = self.canisters.get_mut(&canister).ok_or_else(|| Reject::canister_not_found(canister))?;
-        let rt = c.runtime.as_mut().ok_or_else(|| Reject::no_wasm_module(canister))?;
+        let c = self
+            .canisters
+            .get_mut(&canister)
+            .ok_or_else(|| Reject::canister_not_found(canister))?;
+        let rt = c
+            .runtime
+            .as_mut()
+            .ok_or_else(|| Reject::no_wasm_module(canister))?;
         let (context, export) = match rt.compiled().methods.get(method) {
-            Some(MethodKind::Query) => (ApiContext::NonReplicatedQuery, format!("canister_query {method}")),
-            Some(MethodKind::CompositeQuery) => {
-                (ApiContext::CompositeQuery, format!("canister_composite_query {method}"))
-            }
+            Some(MethodKind::Query) => (
+                ApiContext::NonReplicatedQuery,
+                format!("canister_query {method}"),
+            ),
+            Some(MethodKind::CompositeQuery) => (
+                ApiContext::CompositeQuery,
+                format!("canister_composite_query {method}"),
+            ),
             _ => return Err(Reject::method_not_found(canister, "query", method)),
         };
         let mut exec = Exec::new(context, caller, time, limit);
@@ -905,18 +1059,34 @@ impl Engine {
 
     /// Runs `canister_inspect_message` if the canister exports it (else accepts). Never changes
     /// state.
-    pub fn inspect_message(&mut self, canister: Principal, method: &str, arg: &[u8], caller: Principal) -> Result<(), Reject> {
+    pub fn inspect_message(
+        &mut self,
+        canister: Principal,
+        method: &str,
+        arg: &[u8],
+        caller: Principal,
+    ) -> Result<(), Reject> {
         let time = self.time_ns();
         let limit = self.config.query_instruction_limit;
-        let c = self.canisters.get_mut(&canister).ok_or_else(|| Reject::canister_not_found(canister))?;
-        let rt = c.runtime.as_mut().ok_or_else(|| Reject::no_wasm_module(canister))?;
+        let c = self
+            .canisters
+            .get_mut(&canister)
+            .ok_or_else(|| Reject::canister_not_found(canister))?;
+        let rt = c
+            .runtime
+            .as_mut()
+            .ok_or_else(|| Reject::no_wasm_module(canister))?;
         if !rt.compiled().exports("canister_inspect_message") {
             return Ok(());
         }
         let mut exec = Exec::new(ApiContext::InspectMessage, caller, time, limit);
         exec.arg = arg.to_vec();
         exec.method_name = method.to_string();
-        let outcome = rt.execute(Entry::Export("canister_inspect_message"), exec, OnSuccess::Rollback);
+        let outcome = rt.execute(
+            Entry::Export("canister_inspect_message"),
+            exec,
+            OnSuccess::Rollback,
+        );
         self.last_instructions = outcome.instructions;
         self.collect_logs(canister);
         match outcome.result {
@@ -938,7 +1108,9 @@ impl Engine {
         let now = self.round_time;
         let ids: Vec<Principal> = self.canisters.keys().copied().collect();
         for id in ids {
-            let Some(rt) = self.canisters.get_mut(&id).and_then(|c| c.runtime.as_mut()) else { continue };
+            let Some(rt) = self.canisters.get_mut(&id).and_then(|c| c.runtime.as_mut()) else {
+                continue;
+            };
             let timer = rt.host().global_timer;
             if timer != 0 && timer <= now {
                 // Disarmed before the handler runs (and stays disarmed if it traps).
@@ -962,7 +1134,9 @@ impl Engine {
     fn run_system_task(&mut self, id: Principal, export: &str) {
         let limit = self.config.update_instruction_limit;
         let time = self.round_time;
-        let Some(rt) = self.canisters.get_mut(&id).and_then(|c| c.runtime.as_mut()) else { return };
+        let Some(rt) = self.canisters.get_mut(&id).and_then(|c| c.runtime.as_mut()) else {
+            return;
+        };
         let caller = Principal::management_canister();
         let exec = Exec::new(ApiContext::SystemTask, caller, time, limit);
         let outcome = rt.execute(Entry::Export(export), exec, OnSuccess::Commit);
@@ -1008,7 +1182,10 @@ mod tests {
 
     #[test]
     fn manual_clock_is_frozen_until_moved() {
-        let mut engine = Engine::new(EngineConfig { clock: Clock::Manual { now_ns: 1_000 }, ..Default::default() });
+        let mut engine = Engine::new(EngineConfig {
+            clock: Clock::Manual { now_ns: 1_000 },
+            ..Default::default()
+        });
         assert_eq!(engine.time_ns(), 1_000);
         engine.advance_time(Duration::from_nanos(500));
         assert_eq!(engine.time_ns(), 1_500);
@@ -1030,11 +1207,21 @@ mod tests {
     fn missing_canister_and_empty_canister_are_rejected_like_the_ic() {
         let mut engine = Engine::new(EngineConfig::default());
         let ghost = canister_id_from_index(77);
-        let err = engine.update(ghost, "f", &[], Principal::anonymous()).unwrap_err();
-        assert_eq!((err.code, err.error_code.as_deref()), (RejectCode::DestinationInvalid, Some("IC0301")));
+        let err = engine
+            .update(ghost, "f", &[], Principal::anonymous())
+            .unwrap_err();
+        assert_eq!(
+            (err.code, err.error_code.as_deref()),
+            (RejectCode::DestinationInvalid, Some("IC0301"))
+        );
         let empty = engine.create_canister(vec![Principal::anonymous()]);
-        let err = engine.query(empty, "f", &[], Principal::anonymous(), None).unwrap_err();
-        assert_eq!((err.code, err.error_code.as_deref()), (RejectCode::CanisterError, Some("IC0537")));
+        let err = engine
+            .query(empty, "f", &[], Principal::anonymous(), None)
+            .unwrap_err();
+        assert_eq!(
+            (err.code, err.error_code.as_deref()),
+            (RejectCode::CanisterError, Some("IC0537"))
+        );
         assert_eq!(engine.certified_data(empty), Some(vec![]));
         assert_eq!(engine.module_hash(empty), None);
     }

@@ -108,8 +108,13 @@ impl Runtime {
         let engine = wasmtime_engine().map_err(|e| ExecError::Other(e.0))?;
         host.exec = Exec::new(ApiContext::Start, Principal::management_canister(), 0, fuel);
         let mut store = Store::new(engine, host);
-        store.set_fuel(fuel).map_err(|e| ExecError::Other(e.to_string()))?;
-        let instance = compiled.pre.instantiate(&mut store).map_err(|e| classify(e, fuel))?;
+        store
+            .set_fuel(fuel)
+            .map_err(|e| ExecError::Other(e.to_string()))?;
+        let instance = compiled
+            .pre
+            .instantiate(&mut store)
+            .map_err(|e| classify(e, fuel))?;
         let heap = instance
             .get_memory(&mut store, HEAP_EXPORT)
             .ok_or_else(|| ExecError::Other(missing("a heap").0))?;
@@ -119,7 +124,11 @@ impl Runtime {
         let heap_pages = instance
             .get_global(&mut store, HEAP_PAGES_EXPORT)
             .ok_or_else(|| ExecError::Other(missing("the heap size global").0))?;
-        let table = if compiled.has_table { instance.get_table(&mut store, TABLE_EXPORT) } else { None };
+        let table = if compiled.has_table {
+            instance.get_table(&mut store, TABLE_EXPORT)
+        } else {
+            None
+        };
         let mut globals = Vec::new();
         for name in &compiled.mutable_global_exports {
             let g = instance
@@ -164,7 +173,6 @@ impl Runtime {
     pub fn host_mut(&mut self) -> &mut Host {
         self.store.data_mut()
     }
-
 
     /// Heap size as the canister sees it, in bytes.
     pub fn visible_heap_bytes(&mut self) -> usize {
@@ -213,13 +221,21 @@ impl Runtime {
             (Ok(()), OnSuccess::Defer) => {}
             _ => self.rollback(),
         }
-        Outcome { result, response, outgoing, instructions, accepted }
+        Outcome {
+            result,
+            response,
+            outgoing,
+            instructions,
+            accepted,
+        }
     }
 
     fn call(&mut self, entry: Entry<'_>) -> wasmtime::Result<()> {
         match entry {
             Entry::Export(name) => {
-                let f = self.instance.get_typed_func::<(), ()>(&mut self.store, name)?;
+                let f = self
+                    .instance
+                    .get_typed_func::<(), ()>(&mut self.store, name)?;
                 f.call(&mut self.store, ())
             }
             Entry::Callback(Closure { fun, env }) => {
@@ -247,7 +263,9 @@ impl Runtime {
         let heap = self.heap.data(&self.store);
         for page in pages {
             let start = page << DIRTY_PAGE_SHIFT;
-            let end = (start + DIRTY_PAGE_SIZE + STORE_SPILL).min(size).min(heap.len());
+            let end = (start + DIRTY_PAGE_SIZE + STORE_SPILL)
+                .min(size)
+                .min(heap.len());
             if start < end {
                 self.shadow[start..end].copy_from_slice(&heap[start..end]);
             }
@@ -267,7 +285,9 @@ impl Runtime {
             let start = page << DIRTY_PAGE_SHIFT;
             // Pages beyond the committed size are invisible once the size global is restored,
             // and zeroed by the grow helper before the canister can see them again.
-            let end = (start + DIRTY_PAGE_SIZE + STORE_SPILL).min(shadow_len).min(heap.len());
+            let end = (start + DIRTY_PAGE_SIZE + STORE_SPILL)
+                .min(shadow_len)
+                .min(heap.len());
             if start < end {
                 heap[start..end].copy_from_slice(&self.shadow[start..end]);
             }
@@ -286,7 +306,10 @@ impl Runtime {
     }
 
     fn read_globals(&mut self) -> Vec<Val> {
-        self.globals.iter().map(|g| g.get(&mut self.store)).collect()
+        self.globals
+            .iter()
+            .map(|g| g.get(&mut self.store))
+            .collect()
     }
 
     /// Collects the dirty pages (bytemap + host writes) and clears the bytemap.
@@ -327,7 +350,11 @@ impl Runtime {
     /// Number of pages currently marked dirty (tests and diagnostics).
     #[cfg(test)]
     pub fn dirty_page_count(&self) -> usize {
-        self.dirty.data(&self.store).iter().filter(|b| **b != 0).count()
+        self.dirty
+            .data(&self.store)
+            .iter()
+            .filter(|b| **b != 0)
+            .count()
     }
 
     /// The heap as the canister sees it.
@@ -353,8 +380,12 @@ pub fn classify(err: wasmtime::Error, fuel: u64) -> ExecError {
             Trap::IntegerOverflow => ExecError::Wasm("integer overflow".into()),
             Trap::BadConversionToInteger => ExecError::Wasm("invalid conversion to integer".into()),
             Trap::TableOutOfBounds => ExecError::Wasm("table out of bounds".into()),
-            Trap::IndirectCallToNull => ExecError::Wasm("indirect call to an uninitialized table element".into()),
-            Trap::BadSignature => ExecError::Wasm("function invocation does not match its signature".into()),
+            Trap::IndirectCallToNull => {
+                ExecError::Wasm("indirect call to an uninitialized table element".into())
+            }
+            Trap::BadSignature => {
+                ExecError::Wasm("function invocation does not match its signature".into())
+            }
             other => ExecError::Wasm(other.to_string()),
         };
     }
@@ -388,8 +419,16 @@ mod tests {
     fn runtime() -> Runtime {
         let wasm = wat::parse_str(CANISTER).unwrap();
         let compiled = compile(&wasm).unwrap();
-        assert_eq!(compiled.unsupported_imports, vec!["ic0.not_an_ic0_function".to_string()]);
-        let host = Host::new(Principal::anonymous(), vec![], Arc::new(SubnetInfo::default()), Default::default());
+        assert_eq!(
+            compiled.unsupported_imports,
+            vec!["ic0.not_an_ic0_function".to_string()]
+        );
+        let host = Host::new(
+            Principal::anonymous(),
+            vec![],
+            Arc::new(SubnetInfo::default()),
+            Default::default(),
+        );
         Runtime::new(compiled, host, 1_000_000).unwrap()
     }
 
@@ -397,7 +436,11 @@ mod tests {
         let mut exec = Exec::new(ApiContext::Update, Principal::anonymous(), 0, 1_000_000);
         exec.arg = arg.to_vec();
         exec.can_respond = true;
-        rt.execute(Entry::Export(&format!("canister_update {method}")), exec, OnSuccess::Commit)
+        rt.execute(
+            Entry::Export(&format!("canister_update {method}")),
+            exec,
+            OnSuccess::Commit,
+        )
     }
 
     #[test]
@@ -406,7 +449,11 @@ mod tests {
         let out = run(&mut rt, "write", b"hello");
         assert_eq!(out.result, Ok(()));
         assert_eq!(out.response, Some(Response::Reply(vec![])));
-        assert_eq!(rt.dirty_page_count(), 0, "the bytemap is clean after a commit");
+        assert_eq!(
+            rt.dirty_page_count(),
+            0,
+            "the bytemap is clean after a commit"
+        );
         let heap = rt.heap_bytes();
         assert_eq!(&heap[70000..70005], b"hello", "host write");
         assert_eq!(heap[200000], 42, "wasm write");
@@ -419,7 +466,11 @@ mod tests {
         run(&mut rt, "write", b"hello");
         let committed = rt.heap_bytes();
         let out = run(&mut rt, "write_then_trap", b"HELLO, WORLD");
-        assert!(matches!(out.result, Err(ExecError::Host(HostTrap::CalledTrap(_)))), "{:?}", out.result);
+        assert!(
+            matches!(out.result, Err(ExecError::Host(HostTrap::CalledTrap(_)))),
+            "{:?}",
+            out.result
+        );
         assert_eq!(out.response, None);
         assert_eq!(rt.heap_bytes(), committed);
         assert_eq!(rt.dirty_page_count(), 0);
@@ -430,15 +481,25 @@ mod tests {
         let mut rt = runtime();
         let out = run(&mut rt, "unknown", b"");
         match out.result {
-            Err(ExecError::Host(HostTrap::Unsupported(m))) => assert!(m.contains("ic0.not_an_ic0_function"), "{m}"),
+            Err(ExecError::Host(HostTrap::Unsupported(m))) => {
+                assert!(m.contains("ic0.not_an_ic0_function"), "{m}")
+            }
             other => panic!("expected an unsupported-import trap, got {other:?}"),
         }
     }
 
     #[test]
     fn running_out_of_fuel_is_the_instruction_limit() {
-        let wasm = wat::parse_str(r#"(module (memory 1) (func (export "canister_update spin") (loop (br 0))))"#).unwrap();
-        let host = Host::new(Principal::anonymous(), vec![], Arc::new(SubnetInfo::default()), Default::default());
+        let wasm = wat::parse_str(
+            r#"(module (memory 1) (func (export "canister_update spin") (loop (br 0))))"#,
+        )
+        .unwrap();
+        let host = Host::new(
+            Principal::anonymous(),
+            vec![],
+            Arc::new(SubnetInfo::default()),
+            Default::default(),
+        );
         let mut rt = Runtime::new(compile(&wasm).unwrap(), host, 1_000).unwrap();
         let out = run(&mut rt, "spin", b"");
         assert_eq!(out.result, Err(ExecError::InstructionLimit(1_000_000)));

@@ -48,7 +48,10 @@ impl StableMemory {
 
     /// Starts recording changes (a message begins). A transaction still open is committed.
     pub fn begin(&mut self) {
-        self.undo = Some(Undo { size_pages: self.size_pages, pages: HashMap::new() });
+        self.undo = Some(Undo {
+            size_pages: self.size_pages,
+            pages: HashMap::new(),
+        });
     }
 
     /// Keeps the changes since [`Self::begin`].
@@ -118,9 +121,14 @@ impl StableMemory {
             let (index, within) = (pos / PAGE as u64, (pos % PAGE as u64) as usize);
             let n = (PAGE - within).min(src.len() - done);
             if let Some(undo) = &mut self.undo {
-                undo.pages.entry(index).or_insert_with(|| self.pages.get(&index).cloned());
+                undo.pages
+                    .entry(index)
+                    .or_insert_with(|| self.pages.get(&index).cloned());
             }
-            let page = self.pages.entry(index).or_insert_with(|| Box::new([0u8; PAGE]));
+            let page = self
+                .pages
+                .entry(index)
+                .or_insert_with(|| Box::new([0u8; PAGE]));
             page[within..within + n].copy_from_slice(&src[done..done + n]);
             done += n;
         }
@@ -130,7 +138,11 @@ impl StableMemory {
     /// A copy of the current content without the undo log (upgrades hand it to the new module
     /// while the old one can still roll back).
     pub fn snapshot(&self) -> StableMemory {
-        StableMemory { pages: self.pages.clone(), size_pages: self.size_pages, undo: None }
+        StableMemory {
+            pages: self.pages.clone(),
+            size_pages: self.size_pages,
+            undo: None,
+        }
     }
 
     /// Pages allocated (written at least once), for diagnostics and tests.
@@ -184,7 +196,11 @@ mod tests {
         m.read(10, &mut back).unwrap();
         assert_eq!(&back, b"committed");
         assert_eq!(m.size_pages(), 1);
-        assert_eq!(m.allocated_pages(), 1, "the page first written by the rolled-back message is freed");
+        assert_eq!(
+            m.allocated_pages(),
+            1,
+            "the page first written by the rolled-back message is freed"
+        );
     }
 
     #[test]

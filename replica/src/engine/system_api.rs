@@ -86,7 +86,9 @@ impl ApiContext {
     pub fn is_replicated(self) -> bool {
         !matches!(
             self,
-            ApiContext::NonReplicatedQuery | ApiContext::CompositeQuery | ApiContext::InspectMessage
+            ApiContext::NonReplicatedQuery
+                | ApiContext::CompositeQuery
+                | ApiContext::InspectMessage
         )
     }
 }
@@ -145,7 +147,9 @@ impl std::error::Error for HostTrap {}
 type HostResult<T> = wasmtime::Result<T>;
 
 fn violation<T>(msg: impl Into<String>) -> HostResult<T> {
-    Err(wasmtime::Error::new(HostTrap::ContractViolation(msg.into())))
+    Err(wasmtime::Error::new(HostTrap::ContractViolation(
+        msg.into(),
+    )))
 }
 
 fn trapped<T>(msg: impl Into<String>) -> HostResult<T> {
@@ -316,7 +320,10 @@ const MAX_PENDING_LOGS: usize = 10_000;
 fn check(c: &Caller<'_, Host>, allowed: u32, name: &str) -> HostResult<()> {
     let context = c.data().exec.context;
     if allowed & context.bit() == 0 {
-        return violation(format!("\"ic0_{name}\" cannot be executed in {} mode", context.describe()));
+        return violation(format!(
+            "\"ic0_{name}\" cannot be executed in {} mode",
+            context.describe()
+        ));
     }
     Ok(())
 }
@@ -347,7 +354,9 @@ fn heap(c: &mut Caller<'_, Host>) -> HostResult<(Memory, usize)> {
 fn range(ptr: u64, len: u64, limit: usize) -> HostResult<std::ops::Range<usize>> {
     match ptr.checked_add(len) {
         Some(end) if end <= limit as u64 => Ok(ptr as usize..end as usize),
-        _ => trapped(format!("heap out of bounds: [{ptr}, {ptr}+{len}) outside a heap of {limit} bytes")),
+        _ => trapped(format!(
+            "heap out of bounds: [{ptr}, {ptr}+{len}) outside a heap of {limit} bytes"
+        )),
     }
 }
 
@@ -369,10 +378,20 @@ fn write_heap(c: &mut Caller<'_, Host>, dst: u64, bytes: &[u8]) -> HostResult<()
 }
 
 /// `*_copy(dst, offset, size)`: copies `blob[offset..offset+size]` to the heap.
-fn copy_out(c: &mut Caller<'_, Host>, dst: u32, offset: u32, size: u32, blob: &[u8], what: &str) -> HostResult<()> {
+fn copy_out(
+    c: &mut Caller<'_, Host>,
+    dst: u32,
+    offset: u32,
+    size: u32,
+    blob: &[u8],
+    what: &str,
+) -> HostResult<()> {
     let (o, s) = (offset as usize, size as usize);
     let Some(part) = o.checked_add(s).and_then(|end| blob.get(o..end)) else {
-        return violation(format!("{what}: offset {o} + size {s} exceeds the {} available bytes", blob.len()));
+        return violation(format!(
+            "{what}: offset {o} + size {s} exceeds the {} available bytes",
+            blob.len()
+        ));
     };
     let part = part.to_vec();
     charge(c, part.len())?;
@@ -384,14 +403,21 @@ fn write_u128(c: &mut Caller<'_, Host>, dst: u32, value: u128) -> HostResult<()>
 }
 
 fn principal_from(bytes: &[u8], what: &str) -> HostResult<Principal> {
-    Principal::try_from_slice(bytes).or_else(|e| violation(format!("{what}: invalid principal: {e}")))
+    Principal::try_from_slice(bytes)
+        .or_else(|e| violation(format!("{what}: invalid principal: {e}")))
 }
 
-fn respond(c: &mut Caller<'_, Host>, name: &str, response: impl FnOnce(&mut Exec) -> Response) -> HostResult<()> {
+fn respond(
+    c: &mut Caller<'_, Host>,
+    name: &str,
+    response: impl FnOnce(&mut Exec) -> Response,
+) -> HostResult<()> {
     check(c, ctx::RESPOND, name)?;
     let exec = &mut c.data_mut().exec;
     if !exec.can_respond {
-        return violation(format!("\"ic0_{name}\": the call was already answered or does not need an answer"));
+        return violation(format!(
+            "\"ic0_{name}\": the call was already answered or does not need an answer"
+        ));
     }
     let r = response(exec);
     exec.response = Some(r);
@@ -438,54 +464,94 @@ pub fn linker(engine: &wasmtime::Engine) -> wasmtime::Result<Linker<Host>> {
 }
 
 fn define_message_api(l: &mut Linker<Host>) -> wasmtime::Result<()> {
-    l.func_wrap("ic0", "msg_arg_data_size", |c: Caller<'_, Host>| -> HostResult<u32> {
-        check(&c, ctx::ARG, "msg_arg_data_size")?;
-        Ok(c.data().exec.arg.len() as u32)
-    })?;
-    l.func_wrap("ic0", "msg_arg_data_copy", |mut c: Caller<'_, Host>, dst: u32, off: u32, size: u32| {
-        check(&c, ctx::ARG, "msg_arg_data_copy")?;
-        let arg = std::mem::take(&mut c.data_mut().exec.arg);
-        let r = copy_out(&mut c, dst, off, size, &arg, "msg_arg_data_copy");
-        c.data_mut().exec.arg = arg;
-        r
-    })?;
-    l.func_wrap("ic0", "msg_caller_size", |c: Caller<'_, Host>| -> HostResult<u32> {
-        check(&c, ctx::STAR, "msg_caller_size")?;
-        Ok(c.data().exec.caller.as_slice().len() as u32)
-    })?;
-    l.func_wrap("ic0", "msg_caller_copy", |mut c: Caller<'_, Host>, dst: u32, off: u32, size: u32| {
-        check(&c, ctx::STAR, "msg_caller_copy")?;
-        let caller = c.data().exec.caller;
-        copy_out(&mut c, dst, off, size, caller.as_slice(), "msg_caller_copy")
-    })?;
+    l.func_wrap(
+        "ic0",
+        "msg_arg_data_size",
+        |c: Caller<'_, Host>| -> HostResult<u32> {
+            check(&c, ctx::ARG, "msg_arg_data_size")?;
+            Ok(c.data().exec.arg.len() as u32)
+        },
+    )?;
+    l.func_wrap(
+        "ic0",
+        "msg_arg_data_copy",
+        |mut c: Caller<'_, Host>, dst: u32, off: u32, size: u32| {
+            check(&c, ctx::ARG, "msg_arg_data_copy")?;
+            let arg = std::mem::take(&mut c.data_mut().exec.arg);
+            let r = copy_out(&mut c, dst, off, size, &arg, "msg_arg_data_copy");
+            c.data_mut().exec.arg = arg;
+            r
+        },
+    )?;
+    l.func_wrap(
+        "ic0",
+        "msg_caller_size",
+        |c: Caller<'_, Host>| -> HostResult<u32> {
+            check(&c, ctx::STAR, "msg_caller_size")?;
+            Ok(c.data().exec.caller.as_slice().len() as u32)
+        },
+    )?;
+    l.func_wrap(
+        "ic0",
+        "msg_caller_copy",
+        |mut c: Caller<'_, Host>, dst: u32, off: u32, size: u32| {
+            check(&c, ctx::STAR, "msg_caller_copy")?;
+            let caller = c.data().exec.caller;
+            copy_out(&mut c, dst, off, size, caller.as_slice(), "msg_caller_copy")
+        },
+    )?;
     // Caller info (signed sender information) is never attached by this replica: size 0.
     for name in ["msg_caller_info_data", "msg_caller_info_signer"] {
-        l.func_wrap("ic0", &format!("{name}_size"), |c: Caller<'_, Host>| -> HostResult<u32> {
-            check(&c, ctx::STAR, "msg_caller_info_size")?;
-            Ok(0)
-        })?;
-        l.func_wrap("ic0", &format!("{name}_copy"), |mut c: Caller<'_, Host>, dst: u32, off: u32, size: u32| {
-            check(&c, ctx::STAR, "msg_caller_info_copy")?;
-            copy_out(&mut c, dst, off, size, &[], "msg_caller_info_copy")
-        })?;
+        l.func_wrap(
+            "ic0",
+            &format!("{name}_size"),
+            |c: Caller<'_, Host>| -> HostResult<u32> {
+                check(&c, ctx::STAR, "msg_caller_info_size")?;
+                Ok(0)
+            },
+        )?;
+        l.func_wrap(
+            "ic0",
+            &format!("{name}_copy"),
+            |mut c: Caller<'_, Host>, dst: u32, off: u32, size: u32| {
+                check(&c, ctx::STAR, "msg_caller_info_copy")?;
+                copy_out(&mut c, dst, off, size, &[], "msg_caller_info_copy")
+            },
+        )?;
     }
-    l.func_wrap("ic0", "msg_reject_code", |c: Caller<'_, Host>| -> HostResult<u32> {
-        check(&c, ctx::RY | ctx::RT, "msg_reject_code")?;
-        Ok(c.data().exec.reject_code)
-    })?;
-    l.func_wrap("ic0", "msg_reject_msg_size", |c: Caller<'_, Host>| -> HostResult<u32> {
-        check(&c, ctx::RT, "msg_reject_msg_size")?;
-        Ok(c.data().exec.reject_message.len() as u32)
-    })?;
-    l.func_wrap("ic0", "msg_reject_msg_copy", |mut c: Caller<'_, Host>, dst: u32, off: u32, size: u32| {
-        check(&c, ctx::RT, "msg_reject_msg_copy")?;
-        let m = c.data().exec.reject_message.clone();
-        copy_out(&mut c, dst, off, size, m.as_bytes(), "msg_reject_msg_copy")
-    })?;
-    l.func_wrap("ic0", "msg_deadline", |c: Caller<'_, Host>| -> HostResult<u64> {
-        check(&c, ctx::STAR, "msg_deadline")?;
-        Ok(0) // every call is a guaranteed-response call here
-    })?;
+    l.func_wrap(
+        "ic0",
+        "msg_reject_code",
+        |c: Caller<'_, Host>| -> HostResult<u32> {
+            check(&c, ctx::RY | ctx::RT, "msg_reject_code")?;
+            Ok(c.data().exec.reject_code)
+        },
+    )?;
+    l.func_wrap(
+        "ic0",
+        "msg_reject_msg_size",
+        |c: Caller<'_, Host>| -> HostResult<u32> {
+            check(&c, ctx::RT, "msg_reject_msg_size")?;
+            Ok(c.data().exec.reject_message.len() as u32)
+        },
+    )?;
+    l.func_wrap(
+        "ic0",
+        "msg_reject_msg_copy",
+        |mut c: Caller<'_, Host>, dst: u32, off: u32, size: u32| {
+            check(&c, ctx::RT, "msg_reject_msg_copy")?;
+            let m = c.data().exec.reject_message.clone();
+            copy_out(&mut c, dst, off, size, m.as_bytes(), "msg_reject_msg_copy")
+        },
+    )?;
+    l.func_wrap(
+        "ic0",
+        "msg_deadline",
+        |c: Caller<'_, Host>| -> HostResult<u64> {
+            check(&c, ctx::STAR, "msg_deadline")?;
+            Ok(0) // every call is a guaranteed-response call here
+        },
+    )?;
     l.func_wrap("ic0", "msg_reply_data_append", |mut c: Caller<'_, Host>, src: u32, size: u32| {
         check(&c, ctx::RESPOND, "msg_reply_data_append")?;
         if !c.data().exec.can_respond {
@@ -500,28 +566,42 @@ fn define_message_api(l: &mut Linker<Host>) -> wasmtime::Result<()> {
         Ok(())
     })?;
     l.func_wrap("ic0", "msg_reply", |mut c: Caller<'_, Host>| {
-        respond(&mut c, "msg_reply", |e| Response::Reply(std::mem::take(&mut e.reply_buf)))
-    })?;
-    l.func_wrap("ic0", "msg_reject", |mut c: Caller<'_, Host>, src: u32, size: u32| {
-        check(&c, ctx::RESPOND, "msg_reject")?;
-        let data = read_heap(&mut c, src as u64, size as u64)?;
-        let Ok(message) = String::from_utf8(data) else {
-            return violation("msg_reject: the message is not valid UTF-8");
-        };
-        respond(&mut c, "msg_reject", |e| {
-            e.reply_buf.clear();
-            Response::Reject(message)
+        respond(&mut c, "msg_reply", |e| {
+            Response::Reply(std::mem::take(&mut e.reply_buf))
         })
     })?;
-    l.func_wrap("ic0", "msg_method_name_size", |c: Caller<'_, Host>| -> HostResult<u32> {
-        check(&c, ctx::F, "msg_method_name_size")?;
-        Ok(c.data().exec.method_name.len() as u32)
-    })?;
-    l.func_wrap("ic0", "msg_method_name_copy", |mut c: Caller<'_, Host>, dst: u32, off: u32, size: u32| {
-        check(&c, ctx::F, "msg_method_name_copy")?;
-        let m = c.data().exec.method_name.clone();
-        copy_out(&mut c, dst, off, size, m.as_bytes(), "msg_method_name_copy")
-    })?;
+    l.func_wrap(
+        "ic0",
+        "msg_reject",
+        |mut c: Caller<'_, Host>, src: u32, size: u32| {
+            check(&c, ctx::RESPOND, "msg_reject")?;
+            let data = read_heap(&mut c, src as u64, size as u64)?;
+            let Ok(message) = String::from_utf8(data) else {
+                return violation("msg_reject: the message is not valid UTF-8");
+            };
+            respond(&mut c, "msg_reject", |e| {
+                e.reply_buf.clear();
+                Response::Reject(message)
+            })
+        },
+    )?;
+    l.func_wrap(
+        "ic0",
+        "msg_method_name_size",
+        |c: Caller<'_, Host>| -> HostResult<u32> {
+            check(&c, ctx::F, "msg_method_name_size")?;
+            Ok(c.data().exec.method_name.len() as u32)
+        },
+    )?;
+    l.func_wrap(
+        "ic0",
+        "msg_method_name_copy",
+        |mut c: Caller<'_, Host>, dst: u32, off: u32, size: u32| {
+            check(&c, ctx::F, "msg_method_name_copy")?;
+            let m = c.data().exec.method_name.clone();
+            copy_out(&mut c, dst, off, size, m.as_bytes(), "msg_method_name_copy")
+        },
+    )?;
     l.func_wrap("ic0", "accept_message", |mut c: Caller<'_, Host>| {
         check(&c, ctx::F, "accept_message")?;
         let exec = &mut c.data_mut().exec;
@@ -532,123 +612,227 @@ fn define_message_api(l: &mut Linker<Host>) -> wasmtime::Result<()> {
         Ok(())
     })?;
     // Cycles are not accounted: nothing is attached to calls, nothing can be accepted.
-    l.func_wrap("ic0", "msg_cycles_available128", |mut c: Caller<'_, Host>, dst: u32| {
-        check(&c, ctx::CYCLES, "msg_cycles_available128")?;
-        write_u128(&mut c, dst, 0)
-    })?;
-    l.func_wrap("ic0", "msg_cycles_refunded128", |mut c: Caller<'_, Host>, dst: u32| {
-        check(&c, ctx::RY | ctx::RT, "msg_cycles_refunded128")?;
-        write_u128(&mut c, dst, 0)
-    })?;
-    l.func_wrap("ic0", "msg_cycles_accept128", |mut c: Caller<'_, Host>, _hi: u64, _lo: u64, dst: u32| {
-        check(&c, ctx::CYCLES, "msg_cycles_accept128")?;
-        write_u128(&mut c, dst, 0)
-    })?;
-    l.func_wrap("ic0", "msg_cycles_available", |c: Caller<'_, Host>| -> HostResult<u64> {
-        check(&c, ctx::CYCLES, "msg_cycles_available")?;
-        Ok(0)
-    })?;
-    l.func_wrap("ic0", "msg_cycles_refunded", |c: Caller<'_, Host>| -> HostResult<u64> {
-        check(&c, ctx::RY | ctx::RT, "msg_cycles_refunded")?;
-        Ok(0)
-    })?;
-    l.func_wrap("ic0", "msg_cycles_accept", |c: Caller<'_, Host>, _max: u64| -> HostResult<u64> {
-        check(&c, ctx::CYCLES, "msg_cycles_accept")?;
-        Ok(0)
-    })?;
+    l.func_wrap(
+        "ic0",
+        "msg_cycles_available128",
+        |mut c: Caller<'_, Host>, dst: u32| {
+            check(&c, ctx::CYCLES, "msg_cycles_available128")?;
+            write_u128(&mut c, dst, 0)
+        },
+    )?;
+    l.func_wrap(
+        "ic0",
+        "msg_cycles_refunded128",
+        |mut c: Caller<'_, Host>, dst: u32| {
+            check(&c, ctx::RY | ctx::RT, "msg_cycles_refunded128")?;
+            write_u128(&mut c, dst, 0)
+        },
+    )?;
+    l.func_wrap(
+        "ic0",
+        "msg_cycles_accept128",
+        |mut c: Caller<'_, Host>, _hi: u64, _lo: u64, dst: u32| {
+            check(&c, ctx::CYCLES, "msg_cycles_accept128")?;
+            write_u128(&mut c, dst, 0)
+        },
+    )?;
+    l.func_wrap(
+        "ic0",
+        "msg_cycles_available",
+        |c: Caller<'_, Host>| -> HostResult<u64> {
+            check(&c, ctx::CYCLES, "msg_cycles_available")?;
+            Ok(0)
+        },
+    )?;
+    l.func_wrap(
+        "ic0",
+        "msg_cycles_refunded",
+        |c: Caller<'_, Host>| -> HostResult<u64> {
+            check(&c, ctx::RY | ctx::RT, "msg_cycles_refunded")?;
+            Ok(0)
+        },
+    )?;
+    l.func_wrap(
+        "ic0",
+        "msg_cycles_accept",
+        |c: Caller<'_, Host>, _max: u64| -> HostResult<u64> {
+            check(&c, ctx::CYCLES, "msg_cycles_accept")?;
+            Ok(0)
+        },
+    )?;
     Ok(())
 }
 
 fn define_canister_api(l: &mut Linker<Host>) -> wasmtime::Result<()> {
-    l.func_wrap("ic0", "canister_self_size", |c: Caller<'_, Host>| -> HostResult<u32> {
-        check(&c, ctx::STAR, "canister_self_size")?;
-        Ok(c.data().canister_id.as_slice().len() as u32)
-    })?;
-    l.func_wrap("ic0", "canister_self_copy", |mut c: Caller<'_, Host>, dst: u32, off: u32, size: u32| {
-        check(&c, ctx::STAR, "canister_self_copy")?;
-        let id = c.data().canister_id;
-        copy_out(&mut c, dst, off, size, id.as_slice(), "canister_self_copy")
-    })?;
-    l.func_wrap("ic0", "canister_cycle_balance", |c: Caller<'_, Host>| -> HostResult<u64> {
-        check(&c, ctx::STAR, "canister_cycle_balance")?;
-        Ok(CYCLE_BALANCE as u64)
-    })?;
-    for name in ["canister_cycle_balance128", "canister_liquid_cycle_balance128"] {
+    l.func_wrap(
+        "ic0",
+        "canister_self_size",
+        |c: Caller<'_, Host>| -> HostResult<u32> {
+            check(&c, ctx::STAR, "canister_self_size")?;
+            Ok(c.data().canister_id.as_slice().len() as u32)
+        },
+    )?;
+    l.func_wrap(
+        "ic0",
+        "canister_self_copy",
+        |mut c: Caller<'_, Host>, dst: u32, off: u32, size: u32| {
+            check(&c, ctx::STAR, "canister_self_copy")?;
+            let id = c.data().canister_id;
+            copy_out(&mut c, dst, off, size, id.as_slice(), "canister_self_copy")
+        },
+    )?;
+    l.func_wrap(
+        "ic0",
+        "canister_cycle_balance",
+        |c: Caller<'_, Host>| -> HostResult<u64> {
+            check(&c, ctx::STAR, "canister_cycle_balance")?;
+            Ok(CYCLE_BALANCE as u64)
+        },
+    )?;
+    for name in [
+        "canister_cycle_balance128",
+        "canister_liquid_cycle_balance128",
+    ] {
         l.func_wrap("ic0", name, |mut c: Caller<'_, Host>, dst: u32| {
             check(&c, ctx::STAR, "canister_cycle_balance128")?;
             write_u128(&mut c, dst, CYCLE_BALANCE)
         })?;
     }
-    l.func_wrap("ic0", "cycles_burn128", |mut c: Caller<'_, Host>, hi: u64, lo: u64, dst: u32| {
-        check(&c, ctx::I | ctx::G | ctx::U | ctx::RY | ctx::RT | ctx::C | ctx::T, "cycles_burn128")?;
-        let amount = ((hi as u128) << 64) | lo as u128;
-        write_u128(&mut c, dst, amount.min(CYCLE_BALANCE))
-    })?;
-    l.func_wrap("ic0", "canister_status", |c: Caller<'_, Host>| -> HostResult<u32> {
-        check(&c, ctx::STAR, "canister_status")?;
-        Ok(1) // running
-    })?;
-    l.func_wrap("ic0", "canister_version", |c: Caller<'_, Host>| -> HostResult<u64> {
-        check(&c, ctx::STAR, "canister_version")?;
-        Ok(c.data().version)
-    })?;
-    l.func_wrap("ic0", "subnet_self_size", |c: Caller<'_, Host>| -> HostResult<u32> {
-        check(&c, ctx::STAR, "subnet_self_size")?;
-        Ok(c.data().subnet.subnet_id.map(|s| s.as_slice().len() as u32).unwrap_or(0))
-    })?;
-    l.func_wrap("ic0", "subnet_self_copy", |mut c: Caller<'_, Host>, dst: u32, off: u32, size: u32| {
-        check(&c, ctx::STAR, "subnet_self_copy")?;
-        let id = c.data().subnet.subnet_id.map(|s| s.as_slice().to_vec()).unwrap_or_default();
-        copy_out(&mut c, dst, off, size, &id, "subnet_self_copy")
-    })?;
-    l.func_wrap("ic0", "subnet_self_node_count", |c: Caller<'_, Host>| -> HostResult<u32> {
-        check(&c, ctx::STAR, "subnet_self_node_count")?;
-        Ok(1)
-    })?;
-    l.func_wrap("ic0", "root_key_size", |c: Caller<'_, Host>| -> HostResult<u32> {
-        check(&c, ctx::STAR, "root_key_size")?;
-        Ok(c.data().subnet.root_key.len() as u32)
-    })?;
-    l.func_wrap("ic0", "root_key_copy", |mut c: Caller<'_, Host>, dst: u32, off: u32, size: u32| {
-        check(&c, ctx::STAR, "root_key_copy")?;
-        let subnet = c.data().subnet.clone();
-        copy_out(&mut c, dst, off, size, &subnet.root_key, "root_key_copy")
-    })?;
-    l.func_wrap("ic0", "is_controller", |mut c: Caller<'_, Host>, src: u32, size: u32| -> HostResult<u32> {
-        check(&c, ctx::ANY, "is_controller")?;
-        let bytes = read_heap(&mut c, src as u64, size as u64)?;
-        let p = principal_from(&bytes, "is_controller")?;
-        Ok(c.data().controllers.contains(&p) as u32)
-    })?;
-    l.func_wrap("ic0", "certified_data_set", |mut c: Caller<'_, Host>, src: u32, size: u32| {
-        check(&c, ctx::CERTIFY, "certified_data_set")?;
-        if size as usize > MAX_CERTIFIED_DATA {
-            return violation(format!(
-                "certified_data_set: {size} bytes given, at most {MAX_CERTIFIED_DATA} allowed"
-            ));
-        }
-        let data = read_heap(&mut c, src as u64, size as u64)?;
-        c.data_mut().certified_data = data;
-        Ok(())
-    })?;
-    l.func_wrap("ic0", "data_certificate_present", |c: Caller<'_, Host>| -> HostResult<u32> {
-        check(&c, ctx::STAR, "data_certificate_present")?;
-        Ok(c.data().exec.data_certificate.is_some() as u32)
-    })?;
-    l.func_wrap("ic0", "data_certificate_size", |c: Caller<'_, Host>| -> HostResult<u32> {
-        check(&c, ctx::NRQ | ctx::CQ, "data_certificate_size")?;
-        match &c.data().exec.data_certificate {
-            Some(cert) => Ok(cert.len() as u32),
-            None => violation("data_certificate_size: no data certificate is available"),
-        }
-    })?;
-    l.func_wrap("ic0", "data_certificate_copy", |mut c: Caller<'_, Host>, dst: u32, off: u32, size: u32| {
-        check(&c, ctx::NRQ | ctx::CQ, "data_certificate_copy")?;
-        let Some(cert) = c.data().exec.data_certificate.clone() else {
-            return violation("data_certificate_copy: no data certificate is available");
-        };
-        copy_out(&mut c, dst, off, size, &cert, "data_certificate_copy")
-    })?;
+    l.func_wrap(
+        "ic0",
+        "cycles_burn128",
+        |mut c: Caller<'_, Host>, hi: u64, lo: u64, dst: u32| {
+            check(
+                &c,
+                ctx::I | ctx::G | ctx::U | ctx::RY | ctx::RT | ctx::C | ctx::T,
+                "cycles_burn128",
+            )?;
+            let amount = ((hi as u128) << 64) | lo as u128;
+            write_u128(&mut c, dst, amount.min(CYCLE_BALANCE))
+        },
+    )?;
+    l.func_wrap(
+        "ic0",
+        "canister_status",
+        |c: Caller<'_, Host>| -> HostResult<u32> {
+            check(&c, ctx::STAR, "canister_status")?;
+            Ok(1) // running
+        },
+    )?;
+    l.func_wrap(
+        "ic0",
+        "canister_version",
+        |c: Caller<'_, Host>| -> HostResult<u64> {
+            check(&c, ctx::STAR, "canister_version")?;
+            Ok(c.data().version)
+        },
+    )?;
+    l.func_wrap(
+        "ic0",
+        "subnet_self_size",
+        |c: Caller<'_, Host>| -> HostResult<u32> {
+            check(&c, ctx::STAR, "subnet_self_size")?;
+            Ok(c.data()
+                .subnet
+                .subnet_id
+                .map(|s| s.as_slice().len() as u32)
+                .unwrap_or(0))
+        },
+    )?;
+    l.func_wrap(
+        "ic0",
+        "subnet_self_copy",
+        |mut c: Caller<'_, Host>, dst: u32, off: u32, size: u32| {
+            check(&c, ctx::STAR, "subnet_self_copy")?;
+            let id = c
+                .data()
+                .subnet
+                .subnet_id
+                .map(|s| s.as_slice().to_vec())
+                .unwrap_or_default();
+            copy_out(&mut c, dst, off, size, &id, "subnet_self_copy")
+        },
+    )?;
+    l.func_wrap(
+        "ic0",
+        "subnet_self_node_count",
+        |c: Caller<'_, Host>| -> HostResult<u32> {
+            check(&c, ctx::STAR, "subnet_self_node_count")?;
+            Ok(1)
+        },
+    )?;
+    l.func_wrap(
+        "ic0",
+        "root_key_size",
+        |c: Caller<'_, Host>| -> HostResult<u32> {
+            check(&c, ctx::STAR, "root_key_size")?;
+            Ok(c.data().subnet.root_key.len() as u32)
+        },
+    )?;
+    l.func_wrap(
+        "ic0",
+        "root_key_copy",
+        |mut c: Caller<'_, Host>, dst: u32, off: u32, size: u32| {
+            check(&c, ctx::STAR, "root_key_copy")?;
+            let subnet = c.data().subnet.clone();
+            copy_out(&mut c, dst, off, size, &subnet.root_key, "root_key_copy")
+        },
+    )?;
+    l.func_wrap(
+        "ic0",
+        "is_controller",
+        |mut c: Caller<'_, Host>, src: u32, size: u32| -> HostResult<u32> {
+            check(&c, ctx::ANY, "is_controller")?;
+            let bytes = read_heap(&mut c, src as u64, size as u64)?;
+            let p = principal_from(&bytes, "is_controller")?;
+            Ok(c.data().controllers.contains(&p) as u32)
+        },
+    )?;
+    l.func_wrap(
+        "ic0",
+        "certified_data_set",
+        |mut c: Caller<'_, Host>, src: u32, size: u32| {
+            check(&c, ctx::CERTIFY, "certified_data_set")?;
+            if size as usize > MAX_CERTIFIED_DATA {
+                return violation(format!(
+                    "certified_data_set: {size} bytes given, at most {MAX_CERTIFIED_DATA} allowed"
+                ));
+            }
+            let data = read_heap(&mut c, src as u64, size as u64)?;
+            c.data_mut().certified_data = data;
+            Ok(())
+        },
+    )?;
+    l.func_wrap(
+        "ic0",
+        "data_certificate_present",
+        |c: Caller<'_, Host>| -> HostResult<u32> {
+            check(&c, ctx::STAR, "data_certificate_present")?;
+            Ok(c.data().exec.data_certificate.is_some() as u32)
+        },
+    )?;
+    l.func_wrap(
+        "ic0",
+        "data_certificate_size",
+        |c: Caller<'_, Host>| -> HostResult<u32> {
+            check(&c, ctx::NRQ | ctx::CQ, "data_certificate_size")?;
+            match &c.data().exec.data_certificate {
+                Some(cert) => Ok(cert.len() as u32),
+                None => violation("data_certificate_size: no data certificate is available"),
+            }
+        },
+    )?;
+    l.func_wrap(
+        "ic0",
+        "data_certificate_copy",
+        |mut c: Caller<'_, Host>, dst: u32, off: u32, size: u32| {
+            check(&c, ctx::NRQ | ctx::CQ, "data_certificate_copy")?;
+            let Some(cert) = c.data().exec.data_certificate.clone() else {
+                return violation("data_certificate_copy: no data certificate is available");
+            };
+            copy_out(&mut c, dst, off, size, &cert, "data_certificate_copy")
+        },
+    )?;
     Ok(())
 }
 
@@ -682,118 +866,196 @@ fn define_call_api(l: &mut Linker<Host>) -> wasmtime::Result<()> {
                 callee,
                 method,
                 arg: Vec::new(),
-                reply: Closure { fun: reply_fun, env: reply_env },
-                reject: Closure { fun: reject_fun, env: reject_env },
+                reply: Closure {
+                    fun: reply_fun,
+                    env: reply_env,
+                },
+                reject: Closure {
+                    fun: reject_fun,
+                    env: reject_env,
+                },
                 cleanup: None,
                 timeout_seconds: None,
             });
             Ok(())
         },
     )?;
-    l.func_wrap("ic0", "call_on_cleanup", |mut c: Caller<'_, Host>, fun: u32, env: u32| {
-        check(&c, ctx::CALL, "call_on_cleanup")?;
-        let Some(call) = c.data_mut().exec.pending_call.as_mut() else {
-            return violation("call_on_cleanup: no call is being constructed");
-        };
-        if call.cleanup.is_some() {
-            return violation("call_on_cleanup: called twice for the same call");
-        }
-        call.cleanup = Some(Closure { fun, env });
-        Ok(())
-    })?;
-    l.func_wrap("ic0", "call_with_best_effort_response", |mut c: Caller<'_, Host>, timeout: u32| {
-        check(&c, ctx::CALL, "call_with_best_effort_response")?;
-        let Some(call) = c.data_mut().exec.pending_call.as_mut() else {
-            return violation("call_with_best_effort_response: no call is being constructed");
-        };
-        if call.timeout_seconds.is_some() {
-            return violation("call_with_best_effort_response: called twice for the same call");
-        }
-        call.timeout_seconds = Some(timeout.max(1));
-        Ok(())
-    })?;
-    l.func_wrap("ic0", "call_data_append", |mut c: Caller<'_, Host>, src: u32, size: u32| {
-        check(&c, ctx::CALL, "call_data_append")?;
-        charge(&mut c, size as usize)?;
-        let data = read_heap(&mut c, src as u64, size as u64)?;
-        let Some(call) = c.data_mut().exec.pending_call.as_mut() else {
-            return violation("call_data_append: no call is being constructed");
-        };
-        if call.arg.len() + data.len() > MAX_PAYLOAD {
-            return violation(format!("call_data_append: argument exceeds the maximum of {MAX_PAYLOAD} bytes"));
-        }
-        call.arg.extend_from_slice(&data);
-        Ok(())
-    })?;
-    l.func_wrap("ic0", "call_cycles_add128", |c: Caller<'_, Host>, _hi: u64, _lo: u64| {
-        check(&c, ctx::U | ctx::RY | ctx::RT | ctx::T, "call_cycles_add128")?;
-        if c.data().exec.pending_call.is_none() {
-            return violation("call_cycles_add128: no call is being constructed");
-        }
-        Ok(()) // cycles are not accounted
-    })?;
-    l.func_wrap("ic0", "call_cycles_add", |c: Caller<'_, Host>, _amount: u64| {
-        check(&c, ctx::U | ctx::RY | ctx::RT | ctx::T, "call_cycles_add")?;
-        if c.data().exec.pending_call.is_none() {
-            return violation("call_cycles_add: no call is being constructed");
-        }
-        Ok(())
-    })?;
-    l.func_wrap("ic0", "call_perform", |mut c: Caller<'_, Host>| -> HostResult<u32> {
-        check(&c, ctx::CALL, "call_perform")?;
-        let exec = &mut c.data_mut().exec;
-        let Some(call) = exec.pending_call.take() else {
-            return violation("call_perform: no call is being constructed");
-        };
-        exec.outgoing.push(call);
-        Ok(0)
-    })?;
+    l.func_wrap(
+        "ic0",
+        "call_on_cleanup",
+        |mut c: Caller<'_, Host>, fun: u32, env: u32| {
+            check(&c, ctx::CALL, "call_on_cleanup")?;
+            let Some(call) = c.data_mut().exec.pending_call.as_mut() else {
+                return violation("call_on_cleanup: no call is being constructed");
+            };
+            if call.cleanup.is_some() {
+                return violation("call_on_cleanup: called twice for the same call");
+            }
+            call.cleanup = Some(Closure { fun, env });
+            Ok(())
+        },
+    )?;
+    l.func_wrap(
+        "ic0",
+        "call_with_best_effort_response",
+        |mut c: Caller<'_, Host>, timeout: u32| {
+            check(&c, ctx::CALL, "call_with_best_effort_response")?;
+            let Some(call) = c.data_mut().exec.pending_call.as_mut() else {
+                return violation("call_with_best_effort_response: no call is being constructed");
+            };
+            if call.timeout_seconds.is_some() {
+                return violation("call_with_best_effort_response: called twice for the same call");
+            }
+            call.timeout_seconds = Some(timeout.max(1));
+            Ok(())
+        },
+    )?;
+    l.func_wrap(
+        "ic0",
+        "call_data_append",
+        |mut c: Caller<'_, Host>, src: u32, size: u32| {
+            check(&c, ctx::CALL, "call_data_append")?;
+            charge(&mut c, size as usize)?;
+            let data = read_heap(&mut c, src as u64, size as u64)?;
+            let Some(call) = c.data_mut().exec.pending_call.as_mut() else {
+                return violation("call_data_append: no call is being constructed");
+            };
+            if call.arg.len() + data.len() > MAX_PAYLOAD {
+                return violation(format!(
+                    "call_data_append: argument exceeds the maximum of {MAX_PAYLOAD} bytes"
+                ));
+            }
+            call.arg.extend_from_slice(&data);
+            Ok(())
+        },
+    )?;
+    l.func_wrap(
+        "ic0",
+        "call_cycles_add128",
+        |c: Caller<'_, Host>, _hi: u64, _lo: u64| {
+            check(
+                &c,
+                ctx::U | ctx::RY | ctx::RT | ctx::T,
+                "call_cycles_add128",
+            )?;
+            if c.data().exec.pending_call.is_none() {
+                return violation("call_cycles_add128: no call is being constructed");
+            }
+            Ok(()) // cycles are not accounted
+        },
+    )?;
+    l.func_wrap(
+        "ic0",
+        "call_cycles_add",
+        |c: Caller<'_, Host>, _amount: u64| {
+            check(&c, ctx::U | ctx::RY | ctx::RT | ctx::T, "call_cycles_add")?;
+            if c.data().exec.pending_call.is_none() {
+                return violation("call_cycles_add: no call is being constructed");
+            }
+            Ok(())
+        },
+    )?;
+    l.func_wrap(
+        "ic0",
+        "call_perform",
+        |mut c: Caller<'_, Host>| -> HostResult<u32> {
+            check(&c, ctx::CALL, "call_perform")?;
+            let exec = &mut c.data_mut().exec;
+            let Some(call) = exec.pending_call.take() else {
+                return violation("call_perform: no call is being constructed");
+            };
+            exec.outgoing.push(call);
+            Ok(0)
+        },
+    )?;
     Ok(())
 }
 
 fn define_stable_api(l: &mut Linker<Host>) -> wasmtime::Result<()> {
-    l.func_wrap("ic0", "stable64_size", |c: Caller<'_, Host>| -> HostResult<u64> {
-        check(&c, ctx::ANY, "stable64_size")?;
-        Ok(c.data().stable.size_pages())
-    })?;
-    l.func_wrap("ic0", "stable64_grow", |mut c: Caller<'_, Host>, pages: u64| -> HostResult<u64> {
-        check(&c, ctx::ANY, "stable64_grow")?;
-        Ok(c.data_mut().stable.grow(pages, MAX_STABLE_PAGES).unwrap_or(u64::MAX))
-    })?;
-    l.func_wrap("ic0", "stable64_write", |mut c: Caller<'_, Host>, offset: u64, src: u64, size: u64| {
-        check(&c, ctx::ANY, "stable64_write")?;
-        stable_write_from(&mut c, offset, src, size)
-    })?;
-    l.func_wrap("ic0", "stable64_read", |mut c: Caller<'_, Host>, dst: u64, offset: u64, size: u64| {
-        check(&c, ctx::ANY, "stable64_read")?;
-        stable_read_into(&mut c, dst, offset, size)
-    })?;
+    l.func_wrap(
+        "ic0",
+        "stable64_size",
+        |c: Caller<'_, Host>| -> HostResult<u64> {
+            check(&c, ctx::ANY, "stable64_size")?;
+            Ok(c.data().stable.size_pages())
+        },
+    )?;
+    l.func_wrap(
+        "ic0",
+        "stable64_grow",
+        |mut c: Caller<'_, Host>, pages: u64| -> HostResult<u64> {
+            check(&c, ctx::ANY, "stable64_grow")?;
+            Ok(c.data_mut()
+                .stable
+                .grow(pages, MAX_STABLE_PAGES)
+                .unwrap_or(u64::MAX))
+        },
+    )?;
+    l.func_wrap(
+        "ic0",
+        "stable64_write",
+        |mut c: Caller<'_, Host>, offset: u64, src: u64, size: u64| {
+            check(&c, ctx::ANY, "stable64_write")?;
+            stable_write_from(&mut c, offset, src, size)
+        },
+    )?;
+    l.func_wrap(
+        "ic0",
+        "stable64_read",
+        |mut c: Caller<'_, Host>, dst: u64, offset: u64, size: u64| {
+            check(&c, ctx::ANY, "stable64_read")?;
+            stable_read_into(&mut c, dst, offset, size)
+        },
+    )?;
     // Deprecated 32-bit API: limited to 4 GiB of stable memory.
     const MAX_32BIT_PAGES: u64 = 65536;
-    l.func_wrap("ic0", "stable_size", |c: Caller<'_, Host>| -> HostResult<u32> {
-        check(&c, ctx::ANY, "stable_size")?;
-        let pages = c.data().stable.size_pages();
-        if pages > MAX_32BIT_PAGES {
-            return trapped("stable_size: stable memory is larger than the 32-bit API can address");
-        }
-        Ok(pages as u32)
-    })?;
-    l.func_wrap("ic0", "stable_grow", |mut c: Caller<'_, Host>, pages: u32| -> HostResult<i32> {
-        check(&c, ctx::ANY, "stable_grow")?;
-        let stable = &mut c.data_mut().stable;
-        if stable.size_pages() > MAX_32BIT_PAGES {
-            return trapped("stable_grow: stable memory is larger than the 32-bit API can address");
-        }
-        Ok(stable.grow(pages as u64, MAX_32BIT_PAGES).map(|old| old as i32).unwrap_or(-1))
-    })?;
-    l.func_wrap("ic0", "stable_write", |mut c: Caller<'_, Host>, offset: u32, src: u32, size: u32| {
-        check(&c, ctx::ANY, "stable_write")?;
-        stable_write_from(&mut c, offset as u64, src as u64, size as u64)
-    })?;
-    l.func_wrap("ic0", "stable_read", |mut c: Caller<'_, Host>, dst: u32, offset: u32, size: u32| {
-        check(&c, ctx::ANY, "stable_read")?;
-        stable_read_into(&mut c, dst as u64, offset as u64, size as u64)
-    })?;
+    l.func_wrap(
+        "ic0",
+        "stable_size",
+        |c: Caller<'_, Host>| -> HostResult<u32> {
+            check(&c, ctx::ANY, "stable_size")?;
+            let pages = c.data().stable.size_pages();
+            if pages > MAX_32BIT_PAGES {
+                return trapped(
+                    "stable_size: stable memory is larger than the 32-bit API can address",
+                );
+            }
+            Ok(pages as u32)
+        },
+    )?;
+    l.func_wrap(
+        "ic0",
+        "stable_grow",
+        |mut c: Caller<'_, Host>, pages: u32| -> HostResult<i32> {
+            check(&c, ctx::ANY, "stable_grow")?;
+            let stable = &mut c.data_mut().stable;
+            if stable.size_pages() > MAX_32BIT_PAGES {
+                return trapped(
+                    "stable_grow: stable memory is larger than the 32-bit API can address",
+                );
+            }
+            Ok(stable
+                .grow(pages as u64, MAX_32BIT_PAGES)
+                .map(|old| old as i32)
+                .unwrap_or(-1))
+        },
+    )?;
+    l.func_wrap(
+        "ic0",
+        "stable_write",
+        |mut c: Caller<'_, Host>, offset: u32, src: u32, size: u32| {
+            check(&c, ctx::ANY, "stable_write")?;
+            stable_write_from(&mut c, offset as u64, src as u64, size as u64)
+        },
+    )?;
+    l.func_wrap(
+        "ic0",
+        "stable_read",
+        |mut c: Caller<'_, Host>, dst: u32, offset: u32, size: u32| {
+            check(&c, ctx::ANY, "stable_read")?;
+            stable_read_into(&mut c, dst as u64, offset as u64, size as u64)
+        },
+    )?;
     Ok(())
 }
 
@@ -802,57 +1064,104 @@ fn define_misc_api(l: &mut Linker<Host>) -> wasmtime::Result<()> {
         check(&c, ctx::STAR, "time")?;
         Ok(c.data().exec.time_ns)
     })?;
-    l.func_wrap("ic0", "global_timer_set", |mut c: Caller<'_, Host>, ts: u64| -> HostResult<u64> {
-        check(&c, ctx::TIMER, "global_timer_set")?;
-        Ok(std::mem::replace(&mut c.data_mut().global_timer, ts))
-    })?;
-    l.func_wrap("ic0", "performance_counter", |c: Caller<'_, Host>, kind: u32| -> HostResult<u64> {
-        check(&c, ctx::ANY, "performance_counter")?;
-        let exec = &c.data().exec;
-        let used = exec.fuel_limit.saturating_sub(c.get_fuel()?);
-        match kind {
-            0 => Ok(used),
-            1 => Ok(exec.call_context_instructions + used),
-            _ => violation(format!("performance_counter: unknown counter type {kind}")),
-        }
-    })?;
-    l.func_wrap("ic0", "in_replicated_execution", |c: Caller<'_, Host>| -> HostResult<u32> {
-        check(&c, ctx::ANY, "in_replicated_execution")?;
-        Ok(c.data().exec.context.is_replicated() as u32)
-    })?;
-    l.func_wrap("ic0", "cost_call", |mut c: Caller<'_, Host>, name_len: u64, payload_len: u64, dst: u32| {
-        check(&c, ctx::ANY, "cost_call")?;
-        // 13-node subnet prices: 260k base (transmission + callback) + 1k per byte.
-        let cost = 260_000u128 + 1_000u128 * (name_len as u128 + payload_len as u128);
-        write_u128(&mut c, dst, cost)
-    })?;
-    l.func_wrap("ic0", "cost_create_canister", |mut c: Caller<'_, Host>, dst: u32| {
-        check(&c, ctx::ANY, "cost_create_canister")?;
-        write_u128(&mut c, dst, 500_000_000_000)
-    })?;
-    l.func_wrap("ic0", "env_var_count", |c: Caller<'_, Host>| -> HostResult<u32> {
-        check(&c, ctx::ANY, "env_var_count")?;
-        Ok(0) // this replica sets no canister environment variables
-    })?;
-    l.func_wrap("ic0", "env_var_name_exists", |c: Caller<'_, Host>, _src: u32, _size: u32| -> HostResult<u32> {
-        check(&c, ctx::ANY, "env_var_name_exists")?;
-        Ok(0)
-    })?;
+    l.func_wrap(
+        "ic0",
+        "global_timer_set",
+        |mut c: Caller<'_, Host>, ts: u64| -> HostResult<u64> {
+            check(&c, ctx::TIMER, "global_timer_set")?;
+            Ok(std::mem::replace(&mut c.data_mut().global_timer, ts))
+        },
+    )?;
+    l.func_wrap(
+        "ic0",
+        "performance_counter",
+        |c: Caller<'_, Host>, kind: u32| -> HostResult<u64> {
+            check(&c, ctx::ANY, "performance_counter")?;
+            let exec = &c.data().exec;
+            let used = exec.fuel_limit.saturating_sub(c.get_fuel()?);
+            match kind {
+                0 => Ok(used),
+                1 => Ok(exec.call_context_instructions + used),
+                _ => violation(format!("performance_counter: unknown counter type {kind}")),
+            }
+        },
+    )?;
+    l.func_wrap(
+        "ic0",
+        "in_replicated_execution",
+        |c: Caller<'_, Host>| -> HostResult<u32> {
+            check(&c, ctx::ANY, "in_replicated_execution")?;
+            Ok(c.data().exec.context.is_replicated() as u32)
+        },
+    )?;
+    l.func_wrap(
+        "ic0",
+        "cost_call",
+        |mut c: Caller<'_, Host>, name_len: u64, payload_len: u64, dst: u32| {
+            check(&c, ctx::ANY, "cost_call")?;
+            // 13-node subnet prices: 260k base (transmission + callback) + 1k per byte.
+            let cost = 260_000u128 + 1_000u128 * (name_len as u128 + payload_len as u128);
+            write_u128(&mut c, dst, cost)
+        },
+    )?;
+    l.func_wrap(
+        "ic0",
+        "cost_create_canister",
+        |mut c: Caller<'_, Host>, dst: u32| {
+            check(&c, ctx::ANY, "cost_create_canister")?;
+            write_u128(&mut c, dst, 500_000_000_000)
+        },
+    )?;
+    l.func_wrap(
+        "ic0",
+        "env_var_count",
+        |c: Caller<'_, Host>| -> HostResult<u32> {
+            check(&c, ctx::ANY, "env_var_count")?;
+            Ok(0) // this replica sets no canister environment variables
+        },
+    )?;
+    l.func_wrap(
+        "ic0",
+        "env_var_name_exists",
+        |c: Caller<'_, Host>, _src: u32, _size: u32| -> HostResult<u32> {
+            check(&c, ctx::ANY, "env_var_name_exists")?;
+            Ok(0)
+        },
+    )?;
     // With no variables, every index is out of range and every name unknown: these trap, as
     // they do on the IC for a bad index or name.
-    l.func_wrap("ic0", "env_var_name_size", |c: Caller<'_, Host>, index: u32| -> HostResult<u32> {
-        check(&c, ctx::ANY, "env_var_name_size")?;
-        violation(format!("env_var_name_size: index {index} out of range (0 environment variables)"))
-    })?;
-    l.func_wrap("ic0", "env_var_name_copy", |c: Caller<'_, Host>, index: u32, _dst: u32, _off: u32, _size: u32| {
-        check(&c, ctx::ANY, "env_var_name_copy")?;
-        violation::<()>(format!("env_var_name_copy: index {index} out of range (0 environment variables)"))
-    })?;
-    l.func_wrap("ic0", "env_var_value_size", |mut c: Caller<'_, Host>, src: u32, size: u32| -> HostResult<u32> {
-        check(&c, ctx::ANY, "env_var_value_size")?;
-        let name = read_heap(&mut c, src as u64, size as u64)?;
-        violation(format!("env_var_value_size: no environment variable `{}`", String::from_utf8_lossy(&name)))
-    })?;
+    l.func_wrap(
+        "ic0",
+        "env_var_name_size",
+        |c: Caller<'_, Host>, index: u32| -> HostResult<u32> {
+            check(&c, ctx::ANY, "env_var_name_size")?;
+            violation(format!(
+                "env_var_name_size: index {index} out of range (0 environment variables)"
+            ))
+        },
+    )?;
+    l.func_wrap(
+        "ic0",
+        "env_var_name_copy",
+        |c: Caller<'_, Host>, index: u32, _dst: u32, _off: u32, _size: u32| {
+            check(&c, ctx::ANY, "env_var_name_copy")?;
+            violation::<()>(format!(
+                "env_var_name_copy: index {index} out of range (0 environment variables)"
+            ))
+        },
+    )?;
+    l.func_wrap(
+        "ic0",
+        "env_var_value_size",
+        |mut c: Caller<'_, Host>, src: u32, size: u32| -> HostResult<u32> {
+            check(&c, ctx::ANY, "env_var_value_size")?;
+            let name = read_heap(&mut c, src as u64, size as u64)?;
+            violation(format!(
+                "env_var_value_size: no environment variable `{}`",
+                String::from_utf8_lossy(&name)
+            ))
+        },
+    )?;
     l.func_wrap(
         "ic0",
         "env_var_value_copy",
@@ -865,27 +1174,39 @@ fn define_misc_api(l: &mut Linker<Host>) -> wasmtime::Result<()> {
             ))
         },
     )?;
-    l.func_wrap("ic0", "debug_print", |mut c: Caller<'_, Host>, src: u32, size: u32| {
-        check(&c, ctx::ANY, "debug_print")?;
-        let bytes = read_heap(&mut c, src as u64, size as u64)?;
-        let line = String::from_utf8_lossy(&bytes).into_owned();
-        let logs = &mut c.data_mut().logs;
-        if logs.len() >= MAX_PENDING_LOGS {
-            logs.remove(0);
-        }
-        logs.push(line);
-        Ok(())
-    })?;
-    l.func_wrap("ic0", "trap", |mut c: Caller<'_, Host>, src: u32, size: u32| -> HostResult<()> {
-        check(&c, ctx::ANY, "trap")?;
-        // A bad pointer still traps, with the heap error instead of the message.
-        let bytes = read_heap(&mut c, src as u64, size as u64)?;
-        Err(wasmtime::Error::new(HostTrap::CalledTrap(String::from_utf8_lossy(&bytes).into_owned())))
-    })?;
+    l.func_wrap(
+        "ic0",
+        "debug_print",
+        |mut c: Caller<'_, Host>, src: u32, size: u32| {
+            check(&c, ctx::ANY, "debug_print")?;
+            let bytes = read_heap(&mut c, src as u64, size as u64)?;
+            let line = String::from_utf8_lossy(&bytes).into_owned();
+            let logs = &mut c.data_mut().logs;
+            if logs.len() >= MAX_PENDING_LOGS {
+                logs.remove(0);
+            }
+            logs.push(line);
+            Ok(())
+        },
+    )?;
+    l.func_wrap(
+        "ic0",
+        "trap",
+        |mut c: Caller<'_, Host>, src: u32, size: u32| -> HostResult<()> {
+            check(&c, ctx::ANY, "trap")?;
+            // A bad pointer still traps, with the heap error instead of the message.
+            let bytes = read_heap(&mut c, src as u64, size as u64)?;
+            Err(wasmtime::Error::new(HostTrap::CalledTrap(
+                String::from_utf8_lossy(&bytes).into_owned(),
+            )))
+        },
+    )?;
     Ok(())
 }
 
 /// Definition for an import this replica does not implement: traps with a message naming it.
 pub fn unsupported_import_trap(module: &str, name: &str) -> HostTrap {
-    HostTrap::Unsupported(format!("\"{module}.{name}\" is not supported by ic-ws-replica"))
+    HostTrap::Unsupported(format!(
+        "\"{module}.{name}\" is not supported by ic-ws-replica"
+    ))
 }

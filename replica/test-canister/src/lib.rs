@@ -151,7 +151,9 @@ fn put_then_trap(key: u64, value: String, target: Principal) {
     HEAP_BLOB.with(|b| b.borrow_mut().extend_from_slice(&[7u8; 3 * 65536]));
     certify_len(len + 1000);
     ic_cdk::api::global_timer_set(ic_cdk::api::time() + 1);
-    let _ = Call::unbounded_wait(target, "put").with_args(&(key, value)).oneway();
+    let _ = Call::unbounded_wait(target, "put")
+        .with_args(&(key, value))
+        .oneway();
     ic_cdk::trap("put_then_trap: trapping on purpose");
 }
 
@@ -160,7 +162,10 @@ fn put_then_trap(key: u64, value: String, target: Principal) {
 fn mutate_in_query(key: u64, value: String) -> State {
     insert(key, value);
     COUNTER.set(COUNTER.get() + 100);
-    HEAP_BLOB.with(|b| b.borrow_mut().extend_from_slice(&vec![9u8; 4 * 1024 * 1024]));
+    HEAP_BLOB.with(|b| {
+        b.borrow_mut()
+            .extend_from_slice(&vec![9u8; 4 * 1024 * 1024])
+    });
     state()
 }
 
@@ -252,7 +257,9 @@ async fn call_raw(target: Principal, method: String) -> Result<Vec<u8>, (u32, St
     COUNTER.set(COUNTER.get() + 1);
     match Call::unbounded_wait(target, &method).await {
         Ok(response) => Ok(response.into_bytes()),
-        Err(CallFailed::CallRejected(r)) => Err((r.raw_reject_code(), r.reject_message().to_string())),
+        Err(CallFailed::CallRejected(r)) => {
+            Err((r.raw_reject_code(), r.reject_message().to_string()))
+        }
         Err(other) => Err((0, other.to_string())),
     }
 }
@@ -261,7 +268,9 @@ async fn call_raw(target: Principal, method: String) -> Result<Vec<u8>, (u32, St
 /// caller's callback changes are rolled back.
 #[ic_cdk::update]
 async fn call_then_trap(target: Principal, key: u64, value: String) {
-    let _ = Call::unbounded_wait(target, "put").with_args(&(key, value)).await;
+    let _ = Call::unbounded_wait(target, "put")
+        .with_args(&(key, value))
+        .await;
     COUNTER.set(COUNTER.get() + 1_000);
     ic_cdk::trap("call_then_trap: trapping in the callback");
 }

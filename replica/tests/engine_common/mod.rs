@@ -31,7 +31,10 @@ pub fn wasm() -> &'static [u8] {
 }
 
 pub fn config() -> EngineConfig {
-    EngineConfig { clock: Clock::Manual { now_ns: START_NS }, ..EngineConfig::default() }
+    EngineConfig {
+        clock: Clock::Manual { now_ns: START_NS },
+        ..EngineConfig::default()
+    }
 }
 
 pub fn engine() -> Engine {
@@ -42,7 +45,9 @@ pub fn engine() -> Engine {
 pub fn install(engine: &mut Engine, greeting: Option<&str>) -> Principal {
     let id = engine.create_canister(vec![controller()]);
     let arg = candid::encode_one(greeting.map(str::to_string)).unwrap();
-    engine.install(id, wasm(), &arg, InstallMode::Install, controller()).expect("install");
+    engine
+        .install(id, wasm(), &arg, InstallMode::Install, controller())
+        .expect("install");
     id
 }
 
@@ -54,7 +59,8 @@ pub fn update<A: ArgumentEncoder, R: for<'a> ArgumentDecoder<'a>>(
 ) -> Result<R, Reject> {
     let arg = candid::encode_args(args).unwrap();
     let bytes = engine.update(id, method, &arg, user())?;
-    Ok(candid::decode_args(&bytes).unwrap_or_else(|e| panic!("decoding the reply of {method}: {e}")))
+    Ok(candid::decode_args(&bytes)
+        .unwrap_or_else(|e| panic!("decoding the reply of {method}: {e}")))
 }
 
 pub fn query<A: ArgumentEncoder, R: for<'a> ArgumentDecoder<'a>>(
@@ -65,7 +71,8 @@ pub fn query<A: ArgumentEncoder, R: for<'a> ArgumentDecoder<'a>>(
 ) -> Result<R, Reject> {
     let arg = candid::encode_args(args).unwrap();
     let bytes = engine.query(id, method, &arg, user(), None)?;
-    Ok(candid::decode_args(&bytes).unwrap_or_else(|e| panic!("decoding the reply of {method}: {e}")))
+    Ok(candid::decode_args(&bytes)
+        .unwrap_or_else(|e| panic!("decoding the reply of {method}: {e}")))
 }
 
 /// Mirror of the canister's `State`.
