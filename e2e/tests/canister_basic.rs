@@ -114,7 +114,8 @@ fn a_gateway_cannot_forge_alter_or_misdeliver() {
         .filter(|m| m.client_id == alice.id)
     {
         if m.seq == 1 {
-            m.content[m.content.len() - 1] ^= 1;
+            let last = m.content.len() - 1;
+            m.content[last] ^= 1;
         }
     }
     let mut a2 = TestClient {

@@ -96,7 +96,22 @@ fn closed(client: ClientId, reason: CloseReason) {
 }
 
 #[ic_cdk::init]
-fn init() {}
+fn init() {
+    // 64 KiB buckets (instead of 8 MiB) so that the benchmark sees stable-memory growth at
+    // a fine grain; only the allocation unit changes, not the data structures.
+    memory::set_bucket_size_pages(1).expect("init runs before any stable memory use");
+}
+
+/// Queue limits large enough for the memory benchmark (20 000 messages, 64 MiB per client).
+#[ic_cdk::update]
+fn app_configure_big_queues() -> Result<(), String> {
+    ic_ws_canister::configure(WsConfig {
+        max_queued_messages: 20_000,
+        max_queued_bytes: 64 * 1024 * 1024,
+        ..WsConfig::default()
+    })
+    .map_err(|e| e.to_string())
+}
 
 #[ic_cdk::post_upgrade]
 fn post_upgrade() {

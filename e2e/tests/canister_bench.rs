@@ -1,0 +1,146 @@
+//! Benchmark of the ic-ws runtime in the embedded replica (instructions = the replica's
+//! wasm fuel for the whole call, as `Replica::last_instructions` reports it; stable memory
+//! from `ic0.stable_size`). Ignored by default; run:
+//!
+//! ```text
+//! cargo test --release -p ic-ws-e2e --test canister_bench -- --ignored --nocapture
+//! ```
+//!
+//! Marginal figures (a call of N operations minus a call of 1, divided by N - 1) take the
+//! fixed cost of a call (candid decoding, housekeeping, certified_data) out of per-operation
+//! numbers; both are printed.
+#![allow(clippy::unwrap_used)]
+
+use candid::Principal;
+use ic_ws_e2e::canister_harness::*;
+use ic_ws_protocol::types::{MessageKind, MessageResult, PollRequest};
+
+fn send_cost(c: &WsCanister, id: u64, size: u32, count: u32) -> u64 {
+    let r: Result<u64, String> = c.update("app_send_bytes", (id, size, count));
+    r.unwrap();
+    c.last_instructions()
+}
+
+fn ack_all(c: &WsCanister, gw: Principal, cl: &mut TestClient) {
+    cl.receive_all(c, &c.poll_all(gw)).unwrap();
+    let m = cl.message(c, MessageKind::KeepAlive);
+    assert_eq!(c.ws_message(gw, vec![m]), vec![MessageResult::Ok]);
+}
+
+#[test]
+#[ignore = "benchmark: run with --ignored --nocapture"]
+fn bench_runtime() {
+    let c = WsCanister::new();
+    let gw = gateway(1);
+    let mut alice = TestClient::new(1);
+    c.open(&mut alice, gw);
+    println!("| measure | instructions |");
+    println!("|---|---|");
+
+    for size in [100u32, 1024] {
+        let one = send_cost(&c, alice.id, size, 1);
+        let hundred = send_cost(&c, alice.id, size, 101);
+        println!("| send {size} B: call with 1 send | {one} |");
+        println!("| send {size} B: marginal per send (101 vs 1 in a call) | {} |", (hundred - one) / 100);
+        ack_all(&c, gw, &mut alice);
+    }
+
+    // Inbound: clients send Noop app messages (signature check + sequence + handler call).
+    let mut clients: Vec<TestClient> = (10..60).map(TestClient::new).collect();
+    let reqs = clients.iter().map(|cl| cl.open_request(&c, gw, "", false)).collect();
+    for (cl, r) in clients.iter_mut().zip(c.ws_open(gw, reqs)) {
+        cl.id = r.unwrap().client_id;
+    }
+    println!("| ws_open batch of 50 new sessions, per open | {} |", c.last_instructions() / 50);
+    let m = clients[0].message(&c, app_payload(&Inbound::Noop));
+    assert_eq!(c.ws_message(gw, vec![m]), vec![MessageResult::Ok]);
+    let batch1 = c.last_instructions();
+    println!("| ws_message batch of 1 verified message | {batch1} |");
+    let msgs = clients.iter_mut().map(|cl| cl.message(&c, app_payload(&Inbound::Noop))).collect();
+    assert!(c.ws_message(gw, msgs).iter().all(|r| *r == MessageResult::Ok));
+    let batch50 = c.last_instructions();
+    println!("| ws_message batch of 50, per message | {} |", batch50 / 50);
+    println!("| ws_message batch of 50, marginal per message ((50 - 1) / 49) | {} |", (batch50 - batch1) / 49);
+
+    // Poll of 50 messages (100 B each) for one client.
+    let r: Result<u64, String> = c.update("app_send_bytes", (alice.id, 100u32, 50u32));
+    r.unwrap();
+    let reply = c.ws_poll_with(gw, PollRequest { cursor: 0, max_messages: Some(50), max_bytes: None }).unwrap();
+    assert_eq!(reply.messages.len(), 50);
+    println!("| ws_poll of 50 messages (100 B, one client) | {} |", c.last_instructions());
+    ack_all(&c, gw, &mut alice);
+    // Poll of 50 messages spread over 50 clients.
+    for cl in &clients {
+        let _: Result<u64, String> = c.update("app_send", (cl.id, "x".repeat(90)));
+    }
+    let cursor = c.ws_poll(gw, 0).messages.len() as u64; // warm-up, not measured
+    let _ = cursor;
+    let all = c.ws_poll(gw, 0);
+    let start = all.next_cursor;
+    let _ = start;
+    let reply = c.ws_poll_with(gw, PollRequest { cursor: 0, max_messages: Some(50), max_bytes: None }).unwrap();
+    println!(
+        "| ws_poll of 50 messages ({} clients) | {} |",
+        {
+            let mut ids: Vec<u64> = reply.messages.iter().map(|m| m.client_id).collect();
+            ids.sort();
+            ids.dedup();
+            ids.len()
+        },
+        c.last_instructions()
+    );
+
+    // Publish to 1 000 subscribers.
+    let mut subs: Vec<TestClient> = (1000..2000).map(TestClient::new).collect();
+    for chunk in subs.chunks_mut(250) {
+        let reqs = chunk.iter().map(|cl| cl.open_request(&c, gw, "", false)).collect();
+        for (cl, r) in chunk.iter_mut().zip(c.ws_open(gw, reqs)) {
+            cl.id = r.unwrap().client_id;
+        }
+        for cl in chunk.iter() {
+            let r: Result<(), String> = c.update("app_subscribe", (cl.id, "t".to_string()));
+            r.unwrap();
+        }
+    }
+    let r: Result<(u64, u64, u64), String> = c.update("app_publish", ("t".to_string(), 100u32));
+    assert_eq!(r, Ok((1000, 0, 0)));
+    let publish = c.last_instructions();
+    println!("| publish 100 B to 1 000 subscribers | {publish} ({} per subscriber) |", publish / 1000);
+}
+
+/// Stable-memory bytes per queued message, on a fresh canister (the default 8 MiB buckets of
+/// the memory manager make growth visible only over many messages: 100 000 are queued).
+#[test]
+#[ignore = "benchmark: run with --ignored --nocapture"]
+fn bench_memory_per_queued_message() {
+    for payload in [100u32, 1024] {
+        let c = WsCanister::new();
+        let gw = gateway(1);
+        let r: Result<(), String> = c.update("app_configure_big_queues", ());
+        r.unwrap();
+        let mut clients: Vec<TestClient> = (0..10).map(TestClient::new).collect();
+        for cl in clients.iter_mut() {
+            c.open(cl, gw);
+        }
+        let before: u64 = c.query("app_stable_bytes", (), Principal::anonymous());
+        let per_client = 10_000u32;
+        for cl in &clients {
+            for _ in 0..(per_client / 1000) {
+                let r: Result<u64, String> = c.update("app_send_bytes", (cl.id, payload, 1000u32));
+                r.unwrap();
+            }
+        }
+        let after: u64 = c.query("app_stable_bytes", (), Principal::anonymous());
+        let n = u64::from(per_client) * clients.len() as u64;
+        // The app payload as the runtime stores it: candid of Outbound::Bytes(payload).
+        let stored_payload = candid::encode_one(Outbound::Bytes(serde_bytes::ByteBuf::from(vec![7u8; payload as usize])))
+            .unwrap()
+            .len() as u64;
+        let per_msg = (after - before) / n;
+        println!(
+            "| {payload} B payload ({stored_payload} B as candid), {n} messages queued | +{} B stable memory | {per_msg} B per message | overhead {} B per message |",
+            after - before,
+            per_msg.saturating_sub(stored_payload)
+        );
+    }
+}
