@@ -14,7 +14,7 @@ use ic_agent::agent::{CallResponse, RejectCode};
 use ic_agent::hash_tree::{Label, LookupResult};
 use ic_agent::identity::{DelegatedIdentity, Identity, Prime256v1Identity, Secp256k1Identity};
 use ic_agent::{AgentError, Certificate};
-use ic_transport_types::{Delegation, SignedDelegation};
+use ic_transport_types::{Delegation, EnvelopeContent, SignedDelegation};
 use ic_ws_replica::ReplicaConfig;
 
 fn no_args() -> Vec<u8> {
@@ -940,4 +940,85 @@ async fn timers_fire_in_background_rounds_with_the_real_clock() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// Request statuses are kept while a replay could still pass the expiry check, then pruned;
+/// a replayed envelope never executes twice, before or after pruning.
+#[tokio::test(flavor = "multi_thread")]
+async fn replays_stay_refused_after_request_statuses_are_pruned() {
+    let start = now_ns();
+    let served = Served::new(ReplicaConfig::with_seed("pruning").manual_clock(start));
+    let canister = served.install_probe();
+    let alice = ed25519_identity(70);
+    let minutes = |m: u64| m * 60_000_000_000;
+    let call_path = format!("/api/v4/canister/{canister}/call");
+    let status_of = |rid: ic_agent::RequestId, expiry: u64| {
+        let content = EnvelopeContent::ReadState {
+            ingress_expiry: expiry,
+            sender: alice.sender().unwrap(),
+            paths: vec![vec![
+                Label::from("request_status"),
+                Label::from_bytes(rid.as_slice()),
+            ]],
+        };
+        signed(&content, &alice)
+    };
+
+    let first = call_content(
+        alice.sender().unwrap(),
+        canister,
+        "inc",
+        no_args(),
+        start + minutes(2),
+    );
+    let body = signed(&first, &alice);
+    assert_eq!(served.post(&call_path, body.clone()).await.0, 200);
+    assert_eq!(
+        served.post(&call_path, body.clone()).await.0,
+        200,
+        "a replay within expiry is answered from history"
+    );
+    assert_eq!(
+        served.replica.certified_data(canister).unwrap(),
+        1u64.to_le_bytes().to_vec()
+    );
+
+    // four minutes later the first request has expired: replaying it is refused outright
+    served
+        .replica
+        .advance_time(Duration::from_nanos(minutes(4)));
+    let (status, reason) = served.post(&call_path, body).await;
+    assert_eq!(status, 400, "{}", String::from_utf8_lossy(&reason));
+    // a new request prunes the old status; it then looks up as Absent
+    let second = call_content(
+        alice.sender().unwrap(),
+        canister,
+        "inc",
+        no_args(),
+        start + minutes(6),
+    );
+    assert_eq!(
+        served.post(&call_path, signed(&second, &alice)).await.0,
+        200
+    );
+    let read_path = format!("/api/v3/canister/{canister}/read_state");
+    let (status, body) = served
+        .post(
+            &read_path,
+            status_of(first.to_request_id(), start + minutes(6)),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let response: ic_transport_types::ReadStateResponse = serde_cbor::from_slice(&body).unwrap();
+    let cert: Certificate = serde_cbor::from_slice(&response.certificate).unwrap();
+    let old = cert.tree.lookup_path([
+        b"request_status".as_ref(),
+        first.to_request_id().as_slice(),
+        b"status",
+    ]);
+    assert_eq!(old, LookupResult::Absent);
+    assert_eq!(
+        served.replica.certified_data(canister).unwrap(),
+        2u64.to_le_bytes().to_vec()
+    );
 }
