@@ -21,15 +21,17 @@ function cargo(args) {
  * Builds what the stack needs; returns the paths. `IC_WS_CHAT_WASM`, `IC_WS_REPLICA_BIN` and
  * `IC_WS_GATEWAY_BIN` name prebuilt artefacts instead (each one given is not built).
  */
-export function buildStack() {
+export function buildStack({ ticker = false } = {}) {
   const env = process.env;
   if (!env.IC_WS_CHAT_WASM) cargo(["build", "--target", "wasm32-unknown-unknown", "--profile", "canister", "-p", "ic-ws-example-chat"]);
+  if (ticker && !env.IC_WS_TICKER_WASM) cargo(["build", "--target", "wasm32-unknown-unknown", "--profile", "canister", "-p", "ic-ws-example-ticker"]);
   const bins = [];
   if (!env.IC_WS_REPLICA_BIN) bins.push("-p", "ic-ws-replica");
   if (!env.IC_WS_GATEWAY_BIN) bins.push("-p", "ic-ws-gateway");
   if (bins.length) cargo(["build", ...bins, "--bins"]);
   const paths = {
     wasm: env.IC_WS_CHAT_WASM || join(TARGET_DIR, "wasm32-unknown-unknown/canister/ic_ws_example_chat.wasm"),
+    ...(ticker ? { tickerWasm: env.IC_WS_TICKER_WASM || join(TARGET_DIR, "wasm32-unknown-unknown/canister/ic_ws_example_ticker.wasm") } : {}),
     replica: env.IC_WS_REPLICA_BIN || join(TARGET_DIR, "debug/ic-ws-replica"),
     gateway: env.IC_WS_GATEWAY_BIN || join(TARGET_DIR, "debug/ic-ws-gateway"),
   };
@@ -46,9 +48,11 @@ async function waitForFile(path, ms) {
   return readFileSync(path, "utf8");
 }
 
-/** Starts replica (with the chat canister) and gateway. */
+/** Starts replica (with the chat canister, and the ticker's when built) and gateway. */
 export async function startStack(paths = buildStack()) {
-  const replica = await start("replica", paths.replica, ["--port", "0", "--json", "--install", `chat=${paths.wasm}`], {
+  const installs = ["--install", `chat=${paths.wasm}`];
+  if (paths.tickerWasm) installs.push("--install", `ticker=${paths.tickerWasm}`);
+  const replica = await start("replica", paths.replica, ["--port", "0", "--json", ...installs], {
     ready: (l) => l.startsWith("{"),
     timeoutMs: 180_000,
   });
@@ -60,6 +64,7 @@ export async function startStack(paths = buildStack()) {
     "--listen", "127.0.0.1:0", "--admin-listen", "off", "--ready-file", readyFile,
     "--network", info.url, "--fetch-root-key", "--identity-file", join(dir, "identity.pem"),
     "--canister", canisterId,
+    ...(info.canisters.ticker ? ["--canister", info.canisters.ticker] : []),
   ];
   const gwChild = start("gateway", paths.gateway, gatewayArgs, { ready: () => false, timeoutMs: 600_000 });
   gwChild.catch(() => {});
@@ -73,6 +78,7 @@ export async function startStack(paths = buildStack()) {
   return {
     replicaUrl: info.url,
     canisterId,
+    tickerCanisterId: info.canisters.ticker,
     rootKeyHex: info.root_key,
     gatewayUrl: `ws://${ready.listen}`,
     gatewayPrincipal: ready.principal,
