@@ -2,7 +2,7 @@
 // Usage: node serve.mjs [--port 8000] [--host 127.0.0.1] [--dir dist]
 // Prints one line `serving <url>` when listening (port 0 picks a free port).
 import { createServer } from "node:http";
-import { readFile } from "node:fs/promises";
+import { readFile, stat } from "node:fs/promises";
 import { extname, join, normalize, resolve, sep } from "node:path";
 import { fileURLToPath } from "node:url";
 
@@ -25,6 +25,11 @@ const server = createServer(async (req, res) => {
     return;
   }
   try {
+    if (!path.endsWith("/") && (await stat(file)).isDirectory()) {
+      // Pages load "./app.js": a directory is served with its trailing slash.
+      res.writeHead(301, { location: `${path}/` }).end();
+      return;
+    }
     const body = await readFile(file);
     res.writeHead(200, { "content-type": types[extname(file)] ?? "application/octet-stream", "cache-control": "no-store" });
     res.end(body);
