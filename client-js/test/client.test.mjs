@@ -352,3 +352,30 @@ test("client: after disconnect() the session stays resumable and sends are queue
   assert.equal(log.messages[0].data, "echo: later");
   assert.equal(log.opens[1].resumed, true);
 });
+
+test("client: an earlier resume's Opened, re-delivered on the next resume, is accepted (not an error)", async () => {
+  const { c, log } = makeClient();
+  c.connect();
+  await until(() => log.opens.length === 1, "open");
+  // The next resume's Opened never reaches the client: the connection dies first.
+  let dropped = false;
+  gw.tamper = (frame) => {
+    if (!dropped && frame.Messages.messages.length > 0) {
+      dropped = true;
+      gw.dropAll();
+    }
+    return frame;
+  };
+  gw.dropAll();
+  await until(() => dropped, "the first resume's Opened was lost");
+  gw.tamper = null;
+  // The client resumes again: it receives the lost Opened (older open) and then its own.
+  await until(() => log.opens.length === 2, "resumed");
+  c.send("after two resumes");
+  await until(() => log.messages.length === 1, "echo");
+  assert.equal(log.messages[0].data, "echo: after two resumes");
+  assert.deepEqual(log.errors.map((e) => e.kind), [], "no check failed");
+  const s = gw.sessions.get(c.clientId);
+  assert.ok(gw.opens.length >= 3, "opened, resumed (lost), resumed");
+  assert.ok(s.nextOutSeq >= 4n, "the lost Opened was re-delivered before the new one");
+});
