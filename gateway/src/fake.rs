@@ -220,13 +220,13 @@ impl CanisterApi for FakeCanister {
         batch: &OpenBatch,
     ) -> Result<Vec<OpenResult>, CallError> {
         self.begin("ws_open", batch.opens.len()).await?;
-        let mut guard = self.state();
-        let mut s = guard.clone();
+        // A trap rolls the whole call back: decide before changing anything.
+        if batch.opens.iter().any(|o| o.args == b"trap") {
+            return Err(CallError::Trapped("on_open trapped".into()));
+        }
+        let mut s = self.state();
         let mut results = Vec::new();
         for open in &batch.opens {
-            if open.args == b"trap" {
-                return Err(CallError::Trapped("on_open trapped".into()));
-            }
             if open.args == b"reject" {
                 results.push(Err(WsError::Rejected("not welcome".into())));
                 continue;
@@ -279,7 +279,6 @@ impl CanisterApi for FakeCanister {
                 opened_seq,
             }));
         }
-        *guard = s;
         Ok(results)
     }
 
@@ -289,9 +288,22 @@ impl CanisterApi for FakeCanister {
         batch: &MessageBatch,
     ) -> Result<Vec<MessageResult>, CallError> {
         self.begin("ws_message", batch.messages.len()).await?;
-        let mut guard = self.state();
-        // Work on a copy: a trap rolls the whole call back.
-        let mut s = guard.clone();
+        let mut s = self.state();
+        // A trap rolls the whole call back: find out first whether an accepted message traps
+        // (no copy of the state, which would cost O(state) per call).
+        let mut expected: HashMap<ClientId, u64> = HashMap::new();
+        for m in &batch.messages {
+            let Some(session) = s.sessions.get(&m.client_id).filter(|x| !x.closed) else {
+                continue;
+            };
+            let next = expected.entry(m.client_id).or_insert(session.next_in);
+            if m.seq == *next {
+                *next += 1;
+                if matches!(&m.kind, MessageKind::App(p) if p == b"trap") {
+                    return Err(CallError::Trapped("on_message trapped".into()));
+                }
+            }
+        }
         let mut results = Vec::new();
         for m in &batch.messages {
             let Some(session) = s.sessions.get_mut(&m.client_id) else {
@@ -316,9 +328,6 @@ impl CanisterApi for FakeCanister {
             session.next_in += 1;
             session.retained.retain(|r| r.seq >= m.ack);
             match &m.kind {
-                MessageKind::App(p) if p == b"trap" => {
-                    return Err(CallError::Trapped("on_message trapped".into()));
-                }
                 MessageKind::App(p) if p == b"reject" => {
                     results.push(MessageResult::Err(WsError::Rejected("app said no".into())));
                 }
@@ -358,10 +367,8 @@ impl CanisterApi for FakeCanister {
         }
         if s.lose_replies > 0 {
             s.lose_replies -= 1;
-            *guard = s;
             return Err(CallError::Transient("reply lost".into()));
         }
-        *guard = s;
         Ok(results)
     }
 
