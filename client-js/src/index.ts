@@ -1,3 +1,8 @@
+/**
+ * @ic-ws/client: real-time WebSockets to Internet Computer canisters through an untrusted
+ * gateway, with every message verified. `IcWsClient` is the entry point; the lower layers
+ * (signing bytes, protocol IDL, `DeliveryVerifier`) are exported for tools and tests.
+ */
 export * from "./bytes.js";
 export * from "./signing.js";
 export * from "./types.js";
