@@ -322,7 +322,13 @@ impl Runtime {
             let map = &mut map[..scan];
             let mut base = 0;
             for chunk in map.chunks_mut(8) {
-                if chunk.iter().any(|b| *b != 0) {
+                // One 8-byte load per 8 pages (32 KiB of heap): the scan of a 50 MB heap's
+                // map is ~1,600 loads.
+                let dirty = match <&[u8; 8]>::try_from(&*chunk) {
+                    Ok(word) => u64::from_ne_bytes(*word) != 0,
+                    Err(_) => chunk.iter().any(|b| *b != 0),
+                };
+                if dirty {
                     for (i, b) in chunk.iter_mut().enumerate() {
                         if *b != 0 {
                             pages.push(base + i);
