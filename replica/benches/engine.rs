@@ -108,6 +108,19 @@ fn main() {
         engine.last_instructions()
     );
 
+    // What a snapshot-per-message design would pay on a 50 MB heap: one full copy (and a
+    // second one to restore).
+    let heap = vec![0xABu8; 51 * 1024 * 1024];
+    let copies = 20;
+    let d = time(copies, |_| {
+        std::hint::black_box(heap.clone());
+    });
+    println!(
+        "reference: one full copy of a 51 MiB heap: {:.0} us",
+        micros(d, copies)
+    );
+    drop(heap);
+
     // Same canister code, 1 MB vs 50 MB of heap data.
     for mib in [1u32, 50] {
         let mut engine = Engine::new(EngineConfig::default());
