@@ -426,6 +426,8 @@ impl WsCanister {
 
     /// The canister's certified data.
     pub fn certified_data(&self) -> Vec<u8> {
-        self.replica.certified_data(self.canister).unwrap_or_default()
+        self.replica
+            .certified_data(self.canister)
+            .unwrap_or_default()
     }
 }

@@ -41,33 +41,63 @@ fn bench_runtime() {
         let one = send_cost(&c, alice.id, size, 1);
         let hundred = send_cost(&c, alice.id, size, 101);
         println!("| send {size} B: call with 1 send | {one} |");
-        println!("| send {size} B: marginal per send (101 vs 1 in a call) | {} |", (hundred - one) / 100);
+        println!(
+            "| send {size} B: marginal per send (101 vs 1 in a call) | {} |",
+            (hundred - one) / 100
+        );
         ack_all(&c, gw, &mut alice);
     }
 
     // Inbound: clients send Noop app messages (signature check + sequence + handler call).
     let mut clients: Vec<TestClient> = (10..60).map(TestClient::new).collect();
-    let reqs = clients.iter().map(|cl| cl.open_request(&c, gw, "", false)).collect();
+    let reqs = clients
+        .iter()
+        .map(|cl| cl.open_request(&c, gw, "", false))
+        .collect();
     for (cl, r) in clients.iter_mut().zip(c.ws_open(gw, reqs)) {
         cl.id = r.unwrap().client_id;
     }
-    println!("| ws_open batch of 50 new sessions, per open | {} |", c.last_instructions() / 50);
+    println!(
+        "| ws_open batch of 50 new sessions, per open | {} |",
+        c.last_instructions() / 50
+    );
     let m = clients[0].message(&c, app_payload(&Inbound::Noop));
     assert_eq!(c.ws_message(gw, vec![m]), vec![MessageResult::Ok]);
     let batch1 = c.last_instructions();
     println!("| ws_message batch of 1 verified message | {batch1} |");
-    let msgs = clients.iter_mut().map(|cl| cl.message(&c, app_payload(&Inbound::Noop))).collect();
-    assert!(c.ws_message(gw, msgs).iter().all(|r| *r == MessageResult::Ok));
+    let msgs = clients
+        .iter_mut()
+        .map(|cl| cl.message(&c, app_payload(&Inbound::Noop)))
+        .collect();
+    assert!(c
+        .ws_message(gw, msgs)
+        .iter()
+        .all(|r| *r == MessageResult::Ok));
     let batch50 = c.last_instructions();
     println!("| ws_message batch of 50, per message | {} |", batch50 / 50);
-    println!("| ws_message batch of 50, marginal per message ((50 - 1) / 49) | {} |", (batch50 - batch1) / 49);
+    println!(
+        "| ws_message batch of 50, marginal per message ((50 - 1) / 49) | {} |",
+        (batch50 - batch1) / 49
+    );
 
     // Poll of 50 messages (100 B each) for one client.
     let r: Result<u64, String> = c.update("app_send_bytes", (alice.id, 100u32, 50u32));
     r.unwrap();
-    let reply = c.ws_poll_with(gw, PollRequest { cursor: 0, max_messages: Some(50), max_bytes: None }).unwrap();
+    let reply = c
+        .ws_poll_with(
+            gw,
+            PollRequest {
+                cursor: 0,
+                max_messages: Some(50),
+                max_bytes: None,
+            },
+        )
+        .unwrap();
     assert_eq!(reply.messages.len(), 50);
-    println!("| ws_poll of 50 messages (100 B, one client) | {} |", c.last_instructions());
+    println!(
+        "| ws_poll of 50 messages (100 B, one client) | {} |",
+        c.last_instructions()
+    );
     ack_all(&c, gw, &mut alice);
     // Poll of 50 messages spread over 50 clients.
     for cl in &clients {
@@ -78,7 +108,16 @@ fn bench_runtime() {
     let all = c.ws_poll(gw, 0);
     let start = all.next_cursor;
     let _ = start;
-    let reply = c.ws_poll_with(gw, PollRequest { cursor: 0, max_messages: Some(50), max_bytes: None }).unwrap();
+    let reply = c
+        .ws_poll_with(
+            gw,
+            PollRequest {
+                cursor: 0,
+                max_messages: Some(50),
+                max_bytes: None,
+            },
+        )
+        .unwrap();
     println!(
         "| ws_poll of 50 messages ({} clients) | {} |",
         {
@@ -93,7 +132,10 @@ fn bench_runtime() {
     // Publish to 1 000 subscribers.
     let mut subs: Vec<TestClient> = (1000..2000).map(TestClient::new).collect();
     for chunk in subs.chunks_mut(250) {
-        let reqs = chunk.iter().map(|cl| cl.open_request(&c, gw, "", false)).collect();
+        let reqs = chunk
+            .iter()
+            .map(|cl| cl.open_request(&c, gw, "", false))
+            .collect();
         for (cl, r) in chunk.iter_mut().zip(c.ws_open(gw, reqs)) {
             cl.id = r.unwrap().client_id;
         }
@@ -105,7 +147,10 @@ fn bench_runtime() {
     let r: Result<(u64, u64, u64), String> = c.update("app_publish", ("t".to_string(), 100u32));
     assert_eq!(r, Ok((1000, 0, 0)));
     let publish = c.last_instructions();
-    println!("| publish 100 B to 1 000 subscribers | {publish} ({} per subscriber) |", publish / 1000);
+    println!(
+        "| publish 100 B to 1 000 subscribers | {publish} ({} per subscriber) |",
+        publish / 1000
+    );
 }
 
 /// Stable-memory bytes per queued message, on a fresh canister (the default 8 MiB buckets of
@@ -133,9 +178,11 @@ fn bench_memory_per_queued_message() {
         let after: u64 = c.query("app_stable_bytes", (), Principal::anonymous());
         let n = u64::from(per_client) * clients.len() as u64;
         // The app payload as the runtime stores it: candid of Outbound::Bytes(payload).
-        let stored_payload = candid::encode_one(Outbound::Bytes(serde_bytes::ByteBuf::from(vec![7u8; payload as usize])))
-            .unwrap()
-            .len() as u64;
+        let stored_payload = candid::encode_one(Outbound::Bytes(serde_bytes::ByteBuf::from(
+            vec![7u8; payload as usize],
+        )))
+        .unwrap()
+        .len() as u64;
         let per_msg = (after - before) / n;
         println!(
             "| {payload} B payload ({stored_payload} B as candid), {n} messages queued | +{} B stable memory | {per_msg} B per message | overhead {} B per message |",

@@ -8,7 +8,12 @@ use ic_ws_protocol::{CloseReason, WsError};
 use std::time::Duration;
 
 /// Polls as a gateway does (from its cursor) and lets the client verify everything.
-fn drain(c: &WsCanister, gw: candid::Principal, cursor: &mut u64, client: &mut TestClient) -> usize {
+fn drain(
+    c: &WsCanister,
+    gw: candid::Principal,
+    cursor: &mut u64,
+    client: &mut TestClient,
+) -> usize {
     let mut n = 0;
     loop {
         let r = c.ws_poll(gw, *cursor);
@@ -58,7 +63,9 @@ fn upgrade_mid_stream_loses_nothing() {
     for (i, m) in alice.received.iter().enumerate() {
         assert_eq!(m.seq, i as u64);
     }
-    assert!(alice.received[1..].iter().all(|m| matches!(outbound(m), Some(Outbound::Bytes(b)) if b.len() == 64)));
+    assert!(alice.received[1..]
+        .iter()
+        .all(|m| matches!(outbound(m), Some(Outbound::Bytes(b)) if b.len() == 64)));
     let info = c.client_info(alice.id).unwrap();
     assert_eq!(info.next_inbound_seq, alice.next_inbound);
     assert!(info.open && info.attached);
@@ -94,22 +101,38 @@ fn resume_through_a_second_gateway() {
     // Through gateway 2: 3..=5, "while away" (6), then the resumed Opened (7).
     let replies = c.poll_all(gw2);
     assert_eq!(alice.receive_all(&c, &replies).unwrap(), 5);
-    assert_eq!(outbound(&alice.received[6]), Some(Outbound::Text("while away".into())));
-    assert!(matches!(alice.received[7].content.body, OutboundBody::Opened { resumed: true, .. }));
+    assert_eq!(
+        outbound(&alice.received[6]),
+        Some(Outbound::Text("while away".into()))
+    );
+    assert!(matches!(
+        alice.received[7].content.body,
+        OutboundBody::Opened { resumed: true, .. }
+    ));
     // on_open ran once for the session.
     let opens: Vec<(u64, String)> = c.query("app_opens", (), gw1);
     assert_eq!(opens.len(), 1);
     // Gateway 1 can no longer act for alice; gateway 2 can.
     let m = alice.message(&c, app_payload(&Inbound::Echo("hi".into())));
-    assert_eq!(c.ws_message(gw1, vec![m.clone()]), vec![MessageResult::Err(WsError::WrongGateway)]);
+    assert_eq!(
+        c.ws_message(gw1, vec![m.clone()]),
+        vec![MessageResult::Err(WsError::WrongGateway)]
+    );
     assert_eq!(c.ws_message(gw2, vec![m]), vec![MessageResult::Ok]);
     // Resuming from before the oldest retained message is refused plainly (alice acked 8).
     let ack = alice.message(&c, MessageKind::KeepAlive);
     assert_eq!(c.ws_message(gw2, vec![ack]), vec![MessageResult::Ok]);
     c.advance(Duration::from_secs(1));
-    let mut stale = TestClient { id: alice.id, key: alice.key.clone(), next_outbound: 2, ..TestClient::new(0) };
+    let mut stale = TestClient {
+        id: alice.id,
+        key: alice.key.clone(),
+        next_outbound: 2,
+        ..TestClient::new(0)
+    };
     stale.next_inbound = 0;
-    let r = c.ws_open(gw1, vec![stale.open_request(&c, gw1, "", true)]).remove(0);
+    let r = c
+        .ws_open(gw1, vec![stale.open_request(&c, gw1, "", true)])
+        .remove(0);
     assert_eq!(r, Err(WsError::ResumeUnavailable { first_available: 8 }));
 }
 
@@ -135,11 +158,16 @@ fn idle_sessions_expire_once_with_a_certified_reason() {
     alice.receive_all(&c, &c.poll_all(gw)).unwrap();
     assert_eq!(
         alice.received.last().unwrap().content.body,
-        OutboundBody::Closed { reason: CloseReason::Expired }
+        OutboundBody::Closed {
+            reason: CloseReason::Expired
+        }
     );
     // Her messages are refused now; sends too.
     let m = alice.message(&c, MessageKind::KeepAlive);
-    assert_eq!(c.ws_message(gw, vec![m]), vec![MessageResult::Err(WsError::Closed)]);
+    assert_eq!(
+        c.ws_message(gw, vec![m]),
+        vec![MessageResult::Err(WsError::Closed)]
+    );
     let r: Result<u64, String> = c.update("app_send", (alice.id, "late".to_string()));
     assert!(r.is_err());
     // After the retention period it is deleted; on_close was reported exactly once.
@@ -147,7 +175,10 @@ fn idle_sessions_expire_once_with_a_certified_reason() {
     let () = c.update("app_housekeeping", ());
     assert_eq!(c.client_info(alice.id), None);
     let closes = c.closes();
-    assert!(closes.iter().all(|(_, r)| !r.contains("AGAIN")), "{closes:?}");
+    assert!(
+        closes.iter().all(|(_, r)| !r.contains("AGAIN")),
+        "{closes:?}"
+    );
     assert_eq!(closes.iter().filter(|(id, _)| *id == alice.id).count(), 1);
 }
 
@@ -162,10 +193,19 @@ fn client_and_app_closes_are_reported_once() {
     c.open(&mut bob, gw);
     c.open(&mut carol, gw);
     let batch = vec![
-        alice.message(&c, MessageKind::Close { code: 1000, reason: "bye".into() }),
+        alice.message(
+            &c,
+            MessageKind::Close {
+                code: 1000,
+                reason: "bye".into(),
+            },
+        ),
         bob.message(&c, app_payload(&Inbound::CloseMe)),
     ];
-    assert_eq!(c.ws_message(gw, batch), vec![MessageResult::Ok, MessageResult::Ok]);
+    assert_eq!(
+        c.ws_message(gw, batch),
+        vec![MessageResult::Ok, MessageResult::Ok]
+    );
     let closed: bool = c.update("app_close", (carol.id, 4001u16, "kicked".to_string()));
     assert!(closed);
     let again: bool = c.update("app_close", (carol.id, 4001u16, "kicked".to_string()));
@@ -175,14 +215,26 @@ fn client_and_app_closes_are_reported_once() {
     assert_eq!(
         closes,
         vec![
-            (alice.id, "ClientClosed { code: 1000, reason: \"bye\" }".to_string()),
-            (bob.id, "AppClosed { code: 4000, reason: \"asked to\" }".to_string()),
-            (carol.id, "AppClosed { code: 4001, reason: \"kicked\" }".to_string()),
+            (
+                alice.id,
+                "ClientClosed { code: 1000, reason: \"bye\" }".to_string()
+            ),
+            (
+                bob.id,
+                "AppClosed { code: 4000, reason: \"asked to\" }".to_string()
+            ),
+            (
+                carol.id,
+                "AppClosed { code: 4001, reason: \"kicked\" }".to_string()
+            ),
         ]
     );
     let replies = c.poll_all(gw);
     for client in [&mut alice, &mut bob, &mut carol] {
         client.receive_all(&c, &replies).unwrap();
-        assert!(matches!(client.received.last().unwrap().content.body, OutboundBody::Closed { .. }));
+        assert!(matches!(
+            client.received.last().unwrap().content.body,
+            OutboundBody::Closed { .. }
+        ));
     }
 }

@@ -61,7 +61,13 @@ fn configure(c: &WsCanister, cfg: WsConfig) {
 fn queue_limit_closes_or_rejects() {
     let c = WsCanister::new();
     let gw = gateway(1);
-    configure(&c, WsConfig { max_queued_messages: 10, ..defaults() });
+    configure(
+        &c,
+        WsConfig {
+            max_queued_messages: 10,
+            ..defaults()
+        },
+    );
     let mut alice = TestClient::new(1);
     c.open(&mut alice, gw);
     // Opened + 9 fit; the 10th app message overflows: policy Close.
@@ -74,12 +80,21 @@ fn queue_limit_closes_or_rejects() {
     assert_eq!(alice.received.len(), 11);
     assert_eq!(
         alice.received.last().unwrap().content.body,
-        OutboundBody::Closed { reason: CloseReason::QueueOverflow }
+        OutboundBody::Closed {
+            reason: CloseReason::QueueOverflow
+        }
     );
 
     // Policy Reject: the send fails, nothing is queued, the session stays open; an ack
     // makes room again.
-    configure(&c, WsConfig { max_queued_messages: 10, overflow_policy: OverflowPolicy::Reject, ..defaults() });
+    configure(
+        &c,
+        WsConfig {
+            max_queued_messages: 10,
+            overflow_policy: OverflowPolicy::Reject,
+            ..defaults()
+        },
+    );
     let mut bob = TestClient::new(2);
     c.open(&mut bob, gw);
     let r: Result<u64, String> = c.update("app_send_bytes", (bob.id, 10u32, 9u32));
@@ -94,7 +109,14 @@ fn queue_limit_closes_or_rejects() {
     let r: Result<u64, String> = c.update("app_send_bytes", (bob.id, 10u32, 1u32));
     assert_eq!(r, Ok(10));
     // Byte limit too.
-    configure(&c, WsConfig { max_queued_bytes: 1000, overflow_policy: OverflowPolicy::Reject, ..defaults() });
+    configure(
+        &c,
+        WsConfig {
+            max_queued_bytes: 1000,
+            overflow_policy: OverflowPolicy::Reject,
+            ..defaults()
+        },
+    );
     let r: Result<u64, String> = c.update("app_send_bytes", (bob.id, 2000u32, 1u32));
     assert!(r.unwrap_err().contains("full"));
 }
@@ -120,7 +142,11 @@ fn poll_replies_are_capped_in_count_and_bytes() {
     loop {
         let reply = c.ws_poll(gw, cursor);
         let encoded = candid::encode_one(Ok::<_, ic_ws_protocol::WsError>(reply.clone())).unwrap();
-        assert!(encoded.len() < 3 * 1024 * 1024, "reply of {} bytes", encoded.len());
+        assert!(
+            encoded.len() < 3 * 1024 * 1024,
+            "reply of {} bytes",
+            encoded.len()
+        );
         assert!(reply.messages.len() <= 500);
         for cl in clients.iter_mut().chain(std::iter::once(&mut small)) {
             cl.receive(&c, &reply).unwrap();
@@ -137,7 +163,16 @@ fn poll_replies_are_capped_in_count_and_bytes() {
     }
     assert_eq!(small.received.len(), 601);
     // The gateway's own caps are honoured.
-    let r = c.ws_poll_with(gw, PollRequest { cursor: 0, max_messages: Some(3), max_bytes: None }).unwrap();
+    let r = c
+        .ws_poll_with(
+            gw,
+            PollRequest {
+                cursor: 0,
+                max_messages: Some(3),
+                max_bytes: None,
+            },
+        )
+        .unwrap();
     assert_eq!(r.messages.len(), 3);
     assert!(r.more);
     // A poll as an update call (no data certificate) is refused, not answered uncertified.
@@ -145,7 +180,10 @@ fn poll_replies_are_capped_in_count_and_bytes() {
         c.try_update("ws_poll", (PollRequest::default(),), gw);
     match r {
         Ok(Err(_)) | Err(_) => {}
-        Ok(Ok(reply)) => panic!("uncertified poll answered: {} messages", reply.messages.len()),
+        Ok(Ok(reply)) => panic!(
+            "uncertified poll answered: {} messages",
+            reply.messages.len()
+        ),
     }
 }
 
@@ -156,7 +194,10 @@ fn topic_fan_out_to_1000_subscribers() {
     let mut clients: Vec<TestClient> = (0..1000).map(TestClient::new).collect();
     // Open all 1 000 in batches of 250 (one update call each, as a gateway batches).
     for chunk in clients.chunks_mut(250) {
-        let reqs = chunk.iter().map(|cl| cl.open_request(&c, gw, "", false)).collect();
+        let reqs = chunk
+            .iter()
+            .map(|cl| cl.open_request(&c, gw, "", false))
+            .collect();
         let results = c.ws_open(gw, reqs);
         for (cl, r) in chunk.iter_mut().zip(results) {
             cl.id = r.unwrap().client_id;
@@ -164,11 +205,18 @@ fn topic_fan_out_to_1000_subscribers() {
     }
     // Each subscribes with a signed message, batched.
     for chunk in clients.chunks_mut(250) {
-        let msgs = chunk.iter_mut().map(|cl| cl.message(&c, app_payload(&Inbound::Subscribe("prices".into())))).collect();
-        assert!(c.ws_message(gw, msgs).iter().all(|r| *r == MessageResult::Ok));
+        let msgs = chunk
+            .iter_mut()
+            .map(|cl| cl.message(&c, app_payload(&Inbound::Subscribe("prices".into()))))
+            .collect();
+        assert!(c
+            .ws_message(gw, msgs)
+            .iter()
+            .all(|r| *r == MessageResult::Ok));
     }
     let stable_before: u64 = c.query("app_stable_bytes", (), Principal::anonymous());
-    let r: Result<(u64, u64, u64), String> = c.update("app_publish", ("prices".to_string(), 1000u32));
+    let r: Result<(u64, u64, u64), String> =
+        c.update("app_publish", ("prices".to_string(), 1000u32));
     assert_eq!(r, Ok((1000, 0, 0)));
     let publish_instructions = c.last_instructions();
     let stable_after: u64 = c.query("app_stable_bytes", (), Principal::anonymous());
@@ -184,7 +232,9 @@ fn topic_fan_out_to_1000_subscribers() {
         match &cl.received[1].content.body {
             OutboundBody::App { topic, .. } => {
                 assert_eq!(topic.as_deref(), Some("prices"));
-                assert!(matches!(outbound(&cl.received[1]), Some(Outbound::Bytes(b)) if b.len() == 1000));
+                assert!(
+                    matches!(outbound(&cl.received[1]), Some(Outbound::Bytes(b)) if b.len() == 1000)
+                );
             }
             other => panic!("{other:?}"),
         }

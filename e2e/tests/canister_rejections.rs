@@ -8,7 +8,13 @@ use ic_ws_e2e::canister_harness::*;
 use ic_ws_protocol::types::{ClientMessage, MessageKind, MessageResult, OutboundMessage};
 use ic_ws_protocol::{SessionKey, WsError};
 
-type Snapshot = (Option<ClientInfo>, Vec<OutboundMessage>, Vec<OutboundMessage>, Vec<u8>, u64);
+type Snapshot = (
+    Option<ClientInfo>,
+    Vec<OutboundMessage>,
+    Vec<OutboundMessage>,
+    Vec<u8>,
+    u64,
+);
 
 fn snapshot(c: &WsCanister, id: u64) -> Snapshot {
     let opens: Vec<(u64, String)> = c.query("app_opens", (), Principal::anonymous());
@@ -28,7 +34,10 @@ fn rejected_messages_change_nothing() {
     let mut alice = TestClient::new(1);
     c.open(&mut alice, gw);
     let first = alice.message(&c, app_payload(&Inbound::Echo("first".into())));
-    assert_eq!(c.ws_message(gw, vec![first.clone()]), vec![MessageResult::Ok]);
+    assert_eq!(
+        c.ws_message(gw, vec![first.clone()]),
+        vec![MessageResult::Ok]
+    );
     let before = snapshot(&c, alice.id);
     let echo = |t: &str| app_payload(&Inbound::Echo(t.into()));
 
@@ -38,23 +47,50 @@ fn rejected_messages_change_nothing() {
     m.kind = echo("forged");
     attacks.push(("altered", m, gw, WsError::InvalidSignature));
     // Signed for another canister (same bytes otherwise).
-    let mut m = ClientMessage { client_id: alice.id, seq: 1, ack: 0, kind: echo("x"), signature: vec![] };
-    alice.key.sign_message(&Principal::from_slice(&[0xAB; 10]), &mut m);
+    let mut m = ClientMessage {
+        client_id: alice.id,
+        seq: 1,
+        ack: 0,
+        kind: echo("x"),
+        signature: vec![],
+    };
+    alice
+        .key
+        .sign_message(&Principal::from_slice(&[0xAB; 10]), &mut m);
     attacks.push(("wrong canister", m, gw, WsError::InvalidSignature));
     // Signed by another key.
-    let mut m = ClientMessage { client_id: alice.id, seq: 1, ack: 0, kind: echo("x"), signature: vec![] };
+    let mut m = ClientMessage {
+        client_id: alice.id,
+        seq: 1,
+        ack: 0,
+        kind: echo("x"),
+        signature: vec![],
+    };
     SessionKey::from_seed([0x99; 32]).sign_message(&c.canister, &mut m);
     attacks.push(("other key", m, gw, WsError::InvalidSignature));
     // Relayed through another gateway.
-    attacks.push(("wrong gateway", alice.message_at(&c, 1, echo("x")), gateway(2), WsError::WrongGateway));
+    attacks.push((
+        "wrong gateway",
+        alice.message_at(&c, 1, echo("x")),
+        gateway(2),
+        WsError::WrongGateway,
+    ));
     // Anonymous caller.
-    attacks.push(("anonymous", alice.message_at(&c, 1, echo("x")), Principal::anonymous(), WsError::WrongGateway));
+    attacks.push((
+        "anonymous",
+        alice.message_at(&c, 1, echo("x")),
+        Principal::anonymous(),
+        WsError::WrongGateway,
+    ));
     // Out of sequence.
     attacks.push((
         "out of sequence",
         alice.message_at(&c, 7, echo("x")),
         gw,
-        WsError::OutOfSequence { expected: 1, got: 7 },
+        WsError::OutOfSequence {
+            expected: 1,
+            got: 7,
+        },
     ));
     // Unknown client.
     let mut m = alice.message_at(&c, 1, echo("x"));
@@ -66,7 +102,10 @@ fn rejected_messages_change_nothing() {
         "oversized",
         alice.message_at(&c, 1, echo(&big)),
         gw,
-        WsError::TooLarge { size: 0, limit: 64 * 1024 },
+        WsError::TooLarge {
+            size: 0,
+            limit: 64 * 1024,
+        },
     ));
     // Malformed signature.
     let mut m = alice.message_at(&c, 1, echo("x"));
@@ -76,16 +115,30 @@ fn rejected_messages_change_nothing() {
     for (name, m, caller, expected) in attacks {
         let r = c.ws_message(caller, vec![m]);
         match (&r[0], &expected) {
-            (MessageResult::Err(WsError::TooLarge { limit, .. }), WsError::TooLarge { limit: l, .. }) => {
+            (
+                MessageResult::Err(WsError::TooLarge { limit, .. }),
+                WsError::TooLarge { limit: l, .. },
+            ) => {
                 assert_eq!(limit, l, "{name}")
             }
             (got, _) => assert_eq!(got, &MessageResult::Err(expected.clone()), "{name}"),
         }
-        assert_eq!(snapshot(&c, alice.id), before, "{name} changed the canister's state");
+        assert_eq!(
+            snapshot(&c, alice.id),
+            before,
+            "{name} changed the canister's state"
+        );
     }
     // A replayed accepted message: Duplicate, nothing changes (and no second echo).
-    assert_eq!(c.ws_message(gw, vec![first]), vec![MessageResult::Duplicate]);
-    assert_eq!(snapshot(&c, alice.id), before, "duplicate changed the state");
+    assert_eq!(
+        c.ws_message(gw, vec![first]),
+        vec![MessageResult::Duplicate]
+    );
+    assert_eq!(
+        snapshot(&c, alice.id),
+        before,
+        "duplicate changed the state"
+    );
 
     // The session goes on.
     let m = alice.message(&c, echo("second"));
@@ -103,31 +156,59 @@ fn rejected_opens_change_nothing() {
     let before = snapshot(&c, alice.id);
     c.advance(std::time::Duration::from_millis(1));
 
-    let mut attacks: Vec<(&str, ic_ws_protocol::types::OpenRequest, Principal, WsError)> = Vec::new();
+    let mut attacks: Vec<(&str, ic_ws_protocol::types::OpenRequest, Principal, WsError)> =
+        Vec::new();
     // Replayed open: the same signed request again (timestamp not newer).
-    attacks.push(("replayed open", accepted_open.clone(), gw, WsError::StaleOpen));
+    attacks.push((
+        "replayed open",
+        accepted_open.clone(),
+        gw,
+        WsError::StaleOpen,
+    ));
     // Bad signature.
     let mut o = alice.open_request(&c, gw, "hello", false);
     o.args = candid::encode_one("changed".to_string()).unwrap();
     attacks.push(("altered open", o, gw, WsError::InvalidSignature));
     // Signed for another canister.
     let mut o = alice.open_request(&c, gw, "hello", false);
-    alice.key.sign_open(&Principal::from_slice(&[0xAB; 10]), &mut o);
+    alice
+        .key
+        .sign_open(&Principal::from_slice(&[0xAB; 10]), &mut o);
     attacks.push(("wrong canister", o, gw, WsError::InvalidSignature));
     // Relayed by a gateway other than the one the client named.
-    attacks.push(("gateway mismatch", alice.open_request(&c, gw, "hello", false), gateway(2), WsError::GatewayMismatch));
+    attacks.push((
+        "gateway mismatch",
+        alice.open_request(&c, gw, "hello", false),
+        gateway(2),
+        WsError::GatewayMismatch,
+    ));
     // Anonymous gateway.
     let o = alice.open_request(&c, Principal::anonymous(), "hello", false);
-    attacks.push(("anonymous", o, Principal::anonymous(), WsError::AnonymousGateway));
+    attacks.push((
+        "anonymous",
+        o,
+        Principal::anonymous(),
+        WsError::AnonymousGateway,
+    ));
     // Hijack: resume alice's session with another key.
     let mut thief = TestClient::new(66);
     thief.id = alice.id;
-    attacks.push(("hijack resume", thief.open_request(&c, gw, "hello", true), gw, WsError::InvalidResume));
+    attacks.push((
+        "hijack resume",
+        thief.open_request(&c, gw, "hello", true),
+        gw,
+        WsError::InvalidResume,
+    ));
     // Resume beyond what was sent.
     let mut ahead = TestClient::new(1);
     ahead.id = alice.id;
     ahead.next_outbound = 99;
-    attacks.push(("resume ahead", ahead.open_request(&c, gw, "hello", true), gw, WsError::InvalidResume));
+    attacks.push((
+        "resume ahead",
+        ahead.open_request(&c, gw, "hello", true),
+        gw,
+        WsError::InvalidResume,
+    ));
     // Clock skew (10 minutes in the future).
     let mut o = alice.open_request(&c, gw, "hello", false);
     o.timestamp_ns += 600_000_000_000;
@@ -135,11 +216,20 @@ fn rejected_opens_change_nothing() {
     attacks.push(("future timestamp", o, gw, WsError::StaleOpen));
     // The app's on_open rejects.
     let bob = TestClient::new(2);
-    attacks.push(("on_open rejects", bob.open_request(&c, gw, "reject", false), gw, WsError::Rejected("rejected by the test app".into())));
+    attacks.push((
+        "on_open rejects",
+        bob.open_request(&c, gw, "reject", false),
+        gw,
+        WsError::Rejected("rejected by the test app".into()),
+    ));
 
     for (name, o, caller, expected) in attacks {
         let r = c.ws_open(caller, vec![o]);
         assert_eq!(r[0], Err(expected), "{name}");
-        assert_eq!(snapshot(&c, alice.id), before, "{name} changed the canister's state");
+        assert_eq!(
+            snapshot(&c, alice.id),
+            before,
+            "{name} changed the canister's state"
+        );
     }
 }

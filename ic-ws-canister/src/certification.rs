@@ -66,8 +66,9 @@ impl WsTree {
     }
 
     pub(crate) fn remove(&mut self, client: ClientId, seq: u64) {
-        self.clients
-            .modify(&client.to_be_bytes(), |inner| inner.delete(&seq.to_be_bytes()));
+        self.clients.modify(&client.to_be_bytes(), |inner| {
+            inner.delete(&seq.to_be_bytes())
+        });
     }
 
     pub(crate) fn remove_client(&mut self, client: ClientId) {

@@ -115,9 +115,11 @@ impl WsConfig {
             ));
         }
         if u64::from(self.max_poll_bytes) < self.max_outbound_payload_bytes + 1024 {
-            return Err("max_poll_bytes must exceed max_outbound_payload_bytes + 1 KiB, \
+            return Err(
+                "max_poll_bytes must exceed max_outbound_payload_bytes + 1 KiB, \
                  or a large message could never be polled"
-                .into());
+                    .into(),
+            );
         }
         if self.idle_timeout_ns == 0 {
             return Err("idle_timeout_ns must be positive".into());

@@ -439,7 +439,9 @@ pub mod __private {
 
     /// `on_message` of an app that defines none: rejects app messages.
     pub fn default_on_message(_client: ClientId, _payload: &[u8]) -> Result<(), WsError> {
-        Err(WsError::Rejected("this canister accepts no app messages".into()))
+        Err(WsError::Rejected(
+            "this canister accepts no app messages".into(),
+        ))
     }
 
     /// `on_close` of an app that defines none.

@@ -67,7 +67,9 @@ pub fn get(id: MemoryId) -> Memory {
 /// bucket size it was created with. Fails once the manager exists.
 pub fn set_bucket_size_pages(pages: u16) -> Result<(), Error> {
     if pages == 0 {
-        return Err(Error::InvalidArgument("bucket size must be positive".into()));
+        return Err(Error::InvalidArgument(
+            "bucket size must be positive".into(),
+        ));
     }
     if MANAGER.with(|m| m.borrow().is_some()) {
         return Err(Error::InvalidArgument(

@@ -12,8 +12,8 @@ use crate::config::WsConfig;
 use crate::env;
 use crate::memory::{slot, ws_memory, Memory};
 use crate::store::{
-    client_sub_key, log_key, pair_key, split_pair, sub_key, ClientRecord, Counters,
-    GatewayRecord, KeyRecord, OutBody, OutEntry, SharedContent, NOT_LOGGED,
+    client_sub_key, log_key, pair_key, split_pair, sub_key, ClientRecord, Counters, GatewayRecord,
+    KeyRecord, OutBody, OutEntry, SharedContent, NOT_LOGGED,
 };
 use crate::{ClientInfo, Error};
 use candid::Principal;
@@ -258,19 +258,14 @@ impl State {
 
     /// Appends a message to a session's queue (limits already checked), logs it for the
     /// attached gateway and certifies it. Returns its sequence number.
-    fn enqueue(
-        &mut self,
-        id: ClientId,
-        rec: &mut ClientRecord,
-        body: OutBody,
-        hash: Hash,
-    ) -> u64 {
+    fn enqueue(&mut self, id: ClientId, rec: &mut ClientRecord, body: OutBody, hash: Hash) -> u64 {
         let seq = rec.next_outbound_seq;
         let log_idx = if rec.attached {
             let idx = self.counters.next_log_idx;
             self.counters.next_log_idx += 1;
             self.save_counters();
-            self.log.insert(log_key(rec.gateway, idx), pair_key(id, seq));
+            self.log
+                .insert(log_key(rec.gateway, idx), pair_key(id, seq));
             idx
         } else {
             NOT_LOGGED
@@ -368,7 +363,12 @@ impl State {
     }
 
     /// Sends an app payload (candid bytes) to one client.
-    pub(crate) fn send_payload(&mut self, id: ClientId, payload: Vec<u8>, now: u64) -> Result<u64, Error> {
+    pub(crate) fn send_payload(
+        &mut self,
+        id: ClientId,
+        payload: Vec<u8>,
+        now: u64,
+    ) -> Result<u64, Error> {
         let mut rec = self.clients.get(&id).ok_or(Error::UnknownClient(id))?;
         if rec.closed {
             return Err(Error::Closed(id));
@@ -479,7 +479,6 @@ impl State {
         let expired: Vec<u64> = self
             .activity
             .keys_range(pair_key(0, 0)..pair_key(idle_before, 0))
-            .into_iter()
             .take(budget)
             .map(|k| split_pair(&k).1)
             .collect();
@@ -490,7 +489,6 @@ impl State {
         let done: Vec<u64> = self
             .closed
             .keys_range(pair_key(0, 0)..pair_key(delete_before, 0))
-            .into_iter()
             .take(budget)
             .map(|k| split_pair(&k).1)
             .collect();
@@ -664,8 +662,7 @@ impl State {
                 first_available: rec.first_retained_seq,
             });
         }
-        let same_gateway =
-            rec.attached && self.gateway_principal(rec.gateway) == caller;
+        let same_gateway = rec.attached && self.gateway_principal(rec.gateway) == caller;
         if !same_gateway {
             self.check_gateway_capacity(&caller)?;
         }
@@ -749,7 +746,11 @@ impl State {
     }
 
     /// `ws_close` for one client: detaches it from the calling gateway.
-    pub(crate) fn gateway_detach(&mut self, caller: Principal, id: ClientId) -> Result<(), WsError> {
+    pub(crate) fn gateway_detach(
+        &mut self,
+        caller: Principal,
+        id: ClientId,
+    ) -> Result<(), WsError> {
         let mut rec = self.clients.get(&id).ok_or(WsError::UnknownClient(id))?;
         if !rec.attached || self.gateway_id(&caller) != Some(rec.gateway) {
             return Err(WsError::WrongGateway);
@@ -763,9 +764,8 @@ impl State {
 
     /// `ws_poll`: the caller's delivery log from `cursor`, capped, with a witness.
     pub(crate) fn poll(&self, caller: Principal, req: PollRequest) -> Result<PollReply, WsError> {
-        let certificate = env::data_certificate().ok_or_else(|| {
-            WsError::InvalidArgument("ws_poll must be called as a query".into())
-        })?;
+        let certificate = env::data_certificate()
+            .ok_or_else(|| WsError::InvalidArgument("ws_poll must be called as a query".into()))?;
         let max_messages = req
             .max_messages
             .unwrap_or(u32::MAX)
@@ -904,7 +904,6 @@ impl State {
         let end = (id.saturating_add(1)).to_be_bytes().to_vec();
         self.client_subs
             .keys_range(prefix..end)
-            .into_iter()
             .map(|k| String::from_utf8_lossy(&k[8..]).into_owned())
             .collect()
     }
@@ -916,8 +915,10 @@ impl State {
         end.extend_from_slice(&[0xff; 9]);
         self.subs
             .keys_range(start..end)
-            .into_iter()
-            .filter_map(|k| k.get(k.len().saturating_sub(8)..).map(|b| crate::store::Reader::new(b).u64()))
+            .filter_map(|k| {
+                k.get(k.len().saturating_sub(8)..)
+                    .map(|b| crate::store::Reader::new(b).u64())
+            })
             .collect()
     }
 

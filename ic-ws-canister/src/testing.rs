@@ -2,8 +2,8 @@
 //! runtime sees outside a canister, and read what it certified. Lets apps unit-test their
 //! handlers with `cargo test`, without a replica.
 
-use crate::env::imp::FAKE;
 use crate::__private::Handlers;
+use crate::env::imp::FAKE;
 use candid::Principal;
 use ic_ws_protocol::types::{OpenBatch, OpenRequest};
 use ic_ws_protocol::{ClientId, SessionKey};
@@ -56,15 +56,21 @@ pub const ACCEPT_ALL: Handlers = Handlers {
 };
 
 /// A signed open request through `gateway` at the current fake time.
-pub fn open_request(key: &SessionKey, gateway: Principal, resume: Option<(ClientId, u64)>) -> OpenRequest {
+pub fn open_request(
+    key: &SessionKey,
+    gateway: Principal,
+    resume: Option<(ClientId, u64)>,
+) -> OpenRequest {
     let mut open = OpenRequest {
         client_key: key.public_key(),
         gateway,
         timestamp_ns: time_ns(),
-        resume: resume.map(|(client_id, next_outbound_seq)| ic_ws_protocol::ResumeFrom {
-            client_id,
-            next_outbound_seq,
-        }),
+        resume: resume.map(
+            |(client_id, next_outbound_seq)| ic_ws_protocol::ResumeFrom {
+                client_id,
+                next_outbound_seq,
+            },
+        ),
         args: Vec::new(),
         signature: Vec::new(),
     };

@@ -67,14 +67,30 @@ fn canister() -> candid::Principal {
 fn open(seed: u8, gw: u8) -> Client {
     let key = SessionKey::from_seed([seed; 32]);
     testing::set_caller(gateway(gw));
-    let r = __private::ws_open(&H, OpenBatch { opens: vec![open_request(&key, gateway(gw), None)] });
+    let r = __private::ws_open(
+        &H,
+        OpenBatch {
+            opens: vec![open_request(&key, gateway(gw), None)],
+        },
+    );
     let ok = r[0].clone().unwrap();
     assert_eq!(ok.opened_seq, 0);
-    Client { id: ok.client_id, key, next_seq: 0, ack: 0 }
+    Client {
+        id: ok.client_id,
+        key,
+        next_seq: 0,
+        ack: 0,
+    }
 }
 
 fn msg(c: &Client, seq: u64, kind: MessageKind) -> ClientMessage {
-    let mut m = ClientMessage { client_id: c.id, seq, ack: c.ack, kind, signature: vec![] };
+    let mut m = ClientMessage {
+        client_id: c.id,
+        seq,
+        ack: c.ack,
+        kind,
+        signature: vec![],
+    };
     c.key.sign_message(&canister(), &mut m);
     m
 }
@@ -99,14 +115,23 @@ fn say(c: &mut Client, gw: u8, text: &str) -> MessageResult {
 
 fn poll(gw: u8, cursor: u64) -> PollReply {
     testing::set_caller(gateway(gw));
-    __private::ws_poll(PollRequest { cursor, max_messages: None, max_bytes: None }).unwrap()
+    __private::ws_poll(PollRequest {
+        cursor,
+        max_messages: None,
+        max_bytes: None,
+    })
+    .unwrap()
 }
 
 /// Checks what a client checks (without the BLS part): the tree's root is the certified data
 /// and every message's hash sits at its path. Returns the decoded contents.
 fn verify(reply: &PollReply) -> Vec<(ClientId, u64, OutboundContent)> {
     let tree: HashTree = serde_cbor::from_slice(&reply.tree).unwrap();
-    assert_eq!(Some(tree.digest()), testing::certified_data(), "tree root != certified data");
+    assert_eq!(
+        Some(tree.digest()),
+        testing::certified_data(),
+        "tree root != certified data"
+    );
     reply
         .messages
         .iter()
@@ -116,7 +141,11 @@ fn verify(reply: &PollReply) -> Vec<(ClientId, u64, OutboundContent)> {
                 LookupResult::Found(v) => assert_eq!(v, content_hash(&m.content)),
                 other => panic!("message {}/{} not witnessed: {other:?}", m.client_id, m.seq),
             }
-            (m.client_id, m.seq, ic_ws_protocol::decode(&m.content).unwrap())
+            (
+                m.client_id,
+                m.seq,
+                ic_ws_protocol::decode(&m.content).unwrap(),
+            )
         })
         .collect()
 }
@@ -137,7 +166,12 @@ fn open_message_send_poll_verify() {
     let got = verify(&reply);
     assert_eq!(got.len(), 2);
     match &got[0].2.body {
-        OutboundBody::Opened { client_key, resumed, next_inbound_seq, .. } => {
+        OutboundBody::Opened {
+            client_key,
+            resumed,
+            next_inbound_seq,
+            ..
+        } => {
             assert_eq!(client_key, &c.key.public_key());
             assert!(!resumed);
             assert_eq!(*next_inbound_seq, 0);
@@ -173,20 +207,45 @@ fn batch_in_order_with_per_entry_results() {
             MessageResult::Ok,
             MessageResult::Ok,
             MessageResult::Err(WsError::Rejected("no".into())),
-            MessageResult::Err(WsError::OutOfSequence { expected: 2, got: 3 }),
+            MessageResult::Err(WsError::OutOfSequence {
+                expected: 2,
+                got: 3
+            }),
             MessageResult::Ok,
             MessageResult::Duplicate,
         ]
     );
     // The handler saw a0 once (the duplicate is a no-op), in order.
-    let msgs: Vec<String> = events().into_iter().filter(|e| e.starts_with("msg")).collect();
-    assert_eq!(msgs, vec![format!("msg {} a0", a.id), format!("msg {} b0", b.id), format!("msg {} refuse", a.id)]);
+    let msgs: Vec<String> = events()
+        .into_iter()
+        .filter(|e| e.starts_with("msg"))
+        .collect();
+    assert_eq!(
+        msgs,
+        vec![
+            format!("msg {} a0", a.id),
+            format!("msg {} b0", b.id),
+            format!("msg {} refuse", a.id)
+        ]
+    );
     assert_eq!(client_info(a.id).unwrap().next_inbound_seq, 2);
 }
 
 /// A snapshot of everything observable about a client: its info and the gateways' polls.
-fn snapshot(id: ClientId) -> (Option<ClientInfo>, Vec<OutboundMessage>, Vec<OutboundMessage>, Option<[u8; 32]>) {
-    (client_info(id), poll(1, 0).messages, poll(2, 0).messages, testing::certified_data())
+fn snapshot(
+    id: ClientId,
+) -> (
+    Option<ClientInfo>,
+    Vec<OutboundMessage>,
+    Vec<OutboundMessage>,
+    Option<[u8; 32]>,
+) {
+    (
+        client_info(id),
+        poll(1, 0).messages,
+        poll(2, 0).messages,
+        testing::certified_data(),
+    )
 }
 
 #[test]
@@ -198,40 +257,89 @@ fn rejected_messages_change_nothing() {
     // Tampered payload (signature over other bytes).
     let mut m = msg(&c, 1, app("real"));
     m.kind = app("forged");
-    assert_eq!(deliver(1, vec![m]), vec![MessageResult::Err(WsError::InvalidSignature)]);
+    assert_eq!(
+        deliver(1, vec![m]),
+        vec![MessageResult::Err(WsError::InvalidSignature)]
+    );
     // Signed for another canister.
-    let mut m = ClientMessage { client_id: c.id, seq: 1, ack: 0, kind: app("x"), signature: vec![] };
-    c.key.sign_message(&candid::Principal::from_slice(&[9, 9]), &mut m);
-    assert_eq!(deliver(1, vec![m]), vec![MessageResult::Err(WsError::InvalidSignature)]);
+    let mut m = ClientMessage {
+        client_id: c.id,
+        seq: 1,
+        ack: 0,
+        kind: app("x"),
+        signature: vec![],
+    };
+    c.key
+        .sign_message(&candid::Principal::from_slice(&[9, 9]), &mut m);
+    assert_eq!(
+        deliver(1, vec![m]),
+        vec![MessageResult::Err(WsError::InvalidSignature)]
+    );
     // Signed by another key.
-    let mut m = ClientMessage { client_id: c.id, seq: 1, ack: 0, kind: app("x"), signature: vec![] };
+    let mut m = ClientMessage {
+        client_id: c.id,
+        seq: 1,
+        ack: 0,
+        kind: app("x"),
+        signature: vec![],
+    };
     SessionKey::from_seed([77; 32]).sign_message(&canister(), &mut m);
-    assert_eq!(deliver(1, vec![m]), vec![MessageResult::Err(WsError::InvalidSignature)]);
+    assert_eq!(
+        deliver(1, vec![m]),
+        vec![MessageResult::Err(WsError::InvalidSignature)]
+    );
     // Truncated signature.
     let mut m = msg(&c, 1, app("x"));
     m.signature.truncate(10);
-    assert_eq!(deliver(1, vec![m]), vec![MessageResult::Err(WsError::MalformedKey)]);
+    assert_eq!(
+        deliver(1, vec![m]),
+        vec![MessageResult::Err(WsError::MalformedKey)]
+    );
     // Relayed by another gateway.
-    assert_eq!(deliver(2, vec![msg(&c, 1, app("x"))]), vec![MessageResult::Err(WsError::WrongGateway)]);
+    assert_eq!(
+        deliver(2, vec![msg(&c, 1, app("x"))]),
+        vec![MessageResult::Err(WsError::WrongGateway)]
+    );
     // Out of sequence.
     assert_eq!(
         deliver(1, vec![msg(&c, 5, app("x"))]),
-        vec![MessageResult::Err(WsError::OutOfSequence { expected: 1, got: 5 })]
+        vec![MessageResult::Err(WsError::OutOfSequence {
+            expected: 1,
+            got: 5
+        })]
     );
     // Replay of the accepted message: a no-op.
-    assert_eq!(deliver(1, vec![msg(&c, 0, app("first"))]), vec![MessageResult::Duplicate]);
+    assert_eq!(
+        deliver(1, vec![msg(&c, 0, app("first"))]),
+        vec![MessageResult::Duplicate]
+    );
     // Unknown client.
     let mut m = msg(&c, 1, app("x"));
     m.client_id = 999;
-    assert_eq!(deliver(1, vec![m]), vec![MessageResult::Err(WsError::UnknownClient(999))]);
+    assert_eq!(
+        deliver(1, vec![m]),
+        vec![MessageResult::Err(WsError::UnknownClient(999))]
+    );
     // Oversized payload.
     let big = "x".repeat(70 * 1024);
     let m = msg(&c, 1, app(&big));
-    assert!(matches!(deliver(1, vec![m])[0], MessageResult::Err(WsError::TooLarge { .. })));
+    assert!(matches!(
+        deliver(1, vec![m])[0],
+        MessageResult::Err(WsError::TooLarge { .. })
+    ));
     // Ack beyond what was sent.
-    let mut m = ClientMessage { client_id: c.id, seq: 1, ack: 99, kind: MessageKind::KeepAlive, signature: vec![] };
+    let mut m = ClientMessage {
+        client_id: c.id,
+        seq: 1,
+        ack: 99,
+        kind: MessageKind::KeepAlive,
+        signature: vec![],
+    };
     c.key.sign_message(&canister(), &mut m);
-    assert!(matches!(deliver(1, vec![m])[0], MessageResult::Err(WsError::InvalidArgument(_))));
+    assert!(matches!(
+        deliver(1, vec![m])[0],
+        MessageResult::Err(WsError::InvalidArgument(_))
+    ));
 
     assert_eq!(snapshot(c.id), before);
     // And the session still works.
@@ -256,14 +364,23 @@ fn rejected_opens_change_nothing() {
     o.timestamp_ns += 1;
     assert_eq!(ws_open(o), Err(WsError::InvalidSignature));
     // Names another gateway than its caller.
-    assert_eq!(ws_open(open_request(&key, gateway(2), None)), Err(WsError::GatewayMismatch));
+    assert_eq!(
+        ws_open(open_request(&key, gateway(2), None)),
+        Err(WsError::GatewayMismatch)
+    );
     // Anonymous caller.
     testing::set_caller(candid::Principal::anonymous());
     let o = open_request(&key, candid::Principal::anonymous(), None);
-    assert_eq!(__private::ws_open(&H, OpenBatch { opens: vec![o] }).remove(0), Err(WsError::AnonymousGateway));
+    assert_eq!(
+        __private::ws_open(&H, OpenBatch { opens: vec![o] }).remove(0),
+        Err(WsError::AnonymousGateway)
+    );
     testing::set_caller(gateway(1));
     // Clock skew, both ways.
-    for skewed in [testing::time_ns() + 400_000_000_000, testing::time_ns() - 400_000_000_000] {
+    for skewed in [
+        testing::time_ns() + 400_000_000_000,
+        testing::time_ns() - 400_000_000_000,
+    ] {
         let mut o = open_request(&key, gateway(1), None);
         o.timestamp_ns = skewed;
         key.sign_open(&canister(), &mut o);
@@ -271,11 +388,20 @@ fn rejected_opens_change_nothing() {
     }
     // Hijack: resume c's session with another key.
     let thief = SessionKey::from_seed([66; 32]);
-    assert_eq!(ws_open(open_request(&thief, gateway(1), Some((c.id, 0)))), Err(WsError::InvalidResume));
+    assert_eq!(
+        ws_open(open_request(&thief, gateway(1), Some((c.id, 0)))),
+        Err(WsError::InvalidResume)
+    );
     // Resume beyond what was sent.
-    assert_eq!(ws_open(open_request(&key, gateway(1), Some((c.id, 50)))), Err(WsError::InvalidResume));
+    assert_eq!(
+        ws_open(open_request(&key, gateway(1), Some((c.id, 50)))),
+        Err(WsError::InvalidResume)
+    );
     // Resume of an unknown session.
-    assert_eq!(ws_open(open_request(&key, gateway(1), Some((77, 0)))), Err(WsError::UnknownClient(77)));
+    assert_eq!(
+        ws_open(open_request(&key, gateway(1), Some((77, 0)))),
+        Err(WsError::UnknownClient(77))
+    );
     // Malformed key.
     let mut o = open_request(&key, gateway(1), None);
     o.client_key.truncate(5);
@@ -314,27 +440,58 @@ fn resume_through_second_gateway() {
     }
     // The client received 0..=1 (through gateway 1), then gateway 1 lost it.
     testing::set_caller(gateway(1));
-    assert_eq!(__private::ws_close(&H, CloseBatch { clients: vec![c.id] }), vec![Ok(())]);
+    assert_eq!(
+        __private::ws_close(
+            &H,
+            CloseBatch {
+                clients: vec![c.id]
+            }
+        ),
+        vec![Ok(())]
+    );
     assert!(poll(1, 0).messages.is_empty());
     assert!(client_info(c.id).unwrap().open);
     testing::advance_ns(1_000);
     testing::set_caller(gateway(2));
-    let r = __private::ws_open(&H, OpenBatch { opens: vec![open_request(&c.key, gateway(2), Some((c.id, 2)))] });
+    let r = __private::ws_open(
+        &H,
+        OpenBatch {
+            opens: vec![open_request(&c.key, gateway(2), Some((c.id, 2)))],
+        },
+    );
     let ok = r[0].clone().unwrap();
-    assert_eq!(ok, OpenOk { client_id: c.id, next_inbound_seq: 0, opened_seq: 4 });
+    assert_eq!(
+        ok,
+        OpenOk {
+            client_id: c.id,
+            next_inbound_seq: 0,
+            opened_seq: 4
+        }
+    );
     let got = verify(&poll(2, 0));
     assert_eq!(got.iter().map(|g| g.1).collect::<Vec<_>>(), vec![2, 3, 4]);
-    assert!(matches!(got[2].2.body, OutboundBody::Opened { resumed: true, .. }));
+    assert!(matches!(
+        got[2].2.body,
+        OutboundBody::Opened { resumed: true, .. }
+    ));
     // Messages below the resume point are released; on_open ran once only.
     assert_eq!(client_info(c.id).unwrap().first_retained_seq, 2);
     assert_eq!(events().iter().filter(|e| e.starts_with("open")).count(), 1);
     // The old gateway can no longer act for it; the new one can.
-    assert_eq!(say(&mut c, 1, "x"), MessageResult::Err(WsError::WrongGateway));
+    assert_eq!(
+        say(&mut c, 1, "x"),
+        MessageResult::Err(WsError::WrongGateway)
+    );
     assert_eq!(say(&mut c, 2, "x"), MessageResult::Ok);
     // Resuming from before the oldest retained message is refused plainly.
     testing::advance_ns(1_000);
     testing::set_caller(gateway(1));
-    let r = __private::ws_open(&H, OpenBatch { opens: vec![open_request(&c.key, gateway(1), Some((c.id, 1)))] });
+    let r = __private::ws_open(
+        &H,
+        OpenBatch {
+            opens: vec![open_request(&c.key, gateway(1), Some((c.id, 1)))],
+        },
+    );
     assert_eq!(r[0], Err(WsError::ResumeUnavailable { first_available: 2 }));
 }
 
@@ -347,19 +504,30 @@ fn expiry_closes_once_with_certified_reason() {
     testing::advance_ns(30 * 1_000_000_000);
     // Any update endpoint runs housekeeping: a is silent for 130 s > 120 s.
     assert_eq!(say(&mut b, 1, "still"), MessageResult::Ok);
-    let closes: Vec<String> = events().into_iter().filter(|e| e.starts_with("close")).collect();
+    let closes: Vec<String> = events()
+        .into_iter()
+        .filter(|e| e.starts_with("close"))
+        .collect();
     assert_eq!(closes, vec![format!("close {} Expired", a.id)]);
     assert!(!client_info(a.id).unwrap().open);
     let got = verify(&poll(1, 0));
-    let last_a = got.iter().filter(|g| g.0 == a.id).last().unwrap();
-    assert_eq!(last_a.2.body, OutboundBody::Closed { reason: CloseReason::Expired });
+    let last_a = got.iter().rfind(|g| g.0 == a.id).unwrap();
+    assert_eq!(
+        last_a.2.body,
+        OutboundBody::Closed {
+            reason: CloseReason::Expired
+        }
+    );
     // on_close's send after the close was refused (the session is closed): Closed is last.
     assert_eq!(send(a.id, &"x".to_string()), Err(Error::Closed(a.id)));
     // Later calls do not report it again; after the retention it is deleted.
     testing::advance_ns(700 * 1_000_000_000);
     housekeeping();
     assert_eq!(client_info(a.id), None);
-    assert_eq!(events().iter().filter(|e| e.starts_with("close")).count(), 2); // a, then b expired
+    assert_eq!(
+        events().iter().filter(|e| e.starts_with("close")).count(),
+        2
+    ); // a, then b expired
     assert!(poll(1, 0).messages.iter().all(|m| m.client_id != a.id));
 }
 
@@ -370,18 +538,31 @@ fn client_and_app_close() {
     assert_eq!(say(&mut c, 1, "close me"), MessageResult::Ok);
     assert!(close(d.id, 4001, "kicked"));
     assert!(!close(d.id, 4001, "again"));
-    let closes: Vec<String> = events().into_iter().filter(|e| e.starts_with("close")).collect();
+    let closes: Vec<String> = events()
+        .into_iter()
+        .filter(|e| e.starts_with("close"))
+        .collect();
     assert_eq!(
         closes,
         vec![
             format!("close {} AppClosed {{ code: 4000, reason: \"bye\" }}", c.id),
-            format!("close {} AppClosed {{ code: 4001, reason: \"kicked\" }}", d.id),
+            format!(
+                "close {} AppClosed {{ code: 4001, reason: \"kicked\" }}",
+                d.id
+            ),
         ]
     );
     assert_eq!(say(&mut c, 1, "x"), MessageResult::Err(WsError::Closed));
     // A signed client close.
     let mut e = open(3, 1);
-    let m = msg(&e, 0, MessageKind::Close { code: 1000, reason: "done".into() });
+    let m = msg(
+        &e,
+        0,
+        MessageKind::Close {
+            code: 1000,
+            reason: "done".into(),
+        },
+    );
     assert_eq!(deliver(1, vec![m]), vec![MessageResult::Ok]);
     e.next_seq = 1;
     assert!(events().last().unwrap().contains("ClientClosed"));
@@ -390,7 +571,11 @@ fn client_and_app_close() {
 
 #[test]
 fn overflow_policies() {
-    configure(WsConfig { max_queued_messages: 4, ..WsConfig::default() }).unwrap();
+    configure(WsConfig {
+        max_queued_messages: 4,
+        ..WsConfig::default()
+    })
+    .unwrap();
     let c = open(1, 1);
     for i in 0..3 {
         send(c.id, &i).unwrap();
@@ -398,7 +583,12 @@ fn overflow_policies() {
     assert_eq!(send(c.id, &9), Err(Error::QueueOverflowClosed(c.id)));
     assert!(!client_info(c.id).unwrap().open);
     let got = verify(&poll(1, 0));
-    assert_eq!(got.last().unwrap().2.body, OutboundBody::Closed { reason: CloseReason::QueueOverflow });
+    assert_eq!(
+        got.last().unwrap().2.body,
+        OutboundBody::Closed {
+            reason: CloseReason::QueueOverflow
+        }
+    );
     assert!(events().contains(&format!("close {} QueueOverflow", c.id)));
 
     configure(WsConfig {
@@ -446,7 +636,12 @@ fn poll_is_capped_by_count_and_bytes() {
     assert!(polls >= 3);
     // The gateway's own caps apply too.
     testing::set_caller(gateway(1));
-    let r = __private::ws_poll(PollRequest { cursor: 0, max_messages: Some(3), max_bytes: None }).unwrap();
+    let r = __private::ws_poll(PollRequest {
+        cursor: 0,
+        max_messages: Some(3),
+        max_bytes: None,
+    })
+    .unwrap();
     assert_eq!(r.messages.len(), 3);
     assert!(r.more);
     // A poll must be a query (a data certificate exists).
@@ -478,7 +673,13 @@ fn topics_fan_out_with_one_stored_payload() {
     close(clients[1].id, 1000, "");
     assert_eq!(subscribers("prices").len(), 13);
     for c in &clients[1..15] {
-        let m = ClientMessage { client_id: c.id, seq: 0, ack: 2, kind: MessageKind::KeepAlive, signature: vec![] };
+        let m = ClientMessage {
+            client_id: c.id,
+            seq: 0,
+            ack: 2,
+            kind: MessageKind::KeepAlive,
+            signature: vec![],
+        };
         let mut m = m;
         c.key.sign_message(&canister(), &mut m);
         deliver(1, vec![m]);
@@ -486,9 +687,19 @@ fn topics_fan_out_with_one_stored_payload() {
     // clients[1] is closed (its retained copy stays until deletion), the rest released it.
     runtime::with_state(|s| assert_eq!(s.shared.get(&0).unwrap().refs, 1));
     // Limits.
-    configure(WsConfig { max_topic_subscribers: 13, ..WsConfig::default() }).unwrap();
-    assert!(matches!(subscribe(clients[16].id, "prices"), Err(Error::LimitReached(_))));
-    assert!(matches!(subscribe(clients[16].id, ""), Err(Error::InvalidArgument(_))));
+    configure(WsConfig {
+        max_topic_subscribers: 13,
+        ..WsConfig::default()
+    })
+    .unwrap();
+    assert!(matches!(
+        subscribe(clients[16].id, "prices"),
+        Err(Error::LimitReached(_))
+    ));
+    assert!(matches!(
+        subscribe(clients[16].id, ""),
+        Err(Error::InvalidArgument(_))
+    ));
 }
 
 #[test]
@@ -531,9 +742,15 @@ fn app_certified_data_composes() {
     let tree = certification::app_witness(app.witness(b"k"));
     assert_eq!(Some(tree.digest()), testing::certified_data());
     let decoded: HashTree = serde_cbor::from_slice(&certification::encode_tree(&tree)).unwrap();
-    assert_eq!(decoded.lookup_path([b"app".as_slice(), b"k"]), LookupResult::Found(b"v"));
+    assert_eq!(
+        decoded.lookup_path([b"app".as_slice(), b"k"]),
+        LookupResult::Found(b"v")
+    );
     certification::set_app_root_hash(None);
-    assert_eq!(testing::certified_data(), Some(certification::ws_labeled_hash()));
+    assert_eq!(
+        testing::certified_data(),
+        Some(certification::ws_labeled_hash())
+    );
     verify(&poll(1, 0));
 }
 
@@ -545,21 +762,42 @@ fn on_close_reentrancy_close_from_on_close() {
     let b = open(2, 1);
     testing::advance_ns(200 * 1_000_000_000);
     housekeeping();
-    let mut closes: Vec<String> = events().into_iter().filter(|e| e.starts_with("close")).collect();
+    let mut closes: Vec<String> = events()
+        .into_iter()
+        .filter(|e| e.starts_with("close"))
+        .collect();
     closes.sort();
-    assert_eq!(closes, vec![format!("close {} Expired", a.id), format!("close {} Expired", b.id)]);
+    assert_eq!(
+        closes,
+        vec![
+            format!("close {} Expired", a.id),
+            format!("close {} Expired", b.id)
+        ]
+    );
     housekeeping();
-    assert_eq!(events().iter().filter(|e| e.starts_with("close")).count(), 2);
+    assert_eq!(
+        events().iter().filter(|e| e.starts_with("close")).count(),
+        2
+    );
 }
 
 #[test]
 fn sessions_per_gateway_limit() {
-    configure(WsConfig { max_sessions_per_gateway: 2, ..WsConfig::default() }).unwrap();
+    configure(WsConfig {
+        max_sessions_per_gateway: 2,
+        ..WsConfig::default()
+    })
+    .unwrap();
     open(1, 1);
     open(2, 1);
     let key = SessionKey::from_seed([3; 32]);
     testing::set_caller(gateway(1));
-    let r = __private::ws_open(&H, OpenBatch { opens: vec![open_request(&key, gateway(1), None)] });
+    let r = __private::ws_open(
+        &H,
+        OpenBatch {
+            opens: vec![open_request(&key, gateway(1), None)],
+        },
+    );
     assert!(matches!(r[0], Err(WsError::LimitReached(_))));
     // Another gateway has room.
     open(3, 2);
@@ -571,15 +809,28 @@ fn clients_listing_pages() {
         open(i, 1);
     }
     let first = clients(None, 3);
-    assert_eq!(first.iter().map(|c| c.id).collect::<Vec<_>>(), vec![0, 1, 2]);
+    assert_eq!(
+        first.iter().map(|c| c.id).collect::<Vec<_>>(),
+        vec![0, 1, 2]
+    );
     let rest = clients(Some(2), 10);
     assert_eq!(rest.iter().map(|c| c.id).collect::<Vec<_>>(), vec![3, 4]);
-    assert!(rest.iter().all(|c| c.attached && c.open && c.gateway == gateway(1)));
+    assert!(rest
+        .iter()
+        .all(|c| c.attached && c.open && c.gateway == gateway(1)));
 }
 
 #[test]
 fn config_validation() {
-    assert!(configure(WsConfig { max_poll_bytes: 3 * 1024 * 1024, ..WsConfig::default() }).is_err());
-    assert!(configure(WsConfig { closed_retention_ns: 1, ..WsConfig::default() }).is_err());
+    assert!(configure(WsConfig {
+        max_poll_bytes: 3 * 1024 * 1024,
+        ..WsConfig::default()
+    })
+    .is_err());
+    assert!(configure(WsConfig {
+        closed_retention_ns: 1,
+        ..WsConfig::default()
+    })
+    .is_err());
     assert_eq!(config(), WsConfig::default());
 }

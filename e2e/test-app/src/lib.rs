@@ -117,7 +117,8 @@ fn app_configure_big_queues() -> Result<(), String> {
 fn post_upgrade() {
     ic_ws_canister::post_upgrade();
     // Rebuild the app's heap tree from its stable map and register its root again.
-    let pairs: Vec<(String, String)> = VALUES.with(|v| v.borrow().iter().map(|e| e.into_pair()).collect());
+    let pairs: Vec<(String, String)> =
+        VALUES.with(|v| v.borrow().iter().map(|e| e.into_pair()).collect());
     CERTIFIED.with(|t| {
         let mut t = t.borrow_mut();
         for (k, v) in pairs {
@@ -140,8 +141,11 @@ fn app_send(client: ClientId, text: String) -> Result<u64, String> {
 fn app_send_bytes(client: ClientId, size: u32, count: u32) -> Result<u64, String> {
     let mut last = 0;
     for _ in 0..count {
-        last = ic_ws_canister::send(client, &Outbound::Bytes(serde_bytes::ByteBuf::from(vec![7; size as usize])))
-            .map_err(|e| e.to_string())?;
+        last = ic_ws_canister::send(
+            client,
+            &Outbound::Bytes(serde_bytes::ByteBuf::from(vec![7; size as usize])),
+        )
+        .map_err(|e| e.to_string())?;
     }
     Ok(last)
 }
@@ -155,9 +159,16 @@ fn app_subscribe(client: ClientId, topic: String) -> Result<(), String> {
 /// Publishes `size` bytes to a topic; returns (delivered, skipped, closed) counts.
 #[ic_cdk::update]
 fn app_publish(topic: String, size: u32) -> Result<(u64, u64, u64), String> {
-    let r = ic_ws_canister::publish(&topic, &Outbound::Bytes(serde_bytes::ByteBuf::from(vec![9; size as usize])))
-        .map_err(|e| e.to_string())?;
-    Ok((r.delivered.len() as u64, r.skipped.len() as u64, r.closed.len() as u64))
+    let r = ic_ws_canister::publish(
+        &topic,
+        &Outbound::Bytes(serde_bytes::ByteBuf::from(vec![9; size as usize])),
+    )
+    .map_err(|e| e.to_string())?;
+    Ok((
+        r.delivered.len() as u64,
+        r.skipped.len() as u64,
+        r.closed.len() as u64,
+    ))
 }
 
 /// Closes a session.
