@@ -187,16 +187,19 @@ impl<C: CanisterApi> Shared<C> {
             return;
         };
         // A restarted gateway re-reads the log from cursor 0: skip what this client already
-        // has (it resumed from `next_seq`).
+        // has (it resumed from `next_seq`). Deliver only the contiguous run from `next_seq`:
+        // after a resume, orphans polled while the client was away can start beyond it (the
+        // client would reject the gap); the canister re-queues everything from the resume
+        // point, so messages past a gap arrive again, in order.
         let mut next = entry.next_seq;
         let messages: Vec<OutboundMessage> = messages
             .into_iter()
             .filter(|m| {
-                let fresh = m.seq >= next;
-                if fresh {
-                    next = m.seq + 1;
+                let contiguous = m.seq == next;
+                if contiguous {
+                    next += 1;
                 }
-                fresh
+                contiguous
             })
             .collect();
         let Some(last) = messages.last() else { return };
@@ -416,6 +419,20 @@ mod tests {
         }
         assert_eq!(delivered(&outbox).await, vec![1, 2]);
         assert_eq!(outbox.len().0, 0);
+        // Messages past a gap (orphans polled before a resume from an earlier point) wait
+        // for the re-queued run.
+        let gap = vec![msg(5, 4), msg(5, 5)];
+        {
+            let mut table = hub.table();
+            shared.deliver_locked(&mut table, &page(&gap), 5, gap.clone());
+        }
+        assert_eq!(outbox.len().0, 0);
+        let requeued = vec![msg(5, 3), msg(5, 4), msg(5, 5)];
+        {
+            let mut table = hub.table();
+            shared.deliver_locked(&mut table, &page(&requeued), 5, requeued.clone());
+        }
+        assert_eq!(delivered(&outbox).await, vec![3, 4, 5]);
         // Orphans expire.
         let mut table = hub.table();
         shared.deliver_locked(&mut table, &page(&early), 6, vec![msg(6, 0)]);
