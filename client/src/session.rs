@@ -167,6 +167,13 @@ impl Session {
     }
 
     /// Checks one `Messages` frame (docs/protocol.md checks 1-6). On error nothing changes.
+    ///
+    /// Check 6 (the `Opened` binding): a new session's first message (seq 0) must be the
+    /// `Opened` of our open (our key, our timestamp, `resumed = false`). On a resume the
+    /// canister re-queues every retained message first, which may include `Opened`
+    /// confirmations of earlier opens of ours whose connections died before they arrived
+    /// (our key, an older timestamp): those are skipped; the resume completes with the
+    /// `Opened` carrying our current open's timestamp and `resumed = true`.
     pub(crate) fn on_messages(
         &mut self,
         messages: &[OutboundMessage],
@@ -204,6 +211,12 @@ impl Session {
                     let p = pending.ok_or(BindingError::UnexpectedOpened { seq: m.seq })?;
                     if *client_key != self.key.public_key() {
                         return Err(BindingError::WrongKey { seq: m.seq }.into());
+                    }
+                    if p.resume && *open_timestamp_ns < p.timestamp_ns {
+                        // The confirmation of an earlier open of ours whose connection died
+                        // before it arrived: re-queued by this resume like every retained
+                        // message. Certified, in sequence, for our key; nothing to do.
+                        continue;
                     }
                     if *open_timestamp_ns != p.timestamp_ns {
                         return Err(BindingError::WrongOpenTimestamp {

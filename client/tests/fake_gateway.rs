@@ -448,6 +448,32 @@ async fn resume_resends_unaccepted_messages_once() {
 }
 
 #[tokio::test]
+async fn confirmation_of_an_open_lost_in_transit_is_skipped_on_the_next_resume() {
+    let gw = FakeGateway::start().await;
+    let mut client = Client::connect(config(&gw)).await.unwrap();
+    let id = client.client_id().unwrap();
+    // The next resume is accepted by the canister (Opened queued at seq 1), but the
+    // connection dies before anything reaches the client; the resume after that gets the
+    // re-queued seq 1 (for the lost open) and then its own Opened at seq 2.
+    gw.with(|c| c.drop_after_open = 1);
+    gw.kick_all();
+    let e = until(&mut client, |e| matches!(e, Event::Opened { .. })).await;
+    assert_eq!(
+        e,
+        Event::Opened {
+            client_id: id,
+            resumed: true,
+            next_inbound_seq: 0,
+            resent: 0
+        }
+    );
+    gw.with(|c| assert_eq!(c.sessions[&id].opens, 3));
+    client.send(&"still here".to_string()).await.unwrap();
+    let m = message(&mut client).await;
+    assert_eq!((m.seq, m.value.as_str()), (3, "still here"));
+}
+
+#[tokio::test]
 async fn messages_sent_while_disconnected_are_delivered_after_resume() {
     let gw = FakeGateway::start().await;
     let mut client = Client::connect(config(&gw)).await.unwrap();

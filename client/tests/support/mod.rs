@@ -67,6 +67,8 @@ pub struct Canister {
     pub protocol_version: u32,
     /// Deliver certified messages before the OpenResult (a legal race at real gateways).
     pub messages_before_open_result: bool,
+    /// Drop this many connections right after accepting their open (nothing is sent back).
+    pub drop_after_open: u32,
     changed: watch::Sender<u64>,
 }
 
@@ -142,6 +144,7 @@ pub fn new_canister(root_seed: u8) -> (Shared, watch::Receiver<u64>) {
         lie_opened_key: false,
         protocol_version: ic_ws_protocol::PROTOCOL_VERSION,
         messages_before_open_result: false,
+        drop_after_open: 0,
         changed,
     };
     (Arc::new(Mutex::new(canister)), rx)
@@ -262,7 +265,13 @@ impl Conn {
                 msg = stream.next() => {
                     let Some(Ok(WsMessage::Binary(bytes))) = msg else { return };
                     let Ok(frame) = ic_ws_protocol::decode::<ClientFrame>(&bytes) else { return };
+                    let is_open = matches!(frame, ClientFrame::Open { .. });
                     self.handle(frame, &mut client, &mut cursor, &mut replies);
+                    let mut c = self.canister.lock().unwrap();
+                    if is_open && c.drop_after_open > 0 {
+                        c.drop_after_open -= 1;
+                        return;
+                    }
                 }
             }
             let early = self.canister.lock().unwrap().messages_before_open_result;
