@@ -146,7 +146,7 @@ pub struct Config {
     pub max_inflight_per_client: usize,
 
     /// Minimum time between two relay batches to one canister, in ms (collects messages).
-    #[arg(long, env = "IC_WS_GATEWAY_BATCH_INTERVAL_MS", default_value_t = 50)]
+    #[arg(long, env = "IC_WS_GATEWAY_BATCH_INTERVAL_MS", default_value_t = 100)]
     pub batch_interval_ms: u64,
 
     /// Most client messages in one `ws_message` call.
