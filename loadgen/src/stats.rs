@@ -160,3 +160,36 @@ pub fn histogram_quantile(before: &str, after: &str, name: &str, q: f64) -> Opti
     }
     None
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_of_samples() {
+        let mut v: Vec<u64> = (1..=100).map(|ms| ms * 1000).collect();
+        let (p50, p99, max, n) = percentiles(&mut v).unwrap();
+        assert_eq!((p50, p99, max, n), (51.0, 99.0, 100.0, 100));
+        assert!(percentiles(&mut []).is_none());
+    }
+
+    #[test]
+    fn metrics_are_read_from_the_exposition_text() {
+        let before =
+            "x_bucket{le=\"0.001\"} 10\nx_bucket{le=\"0.005\"} 10\nx_bucket{le=\"+Inf\"} 10\n\
+                      calls{method=\"ws_message\"} 4\n";
+        let after =
+            "x_bucket{le=\"0.001\"} 60\nx_bucket{le=\"0.005\"} 108\nx_bucket{le=\"+Inf\"} 110\n\
+                     calls{method=\"ws_message\"} 9\n";
+        assert_eq!(metric(after, "calls{method=\"ws_message\"}"), 9.0);
+        assert_eq!(metric(after, "missing"), 0.0);
+        // 100 observations in the interval: 50 <= 1 ms, 98 <= 5 ms, 100 in all.
+        assert_eq!(histogram_quantile(before, after, "x", 0.5), Some(0.001));
+        assert_eq!(histogram_quantile(before, after, "x", 0.98), Some(0.005));
+        assert_eq!(
+            histogram_quantile(before, after, "x", 0.99),
+            Some(f64::INFINITY)
+        );
+        assert_eq!(histogram_quantile(after, after, "x", 0.5), None);
+    }
+}
