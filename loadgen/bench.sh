@@ -48,9 +48,9 @@ start_replica() { # $1 = number of canisters
   canister_ids=$(python3 -c 'import json,sys; c=json.load(open(sys.argv[1]))["canisters"]; print(",".join(c[k] for k in sorted(c, key=lambda k: int(k[5:]))))' "$run/replica.json")
 }
 
-start_gateway() { # $1 = network url, $2 = canisters
+start_gateway() { # $1 = network url, $2 = canisters, $3 = --fetch-root-key or nothing
   "$gateway" --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 --ready-file "$run/gateway.json" \
-    --identity-file "$run/identity.pem" --network "$1" --fetch-root-key --canister "$2" \
+    --identity-file "$run/identity.pem" --network "$1" ${3:-} --canister "$2" \
     --ip-connect-rate 0 --idle-timeout-ms 600000 --max-connections 200000 --log warn \
     ${GATEWAY_ARGS:-} 2>"$run/gateway.log" &
   gateway_pid=$!
@@ -70,14 +70,14 @@ case "$scenario" in
     ;;
   fanout)
     start_replica "${1:-1}"
-    start_gateway "$replica_url" "$canister_ids"
+    start_gateway "$replica_url" "$canister_ids" --fetch-root-key
     "$loadgen" fanout --gateway "$gw_listen" --admin "$gw_admin" --gateway-pid "$gateway_pid" \
       --replica "$replica_url" --canisters "$canister_ids" --clients-per-canister "${2:-1000}" \
       --secs "${SECS:-20}" --publishers "${PUBLISHERS:-2}" --size "${SIZE:-64}" --sample-every "${SAMPLE:-10}"
     ;;
   inbound)
     start_replica 1
-    start_gateway "$replica_url" "$canister_ids"
+    start_gateway "$replica_url" "$canister_ids" --fetch-root-key
     "$loadgen" inbound --gateway "$gw_listen" --admin "$gw_admin" --gateway-pid "$gateway_pid" \
       --replica "$replica_url" --canisters "$canister_ids" --clients "${1:-1000}" --rate "${2:-1}" \
       --secs "${SECS:-30}"
