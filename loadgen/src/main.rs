@@ -295,6 +295,7 @@ async fn open_sessions(
     per_canister: usize,
 ) -> Result<Vec<Session>, LoadError> {
     let started = Instant::now();
+    let rss_before = c.gateway_pid.and_then(|p| stats::rss_kib(p).ok());
     let sem = Arc::new(Semaphore::new(c.concurrency));
     let mut tasks = Vec::new();
     let mut i = 0;
@@ -332,6 +333,15 @@ async fn open_sessions(
             .map(|e| format!(" (first error: {e})"))
             .unwrap_or_default()
     );
+    if let (Some(before), Some(pid)) = (rss_before, c.gateway_pid) {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let after = stats::rss_kib(pid)?;
+        println!(
+            "gateway RSS {before} KiB -> {after} KiB with {} sessions open: {:.0} bytes per session (connection + session)",
+            sessions.len(),
+            after.saturating_sub(before) as f64 * 1024.0 / sessions.len().max(1) as f64
+        );
+    }
     Ok(sessions)
 }
 
