@@ -346,6 +346,22 @@ impl GatewayProcess {
         self.spawn()
     }
 
+    /// The value of an unlabelled metric from the admin server's `/metrics` (`None` if the
+    /// server or the metric is not there).
+    pub fn metric(&self, name: &str) -> Option<f64> {
+        use std::io::{Read, Write};
+        let mut tcp = std::net::TcpStream::connect(self.admin?).ok()?;
+        tcp.set_read_timeout(Some(Duration::from_secs(30))).ok()?;
+        tcp.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+            .ok()?;
+        let mut body = String::new();
+        tcp.read_to_string(&mut body).ok()?;
+        body.lines().find_map(|line| {
+            let (key, value) = line.split_once(' ')?;
+            (key == name).then(|| value.trim().parse().ok()).flatten()
+        })
+    }
+
     /// True while the child runs.
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))

@@ -84,12 +84,16 @@ async fn survive(
     let mut talkers = Vec::new();
     let mut listeners = Vec::new();
     let mut ids = Vec::new();
+    let mut clients = Vec::new();
     for name in &names {
         let mut cfg = config(&urls[0], canister, &net.root_key_der, name);
         for u in &urls[1..] {
             cfg = cfg.with_fallback_gateway(u.clone());
         }
-        let c = join(cfg).await.unwrap();
+        clients.push(join(cfg).await.unwrap());
+    }
+    // Everybody is in the room before anybody talks (the chat sends to present members).
+    for (c, name) in clients.into_iter().zip(&names) {
         ids.push(c.client_id());
         talkers.push(talk(&c, name, N, sent.clone()));
         listeners.push(listen(c, names.clone(), N));
@@ -217,11 +221,20 @@ async fn stalled_client_does_not_delay_the_others() {
     eprintln!(
         "measured: {N} x 1 KB broadcasts verified by alice in {elapsed:?} next to a stalled member"
     );
-    // The stalled member was cut off for being slow (after its buffered frames).
+    // The stalled member was cut off for being slow: counted, and its connection ends (with
+    // 4001 if the close frame still fit in, else dropped: it never drained its socket).
+    let overflows = gw.metric("ic_ws_gateway_buffer_overflows_total");
+    assert!(overflows >= Some(1.0), "buffer overflows: {overflows:?}");
     let code = tokio::time::timeout(WAIT, stalled.close_code())
         .await
         .unwrap();
-    assert_eq!(code, Some(ic_ws_protocol::frames::close_code::SLOW_CLIENT));
+    assert!(
+        matches!(
+            code,
+            None | Some(ic_ws_protocol::frames::close_code::SLOW_CLIENT)
+        ),
+        "{code:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
