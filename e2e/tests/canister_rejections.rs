@@ -5,7 +5,7 @@
 
 use candid::Principal;
 use ic_ws_e2e::canister_harness::*;
-use ic_ws_protocol::types::{ClientMessage, MessageKind, MessageResult, OutboundMessage};
+use ic_ws_protocol::types::{ClientMessage, MessageResult, OutboundMessage};
 use ic_ws_protocol::{SessionKey, WsError};
 
 type Snapshot = (
