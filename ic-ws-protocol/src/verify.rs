@@ -358,7 +358,17 @@ fn prune(node: &HashTreeNode, paths: &[&[Vec<u8>]]) -> HashTree {
                 ic_certification::pruned(node.digest())
             }
         }
-        HashTreeNode::Fork(lr) => ic_certification::fork(prune(&lr.0, paths), prune(&lr.1, paths)),
+        HashTreeNode::Fork(lr) => {
+            let (left, right) = (prune(&lr.0, paths), prune(&lr.1, paths));
+            // A fork with nothing kept on either side is one pruned hash, so a client's
+            // witness stays logarithmic in the number of other clients, not linear.
+            let kept = |t: &HashTree| !matches!(t.as_ref(), HashTreeNode::Pruned(_));
+            if kept(&left) || kept(&right) {
+                ic_certification::fork(left, right)
+            } else {
+                ic_certification::pruned(node.digest())
+            }
+        }
         HashTreeNode::Labeled(label, sub) => {
             let below: Vec<&[Vec<u8>]> = paths
                 .iter()

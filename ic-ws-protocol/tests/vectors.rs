@@ -573,6 +573,25 @@ fn malformed_inputs_are_errors_not_panics() {
 }
 
 #[test]
+fn pruned_witness_keeps_the_root_and_stays_small() {
+    let mut outbox = TestOutbox::default();
+    for client in 0..1000u64 {
+        outbox.push(client, 0, &app("x", NOW_NS));
+    }
+    let full = outbox.tree();
+    let pruned = prune_tree_for_client(&full, 500, &[0]);
+    assert_eq!(pruned.digest(), full.digest());
+    let leaf = pruned.lookup_path(message_path(500, 0).iter());
+    assert!(matches!(leaf, ic_certification::LookupResult::Found(_)));
+    // One path through a balanced tree of 1,000 clients: a few dozen nodes, not 1,000.
+    let size = cbor_self_describing(&pruned).len();
+    assert!(
+        size < 2_000,
+        "witness for one client of 1,000 is {size} bytes"
+    );
+}
+
+#[test]
 fn frames_round_trip_through_candid() {
     let key = SessionKey::from_seed(SEED);
     let d = delivery(&key);
