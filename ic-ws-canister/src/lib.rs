@@ -50,6 +50,7 @@
 
 pub mod certification;
 pub mod config;
+mod ed25519;
 mod env;
 pub mod memory;
 mod runtime;

@@ -526,7 +526,7 @@ impl State {
             .as_slice()
             .try_into()
             .map_err(|_| WsError::MalformedKey)?;
-        ic_ws_protocol::signing::verify_open(canister, open).map_err(sig_error)?;
+        crate::ed25519::verify_open(canister, open).map_err(sig_error)?;
         if open.timestamp_ns.abs_diff(now) > self.config.clock_skew_ns {
             return Err(WsError::StaleOpen);
         }
@@ -715,7 +715,7 @@ impl State {
                 });
             }
         }
-        ic_ws_protocol::signing::verify_message(canister, &rec.key, &msg).map_err(sig_error)?;
+        crate::ed25519::verify_message(canister, &rec.key, &msg).map_err(sig_error)?;
         if msg.seq < rec.next_inbound_seq {
             return Ok(None);
         }
