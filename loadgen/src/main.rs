@@ -381,6 +381,14 @@ impl Probe {
             .unwrap_or(f64::NAN);
         (text, cpu, Instant::now())
     }
+
+    /// CPU seconds of the gateway process's threads named `name` (`ic-ws-bench-gateway` runs
+    /// its fake canister on a thread named `fake-canister`).
+    fn thread_cpu(&self, name: &str) -> f64 {
+        self.pid
+            .and_then(|p| stats::thread_cpu_seconds(p, name).ok())
+            .unwrap_or(0.0)
+    }
 }
 
 async fn fanout(args: FanoutArgs) -> Result<(), LoadError> {
@@ -569,6 +577,9 @@ async fn inbound(args: InboundArgs) -> Result<(), LoadError> {
     Ok(())
 }
 
+/// Thread name of `ic-ws-bench-gateway`'s fake canister.
+const FAKE_THREAD: &str = "fake-canister";
+
 async fn receive(args: ReceiveArgs) -> Result<(), LoadError> {
     let c = &args.common;
     let canister = Principal::from_text(args.canister.trim())
@@ -590,13 +601,18 @@ async fn receive(args: ReceiveArgs) -> Result<(), LoadError> {
         pid: c.gateway_pid,
     };
     let d0 = stats.delivered.load(std::sync::atomic::Ordering::Relaxed);
+    let fake0 = probe.thread_cpu(FAKE_THREAD);
     let (m0, cpu0, t0) = probe.take().await;
     tokio::time::sleep(Duration::from_secs(args.secs)).await;
     let (m1, cpu1, t1) = probe.take().await;
+    let fake1 = probe.thread_cpu(FAKE_THREAD);
     let delivered = stats.delivered.load(std::sync::atomic::Ordering::Relaxed) - d0;
     let dt = t1.duration_since(t0).as_secs_f64();
     let rate = delivered as f64 / dt;
-    let cpu = (cpu1 - cpu0) / dt;
+    let fake_cpu = (fake1 - fake0) / dt;
+    let cpu = (cpu1 - cpu0) / dt - fake_cpu;
+    let frames = stats::metric(&m1, "ic_ws_gateway_frames_out_total")
+        - stats::metric(&m0, "ic_ws_gateway_frames_out_total");
     let (p50, p99, max, n) =
         stats
             .delivery_percentiles()
@@ -607,13 +623,13 @@ async fn receive(args: ReceiveArgs) -> Result<(), LoadError> {
         .map_or(f64::NAN, |s| s * 1000.0);
     let gaps = stats.gaps.load(std::sync::atomic::Ordering::Relaxed);
     let closed = stats.closed.load(std::sync::atomic::Ordering::Relaxed);
-    println!("receive: {} clients: {delivered} messages in {dt:.1} s = {rate:.0} msg/s; gateway CPU {cpu:.2} cores", args.clients);
+    println!("receive: {} clients: {delivered} messages in {dt:.1} s = {rate:.0} msg/s in {:.0} frames/s; gateway CPU {cpu:.2} cores (without the fake canister's thread, which used {fake_cpu:.2})", args.clients, frames / dt);
     println!(
         "latency fake-canister send -> client receipt (ms, {n} samples): p50 {p50:.1}, p99 {p99:.1}, max {max:.1}; gateway-added delay: p50 <= {gw_p50} ms, p99 <= {gw_p99} ms; gaps {gaps}, sessions lost {closed}"
     );
     println!(
-        "{{\"scenario\":\"receive\",\"clients\":{},\"delivered\":{delivered},\"seconds\":{dt:.2},\"msgs_per_s\":{rate:.0},\"gateway_cpu_cores\":{cpu:.2},\"latency_ms\":{{\"p50\":{p50:.2},\"p99\":{p99:.2},\"max\":{max:.2}}},\"gateway_delay_ms\":{{\"p50_le\":{gw_p50},\"p99_le\":{gw_p99}}},\"gaps\":{gaps},\"lost_sessions\":{closed}}}",
-        args.clients
+        "{{\"scenario\":\"receive\",\"clients\":{},\"delivered\":{delivered},\"seconds\":{dt:.2},\"msgs_per_s\":{rate:.0},\"frames_per_s\":{:.0},\"gateway_cpu_cores\":{cpu:.2},\"fake_canister_cpu_cores\":{fake_cpu:.2},\"latency_ms\":{{\"p50\":{p50:.2},\"p99\":{p99:.2},\"max\":{max:.2}}},\"gateway_delay_ms\":{{\"p50_le\":{gw_p50},\"p99_le\":{gw_p99}}},\"gaps\":{gaps},\"lost_sessions\":{closed}}}",
+        args.clients, frames / dt
     );
     stop_tx.send_replace(true);
     for r in receivers {

@@ -30,14 +30,20 @@ pub struct Stats {
 }
 
 impl Stats {
-    /// Counts a delivery `age_ns` after the canister queued it.
-    pub fn record_delivery(&self, age_ns: u64) {
-        let n = self.delivered.fetch_add(1, Relaxed);
-        let every = self.sample_every.load(Relaxed).max(1);
-        if n.is_multiple_of(every) {
-            if let Ok(mut v) = self.delivery_us.lock() {
-                v.push(age_ns / 1000);
-            }
+    /// Counts `n` deliveries; returns the index of the first (for [`Stats::is_sampled`]).
+    pub fn count_deliveries(&self, n: u64) -> u64 {
+        self.delivered.fetch_add(n, Relaxed)
+    }
+
+    /// Whether the delivery with this index is one of the latency samples.
+    pub fn is_sampled(&self, index: u64) -> bool {
+        index.is_multiple_of(self.sample_every.load(Relaxed).max(1))
+    }
+
+    /// Records the latency of a sampled delivery, `age_ns` after the canister queued it.
+    pub fn record_latency(&self, age_ns: u64) {
+        if let Ok(mut v) = self.delivery_us.lock() {
+            v.push(age_ns / 1000);
         }
     }
     /// Records an echo round trip.
@@ -95,8 +101,32 @@ pub fn rss_kib(pid: u32) -> Result<u64, LoadError> {
 pub fn cpu_seconds(pid: u32) -> Result<f64, LoadError> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .map_err(LoadError::io("read /proc stat"))?;
-    // Fields after the ")" that ends the command name: utime is the 12th, stime the 13th.
-    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    Ok(stat_cpu_seconds(&stat).1)
+}
+
+/// User + system CPU time, in seconds, of the threads of `pid` named `name` (0 if none).
+pub fn thread_cpu_seconds(pid: u32, name: &str) -> Result<f64, LoadError> {
+    let tasks =
+        std::fs::read_dir(format!("/proc/{pid}/task")).map_err(LoadError::io("read /proc task"))?;
+    let mut total = 0.0;
+    for task in tasks.flatten() {
+        // A thread that ended between the listing and the read is simply not counted.
+        if let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) {
+            let (comm, cpu) = stat_cpu_seconds(&stat);
+            if comm == name {
+                total += cpu;
+            }
+        }
+    }
+    Ok(total)
+}
+
+/// The command name and user + system CPU seconds of a `/proc/.../stat` line.
+fn stat_cpu_seconds(stat: &str) -> (&str, f64) {
+    // The command name is in parentheses (and may contain spaces); after the ")" that ends
+    // it, utime is the 12th field and stime the 13th, in clock ticks (100 per second).
+    let (head, rest) = stat.rsplit_once(')').unwrap_or(("", ""));
+    let comm = head.split_once('(').map_or("", |(_, c)| c);
     let fields: Vec<&str> = rest.split_whitespace().collect();
     let ticks = |i: usize| {
         fields
@@ -104,7 +134,7 @@ pub fn cpu_seconds(pid: u32) -> Result<f64, LoadError> {
             .and_then(|f| f.parse::<f64>().ok())
             .unwrap_or(0.0)
     };
-    Ok((ticks(11) + ticks(12)) / 100.0)
+    (comm, (ticks(11) + ticks(12)) / 100.0)
 }
 
 /// The gateway's metrics: `name{labels} value` lines.
@@ -171,6 +201,15 @@ mod tests {
         let (p50, p99, max, n) = percentiles(&mut v).unwrap();
         assert_eq!((p50, p99, max, n), (51.0, 99.0, 100.0, 100));
         assert!(percentiles(&mut []).is_none());
+    }
+
+    #[test]
+    fn cpu_time_and_thread_name_are_read_from_a_stat_line() {
+        let line = "4242 (fake canister) S 1 2 3 4 5 6 7 8 9 10 250 50 0 0 20 0 3";
+        assert_eq!(stat_cpu_seconds(line), ("fake canister", 3.0));
+        assert_eq!(stat_cpu_seconds("garbage").1, 0.0);
+        let own = thread_cpu_seconds(std::process::id(), "no such thread name").unwrap();
+        assert_eq!(own, 0.0);
     }
 
     #[test]

@@ -3,15 +3,129 @@
 //! canister queues `--per-tick` messages of `--size` bytes for every open session, and the
 //! gateway polls, cuts witnesses and delivers them as it would from a real canister.
 //!
-//! The fake canister's own work (encoding content, hashing leaves, building the reply tree)
-//! runs in this process too, so the CPU figure is an upper bound of the gateway's.
+//! The fake canister (its producer, and every call the gateway makes to it: encoding content,
+//! hashing leaves, building the reply tree) runs on its own thread named
+//! [`FAKE_THREAD`], standing in for a canister on another machine; `ic-ws-loadgen` reads the
+//! process's CPU per thread and reports the gateway's share without it.
 //!
 //! Usage: `ic-ws-bench-gateway --tick-ms 100 --per-tick 10 --size 64 -- <gateway flags>`
 //! (the gateway flags are those of `ic-ws-gateway`; `--canister` is required as usual).
 
+use candid::Principal;
+use ic_ws_gateway::canister::{CallError, CanisterApi};
 use ic_ws_gateway::fake::FakeCanister;
 use ic_ws_gateway::{Config, Gateway};
+use ic_ws_protocol::types::{
+    CloseBatch, CloseResult, MessageBatch, MessageResult, OpenBatch, OpenResult, PollRequest,
+    PollResult,
+};
 use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
+
+/// Name of the thread that runs the fake canister (`ic-ws-loadgen` excludes its CPU time).
+const FAKE_THREAD: &str = "fake-canister";
+
+type Reply<T> = oneshot::Sender<Result<T, CallError>>;
+
+/// A call from the gateway to the fake canister's thread.
+enum Call {
+    Open(Principal, OpenBatch, Reply<Vec<OpenResult>>),
+    Message(Principal, MessageBatch, Reply<Vec<MessageResult>>),
+    Close(Principal, CloseBatch, Reply<Vec<CloseResult>>),
+    Poll(Principal, PollRequest, Reply<PollResult>),
+}
+
+/// The gateway's view of the fake canister: every call crosses to [`FAKE_THREAD`].
+#[derive(Clone)]
+struct Remote(mpsc::UnboundedSender<Call>);
+
+impl Remote {
+    async fn call<T>(&self, make: impl FnOnce(Reply<T>) -> Call) -> Result<T, CallError> {
+        let (tx, rx) = oneshot::channel();
+        self.0
+            .send(make(tx))
+            .map_err(|_| CallError::Transient("the fake canister thread ended".into()))?;
+        rx.await
+            .map_err(|_| CallError::Transient("the fake canister dropped a call".into()))?
+    }
+}
+
+impl CanisterApi for Remote {
+    async fn ws_open(&self, c: Principal, b: &OpenBatch) -> Result<Vec<OpenResult>, CallError> {
+        let b = b.clone();
+        self.call(|tx| Call::Open(c, b, tx)).await
+    }
+    async fn ws_message(
+        &self,
+        c: Principal,
+        b: &MessageBatch,
+    ) -> Result<Vec<MessageResult>, CallError> {
+        let b = b.clone();
+        self.call(|tx| Call::Message(c, b, tx)).await
+    }
+    async fn ws_close(&self, c: Principal, b: &CloseBatch) -> Result<Vec<CloseResult>, CallError> {
+        let b = b.clone();
+        self.call(|tx| Call::Close(c, b, tx)).await
+    }
+    async fn ws_poll(&self, c: Principal, r: PollRequest) -> Result<PollResult, CallError> {
+        self.call(|tx| Call::Poll(c, r, tx)).await
+    }
+}
+
+/// Runs the fake canister and its producer on the current (dedicated) thread until every
+/// [`Remote`] is dropped.
+fn run_fake(args: &Args, mut calls: mpsc::UnboundedReceiver<Call>) {
+    let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    else {
+        eprintln!("ic-ws-bench-gateway: cannot start the fake canister's runtime");
+        return;
+    };
+    let fake = FakeCanister::new();
+    fake.state().compact_log = true;
+    // The "app": candid of the test app's `Outbound::Bytes`, so clients decode it as usual.
+    #[derive(candid::CandidType)]
+    enum Outbound {
+        #[allow(dead_code)]
+        Echo(String),
+        #[allow(dead_code)]
+        Text(String),
+        Bytes(serde_bytes::ByteBuf),
+    }
+    let payload = candid::encode_one(Outbound::Bytes(serde_bytes::ByteBuf::from(vec![
+        9u8;
+        args.size
+    ])))
+    .unwrap_or_default();
+    let (tick, per_tick) = (args.tick, args.per_tick);
+    rt.block_on(async move {
+        let producer_fake = fake.clone();
+        let producer = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(tick);
+            loop {
+                tick.tick().await;
+                for client in producer_fake.clients() {
+                    for _ in 0..per_tick {
+                        producer_fake.send(client, &payload);
+                    }
+                }
+                // Keep the log from growing without bound: the gateway has read it.
+                producer_fake.state().log.shrink_to_fit();
+            }
+        });
+        while let Some(call) = calls.recv().await {
+            // Replies go to a gateway that may have stopped waiting: nothing to do then.
+            match call {
+                Call::Open(c, b, tx) => drop(tx.send(fake.ws_open(c, &b).await)),
+                Call::Message(c, b, tx) => drop(tx.send(fake.ws_message(c, &b).await)),
+                Call::Close(c, b, tx) => drop(tx.send(fake.ws_close(c, &b).await)),
+                Call::Poll(c, r, tx) => drop(tx.send(fake.ws_poll(c, r).await)),
+            }
+        }
+        producer.abort();
+    });
+}
 
 struct Args {
     tick: Duration,
@@ -87,14 +201,29 @@ fn main() -> std::process::ExitCode {
         eprintln!("ic-ws-bench-gateway: cannot start the runtime");
         return std::process::ExitCode::FAILURE;
     };
-    rt.block_on(async move {
-        let fake = FakeCanister::new();
-        fake.state().compact_log = true;
+    let (calls_tx, calls_rx) = mpsc::unbounded_channel();
+    let fake_args = Args {
+        tick: args.tick,
+        per_tick: args.per_tick,
+        size: args.size,
+        gateway: Vec::new(),
+    };
+    let fake_thread = match std::thread::Builder::new()
+        .name(FAKE_THREAD.into())
+        .spawn(move || run_fake(&fake_args, calls_rx))
+    {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("ic-ws-bench-gateway: cannot start the fake canister thread: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let code = rt.block_on(async move {
         let ready = config.ready_file.clone();
         let gw = match Gateway::start(
             config,
-            fake.clone(),
-            candid::Principal::self_authenticating(b"bench gateway"),
+            Remote(calls_tx),
+            Principal::self_authenticating(b"bench gateway"),
         )
         .await
         {
@@ -110,36 +239,12 @@ fn main() -> std::process::ExitCode {
                 return std::process::ExitCode::FAILURE;
             }
         }
-        // The "app": candid of the test app's `Outbound::Bytes`, so clients decode it as usual.
-        #[derive(candid::CandidType)]
-        enum Outbound {
-            #[allow(dead_code)]
-            Echo(String),
-            #[allow(dead_code)]
-            Text(String),
-            Bytes(serde_bytes::ByteBuf),
-        }
-        let payload = candid::encode_one(Outbound::Bytes(serde_bytes::ByteBuf::from(vec![
-                9u8;
-                args.size
-            ])))
-        .unwrap_or_default();
-        let producer = tokio::spawn(async move {
-            let mut tick = tokio::time::interval(args.tick);
-            loop {
-                tick.tick().await;
-                for client in fake.clients() {
-                    for _ in 0..args.per_tick {
-                        fake.send(client, &payload);
-                    }
-                }
-                // Keep the log from growing without bound: the gateway has read it.
-                fake.state().log.shrink_to_fit();
-            }
-        });
         let _ = tokio::signal::ctrl_c().await;
-        producer.abort();
         gw.shutdown().await;
         std::process::ExitCode::SUCCESS
-    })
+    });
+    // The gateway (and with it every `Remote`) is gone: the fake canister's loop ends.
+    drop(rt);
+    let _ = fake_thread.join();
+    code
 }
