@@ -34,67 +34,23 @@
 //! root hash against `/canister/<id>/certified_data` of the certificate, exactly as ic-ws
 //! clients do for `/ws/...`.
 //!
-//! The ws tree lives in the heap (an ic-certification `RbTree`) and is rebuilt from stable
-//! memory after an upgrade (see [`crate::post_upgrade`]).
+//! The ws tree lives in the heap (a tree specialised to the runtime's updates, see
+//! `ws_tree.rs`) and is rebuilt from stable memory after an upgrade (see
+//! [`crate::post_upgrade`]).
 
 use ic_certification::{
-    fork, fork_hash, labeled, labeled_hash, pruned, AsHashTree, Hash, HashTree, HashTreeNode,
-    RbTree,
+    fork, fork_hash, labeled, labeled_hash, pruned, Hash, HashTree, HashTreeNode,
 };
 use ic_ws_protocol::certification::{APP_LABEL, WS_LABEL};
 use ic_ws_protocol::ClientId;
 
 pub use ic_certification;
 
-/// The heap tree of retained messages: client -> seq -> content hash.
-#[derive(Default)]
-pub(crate) struct WsTree {
-    clients: RbTree<[u8; 8], RbTree<[u8; 8], Hash>>,
-}
+pub(crate) use crate::ws_tree::WsTree;
 
-impl WsTree {
-    pub(crate) fn insert(&mut self, client: ClientId, seq: u64, hash: Hash) {
-        let ck = client.to_be_bytes();
-        if self.clients.get(&ck).is_none() {
-            let mut inner = RbTree::new();
-            inner.insert(seq.to_be_bytes(), hash);
-            self.clients.insert(ck, inner);
-        } else {
-            self.clients
-                .modify(&ck, |inner| inner.insert(seq.to_be_bytes(), hash));
-        }
-    }
-
-    pub(crate) fn remove(&mut self, client: ClientId, seq: u64) {
-        self.clients.modify(&client.to_be_bytes(), |inner| {
-            inner.delete(&seq.to_be_bytes())
-        });
-    }
-
-    pub(crate) fn remove_client(&mut self, client: ClientId) {
-        self.clients.delete(&client.to_be_bytes());
-    }
-
-    /// Hash of the `labeled("ws", W)` subtree.
-    pub(crate) fn labeled_hash(&self) -> Hash {
-        labeled_hash(WS_LABEL, &self.clients.root_hash())
-    }
-
-    /// Witness of every `(client, first..=last)` range, as the `labeled("ws", ...)` subtree.
-    pub(crate) fn witness(&self, ranges: &[(ClientId, u64, u64)]) -> HashTree {
-        let mut acc: Option<HashTree> = None;
-        for &(client, first, last) in ranges {
-            let w = self.clients.nested_witness(&client.to_be_bytes(), |inner| {
-                inner.value_range(&first.to_be_bytes(), &last.to_be_bytes())
-            });
-            acc = Some(match acc {
-                None => w,
-                Some(prev) => ic_certification::merge_hash_trees(prev, w),
-            });
-        }
-        let ws = acc.unwrap_or_else(|| pruned(self.clients.root_hash()));
-        labeled(WS_LABEL, ws)
-    }
+/// Witness of every `(client, first..=last)` range, as the `labeled("ws", ...)` subtree.
+pub(crate) fn ws_witness(tree: &WsTree, ranges: &[(ClientId, u64, u64)]) -> HashTree {
+    labeled(WS_LABEL, tree.witness(ranges))
 }
 
 /// The root hash given a ws subtree hash and the app's hash.

@@ -50,6 +50,7 @@
 
 pub mod certification;
 pub mod config;
+mod content;
 mod ed25519;
 mod env;
 pub mod memory;
@@ -59,6 +60,7 @@ mod store;
 pub mod testing;
 #[cfg(test)]
 mod tests;
+mod ws_tree;
 
 use candid::{CandidType, Principal};
 use serde::Deserialize;

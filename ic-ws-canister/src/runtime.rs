@@ -7,7 +7,7 @@
 //! can freely call `send`, `close`, `publish`, ... Each transition checks everything first
 //! and only then mutates, so a rejected request changes nothing.
 
-use crate::certification::{compose_root, compose_tree, encode_tree, WsTree};
+use crate::certification::{compose_root, compose_tree, encode_tree, ws_witness, WsTree};
 use crate::config::WsConfig;
 use crate::env;
 use crate::memory::{slot, ws_memory, Memory};
@@ -146,6 +146,8 @@ impl State {
             tree.insert(client, seq, content_hash(&content));
         }
         self.tree = tree;
+        // Fills the tree's hash caches (a poll right after an upgrade reads them).
+        self.tree.root_hash();
     }
 
     // ---------------------------------------------------------------- helpers
@@ -164,12 +166,12 @@ impl State {
             .set(hash.map(|h| h.to_vec()).unwrap_or_default());
     }
 
-    pub(crate) fn root_hash(&self) -> Hash {
+    pub(crate) fn root_hash(&mut self) -> Hash {
         compose_root(self.tree.labeled_hash(), self.app_hash)
     }
 
     /// Puts the current root hash into `certified_data`.
-    pub(crate) fn certify(&self) {
+    pub(crate) fn certify(&mut self) {
         env::set_certified_data(&self.root_hash());
     }
 
@@ -216,13 +218,7 @@ impl State {
             OutBody::Shared { pid, .. } => {
                 return self.shared.get(pid).map(|s| s.content).unwrap_or_default()
             }
-            OutBody::App { ts, payload } => (
-                *ts,
-                OutboundBody::App {
-                    topic: None,
-                    payload: payload.clone(),
-                },
-            ),
+            OutBody::App { ts, payload } => return crate::content::app_content(*ts, payload),
             OutBody::Opened {
                 ts,
                 open_ts,
@@ -383,14 +379,7 @@ impl State {
         if !self.fits(&rec, size) {
             return Err(self.overflow(id, now));
         }
-        let content = encode_content(
-            now,
-            OutboundBody::App {
-                topic: None,
-                payload: payload.clone(),
-            },
-        );
-        let hash = content_hash(&content);
+        let hash = content_hash(&crate::content::app_content(now, &payload));
         let seq = self.enqueue(id, &mut rec, OutBody::App { ts: now, payload }, hash);
         self.clients.insert(id, rec);
         Ok(seq)
@@ -826,7 +815,7 @@ impl State {
             }
         }
         ranges.sort_unstable();
-        let tree = compose_tree(self.tree.witness(&ranges), self.app_hash);
+        let tree = compose_tree(ws_witness(&self.tree, &ranges), self.app_hash);
         Ok(PollReply {
             messages,
             next_cursor,
