@@ -513,7 +513,8 @@ impl Replica {
         core.refresh_time();
     }
 
-    /// Instructions (wasm fuel) used by the last top-level message.
+    /// Instructions (the canister's own wasm operators, plus data-copy charges) used by the last
+    /// top-level message.
     pub fn last_instructions(&self) -> u64 {
         self.core().engine.last_instructions()
     }

@@ -1,9 +1,9 @@
 //! Compiling canister wasm, once per module per process.
 //!
-//! All engines of the process share one wasmtime engine (fuel metering on, multi-memory for the
-//! dirty-page bytemap) and one cache of compiled modules keyed by the SHA-256 of the
-//! (decompressed) wasm, so a test suite that installs the same canister in a hundred engines
-//! compiles it once.
+//! All engines of the process share one wasmtime engine (multi-memory for the dirty-page
+//! bytemap; no fuel metering: the instrumentation counts instructions itself) and one cache of
+//! compiled modules keyed by the SHA-256 of the (decompressed) wasm, so a test suite that
+//! installs the same canister in a hundred engines compiles it once.
 
 use std::collections::{HashMap, HashSet};
 use std::io::Read;
@@ -33,6 +33,8 @@ pub struct Compiled {
     pub mutable_global_exports: Vec<String>,
     /// Whether the function table is exported.
     pub has_table: bool,
+    /// Whether the module has a start function (exported as `__ic_start`).
+    pub has_start: bool,
     /// Imports that trap when called because this replica does not implement them.
     pub unsupported_imports: Vec<String>,
 }
@@ -57,7 +59,9 @@ fn shared() -> Result<&'static Shared, InvalidWasm> {
     SHARED
         .get_or_init(|| {
             let mut config = Config::new();
-            config.consume_fuel(true);
+            // Instructions are counted by the injected counter (see `instrument`), which counts
+            // the canister's own operators only; wasmtime fuel would also count the injected
+            // code, and cost run time for nothing.
             config.wasm_multi_memory(true);
             config.wasm_bulk_memory(true);
             config.wasm_simd(true);
@@ -194,6 +198,7 @@ fn compile_uncached(shared: &Shared, wasm: &[u8]) -> Result<Compiled, InvalidWas
         exports: instrumented.function_exports.iter().cloned().collect(),
         mutable_global_exports: instrumented.mutable_global_exports,
         has_table: instrumented.has_table,
+        has_start: instrumented.has_start,
         unsupported_imports,
     })
 }

@@ -18,6 +18,18 @@
 //!   left over by a rolled-back message, the grow function zeroes them first, so the canister
 //!   sees fresh zero pages exactly as on the IC.
 //!
+//! - **Instruction counting** (as the IC does it): a mutable i64 global (`__ic_instructions`)
+//!   holds the instructions the message may still execute. At the start of every straight-line
+//!   segment of each canister function, the rewrite subtracts the number of *original*
+//!   operators of that segment (see [`operator_cost`]) and traps (`unreachable`) if the counter
+//!   went below zero; the engine recognises the limit by the negative counter. Segments end
+//!   after every branch, `if`, `else`, `end`, `return`, `unreachable` and at loop headers, so a
+//!   loop pays its body on every iteration. The code the rewrite injects (dirty-page marking,
+//!   the helpers, the counter update itself) is not counted: counts do not depend on how many
+//!   stores a canister makes. See `ENGINE.md`, "Instruction counting".
+//! - **No start section**: the start function is exported as `__ic_start` instead, so the
+//!   engine can set the instruction counter before running it.
+//!
 //! The engine's rollback ([`super::runtime`]) relies on all of this: after a message it copies
 //! only the dirty pages (into the committed shadow on success, from it on trap or query).
 
@@ -41,6 +53,10 @@ pub const DIRTY_EXPORT: &str = "__ic_dirty";
 pub const HEAP_PAGES_EXPORT: &str = "__ic_heap_pages";
 /// Export name of the function table.
 pub const TABLE_EXPORT: &str = "__ic_table";
+/// Export name of the i64 global counting down the instructions a message may still execute.
+pub const INSTRUCTIONS_EXPORT: &str = "__ic_instructions";
+/// Export name of the module's start function (the start section is removed).
+pub const START_EXPORT: &str = "__ic_start";
 /// Prefix of the exports of mutable globals.
 pub const GLOBAL_EXPORT_PREFIX: &str = "__ic_global_";
 /// log2 of the dirty-tracking page size.
@@ -91,6 +107,8 @@ pub struct Instrumented {
     pub has_table: bool,
     /// Largest heap the canister may grow to, in wasm pages.
     pub max_heap_pages: u64,
+    /// Whether the module had a start function (now exported as `__ic_start`).
+    pub has_start: bool,
 }
 
 /// What the first pass learns about the module.
@@ -110,6 +128,7 @@ struct Layout {
     imported_memory: bool,
     function_exports: Vec<String>,
     export_names: HashSet<String>,
+    start_func: Option<u32>,
 }
 
 impl Layout {
@@ -173,6 +192,7 @@ impl Layout {
                         l.defined_globals += 1;
                     }
                 }
+                Payload::StartSection { func, .. } => l.start_func = Some(func),
                 Payload::ExportSection(r) => {
                     for e in r {
                         let e = e?;
@@ -206,7 +226,14 @@ impl Layout {
                 ));
             }
         }
-        for name in [HEAP_EXPORT, DIRTY_EXPORT, HEAP_PAGES_EXPORT, TABLE_EXPORT] {
+        for name in [
+            HEAP_EXPORT,
+            DIRTY_EXPORT,
+            HEAP_PAGES_EXPORT,
+            TABLE_EXPORT,
+            INSTRUCTIONS_EXPORT,
+            START_EXPORT,
+        ] {
             if l.export_names.contains(name) {
                 return Err(InvalidWasm(format!("export name `{name}` is reserved")));
             }
@@ -244,6 +271,8 @@ struct Injected {
     mark_func: u32,
     grow_func: u32,
     heap_pages_global: u32,
+    /// The instruction counter (i64, counts down).
+    counter_global: u32,
     /// Bytemap memory index (the canister's heap is memory 0).
     dirty_mem: u32,
     max_heap_pages: u64,
@@ -293,6 +322,7 @@ pub fn instrument(wasm: &[u8]) -> Result<Instrumented, InvalidWasm> {
         mark_func: total_funcs,
         grow_func: total_funcs + 1,
         heap_pages_global: layout.imported_globals + layout.defined_globals,
+        counter_global: layout.imported_globals + layout.defined_globals + 1,
         dirty_mem: 1,
         max_heap_pages,
     };
@@ -332,7 +362,7 @@ pub fn instrument(wasm: &[u8]) -> Result<Instrumented, InvalidWasm> {
             }
             7 => {
                 let mut s = GlobalSection::new();
-                add_heap_pages_global(&mut s, initial_heap_pages);
+                add_globals(&mut s, initial_heap_pages);
                 out.section(&s);
             }
             8 => {
@@ -412,7 +442,7 @@ pub fn instrument(wasm: &[u8]) -> Result<Instrumented, InvalidWasm> {
             Payload::GlobalSection(r) => {
                 let mut s = GlobalSection::new();
                 reencoder.parse_global_section(&mut s, r)?;
-                add_heap_pages_global(&mut s, initial_heap_pages);
+                add_globals(&mut s, initial_heap_pages);
                 out.section(&s);
             }
             Payload::ExportSection(r) => {
@@ -421,6 +451,8 @@ pub fn instrument(wasm: &[u8]) -> Result<Instrumented, InvalidWasm> {
                 add_exports(&mut s, &layout, &inj);
                 out.section(&s);
             }
+            // Exported as `__ic_start` instead (see the module documentation).
+            Payload::StartSection { .. } => {}
             Payload::CodeSectionStart { count, .. } => {
                 let mut section = CodeSection::new();
                 if count == 0 {
@@ -448,6 +480,7 @@ pub fn instrument(wasm: &[u8]) -> Result<Instrumented, InvalidWasm> {
         mutable_global_exports,
         has_table: layout.has_table,
         max_heap_pages,
+        has_start: layout.start_func.is_some(),
     })
 }
 
@@ -476,7 +509,9 @@ fn add_helper_types(s: &mut TypeSection) {
     s.ty().function([ValType::I32], [ValType::I32]);
 }
 
-fn add_heap_pages_global(s: &mut GlobalSection, initial_pages: u64) {
+/// The heap size global, then the instruction counter (0 until the engine sets it: code run
+/// without a limit set traps at once).
+fn add_globals(s: &mut GlobalSection, initial_pages: u64) {
     s.global(
         GlobalType {
             val_type: ValType::I32,
@@ -485,12 +520,24 @@ fn add_heap_pages_global(s: &mut GlobalSection, initial_pages: u64) {
         },
         &ConstExpr::i32_const(initial_pages as i32),
     );
+    s.global(
+        GlobalType {
+            val_type: ValType::I64,
+            mutable: true,
+            shared: false,
+        },
+        &ConstExpr::i64_const(0),
+    );
 }
 
 fn add_exports(s: &mut ExportSection, layout: &Layout, inj: &Injected) {
     s.export(HEAP_EXPORT, ExportKind::Memory, 0);
     s.export(DIRTY_EXPORT, ExportKind::Memory, inj.dirty_mem);
     s.export(HEAP_PAGES_EXPORT, ExportKind::Global, inj.heap_pages_global);
+    s.export(INSTRUCTIONS_EXPORT, ExportKind::Global, inj.counter_global);
+    if let Some(start) = layout.start_func {
+        s.export(START_EXPORT, ExportKind::Func, start);
+    }
     if layout.has_table {
         s.export(TABLE_EXPORT, ExportKind::Table, 0);
     }
@@ -661,6 +708,86 @@ fn store_kind(op: &Operator<'_>) -> Option<(wasmparser::MemArg, ValType)> {
     })
 }
 
+/// Instructions an original operator costs: 1, except the structural markers `block`, `loop`,
+/// `else` and `end`, which execute no work of their own (the IC's classic cost table does the
+/// same).
+pub fn operator_cost(op: &Operator<'_>) -> u64 {
+    match op {
+        Operator::Block { .. } | Operator::Loop { .. } | Operator::Else | Operator::End => 0,
+        _ => 1,
+    }
+}
+
+/// Whether the operator after `op` starts a new straight-line segment: `op` branches, or the
+/// next operator can be reached from elsewhere (a loop header, the start of a then/else arm,
+/// the join point after `end`), or is dead code. Calls do not end a segment (as on the IC):
+/// the code after a call runs when the call returns, so it is charged with the code before it.
+fn ends_segment(op: &Operator<'_>) -> bool {
+    use Operator as O;
+    matches!(
+        op,
+        O::Loop { .. }
+            | O::If { .. }
+            | O::Else
+            | O::End
+            | O::Br { .. }
+            | O::BrIf { .. }
+            | O::BrTable { .. }
+            | O::Return
+            | O::Unreachable
+            | O::ReturnCall { .. }
+            | O::ReturnCallIndirect { .. }
+            | O::ReturnCallRef { .. }
+            | O::BrOnNull { .. }
+            | O::BrOnNonNull { .. }
+            | O::BrOnCast { .. }
+            | O::BrOnCastFail { .. }
+            | O::Throw { .. }
+            | O::ThrowRef
+            | O::Rethrow { .. }
+            | O::TryTable { .. }
+            | O::Try { .. }
+            | O::Catch { .. }
+            | O::CatchAll
+            | O::Delegate { .. }
+    )
+}
+
+/// For each operator index (and one past the end), the cost of the segment starting there
+/// (0 where no segment starts or the segment is empty).
+fn segment_costs(ops: &[Operator<'_>]) -> Vec<u64> {
+    let mut costs = vec![0u64; ops.len() + 1];
+    let mut start = 0;
+    let mut cost = 0u64;
+    for (i, op) in ops.iter().enumerate() {
+        cost += operator_cost(op);
+        if ends_segment(op) {
+            costs[start] = cost;
+            start = i + 1;
+            cost = 0;
+        }
+    }
+    costs[start] = cost;
+    costs
+}
+
+/// `counter -= cost; if counter < 0 { unreachable }` (the engine reads the negative counter as
+/// the instruction limit).
+fn charge(f: &mut Function, inj: &Injected, temp: u32, cost: u64) {
+    f.instructions()
+        .global_get(inj.counter_global)
+        .i64_const(cost as i64)
+        .i64_sub()
+        .local_tee(temp)
+        .global_set(inj.counter_global)
+        .local_get(temp)
+        .i64_const(0)
+        .i64_lt_s()
+        .if_(BlockType::Empty)
+        .unreachable()
+        .end();
+}
+
 /// Temporary locals appended to a function.
 struct Temps {
     a: u32,
@@ -669,6 +796,8 @@ struct Temps {
     i64_: u32,
     f32_: u32,
     f64_: u32,
+    /// The new counter value of [`charge`].
+    count: u32,
     v128: Option<u32>,
 }
 
@@ -718,19 +847,25 @@ fn rewrite_body(
         i64_: next_local + 3,
         f32_: next_local + 4,
         f64_: next_local + 5,
-        v128: uses_v128_store.then_some(next_local + 6),
+        count: next_local + 6,
+        v128: uses_v128_store.then_some(next_local + 7),
     };
     locals.extend([
         (3, ValType::I32),
         (1, ValType::I64),
         (1, ValType::F32),
         (1, ValType::F64),
+        (1, ValType::I64),
     ]);
     if uses_v128_store {
         locals.push((1, ValType::V128));
     }
+    let costs = segment_costs(&ops);
     let mut f = Function::new(locals);
-    for op in ops {
+    for (i, op) in ops.into_iter().enumerate() {
+        if costs[i] > 0 {
+            charge(&mut f, inj, temps.count, costs[i]);
+        }
         if let Some((memarg, ty)) = store_kind(&op) {
             if memarg.memory != 0 {
                 return Err(InvalidWasm("store to a memory other than 0".into()));
@@ -826,9 +961,33 @@ mod tests {
             let engine = super::super::compile::wasmtime_engine().unwrap();
             let module = Module::new(engine, &out.wasm).unwrap();
             let mut store = Store::new(engine, ());
-            store.set_fuel(u64::MAX).unwrap();
             let instance = Instance::new(&mut store, &module, &[]).unwrap();
-            (Probe { store, instance }, out)
+            let mut probe = Probe { store, instance };
+            probe.set_counter(i64::MAX);
+            (probe, out)
+        }
+
+        fn counter(&mut self) -> i64 {
+            let g = self
+                .instance
+                .get_global(&mut self.store, INSTRUCTIONS_EXPORT)
+                .unwrap();
+            g.get(&mut self.store).i64().unwrap()
+        }
+
+        fn set_counter(&mut self, value: i64) {
+            let g = self
+                .instance
+                .get_global(&mut self.store, INSTRUCTIONS_EXPORT)
+                .unwrap();
+            g.set(&mut self.store, Val::I64(value)).unwrap();
+        }
+
+        /// Instructions counted by a call of `name`.
+        fn cost(&mut self, name: &str, args: &[Val]) -> i64 {
+            self.set_counter(i64::MAX);
+            self.call(name, args);
+            i64::MAX - self.counter()
         }
 
         fn call(&mut self, name: &str, args: &[Val]) -> Option<i32> {
@@ -869,6 +1028,115 @@ mod tests {
                 .unwrap();
             g.set(&mut self.store, Val::I32(pages)).unwrap();
         }
+    }
+
+    /// Two loops with the same number of operators per iteration, one storing to the heap (each
+    /// store gets ~8 injected operators), one only loading. Per iteration: the loop header's
+    /// segment `local.get local.get i32.ge_u br_if` (4), then the body: 2 x 3 operators of
+    /// stores or loads, `local.get i32.const i32.add local.set` (4) and `br` (1): 11. The last
+    /// header check costs 4 more: 15 K + 4.
+    const COUNTING: &str = r#"
+      (module
+        (memory 1)
+        (func (export "stores") (param $k i32) (local $i i32)
+          (block $done
+            (loop $top
+              (br_if $done (i32.ge_u (local.get $i) (local.get $k)))
+              (i32.store (local.get $i) (local.get $i))
+              (i32.store offset=8192 (i32.const 0) (local.get $i))
+              (local.set $i (i32.add (local.get $i) (i32.const 1)))
+              (br $top))))
+        (func (export "loads") (param $k i32) (local $i i32)
+          (block $done
+            (loop $top
+              (br_if $done (i32.ge_u (local.get $i) (local.get $k)))
+              (drop (i32.load (local.get $i)))
+              (drop (i32.load offset=8192 (i32.const 0)))
+              (local.set $i (i32.add (local.get $i) (i32.const 1)))
+              (br $top))))
+        (func (export "branch") (param i32)
+          (if (local.get 0) (then (nop) (nop) (nop)) (else (nop))))
+        (func (export "bulk")
+          (memory.fill (i32.const 0) (i32.const 1) (i32.const 50000))
+          (drop (memory.grow (i32.const 1)))
+          (drop (memory.size)))
+        (func $callee (param i32) (result i32) (i32.add (local.get 0) (i32.const 1)))
+        (func (export "calls") (drop (call $callee (call $callee (i32.const 1)))))
+      )"#;
+
+    #[test]
+    fn loops_are_charged_per_iteration_and_stores_cost_what_loads_cost() {
+        let (mut p, _) = Probe::new(COUNTING);
+        for k in [0, 1, 7, 1000] {
+            let expected = 15 * k as i64 + 4;
+            assert_eq!(
+                p.cost("stores", &[Val::I32(k)]),
+                expected,
+                "stores, K = {k}"
+            );
+            assert_eq!(p.cost("loads", &[Val::I32(k)]), expected, "loads, K = {k}");
+        }
+        assert!(
+            p.dirty_pages().contains(&2),
+            "the stores did run (and were tracked)"
+        );
+    }
+
+    #[test]
+    fn only_the_taken_arm_of_an_if_is_charged() {
+        let (mut p, _) = Probe::new(COUNTING);
+        // `local.get if` (2), then `nop nop nop` (3) or `nop` (1); `else` and `end` are free.
+        assert_eq!(p.cost("branch", &[Val::I32(1)]), 5);
+        assert_eq!(p.cost("branch", &[Val::I32(0)]), 3);
+    }
+
+    #[test]
+    fn injected_helpers_cost_only_the_original_operator() {
+        let (mut p, _) = Probe::new(COUNTING);
+        // `i32.const x3 memory.fill`, `i32.const memory.grow drop`, `memory.size drop`: the
+        // mark and grow helpers (and the fill of 13 pages of the bytemap) are free.
+        assert_eq!(p.cost("bulk", &[]), 9);
+        // `i32.const call call drop` + twice the callee's `local.get i32.const i32.add`.
+        assert_eq!(p.cost("calls", &[]), 4 + 2 * 3);
+    }
+
+    #[test]
+    fn the_counter_traps_when_it_would_go_below_zero() {
+        let (mut p, _) = Probe::new(COUNTING);
+        // K = 1 needs 19 instructions: 19 are enough, 18 are not.
+        p.set_counter(19);
+        p.call("stores", &[Val::I32(1)]);
+        assert_eq!(p.counter(), 0);
+        p.set_counter(18);
+        let f = p.instance.get_func(&mut p.store, "stores").unwrap();
+        let err = f.call(&mut p.store, &[Val::I32(1)], &mut []).unwrap_err();
+        assert_eq!(
+            err.downcast_ref::<wasmtime::Trap>(),
+            Some(&wasmtime::Trap::UnreachableCodeReached)
+        );
+        assert!(
+            p.counter() < 0,
+            "the engine recognises the limit by the sign"
+        );
+        // An infinite loop stops too.
+        let (mut p, _) = Probe::new(r#"(module (func (export "spin") (loop (br 0))))"#);
+        p.set_counter(1_000_000);
+        let f = p.instance.get_func(&mut p.store, "spin").unwrap();
+        assert!(f.call(&mut p.store, &[], &mut []).is_err());
+        assert_eq!(p.counter(), -1, "one `br` per iteration");
+    }
+
+    #[test]
+    fn the_start_function_becomes_an_export() {
+        let (mut p, out) = Probe::new(
+            r#"(module (memory 1) (global $g (mut i32) (i32.const 0))
+                (func $s (global.set $g (i32.const 9))) (start $s)
+                (func (export "get") (result i32) (global.get $g)))"#,
+        );
+        assert!(out.has_start);
+        assert_eq!(p.call("get", &[]), Some(0), "instantiation ran nothing");
+        p.call(START_EXPORT, &[]);
+        assert_eq!(p.call("get", &[]), Some(9));
     }
 
     // The spill copied along with a dirty page covers what any store writes past its page.

@@ -51,9 +51,9 @@ pub enum Clock {
 /// Engine settings.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct EngineConfig {
-    /// Instruction (fuel) limit of one update message, callback, timer or install (IC: 40e9).
+    /// Instruction limit of one update message, callback, timer or install (IC: 40e9).
     pub update_instruction_limit: u64,
-    /// Instruction (fuel) limit of one query or inspect_message (IC: 5e9).
+    /// Instruction limit of one query or inspect_message (IC: 5e9).
     pub query_instruction_limit: u64,
     /// Where time comes from.
     pub clock: Clock,
@@ -552,8 +552,9 @@ impl Engine {
         }
     }
 
-    /// Instructions (fuel) used by the last top-level message: the entry point of the last
-    /// update (not its callbacks), query, inspect_message or install.
+    /// Instructions (the canister's own wasm operators, plus data-copy charges) used by the last
+    /// top-level message: the entry point of the last update (not its callbacks), query,
+    /// inspect_message or install.
     pub fn last_instructions(&self) -> u64 {
         self.last_instructions
     }

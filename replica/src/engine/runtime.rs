@@ -14,6 +14,14 @@
 //! Either way the cost is proportional to the pages the message wrote, not to the heap size.
 //! Stable memory has its own undo log ([`super::stable`]); certified data and the global timer
 //! are small and are copied.
+//!
+//! # Instruction counting
+//!
+//! Each message starts with the instrumented module's counter global set to its limit; the
+//! injected code (and [`super::system_api`] for data copies) count it down, and it trapped at
+//! once if it went below zero. The instructions used are `limit - counter`. The counter is not
+//! part of the canister's state: it is neither snapshotted nor rolled back, and set afresh by
+//! every message, so a query's (or a trap's) count never leaks into the next message.
 
 use std::sync::Arc;
 
@@ -23,9 +31,11 @@ use wasmtime::{Global, Instance, Memory, Store, Table, Trap, Val};
 use super::compile::{wasmtime_engine, Compiled};
 use super::instrument::{
     InvalidWasm, DIRTY_EXPORT, DIRTY_PAGE_SHIFT, DIRTY_PAGE_SIZE, HEAP_EXPORT, HEAP_PAGES_EXPORT,
-    STORE_SPILL, TABLE_EXPORT, WASM_PAGE_SIZE,
+    INSTRUCTIONS_EXPORT, START_EXPORT, STORE_SPILL, TABLE_EXPORT, WASM_PAGE_SIZE,
 };
-use super::system_api::{ApiContext, Closure, Exec, Host, HostTrap, OutgoingCall, Response};
+use super::system_api::{
+    ApiContext, Closure, Exec, Host, HostTrap, OutOfInstructions, OutgoingCall, Response,
+};
 
 /// What a message runs.
 #[derive(Clone, Copy, Debug)]
@@ -54,7 +64,7 @@ pub enum ExecError {
     Host(HostTrap),
     /// The wasm code trapped (description in IC wording).
     Wasm(String),
-    /// The fuel ran out.
+    /// The instruction counter went below zero (the limit is given).
     InstructionLimit(u64),
     /// Anything else (engine errors).
     Other(String),
@@ -69,7 +79,8 @@ pub struct Outcome {
     pub response: Option<Response>,
     /// Calls performed (none if it trapped).
     pub outgoing: Vec<OutgoingCall>,
-    /// Instructions (fuel) used.
+    /// Instructions used (original canister operators, plus the charges of data copies; at
+    /// most the limit).
     pub instructions: u64,
     /// `accept_message` was called.
     pub accepted: bool,
@@ -89,6 +100,8 @@ pub struct Runtime {
     heap: Memory,
     dirty: Memory,
     heap_pages: Global,
+    /// The instruction counter (instructions left, counting down).
+    counter: Global,
     table: Option<Table>,
     globals: Vec<Global>,
     committed_globals: Vec<Val>,
@@ -103,18 +116,23 @@ fn missing(what: &str) -> InvalidWasm {
 }
 
 impl Runtime {
-    /// Instantiates `compiled` with `host` as its system state (runs the start function, if any).
-    pub fn new(compiled: Arc<Compiled>, mut host: Host, fuel: u64) -> Result<Self, ExecError> {
+    /// Instantiates `compiled` with `host` as its system state and runs the start function, if
+    /// any, with `limit` instructions.
+    pub fn new(compiled: Arc<Compiled>, mut host: Host, limit: u64) -> Result<Self, ExecError> {
         let engine = wasmtime_engine().map_err(|e| ExecError::Other(e.0))?;
-        host.exec = Exec::new(ApiContext::Start, Principal::management_canister(), 0, fuel);
+        host.exec = Exec::new(
+            ApiContext::Start,
+            Principal::management_canister(),
+            0,
+            limit,
+        );
         let mut store = Store::new(engine, host);
-        store
-            .set_fuel(fuel)
-            .map_err(|e| ExecError::Other(e.to_string()))?;
+        // No canister code runs during instantiation: the start section was turned into the
+        // `__ic_start` export, called below once the counter is set.
         let instance = compiled
             .pre
             .instantiate(&mut store)
-            .map_err(|e| classify(e, fuel))?;
+            .map_err(|e| classify(e, limit))?;
         let heap = instance
             .get_memory(&mut store, HEAP_EXPORT)
             .ok_or_else(|| ExecError::Other(missing("a heap").0))?;
@@ -124,6 +142,9 @@ impl Runtime {
         let heap_pages = instance
             .get_global(&mut store, HEAP_PAGES_EXPORT)
             .ok_or_else(|| ExecError::Other(missing("the heap size global").0))?;
+        let counter = instance
+            .get_global(&mut store, INSTRUCTIONS_EXPORT)
+            .ok_or_else(|| ExecError::Other(missing("the instruction counter").0))?;
         let table = if compiled.has_table {
             instance.get_table(&mut store, TABLE_EXPORT)
         } else {
@@ -138,6 +159,16 @@ impl Runtime {
         }
         store.data_mut().heap = Some(heap);
         store.data_mut().heap_pages = Some(heap_pages);
+        store.data_mut().instructions = Some(counter);
+        let start = if compiled.has_start {
+            Some(
+                instance
+                    .get_typed_func::<(), ()>(&mut store, START_EXPORT)
+                    .map_err(|e| ExecError::Other(format!("start function: {e}")))?,
+            )
+        } else {
+            None
+        };
         let mut runtime = Runtime {
             store,
             instance,
@@ -145,12 +176,19 @@ impl Runtime {
             heap,
             dirty,
             heap_pages,
+            counter,
             table,
             globals,
             committed_globals: Vec::new(),
             shadow: Vec::new(),
             txn: None,
         };
+        if let Some(start) = start {
+            runtime.set_counter(limit)?;
+            if let Err(e) = start.call(&mut runtime.store, ()) {
+                return Err(runtime.failure(e, limit));
+            }
+        }
         // The one full copy: the shadow starts as the freshly initialised heap.
         let size = runtime.visible_heap_bytes();
         runtime.shadow = runtime.heap.data(&runtime.store)[..size].to_vec();
@@ -191,7 +229,7 @@ impl Runtime {
     /// Runs one message. State changes are kept or discarded as `on_success` says; a trap
     /// always discards them (and the response and calls of the message).
     pub fn execute(&mut self, entry: Entry<'_>, exec: Exec, on_success: OnSuccess) -> Outcome {
-        let fuel = exec.fuel_limit;
+        let limit = exec.instruction_limit;
         {
             let host = self.store.data_mut();
             host.exec = exec;
@@ -202,11 +240,9 @@ impl Runtime {
             });
         }
         let result = self
-            .store
-            .set_fuel(fuel)
-            .map_err(|e| ExecError::Other(e.to_string()))
-            .and_then(|()| self.call(entry).map_err(|e| classify(e, fuel)));
-        let instructions = fuel.saturating_sub(self.store.get_fuel().unwrap_or(0));
+            .set_counter(limit)
+            .and_then(|()| self.call(entry).map_err(|e| self.failure(e, limit)));
+        let instructions = limit.saturating_sub(self.counter_value().max(0) as u64);
         let exec = &mut self.store.data_mut().exec;
         let accepted = exec.accepted;
         let (response, outgoing) = match &result {
@@ -227,6 +263,29 @@ impl Runtime {
             outgoing,
             instructions,
             accepted,
+        }
+    }
+
+    /// Gives the next message `limit` instructions.
+    fn set_counter(&mut self, limit: u64) -> Result<(), ExecError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.counter
+            .set(&mut self.store, Val::I64(limit))
+            .map_err(|e| ExecError::Other(format!("instruction counter: {e}")))
+    }
+
+    /// Instructions left (negative once the limit was exceeded).
+    fn counter_value(&mut self) -> i64 {
+        self.counter.get(&mut self.store).i64().unwrap_or(0)
+    }
+
+    /// Classifies a failed call: whatever trapped (the injected `unreachable` or a system
+    /// call's charge), a negative counter means the instruction limit.
+    fn failure(&mut self, err: wasmtime::Error, limit: u64) -> ExecError {
+        if self.counter_value() < 0 {
+            ExecError::InstructionLimit(limit)
+        } else {
+            classify(err, limit)
         }
     }
 
@@ -372,13 +431,15 @@ impl Runtime {
 }
 
 /// Maps a wasmtime error to the engine's error kinds (root cause, IC wording).
-pub fn classify(err: wasmtime::Error, fuel: u64) -> ExecError {
+pub fn classify(err: wasmtime::Error, limit: u64) -> ExecError {
     if let Some(h) = err.downcast_ref::<HostTrap>() {
         return ExecError::Host(h.clone());
     }
+    if err.downcast_ref::<OutOfInstructions>().is_some() {
+        return ExecError::InstructionLimit(limit);
+    }
     if let Some(trap) = err.downcast_ref::<Trap>() {
         return match trap {
-            Trap::OutOfFuel => ExecError::InstructionLimit(fuel),
             Trap::UnreachableCodeReached => ExecError::Wasm("unreachable".into()),
             Trap::MemoryOutOfBounds => ExecError::Wasm("heap out of bounds".into()),
             Trap::StackOverflow => ExecError::Wasm("stack overflow".into()),
@@ -495,7 +556,7 @@ mod tests {
     }
 
     #[test]
-    fn running_out_of_fuel_is_the_instruction_limit() {
+    fn running_out_of_instructions_is_the_instruction_limit() {
         let wasm = wat::parse_str(
             r#"(module (memory 1) (func (export "canister_update spin") (loop (br 0))))"#,
         )

@@ -14,7 +14,7 @@
 use std::sync::Arc;
 
 use candid::Principal;
-use wasmtime::{Caller, Global, Linker, Memory, Trap, Val};
+use wasmtime::{Caller, Global, Linker, Memory, Val};
 
 use super::instrument::WASM_PAGE_SIZE;
 use super::stable::{StableMemory, MAX_WASM_PAGES as MAX_STABLE_PAGES};
@@ -26,7 +26,7 @@ pub const MAX_CERTIFIED_DATA: usize = 32;
 /// Cycles every canister pretends to hold (cycles are not accounted; calls must not fail for
 /// lack of them).
 pub const CYCLE_BALANCE: u128 = 100_000_000_000_000;
-/// Fixed fuel charged for each system call that copies data, plus one unit per byte copied:
+/// Fixed instructions charged for each system call that copies data, plus one per byte copied:
 /// host work then shows up in the instruction counter roughly as on the IC.
 const COPY_BASE_COST: u64 = 20;
 
@@ -144,6 +144,27 @@ impl std::fmt::Display for HostTrap {
 
 impl std::error::Error for HostTrap {}
 
+/// A system call's charge took the instruction counter below zero.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OutOfInstructions;
+
+impl std::fmt::Display for OutOfInstructions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("instruction limit exceeded")
+    }
+}
+
+impl std::error::Error for OutOfInstructions {}
+
+/// Instructions the message may still execute (the counter global; negative once the limit
+/// was exceeded). A canister without counter (never the case after instantiation) has none.
+pub fn instructions_left(c: &mut Caller<'_, Host>) -> i64 {
+    match c.data().instructions {
+        Some(g) => g.get(&mut *c).i64().unwrap_or(0),
+        None => 0,
+    }
+}
+
 type HostResult<T> = wasmtime::Result<T>;
 
 fn violation<T>(msg: impl Into<String>) -> HostResult<T> {
@@ -229,8 +250,8 @@ pub struct Exec {
     pub outgoing: Vec<OutgoingCall>,
     /// `ic0.time`, constant within the message.
     pub time_ns: u64,
-    /// Fuel given to the message (the performance counter counts down from it).
-    pub fuel_limit: u64,
+    /// Instruction limit of the message (the instruction counter counts down from it).
+    pub instruction_limit: u64,
     /// Instructions of earlier messages of the same call context (`performance_counter(1)`).
     pub call_context_instructions: u64,
     /// `accept_message` was called (inspect_message).
@@ -239,7 +260,12 @@ pub struct Exec {
 
 impl Exec {
     /// A fresh execution state for `context`.
-    pub fn new(context: ApiContext, caller: Principal, time_ns: u64, fuel_limit: u64) -> Self {
+    pub fn new(
+        context: ApiContext,
+        caller: Principal,
+        time_ns: u64,
+        instruction_limit: u64,
+    ) -> Self {
         Exec {
             context,
             arg: Vec::new(),
@@ -254,7 +280,7 @@ impl Exec {
             pending_call: None,
             outgoing: Vec::new(),
             time_ns,
-            fuel_limit,
+            instruction_limit,
             call_context_instructions: 0,
             accepted: false,
         }
@@ -281,6 +307,8 @@ pub struct Host {
     pub heap: Option<Memory>,
     /// Global holding the canister-visible heap size in wasm pages.
     pub heap_pages: Option<Global>,
+    /// The instruction counter global (instructions the message may still execute).
+    pub instructions: Option<Global>,
     /// Heap ranges written by host functions during the message (merged with the bytemap).
     pub host_dirty: Vec<(u32, u32)>,
     /// `debug_print` output not yet collected by the engine.
@@ -307,6 +335,7 @@ impl Host {
             version: 0,
             heap: None,
             heap_pages: None,
+            instructions: None,
             host_dirty: Vec::new(),
             logs: Vec::new(),
             exec: Exec::new(ApiContext::Start, Principal::management_canister(), 0, 0),
@@ -328,15 +357,19 @@ fn check(c: &Caller<'_, Host>, allowed: u32, name: &str) -> HostResult<()> {
     Ok(())
 }
 
-/// Consumes `COPY_BASE_COST + bytes` fuel (out of fuel: the instruction limit trap).
+/// Charges `COPY_BASE_COST + bytes` instructions to the counter (below zero: the instruction
+/// limit trap; the counter stays negative so the engine reports the limit).
 fn charge(c: &mut Caller<'_, Host>, bytes: usize) -> HostResult<()> {
     let cost = COPY_BASE_COST.saturating_add(bytes as u64);
-    let fuel = c.get_fuel()?;
-    if fuel < cost {
-        c.set_fuel(0)?;
-        return Err(Trap::OutOfFuel.into());
+    let Some(counter) = c.data().instructions else {
+        return Err(OutOfInstructions.into());
+    };
+    let left = instructions_left(c).saturating_sub(i64::try_from(cost).unwrap_or(i64::MAX));
+    counter.set(&mut *c, Val::I64(left))?;
+    if left < 0 {
+        return Err(OutOfInstructions.into());
     }
-    c.set_fuel(fuel - cost)
+    Ok(())
 }
 
 /// Heap memory and the canister-visible heap size in bytes.
@@ -1075,10 +1108,11 @@ fn define_misc_api(l: &mut Linker<Host>) -> wasmtime::Result<()> {
     l.func_wrap(
         "ic0",
         "performance_counter",
-        |c: Caller<'_, Host>, kind: u32| -> HostResult<u64> {
+        |mut c: Caller<'_, Host>, kind: u32| -> HostResult<u64> {
             check(&c, ctx::ANY, "performance_counter")?;
+            let left = instructions_left(&mut c).max(0) as u64;
             let exec = &c.data().exec;
-            let used = exec.fuel_limit.saturating_sub(c.get_fuel()?);
+            let used = exec.instruction_limit.saturating_sub(left);
             match kind {
                 0 => Ok(used),
                 1 => Ok(exec.call_context_instructions + used),
