@@ -54,7 +54,13 @@ const CANISTER: &str = r#"
     (func (export "canister_query write_then_spin_query")
       (i32.store (i32.const 60000) (i32.const 9)) (loop (br 0)))
     (func (export "canister_query read")
-      (call $append (i32.const 60000) (i32.const 4)) (call $reply)))"#;
+      (call $append (i32.const 60000) (i32.const 4)) (call $reply))
+    ;; 6 instructions: `call block i32.const br_if` (3, checked on entry), then `nop nop nop`
+    ;; after the block, a segment without a check of its own.
+    (func (export "canister_update tail")
+      (call $reply)
+      (block (br_if 0 (i32.const 1)))
+      (nop) (nop) (nop)))"#;
 
 const STORES: u64 = 15_007;
 
@@ -194,4 +200,22 @@ fn the_start_function_is_counted_and_limited() {
         e.module_hash(spinning).is_none(),
         "the failed install left the canister empty"
     );
+}
+
+#[test]
+fn exceeding_the_limit_in_the_last_instructions_of_a_message_still_fails() {
+    let mut e = engine_with(6, 6);
+    let id = install(&mut e, CANISTER);
+    e.update(id, "tail", &[], user()).unwrap();
+    assert_eq!(e.last_instructions(), 6);
+
+    let mut e = engine_with(5, 5);
+    let id = install(&mut e, CANISTER);
+    let err = e.update(id, "tail", &[], user()).unwrap_err();
+    assert_eq!(
+        err.error_code.as_deref(),
+        Some("IC0522"),
+        "the reply made before the overrun is dropped: {err}"
+    );
+    assert_eq!(e.last_instructions(), 5);
 }

@@ -21,10 +21,11 @@
 //! - **Instruction counting** (as the IC does it): a mutable i64 global (`__ic_instructions`)
 //!   holds the instructions the message may still execute. At the start of every straight-line
 //!   segment of each canister function, the rewrite subtracts the number of *original*
-//!   operators of that segment (see [`operator_cost`]) and traps (`unreachable`) if the counter
-//!   went below zero; the engine recognises the limit by the negative counter. Segments end
-//!   after every branch, `if`, `else`, `end`, `return`, `unreachable` and at loop headers, so a
-//!   loop pays its body on every iteration. The code the rewrite injects (dirty-page marking,
+//!   operators of that segment (see [`operator_cost`]). Segments end after every branch, `if`,
+//!   `else`, `end`, `return`, `unreachable` and at loop headers, so a loop pays its body on
+//!   every iteration. At function entry and loop headers (where every cycle and recursion
+//!   passes) the rewrite also traps (`unreachable`) if the counter is below zero; the engine
+//!   recognises the limit by the negative counter, also after a message that returned. The code the rewrite injects (dirty-page marking,
 //!   the helpers, the counter update itself) is not counted: counts do not depend on how many
 //!   stores a canister makes. See `ENGINE.md`, "Instruction counting".
 //! - **No start section**: the start function is exported as `__ic_start` instead, so the
@@ -771,17 +772,28 @@ fn segment_costs(ops: &[Operator<'_>]) -> Vec<u64> {
     costs
 }
 
-/// `counter -= cost; if counter < 0 { unreachable }` (the engine reads the negative counter as
-/// the instruction limit).
-fn charge(f: &mut Function, inj: &Injected, temp: u32, cost: u64) {
-    f.instructions()
-        .global_get(inj.counter_global)
-        .i64_const(cost as i64)
-        .i64_sub()
-        .local_tee(temp)
-        .global_set(inj.counter_global)
-        .local_get(temp)
-        .i64_const(0)
+/// `counter -= cost`, then, where `check`, `if counter < 0 { unreachable }` (the engine reads
+/// the negative counter as the instruction limit).
+fn charge(f: &mut Function, inj: &Injected, temp: u32, cost: u64, check: bool) {
+    let mut sink = f.instructions();
+    if !check {
+        sink.global_get(inj.counter_global)
+            .i64_const(cost as i64)
+            .i64_sub()
+            .global_set(inj.counter_global);
+        return;
+    }
+    if cost == 0 {
+        sink.global_get(inj.counter_global);
+    } else {
+        sink.global_get(inj.counter_global)
+            .i64_const(cost as i64)
+            .i64_sub()
+            .local_tee(temp)
+            .global_set(inj.counter_global)
+            .local_get(temp);
+    }
+    sink.i64_const(0)
         .i64_lt_s()
         .if_(BlockType::Empty)
         .unreachable()
@@ -862,10 +874,15 @@ fn rewrite_body(
     }
     let costs = segment_costs(&ops);
     let mut f = Function::new(locals);
+    let mut after_loop = false;
     for (i, op) in ops.into_iter().enumerate() {
-        if costs[i] > 0 {
-            charge(&mut f, inj, temps.count, costs[i]);
+        // Checks where control can come back (function entry, loop headers): every cycle and
+        // every recursion passes one. Elsewhere only decrement (see the module documentation).
+        let check = i == 0 || after_loop;
+        if costs[i] > 0 || i == 0 {
+            charge(&mut f, inj, temps.count, costs[i], check);
         }
+        after_loop = matches!(op, Operator::Loop { .. });
         if let Some((memarg, ty)) = store_kind(&op) {
             if memarg.memory != 0 {
                 return Err(InvalidWasm("store to a memory other than 0".into()));

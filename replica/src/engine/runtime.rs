@@ -18,8 +18,10 @@
 //! # Instruction counting
 //!
 //! Each message starts with the instrumented module's counter global set to its limit; the
-//! injected code (and [`super::system_api`] for data copies) count it down, and it trapped at
-//! once if it went below zero. The instructions used are `limit - counter`. The counter is not
+//! injected code (and [`super::system_api`] for data copies) count it down. Below zero, the
+//! next check (function entry, loop header, data copy) traps, and a message that ends with a
+//! negative counter failed too: either way it is the instruction limit and is rolled back.
+//! The instructions used are `limit - counter` (at most the limit). The counter is not
 //! part of the canister's state: it is neither snapshotted nor rolled back, and set afresh by
 //! every message, so a query's (or a trap's) count never leaks into the next message.
 
@@ -188,6 +190,7 @@ impl Runtime {
             if let Err(e) = start.call(&mut runtime.store, ()) {
                 return Err(runtime.failure(e, limit));
             }
+            runtime.within_limit(limit)?;
         }
         // The one full copy: the shadow starts as the freshly initialised heap.
         let size = runtime.visible_heap_bytes();
@@ -241,7 +244,8 @@ impl Runtime {
         }
         let result = self
             .set_counter(limit)
-            .and_then(|()| self.call(entry).map_err(|e| self.failure(e, limit)));
+            .and_then(|()| self.call(entry).map_err(|e| self.failure(e, limit)))
+            .and_then(|()| self.within_limit(limit));
         let instructions = limit.saturating_sub(self.counter_value().max(0) as u64);
         let exec = &mut self.store.data_mut().exec;
         let accepted = exec.accepted;
@@ -277,6 +281,16 @@ impl Runtime {
     /// Instructions left (negative once the limit was exceeded).
     fn counter_value(&mut self) -> i64 {
         self.counter.get(&mut self.store).i64().unwrap_or(0)
+    }
+
+    /// A message that returned normally may still have exceeded the limit in its last
+    /// segments (the injected checks sit at function entries and loop headers only).
+    fn within_limit(&mut self, limit: u64) -> Result<(), ExecError> {
+        if self.counter_value() < 0 {
+            Err(ExecError::InstructionLimit(limit))
+        } else {
+            Ok(())
+        }
     }
 
     /// Classifies a failed call: whatever trapped (the injected `unreachable` or a system
