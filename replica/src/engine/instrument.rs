@@ -23,8 +23,10 @@
 //!   segment of each canister function, the rewrite subtracts the number of *original*
 //!   operators of that segment (see [`operator_cost`]). Segments end after every branch, `if`,
 //!   `else`, `end`, `return`, `unreachable` and at loop headers, so a loop pays its body on
-//!   every iteration. At function entry and loop headers (where every cycle and recursion
-//!   passes) the rewrite also traps (`unreachable`) if the counter is below zero; the engine
+//!   every iteration. Each function works on a copy of the counter in a local (kept in a
+//!   register), written back to the global before calls and when leaving the function, and
+//!   reloaded after calls. At function entry and loop headers (where every cycle and recursion
+//!   passes) the rewrite also traps (`unreachable`) if the count is below zero; the engine
 //!   recognises the limit by the negative counter, also after a message that returned. The code the rewrite injects (dirty-page marking,
 //!   the helpers, the counter update itself) is not counted: counts do not depend on how many
 //!   stores a canister makes. See `ENGINE.md`, "Instruction counting".
@@ -772,32 +774,52 @@ fn segment_costs(ops: &[Operator<'_>]) -> Vec<u64> {
     costs
 }
 
-/// `counter -= cost`, then, where `check`, `if counter < 0 { unreachable }` (the engine reads
-/// the negative counter as the instruction limit).
-fn charge(f: &mut Function, inj: &Injected, temp: u32, cost: u64, check: bool) {
+/// `count -= cost` on the function's cached copy of the counter (a local, so Cranelift keeps
+/// it in a register), then, where `check`, `if count < 0 { counter = count; unreachable }`
+/// (the engine reads the negative counter as the instruction limit).
+fn charge(f: &mut Function, inj: &Injected, count: u32, cost: u64, check: bool) {
     let mut sink = f.instructions();
+    sink.local_get(count);
+    if cost > 0 {
+        sink.i64_const(cost as i64).i64_sub();
+    }
     if !check {
-        sink.global_get(inj.counter_global)
-            .i64_const(cost as i64)
-            .i64_sub()
-            .global_set(inj.counter_global);
+        sink.local_set(count);
         return;
     }
-    if cost == 0 {
-        sink.global_get(inj.counter_global);
-    } else {
-        sink.global_get(inj.counter_global)
-            .i64_const(cost as i64)
-            .i64_sub()
-            .local_tee(temp)
-            .global_set(inj.counter_global)
-            .local_get(temp);
+    if cost > 0 {
+        sink.local_tee(count);
     }
     sink.i64_const(0)
         .i64_lt_s()
         .if_(BlockType::Empty)
+        .local_get(count)
+        .global_set(inj.counter_global)
         .unreachable()
         .end();
+}
+
+/// Where the cached count must be written back to the counter global before `op` (calls: the
+/// callee and the host read it; leaving the function: the caller or the engine does), and
+/// whether it must be reloaded after `op` (a call returned: the callee or the host charged).
+/// `depth` is the number of blocks open inside the function body before `op`.
+fn flush_around(op: &Operator<'_>, depth: u32, last: bool) -> (bool, bool) {
+    use Operator as O;
+    match op {
+        O::Call { .. } | O::CallIndirect { .. } | O::CallRef { .. } => (true, true),
+        O::Return
+        | O::ReturnCall { .. }
+        | O::ReturnCallIndirect { .. }
+        | O::ReturnCallRef { .. }
+        | O::BrTable { .. }
+        | O::BrOnNull { .. }
+        | O::BrOnNonNull { .. }
+        | O::BrOnCast { .. }
+        | O::BrOnCastFail { .. } => (true, false),
+        O::Br { relative_depth } | O::BrIf { relative_depth } => (*relative_depth == depth, false),
+        O::End => (last, false),
+        _ => (false, false),
+    }
 }
 
 /// Temporary locals appended to a function.
@@ -873,8 +895,13 @@ fn rewrite_body(
         locals.push((1, ValType::V128));
     }
     let costs = segment_costs(&ops);
+    let last = ops.len().saturating_sub(1);
     let mut f = Function::new(locals);
+    f.instructions()
+        .global_get(inj.counter_global)
+        .local_set(temps.count);
     let mut after_loop = false;
+    let mut depth: u32 = 0;
     for (i, op) in ops.into_iter().enumerate() {
         // Checks where control can come back (function entry, loop headers): every cycle and
         // every recursion passes one. Elsewhere only decrement (see the module documentation).
@@ -883,6 +910,21 @@ fn rewrite_body(
             charge(&mut f, inj, temps.count, costs[i], check);
         }
         after_loop = matches!(op, Operator::Loop { .. });
+        let (flush, reload) = flush_around(&op, depth, i == last);
+        if flush {
+            f.instructions()
+                .local_get(temps.count)
+                .global_set(inj.counter_global);
+        }
+        match op {
+            Operator::Block { .. }
+            | Operator::Loop { .. }
+            | Operator::If { .. }
+            | Operator::TryTable { .. }
+            | Operator::Try { .. } => depth += 1,
+            Operator::End => depth = depth.saturating_sub(1),
+            _ => {}
+        }
         if let Some((memarg, ty)) = store_kind(&op) {
             if memarg.memory != 0 {
                 return Err(InvalidWasm("store to a memory other than 0".into()));
@@ -940,6 +982,11 @@ fn rewrite_body(
             }
             op => {
                 f.instruction(&reencoder.instruction(op)?);
+                if reload {
+                    f.instructions()
+                        .global_get(inj.counter_global)
+                        .local_set(temps.count);
+                }
             }
         }
     }
