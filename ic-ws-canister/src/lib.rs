@@ -40,14 +40,15 @@
 //!
 //! # Upgrades
 //!
-//! All state is in stable memory. The certification tree lives in the heap and is rebuilt
-//! on first use after an upgrade; call [`post_upgrade`] from the app's `#[post_upgrade]`
+//! All state is in stable memory. The certification tree and the gateways' delivery logs
+//! live in the heap and are rebuilt from stable memory on first use after an upgrade; call [`post_upgrade`] from the app's `#[post_upgrade]`
 //! so that this happens during the upgrade itself (then `certified_data` is correct before
 //! the first poll; otherwise the first poll after an upgrade rebuilds it at its own cost,
 //! and certificates are only valid again after the next update call).
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 #![warn(missing_docs)]
 
+mod arena;
 pub mod certification;
 pub mod config;
 mod content;
@@ -177,7 +178,7 @@ pub fn send_bytes(client: ClientId, payload: Vec<u8>) -> Result<u64, Error> {
     let now = env::time_ns();
     let r = runtime::with_state(|s| {
         let r = s.send_payload(client, payload, now);
-        s.certify();
+        certify_unless_in_endpoint(s);
         r
     });
     report_closes();
@@ -191,7 +192,7 @@ pub fn publish<T: CandidType>(topic: &str, msg: &T) -> Result<PublishReport, Err
     let now = env::time_ns();
     let r = runtime::with_state(|s| {
         let r = s.publish_payload(topic, payload, now);
-        s.certify();
+        certify_unless_in_endpoint(s);
         r
     });
     report_closes();
@@ -299,6 +300,14 @@ thread_local! {
     /// Depth of ws endpoint calls in progress (closes are reported when it returns to 0).
     static IN_ENDPOINT: Cell<u32> = const { Cell::new(0) };
     static REPORTING: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Puts the new root into `certified_data`, unless a ws endpoint is in progress: it certifies
+/// once when it returns (see [`EndpointGuard`]), so handlers' sends do not each re-hash it.
+fn certify_unless_in_endpoint(s: &mut runtime::State) {
+    if IN_ENDPOINT.with(Cell::get) == 0 {
+        s.certify();
+    }
 }
 
 /// Calls `on_close` for every session closed since the last report, unless a ws endpoint is

@@ -120,8 +120,9 @@ pub(crate) mod slot {
     pub const KEYS: u8 = 4;
     pub const GATEWAYS: u8 = 5;
     pub const GATEWAY_IDS: u8 = 6;
+    /// The outbound-message arena ([`crate::arena`]).
     pub const OUTBOX: u8 = 7;
-    pub const LOG: u8 = 8;
+    // 8 is reserved (it held the delivery log, now rebuilt on the heap from the arena).
     pub const SHARED: u8 = 9;
     pub const SUBS: u8 = 10;
     pub const CLIENT_SUBS: u8 = 11;

@@ -1,19 +1,30 @@
-//! The runtime's state (stable structures + the heap certification tree) and every state
-//! transition of the protocol: open, resume, inbound messages, acks, detach, close, expiry,
-//! deletion, send, publish, subscriptions and polling.
+//! The runtime's state (stable structures + the heap certification tree and delivery logs)
+//! and every state transition of the protocol: open, resume, inbound messages, acks, detach,
+//! close, expiry, deletion, send, publish, subscriptions and polling.
+//!
+//! Retained outbound messages: each is one arena chunk ([`crate::arena`]); a session's
+//! chunks are linked oldest to newest from its client record (`head`/`tail`), which is all
+//! its queue operations need (append, release a prefix on ack, walk on detach/attach/delete).
+//! A chunk also holds its delivery-log index, from which the heap delivery logs
+//! (`(gateway, log index)` -> message, the global poll order) are rebuilt when the state is
+//! loaded, together with the certified tree. So a `send` writes one chunk, one 8-byte link
+//! and the allocator's 8-byte end/free-list head, plus the client record; nothing of a
+//! message is written twice and no B-tree node holds payloads.
 //!
 //! Nothing here calls an app handler: [`crate::lib`'s endpoint functions](crate::__private)
 //! call handlers between state transitions, never while the state is borrowed, so handlers
 //! can freely call `send`, `close`, `publish`, ... Each transition checks everything first
 //! and only then mutates, so a rejected request changes nothing.
 
+use crate::arena::Arena;
 use crate::certification::{compose_root, compose_tree, encode_tree, ws_witness, WsTree};
 use crate::config::WsConfig;
 use crate::env;
 use crate::memory::{slot, ws_memory, Memory};
 use crate::store::{
-    client_sub_key, log_key, pair_key, split_pair, sub_key, ClientRecord, Counters, GatewayRecord,
-    KeyRecord, OutBody, OutEntry, SharedContent, NOT_LOGGED,
+    client_sub_key, pair_key, split_pair, sub_key, ChunkHead, ClientRecord, Counters,
+    GatewayRecord, KeyRecord, OutBody, OutEntry, SharedContent, CHUNK_HEADER, CHUNK_LOG_IDX,
+    CHUNK_NEXT, CHUNK_PEEK, NOT_LOGGED,
 };
 use crate::{ClientInfo, Error};
 use candid::Principal;
@@ -25,6 +36,22 @@ use ic_ws_protocol::types::{
 };
 use ic_ws_protocol::{content_hash, ClientId, CloseReason, WsError};
 use std::cell::RefCell;
+use std::collections::BTreeMap;
+
+/// Log indices are persisted in blocks of this many: the counters cell is written once per
+/// block instead of on every send. After an upgrade numbering resumes at the persisted
+/// bound, so indices stay strictly increasing (gateway cursors stay valid); at most one
+/// block is skipped per upgrade.
+const LOG_IDX_BLOCK: u64 = 1 << 16;
+
+/// A delivery-log entry: which message a gateway's log position refers to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct LogRef {
+    client: ClientId,
+    seq: u64,
+    /// Arena address of the message.
+    addr: u64,
+}
 
 /// Everything the runtime keeps.
 pub(crate) struct State {
@@ -35,8 +62,11 @@ pub(crate) struct State {
     keys: StableBTreeMap<[u8; 32], KeyRecord, Memory>,
     gateways: StableBTreeMap<Principal, GatewayRecord, Memory>,
     gateway_ids: StableBTreeMap<u32, Principal, Memory>,
-    pub(crate) outbox: StableBTreeMap<[u8; 16], OutEntry, Memory>,
-    pub(crate) log: StableBTreeMap<[u8; 12], [u8; 16], Memory>,
+    /// Retained outbound messages (chunks linked per session, see [`crate::arena`]).
+    arena: Arena,
+    /// Delivery logs of all gateways, `(gateway id, log index)` -> message. Heap only:
+    /// rebuilt from the chunks (which hold their log index) when the state is loaded.
+    log: BTreeMap<(u32, u64), LogRef>,
     pub(crate) shared: StableBTreeMap<u64, SharedContent, Memory>,
     subs: StableBTreeMap<Vec<u8>, (), Memory>,
     client_subs: StableBTreeMap<Vec<u8>, (), Memory>,
@@ -44,7 +74,10 @@ pub(crate) struct State {
     activity: StableBTreeMap<[u8; 16], (), Memory>,
     closed: StableBTreeMap<[u8; 16], (), Memory>,
     pending_close: StableBTreeMap<u64, Vec<u8>, Memory>,
+    /// Persisted counters; `next_log_idx` there is the bound of the reserved block.
     counters: Counters,
+    /// The next delivery-log index (heap; `< counters.next_log_idx`).
+    next_log_idx: u64,
     pub(crate) config: WsConfig,
     app_hash: Option<Hash>,
     pub(crate) tree: WsTree,
@@ -109,8 +142,8 @@ impl State {
             keys: StableBTreeMap::init(ws_memory(slot::KEYS)),
             gateways: StableBTreeMap::init(ws_memory(slot::GATEWAYS)),
             gateway_ids: StableBTreeMap::init(ws_memory(slot::GATEWAY_IDS)),
-            outbox: StableBTreeMap::init(ws_memory(slot::OUTBOX)),
-            log: StableBTreeMap::init(ws_memory(slot::LOG)),
+            arena: Arena::init(ws_memory(slot::OUTBOX)),
+            log: BTreeMap::new(),
             shared: StableBTreeMap::init(ws_memory(slot::SHARED)),
             subs: StableBTreeMap::init(ws_memory(slot::SUBS)),
             client_subs: StableBTreeMap::init(ws_memory(slot::CLIENT_SUBS)),
@@ -118,36 +151,105 @@ impl State {
             activity: StableBTreeMap::init(ws_memory(slot::ACTIVITY)),
             closed: StableBTreeMap::init(ws_memory(slot::CLOSED)),
             pending_close: StableBTreeMap::init(ws_memory(slot::PENDING_CLOSE)),
+            next_log_idx: counters.next_log_idx,
             counters,
             config,
             app_hash,
             tree: WsTree::default(),
         };
-        s.rebuild_tree();
+        s.rebuild();
         s
     }
 
-    /// Recomputes the heap tree from the retained messages in stable memory.
-    fn rebuild_tree(&mut self) {
+    /// Recomputes the heap state (certified tree, delivery logs) from the retained messages
+    /// in stable memory.
+    fn rebuild(&mut self) {
         let mut tree = WsTree::default();
-        let mut key_of: Option<(u64, [u8; 32])> = None;
-        for entry in self.outbox.iter() {
-            let (client, seq) = split_pair(entry.key());
-            let value = entry.value();
-            let key = match key_of {
-                Some((c, k)) if c == client => k,
-                _ => {
-                    let k = self.clients.get(&client).map(|r| r.key).unwrap_or_default();
-                    key_of = Some((client, k));
-                    k
+        let mut log = BTreeMap::new();
+        for entry in self.clients.iter() {
+            let id = *entry.key();
+            let rec = entry.value();
+            let mut addr = rec.head;
+            for seq in rec.first_retained_seq..rec.next_outbound_seq {
+                let Some((next, e)) = self.read_msg(addr) else {
+                    break;
+                };
+                if rec.attached && e.log_idx != NOT_LOGGED {
+                    log.insert(
+                        (rec.gateway, e.log_idx),
+                        LogRef {
+                            client: id,
+                            seq,
+                            addr,
+                        },
+                    );
                 }
-            };
-            let content = self.content(&key, &value);
-            tree.insert(client, seq, content_hash(&content));
+                tree.insert(id, seq, content_hash(&self.content(&rec.key, &e)));
+                addr = next;
+            }
         }
         self.tree = tree;
+        self.log = log;
         // Fills the tree's hash caches (a poll right after an upgrade reads them).
         self.tree.root_hash();
+    }
+
+    /// The message stored at `addr`: its `next` link and itself.
+    fn read_msg(&self, addr: u64) -> Option<(u64, OutEntry)> {
+        let mut head = [0u8; CHUNK_HEADER];
+        if !self.arena.read(addr, &mut head) {
+            return None;
+        }
+        let body_len = ChunkHead::parse(&head).body_len as usize;
+        let mut chunk = vec![0u8; CHUNK_HEADER + body_len];
+        if !self.arena.read(addr, &mut chunk) {
+            return None;
+        }
+        Some(OutEntry::from_chunk(&chunk))
+    }
+
+    /// The fixed part of the message at `addr`.
+    fn peek_msg(&self, addr: u64) -> Option<ChunkHead> {
+        let mut head = [0u8; CHUNK_PEEK];
+        let n = if self.arena.read(addr, &mut head) {
+            CHUNK_PEEK
+        } else if self.arena.read(addr, &mut head[..CHUNK_HEADER]) {
+            CHUNK_HEADER
+        } else {
+            return None;
+        };
+        Some(ChunkHead::parse(&head[..n]))
+    }
+
+    /// A session's retained messages: `(seq, address, fixed part)`, oldest first.
+    fn chain(&self, rec: &ClientRecord) -> Vec<(u64, u64, ChunkHead)> {
+        let mut out = Vec::new();
+        let mut addr = rec.head;
+        for seq in rec.first_retained_seq..rec.next_outbound_seq {
+            let Some(h) = self.peek_msg(addr) else {
+                break;
+            };
+            out.push((seq, addr, h));
+            addr = h.next;
+        }
+        out
+    }
+
+    /// The arena's end (bytes in use, free chunks included).
+    #[cfg(test)]
+    pub(crate) fn arena_end(&self) -> u64 {
+        self.arena.end()
+    }
+
+    /// Takes the next delivery-log index (persisting a new block bound when needed).
+    fn take_log_idx(&mut self) -> u64 {
+        let idx = self.next_log_idx;
+        self.next_log_idx += 1;
+        if self.next_log_idx > self.counters.next_log_idx {
+            self.counters.next_log_idx = self.next_log_idx.saturating_add(LOG_IDX_BLOCK);
+            self.save_counters();
+        }
+        idx
     }
 
     // ---------------------------------------------------------------- helpers
@@ -253,48 +355,80 @@ impl State {
     // ---------------------------------------------------------------- outbound
 
     /// Appends a message to a session's queue (limits already checked), logs it for the
-    /// attached gateway and certifies it. Returns its sequence number.
-    fn enqueue(&mut self, id: ClientId, rec: &mut ClientRecord, body: OutBody, hash: Hash) -> u64 {
+    /// attached gateway and certifies it. Returns its sequence number; fails only if stable
+    /// memory cannot grow (nothing changed then).
+    fn enqueue(
+        &mut self,
+        id: ClientId,
+        rec: &mut ClientRecord,
+        body: OutBody,
+        hash: Hash,
+    ) -> Result<u64, Error> {
         let seq = rec.next_outbound_seq;
         let log_idx = if rec.attached {
-            let idx = self.counters.next_log_idx;
-            self.counters.next_log_idx += 1;
-            self.save_counters();
-            self.log
-                .insert(log_key(rec.gateway, idx), pair_key(id, seq));
-            idx
+            self.take_log_idx()
         } else {
             NOT_LOGGED
         };
         let entry = OutEntry { log_idx, body };
+        let counted = entry.counted_bytes();
+        let mut chunk = entry.to_chunk(0);
+        let addr = self
+            .arena
+            .store(&mut chunk)
+            .map_err(|_| Error::LimitReached("stable memory exhausted".into()))?;
+        if log_idx != NOT_LOGGED {
+            self.log.insert(
+                (rec.gateway, log_idx),
+                LogRef {
+                    client: id,
+                    seq,
+                    addr,
+                },
+            );
+        }
+        if rec.tail != 0 && rec.first_retained_seq < rec.next_outbound_seq {
+            self.arena.write(rec.tail + CHUNK_NEXT, &addr.to_be_bytes());
+        } else {
+            rec.head = addr;
+        }
+        rec.tail = addr;
         rec.queued_messages += 1;
-        rec.queued_bytes += entry.counted_bytes();
+        rec.queued_bytes += counted;
         rec.next_outbound_seq += 1;
-        self.outbox.insert(pair_key(id, seq), entry);
         self.tree.insert(id, seq, hash);
-        seq
+        Ok(seq)
     }
 
     /// Deletes the retained messages of a session with `seq < upto`.
     fn release(&mut self, id: ClientId, rec: &mut ClientRecord, upto: u64) {
         while rec.first_retained_seq < upto.min(rec.next_outbound_seq) {
             let seq = rec.first_retained_seq;
-            if let Some(entry) = self.outbox.remove(&pair_key(id, seq)) {
-                self.forget_entry(id, rec, seq, &entry);
+            let addr = rec.head;
+            let mut next = 0;
+            if let Some(h) = self.peek_msg(addr) {
+                self.forget_msg(id, rec, seq, &h);
+                self.arena.free(addr);
+                next = h.next;
             }
+            rec.head = next;
             rec.first_retained_seq += 1;
+        }
+        if rec.first_retained_seq >= rec.next_outbound_seq {
+            rec.head = 0;
+            rec.tail = 0;
         }
     }
 
-    fn forget_entry(&mut self, id: ClientId, rec: &mut ClientRecord, seq: u64, e: &OutEntry) {
-        if e.log_idx != NOT_LOGGED {
-            self.log.remove(&log_key(rec.gateway, e.log_idx));
+    fn forget_msg(&mut self, id: ClientId, rec: &mut ClientRecord, seq: u64, h: &ChunkHead) {
+        if h.log_idx != NOT_LOGGED {
+            self.log.remove(&(rec.gateway, h.log_idx));
         }
-        if let OutBody::Shared { pid, .. } = &e.body {
-            self.unref_shared(*pid);
+        if let Some((pid, _)) = h.shared {
+            self.unref_shared(pid);
         }
         rec.queued_messages = rec.queued_messages.saturating_sub(1);
-        rec.queued_bytes = rec.queued_bytes.saturating_sub(e.counted_bytes());
+        rec.queued_bytes = rec.queued_bytes.saturating_sub(h.counted_bytes());
         self.tree.remove(id, seq);
     }
 
@@ -314,17 +448,12 @@ impl State {
         if !rec.attached {
             return;
         }
-        let keys: Vec<[u8; 16]> = self
-            .outbox
-            .keys_range(pair_key(id, rec.first_retained_seq)..=pair_key(id, u64::MAX))
-            .collect();
-        for k in keys {
-            if let Some(mut e) = self.outbox.get(&k) {
-                if e.log_idx != NOT_LOGGED {
-                    self.log.remove(&log_key(rec.gateway, e.log_idx));
-                    e.log_idx = NOT_LOGGED;
-                    self.outbox.insert(k, e);
-                }
+        let _ = id;
+        for (_, addr, h) in self.chain(rec) {
+            if h.log_idx != NOT_LOGGED {
+                self.log.remove(&(rec.gateway, h.log_idx));
+                self.arena
+                    .write(addr + CHUNK_LOG_IDX, &NOT_LOGGED.to_be_bytes());
             }
         }
         self.adjust_gateway_sessions(rec.gateway, -1);
@@ -336,20 +465,18 @@ impl State {
         rec.gateway = gw;
         rec.attached = true;
         self.adjust_gateway_sessions(gw, 1);
-        let keys: Vec<[u8; 16]> = self
-            .outbox
-            .keys_range(pair_key(id, rec.first_retained_seq)..=pair_key(id, u64::MAX))
-            .collect();
-        for k in keys {
-            if let Some(mut e) = self.outbox.get(&k) {
-                let idx = self.counters.next_log_idx;
-                self.counters.next_log_idx += 1;
-                self.log.insert(log_key(gw, idx), k);
-                e.log_idx = idx;
-                self.outbox.insert(k, e);
-            }
+        for (seq, addr, _) in self.chain(rec) {
+            let idx = self.take_log_idx();
+            self.log.insert(
+                (gw, idx),
+                LogRef {
+                    client: id,
+                    seq,
+                    addr,
+                },
+            );
+            self.arena.write(addr + CHUNK_LOG_IDX, &idx.to_be_bytes());
         }
-        self.save_counters();
     }
 
     /// Checks the queue limits for one more message of `bytes` payload bytes.
@@ -380,7 +507,7 @@ impl State {
             return Err(self.overflow(id, now));
         }
         let hash = content_hash(&crate::content::app_content(now, &payload));
-        let seq = self.enqueue(id, &mut rec, OutBody::App { ts: now, payload }, hash);
+        let seq = self.enqueue(id, &mut rec, OutBody::App { ts: now, payload }, hash)?;
         self.clients.insert(id, rec);
         Ok(seq)
     }
@@ -409,7 +536,9 @@ impl State {
         let reason_bytes = ic_ws_protocol::encode(&reason).unwrap_or_default();
         let content = encode_content(now, OutboundBody::Closed { reason });
         let hash = content_hash(&content);
-        self.enqueue(
+        // Only fails when stable memory cannot grow: the session still closes (its clients
+        // then learn it from `UnknownClient`/`Closed` errors instead of the message).
+        let _ = self.enqueue(
             id,
             &mut rec,
             OutBody::Closed {
@@ -433,15 +562,9 @@ impl State {
         let Some(mut rec) = self.clients.remove(&id) else {
             return;
         };
-        let keys: Vec<[u8; 16]> = self
-            .outbox
-            .keys_range(pair_key(id, 0)..=pair_key(id, u64::MAX))
-            .collect();
-        for k in keys {
-            if let Some(e) = self.outbox.remove(&k) {
-                let (_, seq) = split_pair(&k);
-                self.forget_entry(id, &mut rec, seq, &e);
-            }
+        for (seq, addr, h) in self.chain(&rec) {
+            self.forget_msg(id, &mut rec, seq, &h);
+            self.arena.free(addr);
         }
         self.tree.remove_client(id);
         if rec.attached {
@@ -549,6 +672,7 @@ impl State {
     ) -> Result<NewSession, WsError> {
         let key = self.check_open(caller, canister, open, now)?;
         self.check_gateway_capacity(&caller)?;
+        self.check_room_for_opened()?;
         let id = self.counters.next_client_id;
         self.counters.next_client_id += 1;
         self.save_counters();
@@ -606,7 +730,18 @@ impl State {
             next_inbound_seq: rec.next_inbound_seq,
             resumed,
         };
-        self.enqueue(id, rec, body, hash)
+        let seq = rec.next_outbound_seq;
+        // Cannot fail: `check_room_for_opened` made room for this chunk.
+        self.enqueue(id, rec, body, hash).unwrap_or(seq)
+    }
+
+    /// Makes sure the arena can store an `Opened` message (checked before an open mutates).
+    fn check_room_for_opened(&mut self) -> Result<(), WsError> {
+        if self.arena.reserve((CHUNK_HEADER + 16) as u64) {
+            Ok(())
+        } else {
+            Err(WsError::LimitReached("stable memory exhausted".into()))
+        }
     }
 
     /// Undoes [`State::open_new`] after `on_open` rejected (the client id stays consumed).
@@ -655,6 +790,7 @@ impl State {
         if !same_gateway {
             self.check_gateway_capacity(&caller)?;
         }
+        self.check_room_for_opened()?;
         // All checks passed: from here on, mutate.
         self.release(id, &mut rec, resume.next_outbound_seq);
         self.detach(id, &mut rec);
@@ -771,16 +907,13 @@ impl State {
         if let Some(gw) = self.gateway_id(&caller) {
             let mut bytes = 0u64;
             let mut key_cache: Option<(u64, [u8; 32])> = None;
-            for entry in self
-                .log
-                .range(log_key(gw, req.cursor)..=log_key(gw, u64::MAX))
-            {
+            for (&(_, idx), r) in self.log.range((gw, req.cursor)..=(gw, u64::MAX)) {
                 if messages.len() >= max_messages {
                     more = true;
                     break;
                 }
-                let (client, seq) = split_pair(&entry.value());
-                let Some(out) = self.outbox.get(&pair_key(client, seq)) else {
+                let (client, seq) = (r.client, r.seq);
+                let Some((_, out)) = self.read_msg(r.addr) else {
                     continue;
                 };
                 let key = match key_cache {
@@ -798,7 +931,6 @@ impl State {
                     break;
                 }
                 bytes += size;
-                let idx = crate::store::Reader::new(&entry.key()[4..]).u64();
                 next_cursor = idx + 1;
                 match ranges.iter_mut().find(|r| r.0 == client) {
                     Some(r) => {
@@ -951,7 +1083,7 @@ impl State {
                 }
                 continue;
             }
-            let seq = self.enqueue(
+            let Ok(seq) = self.enqueue(
                 id,
                 &mut rec,
                 OutBody::Shared {
@@ -959,7 +1091,10 @@ impl State {
                     len: size as u32,
                 },
                 hash,
-            );
+            ) else {
+                report.skipped.push(id);
+                continue;
+            };
             self.clients.insert(id, rec);
             report.delivered.push((id, seq));
             refs += 1;

@@ -1,7 +1,9 @@
 //! Stable-memory records and their byte layouts.
 //!
 //! Every structure the runtime persists lives in its own virtual memory (see
-//! [`crate::memory`]) as an ic-stable-structures map or cell. Records use small fixed layouts
+//! [`crate::memory`]) as an ic-stable-structures map or cell, except the retained outbound
+//! messages, which are chunks of the arena ([`crate::arena`]) in the layout defined here
+//! ([`OutEntry::to_chunk`]). Records use small fixed layouts
 //! (big-endian integers) rather than candid: they are written on every `send`, and a compact
 //! layout keeps both instructions and stable-memory overhead per message low. These bytes are
 //! only ever written by this crate; decoding is still defensive (missing bytes read as zero)
@@ -69,9 +71,13 @@ pub(crate) struct ClientRecord {
     pub opened_at_ns: u64,
     pub last_activity_ns: u64,
     pub closed_at_ns: u64,
+    /// Arena address of the oldest retained message (0 = none; see [`crate::arena`]).
+    pub head: u64,
+    /// Arena address of the newest retained message (0 = none).
+    pub tail: u64,
 }
 
-const CLIENT_RECORD_LEN: usize = 32 + 4 + 1 + 8 * 9;
+const CLIENT_RECORD_LEN: usize = 32 + 4 + 1 + 8 * 11;
 
 impl Storable for ClientRecord {
     fn to_bytes(&self) -> Cow<'_, [u8]> {
@@ -94,6 +100,8 @@ impl Storable for ClientRecord {
             self.opened_at_ns,
             self.last_activity_ns,
             self.closed_at_ns,
+            self.head,
+            self.tail,
         ] {
             out.extend_from_slice(&v.to_be_bytes());
         }
@@ -118,6 +126,8 @@ impl Storable for ClientRecord {
             opened_at_ns: r.u64(),
             last_activity_ns: r.u64(),
             closed_at_ns: r.u64(),
+            head: r.u64(),
+            tail: r.u64(),
         }
     }
     const BOUND: Bound = Bound::Bounded {
@@ -225,75 +235,140 @@ impl OutEntry {
     }
 }
 
-impl Storable for OutEntry {
-    fn to_bytes(&self) -> Cow<'_, [u8]> {
-        Cow::Owned(self.clone().into_bytes())
-    }
-    fn into_bytes(self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(32);
-        match self.body {
-            OutBody::App { ts, payload } => {
-                out.reserve(payload.len());
-                out.push(0);
-                out.extend_from_slice(&self.log_idx.to_be_bytes());
-                out.extend_from_slice(&ts.to_be_bytes());
-                out.extend_from_slice(&payload);
-            }
+/// Bytes of a message chunk before its body:
+/// `class u16, tag u8, flag u8, body len u32, next u64, log_idx u64, ts u64`.
+pub(crate) const CHUNK_HEADER: usize = 32;
+/// Header plus the fixed body of a `Shared` message: enough to release any message.
+pub(crate) const CHUNK_PEEK: usize = CHUNK_HEADER + 12;
+/// Offset of `next` (the session's next message) in a chunk.
+pub(crate) const CHUNK_NEXT: u64 = 8;
+/// Offset of `log_idx` in a chunk.
+pub(crate) const CHUNK_LOG_IDX: u64 = 16;
+
+const TAG_APP: u8 = 0;
+const TAG_SHARED: u8 = 1;
+const TAG_OPENED: u8 = 2;
+const TAG_CLOSED: u8 = 3;
+
+impl OutEntry {
+    /// The chunk bytes of this message (the first two, the size class, are the arena's).
+    pub(crate) fn to_chunk(&self, next: u64) -> Vec<u8> {
+        let (tag, flag, ts) = match &self.body {
+            OutBody::App { ts, .. } => (TAG_APP, 0, *ts),
+            OutBody::Shared { .. } => (TAG_SHARED, 0, 0),
+            OutBody::Opened { ts, resumed, .. } => (TAG_OPENED, u8::from(*resumed), *ts),
+            OutBody::Closed { ts, .. } => (TAG_CLOSED, 0, *ts),
+        };
+        let body_len = match &self.body {
+            OutBody::App { payload, .. } => payload.len(),
+            OutBody::Shared { .. } => 12,
+            OutBody::Opened { .. } => 16,
+            OutBody::Closed { reason, .. } => reason.len(),
+        };
+        let mut out = Vec::with_capacity(CHUNK_HEADER + body_len);
+        out.extend_from_slice(&[0, 0, tag, flag]);
+        out.extend_from_slice(&(body_len as u32).to_be_bytes());
+        out.extend_from_slice(&next.to_be_bytes());
+        out.extend_from_slice(&self.log_idx.to_be_bytes());
+        out.extend_from_slice(&ts.to_be_bytes());
+        match &self.body {
+            OutBody::App { payload, .. } => out.extend_from_slice(payload),
             OutBody::Shared { pid, len } => {
-                out.push(1);
-                out.extend_from_slice(&self.log_idx.to_be_bytes());
                 out.extend_from_slice(&pid.to_be_bytes());
                 out.extend_from_slice(&len.to_be_bytes());
             }
             OutBody::Opened {
-                ts,
                 open_ts,
                 next_inbound_seq,
-                resumed,
+                ..
             } => {
-                out.push(2);
-                out.extend_from_slice(&self.log_idx.to_be_bytes());
-                out.extend_from_slice(&ts.to_be_bytes());
                 out.extend_from_slice(&open_ts.to_be_bytes());
                 out.extend_from_slice(&next_inbound_seq.to_be_bytes());
-                out.push(u8::from(resumed));
             }
-            OutBody::Closed { ts, reason } => {
-                out.push(3);
-                out.extend_from_slice(&self.log_idx.to_be_bytes());
-                out.extend_from_slice(&ts.to_be_bytes());
-                out.extend_from_slice(&reason);
-            }
+            OutBody::Closed { reason, .. } => out.extend_from_slice(reason),
         }
         out
     }
-    fn from_bytes(bytes: Cow<'_, [u8]>) -> Self {
-        let mut r = Reader::new(&bytes);
-        let tag = r.u8();
-        let log_idx = r.u64();
-        let body = match tag {
-            1 => OutBody::Shared {
+
+    /// Decodes a chunk (header + body); returns `next` and the message.
+    pub(crate) fn from_chunk(bytes: &[u8]) -> (u64, OutEntry) {
+        let head = ChunkHead::parse(bytes);
+        let body = bytes.get(CHUNK_HEADER..).unwrap_or(&[]);
+        let body = body.get(..head.body_len as usize).unwrap_or(body);
+        let mut r = Reader::new(body);
+        let body = match head.tag {
+            TAG_SHARED => OutBody::Shared {
                 pid: r.u64(),
                 len: r.u32(),
             },
-            2 => OutBody::Opened {
-                ts: r.u64(),
+            TAG_OPENED => OutBody::Opened {
+                ts: head.ts,
                 open_ts: r.u64(),
                 next_inbound_seq: r.u64(),
-                resumed: r.u8() != 0,
+                resumed: head.flag != 0,
             },
-            3 => OutBody::Closed {
-                ts: r.u64(),
-                reason: r.rest().to_vec(),
+            TAG_CLOSED => OutBody::Closed {
+                ts: head.ts,
+                reason: body.to_vec(),
             },
             _ => OutBody::App {
-                ts: r.u64(),
-                payload: r.rest().to_vec(),
+                ts: head.ts,
+                payload: body.to_vec(),
             },
         };
-        OutEntry { log_idx, body }
+        (
+            head.next,
+            OutEntry {
+                log_idx: head.log_idx,
+                body,
+            },
+        )
     }
-    const BOUND: Bound = Bound::Unbounded;
+}
+
+/// The fixed part of a chunk: what releasing a message needs (first [`CHUNK_PEEK`] bytes).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct ChunkHead {
+    pub tag: u8,
+    pub flag: u8,
+    pub body_len: u32,
+    pub next: u64,
+    pub log_idx: u64,
+    pub ts: u64,
+    /// `(pid, len)` of a `Shared` message.
+    pub shared: Option<(u64, u32)>,
+}
+
+impl ChunkHead {
+    pub(crate) fn parse(bytes: &[u8]) -> ChunkHead {
+        let mut r = Reader::new(bytes);
+        let _class = r.array::<2>();
+        let tag = r.u8();
+        let flag = r.u8();
+        let body_len = r.u32();
+        let next = r.u64();
+        let log_idx = r.u64();
+        let ts = r.u64();
+        let shared = (tag == TAG_SHARED).then(|| (r.u64(), r.u32()));
+        ChunkHead {
+            tag,
+            flag,
+            body_len,
+            next,
+            log_idx,
+            ts,
+            shared,
+        }
+    }
+
+    /// Bytes counted against `max_queued_bytes` (as [`OutEntry::counted_bytes`]).
+    pub(crate) fn counted_bytes(&self) -> u64 {
+        match (self.tag, self.shared) {
+            (TAG_APP, _) => u64::from(self.body_len),
+            (_, Some((_, len))) => u64::from(len),
+            _ => 0,
+        }
+    }
 }
 
 /// A published content stored once for all its recipients.
@@ -337,14 +412,6 @@ pub(crate) fn pair_key(a: u64, b: u64) -> [u8; 16] {
 pub(crate) fn split_pair(k: &[u8; 16]) -> (u64, u64) {
     let mut r = Reader::new(k);
     (r.u64(), r.u64())
-}
-
-/// Key of a gateway's delivery log entry: `(gateway id, log index)`.
-pub(crate) fn log_key(gateway: u32, idx: u64) -> [u8; 12] {
-    let mut k = [0u8; 12];
-    k[..4].copy_from_slice(&gateway.to_be_bytes());
-    k[4..].copy_from_slice(&idx.to_be_bytes());
-    k
 }
 
 /// Key of a topic subscription: `len(topic) u8, topic, client BE`.
@@ -412,6 +479,8 @@ mod tests {
             opened_at_ns: 7,
             last_activity_ns: 8,
             closed_at_ns: 9,
+            head: 10,
+            tail: 11,
         };
         assert_eq!(ClientRecord::from_bytes(rec.to_bytes()), rec);
         for body in [
@@ -432,10 +501,19 @@ mod tests {
             },
         ] {
             let e = OutEntry { log_idx: 42, body };
-            assert_eq!(OutEntry::from_bytes(e.to_bytes()), e);
+            let chunk = e.to_chunk(77);
+            assert_eq!(OutEntry::from_chunk(&chunk), (77, e.clone()));
+            let head = ChunkHead::parse(&chunk);
+            assert_eq!((head.next, head.log_idx), (77, 42));
+            assert_eq!(head.counted_bytes(), e.counted_bytes());
+            // A chunk read with trailing garbage (its size class's rounding) decodes the same.
+            let mut padded = chunk.clone();
+            padded.extend_from_slice(&[0xee; 15]);
+            assert_eq!(OutEntry::from_chunk(&padded), (77, e));
         }
         // Truncated bytes never panic.
         let _ = ClientRecord::from_bytes(Cow::Borrowed(&[1, 2, 3]));
-        let _ = OutEntry::from_bytes(Cow::Borrowed(&[2]));
+        let _ = OutEntry::from_chunk(&[2]);
+        let _ = ChunkHead::parse(&[1, 2, 3]);
     }
 }

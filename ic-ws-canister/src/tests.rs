@@ -834,3 +834,109 @@ fn config_validation() {
     .is_err());
     assert_eq!(config(), WsConfig::default());
 }
+
+fn arena_end() -> u64 {
+    runtime::with_state(|s| s.arena_end())
+}
+
+fn ack_everything(c: &mut Client, gw: u8) {
+    c.ack = client_info(c.id).unwrap().next_outbound_seq;
+    let m = msg(c, c.next_seq, MessageKind::KeepAlive);
+    assert_eq!(deliver(gw, vec![m]), vec![MessageResult::Ok]);
+    c.next_seq += 1;
+}
+
+#[test]
+fn acked_and_deleted_messages_give_their_space_back() {
+    let mut c = open(1, 1);
+    for i in 0..20 {
+        send(c.id, &format!("round 0 {i:02}")).unwrap();
+    }
+    let high = arena_end();
+    for round in 1..10 {
+        ack_everything(&mut c, 1);
+        assert_eq!(client_info(c.id).unwrap().queued_messages, 0);
+        for i in 0..20 {
+            send(c.id, &format!("round {round} {i:02}")).unwrap();
+        }
+        // Acked chunks were reused: the arena did not grow.
+        assert_eq!(arena_end(), high, "round {round}");
+        if round == 5 {
+            // The allocator state (free lists) and the queue survive an upgrade.
+            let before = (testing::certified_data(), poll(1, 0));
+            testing::simulate_upgrade();
+            post_upgrade();
+            assert_eq!((testing::certified_data(), poll(1, 0)), before);
+        }
+    }
+    let got = verify(&poll(1, 0));
+    let texts: Vec<String> = got.iter().filter_map(|g| app_text(&g.2)).collect();
+    assert_eq!(texts.len(), 20);
+    assert_eq!(texts[0], "round 9 00");
+    assert_eq!(texts[19], "round 9 19");
+    // A closed session's messages are freed when it is deleted after its retention, and a
+    // new session reuses the space.
+    assert!(close(c.id, 4000, "bye"));
+    testing::advance_ns(WsConfig::default().closed_retention_ns + 1);
+    housekeeping();
+    assert_eq!(client_info(c.id), None);
+    let d = open(2, 1);
+    for i in 0..20 {
+        send(d.id, &format!("round 0 {i:02}")).unwrap();
+    }
+    assert!(arena_end() <= high);
+}
+
+#[test]
+fn delivery_log_is_rebuilt_after_upgrade_and_cursors_stay_valid() {
+    let mut c = open(1, 1);
+    let mut d = open(2, 1);
+    for i in 0..5 {
+        send(c.id, &format!("c{i}")).unwrap();
+        send(d.id, &format!("d{i}")).unwrap();
+    }
+    // d is detached: its messages leave gateway 1's log (and stay retained).
+    testing::set_caller(gateway(1));
+    assert_eq!(
+        __private::ws_close(
+            &H,
+            CloseBatch {
+                clients: vec![d.id]
+            }
+        ),
+        vec![Ok(())]
+    );
+    ack_everything(&mut c, 1);
+    send(c.id, &"c5".to_string()).unwrap();
+    let before = poll(1, 0);
+    testing::simulate_upgrade();
+    post_upgrade();
+    let after = poll(1, 0);
+    assert_eq!(before, after);
+    let got = verify(&after);
+    assert_eq!(got.len(), 1);
+    assert_eq!(app_text(&got[0].2).as_deref(), Some("c5"));
+    // New messages come after every cursor handed out before the upgrade.
+    send(c.id, &"c6".to_string()).unwrap();
+    let next = poll(1, after.next_cursor);
+    let got = verify(&next);
+    assert_eq!(got.len(), 1);
+    assert_eq!(app_text(&got[0].2).as_deref(), Some("c6"));
+    // d resumes on gateway 2 after the upgrade: its retained messages are logged there.
+    testing::advance_ns(1_000);
+    testing::set_caller(gateway(2));
+    let r = __private::ws_open(
+        &H,
+        OpenBatch {
+            opens: vec![open_request(&d.key, gateway(2), Some((d.id, 0)))],
+        },
+    );
+    assert!(r[0].is_ok(), "{r:?}");
+    let texts: Vec<String> = verify(&poll(2, 0))
+        .iter()
+        .filter_map(|g| app_text(&g.2))
+        .collect();
+    assert_eq!(texts, vec!["d0", "d1", "d2", "d3", "d4"]);
+    d.next_seq = 0;
+    let _ = d;
+}
