@@ -235,14 +235,52 @@ impl StateTree {
         }
     }
 
-    /// A CBOR certificate revealing `/time` and `paths` (pruned elsewhere), signed by the root key.
+    /// A CBOR certificate revealing `/time` and `paths` (pruned elsewhere), signed by the root key
+    /// (the replica signs outside its lock instead: `Replica::certificate_unlocked`).
+    #[cfg(test)]
     pub(crate) fn certificate(&mut self, keys: &Keys, paths: &[Path]) -> Vec<u8> {
+        let unsigned = self.unsigned_certificate(paths);
+        let signature = self.ensure_signed(keys).signature.clone();
+        encode_certificate(unsigned.witness, signature)
+    }
+
+    /// The witness of `/time` and `paths` over the current state, with the signature of that
+    /// state if one was made already. The caller can sign (about 0.5 ms) without holding
+    /// whatever lock protects the tree, then [`StateTree::record_signature`].
+    pub(crate) fn unsigned_certificate(&self, paths: &[Path]) -> UnsignedCertificate {
         let mut witness = self.tree.witness(&[label("time")]);
         for path in paths {
             witness = merge_hash_trees(witness, self.tree.witness(path));
         }
-        let signature = self.ensure_signed(keys).signature.clone();
-        encode_certificate(witness, signature)
+        let root_hash = self.tree.root_hash();
+        let signature = self
+            .signed
+            .as_ref()
+            .filter(|s| s.root_hash == root_hash)
+            .map(|s| s.signature.clone());
+        UnsignedCertificate {
+            witness,
+            root_hash,
+            signature,
+        }
+    }
+
+    /// Keeps a signature made outside the tree for reuse, if it covers the current state (the
+    /// state may have moved on while it was made; it is then only good for its own certificate).
+    pub(crate) fn record_signature(&mut self, root_hash: [u8; 32], signature: &[u8]) {
+        self.signatures_made += 1;
+        let current = self.tree.root_hash() == root_hash;
+        let already = self
+            .signed
+            .as_ref()
+            .is_some_and(|s| s.root_hash == root_hash);
+        if current && !already {
+            self.signed = Some(Signed {
+                root_hash,
+                signature: signature.to_vec(),
+                data_certificates: HashMap::new(),
+            });
+        }
     }
 
     /// The data certificate a query on `canister` sees: `/time` and its `certified_data`.
@@ -264,6 +302,22 @@ impl StateTree {
         let cert = Arc::new(encode_certificate(tree, signed.signature.clone()));
         signed.data_certificates.insert(canister, cert.clone());
         cert
+    }
+}
+
+/// A certificate before its signature (see [`StateTree::unsigned_certificate`]).
+pub(crate) struct UnsignedCertificate {
+    witness: HashTree,
+    /// Root hash of the state the witness was taken from (what the signature must cover).
+    pub(crate) root_hash: [u8; 32],
+    /// The signature of that state, when the tree had one.
+    pub(crate) signature: Option<Vec<u8>>,
+}
+
+impl UnsignedCertificate {
+    /// The CBOR certificate, with `signature` over [`UnsignedCertificate::root_hash`].
+    pub(crate) fn encode(self, signature: Vec<u8>) -> Vec<u8> {
+        encode_certificate(self.witness, signature)
     }
 }
 
@@ -327,6 +381,33 @@ mod tests {
                 .lookup_path([b"canister".as_ref(), canister.as_slice(), b"module_hash"]),
             LookupResult::Found(_)
         ));
+    }
+
+    #[test]
+    fn a_signature_made_outside_the_tree_is_reused_only_for_the_state_it_covers() {
+        let (keys, mut tree, canister) = tree();
+        let first = tree.unsigned_certificate(&[vec![label("subnet")]]);
+        assert!(first.signature.is_none(), "nothing signed yet");
+        let root = first.root_hash;
+        let sig = keys.sign_state_root(&root);
+        tree.record_signature(root, &sig);
+        let again = tree.unsigned_certificate(&[]);
+        assert_eq!(again.signature.as_deref(), Some(&sig[..]), "reused");
+        assert!(verify(&keys, &decode(&first.encode(sig.clone()))));
+
+        // The state moves on while a signature is being made: the late signature still makes a
+        // valid certificate of its own state, but is not taken for the new one.
+        let stale = tree.unsigned_certificate(&[]);
+        tree.set_canister(canister, vec![0xee; 32], None, &[]);
+        let late = keys.sign_state_root(&stale.root_hash);
+        tree.record_signature(stale.root_hash, &late);
+        let now = tree.unsigned_certificate(&[]);
+        assert_ne!(now.root_hash, stale.root_hash);
+        assert!(
+            now.signature.is_none(),
+            "a signature never covers a state it was not made for"
+        );
+        assert!(verify(&keys, &decode(&stale.encode(late))));
     }
 
     #[test]

@@ -248,12 +248,6 @@ impl Core {
         self.engine
             .query(canister, method, arg, caller, Some(&certificate))
     }
-
-    /// A certificate over `paths` of the current state (signed at most once per state).
-    pub(crate) fn certificate(&mut self, keys: &Keys, paths: &[Path]) -> Vec<u8> {
-        self.refresh_time();
-        self.tree.certificate(keys, paths)
-    }
 }
 
 /// IC0301: the destination canister does not exist.
@@ -317,6 +311,28 @@ impl Replica {
             .core
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// A certificate over `paths` of the current state, like [`Core::certificate`], but a
+    /// needed BLS signature (about 0.5 ms) is made **outside** the core lock, so updates keep
+    /// executing meanwhile; the signature is then kept for reuse if the state did not move.
+    pub(crate) fn certificate_unlocked(&self, paths: &[Path]) -> Vec<u8> {
+        let unsigned = {
+            let mut core = self.core();
+            core.refresh_time();
+            core.tree.unsigned_certificate(paths)
+        };
+        let signature = match unsigned.signature.clone() {
+            Some(signature) => signature,
+            None => {
+                let signature = self.shared.keys.sign_state_root(&unsigned.root_hash);
+                self.core()
+                    .tree
+                    .record_signature(unsigned.root_hash, &signature);
+                signature
+            }
+        };
+        unsigned.encode(signature)
     }
 
     /// The settings this replica was started with.
@@ -446,7 +462,7 @@ impl Replica {
 
     /// A certificate (CBOR) revealing `/time` and the given state-tree `paths`.
     pub fn state_certificate(&self, paths: &[Vec<Vec<u8>>]) -> Vec<u8> {
-        self.core().certificate(&self.shared.keys, paths)
+        self.certificate_unlocked(paths)
     }
 
     /// SHA-256 of the installed module.

@@ -303,8 +303,7 @@ pub(crate) async fn call_sync(
     }
     let certificate = blocking(move || {
         let paths = vec![vec![b"request_status".to_vec(), request_id.to_vec()]];
-        let keys = &replica.shared.keys;
-        replica.core().certificate(keys, &paths)
+        replica.certificate_unlocked(&paths)
     })
     .await?;
     let body = SyncCallResponse::Replied { certificate };
@@ -463,11 +462,7 @@ pub(crate) async fn read_state(
         blocking(move || check_read_state_paths(&replica, &request, ecid)).await?
     };
     let paths = checked?;
-    let certificate = blocking(move || {
-        let keys = &replica.shared.keys;
-        replica.core().certificate(keys, &paths)
-    })
-    .await?;
+    let certificate = blocking(move || replica.certificate_unlocked(&paths)).await?;
     Ok(cbor_response(
         StatusCode::OK,
         to_self_describing_cbor(&ReadStateBody { certificate }),
