@@ -80,7 +80,8 @@ fn bench_runtime() {
         (batch50 - batch1) / 49
     );
 
-    // Poll of 50 messages (100 B each) for one client.
+    // Poll of 50 messages from cursor 0 (as measured since be9197c): the log then starts
+    // with the 50 new sessions' certified `Opened` messages, so this is mostly those.
     let r: Result<u64, String> = c.update("app_send_bytes", (alice.id, 100u32, 50u32));
     r.unwrap();
     let reply = c
@@ -95,31 +96,50 @@ fn bench_runtime() {
         .unwrap();
     assert_eq!(reply.messages.len(), 50);
     println!(
-        "| ws_poll of 50 messages (100 B, one client) | {} |",
+        "| ws_poll of 50 messages from cursor 0 (the 50 sessions' Opened messages) | {} |",
         c.last_instructions()
     );
-    ack_all(&c, gw, &mut alice);
-    // Poll of 50 messages spread over 50 clients.
-    for cl in &clients {
-        let _: Result<u64, String> = c.update("app_send", (cl.id, "x".repeat(90)));
-    }
-    let cursor = c.ws_poll(gw, 0).messages.len() as u64; // warm-up, not measured
-    let _ = cursor;
-    let all = c.ws_poll(gw, 0);
-    let start = all.next_cursor;
-    let _ = start;
+    // Poll of 50 app messages of 100 B of one client (from the cursor after everything
+    // older).
+    let cursor = c.poll_all(gw).last().unwrap().next_cursor;
+    let r: Result<u64, String> = c.update("app_send_bytes", (alice.id, 100u32, 50u32));
+    r.unwrap();
     let reply = c
         .ws_poll_with(
             gw,
             PollRequest {
-                cursor: 0,
+                cursor,
                 max_messages: Some(50),
                 max_bytes: None,
             },
         )
         .unwrap();
+    assert_eq!(reply.messages.len(), 50);
+    assert!(reply.messages.iter().all(|m| m.client_id == alice.id));
     println!(
-        "| ws_poll of 50 messages ({} clients) | {} |",
+        "| ws_poll of 50 app messages (100 B, one client) | {} |",
+        c.last_instructions()
+    );
+    ack_all(&c, gw, &mut alice);
+    // Poll of 50 app messages spread over 50 clients.
+    let cursor = c.poll_all(gw).last().unwrap().next_cursor;
+    for cl in &clients {
+        let r: Result<u64, String> = c.update("app_send", (cl.id, "x".repeat(90)));
+        r.unwrap();
+    }
+    let reply = c
+        .ws_poll_with(
+            gw,
+            PollRequest {
+                cursor,
+                max_messages: Some(50),
+                max_bytes: None,
+            },
+        )
+        .unwrap();
+    assert_eq!(reply.messages.len(), 50);
+    println!(
+        "| ws_poll of 50 app messages (~100 B, {} clients) | {} |",
         {
             let mut ids: Vec<u64> = reply.messages.iter().map(|m| m.client_id).collect();
             ids.sort();

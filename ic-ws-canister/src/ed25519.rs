@@ -41,6 +41,39 @@ fn decode_point(bytes: &[u8; 32]) -> Option<EdwardsPoint> {
     Some(p)
 }
 
+/// How many decoded session keys [`decode_key`] keeps (~200 bytes of heap each).
+#[cfg(not(test))]
+const KEY_CACHE_MAX: usize = 4096;
+/// Small in unit tests, so that the bound is exercised quickly.
+#[cfg(test)]
+const KEY_CACHE_MAX: usize = 16;
+
+thread_local! {
+    /// Decoded (valid) session keys by their encoding. Decoding a key is a field square root,
+    /// about 7 % of a verification in wasm; a session's key is decoded once at its open and
+    /// then reused by all its messages. Only successful decodings are kept, and a decoding
+    /// depends on the bytes alone, so a hit gives exactly what decoding would. Heap only: the
+    /// cache starts empty after an upgrade and is cleared whole when full (bounded memory).
+    static KEY_CACHE: std::cell::RefCell<std::collections::HashMap<[u8; 32], EdwardsPoint>> =
+        std::cell::RefCell::new(std::collections::HashMap::new());
+}
+
+/// [`decode_point`] for session keys, through [`KEY_CACHE`].
+fn decode_key(bytes: &[u8; 32]) -> Option<EdwardsPoint> {
+    if let Some(p) = KEY_CACHE.with(|c| c.borrow().get(bytes).copied()) {
+        return Some(p);
+    }
+    let p = decode_point(bytes)?;
+    KEY_CACHE.with(|c| {
+        let mut c = c.borrow_mut();
+        if c.len() >= KEY_CACHE_MAX {
+            c.clear();
+        }
+        c.insert(*bytes, p);
+    });
+    Some(p)
+}
+
 /// Verifies an Ed25519 signature with the protocol's strict semantics (see the module doc).
 /// `Malformed` for wrong lengths, `Invalid` for everything else, as the reference does.
 pub(crate) fn verify_signature(
@@ -60,7 +93,7 @@ pub(crate) fn verify_signature(
     s_bytes.copy_from_slice(&sig[32..]);
     let s = Option::<Scalar>::from(Scalar::from_canonical_bytes(s_bytes))
         .ok_or(SignatureError::Invalid)?;
-    let a = decode_point(pk).ok_or(SignatureError::Invalid)?;
+    let a = decode_key(pk).ok_or(SignatureError::Invalid)?;
     let r = decode_point(&r_bytes).ok_or(SignatureError::Invalid)?;
     let mut h = Sha512::new();
     h.update(r_bytes);
@@ -260,6 +293,49 @@ mod tests {
             // The same signatures over another message are rejected.
             assert!(same(&pk, b"other", &sig).is_err());
         }
+    }
+
+    #[test]
+    fn cached_keys_give_the_verdicts_of_a_fresh_decoding() {
+        // Each case verified cold (key not cached) then warm (cached if valid): same verdict
+        // as the reference both times, and invalid keys never enter the cache.
+        let key = ic_ws_protocol::signing::SessionKey::from_seed([5; 32]);
+        let pk = key.public_key();
+        let sig = key.sign(b"m");
+        let mut forged = sig.clone();
+        forged[40] ^= 1;
+        let small: [u8; 32] = EIGHT_TORSION[1].compress().to_bytes();
+        let a = Scalar::from_bytes_mod_order_wide(&rnd("a", 99));
+        let (mixed_pk, mixed_sig) = sign_raw(
+            a,
+            ED25519_BASEPOINT_POINT * a + EIGHT_TORSION[3],
+            a,
+            EIGHT_TORSION[0],
+            b"m",
+        );
+        let cases: Vec<(Vec<u8>, Vec<u8>)> = vec![
+            (pk.clone(), sig.clone()),
+            (pk.clone(), forged),
+            (small.to_vec(), sig.clone()),
+            (mixed_pk.to_vec(), mixed_sig.to_vec()),
+            ([0xffu8; 32].to_vec(), sig),
+        ];
+        for _ in 0..2 {
+            for (k, s) in &cases {
+                assert_eq!(verify_signature(k, b"m", s), reference(k, b"m", s));
+            }
+        }
+        assert!(KEY_CACHE.with(|c| c.borrow().contains_key(pk.as_slice())));
+        assert!(!KEY_CACHE.with(|c| c.borrow().contains_key(&small)));
+        assert!(!KEY_CACHE.with(|c| c.borrow().contains_key(&[0xff; 32])));
+        // Bounded: the cache never holds more than its maximum.
+        for i in 0..(KEY_CACHE_MAX as u64 + 10) {
+            let p = (ED25519_BASEPOINT_POINT * Scalar::from(i + 1))
+                .compress()
+                .to_bytes();
+            assert!(decode_key(&p).is_some());
+        }
+        assert!(KEY_CACHE.with(|c| c.borrow().len()) <= KEY_CACHE_MAX);
     }
 
     #[test]

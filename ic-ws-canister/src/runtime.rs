@@ -184,7 +184,7 @@ impl State {
                         },
                     );
                 }
-                tree.insert(id, seq, content_hash(&self.content(&rec.key, &e)));
+                tree.insert(id, seq, content_hash(&self.content(&e)));
                 addr = next;
             }
         }
@@ -315,35 +315,14 @@ impl State {
     }
 
     /// The certified content of a retained message.
-    pub(crate) fn content(&self, key: &[u8; 32], entry: &OutEntry) -> Vec<u8> {
-        let (ts, body) = match &entry.body {
+    pub(crate) fn content(&self, entry: &OutEntry) -> Vec<u8> {
+        match &entry.body {
             OutBody::Shared { pid, .. } => {
-                return self.shared.get(pid).map(|s| s.content).unwrap_or_default()
+                self.shared.get(pid).map(|s| s.content).unwrap_or_default()
             }
-            OutBody::App { ts, payload } => return crate::content::app_content(*ts, payload),
-            OutBody::Opened {
-                ts,
-                open_ts,
-                next_inbound_seq,
-                resumed,
-            } => (
-                *ts,
-                OutboundBody::Opened {
-                    client_key: key.to_vec(),
-                    open_timestamp_ns: *open_ts,
-                    next_inbound_seq: *next_inbound_seq,
-                    resumed: *resumed,
-                },
-            ),
-            OutBody::Closed { ts, reason } => (
-                *ts,
-                OutboundBody::Closed {
-                    reason: ic_ws_protocol::decode(reason)
-                        .unwrap_or(CloseReason::ProtocolError(String::new())),
-                },
-            ),
-        };
-        encode_content(ts, body)
+            OutBody::App { ts, payload } => crate::content::app_content(*ts, payload),
+            OutBody::Control { content } => content.clone(),
+        }
     }
 
     fn touch_activity(&mut self, id: ClientId, rec: &mut ClientRecord, now: u64) {
@@ -538,15 +517,7 @@ impl State {
         let hash = content_hash(&content);
         // Only fails when stable memory cannot grow: the session still closes (its clients
         // then learn it from `UnknownClient`/`Closed` errors instead of the message).
-        let _ = self.enqueue(
-            id,
-            &mut rec,
-            OutBody::Closed {
-                ts: now,
-                reason: reason_bytes.clone(),
-            },
-            hash,
-        );
+        let _ = self.enqueue(id, &mut rec, OutBody::Control { content }, hash);
         rec.closed = true;
         rec.closed_at_ns = now;
         self.activity.remove(&pair_key(rec.last_activity_ns, id));
@@ -724,12 +695,7 @@ impl State {
             },
         );
         let hash = content_hash(&content);
-        let body = OutBody::Opened {
-            ts: now,
-            open_ts,
-            next_inbound_seq: rec.next_inbound_seq,
-            resumed,
-        };
+        let body = OutBody::Control { content };
         let seq = rec.next_outbound_seq;
         // Cannot fail: `check_room_for_opened` made room for this chunk.
         self.enqueue(id, rec, body, hash).unwrap_or(seq)
@@ -737,7 +703,8 @@ impl State {
 
     /// Makes sure the arena can store an `Opened` message (checked before an open mutates).
     fn check_room_for_opened(&mut self) -> Result<(), WsError> {
-        if self.arena.reserve((CHUNK_HEADER + 16) as u64) {
+        // An `Opened` content is ~150 bytes (candid framing, 32-byte key, three integers).
+        if self.arena.reserve((CHUNK_HEADER + 512) as u64) {
             Ok(())
         } else {
             Err(WsError::LimitReached("stable memory exhausted".into()))
@@ -906,7 +873,6 @@ impl State {
         let mut more = false;
         if let Some(gw) = self.gateway_id(&caller) {
             let mut bytes = 0u64;
-            let mut key_cache: Option<(u64, [u8; 32])> = None;
             for (&(_, idx), r) in self.log.range((gw, req.cursor)..=(gw, u64::MAX)) {
                 if messages.len() >= max_messages {
                     more = true;
@@ -916,15 +882,7 @@ impl State {
                 let Some((_, out)) = self.read_msg(r.addr) else {
                     continue;
                 };
-                let key = match key_cache {
-                    Some((c, k)) if c == client => k,
-                    _ => {
-                        let k = self.clients.get(&client).map(|r| r.key).unwrap_or_default();
-                        key_cache = Some((client, k));
-                        k
-                    }
-                };
-                let content = self.content(&key, &out);
+                let content = self.content(&out);
                 let size = content.len() as u64 + 24;
                 if !messages.is_empty() && bytes + size > max_bytes {
                     more = true;

@@ -213,15 +213,10 @@ pub(crate) enum OutBody {
     App { ts: u64, payload: Vec<u8> },
     /// A `publish`: the shared content `pid` of `len` payload bytes.
     Shared { pid: u64, len: u32 },
-    /// The certified open confirmation (the key comes from the client record).
-    Opened {
-        ts: u64,
-        open_ts: u64,
-        next_inbound_seq: u64,
-        resumed: bool,
-    },
-    /// The certified close; `reason` is candid of `CloseReason`.
-    Closed { ts: u64, reason: Vec<u8> },
+    /// A runtime message (`Opened`, `Closed`): its whole certified content, encoded once
+    /// when it is queued (there is one or two per session, and re-encoding them with candid
+    /// on every poll cost more than all the rest of a poll).
+    Control { content: Vec<u8> },
 }
 
 impl OutEntry {
@@ -230,7 +225,7 @@ impl OutEntry {
         match &self.body {
             OutBody::App { payload, .. } => payload.len() as u64,
             OutBody::Shared { len, .. } => u64::from(*len),
-            OutBody::Opened { .. } | OutBody::Closed { .. } => 0,
+            OutBody::Control { .. } => 0,
         }
     }
 }
@@ -247,8 +242,7 @@ pub(crate) const CHUNK_LOG_IDX: u64 = 16;
 
 const TAG_APP: u8 = 0;
 const TAG_SHARED: u8 = 1;
-const TAG_OPENED: u8 = 2;
-const TAG_CLOSED: u8 = 3;
+const TAG_CONTROL: u8 = 2;
 
 impl OutEntry {
     /// The chunk bytes of this message (the first two, the size class, are the arena's).
@@ -256,14 +250,12 @@ impl OutEntry {
         let (tag, flag, ts) = match &self.body {
             OutBody::App { ts, .. } => (TAG_APP, 0, *ts),
             OutBody::Shared { .. } => (TAG_SHARED, 0, 0),
-            OutBody::Opened { ts, resumed, .. } => (TAG_OPENED, u8::from(*resumed), *ts),
-            OutBody::Closed { ts, .. } => (TAG_CLOSED, 0, *ts),
+            OutBody::Control { .. } => (TAG_CONTROL, 0, 0),
         };
         let body_len = match &self.body {
             OutBody::App { payload, .. } => payload.len(),
             OutBody::Shared { .. } => 12,
-            OutBody::Opened { .. } => 16,
-            OutBody::Closed { reason, .. } => reason.len(),
+            OutBody::Control { content } => content.len(),
         };
         let mut out = Vec::with_capacity(CHUNK_HEADER + body_len);
         out.extend_from_slice(&[0, 0, tag, flag]);
@@ -277,15 +269,7 @@ impl OutEntry {
                 out.extend_from_slice(&pid.to_be_bytes());
                 out.extend_from_slice(&len.to_be_bytes());
             }
-            OutBody::Opened {
-                open_ts,
-                next_inbound_seq,
-                ..
-            } => {
-                out.extend_from_slice(&open_ts.to_be_bytes());
-                out.extend_from_slice(&next_inbound_seq.to_be_bytes());
-            }
-            OutBody::Closed { reason, .. } => out.extend_from_slice(reason),
+            OutBody::Control { content } => out.extend_from_slice(content),
         }
         out
     }
@@ -301,15 +285,8 @@ impl OutEntry {
                 pid: r.u64(),
                 len: r.u32(),
             },
-            TAG_OPENED => OutBody::Opened {
-                ts: head.ts,
-                open_ts: r.u64(),
-                next_inbound_seq: r.u64(),
-                resumed: head.flag != 0,
-            },
-            TAG_CLOSED => OutBody::Closed {
-                ts: head.ts,
-                reason: body.to_vec(),
+            TAG_CONTROL => OutBody::Control {
+                content: body.to_vec(),
             },
             _ => OutBody::App {
                 ts: head.ts,
@@ -489,15 +466,8 @@ mod tests {
                 payload: vec![1, 2, 3],
             },
             OutBody::Shared { pid: 9, len: 100 },
-            OutBody::Opened {
-                ts: 1,
-                open_ts: 2,
-                next_inbound_seq: 3,
-                resumed: true,
-            },
-            OutBody::Closed {
-                ts: 5,
-                reason: vec![9, 9],
+            OutBody::Control {
+                content: vec![9, 9],
             },
         ] {
             let e = OutEntry { log_idx: 42, body };
