@@ -6,6 +6,8 @@
 #   loadgen/bench.sh fanout 1 2000            # 1 canister x 2000 subscribers
 #   loadgen/bench.sh fanout 10 200            # 10 canisters x 200 subscribers
 #   loadgen/bench.sh inbound 1000 1           # 1000 clients x 1 message/s
+#   loadgen/bench.sh gateway 1000 50 100      # the gateway alone, fake canister on its own
+#                                             # thread: 1000 sessions x 50 messages per 100 ms
 #
 # Environment: TARGET (cargo target dir, default target), WASM (the test app wasm, default
 # $TARGET/wasm32-unknown-unknown/canister/ic_ws_e2e_test_app.wasm), GATEWAY_ARGS (extra gateway
@@ -53,7 +55,11 @@ start_gateway() { # $1 = network url, $2 = canisters, $3 = --fetch-root-key or n
     --identity-file "$run/identity.pem" --network "$1" ${3:-} --canister "$2" \
     --ip-connect-rate 0 --idle-timeout-ms 600000 --max-connections 200000 --log warn \
     ${GATEWAY_ARGS:-} 2>"$run/gateway.log" &
-  gateway_pid=$!
+  gateway_started $!
+}
+
+gateway_started() { # $1 = pid of a gateway writing $run/gateway.json when ready
+  gateway_pid=$1
   pids+=($gateway_pid)
   for _ in $(seq 300); do [ -s "$run/gateway.json" ] && break; sleep 0.1; done
   [ -s "$run/gateway.json" ] || { cat "$run/gateway.log" >&2; exit 1; }
@@ -81,6 +87,17 @@ case "$scenario" in
     "$loadgen" inbound --gateway "$gw_listen" --admin "$gw_admin" --gateway-pid "$gateway_pid" \
       --replica "$replica_url" --canisters "$canister_ids" --clients "${1:-1000}" --rate "${2:-1}" \
       --secs "${SECS:-30}"
+    ;;
+  gateway)
+    # The gateway library in front of the in-memory fake canister (ic-ws-bench-gateway): the
+    # fake runs on its own thread, whose CPU the load generator reports apart.
+    "$target/release/ic-ws-bench-gateway" --tick-ms "${3:-100}" --per-tick "${2:-1}" --size "${SIZE:-64}" -- \
+      --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 --ready-file "$run/gateway.json" \
+      --canister aaaaa-aa --ip-connect-rate 0 --idle-timeout-ms 600000 --max-connections 200000 \
+      --log warn ${GATEWAY_ARGS:-} 2>"$run/gateway.log" &
+    gateway_started $!
+    "$loadgen" receive --gateway "$gw_listen" --admin "$gw_admin" --gateway-pid "$gateway_pid" \
+      --canister aaaaa-aa --clients "${1:-1000}" --secs "${SECS:-20}" --sample-every "${SAMPLE:-100}"
     ;;
   *) echo "unknown scenario $scenario" >&2; exit 2 ;;
 esac

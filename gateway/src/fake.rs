@@ -120,6 +120,10 @@ pub fn tree_of(messages: &[OutboundMessage]) -> HashTree {
 
 impl FakeState {
     fn queue(&mut self, client: ClientId, body: OutboundBody) -> Option<u64> {
+        self.queue_content(client, content(body))
+    }
+
+    fn queue_content(&mut self, client: ClientId, content: Vec<u8>) -> Option<u64> {
         let s = self.sessions.get_mut(&client)?;
         if s.closed {
             return None;
@@ -129,7 +133,7 @@ impl FakeState {
         let m = OutboundMessage {
             client_id: client,
             seq,
-            content: content(body),
+            content,
         };
         s.retained.push(m.clone());
         self.log.push(m);
@@ -164,6 +168,31 @@ impl FakeCanister {
                 payload: payload.to_vec(),
             },
         )
+    }
+
+    /// The app sends `n` copies of `payload` to every open session, all stamped with the same
+    /// time (one content encoding for all: what a load test's producer needs to stay cheap).
+    /// Returns the number of messages queued.
+    pub fn send_to_all(&self, payload: &[u8], n: usize) -> usize {
+        let body = content(OutboundBody::App {
+            topic: None,
+            payload: payload.to_vec(),
+        });
+        let mut s = self.state();
+        let mut clients: Vec<ClientId> = s
+            .sessions
+            .iter()
+            .filter(|(_, v)| !v.closed)
+            .map(|(k, _)| *k)
+            .collect();
+        clients.sort_unstable();
+        let mut queued = 0;
+        for client in clients {
+            for _ in 0..n {
+                queued += usize::from(s.queue_content(client, body.clone()).is_some());
+            }
+        }
+        queued
     }
 
     /// The app closes `client`'s session.

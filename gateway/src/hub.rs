@@ -15,7 +15,7 @@ use crate::relay::RelayItem;
 use crate::witness::PageWitness;
 use candid::Principal;
 use ic_ws_protocol::frames::close_code;
-use ic_ws_protocol::types::{ClientId, OutboundBody, OutboundContent, OutboundMessage, WsError};
+use ic_ws_protocol::types::{ClientId, OutboundMessage, WsError};
 use ic_ws_protocol::GatewayFrame;
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -204,13 +204,7 @@ impl<C: CanisterApi> Shared<C> {
             .collect();
         let Some(last) = messages.last() else { return };
         entry.next_seq = last.seq + 1;
-        let closed = matches!(
-            ic_ws_protocol::decode::<OutboundContent>(&last.content),
-            Ok(OutboundContent {
-                body: OutboundBody::Closed { .. },
-                ..
-            })
-        );
+        let closed = crate::codec::is_closed(&last.content);
         let seqs: Vec<u64> = messages.iter().map(|m| m.seq).collect();
         let tree = match serde_cbor::to_vec(&page.witness.for_client(client_id, &seqs)) {
             Ok(t) => t,
@@ -225,7 +219,7 @@ impl<C: CanisterApi> Shared<C> {
             certificate: page.certificate.clone(),
             tree,
         };
-        let Ok(bytes) = ic_ws_protocol::encode(&frame) else {
+        let Ok(bytes) = crate::codec::encode_frame(&frame) else {
             tracing::error!(client_id, "cannot encode a Messages frame");
             return;
         };

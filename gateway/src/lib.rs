@@ -22,6 +22,7 @@
 
 pub mod admin;
 pub mod canister;
+pub mod codec;
 pub mod config;
 pub mod error;
 pub mod fake;

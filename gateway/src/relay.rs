@@ -93,7 +93,7 @@ pub fn is_fatal(error: &WsError) -> bool {
 }
 
 fn send_frame(outbox: &Outbox, frame: &GatewayFrame) {
-    match ic_ws_protocol::encode(frame) {
+    match crate::codec::encode_frame(frame) {
         Ok(bytes) => {
             outbox.push(Bytes::from(bytes), None);
         }

@@ -163,7 +163,8 @@ struct ReceiveArgs {
     /// Sessions.
     #[arg(long, default_value_t = 1000)]
     clients: usize,
-    /// Seconds measured (after a warm-up of 3 s).
+    /// Seconds measured (after a warm-up of 5 s: `ic-ws-bench-gateway` starts producing 2 s
+    /// after the last session opened).
     #[arg(long, default_value_t = 20)]
     secs: u64,
     /// Sample one delivery in this many for latency.
@@ -594,7 +595,7 @@ async fn receive(args: ReceiveArgs) -> Result<(), LoadError> {
     for s in sessions {
         receivers.push(tokio::spawn(s.run_receiver(stats.clone(), stop_rx.clone())));
     }
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
     stats.reset_samples();
     let probe = Probe {
         admin: c.admin,
@@ -602,14 +603,17 @@ async fn receive(args: ReceiveArgs) -> Result<(), LoadError> {
     };
     let d0 = stats.delivered.load(std::sync::atomic::Ordering::Relaxed);
     let fake0 = probe.thread_cpu(FAKE_THREAD);
+    let own0 = stats::cpu_seconds(std::process::id()).unwrap_or(f64::NAN);
     let (m0, cpu0, t0) = probe.take().await;
     tokio::time::sleep(Duration::from_secs(args.secs)).await;
     let (m1, cpu1, t1) = probe.take().await;
     let fake1 = probe.thread_cpu(FAKE_THREAD);
+    let own1 = stats::cpu_seconds(std::process::id()).unwrap_or(f64::NAN);
     let delivered = stats.delivered.load(std::sync::atomic::Ordering::Relaxed) - d0;
     let dt = t1.duration_since(t0).as_secs_f64();
     let rate = delivered as f64 / dt;
     let fake_cpu = (fake1 - fake0) / dt;
+    let own_cpu = (own1 - own0) / dt;
     let cpu = (cpu1 - cpu0) / dt - fake_cpu;
     let frames = stats::metric(&m1, "ic_ws_gateway_frames_out_total")
         - stats::metric(&m0, "ic_ws_gateway_frames_out_total");
@@ -623,12 +627,12 @@ async fn receive(args: ReceiveArgs) -> Result<(), LoadError> {
         .map_or(f64::NAN, |s| s * 1000.0);
     let gaps = stats.gaps.load(std::sync::atomic::Ordering::Relaxed);
     let closed = stats.closed.load(std::sync::atomic::Ordering::Relaxed);
-    println!("receive: {} clients: {delivered} messages in {dt:.1} s = {rate:.0} msg/s in {:.0} frames/s; gateway CPU {cpu:.2} cores (without the fake canister's thread, which used {fake_cpu:.2})", args.clients, frames / dt);
+    println!("receive: {} clients: {delivered} messages in {dt:.1} s = {rate:.0} msg/s in {:.0} frames/s; gateway CPU {cpu:.2} cores (without the fake canister's threads, which used {fake_cpu:.2}); load generator CPU {own_cpu:.2} cores", args.clients, frames / dt);
     println!(
         "latency fake-canister send -> client receipt (ms, {n} samples): p50 {p50:.1}, p99 {p99:.1}, max {max:.1}; gateway-added delay: p50 <= {gw_p50} ms, p99 <= {gw_p99} ms; gaps {gaps}, sessions lost {closed}"
     );
     println!(
-        "{{\"scenario\":\"receive\",\"clients\":{},\"delivered\":{delivered},\"seconds\":{dt:.2},\"msgs_per_s\":{rate:.0},\"frames_per_s\":{:.0},\"gateway_cpu_cores\":{cpu:.2},\"fake_canister_cpu_cores\":{fake_cpu:.2},\"latency_ms\":{{\"p50\":{p50:.2},\"p99\":{p99:.2},\"max\":{max:.2}}},\"gateway_delay_ms\":{{\"p50_le\":{gw_p50},\"p99_le\":{gw_p99}}},\"gaps\":{gaps},\"lost_sessions\":{closed}}}",
+        "{{\"scenario\":\"receive\",\"clients\":{},\"delivered\":{delivered},\"seconds\":{dt:.2},\"msgs_per_s\":{rate:.0},\"frames_per_s\":{:.0},\"gateway_cpu_cores\":{cpu:.2},\"fake_canister_cpu_cores\":{fake_cpu:.2},\"loadgen_cpu_cores\":{own_cpu:.2},\"latency_ms\":{{\"p50\":{p50:.2},\"p99\":{p99:.2},\"max\":{max:.2}}},\"gateway_delay_ms\":{{\"p50_le\":{gw_p50},\"p99_le\":{gw_p99}}},\"gaps\":{gaps},\"lost_sessions\":{closed}}}",
         args.clients, frames / dt
     );
     stop_tx.send_replace(true);

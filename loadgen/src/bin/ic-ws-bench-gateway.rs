@@ -3,10 +3,13 @@
 //! canister queues `--per-tick` messages of `--size` bytes for every open session, and the
 //! gateway polls, cuts witnesses and delivers them as it would from a real canister.
 //!
-//! The fake canister (its producer, and every call the gateway makes to it: encoding content,
-//! hashing leaves, building the reply tree) runs on its own thread named
-//! [`FAKE_THREAD`], standing in for a canister on another machine; `ic-ws-loadgen` reads the
-//! process's CPU per thread and reports the gateway's share without it.
+//! The fake canister runs on two threads of its own, both named [`FAKE_THREAD`]: one answers
+//! the gateway's calls (building each poll reply's tree, hashing every leaf), the other is the
+//! "app" producing messages (encoding content). They stand in for a canister on another
+//! machine; `ic-ws-loadgen` reads the process's CPU per thread and reports the gateway's
+//! share without theirs.
+//!
+//! The producer starts once sessions have stopped arriving for 2 s.
 //!
 //! Usage: `ic-ws-bench-gateway --tick-ms 100 --per-tick 10 --size 64 -- <gateway flags>`
 //! (the gateway flags are those of `ic-ws-gateway`; `--canister` is required as usual).
@@ -72,61 +75,6 @@ impl CanisterApi for Remote {
     }
 }
 
-/// Runs the fake canister and its producer on the current (dedicated) thread until every
-/// [`Remote`] is dropped.
-fn run_fake(args: &Args, mut calls: mpsc::UnboundedReceiver<Call>) {
-    let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    else {
-        eprintln!("ic-ws-bench-gateway: cannot start the fake canister's runtime");
-        return;
-    };
-    let fake = FakeCanister::new();
-    fake.state().compact_log = true;
-    // The "app": candid of the test app's `Outbound::Bytes`, so clients decode it as usual.
-    #[derive(candid::CandidType)]
-    enum Outbound {
-        #[allow(dead_code)]
-        Echo(String),
-        #[allow(dead_code)]
-        Text(String),
-        Bytes(serde_bytes::ByteBuf),
-    }
-    let payload = candid::encode_one(Outbound::Bytes(serde_bytes::ByteBuf::from(vec![
-        9u8;
-        args.size
-    ])))
-    .unwrap_or_default();
-    let (tick, per_tick) = (args.tick, args.per_tick);
-    rt.block_on(async move {
-        let producer_fake = fake.clone();
-        let producer = tokio::spawn(async move {
-            let mut tick = tokio::time::interval(tick);
-            loop {
-                tick.tick().await;
-                for client in producer_fake.clients() {
-                    for _ in 0..per_tick {
-                        producer_fake.send(client, &payload);
-                    }
-                }
-                // Keep the log from growing without bound: the gateway has read it.
-                producer_fake.state().log.shrink_to_fit();
-            }
-        });
-        while let Some(call) = calls.recv().await {
-            // Replies go to a gateway that may have stopped waiting: nothing to do then.
-            match call {
-                Call::Open(c, b, tx) => drop(tx.send(fake.ws_open(c, &b).await)),
-                Call::Message(c, b, tx) => drop(tx.send(fake.ws_message(c, &b).await)),
-                Call::Close(c, b, tx) => drop(tx.send(fake.ws_close(c, &b).await)),
-                Call::Poll(c, r, tx) => drop(tx.send(fake.ws_poll(c, r).await)),
-            }
-        }
-        producer.abort();
-    });
-}
-
 struct Args {
     tick: Duration,
     per_tick: usize,
@@ -172,6 +120,74 @@ fn parse() -> Result<Args, String> {
     Ok(args)
 }
 
+/// The "app": every `tick`, queues `per_tick` messages for every open session. A tick that
+/// could not be kept is skipped, not made up for in a burst.
+fn run_producer(fake: &FakeCanister, args: &Args) {
+    // The candid of the test app's `Outbound::Bytes`, so clients decode it as usual.
+    #[derive(candid::CandidType)]
+    enum Outbound {
+        #[allow(dead_code)]
+        Echo(String),
+        #[allow(dead_code)]
+        Text(String),
+        Bytes(serde_bytes::ByteBuf),
+    }
+    let payload = candid::encode_one(Outbound::Bytes(serde_bytes::ByteBuf::from(vec![
+        9u8;
+        args.size
+    ])))
+    .unwrap_or_default();
+    // Start once sessions have stopped arriving for 2 s (the load generator has opened them
+    // all): messages queued while thousands of sessions are still opening would pile up, and
+    // the latency figures would then measure that backlog instead of the steady state.
+    let (mut seen, mut since) = (0, std::time::Instant::now());
+    loop {
+        let open = fake.clients().len();
+        if open != seen {
+            (seen, since) = (open, std::time::Instant::now());
+        } else if open > 0 && since.elapsed() >= Duration::from_secs(2) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let mut next = std::time::Instant::now();
+    loop {
+        fake.send_to_all(&payload, args.per_tick);
+        // Keep the log from growing without bound: the gateway has read it.
+        fake.state().log.shrink_to_fit();
+        next += args.tick;
+        let now = std::time::Instant::now();
+        if next > now {
+            std::thread::sleep(next - now);
+        } else {
+            next = now;
+        }
+    }
+}
+
+/// Answers the gateway's calls on the current (dedicated) thread until every [`Remote`] is
+/// dropped.
+fn serve_calls(fake: &FakeCanister, mut calls: mpsc::UnboundedReceiver<Call>) {
+    let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    else {
+        eprintln!("ic-ws-bench-gateway: cannot start the fake canister's runtime");
+        return;
+    };
+    rt.block_on(async move {
+        while let Some(call) = calls.recv().await {
+            // Replies go to a gateway that may have stopped waiting: nothing to do then.
+            match call {
+                Call::Open(c, b, tx) => drop(tx.send(fake.ws_open(c, &b).await)),
+                Call::Message(c, b, tx) => drop(tx.send(fake.ws_message(c, &b).await)),
+                Call::Close(c, b, tx) => drop(tx.send(fake.ws_close(c, &b).await)),
+                Call::Poll(c, r, tx) => drop(tx.send(fake.ws_poll(c, r).await)),
+            }
+        }
+    });
+}
+
 fn main() -> std::process::ExitCode {
     let args = match parse() {
         Ok(a) => a,
@@ -202,19 +218,29 @@ fn main() -> std::process::ExitCode {
         return std::process::ExitCode::FAILURE;
     };
     let (calls_tx, calls_rx) = mpsc::unbounded_channel();
-    let fake_args = Args {
-        tick: args.tick,
-        per_tick: args.per_tick,
-        size: args.size,
-        gateway: Vec::new(),
+    let fake = FakeCanister::new();
+    fake.state().compact_log = true;
+    let spawn = |f: Box<dyn FnOnce() + Send>| {
+        std::thread::Builder::new()
+            .name(FAKE_THREAD.into())
+            .spawn(f)
     };
-    let fake_thread = match std::thread::Builder::new()
-        .name(FAKE_THREAD.into())
-        .spawn(move || run_fake(&fake_args, calls_rx))
-    {
+    let (server_fake, producer_fake) = (fake.clone(), fake);
+    let producer_args = Args {
+        gateway: Vec::new(),
+        ..args
+    };
+    let threads = spawn(Box::new(move || serve_calls(&server_fake, calls_rx))).and_then(|t| {
+        // The producer loops for the life of the process (it ends with it).
+        spawn(Box::new(move || {
+            run_producer(&producer_fake, &producer_args)
+        }))
+        .map(|_| t)
+    });
+    let server = match threads {
         Ok(t) => t,
         Err(e) => {
-            eprintln!("ic-ws-bench-gateway: cannot start the fake canister thread: {e}");
+            eprintln!("ic-ws-bench-gateway: cannot start the fake canister's threads: {e}");
             return std::process::ExitCode::FAILURE;
         }
     };
@@ -243,8 +269,8 @@ fn main() -> std::process::ExitCode {
         gw.shutdown().await;
         std::process::ExitCode::SUCCESS
     });
-    // The gateway (and with it every `Remote`) is gone: the fake canister's loop ends.
+    // The gateway (and with it every `Remote`) is gone: the fake canister's call loop ends.
     drop(rt);
-    let _ = fake_thread.join();
+    let _ = server.join();
     code
 }
