@@ -8,6 +8,8 @@
 #   loadgen/bench.sh inbound 1000 1           # 1000 clients x 1 message/s
 #   loadgen/bench.sh gateway 1000 50 100      # the gateway alone, fake canister on its own
 #                                             # thread: 1000 sessions x 50 messages per 100 ms
+#   PERIOD_MS=1000 loadgen/bench.sh gateway 10000 1 10   # 10000 sessions x 1 message/s, spread
+#                                             # over 10 ms ticks
 #
 # Environment: TARGET (cargo target dir, default target), WASM (the test app wasm, default
 # $TARGET/wasm32-unknown-unknown/canister/ic_ws_e2e_test_app.wasm), GATEWAY_ARGS (extra gateway
@@ -91,7 +93,8 @@ case "$scenario" in
   gateway)
     # The gateway library in front of the in-memory fake canister (ic-ws-bench-gateway): the
     # fake runs on its own thread, whose CPU the load generator reports apart.
-    "$target/release/ic-ws-bench-gateway" --tick-ms "${3:-100}" --per-tick "${2:-1}" --size "${SIZE:-64}" -- \
+    "$target/release/ic-ws-bench-gateway" --tick-ms "${3:-100}" --per-tick "${2:-1}" --size "${SIZE:-64}" \
+      --period-ms "${PERIOD_MS:-0}" -- \
       --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 --ready-file "$run/gateway.json" \
       --canister aaaaa-aa --ip-connect-rate 0 --idle-timeout-ms 600000 --max-connections 200000 \
       --log warn ${GATEWAY_ARGS:-} 2>"$run/gateway.log" &

@@ -170,26 +170,19 @@ impl FakeCanister {
         )
     }
 
-    /// The app sends `n` copies of `payload` to every open session, all stamped with the same
+    /// The app sends `n` copies of `payload` to each of `clients`, all stamped with the same
     /// time (one content encoding for all: what a load test's producer needs to stay cheap).
-    /// Returns the number of messages queued.
-    pub fn send_to_all(&self, payload: &[u8], n: usize) -> usize {
+    /// Returns the number of messages queued (closed or unknown sessions get none).
+    pub fn send_to(&self, clients: &[ClientId], payload: &[u8], n: usize) -> usize {
         let body = content(OutboundBody::App {
             topic: None,
             payload: payload.to_vec(),
         });
         let mut s = self.state();
-        let mut clients: Vec<ClientId> = s
-            .sessions
-            .iter()
-            .filter(|(_, v)| !v.closed)
-            .map(|(k, _)| *k)
-            .collect();
-        clients.sort_unstable();
         let mut queued = 0;
         for client in clients {
             for _ in 0..n {
-                queued += usize::from(s.queue_content(client, body.clone()).is_some());
+                queued += usize::from(s.queue_content(*client, body.clone()).is_some());
             }
         }
         queued

@@ -11,8 +11,12 @@
 //!
 //! The producer starts once sessions have stopped arriving for 2 s.
 //!
-//! Usage: `ic-ws-bench-gateway --tick-ms 100 --per-tick 10 --size 64 -- <gateway flags>`
-//! (the gateway flags are those of `ic-ws-gateway`; `--canister` is required as usual).
+//! Usage: `ic-ws-bench-gateway --tick-ms 100 --per-tick 10 --size 64 -- <gateway flags>`: every
+//! session gets 10 messages every 100 ms, all at once. With `--period-ms P` (a multiple of the
+//! tick), each tick serves the next slice of sessions instead, so that every session gets its
+//! `--per-tick` messages once per `P`: `--tick-ms 10 --period-ms 1000 --per-tick 1` gives each
+//! session one message a second, spread evenly. The gateway flags are those of
+//! `ic-ws-gateway` (`--canister` is required as usual).
 
 use candid::Principal;
 use ic_ws_gateway::canister::{CallError, CanisterApi};
@@ -77,6 +81,7 @@ impl CanisterApi for Remote {
 
 struct Args {
     tick: Duration,
+    period: Duration,
     per_tick: usize,
     size: usize,
     gateway: Vec<String>,
@@ -85,6 +90,7 @@ struct Args {
 fn parse() -> Result<Args, String> {
     let mut args = Args {
         tick: Duration::from_millis(100),
+        period: Duration::ZERO,
         per_tick: 1,
         size: 64,
         gateway: vec!["ic-ws-gateway".into()],
@@ -98,6 +104,13 @@ fn parse() -> Result<Args, String> {
                     value("--tick-ms")?
                         .parse()
                         .map_err(|e| format!("--tick-ms: {e}"))?,
+                )
+            }
+            "--period-ms" => {
+                args.period = Duration::from_millis(
+                    value("--period-ms")?
+                        .parse()
+                        .map_err(|e| format!("--period-ms: {e}"))?,
                 )
             }
             "--per-tick" => {
@@ -150,9 +163,23 @@ fn run_producer(fake: &FakeCanister, args: &Args) {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
+    // Each tick serves the next slice of sessions (round robin) so that every session gets
+    // `per_tick` messages once per `period`: traffic spread over time, as from many
+    // independent senders, rather than one burst per period.
+    let period = args.period.max(args.tick);
+    let ticks_per_period = (period.as_nanos() / args.tick.as_nanos().max(1)).max(1) as usize;
+    let mut cursor = 0;
     let mut next = std::time::Instant::now();
     loop {
-        fake.send_to_all(&payload, args.per_tick);
+        let clients = fake.clients();
+        if !clients.is_empty() {
+            let slice = clients.len().div_ceil(ticks_per_period);
+            let chosen: Vec<_> = (0..slice)
+                .map(|i| clients[(cursor + i) % clients.len()])
+                .collect();
+            cursor = (cursor + slice) % clients.len();
+            fake.send_to(&chosen, &payload, args.per_tick);
+        }
         // Keep the log from growing without bound: the gateway has read it.
         fake.state().log.shrink_to_fit();
         next += args.tick;
