@@ -208,6 +208,11 @@ pub struct Metrics {
     pub message_call_latency: Histogram,
     /// From a poll reply's arrival to the frame being written to the client's socket.
     pub delivery_delay: Histogram,
+    /// Time to cut the witnesses of a poll page and queue every client's frame (the part of
+    /// the delivery delay spent before the session tasks write).
+    pub page_distribution: Histogram,
+    /// Messages per poll page that had any.
+    pub page_size: Histogram,
     /// Clients closed because their send buffer overflowed (4001).
     pub buffer_overflows: Counter,
     errors: [Counter; ERROR_KINDS.len()],
@@ -232,6 +237,8 @@ impl Default for Metrics {
             poll_latency: Histogram::new(SECONDS_BUCKETS),
             message_call_latency: Histogram::new(SECONDS_BUCKETS),
             delivery_delay: Histogram::new(SECONDS_BUCKETS),
+            page_distribution: Histogram::new(SECONDS_BUCKETS),
+            page_size: Histogram::new(SIZE_BUCKETS),
             buffer_overflows: Counter::default(),
             errors: Default::default(),
         }
@@ -353,6 +360,16 @@ impl Metrics {
             &mut out,
             "ic_ws_gateway_delivery_delay_seconds",
             "Delay added by the gateway: poll reply received to frame written to the client.",
+        );
+        self.page_distribution.render(
+            &mut out,
+            "ic_ws_gateway_page_distribution_seconds",
+            "Time to cut the witnesses of a poll page and queue every client's frame.",
+        );
+        self.page_size.render(
+            &mut out,
+            "ic_ws_gateway_page_messages",
+            "Messages per poll reply that had any.",
         );
         counter(
             &mut out,

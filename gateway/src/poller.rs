@@ -130,12 +130,19 @@ pub fn deliver<C: CanisterApi>(shared: &Shared<C>, hub: &Hub, reply: PollReply) 
             })
             .push(m);
     }
+    let messages = by_client.values().map(Vec::len).sum::<usize>();
     let mut table = hub.table();
     for client in order {
         if let Some(messages) = by_client.remove(&client) {
             shared.deliver_locked(&mut table, &page, client, messages);
         }
     }
+    drop(table);
+    shared.metrics.page_size.observe(messages as f64);
+    shared
+        .metrics
+        .page_distribution
+        .observe_duration(received.elapsed());
 }
 
 #[cfg(test)]

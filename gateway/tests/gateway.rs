@@ -653,6 +653,23 @@ async fn metrics_and_health_are_served_on_the_admin_port() {
     ] {
         assert!(metrics.contains(needle), "missing {needle}:\n{metrics}");
     }
+    // The session's `Opened` and the echo reply both came in poll pages, each timed.
+    let value = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("missing {name}:\n{metrics}"))
+    };
+    assert!(
+        value("ic_ws_gateway_page_messages_sum ") >= 2.0,
+        "{metrics}"
+    );
+    let pages = value("ic_ws_gateway_page_messages_count ");
+    assert!(pages >= 1.0);
+    assert_eq!(
+        value("ic_ws_gateway_page_distribution_seconds_count "),
+        pages
+    );
     let path = std::env::temp_dir().join(format!("gw-ready-{}.json", std::process::id()));
     ic_ws_gateway::write_ready_file(&path, &gw).unwrap();
     let ready: serde_json::Value =
