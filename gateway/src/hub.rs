@@ -205,25 +205,21 @@ impl<C: CanisterApi> Shared<C> {
         let Some(last) = messages.last() else { return };
         entry.next_seq = last.seq + 1;
         let closed = crate::codec::is_closed(&last.content);
-        let seqs: Vec<u64> = messages.iter().map(|m| m.seq).collect();
-        let tree = match serde_cbor::to_vec(&page.witness.for_client(client_id, &seqs)) {
-            Ok(t) => t,
-            Err(e) => {
-                tracing::error!(client_id, "cannot encode a witness: {e}");
-                return;
-            }
-        };
         let count = messages.len() as u64;
-        let frame = GatewayFrame::Messages {
-            messages,
-            certificate: page.certificate.clone(),
-            tree,
-        };
-        let Ok(bytes) = crate::codec::encode_frame(&frame) else {
-            tracing::error!(client_id, "cannot encode a Messages frame");
-            return;
-        };
-        match entry.outbox.push(Bytes::from(bytes), Some(page.received)) {
+        // The frame is built by the client's session task (see `crate::outbox`); its size for
+        // the byte bound is estimated: contents, certificate, and a witness allowance.
+        let size = page.certificate.len()
+            + WITNESS_ALLOWANCE
+            + messages
+                .iter()
+                .map(|m| m.content.len() + MESSAGE_OVERHEAD)
+                .sum::<usize>();
+        let frame_page = page.clone();
+        let build = move || build_frame(&frame_page, client_id, messages);
+        match entry
+            .outbox
+            .push_deferred(size, Box::new(build), Some(page.received))
+        {
             Push::Queued => {
                 self.metrics.messages_out.add(count);
                 self.metrics.frames_out.inc();
@@ -328,6 +324,36 @@ impl Table {
             }
             self.orphan_count -= o.messages.len();
             self.orphans.pop_front();
+        }
+    }
+}
+
+/// Estimated bytes of a witness in a client's frame (a few pruned hashes per tree level).
+const WITNESS_ALLOWANCE: usize = 1024;
+/// Estimated bytes per message in a frame besides its content (ids, lengths, leaf path).
+const MESSAGE_OVERHEAD: usize = 32;
+
+/// `client_id`'s `Messages` frame from `page`: its messages, the certificate and the witness
+/// pruned to them. `None` (logged) if it cannot be encoded.
+fn build_frame(page: &Page, client_id: ClientId, messages: Vec<OutboundMessage>) -> Option<Bytes> {
+    let seqs: Vec<u64> = messages.iter().map(|m| m.seq).collect();
+    let tree = match serde_cbor::to_vec(&page.witness.for_client(client_id, &seqs)) {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::error!(client_id, "cannot encode a witness: {e}");
+            return None;
+        }
+    };
+    let frame = GatewayFrame::Messages {
+        messages,
+        certificate: page.certificate.clone(),
+        tree,
+    };
+    match crate::codec::encode_frame(&frame) {
+        Ok(bytes) => Some(Bytes::from(bytes)),
+        Err(e) => {
+            tracing::error!(client_id, "cannot encode a Messages frame: {e}");
+            None
         }
     }
 }

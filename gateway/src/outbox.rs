@@ -1,7 +1,11 @@
 //! A client's bounded send buffer.
 //!
-//! Producers (the poller, the relay) never wait on a client: they push encoded frames and
-//! return. The client's session task drains the buffer into its socket. When a client reads
+//! Producers (the poller, the relay) never wait on a client: they push frames and return. A
+//! poll page's frame for a client is pushed *deferred* (a closure that cuts the client's
+//! witness and encodes the frame) and built by the client's session task right before it
+//! writes: the frames of one page are then built in parallel by the sessions' tasks over all
+//! cores, and the first clients' frames are written while the others are still being built,
+//! instead of the poller building every frame one after the other first. The client's session task drains the buffer into its socket. When a client reads
 //! too slowly the buffer reaches its frame or byte bound and the client is aborted with 4001,
 //! so one stalled client never delays anybody else.
 //!
@@ -52,9 +56,42 @@ pub enum Push {
     Closed,
 }
 
+/// A frame to write: ready bytes, or built just before writing.
+enum Frame {
+    Ready(Bytes),
+    /// Not queued: what [`Outbox::take`] returns when the client is closing.
+    Closing(CloseWith),
+    /// `size` is an estimate of the encoded size (for the byte bound); `build` gives the bytes,
+    /// or `None` when the frame cannot be encoded (logged by the builder; the frame is skipped).
+    Deferred {
+        size: usize,
+        build: Box<dyn FnOnce() -> Option<Bytes> + Send>,
+    },
+}
+
+impl Frame {
+    fn size(&self) -> usize {
+        match self {
+            Frame::Ready(b) => b.len(),
+            Frame::Closing(_) => 0,
+            Frame::Deferred { size, .. } => *size,
+        }
+    }
+}
+
+impl std::fmt::Debug for Frame {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Frame::Ready(b) => write!(f, "Ready({} bytes)", b.len()),
+            Frame::Closing(c) => write!(f, "Closing({c:?})"),
+            Frame::Deferred { size, .. } => write!(f, "Deferred(~{size} bytes)"),
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 struct State {
-    frames: VecDeque<(Bytes, Option<Instant>)>,
+    frames: VecDeque<(Frame, Option<Instant>)>,
     bytes: usize,
     /// Close after the queued frames are written.
     finish: Option<CloseWith>,
@@ -92,6 +129,21 @@ impl Outbox {
 
     /// Queues a frame, or aborts the client with 4001 if that would exceed the bounds.
     pub fn push(&self, frame: Bytes, since: Option<Instant>) -> Push {
+        self.push_frame(Frame::Ready(frame), since)
+    }
+
+    /// Queues a frame that `build` makes when the session is about to write it; `size` is its
+    /// estimated encoded size, counted against the byte bound.
+    pub fn push_deferred(
+        &self,
+        size: usize,
+        build: Box<dyn FnOnce() -> Option<Bytes> + Send>,
+        since: Option<Instant>,
+    ) -> Push {
+        self.push_frame(Frame::Deferred { size, build }, since)
+    }
+
+    fn push_frame(&self, frame: Frame, since: Option<Instant>) -> Push {
         let mut s = self.lock();
         if s.abort.is_some() || s.finish.is_some() {
             return Push::Closed;
@@ -99,7 +151,7 @@ impl Outbox {
         // An empty buffer always takes one frame, however large (a frame is bounded by the
         // canister's poll reply limit).
         if !s.frames.is_empty()
-            && (s.frames.len() >= self.max_frames || s.bytes + frame.len() > self.max_bytes)
+            && (s.frames.len() >= self.max_frames || s.bytes + frame.size() > self.max_bytes)
         {
             s.frames.clear();
             s.bytes = 0;
@@ -112,7 +164,7 @@ impl Outbox {
             self.aborted.notify_waiters();
             return Push::Overflowed;
         }
-        s.bytes += frame.len();
+        s.bytes += frame.size();
         s.frames.push_back((frame, since));
         drop(s);
         self.ready.notify_one();
@@ -154,29 +206,35 @@ impl Outbox {
         (s.frames.len(), s.bytes)
     }
 
-    fn take(&self) -> Option<Outgoing> {
+    fn take(&self) -> Option<(Frame, Option<Instant>)> {
         let mut s = self.lock();
         if let Some(c) = &s.abort {
-            return Some(Outgoing::Close(c.clone()));
+            return Some((Frame::Closing(c.clone()), None));
         }
         if let Some((f, since)) = s.frames.pop_front() {
-            s.bytes -= f.len();
+            s.bytes -= f.size();
             if s.frames.is_empty() {
                 // Give back the memory of a burst.
                 s.frames.shrink_to(0);
             }
-            return Some(Outgoing::Frame(f, since));
+            return Some((f, since));
         }
-        s.finish.clone().map(Outgoing::Close)
+        s.finish.clone().map(|c| (Frame::Closing(c), None))
     }
 
-    /// The next thing to write (waits until there is one).
+    /// The next thing to write (waits until there is one). A deferred frame is built here,
+    /// outside the lock, by the session task that will write it.
     pub async fn next(&self) -> Outgoing {
         loop {
-            if let Some(out) = self.take() {
-                return out;
+            match self.take() {
+                Some((Frame::Closing(c), _)) => return Outgoing::Close(c),
+                Some((Frame::Ready(bytes), since)) => return Outgoing::Frame(bytes, since),
+                Some((Frame::Deferred { build, .. }, since)) => match build() {
+                    Some(bytes) => return Outgoing::Frame(bytes, since),
+                    None => continue,
+                },
+                None => self.ready.notified().await,
             }
-            self.ready.notified().await;
         }
     }
 
@@ -227,6 +285,41 @@ mod tests {
         );
         assert_eq!(o.push(Bytes::from(vec![0u8; 3]), None), Push::Overflowed);
         assert_eq!(o.len(), (0, 0));
+    }
+
+    #[tokio::test]
+    async fn deferred_frames_are_built_in_order_when_taken_and_count_their_size() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use std::sync::Arc;
+        let built = Arc::new(AtomicUsize::new(0));
+        let deferred = |bytes: &'static [u8]| {
+            let built = built.clone();
+            Box::new(move || {
+                built.fetch_add(1, Ordering::SeqCst);
+                Some(Bytes::from_static(bytes))
+            }) as Box<dyn FnOnce() -> Option<Bytes> + Send>
+        };
+        let o = Outbox::new(10, 100);
+        o.push(Bytes::from_static(b"a"), None);
+        assert_eq!(o.push_deferred(40, deferred(b"b"), None), Push::Queued);
+        // A frame that cannot be encoded is skipped, not written.
+        assert_eq!(o.push_deferred(10, Box::new(|| None), None), Push::Queued);
+        o.push(Bytes::from_static(b"c"), None);
+        assert_eq!(
+            o.len(),
+            (4, 52),
+            "the estimate counts against the byte bound"
+        );
+        assert_eq!(built.load(Ordering::SeqCst), 0, "nothing is built at push");
+        assert!(matches!(o.next().await, Outgoing::Frame(f, _) if f == "a"));
+        assert!(matches!(o.next().await, Outgoing::Frame(f, _) if f == "b"));
+        assert_eq!(built.load(Ordering::SeqCst), 1);
+        assert!(matches!(o.next().await, Outgoing::Frame(f, _) if f == "c"));
+        assert_eq!(o.len(), (0, 0));
+        // The estimate also triggers the overflow.
+        assert_eq!(o.push_deferred(60, deferred(b"d"), None), Push::Queued);
+        assert_eq!(o.push_deferred(60, deferred(b"e"), None), Push::Overflowed);
+        assert!(matches!(o.next().await, Outgoing::Close(c) if c.code == 4001));
     }
 
     #[tokio::test]
