@@ -208,8 +208,8 @@ pub struct Metrics {
     pub message_call_latency: Histogram,
     /// From a poll reply's arrival to the frame being written to the client's socket.
     pub delivery_delay: Histogram,
-    /// Time to cut the witnesses of a poll page and queue every client's frame (the part of
-    /// the delivery delay spent before the session tasks write).
+    /// Time to hand every client its share of a poll page (index the tree, queue each
+    /// client's deferred frame); the frames are built and written by the session tasks.
     pub page_distribution: Histogram,
     /// Messages per poll page that had any.
     pub page_size: Histogram,
@@ -364,7 +364,7 @@ impl Metrics {
         self.page_distribution.render(
             &mut out,
             "ic_ws_gateway_page_distribution_seconds",
-            "Time to cut the witnesses of a poll page and queue every client's frame.",
+            "Time to hand every client its share of a poll page (frames are built by the session tasks).",
         );
         self.page_size.render(
             &mut out,
