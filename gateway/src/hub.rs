@@ -228,7 +228,7 @@ impl<C: CanisterApi> Shared<C> {
                 self.metrics.buffer_overflows.inc();
                 tracing::info!(client_id, "slow client closed: send buffer overflow");
             }
-            Push::Closed => {}
+            Push::Closed | Push::Dropped => {}
         }
         if closed {
             entry.outbox.finish(CloseWith::new(

@@ -54,6 +54,8 @@ pub enum Push {
     Overflowed,
     /// The client is already closing; the frame is dropped.
     Closed,
+    /// The frame could not be built (logged by its builder); nothing was queued.
+    Dropped,
 }
 
 /// A frame to write: ready bytes, or built just before writing.
@@ -134,13 +136,24 @@ impl Outbox {
 
     /// Queues a frame that `build` makes when the session is about to write it; `size` is its
     /// estimated encoded size, counted against the byte bound.
+    ///
+    /// Only a frame at the head of an empty buffer is deferred: a deferred frame keeps its
+    /// whole poll page alive, so for a client that is behind (frames already queued) the frame
+    /// is built now and only its own bytes are kept. A client thus pins at most one page.
+    /// A frame that cannot be built is dropped ([`Push::Dropped`]).
     pub fn push_deferred(
         &self,
         size: usize,
         build: Box<dyn FnOnce() -> Option<Bytes> + Send>,
         since: Option<Instant>,
     ) -> Push {
-        self.push_frame(Frame::Deferred { size, build }, since)
+        if self.lock().frames.is_empty() {
+            return self.push_frame(Frame::Deferred { size, build }, since);
+        }
+        match build() {
+            Some(bytes) => self.push_frame(Frame::Ready(bytes), since),
+            None => Push::Dropped,
+        }
     }
 
     fn push_frame(&self, frame: Frame, since: Option<Instant>) -> Push {
@@ -300,25 +313,30 @@ mod tests {
             }) as Box<dyn FnOnce() -> Option<Bytes> + Send>
         };
         let o = Outbox::new(10, 100);
-        o.push(Bytes::from_static(b"a"), None);
-        assert_eq!(o.push_deferred(40, deferred(b"b"), None), Push::Queued);
-        // A frame that cannot be encoded is skipped, not written.
-        assert_eq!(o.push_deferred(10, Box::new(|| None), None), Push::Queued);
-        o.push(Bytes::from_static(b"c"), None);
+        // At the head of an empty buffer: deferred (counted by its estimate, built when taken).
+        assert_eq!(o.push_deferred(40, deferred(b"a"), None), Push::Queued);
         assert_eq!(
             o.len(),
-            (4, 52),
+            (1, 40),
             "the estimate counts against the byte bound"
         );
         assert_eq!(built.load(Ordering::SeqCst), 0, "nothing is built at push");
-        assert!(matches!(o.next().await, Outgoing::Frame(f, _) if f == "a"));
-        assert!(matches!(o.next().await, Outgoing::Frame(f, _) if f == "b"));
+        // Behind other frames: built now (only its bytes are kept, not its page).
+        assert_eq!(o.push_deferred(40, deferred(b"bb"), None), Push::Queued);
         assert_eq!(built.load(Ordering::SeqCst), 1);
-        assert!(matches!(o.next().await, Outgoing::Frame(f, _) if f == "c"));
+        assert_eq!(o.len(), (2, 42));
+        // A frame that cannot be built is dropped, whether built now or when taken.
+        assert_eq!(o.push_deferred(10, Box::new(|| None), None), Push::Dropped);
+        assert!(matches!(o.next().await, Outgoing::Frame(f, _) if f == "a"));
+        assert_eq!(built.load(Ordering::SeqCst), 2);
+        assert!(matches!(o.next().await, Outgoing::Frame(f, _) if f == "bb"));
         assert_eq!(o.len(), (0, 0));
+        assert_eq!(o.push_deferred(10, Box::new(|| None), None), Push::Queued);
+        o.push(Bytes::from_static(b"c"), None);
+        assert!(matches!(o.next().await, Outgoing::Frame(f, _) if f == "c"));
         // The estimate also triggers the overflow.
         assert_eq!(o.push_deferred(60, deferred(b"d"), None), Push::Queued);
-        assert_eq!(o.push_deferred(60, deferred(b"e"), None), Push::Overflowed);
+        assert_eq!(o.push(Bytes::from(vec![0u8; 50]), None), Push::Overflowed);
         assert!(matches!(o.next().await, Outgoing::Close(c) if c.code == 4001));
     }
 
