@@ -121,6 +121,7 @@ pub fn deliver<C: CanisterApi>(shared: &Shared<C>, hub: &Hub, reply: PollReply) 
     });
     let mut order: Vec<ClientId> = Vec::new();
     let mut by_client: HashMap<ClientId, Vec<OutboundMessage>> = HashMap::new();
+    let total = reply.messages.len();
     for m in reply.messages {
         by_client
             .entry(m.client_id)
@@ -130,7 +131,6 @@ pub fn deliver<C: CanisterApi>(shared: &Shared<C>, hub: &Hub, reply: PollReply) 
             })
             .push(m);
     }
-    let messages = by_client.values().map(Vec::len).sum::<usize>();
     let mut table = hub.table();
     for client in order {
         if let Some(messages) = by_client.remove(&client) {
@@ -138,7 +138,7 @@ pub fn deliver<C: CanisterApi>(shared: &Shared<C>, hub: &Hub, reply: PollReply) 
         }
     }
     drop(table);
-    shared.metrics.page_size.observe(messages as f64);
+    shared.metrics.page_size.observe(total as f64);
     shared
         .metrics
         .page_distribution
