@@ -233,3 +233,34 @@ fn rejected_opens_change_nothing() {
         );
     }
 }
+
+/// A gateway that kept the signed bytes of a refused open replays them later: the real wasm
+/// answers `StaleOpen` (it used to forget the refused open and run `on_open` again, which
+/// gave the session to the gateway once the app's reason for refusing was gone).
+#[test]
+fn refused_opens_cannot_be_replayed() {
+    let c = WsCanister::new();
+    let gw = gateway(1);
+    let mut bob = TestClient::new(2);
+    let refused = bob.open_request(&c, gw, "reject", false);
+    assert_eq!(
+        c.ws_open(gw, vec![refused.clone()])[0],
+        Err(WsError::Rejected("rejected by the test app".into()))
+    );
+    c.advance(std::time::Duration::from_secs(1));
+    // The replay: stale (refused before any state changes, `on_open` does not run).
+    assert_eq!(c.ws_open(gw, vec![refused])[0], Err(WsError::StaleOpen));
+    // A refused resume (unknown session) is consumed the same way.
+    let mut ghost = TestClient::new(3);
+    ghost.id = 4242;
+    let resume = ghost.open_request(&c, gw, "hello", true);
+    assert_eq!(
+        c.ws_open(gw, vec![resume.clone()])[0],
+        Err(WsError::UnknownClient(4242))
+    );
+    assert_eq!(c.ws_open(gw, vec![resume])[0], Err(WsError::StaleOpen));
+    // The client's own next open, newer, is accepted.
+    c.advance(std::time::Duration::from_millis(1));
+    c.open(&mut bob, gw);
+    assert!(c.client_info(bob.id).is_some());
+}

@@ -387,7 +387,7 @@ pub mod __private {
                 Ok(new) => match (h.on_open)(new.ok.client_id, &open.args) {
                     Ok(()) => results.push(Ok(new.ok)),
                     Err(reason) => {
-                        with_state(|s| s.abort_new_session(&new));
+                        with_state(|s| s.abort_new_session(&new, now));
                         results.push(Err(WsError::Rejected(reason)));
                     }
                 },

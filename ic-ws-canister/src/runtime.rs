@@ -44,6 +44,10 @@ use std::collections::BTreeMap;
 /// block is skipped per upgrade.
 const LOG_IDX_BLOCK: u64 = 1 << 16;
 
+/// Key records the sweep of consumed-open records looks at per update call (besides the two
+/// each new record without sessions pays for, see `State::consume_open_ts`).
+const KEY_SWEEP_PER_CALL: usize = 8;
+
 /// A delivery-log entry: which message a gateway's log position refers to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct LogRef {
@@ -81,6 +85,9 @@ pub(crate) struct State {
     pub(crate) config: WsConfig,
     app_hash: Option<Hash>,
     pub(crate) tree: WsTree,
+    /// Where the incremental sweep of consumed-open records stopped (heap: after an upgrade
+    /// the sweep starts over from the first key).
+    key_sweep_from: Option<[u8; 32]>,
 }
 
 thread_local! {
@@ -118,6 +125,7 @@ pub(crate) struct NewSession {
     pub(crate) ok: OpenOk,
     prev_key: Option<KeyRecord>,
     key: [u8; 32],
+    open_ts: u64,
 }
 
 impl State {
@@ -156,6 +164,7 @@ impl State {
             config,
             app_hash,
             tree: WsTree::default(),
+            key_sweep_from: None,
         };
         s.rebuild();
         s
@@ -529,7 +538,7 @@ impl State {
     }
 
     /// Deletes every trace of a session (after its retention, or a rejected open).
-    fn delete_session(&mut self, id: ClientId) {
+    fn delete_session(&mut self, id: ClientId, now: u64) {
         let Some(mut rec) = self.clients.remove(&id) else {
             return;
         };
@@ -547,10 +556,75 @@ impl State {
         self.pending_close.remove(&id);
         if let Some(mut k) = self.keys.get(&rec.key) {
             k.sessions = k.sessions.saturating_sub(1);
-            if k.sessions == 0 {
+            if k.sessions == 0 && !self.open_ts_replayable(&k, now) {
                 self.keys.remove(&rec.key);
             } else {
+                // Still replayable: kept (without sessions) until the sweep finds it expired.
                 self.keys.insert(rec.key, k);
+            }
+        }
+    }
+
+    /// The key record of `key` (tests).
+    #[cfg(test)]
+    pub(crate) fn key_record(&self, key: &[u8; 32]) -> Option<KeyRecord> {
+        self.keys.get(key)
+    }
+
+    /// Whether an open signed with `k.last_open_ts` could still pass the clock-skew check.
+    fn open_ts_replayable(&self, k: &KeyRecord, now: u64) -> bool {
+        k.last_open_ts.saturating_add(self.config.clock_skew_ns) >= now
+    }
+
+    /// Records that an open of `key` with timestamp `ts` was decided (accepted or refused
+    /// after its signature checked out): the same signed open is `StaleOpen` from now on, so a
+    /// gateway cannot replay a refused open once the reason for refusing it is gone.
+    fn consume_open_ts(&mut self, key: [u8; 32], ts: u64, now: u64) {
+        let mut k = self.keys.get(&key).unwrap_or_default();
+        k.last_open_ts = k.last_open_ts.max(ts);
+        self.keys.insert(key, k);
+        if k.sessions == 0 {
+            // Each record without sessions pays for the sweep of two: they cannot pile up
+            // faster than the sweep goes round.
+            self.sweep_keys(2, now);
+        }
+    }
+
+    /// Deletes key records that hold no session and whose last open can no longer be replayed
+    /// (it is outside the clock-skew window). Incremental: looks at `budget` records per call,
+    /// continuing where the previous call stopped, so the work per call stays bounded.
+    pub(crate) fn sweep_keys(&mut self, budget: usize, now: u64) {
+        let mut left = budget;
+        // At most one wrap-around per call: from the cursor to the end, then from the start.
+        for _ in 0..2 {
+            let from = self.key_sweep_from.take();
+            let mut last = None;
+            let mut expired = Vec::new();
+            let range = match from {
+                Some(k) => self
+                    .keys
+                    .range((std::ops::Bound::Excluded(k), std::ops::Bound::Unbounded)),
+                None => self.keys.range(..),
+            };
+            for entry in range.take(left) {
+                let (key, k) = (*entry.key(), entry.value());
+                left -= 1;
+                last = Some(key);
+                if k.sessions == 0 && !self.open_ts_replayable(&k, now) {
+                    expired.push(key);
+                }
+            }
+            for key in expired {
+                self.keys.remove(&key);
+            }
+            if left == 0 {
+                // Budget spent before the end: continue after `last` next time.
+                self.key_sweep_from = last;
+                return;
+            }
+            // The end was reached: the next round starts from the first key.
+            if from.is_none() {
+                return;
             }
         }
     }
@@ -576,8 +650,9 @@ impl State {
             .map(|k| split_pair(&k).1)
             .collect();
         for id in done {
-            self.delete_session(id);
+            self.delete_session(id, now);
         }
+        self.sweep_keys(KEY_SWEEP_PER_CALL, now);
     }
 
     /// Takes the next session whose `on_close` is due.
@@ -642,8 +717,13 @@ impl State {
         now: u64,
     ) -> Result<NewSession, WsError> {
         let key = self.check_open(caller, canister, open, now)?;
-        self.check_gateway_capacity(&caller)?;
-        self.check_room_for_opened()?;
+        if let Err(e) = self
+            .check_gateway_capacity(&caller)
+            .and_then(|()| self.check_room_for_opened())
+        {
+            self.consume_open_ts(key, open.timestamp_ns, now);
+            return Err(e);
+        }
         let id = self.counters.next_client_id;
         self.counters.next_client_id += 1;
         self.save_counters();
@@ -674,6 +754,7 @@ impl State {
             },
             prev_key,
             key,
+            open_ts: open.timestamp_ns,
         })
     }
 
@@ -711,10 +792,12 @@ impl State {
         }
     }
 
-    /// Undoes [`State::open_new`] after `on_open` rejected (the client id stays consumed).
-    pub(crate) fn abort_new_session(&mut self, new: &NewSession) {
+    /// Undoes [`State::open_new`] after `on_open` rejected (the client id stays consumed),
+    /// except that the open's timestamp stays consumed too: replaying the refused open is
+    /// `StaleOpen`.
+    pub(crate) fn abort_new_session(&mut self, new: &NewSession, now: u64) {
         let id = new.ok.client_id;
-        self.delete_session(id);
+        self.delete_session(id, now);
         match new.prev_key {
             Some(k) => {
                 self.keys.insert(new.key, k);
@@ -723,6 +806,7 @@ impl State {
                 self.keys.remove(&new.key);
             }
         }
+        self.consume_open_ts(new.key, new.open_ts, now);
     }
 
     /// A resume: checks, then re-attaches the session to the caller.
@@ -734,6 +818,21 @@ impl State {
         now: u64,
     ) -> Result<OpenOk, WsError> {
         let key = self.check_open(caller, canister, open, now)?;
+        let result = self.resume_checked(caller, key, open, now);
+        if result.is_err() {
+            self.consume_open_ts(key, open.timestamp_ns, now);
+        }
+        result
+    }
+
+    /// [`State::open_resume`] after the open's signature and timestamp checked out.
+    fn resume_checked(
+        &mut self,
+        caller: Principal,
+        key: [u8; 32],
+        open: &OpenRequest,
+        now: u64,
+    ) -> Result<OpenOk, WsError> {
         let Some(resume) = open.resume else {
             return Err(WsError::InvalidArgument("not a resume".into()));
         };
@@ -861,7 +960,10 @@ impl State {
         let max_messages = req
             .max_messages
             .unwrap_or(u32::MAX)
-            .min(self.config.max_poll_messages) as usize;
+            .min(self.config.max_poll_messages)
+            // At least one message when one is pending (a `max_messages` of 0 would stall a
+            // gateway that asked for it with `more` set and nothing returned).
+            .max(1) as usize;
         let max_bytes = u64::from(
             req.max_bytes
                 .unwrap_or(u32::MAX)

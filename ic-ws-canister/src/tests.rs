@@ -392,17 +392,20 @@ fn rejected_opens_change_nothing() {
         ws_open(open_request(&thief, gateway(1), Some((c.id, 0)))),
         Err(WsError::InvalidResume)
     );
-    // Resume beyond what was sent.
+    testing::advance_ns(1); // (each refused open consumed its timestamp)
+                            // Resume beyond what was sent.
     assert_eq!(
         ws_open(open_request(&key, gateway(1), Some((c.id, 50)))),
         Err(WsError::InvalidResume)
     );
-    // Resume of an unknown session.
+    testing::advance_ns(1); // (each refused open consumed its timestamp)
+                            // Resume of an unknown session.
     assert_eq!(
         ws_open(open_request(&key, gateway(1), Some((77, 0)))),
         Err(WsError::UnknownClient(77))
     );
-    // Malformed key.
+    testing::advance_ns(1); // (each refused open consumed its timestamp)
+                            // Malformed key.
     let mut o = open_request(&key, gateway(1), None);
     o.client_key.truncate(5);
     assert_eq!(ws_open(o), Err(WsError::MalformedKey));
@@ -414,6 +417,58 @@ fn rejected_opens_change_nothing() {
     assert_eq!(ws_open(o), Err(WsError::Rejected("go away".into())));
 
     assert_eq!((snapshot(c.id), client_count()), before);
+}
+
+/// A gateway that kept the bytes of a refused open must not get the session later, when the
+/// reason for refusing it is gone (issue: a rejected open was replayable within the skew window).
+#[test]
+fn a_refused_open_cannot_be_replayed() {
+    testing::set_caller(gateway(1));
+    let ws_open = |o: OpenRequest| __private::ws_open(&H, OpenBatch { opens: vec![o] }).remove(0);
+    let key = SessionKey::from_seed([9; 32]);
+    let mut refused = open_request(&key, gateway(1), None);
+    refused.args = candid::encode_one("reject".to_string()).unwrap();
+    key.sign_open(&canister(), &mut refused);
+    assert_eq!(
+        ws_open(refused.clone()),
+        Err(WsError::Rejected("go away".into()))
+    );
+    // Replayed later: stale, and nothing was created (the runtime used to forget the refused
+    // open and run `on_open` again).
+    testing::advance_ns(1_000_000_000);
+    let clients = client_count();
+    assert_eq!(ws_open(refused.clone()), Err(WsError::StaleOpen));
+    assert_eq!(client_count(), clients);
+    // The client's own next open (a newer timestamp) works.
+    let ok = ws_open(open_request(&key, gateway(1), None)).unwrap();
+    assert_eq!(ok.opened_seq, 0);
+
+    // Refusals before the app runs consume the timestamp too: a resume of an unknown session.
+    let k2 = SessionKey::from_seed([10; 32]);
+    let resume = open_request(&k2, gateway(1), Some((999, 0)));
+    assert_eq!(ws_open(resume.clone()), Err(WsError::UnknownClient(999)));
+    assert_eq!(ws_open(resume), Err(WsError::StaleOpen));
+
+    // The record of a refused open of an otherwise unknown key is kept while the open could be
+    // replayed (within the clock-skew window) and swept after it.
+    let k3 = SessionKey::from_seed([11; 32]);
+    let mut o = open_request(&k3, gateway(1), None);
+    o.args = candid::encode_one("reject".to_string()).unwrap();
+    k3.sign_open(&canister(), &mut o);
+    assert!(ws_open(o.clone()).is_err());
+    let pk: [u8; 32] = k3.public_key().try_into().unwrap();
+    let rec = crate::runtime::with_state(|s| s.key_record(&pk)).expect("kept while replayable");
+    assert_eq!((rec.sessions, rec.last_open_ts), (0, o.timestamp_ns));
+    testing::advance_ns(WsConfig::default().clock_skew_ns + 1);
+    // Any update call sweeps (bounded work per call); this one is an ordinary open.
+    ws_open(open_request(
+        &SessionKey::from_seed([12; 32]),
+        gateway(1),
+        None,
+    ))
+    .unwrap();
+    assert_eq!(crate::runtime::with_state(|s| s.key_record(&pk)), None);
+    assert_eq!(ws_open(o), Err(WsError::StaleOpen));
 }
 
 #[test]
@@ -644,6 +699,14 @@ fn poll_is_capped_by_count_and_bytes() {
     .unwrap();
     assert_eq!(r.messages.len(), 3);
     assert!(r.more);
+    // Asking for none still moves: at least one message when one is pending.
+    let r = __private::ws_poll(PollRequest {
+        cursor: 0,
+        max_messages: Some(0),
+        max_bytes: Some(0),
+    })
+    .unwrap();
+    assert_eq!((r.messages.len(), r.more), (1, true));
     // A poll must be a query (a data certificate exists).
     testing::set_data_certificate(None);
     assert!(matches!(
@@ -799,7 +862,8 @@ fn sessions_per_gateway_limit() {
         },
     );
     assert!(matches!(r[0], Err(WsError::LimitReached(_))));
-    // Another gateway has room.
+    // Another gateway has room (a new open: the refused one consumed its timestamp).
+    testing::advance_ns(1);
     open(3, 2);
 }
 
