@@ -95,6 +95,23 @@ impl WsCanister {
         candid::decode_one(&reply).map_err(|e| CallError::Decode(e.to_string()))
     }
 
+    /// What `canister_inspect_message` says about an ingress update (as the HTTP interface
+    /// asks it before a call executes).
+    pub fn inspect(&self, method: &str, arg: &[u8], caller: Principal) -> Result<(), Reject> {
+        self.replica
+            .inspect_message(self.canister, method, arg, caller)
+    }
+
+    /// An update call with raw candid bytes (e.g. a batch the typed helpers would not build).
+    pub fn try_update_raw(
+        &self,
+        method: &str,
+        arg: &[u8],
+        caller: Principal,
+    ) -> Result<Vec<u8>, Reject> {
+        self.replica.update(self.canister, method, arg, caller)
+    }
+
     /// An update call that must succeed.
     pub fn update<A: ArgumentEncoder, R: CandidType + DeserializeOwned>(
         &self,

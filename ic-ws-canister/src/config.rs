@@ -72,7 +72,50 @@ pub struct WsConfig {
     /// Most sessions expired or deleted by one housekeeping pass (bounds the instructions a
     /// single call can spend on housekeeping). Default 100.
     pub max_housekeeping_per_call: u32,
+    /// Most entries in one `ws_open`, `ws_message` or `ws_close` call; a larger call is
+    /// refused whole, before any entry is looked at (and by the generated
+    /// `canister_inspect_message` before it executes). `None`: the default, 500 (the gateway's
+    /// default batch). Bounds the signature checks one call can make the canister pay for.
+    ///
+    /// This and the fields below are options so that a configuration stored by an older
+    /// version of the runtime still decodes after an upgrade (`None` = the default).
+    pub max_entries_per_call: Option<u32>,
+    /// Sessions in the whole canister (open, or closed and not yet deleted), whatever gateway
+    /// they came through; further opens get `LimitReached`. `None`: the default, 200 000.
+    /// Where `max_sessions_per_gateway` bounds one principal, this bounds many principals at
+    /// once (any principal can act as a gateway unless [`WsConfig::gateways`] says otherwise).
+    pub max_sessions: Option<u64>,
+    /// Which principals may act as gateways (call `ws_open`, `ws_message`, `ws_close`).
+    /// `None`: [`GatewayPolicy::Open`].
+    pub gateways: Option<GatewayPolicy>,
 }
+
+/// Which principals may act as gateways.
+#[derive(CandidType, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+pub enum GatewayPolicy {
+    /// Any principal except the anonymous one (the default: clients may pick any gateway, and
+    /// cannot be harmed by one; see docs/protocol.md, threat model).
+    #[default]
+    Open,
+    /// Only these principals (e.g. the gateways the app's operators run). Others are refused
+    /// by `canister_inspect_message` and by the endpoints (`InvalidArgument`, nothing changes).
+    Allowlist(Vec<candid::Principal>),
+}
+
+impl GatewayPolicy {
+    /// Whether `caller` may act as a gateway.
+    pub fn allows(&self, caller: &candid::Principal) -> bool {
+        match self {
+            GatewayPolicy::Open => true,
+            GatewayPolicy::Allowlist(list) => list.contains(caller),
+        }
+    }
+}
+
+/// Default of [`WsConfig::max_entries_per_call`].
+pub const DEFAULT_MAX_ENTRIES_PER_CALL: u32 = 500;
+/// Default of [`WsConfig::max_sessions`].
+pub const DEFAULT_MAX_SESSIONS: u64 = 200_000;
 
 impl Default for WsConfig {
     fn default() -> Self {
@@ -91,6 +134,9 @@ impl Default for WsConfig {
             closed_retention_ns: 600 * SECOND_NS,
             overflow_policy: OverflowPolicy::Close,
             max_housekeeping_per_call: 100,
+            max_entries_per_call: None,
+            max_sessions: None,
+            gateways: None,
         }
     }
 }
@@ -130,6 +176,31 @@ impl WsConfig {
         if self.max_housekeeping_per_call == 0 {
             return Err("max_housekeeping_per_call must be positive".into());
         }
+        if self.max_entries_per_call == Some(0) {
+            return Err("max_entries_per_call must be positive".into());
+        }
+        if self.max_sessions == Some(0) {
+            return Err("max_sessions must be positive".into());
+        }
+        if matches!(&self.gateways, Some(GatewayPolicy::Allowlist(l)) if l.is_empty()) {
+            return Err("an empty gateway allowlist would refuse every gateway".into());
+        }
         Ok(())
+    }
+
+    /// [`WsConfig::max_entries_per_call`] with its default applied.
+    pub fn entries_per_call(&self) -> usize {
+        self.max_entries_per_call
+            .unwrap_or(DEFAULT_MAX_ENTRIES_PER_CALL) as usize
+    }
+
+    /// [`WsConfig::max_sessions`] with its default applied.
+    pub fn sessions(&self) -> u64 {
+        self.max_sessions.unwrap_or(DEFAULT_MAX_SESSIONS)
+    }
+
+    /// Whether `caller` may act as a gateway ([`WsConfig::gateways`]).
+    pub fn allows_gateway(&self, caller: &candid::Principal) -> bool {
+        self.gateways.as_ref().is_none_or(|p| p.allows(caller))
     }
 }

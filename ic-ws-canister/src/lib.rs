@@ -67,7 +67,7 @@ use candid::{CandidType, Principal};
 use serde::Deserialize;
 use std::cell::Cell;
 
-pub use config::{OverflowPolicy, WsConfig};
+pub use config::{GatewayPolicy, OverflowPolicy, WsConfig};
 // The handler attributes; they generate the ws endpoints (docs in ic-ws-macros).
 pub use ic_ws_macros::{on_close, on_message, on_open};
 pub use ic_ws_protocol::{
@@ -328,6 +328,67 @@ fn report_closes() {
     REPORTING.with(|r| r.set(false));
 }
 
+/// Whether `caller` may make a `method` call with `entries` entries under `config`.
+fn admit(
+    config: &WsConfig,
+    method: &str,
+    caller: &Principal,
+    entries: usize,
+) -> Result<(), String> {
+    if !config.allows_gateway(caller) {
+        return Err(format!(
+            "{method}: {caller} is not an allowed gateway of this canister"
+        ));
+    }
+    let max = config.entries_per_call();
+    if entries > max {
+        return Err(format!(
+            "{method}: {entries} entries, more than this canister allows per call ({max})"
+        ));
+    }
+    Ok(())
+}
+
+/// What the generated `canister_inspect_message` checks, for an app that writes its own
+/// (`#[on_message(inspect_message = false)]`) and calls this from it:
+/// `Ok` for every method that is not a ws update endpoint (the app decides about those), and
+/// for `ws_open` / `ws_message` / `ws_close` calls whose caller is not anonymous, may act as a
+/// gateway ([`WsConfig::gateways`]), whose argument decodes and carries at most
+/// [`WsConfig::max_entries_per_call`] entries; `ws_poll` as an update is refused (it must be
+/// a query). Decoding costs instructions proportional to the argument (at most the 2 MiB
+/// ingress limit).
+///
+/// On the IC, `canister_inspect_message` runs for ingress messages only, on one replica,
+/// before the message is inducted: it keeps most junk from executing, but it is a filter,
+/// not a security boundary (calls from other canisters skip it, and a malicious replica could
+/// too). The endpoints check the same things again.
+pub fn inspect_ws_call(method: &str, caller: &Principal, arg: &[u8]) -> Result<(), String> {
+    let entries = match method {
+        "ws_open" => decode_count::<OpenBatch>(arg, |b| b.opens.len()),
+        "ws_message" => decode_count::<MessageBatch>(arg, |b| b.messages.len()),
+        "ws_close" => decode_count::<CloseBatch>(arg, |b| b.clients.len()),
+        "ws_poll" => return Err("ws_poll must be called as a query".into()),
+        _ => return Ok(()),
+    }
+    .map_err(|e| format!("{method}: the argument does not decode: {e}"))?;
+    if *caller == Principal::anonymous() {
+        return Err(format!(
+            "{method}: the anonymous principal cannot act as a gateway"
+        ));
+    }
+    let config = runtime::with_state(|s| s.config.clone());
+    admit(&config, method, caller, entries)
+}
+
+fn decode_count<T: CandidType + serde::de::DeserializeOwned>(
+    arg: &[u8],
+    count: impl FnOnce(&T) -> usize,
+) -> Result<usize, String> {
+    ic_ws_protocol::decode::<T>(arg)
+        .map(|b| count(&b))
+        .map_err(|e| e.to_string())
+}
+
 struct EndpointGuard;
 
 impl EndpointGuard {
@@ -431,6 +492,26 @@ pub mod __private {
             .into_iter()
             .map(|id| with_state(|s| s.gateway_detach(caller, id)))
             .collect()
+    }
+
+    /// Admission of a whole `ws_open` / `ws_message` / `ws_close` call (the generated shim
+    /// traps with the error): the caller may act as a gateway and the call carries at most
+    /// `max_entries_per_call` entries.
+    pub fn admit_call(method: &str, entries: usize) -> Result<(), String> {
+        let caller = env::caller();
+        with_state(|s| crate::admit(&s.config, method, &caller, entries))
+    }
+
+    /// The generated `canister_inspect_message`: accepts the message unless
+    /// [`crate::inspect_ws_call`] refuses it (an ingress message that is not accepted is
+    /// rejected before it executes).
+    pub fn inspect_message() {
+        let method = ic_cdk::api::msg_method_name();
+        let caller = ic_cdk::api::msg_caller();
+        let arg = ic_cdk::api::msg_arg_data();
+        if crate::inspect_ws_call(&method, &caller, &arg).is_ok() {
+            ic_cdk::api::accept_message();
+        }
     }
 
     /// `ws_poll` (query).

@@ -707,6 +707,18 @@ impl State {
         Ok(())
     }
 
+    /// The canister-wide session cap: many principals acting as gateways at once (Sybil)
+    /// cannot open more than `max_sessions` in all, whatever the per-gateway cap.
+    fn check_canister_capacity(&self) -> Result<(), WsError> {
+        let max = self.config.sessions();
+        if self.clients.len() >= max {
+            return Err(WsError::LimitReached(format!(
+                "{max} sessions in this canister"
+            )));
+        }
+        Ok(())
+    }
+
     /// A new session: checks, then creates it with its `Opened` message (seq 0). The caller
     /// runs `on_open` next and calls [`State::abort_new_session`] if it rejects.
     pub(crate) fn open_new(
@@ -719,6 +731,7 @@ impl State {
         let key = self.check_open(caller, canister, open, now)?;
         if let Err(e) = self
             .check_gateway_capacity(&caller)
+            .and_then(|()| self.check_canister_capacity())
             .and_then(|()| self.check_room_for_opened())
         {
             self.consume_open_ts(key, open.timestamp_ns, now);

@@ -1004,3 +1004,74 @@ fn delivery_log_is_rebuilt_after_upgrade_and_cursors_stay_valid() {
     d.next_seq = 0;
     let _ = d;
 }
+
+#[test]
+fn calls_are_admitted_by_gateway_policy_and_entry_count() {
+    let batch = |n: usize| {
+        candid::encode_one(CloseBatch {
+            clients: (0..n as u64).collect(),
+        })
+        .unwrap()
+    };
+    // Defaults: any non-anonymous principal, up to 500 entries.
+    assert_eq!(
+        inspect_ws_call("ws_close", &gateway(1), &batch(500)),
+        Ok(())
+    );
+    let err = inspect_ws_call("ws_close", &gateway(1), &batch(501)).unwrap_err();
+    assert!(err.contains("501 entries"), "{err}");
+    assert!(inspect_ws_call("ws_close", &candid::Principal::anonymous(), &batch(1)).is_err());
+    assert!(inspect_ws_call("ws_message", &gateway(1), b"junk").is_err());
+    assert!(inspect_ws_call("ws_poll", &gateway(1), &[]).is_err());
+    // The app's own methods are the app's business.
+    assert_eq!(inspect_ws_call("join", &gateway(1), b"junk"), Ok(()));
+
+    configure(WsConfig {
+        max_entries_per_call: Some(2),
+        gateways: Some(GatewayPolicy::Allowlist(vec![gateway(1)])),
+        ..WsConfig::default()
+    })
+    .unwrap();
+    assert_eq!(inspect_ws_call("ws_close", &gateway(1), &batch(2)), Ok(()));
+    assert!(inspect_ws_call("ws_close", &gateway(1), &batch(3)).is_err());
+    let err = inspect_ws_call("ws_close", &gateway(2), &batch(1)).unwrap_err();
+    assert!(err.contains("not an allowed gateway"), "{err}");
+    // The endpoints' own admission (the generated shim traps on `Err`).
+    testing::set_caller(gateway(2));
+    assert!(__private::admit_call("ws_open", 1).is_err());
+    testing::set_caller(gateway(1));
+    assert_eq!(__private::admit_call("ws_open", 2), Ok(()));
+    assert!(__private::admit_call("ws_open", 3).is_err());
+    // An empty allowlist is a mistake, not a policy.
+    assert!(configure(WsConfig {
+        gateways: Some(GatewayPolicy::Allowlist(vec![])),
+        ..WsConfig::default()
+    })
+    .is_err());
+}
+
+/// Many principals acting as gateways (Sybil) share one canister-wide session cap.
+#[test]
+fn sessions_are_capped_canister_wide() {
+    configure(WsConfig {
+        max_sessions: Some(3),
+        ..WsConfig::default()
+    })
+    .unwrap();
+    open(1, 1);
+    open(2, 2);
+    open(3, 3);
+    let key = SessionKey::from_seed([4; 32]);
+    testing::set_caller(gateway(4));
+    let r = __private::ws_open(
+        &H,
+        OpenBatch {
+            opens: vec![open_request(&key, gateway(4), None)],
+        },
+    );
+    assert!(
+        matches!(&r[0], Err(WsError::LimitReached(why)) if why.contains("in this canister")),
+        "{r:?}"
+    );
+    assert_eq!(client_count(), 3);
+}

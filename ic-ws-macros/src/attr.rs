@@ -1,4 +1,5 @@
-//! The attribute's own arguments: `#[on_message(crate = "...", outbound = Type)]`,
+//! The attribute's own arguments: `#[on_message(crate = "...", outbound = Type,
+//! inspect_message = false)]`,
 //! `#[on_open(crate = "...", on_message_in = path)]`.
 //!
 //! Parsing is tolerant: every bad argument is reported (pointing at its key or value) and
@@ -22,6 +23,10 @@ pub struct Config {
     /// `on_message_in = path` (on_open / on_close only): the module holding `#[on_message]`
     /// when the handler lives in another module.
     pub on_message_in: Option<Path>,
+    /// `inspect_message = false` (on_message only): do not generate
+    /// `canister_inspect_message` (an app with its own calls
+    /// `ic_ws_canister::inspect_ws_call` from it).
+    pub inspect_message: Option<bool>,
 }
 
 impl Config {
@@ -36,7 +41,7 @@ impl Config {
 /// The keys each attribute accepts (for "unknown argument" messages).
 fn accepted_keys(kind: Kind) -> &'static str {
     match kind {
-        Kind::Message => "`crate = \"path\"`, `outbound = Type`",
+        Kind::Message => "`crate = \"path\"`, `outbound = Type`, `inspect_message = false`",
         Kind::Open | Kind::Close => "`crate = \"path\"`, `on_message_in = path::to::module`",
     }
 }
@@ -102,12 +107,30 @@ fn parse_one(
                 );
             }
         }
+        "inspect_message" => {
+            let lit: syn::LitBool = input.parse()?;
+            if kind == Kind::Message {
+                set_once(&mut config.inspect_message, lit.value, &key, errors);
+            } else {
+                errors.error(
+                    &key,
+                    format!(
+                        "`inspect_message` belongs on `#[on_message]`; `#[{}]` accepts {}",
+                        kind.attr_name(),
+                        accepted_keys(kind)
+                    ),
+                );
+            }
+        }
         "on_message_in" => {
             let path: Path = input.parse()?;
             if kind == Kind::Message {
                 errors.error(
                     &key,
-                    "`on_message_in` belongs on `#[on_open]` / `#[on_close]`; `#[on_message]` accepts `crate = \"path\"`, `outbound = Type`",
+                    format!(
+                        "`on_message_in` belongs on `#[on_open]` / `#[on_close]`; `#[on_message]` accepts {}",
+                        accepted_keys(Kind::Message)
+                    ),
                 );
             } else {
                 set_once(&mut config.on_message_in, path, &key, errors);

@@ -233,6 +233,21 @@ fn on_message(handler: &Handler, config: &Config, paths: &Paths) -> TokenStream 
     let export_close = export_attrs("update", "ws_close");
     let export_poll = export_attrs("query", "ws_poll");
     let export_types = export_attrs("query", "ws_app_types");
+    // `canister_inspect_message` (a system method: no mode, no method name). Natively it gets
+    // a dotted name like the endpoints, so native builds link.
+    let inspect = if config.inspect_message == Some(false) {
+        quote!()
+    } else {
+        quote! {
+            /// Refuses oversized or disallowed ws calls before they execute (ingress only;
+            /// the endpoints check the same again). See `ic_ws_canister::inspect_ws_call`.
+            #[cfg_attr(target_family = "wasm", unsafe(export_name = "canister_inspect_message"))]
+            #[cfg_attr(not(target_family = "wasm"), unsafe(export_name = "canister_inspect_message.ic_ws"))]
+            fn __ic_ws_inspect_message() {
+                #private::inspect_message();
+            }
+        }
+    };
 
     quote! {
         #marker
@@ -291,6 +306,16 @@ fn on_message(handler: &Handler, config: &Config, paths: &Paths) -> TokenStream 
                 }
             }
 
+            /// Refuses the whole call (a trap: nothing changes) when its caller may not act as
+            /// a gateway or it carries more entries than the canister allows per call.
+            fn __ic_ws_admit(__ic_ws_method: &str, __ic_ws_entries: usize) {
+                if let ::core::result::Result::Err(__ic_ws_error) = #private::admit_call(__ic_ws_method, __ic_ws_entries) {
+                    #private::ic_cdk::trap(__ic_ws_error);
+                }
+            }
+
+            #inspect
+
             fn __ic_ws_arg_bytes() -> ::std::vec::Vec<u8> {
                 #private::ic_cdk::api::msg_arg_data()
             }
@@ -302,6 +327,7 @@ fn on_message(handler: &Handler, config: &Config, paths: &Paths) -> TokenStream 
                         "ws_open",
                         #private::decode_payload::<#krate::OpenBatch>(&__ic_ws_arg_bytes()),
                     );
+                    __ic_ws_admit("ws_open", __ic_ws_batch.opens.len());
                     __ic_ws_reply("ws_open", (#private::ws_open(&#module::App::HANDLERS, __ic_ws_batch),));
                 });
             }
@@ -313,6 +339,7 @@ fn on_message(handler: &Handler, config: &Config, paths: &Paths) -> TokenStream 
                         "ws_message",
                         #private::decode_payload::<#krate::MessageBatch>(&__ic_ws_arg_bytes()),
                     );
+                    __ic_ws_admit("ws_message", __ic_ws_batch.messages.len());
                     __ic_ws_reply("ws_message", (#private::ws_message(&#module::App::HANDLERS, __ic_ws_batch),));
                 });
             }
@@ -324,6 +351,7 @@ fn on_message(handler: &Handler, config: &Config, paths: &Paths) -> TokenStream 
                         "ws_close",
                         #private::decode_payload::<#krate::CloseBatch>(&__ic_ws_arg_bytes()),
                     );
+                    __ic_ws_admit("ws_close", __ic_ws_batch.clients.len());
                     __ic_ws_reply("ws_close", (#private::ws_close(&#module::App::HANDLERS, __ic_ws_batch),));
                 });
             }
@@ -520,10 +548,30 @@ mod tests {
             "\"canister_update ws_close\"",
             "\"canister_query ws_poll\"",
             "\"canister_query ws_app_types\"",
+            "\"canister_inspect_message\"",
         ] {
             assert_eq!(code.matches(export).count(), 1, "{export} in {code}");
         }
         assert!(code.contains("macro_rules ! __ic_ws_only_one_on_message_per_canister"));
+        // Every update endpoint admits its call before the runtime sees it.
+        assert_eq!(code.matches("__ic_ws_admit (\"ws_").count(), 3, "{code}");
+    }
+
+    #[test]
+    fn inspect_message_can_be_left_to_the_app() {
+        let config = Config {
+            inspect_message: Some(false),
+            ..Config::default()
+        };
+        let code = expand(
+            Kind::Message,
+            config,
+            quote!(
+                fn m(c: ClientId, m: Chat) {}
+            ),
+        );
+        assert!(!code.contains("canister_inspect_message"), "{code}");
+        assert!(code.contains("\"canister_update ws_open\""), "{code}");
     }
 
     #[test]
@@ -574,6 +622,7 @@ mod tests {
             krate: Some(syn::parse_quote!(crate::rt)),
             on_message_in: Some(syn::parse_quote!(crate::ws)),
             outbound: None,
+            inspect_message: None,
         };
         let code = expand(
             Kind::Close,

@@ -143,8 +143,12 @@ fn on_open_error_rejects_the_open() {
 
 #[test]
 fn undecodable_open_arguments_reject_the_open_without_calling_on_open() {
-    for args in [b"not candid".to_vec(), candid::encode_one(42u8).unwrap()] {
-        let (result, _) = open_with_args(3, args);
+    // Two keys: a refused open consumes its key's timestamp (a replay would be `StaleOpen`).
+    for (seed, args) in [
+        (3, b"not candid".to_vec()),
+        (30, candid::encode_one(42u8).unwrap()),
+    ] {
+        let (result, _) = open_with_args(seed, args);
         match result {
             Err(WsError::Rejected(reason)) => {
                 assert!(reason.contains("does not decode"), "{reason}")

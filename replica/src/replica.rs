@@ -426,6 +426,23 @@ impl Replica {
         result
     }
 
+    /// Runs the canister's `canister_inspect_message` for an ingress update of `method` from
+    /// `sender` (as the HTTP interface does before inducting a call): `Err` if the canister
+    /// does not accept the message. Changes nothing.
+    pub fn inspect_message(
+        &self,
+        canister: Principal,
+        method: &str,
+        arg: &[u8],
+        sender: Principal,
+    ) -> Result<(), Reject> {
+        let mut core = self.core();
+        if !core.engine.canister_exists(canister) {
+            return Err(canister_not_found(canister));
+        }
+        core.engine.inspect_message(canister, method, arg, sender)
+    }
+
     /// A query as `caller`. The canister sees a data certificate (`ic0.data_certificate_*`)
     /// over its current certified data, as for a non-replicated query on the IC.
     pub fn query(
