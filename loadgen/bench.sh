@@ -10,10 +10,17 @@
 #                                             # thread: 1000 sessions x 50 messages per 100 ms
 #   PERIOD_MS=1000 loadgen/bench.sh gateway 10000 1 10   # 10000 sessions x 1 message/s, spread
 #                                             # over 10 ms ticks
+#   loadgen/bench.sh attack signed-flood      # one attack for SECS (60) s beside an honest client,
+#                                             # gateway with its default limits, replica + test app
+#   loadgen/bench.sh attack-fake ping-flood   # the same in front of ic-ws-bench-gateway's fake
+#                                             # canister (no replica: the gateway-bound part)
+#   modes: none ping-flood junk-flood signed-flood sessions hold slowloris
 #
 # Environment: TARGET (cargo target dir, default target), WASM (the test app wasm, default
 # $TARGET/wasm32-unknown-unknown/canister/ic_ws_e2e_test_app.wasm), GATEWAY_ARGS (extra gateway
-# flags), SECS (measured seconds).
+# flags, e.g. a memory budget), SECS (measured seconds), ATTACK_ARGS (extra `loadgen attack`
+# flags, e.g. "--attackers 2000 --baseline-secs 10"), BUDGET_MIB (the memory budget the RSS
+# peak is reported against, default 512).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 target=${TARGET:-target}
@@ -56,8 +63,15 @@ start_gateway() { # $1 = network url, $2 = canisters, $3 = --fetch-root-key or n
   "$gateway" --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 --ready-file "$run/gateway.json" \
     --identity-file "$run/identity.pem" --network "$1" ${3:-} --canister "$2" \
     --ip-connect-rate 0 --idle-timeout-ms 600000 --max-connections 200000 --log warn \
+    --max-connections-per-ip 0 --max-connections-per-ipv6-64 0 \
     ${GATEWAY_ARGS:-} 2>"$run/gateway.log" &
   gateway_started $!
+}
+
+# The attack scenarios run the gateway with its default limits (only GATEWAY_ARGS added).
+attack_flags() { # $1 = mode
+  echo --gateway "$gw_listen" --admin "$gw_admin" --gateway-pid "$gateway_pid" --mode "$1" \
+    --secs "${SECS:-60}" --budget-mib "${BUDGET_MIB:-512}" ${ATTACK_ARGS:-}
 }
 
 gateway_started() { # $1 = pid of a gateway writing $run/gateway.json when ready
@@ -97,10 +111,26 @@ case "$scenario" in
       --period-ms "${PERIOD_MS:-0}" -- \
       --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 --ready-file "$run/gateway.json" \
       --canister aaaaa-aa --ip-connect-rate 0 --idle-timeout-ms 600000 --max-connections 200000 \
+      --max-connections-per-ip 0 --max-connections-per-ipv6-64 0 \
       --log warn ${GATEWAY_ARGS:-} 2>"$run/gateway.log" &
     gateway_started $!
     "$loadgen" receive --gateway "$gw_listen" --admin "$gw_admin" --gateway-pid "$gateway_pid" \
       --canister aaaaa-aa --clients "${1:-1000}" --secs "${SECS:-20}" --sample-every "${SAMPLE:-100}"
+    ;;
+  attack)
+    start_replica 1
+    "$gateway" --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 --ready-file "$run/gateway.json" \
+      --identity-file "$run/identity.pem" --network "$replica_url" --fetch-root-key \
+      --canister "$canister_ids" --log warn ${GATEWAY_ARGS:-} 2>"$run/gateway.log" &
+    gateway_started $!
+    "$loadgen" attack $(attack_flags "${1:?mode}") --canister "$canister_ids"
+    ;;
+  attack-fake)
+    "$target/release/ic-ws-bench-gateway" --tick-ms 1000 --per-tick 0 -- \
+      --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 --ready-file "$run/gateway.json" \
+      --canister aaaaa-aa --log warn ${GATEWAY_ARGS:-} 2>"$run/gateway.log" &
+    gateway_started $!
+    "$loadgen" attack $(attack_flags "${1:?mode}") --canister aaaaa-aa --fake-canister
     ;;
   *) echo "unknown scenario $scenario" >&2; exit 2 ;;
 esac

@@ -46,20 +46,18 @@ impl RawClient {
         canister: Principal,
         recv_buffer: Option<u32>,
     ) -> Result<Self, String> {
-        let addr: std::net::SocketAddr = url
-            .trim_start_matches("ws://")
-            .parse()
-            .map_err(|e| format!("{url}: {e}"))?;
-        let socket = TcpSocket::new_v4().map_err(|e| e.to_string())?;
-        if let Some(size) = recv_buffer {
-            socket
-                .set_recv_buffer_size(size)
-                .map_err(|e| e.to_string())?;
-        }
-        let tcp = socket.connect(addr).await.map_err(|e| e.to_string())?;
-        let (ws, _) = tokio_tungstenite::client_async(url, tcp)
-            .await
-            .map_err(|e| e.to_string())?;
+        Self::connect_from(url, canister, recv_buffer, None).await
+    }
+
+    /// [`RawClient::connect`] from the local address `source` (e.g. another loopback address
+    /// such as 127.0.0.2, which the gateway counts as another source).
+    pub async fn connect_from(
+        url: &str,
+        canister: Principal,
+        recv_buffer: Option<u32>,
+        source: Option<std::net::IpAddr>,
+    ) -> Result<Self, String> {
+        let ws = Self::handshake(url, recv_buffer, source).await?;
         let mut seed = [0u8; 32];
         seed[..8].copy_from_slice(&now_ns().to_le_bytes());
         seed[8..16].copy_from_slice(&u64::from(std::process::id()).to_le_bytes());
@@ -76,6 +74,34 @@ impl RawClient {
             other => return Err(format!("expected Hello, got {other:?}")),
         }
         Ok(client)
+    }
+
+    /// The TCP connection and WebSocket handshake only (nothing is read after it).
+    pub async fn handshake(
+        url: &str,
+        recv_buffer: Option<u32>,
+        source: Option<std::net::IpAddr>,
+    ) -> Result<WebSocketStream<TcpStream>, String> {
+        let addr: std::net::SocketAddr = url
+            .trim_start_matches("ws://")
+            .parse()
+            .map_err(|e| format!("{url}: {e}"))?;
+        let socket = TcpSocket::new_v4().map_err(|e| e.to_string())?;
+        if let Some(ip) = source {
+            socket
+                .bind(std::net::SocketAddr::new(ip, 0))
+                .map_err(|e| format!("bind {ip}: {e}"))?;
+        }
+        if let Some(size) = recv_buffer {
+            socket
+                .set_recv_buffer_size(size)
+                .map_err(|e| e.to_string())?;
+        }
+        let tcp = socket.connect(addr).await.map_err(|e| e.to_string())?;
+        let (ws, _) = tokio_tungstenite::client_async(url, tcp)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(ws)
     }
 
     /// Sends a correctly signed open and returns the gateway's answer.

@@ -87,19 +87,51 @@ pub struct Config {
     #[arg(long, env = "IC_WS_GATEWAY_TLS_KEY")]
     pub tls_key: Option<PathBuf>,
 
-    /// Maximum simultaneous client connections (more are closed with 4006).
+    /// Maximum simultaneous client connections, counted from accept (handshakes and refusals
+    /// in progress included); more are refused with 4006.
     #[arg(long, env = "IC_WS_GATEWAY_MAX_CONNECTIONS", default_value_t = 100_000)]
     pub max_connections: usize,
 
-    /// New connections per second allowed from one IP address (0 = unlimited).
+    /// Maximum simultaneous connections served per IP address (0 = unlimited; more: 4006).
+    #[arg(
+        long,
+        env = "IC_WS_GATEWAY_MAX_CONNECTIONS_PER_IP",
+        default_value_t = 256
+    )]
+    pub max_connections_per_ip: usize,
+
+    /// Maximum simultaneous connections served per IPv6 /64 network (0 = unlimited).
+    #[arg(
+        long = "max-connections-per-ipv6-64",
+        env = "IC_WS_GATEWAY_MAX_CONNECTIONS_PER_IPV6_64",
+        default_value_t = 1024
+    )]
+    pub max_connections_per_ipv6_64: usize,
+
+    /// Refused connections answered at once with a handshake and a 4006 close (they count
+    /// toward --max-connections, and may exceed it by this much); beyond, a refused
+    /// connection is closed without a handshake.
+    #[arg(long, env = "IC_WS_GATEWAY_MAX_REFUSING", default_value_t = 256)]
+    pub max_refusing: usize,
+
+    /// New connections per second allowed from one IP address, or IPv6 /64 (0 = unlimited).
     #[arg(long, env = "IC_WS_GATEWAY_IP_CONNECT_RATE", default_value_t = 20.0)]
     pub ip_connect_rate: f64,
 
-    /// Burst of new connections allowed from one IP address above the rate.
+    /// Burst of new connections allowed from one IP address (IPv6 /64) above the rate.
     #[arg(long, env = "IC_WS_GATEWAY_IP_CONNECT_BURST", default_value_t = 40.0)]
     pub ip_connect_burst: f64,
 
-    /// Time allowed for the TLS and WebSocket handshakes, in milliseconds.
+    /// WebSocket pings (and unsolicited pongs) per second allowed from one connection; a
+    /// connection beyond --ping-burst above this rate is closed with 1008.
+    #[arg(long, env = "IC_WS_GATEWAY_PING_RATE", default_value_t = 1.0)]
+    pub ping_rate: f64,
+
+    /// Burst of pings allowed from one connection above --ping-rate.
+    #[arg(long, env = "IC_WS_GATEWAY_PING_BURST", default_value_t = 16.0)]
+    pub ping_burst: f64,
+
+    /// Time allowed for the TLS and WebSocket handshakes together, in milliseconds.
     #[arg(
         long,
         env = "IC_WS_GATEWAY_HANDSHAKE_TIMEOUT_MS",
@@ -107,7 +139,8 @@ pub struct Config {
     )]
     pub handshake_timeout_ms: u64,
 
-    /// Close a connection (4002) after this long without any frame from the client, in ms.
+    /// Close a connection (4002) after this long without a protocol frame from the client
+    /// (pings and pongs do not count), in ms.
     #[arg(long, env = "IC_WS_GATEWAY_IDLE_TIMEOUT_MS", default_value_t = 120_000)]
     pub idle_timeout_ms: u64,
 
@@ -320,6 +353,22 @@ impl Config {
         if !(self.ip_connect_burst >= 1.0 && self.ip_connect_burst.is_finite()) {
             return err("--ip-connect-burst must be a finite number >= 1".into());
         }
+        if !(self.ping_rate > 0.0 && self.ping_rate.is_finite()) {
+            return err("--ping-rate must be a finite number > 0".into());
+        }
+        if !(self.ping_burst >= 1.0 && self.ping_burst.is_finite()) {
+            return err("--ping-burst must be a finite number >= 1".into());
+        }
+        if self.max_connections_per_ip != 0
+            && self.max_connections_per_ipv6_64 != 0
+            && self.max_connections_per_ipv6_64 < self.max_connections_per_ip
+        {
+            return err(format!(
+                "--max-connections-per-ipv6-64 ({}) is below --max-connections-per-ip ({}): a \
+                 /64 holds at least one address",
+                self.max_connections_per_ipv6_64, self.max_connections_per_ip
+            ));
+        }
         if ![1000, 1001, 1012].contains(&self.shutdown_close_code) {
             return err("--shutdown-close-code must be 1000, 1001 or 1012".into());
         }
@@ -367,6 +416,13 @@ impl Config {
     /// Idle timeout.
     pub fn idle_timeout(&self) -> Duration {
         Duration::from_millis(self.idle_timeout_ms)
+    }
+    /// Per-source connection limits.
+    pub fn source_limits(&self) -> crate::ratelimit::SourceLimits {
+        crate::ratelimit::SourceLimits {
+            per_address: self.max_connections_per_ip,
+            per_v6_net: self.max_connections_per_ipv6_64,
+        }
     }
     /// Handshake timeout.
     pub fn handshake_timeout(&self) -> Duration {
@@ -461,6 +517,18 @@ mod tests {
             (&["--batch-max-bytes", "5000000"], "2 MiB"),
             (&["--canister", "not a principal"], "not a principal"),
             (&["--max-connections", "0"], "max-connections"),
+            (&["--ping-rate", "0"], "--ping-rate"),
+            (&["--ping-burst", "0.5"], "--ping-burst"),
+            (&["--ping-rate", "inf"], "--ping-rate"),
+            (
+                &[
+                    "--max-connections-per-ip",
+                    "10",
+                    "--max-connections-per-ipv6-64",
+                    "5",
+                ],
+                "ipv6-64",
+            ),
             (&["--listen", "banana"], "banana"),
         ];
         for (args, needle) in cases {

@@ -1,22 +1,31 @@
 //! Accepting connections: the TCP accept loop, optional TLS (rustls), the WebSocket handshake
-//! with per-connection limits, and the gateway-wide limits (maximum connections, per-IP
-//! connection rate). A refused client still gets a WebSocket close with 4006 so it knows why.
+//! with per-connection limits, and the gateway-wide limits.
+//!
+//! Every accepted socket counts toward `--max-connections` from accept to close, whatever it
+//! is doing: TLS or WebSocket handshake (one deadline for both, `--handshake-timeout-ms`),
+//! session, or being refused. A connection is served only within the gateway-wide cap, the
+//! per-source caps (`--max-connections-per-ip`, `--max-connections-per-ipv6-64`) and the
+//! per-source connect rate. A refused client gets the handshake and a close with 4006 so it
+//! knows why, while there is room for that (`--max-refusing` refusals in progress, a few per
+//! source, each given at most [`REFUSAL_TIMEOUT`]); beyond, its socket is closed at once
+//! without a handshake, so refusing costs nothing that an attacker can pile up.
 //!
 //! Memory per idle connection is kept small: the handshake runs in its own boxed future that is
 //! freed when it completes, the read buffer starts at `--read-buffer-size`, and writes are not
-//! buffered (each frame goes straight to the socket).
+//! buffered (each frame goes straight to the socket). The write buffer has a hard cap
+//! ([`MAX_WRITE_BUFFER`]): unsent pongs cannot pile up in it (see `session`).
 
 use crate::canister::CanisterApi;
 use crate::error::{GatewayError, Result};
 use crate::hub::Shared;
 use crate::metrics::{ErrorKind, Metrics, Rejection};
 use crate::outbox::CloseWith;
-use crate::ratelimit::IpRateLimiter;
+use crate::ratelimit::{IpRateLimiter, Slot, SourceTable};
 use ic_ws_protocol::frames::close_code;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -82,12 +91,111 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener> {
     })
 }
 
+/// Largest frame the gateway writes: a client's share of one poll reply (the canister caps a
+/// reply's content at 2.5 MiB, the IC caps query replies at 3 MiB) with its certificate and
+/// witness, with room to spare.
+pub const MAX_OUTGOING_FRAME: usize = 4 * 1024 * 1024;
+
+/// Hard cap on a connection's WebSocket write buffer: one outgoing frame plus a few control
+/// frames. Writes are unbuffered (`write_buffer_size(0)`), so the buffer only holds what the
+/// socket has not taken yet; a pong that does not fit waits in tungstenite's single pending
+/// control-frame slot, where a newer pong replaces it.
+pub const MAX_WRITE_BUFFER: usize = MAX_OUTGOING_FRAME + 4096;
+
+/// Time a refused connection is given for its handshake and the 4006 close.
+pub const REFUSAL_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Refusals in progress per source (IPv4 address, IPv6 address or /64).
+const REFUSING_PER_SOURCE: usize = 4;
+
 fn ws_config<C>(shared: &Shared<C>) -> WebSocketConfig {
     WebSocketConfig::default()
         .read_buffer_size(shared.config.read_buffer_size)
         .write_buffer_size(0)
+        .max_write_buffer_size(MAX_WRITE_BUFFER)
         .max_message_size(Some(shared.config.max_message_size))
         .max_frame_size(Some(shared.config.max_frame_size))
+}
+
+/// What to do with a new connection.
+#[derive(Debug, PartialEq, Eq)]
+enum Admission {
+    Serve,
+    /// Handshake, then close 4006 with this reason.
+    Refuse(Rejection, &'static str),
+    /// Close the socket at once.
+    Drop(Rejection),
+}
+
+/// The accept loop's limits: the gateway-wide count (in the metrics), the per-source counts
+/// and the per-source connect rate.
+struct Gate {
+    metrics: Arc<Metrics>,
+    sources: Arc<SourceTable>,
+    limiter: IpRateLimiter,
+    max_connections: usize,
+    max_refusing: usize,
+}
+
+impl Gate {
+    fn new<C>(shared: &Shared<C>) -> Self {
+        let c = &shared.config;
+        Gate {
+            metrics: shared.metrics.clone(),
+            sources: Arc::new(SourceTable::new(c.source_limits(), REFUSING_PER_SOURCE)),
+            limiter: IpRateLimiter::new(c.ip_connect_rate, c.ip_connect_burst),
+            max_connections: c.max_connections,
+            max_refusing: c.max_refusing,
+        }
+    }
+
+    /// Decides about a connection from `ip` and, unless it is dropped, counts it (the guard
+    /// uncounts it when the connection ends).
+    fn admit(&mut self, ip: IpAddr, now: Instant) -> (Admission, Option<ConnGuard>) {
+        let held = usize::try_from(self.metrics.connections.get()).unwrap_or(0);
+        let admission = if held >= self.max_connections {
+            Admission::Refuse(
+                Rejection::MaxConnections,
+                "overloaded: too many connections",
+            )
+        } else if !self.sources.try_take(ip, Slot::Served) {
+            Admission::Refuse(
+                Rejection::SourceLimit,
+                "overloaded: too many connections from this address",
+            )
+        } else if !self.limiter.allow(ip, now) {
+            self.sources.release(ip, Slot::Served);
+            Admission::Refuse(
+                Rejection::RateLimited,
+                "overloaded: too many new connections from this address",
+            )
+        } else {
+            return (
+                Admission::Serve,
+                Some(ConnGuard::new(
+                    &self.metrics,
+                    &self.sources,
+                    ip,
+                    Slot::Served,
+                )),
+            );
+        };
+        let Admission::Refuse(why, _) = admission else {
+            return (admission, None);
+        };
+        self.metrics.rejected(why);
+        let refusing = usize::try_from(self.metrics.connections_refusing.get()).unwrap_or(0);
+        if refusing < self.max_refusing
+            && held < self.max_connections.saturating_add(self.max_refusing)
+            && self.sources.try_take(ip, Slot::Refusing)
+        {
+            let guard = ConnGuard::new(&self.metrics, &self.sources, ip, Slot::Refusing);
+            (admission, Some(guard))
+        } else {
+            self.metrics.refused_unanswered.inc();
+            (Admission::Drop(why), None)
+        }
+    }
 }
 
 /// Accepts connections until `stop` is set.
@@ -97,44 +205,35 @@ pub async fn accept_loop<C: CanisterApi>(
     tls: Option<TlsAcceptor>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let limiter = Arc::new(IpRateLimiter::new(
-        shared.config.ip_connect_rate,
-        shared.config.ip_connect_burst,
-    ));
+    let mut gate = Gate::new(&shared);
     loop {
         let accepted = tokio::select! {
             _ = stop.wait_for(|s| *s) => break,
             r = listener.accept() => r,
         };
         match accepted {
-            Ok((tcp, peer)) => {
-                let _ = tcp.set_nodelay(true);
-                let reject =
-                    if shared.metrics.connections.get() as usize >= shared.config.max_connections {
-                        shared.metrics.rejected(Rejection::MaxConnections);
-                        Some(CloseWith::new(
-                            close_code::OVERLOADED,
-                            "overloaded: too many connections",
-                        ))
-                    } else if !limiter.allow(peer.ip(), Instant::now()) {
-                        shared.metrics.rejected(Rejection::RateLimited);
-                        Some(CloseWith::new(
-                            close_code::OVERLOADED,
-                            "overloaded: too many new connections from this address",
-                        ))
-                    } else {
-                        None
-                    };
-                let guard = ConnGuard::new(shared.metrics.clone(), reject.is_none());
-                tokio::spawn(handle(
-                    shared.clone(),
-                    tcp,
-                    peer,
-                    tls.clone(),
-                    reject,
-                    guard,
-                ));
-            }
+            Ok((tcp, peer)) => match gate.admit(peer.ip(), Instant::now()) {
+                (Admission::Serve, Some(guard)) => {
+                    let _ = tcp.set_nodelay(true);
+                    tokio::spawn(handle(shared.clone(), tcp, peer, tls.clone(), None, guard));
+                }
+                (Admission::Refuse(_, reason), Some(guard)) => {
+                    let _ = tcp.set_nodelay(true);
+                    let close = CloseWith::new(close_code::OVERLOADED, reason);
+                    tokio::spawn(handle(
+                        shared.clone(),
+                        tcp,
+                        peer,
+                        tls.clone(),
+                        Some(close),
+                        guard,
+                    ));
+                }
+                (admission, _) => {
+                    tracing::debug!(%peer, ?admission, "connection refused without a handshake");
+                    drop(tcp);
+                }
+            },
             Err(e) => {
                 // Out of file descriptors and the like: back off instead of spinning.
                 tracing::warn!("accept failed: {e}");
@@ -145,27 +244,38 @@ pub async fn accept_loop<C: CanisterApi>(
     tracing::info!("stopped accepting connections");
 }
 
-/// Counts a connection for its lifetime.
+/// Counts a connection for its lifetime: in the gateway-wide gauge and in its source's slots.
 struct ConnGuard {
     metrics: Arc<Metrics>,
-    counted: bool,
+    sources: Arc<SourceTable>,
+    ip: IpAddr,
+    slot: Slot,
 }
 
 impl ConnGuard {
-    fn new(metrics: Arc<Metrics>, counted: bool) -> Self {
-        if counted {
-            metrics.connections.inc();
-            metrics.connections_total.inc();
+    /// Counts a connection whose source slot was taken already.
+    fn new(metrics: &Arc<Metrics>, sources: &Arc<SourceTable>, ip: IpAddr, slot: Slot) -> Self {
+        metrics.connections.inc();
+        match slot {
+            Slot::Served => metrics.connections_total.inc(),
+            Slot::Refusing => metrics.connections_refusing.inc(),
         }
-        ConnGuard { metrics, counted }
+        ConnGuard {
+            metrics: metrics.clone(),
+            sources: sources.clone(),
+            ip,
+            slot,
+        }
     }
 }
 
 impl Drop for ConnGuard {
     fn drop(&mut self) {
-        if self.counted {
-            self.metrics.connections.dec();
+        self.metrics.connections.dec();
+        if self.slot == Slot::Refusing {
+            self.metrics.connections_refusing.dec();
         }
+        self.sources.release(self.ip, self.slot);
     }
 }
 
@@ -178,53 +288,157 @@ async fn handle<C: CanisterApi>(
     guard: ConnGuard,
 ) {
     let _guard = guard;
-    match tls {
-        None => Box::pin(serve(shared, tcp, peer, reject)).await,
-        Some(acceptor) => {
-            let handshake =
-                tokio::time::timeout(shared.config.handshake_timeout(), acceptor.accept(tcp));
-            match Box::pin(handshake).await {
-                Ok(Ok(stream)) => Box::pin(serve(shared, stream, peer, reject)).await,
-                Ok(Err(e)) => {
-                    shared.metrics.error(ErrorKind::Handshake);
-                    tracing::debug!(%peer, "TLS handshake failed: {e}");
-                }
-                Err(_) => {
-                    shared.metrics.error(ErrorKind::Handshake);
-                    tracing::debug!(%peer, "TLS handshake timed out");
-                }
-            }
+    let timeout = match reject {
+        None => shared.config.handshake_timeout(),
+        Some(_) => shared.config.handshake_timeout().min(REFUSAL_TIMEOUT),
+    };
+    // One deadline for the TLS and the WebSocket handshakes together; a shutdown ends them.
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut closing = shared.closing.subscribe();
+    let handshake = async {
+        let ws = match tls {
+            None => accept_ws(&shared, tcp).await.map(Either::Plain),
+            Some(acceptor) => match acceptor.accept(tcp).await {
+                Ok(stream) => accept_ws(&shared, stream).await.map(Either::Tls),
+                Err(e) => Err(format!("TLS handshake failed: {e}")),
+            },
+        };
+        ws
+    };
+    let ws = tokio::select! {
+        r = tokio::time::timeout_at(deadline, Box::pin(handshake)) => r,
+        _ = closing.wait_for(|c| *c) => return,
+    };
+    match ws {
+        Ok(Ok(Either::Plain(ws))) => Box::pin(serve(shared, ws, peer, reject)).await,
+        Ok(Ok(Either::Tls(ws))) => Box::pin(serve(shared, ws, peer, reject)).await,
+        Ok(Err(e)) => {
+            shared.metrics.error(ErrorKind::Handshake);
+            tracing::debug!(%peer, "{e}");
+        }
+        Err(_) => {
+            shared.metrics.error(ErrorKind::Handshake);
+            tracing::debug!(%peer, "handshake timed out");
         }
     }
 }
 
-async fn serve<C, S>(shared: Arc<Shared<C>>, stream: S, peer: SocketAddr, reject: Option<CloseWith>)
+/// A plain or a TLS WebSocket.
+enum Either<A, B> {
+    Plain(A),
+    Tls(B),
+}
+
+async fn accept_ws<C, S>(
+    shared: &Shared<C>,
+    stream: S,
+) -> std::result::Result<tokio_tungstenite::WebSocketStream<S>, String>
 where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    tokio_tungstenite::accept_async_with_config(stream, Some(ws_config(shared)))
+        .await
+        .map_err(|e| format!("WebSocket handshake failed: {e}"))
+}
+
+async fn serve<C, S>(
+    shared: Arc<Shared<C>>,
+    mut ws: tokio_tungstenite::WebSocketStream<S>,
+    peer: SocketAddr,
+    reject: Option<CloseWith>,
+) where
     C: CanisterApi,
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let handshake = tokio_tungstenite::accept_async_with_config(stream, Some(ws_config(&shared)));
-    let mut ws = match Box::pin(tokio::time::timeout(
-        shared.config.handshake_timeout(),
-        handshake,
-    ))
-    .await
-    {
-        Ok(Ok(ws)) => ws,
-        Ok(Err(e)) => {
-            shared.metrics.error(ErrorKind::Handshake);
-            tracing::debug!(%peer, "WebSocket handshake failed: {e}");
-            return;
-        }
-        Err(_) => {
-            shared.metrics.error(ErrorKind::Handshake);
-            tracing::debug!(%peer, "WebSocket handshake timed out");
-            return;
-        }
-    };
     if let Some(close) = reject {
         crate::session::send_close(&mut ws, &close).await;
         return;
     }
     Box::pin(crate::session::run(shared, ws, peer)).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::fake::FakeCanister;
+    use candid::Principal;
+
+    fn gate(extra: &[&str]) -> (Gate, Arc<Shared<FakeCanister>>) {
+        let mut args = vec!["ic-ws-gateway", "--canister", "aaaaa-aa"];
+        args.extend_from_slice(extra);
+        let config = Config::from_args(args).unwrap();
+        let policy = config.canister_policy().unwrap();
+        let shared = Shared::new(
+            config,
+            policy,
+            Arc::new(FakeCanister::new()),
+            Principal::anonymous(),
+        );
+        (Gate::new(&shared), shared)
+    }
+
+    #[test]
+    fn refusals_count_and_are_answered_only_while_affordable() {
+        let (mut g, shared) = gate(&[
+            "--max-connections",
+            "2",
+            "--max-refusing",
+            "1",
+            "--ip-connect-rate",
+            "0",
+        ]);
+        let m = &shared.metrics;
+        let now = Instant::now();
+        let a: IpAddr = "10.0.0.1".parse().unwrap();
+        let (first, g1) = g.admit(a, now);
+        let (second, g2) = g.admit("10.0.0.2".parse().unwrap(), now);
+        assert_eq!((first, second), (Admission::Serve, Admission::Serve));
+        let (third, g3) = g.admit(a, now);
+        assert!(matches!(
+            third,
+            Admission::Refuse(Rejection::MaxConnections, _)
+        ));
+        assert_eq!((m.connections.get(), m.connections_refusing.get()), (3, 1));
+        let (fourth, g4) = g.admit(a, now);
+        assert_eq!(fourth, Admission::Drop(Rejection::MaxConnections));
+        assert!(g4.is_none());
+        assert_eq!(m.refused_unanswered.get(), 1);
+        drop(g3);
+        drop(g1);
+        assert_eq!((m.connections.get(), m.connections_refusing.get()), (1, 0));
+        let (again, _g5) = g.admit(a, now);
+        assert_eq!(again, Admission::Serve, "slots are given back");
+        drop(g2);
+    }
+
+    #[test]
+    fn per_source_cap_and_rate_limited_sockets_hold_no_served_slot() {
+        let (mut g, shared) = gate(&[
+            "--max-connections-per-ip",
+            "2",
+            "--ip-connect-rate",
+            "1",
+            "--ip-connect-burst",
+            "3",
+        ]);
+        let now = Instant::now();
+        let a: IpAddr = "127.0.0.1".parse().unwrap();
+        let held: Vec<_> = (0..2).map(|_| g.admit(a, now)).collect();
+        assert!(held.iter().all(|(x, _)| *x == Admission::Serve));
+        let (over, _r) = g.admit(a, now);
+        assert!(matches!(over, Admission::Refuse(Rejection::SourceLimit, _)));
+        let (other, _o) = g.admit("127.0.0.2".parse().unwrap(), now);
+        assert_eq!(other, Admission::Serve);
+        drop(held);
+        // Third token of the burst, then the rate limit (no served slot kept by it).
+        assert_eq!(g.admit(a, now).0, Admission::Serve);
+        let (limited, _l) = g.admit(a, now);
+        assert!(matches!(
+            limited,
+            Admission::Refuse(Rejection::RateLimited, _)
+        ));
+        assert_eq!(shared.metrics.rejected_source_limit.get(), 1);
+        assert_eq!(shared.metrics.rejected_rate_limited.get(), 1);
+    }
 }

@@ -149,9 +149,11 @@ pub enum ErrorKind {
     MessageRejected,
     /// The canister rejected an open.
     OpenRejected,
+    /// A client sent pings (or pongs) faster than `--ping-rate` allows (closed 1008).
+    PingFlood,
 }
 
-const ERROR_KINDS: [(ErrorKind, &str); 10] = [
+const ERROR_KINDS: [(ErrorKind, &str); 11] = [
     (ErrorKind::MalformedFrame, "malformed_frame"),
     (ErrorKind::FrameTooBig, "frame_too_big"),
     (ErrorKind::Handshake, "handshake"),
@@ -162,6 +164,7 @@ const ERROR_KINDS: [(ErrorKind, &str); 10] = [
     (ErrorKind::Poll, "poll"),
     (ErrorKind::MessageRejected, "message_rejected"),
     (ErrorKind::OpenRejected, "open_rejected"),
+    (ErrorKind::PingFlood, "ping_flood"),
 ];
 
 /// Why a connection was refused.
@@ -171,19 +174,27 @@ pub enum Rejection {
     MaxConnections,
     /// Per-IP connection rate exceeded.
     RateLimited,
+    /// Per-IP or per-IPv6-/64 concurrent connection cap reached.
+    SourceLimit,
 }
 
 /// All gateway metrics.
 #[derive(Debug)]
 pub struct Metrics {
-    /// Open client connections.
+    /// Client connections held, from accept to close (handshakes and refusals included).
     pub connections: Gauge,
+    /// Of those, connections being refused (handshake, then 4006).
+    pub connections_refusing: Gauge,
     /// Connections accepted since start.
     pub connections_total: Counter,
     /// Connections refused because of `--max-connections`.
     pub rejected_max_connections: Counter,
     /// Connections refused by the per-IP rate limit.
     pub rejected_rate_limited: Counter,
+    /// Connections refused by the per-IP or per-/64 concurrent cap.
+    pub rejected_source_limit: Counter,
+    /// Refused connections closed without a handshake (no room to answer them with 4006).
+    pub refused_unanswered: Counter,
     /// Sessions attached (opened or resumed) through this gateway right now.
     pub sessions: Gauge,
     /// Client messages received (frames relayed to `ws_message`).
@@ -222,9 +233,12 @@ impl Default for Metrics {
     fn default() -> Self {
         Metrics {
             connections: Gauge::default(),
+            connections_refusing: Gauge::default(),
             connections_total: Counter::default(),
             rejected_max_connections: Counter::default(),
             rejected_rate_limited: Counter::default(),
+            rejected_source_limit: Counter::default(),
+            refused_unanswered: Counter::default(),
             sessions: Gauge::default(),
             messages_in: Counter::default(),
             messages_out: Counter::default(),
@@ -264,6 +278,7 @@ impl Metrics {
         match why {
             Rejection::MaxConnections => self.rejected_max_connections.inc(),
             Rejection::RateLimited => self.rejected_rate_limited.inc(),
+            Rejection::SourceLimit => self.rejected_source_limit.inc(),
         }
     }
 
@@ -282,8 +297,14 @@ impl Metrics {
         gauge(
             &mut out,
             "ic_ws_gateway_connections",
-            "Open client WebSocket connections.",
+            "Client connections held, from accept to close (handshakes and refusals included).",
             self.connections.get(),
+        );
+        gauge(
+            &mut out,
+            "ic_ws_gateway_connections_refusing",
+            "Connections being refused (handshake, then close 4006).",
+            self.connections_refusing.get(),
         );
         counter(
             &mut out,
@@ -293,12 +314,20 @@ impl Metrics {
         );
         let _ = writeln!(
             out,
-            "# HELP ic_ws_gateway_connections_rejected_total Connections refused (closed 4006), by reason.\n\
+            "# HELP ic_ws_gateway_connections_rejected_total Connections refused (closed 4006, or without a handshake when there is no room to answer), by reason.\n\
              # TYPE ic_ws_gateway_connections_rejected_total counter\n\
              ic_ws_gateway_connections_rejected_total{{reason=\"max_connections\"}} {}\n\
-             ic_ws_gateway_connections_rejected_total{{reason=\"rate_limit\"}} {}",
+             ic_ws_gateway_connections_rejected_total{{reason=\"rate_limit\"}} {}\n\
+             ic_ws_gateway_connections_rejected_total{{reason=\"source_limit\"}} {}",
             self.rejected_max_connections.get(),
-            self.rejected_rate_limited.get()
+            self.rejected_rate_limited.get(),
+            self.rejected_source_limit.get()
+        );
+        counter(
+            &mut out,
+            "ic_ws_gateway_connections_refused_unanswered_total",
+            "Refused connections closed without a handshake (no room to answer with 4006).",
+            self.refused_unanswered.get(),
         );
         gauge(
             &mut out,

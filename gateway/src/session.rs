@@ -3,9 +3,15 @@
 //! The session reads the client's frames (decoding each as a `ClientFrame`; anything else
 //! closes this connection only, with 1008), hands opens and messages to its canister's relay,
 //! and writes what its [`Outbox`] holds. A client that does not read blocks only this task, and
-//! is closed with 4001 when its outbox overflows or a write stays blocked too long. Pings are
-//! answered by tungstenite itself while the session reads. Generic over any WebSocket
-//! `Sink + Stream`, so TLS and plain TCP share the code.
+//! is closed with 4001 when its outbox overflows or a write stays blocked too long. Generic over
+//! any WebSocket `Sink + Stream`, so TLS and plain TCP share the code.
+//!
+//! Pings are answered by tungstenite itself while the session reads. They are not activity:
+//! only protocol frames reset the idle timer, so a socket that pings and never opens (or an
+//! idle session) still times out. A connection's pings (and pongs) are rate-limited by a token
+//! bucket (`--ping-rate`, `--ping-burst`; beyond it: close 1008), and after a ping the session
+//! reads nothing more until the pong has left for the socket: a peer that pings without
+//! reading stops being read, so at most one pong per connection waits in memory.
 
 use crate::canister::CanisterApi;
 use crate::hub::{Hub, Shared};
@@ -54,7 +60,41 @@ enum Event {
         Option<tokio::sync::mpsc::OwnedPermit<RelayItem>>,
     ),
     Frame(Option<Result<Message, WsProtoError>>),
+    /// The pong owed for a ping left for the socket (or the socket failed).
+    PongFlushed(Result<(), WsProtoError>),
     IdleTimer,
+}
+
+/// A connection's ping allowance: a token bucket.
+struct PingBudget {
+    rate: f64,
+    burst: f64,
+    tokens: f64,
+    at: Instant,
+}
+
+impl PingBudget {
+    fn new(rate: f64, burst: f64, now: Instant) -> Self {
+        PingBudget {
+            rate,
+            burst,
+            tokens: burst,
+            at: now,
+        }
+    }
+
+    /// Takes a token for a ping or pong at `now`; `false` when the bucket is empty.
+    fn take(&mut self, now: Instant) -> bool {
+        let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
+        self.at = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
 }
 
 /// Why the read side asks to end the session.
@@ -109,6 +149,13 @@ where
     }
     let idle = shared.config.idle_timeout();
     let mut last_activity = Instant::now();
+    let mut pings = PingBudget::new(
+        shared.config.ping_rate,
+        shared.config.ping_burst,
+        last_activity,
+    );
+    // A ping was read and its pong has not left for the socket yet: read nothing more.
+    let mut pong_owed = false;
     let idle_sleep = tokio::time::sleep(idle);
     tokio::pin!(idle_sleep);
     let mut state = State::New;
@@ -137,7 +184,13 @@ where
                 let permit = a.inflight.clone().acquire_owned().await.ok();
                 (permit, relay.reserve_owned().await.ok())
             } => Event::Slot(sent.0, sent.1),
-            frame = ws.next(), if reading => Event::Frame(frame),
+            io = async {
+                if pong_owed {
+                    Event::PongFlushed(ws.flush().await)
+                } else {
+                    Event::Frame(ws.next().await)
+                }
+            }, if reading || pong_owed => io,
             out = async { match &attached { Some(a) => a.outbox.next().await, None => std::future::pending().await } } => Event::Out(out),
             _ = &mut idle_sleep => Event::IdleTimer,
         };
@@ -183,8 +236,9 @@ where
                 }
                 _ => break CloseWith::new(1011, "relay unavailable"),
             },
+            Event::PongFlushed(Ok(())) => pong_owed = false,
+            Event::PongFlushed(Err(_)) => break CloseWith::new(1006, ""),
             Event::Frame(frame) => {
-                last_activity = Instant::now();
                 let frame = match frame {
                     None => break CloseWith::new(1006, ""),
                     Some(Err(e)) => match read_error(&shared, e) {
@@ -193,6 +247,19 @@ where
                     },
                     Some(Ok(frame)) => frame,
                 };
+                if let Message::Ping(_) | Message::Pong(_) = frame {
+                    // Not activity: the idle timer keeps running.
+                    if !pings.take(Instant::now()) {
+                        shared.metrics.error(ErrorKind::PingFlood);
+                        break CloseWith::new(
+                            close_code::POLICY_VIOLATION,
+                            "ping flood: too many pings",
+                        );
+                    }
+                    pong_owed = matches!(frame, Message::Ping(_));
+                    continue;
+                }
+                last_activity = Instant::now();
                 match on_frame(
                     &shared,
                     frame,

@@ -4,7 +4,7 @@
 mod common;
 
 use common::*;
-use futures_util::SinkExt;
+use futures_util::{SinkExt, StreamExt};
 use ic_ws_gateway::CallError;
 use ic_ws_protocol::types::*;
 use ic_ws_protocol::{ClientFrame, GatewayFrame};
@@ -309,29 +309,93 @@ async fn malformed_frames_close_only_their_sender() {
 }
 
 #[tokio::test]
-async fn pings_are_answered_and_idle_clients_time_out() {
+async fn pings_are_answered_but_do_not_keep_an_idle_session_open() {
     let (gw, _fake) = start(&["--idle-timeout-ms", "400"]).await;
     let mut c = Client::open(gw.local_addr()).await;
-    // Pings keep the connection alive past the idle timeout, and are answered.
-    let started = std::time::Instant::now();
-    for _ in 0..6 {
-        c.ws.send(Message::Ping(b"p".to_vec().into()))
-            .await
-            .unwrap();
-        match next_message(&mut c.ws).await {
-            Message::Pong(p) => assert_eq!(p.as_ref(), b"p"),
-            other => panic!("expected Pong, got {other:?}"),
-        }
-        tokio::time::sleep(Duration::from_millis(150)).await;
+    c.ws.send(Message::Ping(b"p".to_vec().into()))
+        .await
+        .unwrap();
+    match next_message(&mut c.ws).await {
+        Message::Pong(p) => assert_eq!(p.as_ref(), b"p"),
+        other => panic!("expected Pong, got {other:?}"),
     }
-    let (code, _) = closed(&mut c.ws).await;
+    // A ping every 100 ms (within the ping burst) is not activity: the idle timeout closes it.
+    let mut pings = 0;
+    let code = loop {
+        if c.ws
+            .send(Message::Ping(b"p".to_vec().into()))
+            .await
+            .is_err()
+        {
+            break closed(&mut c.ws).await.0;
+        }
+        pings += 1;
+        assert!(pings < 15, "still open after {pings} pings");
+        match tokio::time::timeout(Duration::from_millis(100), c.ws.next()).await {
+            Err(_) => {}
+            Ok(Some(Ok(Message::Pong(_)))) => tokio::time::sleep(Duration::from_millis(100)).await,
+            Ok(Some(Ok(Message::Close(Some(f))))) => break u16::from(f.code),
+            other => panic!("unexpected {other:?}"),
+        }
+    };
     assert_eq!(code, 4002);
-    // Alive for the ~900 ms of pings, plus the timeout after the last one.
-    assert!(
-        started.elapsed() >= Duration::from_millis(1000),
-        "{:?}",
-        started.elapsed()
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_ping_flood_is_closed_with_1008() {
+    let (gw, _fake) = start(&["--ping-rate", "1", "--ping-burst", "5"]).await;
+    let mut flooder = connect_from(gw.local_addr(), None).await;
+    hello(&mut flooder).await;
+    for _ in 0..20 {
+        if flooder
+            .send(Message::Ping(vec![1u8; 125].into()))
+            .await
+            .is_err()
+        {
+            break;
+        }
+    }
+    let mut pongs = 0;
+    let code = loop {
+        match next_message(&mut flooder).await {
+            Message::Pong(_) => pongs += 1,
+            Message::Close(Some(f)) => break u16::from(f.code),
+            other => panic!("unexpected {other:?}"),
+        }
+    };
+    assert_eq!(
+        (code, pongs),
+        (1008, 5),
+        "the burst is answered, then the flood closed"
     );
+    assert_eq!(
+        gw.metrics()
+            .errors(ic_ws_gateway::metrics::ErrorKind::PingFlood),
+        1
+    );
+    // Others are not affected.
+    let mut honest = Client::open(gw.local_addr()).await;
+    honest.send(b"echo:still fine").await;
+    assert_eq!(honest.payloads(1).await, vec![b"still fine".to_vec()]);
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_per_ip_cap_refuses_with_4006_and_spares_other_addresses() {
+    let (gw, _fake) = start(&["--max-connections-per-ip", "2"]).await;
+    let addr = gw.local_addr();
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut ws = connect_from(addr, Some("127.0.0.1")).await;
+        hello(&mut ws).await;
+        held.push(ws);
+    }
+    let mut refused = connect_from(addr, Some("127.0.0.1")).await;
+    assert_eq!(closed(&mut refused).await.0, 4006);
+    let mut other = connect_from(addr, Some("127.0.0.2")).await;
+    hello(&mut other).await;
+    assert_eq!(gw.metrics().rejected_source_limit.get(), 1);
     gw.shutdown().await;
 }
 

@@ -200,6 +200,14 @@ impl Session {
         Ok(seq)
     }
 
+    /// Sends an app message with this payload as is (not candid-encoded).
+    pub async fn send_payload(&mut self, payload: Vec<u8>) -> Result<u64, LoadError> {
+        let m = self.sign(MessageKind::App(payload));
+        let seq = m.seq;
+        send(&mut self.ws, &ClientFrame::Message(m)).await?;
+        Ok(seq)
+    }
+
     /// Sends a keep-alive carrying the acknowledgement.
     pub async fn ack(&mut self) -> Result<(), LoadError> {
         let m = self.sign(MessageKind::KeepAlive);
@@ -340,6 +348,50 @@ impl Session {
                 }
             }
         }
+    }
+}
+
+/// Signs messages of a session whose socket was taken apart (the attack modes write and read
+/// it from separate tasks).
+pub struct Signer {
+    key: SessionKey,
+    canister: Principal,
+    client_id: ClientId,
+    seq: u64,
+}
+
+impl Session {
+    /// The socket and a signer for the session's next messages.
+    pub fn into_parts(self) -> (Ws, Signer) {
+        (
+            self.ws,
+            Signer {
+                key: self.key,
+                canister: self.canister,
+                client_id: self.client_id,
+                seq: self.seq,
+            },
+        )
+    }
+}
+
+impl Signer {
+    /// The encoded frame of the session's next app message carrying `payload`, validly signed
+    /// or with a junk signature.
+    pub fn app_frame(&mut self, payload: Vec<u8>, valid: bool) -> Result<Vec<u8>, LoadError> {
+        let mut m = ClientMessage {
+            client_id: self.client_id,
+            seq: self.seq,
+            ack: 0,
+            kind: MessageKind::App(payload),
+            signature: vec![0x5a; 64],
+        };
+        self.seq += 1;
+        if valid {
+            self.key.sign_message(&self.canister, &mut m);
+        }
+        ic_ws_protocol::encode(&ClientFrame::Message(m))
+            .map_err(|e| LoadError::Protocol(e.to_string()))
     }
 }
 

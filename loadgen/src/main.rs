@@ -7,11 +7,15 @@
 //! - `fanout`: N sessions per canister subscribed to a topic, publishers calling
 //!   `app_publish` on every canister: messages/s delivered, gateway CPU, latency;
 //! - `inbound`: N sessions each sending one `Echo` per period: messages/s relayed, update
-//!   calls per 1 000 client messages, echo round trip.
+//!   calls per 1 000 client messages, echo round trip;
+//! - `attack`: one hostile workload (ping flood, relay floods, many sessions per address,
+//!   descriptor hold, slow-loris) beside an honest client: gateway RSS peak, the honest round
+//!   trip and connect time before, during and after, attackers closed (see [`attack`]).
 //!
 //! Every scenario prints human-readable lines and one final JSON line.
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
+mod attack;
 mod client;
 mod stats;
 
@@ -67,6 +71,9 @@ enum Scenario {
     /// Open sessions and count what arrives (for ic-ws-bench-gateway, whose fake canister
     /// produces the messages itself).
     Receive(ReceiveArgs),
+    /// One attack beside an honest client: gateway RSS, honest round trips and connects
+    /// before, during and after.
+    Attack(attack::AttackArgs),
 }
 
 #[derive(Args, Debug, Clone)]
@@ -190,6 +197,7 @@ fn main() -> std::process::ExitCode {
             Scenario::Fanout(a) => fanout(a).await,
             Scenario::Inbound(a) => inbound(a).await,
             Scenario::Receive(a) => receive(a).await,
+            Scenario::Attack(a) => attack::run(a).await,
         }
     });
     match result {
