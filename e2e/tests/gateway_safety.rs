@@ -147,8 +147,13 @@ async fn worker_panic_is_survived(hook: &str, worker: &str) {
         let names = names.clone();
         listeners.push(tokio::spawn(async move {
             let mut seen = Observed::default();
+            // Every member is closed for the restart and resumes: read until its resume is
+            // confirmed too (the certified `Opened` may come after the re-delivered messages).
             let r = read_until(&mut client, &mut seen, |o| {
                 names.iter().all(|x| o.texts_from(x).len() >= N)
+                    && o.events
+                        .iter()
+                        .any(|e| matches!(e, Event::Opened { resumed: true, .. }))
             })
             .await;
             if let Err(e) = r {

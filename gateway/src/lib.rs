@@ -21,9 +21,11 @@
 //! - [`fake`]: an in-memory canister for tests and gateway-only benchmarks;
 //!   [`testhook`]: failures on demand for tests (hidden flag).
 //!
-//! Layers (no module imports one above it): `hub` (passive state) at the bottom; the workers
-//! `relay`, `poller`, `session` (with `outbox`, `witness`, `codec`) and `listener`, `admin`
-//! use it; `supervisor` runs them; `Gateway` (this file) starts the supervisor.
+//! Layers: `hub` (passive state) and `health` at the bottom; the workers `relay`, `poller`,
+//! `session` (with `outbox`, `witness`, `codec`) and `listener`, `admin` use them;
+//! `supervisor` spawns and restarts the workers; `Gateway` (this file) starts the supervisor.
+//! No module imports one above it, except that the hub names the relay queue's item type
+//! (`relay::RelayItem`); it runs no worker.
 //!
 //! Peer data never makes the gateway panic: text is cut with `ic_ws_protocol::text`, and the
 //! lints below forbid string slicing, indexing and unchecked arithmetic outside tests.

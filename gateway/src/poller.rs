@@ -8,9 +8,9 @@
 //! again at once. The poller stops some time after its canister's last client left.
 
 use crate::canister::CanisterApi;
+use crate::health::WorkerExit;
 use crate::hub::{Hub, Page, Shared};
 use crate::metrics::ErrorKind;
-use crate::supervisor::WorkerExit;
 use crate::witness::PageWitness;
 use ic_ws_protocol::types::{ClientId, OutboundMessage, PollReply, PollRequest};
 use std::collections::HashMap;

@@ -15,10 +15,10 @@
 //!   continue), `OpenResult` (then 4003 when the open failed).
 
 use crate::canister::{CallError, CanisterApi};
+use crate::health::WorkerExit;
 use crate::hub::{ClientEntry, Hub, Shared};
 use crate::metrics::ErrorKind;
 use crate::outbox::{CloseWith, Outbox};
-use crate::supervisor::WorkerExit;
 use ic_ws_protocol::frames::close_code;
 use ic_ws_protocol::text::bounded;
 use ic_ws_protocol::types::{

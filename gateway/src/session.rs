@@ -116,7 +116,7 @@ where
         return;
     };
     shared.metrics.session_panics.inc();
-    let cause = crate::supervisor::panic_message(panic.as_ref());
+    let cause = crate::health::panic_message(panic.as_ref());
     let attached = attachment.lock().unwrap_or_else(|p| p.into_inner()).take();
     tracing::error!(%peer, client_id = ?attached.as_ref().map(|a| a.1), "session panicked (connection dropped, other clients unaffected): {cause}");
     // The socket is gone with the session; detach it so that the client's resume on a new

@@ -20,6 +20,7 @@
 //!   restarted once its stop signal is set.
 
 use crate::canister::CanisterApi;
+use crate::health::{panic_message, WorkerExit};
 use crate::hub::{Hub, Need, Shared};
 use crate::outbox::CloseWith;
 use futures_util::FutureExt;
@@ -35,15 +36,6 @@ use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 
-/// How a worker ended, when it did not panic.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum WorkerExit {
-    /// Its work is done (stop signal, drained queue, poller idle): not restarted.
-    Done,
-    /// It cannot go on: restarted like a panic.
-    Failed(String),
-}
-
 /// First restart delay of a failed worker.
 pub const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 /// Longest restart delay.
@@ -52,8 +44,6 @@ pub const MAX_BACKOFF: Duration = Duration::from_secs(5);
 const STABLE_AFTER: Duration = Duration::from_secs(30);
 /// How often a held restart (test hook `hold-restarts`) looks again.
 const HOLD_POLL: Duration = Duration::from_millis(20);
-/// Most bytes of a panic message kept in the log line.
-const MAX_CAUSE_BYTES: usize = 2048;
 
 /// The delay before the restart that follows `failures` consecutive failures.
 pub fn backoff(failures: u32) -> Duration {
@@ -354,8 +344,9 @@ impl<C: CanisterApi> State<C> {
         }
         let delay = backoff(failures.count);
         failures.count = failures.count.saturating_add(1);
-        self.shared.health.set_down(&name);
+        // Metrics first: whoever sees `/healthz` change sees the metrics that go with it.
         self.shared.metrics.workers_down.inc();
+        self.shared.health.set_down(&name);
         tracing::info!(worker = %name, "restarting in {delay:?}");
         self.pending.push(Pending {
             at: Instant::now()
@@ -379,13 +370,14 @@ impl<C: CanisterApi> State<C> {
         self.pending = later;
         for Pending { job, .. } in due {
             let name = job.name();
-            self.shared.health.set_up(&name);
             self.shared.metrics.workers_down.dec();
             if !self.wanted(&job) {
+                self.shared.health.set_up(&name);
                 self.publish(&job, false);
                 continue;
             }
             self.shared.metrics.worker_restarted(job.kind());
+            self.shared.health.set_up(&name);
             tracing::info!(worker = %name, "worker restarted");
             self.spawn(job);
         }
@@ -410,18 +402,6 @@ fn reuse(listener: &std::net::TcpListener) -> std::io::Result<tokio::net::TcpLis
     tokio::net::TcpListener::from_std(handle)
 }
 
-/// The text of a panic payload (bounded: it may quote peer data).
-pub fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
-    let text = if let Some(s) = panic.downcast_ref::<&str>() {
-        s
-    } else if let Some(s) = panic.downcast_ref::<String>() {
-        s.as_str()
-    } else {
-        "(a panic without a message)"
-    };
-    ic_ws_protocol::text::bounded(text, MAX_CAUSE_BYTES)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -437,7 +417,7 @@ mod tests {
     fn panic_messages_are_bounded() {
         let long: Box<dyn std::any::Any + Send> = Box::new("日".repeat(5000));
         let text = panic_message(long.as_ref());
-        assert!(text.len() <= MAX_CAUSE_BYTES && text.ends_with('…'));
+        assert!(text.len() <= 2048 && text.ends_with('…'));
         let s: Box<dyn std::any::Any + Send> = Box::new("boom");
         assert_eq!(panic_message(s.as_ref()), "boom");
         let other: Box<dyn std::any::Any + Send> = Box::new(7u8);
