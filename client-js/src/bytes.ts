@@ -72,3 +72,42 @@ export function fromHex(hex: string): Uint8Array {
 export function utf8(text: string): Uint8Array {
   return new TextEncoder().encode(text);
 }
+
+/** Most UTF-8 bytes of a WebSocket close reason (browsers throw on a longer one). */
+export const MAX_CLOSE_REASON_BYTES = 123;
+
+/** UTF-8 length of one code point (a lone surrogate is encoded as U+FFFD: 3 bytes). */
+function utf8Len(codePoint: number): number {
+  return codePoint < 0x80 ? 1 : codePoint < 0x800 ? 2 : codePoint < 0x10000 ? 3 : 4;
+}
+
+/**
+ * The longest prefix of `s` whose UTF-8 encoding is at most `maxBytes` bytes, cut between
+ * code points (never inside a surrogate pair). Work is bounded by `maxBytes`, not `s.length`.
+ */
+export function truncateUtf8(s: string, maxBytes: number): string {
+  // Every UTF-16 unit is at most 3 UTF-8 bytes.
+  if (s.length * 3 <= maxBytes) return s;
+  let bytes = 0;
+  let end = 0;
+  for (const ch of s) {
+    const n = utf8Len(ch.codePointAt(0) ?? 0);
+    if (bytes + n > maxBytes) return s.slice(0, end);
+    bytes += n;
+    end += ch.length;
+  }
+  return s;
+}
+
+/**
+ * `s` within `maxBytes` UTF-8 bytes, cut between code points, with "…" appended when it was
+ * cut and the ellipsis fits. For close reasons and error texts that quote peer data.
+ */
+export function boundedText(s: string, maxBytes: number): string {
+  const whole = truncateUtf8(s, maxBytes);
+  if (whole.length === s.length) return s;
+  return maxBytes >= 3 ? `${truncateUtf8(s, maxBytes - 3)}…` : whole;
+}
+
+/** Most UTF-8 bytes of peer-supplied text (decoder messages, relayed errors) kept in an error. */
+export const MAX_PEER_TEXT_BYTES = 512;

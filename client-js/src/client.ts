@@ -14,7 +14,7 @@
  */
 import { IDL } from "@icp-sdk/core/candid";
 import { Principal } from "@icp-sdk/core/principal";
-import { bytesEqual } from "./bytes.js";
+import { boundedText, bytesEqual, MAX_CLOSE_REASON_BYTES, MAX_PEER_TEXT_BYTES } from "./bytes.js";
 import { SessionKey } from "./signing.js";
 import { loadSession, MemoryStorage, saveSession } from "./storage.js";
 import type { KeyValueStorage, StoredSession } from "./storage.js";
@@ -381,7 +381,7 @@ export class IcWsClient<In = Uint8Array, Out = Uint8Array> {
     try {
       frame = decodeGatewayFrame(bytes);
     } catch (e) {
-      this.fail(conn, new IcWsError("ProtocolViolation", `gateway frame does not decode: ${String(e)}`, false), CLOSE_PROTOCOL_VIOLATION);
+      this.fail(conn, new IcWsError("ProtocolViolation", `gateway frame of ${bytes.length} bytes does not decode: ${boundedText(String(e), MAX_PEER_TEXT_BYTES)}`, false), CLOSE_PROTOCOL_VIOLATION);
       return;
     }
     if ("Hello" in frame) return this.onHello(conn, frame.Hello.gateway, frame.Hello.protocol_version);
@@ -688,7 +688,7 @@ export class IcWsClient<In = Uint8Array, Out = Uint8Array> {
 
   private closeSocket(conn: Connection, code: number, reason: string): void {
     try {
-      conn.ws.close(code, reason.slice(0, 120));
+      conn.ws.close(code, boundedText(reason, MAX_CLOSE_REASON_BYTES));
     } catch {
       // Already closed.
     }

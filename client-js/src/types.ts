@@ -7,6 +7,7 @@
  */
 import { IDL } from "@icp-sdk/core/candid";
 import type { Principal } from "@icp-sdk/core/principal";
+import { boundedText, MAX_PEER_TEXT_BYTES } from "./bytes.js";
 
 export const ResumeFromIdl = IDL.Record({ client_id: IDL.Nat64, next_outbound_seq: IDL.Nat64 });
 export const OpenRequestIdl = IDL.Record({
@@ -149,12 +150,15 @@ export function wsErrorName(e: WsError): string {
   return Object.keys(e)[0] ?? "Unknown";
 }
 
-/** A readable description of a protocol error. */
+/**
+ * A readable description of a protocol error. Its text is relayed (uncertified) by the
+ * gateway, so it is bounded (`MAX_PEER_TEXT_BYTES`).
+ */
 export function describeWsError(e: WsError): string {
   const [name, value] = Object.entries(e)[0] ?? ["Unknown", null];
   if (value === null || value === undefined) return name;
   if (typeof value === "object") {
-    return `${name} ${Object.entries(value).map(([k, x]) => `${k}=${String(x)}`).join(" ")}`;
+    return `${name} ${Object.entries(value).map(([k, x]) => `${k}=${boundedText(String(x), MAX_PEER_TEXT_BYTES)}`).join(" ")}`;
   }
-  return `${name}: ${String(value)}`;
+  return `${name}: ${boundedText(String(value), MAX_PEER_TEXT_BYTES)}`;
 }

@@ -13,8 +13,10 @@ use tokio::time::{sleep_until, timeout, Instant};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
+use crate::error::{bounded_ws_error, undecodable_frame, MAX_PEER_TEXT_BYTES};
 use crate::session::Session;
 use crate::{ClientConfig, ClientError, Event, OnResumeUnavailable, Shared};
+use ic_ws_protocol::text::bounded;
 
 /// Frames held while the open result is outstanding (see `connection`).
 const MAX_EARLY_FRAMES: usize = 64;
@@ -51,7 +53,12 @@ impl Driver {
         let mut attempts: u32 = 0;
         let mut ever_opened = false;
         loop {
-            let url = self.config.gateway_urls[self.url_index].clone();
+            // `ClientConfig::validate` refuses an empty list.
+            let Some(url) = self.config.gateway_urls.get(self.url_index).cloned() else {
+                let error = ClientError::Config("no gateway URL".into());
+                let _ = self.events.send(Event::Failed(error)).await;
+                return;
+            };
             let mut opened = false;
             let end = self.connection(&url, &mut opened).await;
             self.session.connection_lost();
@@ -90,11 +97,11 @@ impl Driver {
                 }
                 continue; // a new session, at once, on the same gateway
             }
-            attempts += 1;
+            attempts = attempts.saturating_add(1);
             if let Some(max) = self.config.backoff.max_attempts {
                 if attempts > max {
                     let gave_up = ClientError::GaveUp {
-                        attempts: attempts - 1,
+                        attempts: attempts.saturating_sub(1),
                         last: Box::new(error),
                     };
                     let _ = self.events.send(Event::Failed(gave_up)).await;
@@ -110,7 +117,11 @@ impl Driver {
             if self.events.send(event).await.is_err() {
                 return;
             }
-            self.url_index = (self.url_index + 1) % self.config.gateway_urls.len();
+            self.url_index = self
+                .url_index
+                .saturating_add(1)
+                .checked_rem(self.config.gateway_urls.len())
+                .unwrap_or(0);
             if !self.wait(delay).await {
                 return;
             }
@@ -120,7 +131,7 @@ impl Driver {
     /// Sleeps `delay` while still accepting own messages (queued until the next open).
     /// Returns false when the handle is gone.
     async fn wait(&mut self, delay: Duration) -> bool {
-        let deadline = Instant::now() + delay;
+        let deadline = crate::later(Instant::now(), delay);
         loop {
             tokio::select! {
                 _ = sleep_until(deadline) => return true,
@@ -144,7 +155,7 @@ impl Driver {
         )
         .await
         .map_err(|_| ClientError::Timeout("the WebSocket handshake"))?
-        .map_err(|e| ClientError::Connection(e.to_string()))?;
+        .map_err(|e| ClientError::Connection(bounded(&e.to_string(), MAX_PEER_TEXT_BYTES)))?;
         Ok(ws)
     }
 
@@ -154,7 +165,7 @@ impl Driver {
             Err(e) => return End::Failed(e),
         };
         let (mut sink, mut stream) = ws.split();
-        let open_deadline = Instant::now() + self.config.open_timeout;
+        let open_deadline = crate::later(Instant::now(), self.config.open_timeout);
         let mut awaiting_hello = true;
         let mut awaiting_open_result = false;
         let mut last_sent = Instant::now();
@@ -185,7 +196,7 @@ impl Driver {
 
         loop {
             let ready = self.session.is_ready();
-            let keepalive_at = last_sent + self.config.keepalive_interval;
+            let keepalive_at = crate::later(last_sent, self.config.keepalive_interval);
             tokio::select! {
                 incoming = stream.next() => {
                     let bytes = match incoming {
@@ -202,14 +213,14 @@ impl Driver {
                             let _ = sink.close().await;
                             return End::Failed(ClientError::Protocol("text frame".into()));
                         }
-                        Some(Err(e)) => return End::Failed(ClientError::Connection(e.to_string())),
+                        Some(Err(e)) => return End::Failed(ClientError::Connection(bounded(&e.to_string(), MAX_PEER_TEXT_BYTES))),
                         None => return End::Failed(ClientError::Connection("connection closed".into())),
                     };
                     let frame: GatewayFrame = match ic_ws_protocol::decode(&bytes) {
-                        Ok(f) => f,
+                        Ok(f) => bound_texts(f),
                         Err(e) => {
                             let _ = sink.close().await;
-                            return End::Failed(ClientError::Protocol(format!("undecodable frame: {e}")));
+                            return End::Failed(undecodable_frame(&bytes, &e));
                         }
                     };
                     queue.push_back(frame);
@@ -339,5 +350,17 @@ fn frame_name(frame: &GatewayFrame) -> &'static str {
         GatewayFrame::OpenResult(_) => "OpenResult",
         GatewayFrame::Messages { .. } => "Messages",
         GatewayFrame::MessageError { .. } => "MessageError",
+    }
+}
+
+/// The frame with the uncertified texts a gateway relays (open and message errors) bounded.
+fn bound_texts(frame: GatewayFrame) -> GatewayFrame {
+    match frame {
+        GatewayFrame::OpenResult(Err(e)) => GatewayFrame::OpenResult(Err(bounded_ws_error(e))),
+        GatewayFrame::MessageError { seq, error } => GatewayFrame::MessageError {
+            seq,
+            error: bounded_ws_error(error),
+        },
+        other => other,
     }
 }

@@ -2,8 +2,43 @@
 //! ([`VerifyError`] or [`BindingError`]), so callers (and tests) can tell a forged payload from
 //! a stale certificate from a replayed message.
 
+use ic_ws_protocol::text::{bounded, describe_bytes};
 use ic_ws_protocol::verify::VerifyError;
 use ic_ws_protocol::{ClientId, CloseReason, WsError};
+
+/// Most bytes of peer-supplied text (a decoder's message, an error relayed by the gateway)
+/// kept in an error: a hostile gateway must not make the client build huge strings.
+pub const MAX_PEER_TEXT_BYTES: usize = 512;
+/// Bytes of an undecodable frame quoted (in hex) in [`ClientError::Protocol`].
+pub const QUOTED_FRAME_BYTES: usize = 32;
+
+/// The error for a frame that does not decode: its length and first bytes, and the decoder's
+/// message, all bounded (the frame can be as large as `max_frame_bytes`).
+pub(crate) fn undecodable_frame(bytes: &[u8], error: &dyn std::fmt::Display) -> ClientError {
+    ClientError::Protocol(format!(
+        "undecodable frame ({}): {}",
+        describe_bytes(bytes, QUOTED_FRAME_BYTES),
+        bounded(&error.to_string(), MAX_PEER_TEXT_BYTES)
+    ))
+}
+
+/// `error` (relayed, uncertified, by the gateway) with its text bounded.
+pub(crate) fn bounded_ws_error(error: WsError) -> WsError {
+    let b = |s: String| {
+        if s.len() > MAX_PEER_TEXT_BYTES {
+            bounded(&s, MAX_PEER_TEXT_BYTES)
+        } else {
+            s
+        }
+    };
+    match error {
+        WsError::Rejected(s) => WsError::Rejected(b(s)),
+        WsError::DecodeError(s) => WsError::DecodeError(b(s)),
+        WsError::LimitReached(s) => WsError::LimitReached(b(s)),
+        WsError::InvalidArgument(s) => WsError::InvalidArgument(b(s)),
+        other => other,
+    }
+}
 
 /// A failed check on the certified `Opened` message that binds a session to this client's key
 /// for one particular open (docs/protocol.md, check 6).
@@ -166,5 +201,42 @@ impl ClientError {
             | ClientError::Stopped => true,
             _ => false,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn error_texts_from_a_gateway_are_bounded(
+            bytes in proptest::collection::vec(any::<u8>(), 0..4096),
+            text in "\\PC{0,2000}",
+        ) {
+            let shown = undecodable_frame(&bytes, &text).to_string();
+            prop_assert!(shown.len() <= 128 + 2 * QUOTED_FRAME_BYTES + MAX_PEER_TEXT_BYTES, "{}", shown.len());
+            let length = format!("{} bytes", bytes.len());
+            prop_assert!(shown.contains(&length), "{}", shown);
+            for e in [
+                WsError::Rejected(text.clone()),
+                WsError::DecodeError(text.clone()),
+                WsError::LimitReached(text.clone()),
+                WsError::InvalidArgument(text.clone()),
+            ] {
+                let shown = ClientError::OpenRefused(bounded_ws_error(e)).to_string();
+                prop_assert!(shown.len() <= 64 + MAX_PEER_TEXT_BYTES, "{}", shown.len());
+            }
+        }
+    }
+
+    #[test]
+    fn a_huge_undecodable_frame_gives_a_short_error() {
+        let frame = vec![0xab_u8; 15 * 1024 * 1024];
+        let error = ic_ws_protocol::decode::<ic_ws_protocol::GatewayFrame>(&frame).unwrap_err();
+        let text = undecodable_frame(&frame, &error).to_string();
+        assert!(text.len() < 700, "{text}");
+        assert!(text.contains("15728640 bytes: abab"), "{text}");
     }
 }

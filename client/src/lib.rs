@@ -30,6 +30,21 @@
 //! receives), `session` (the I/O-free state machine), `driver` (the connection task).
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 #![warn(missing_docs)]
+// Gateway input never makes the client panic: text is cut with `ic_ws_protocol::text`, and no
+// string slicing, indexing or unchecked arithmetic outside tests.
+#![warn(
+    clippy::string_slice,
+    clippy::indexing_slicing,
+    clippy::arithmetic_side_effects
+)]
+#![cfg_attr(
+    test,
+    allow(
+        clippy::indexing_slicing,
+        clippy::arithmetic_side_effects,
+        reason = "tests index their own fixtures"
+    )
+)]
 
 pub mod config;
 mod driver;
@@ -52,6 +67,15 @@ use driver::{Command, Driver};
 pub use error::{BindingError, ClientError};
 pub use event::{Event, Message, RawMessage};
 pub use ic_ws_protocol::verify::VerifyError;
+
+/// `at + by`, or a year after `at` when that is beyond the clock's range (a configured
+/// duration too long to matter).
+pub(crate) fn later(at: tokio::time::Instant, by: Duration) -> tokio::time::Instant {
+    const YEAR: Duration = Duration::from_secs(365 * 86_400);
+    at.checked_add(by)
+        .or_else(|| at.checked_add(YEAR))
+        .unwrap_or(at)
+}
 
 /// State shared between the handle and the connection task (read-only for the handle).
 #[derive(Debug)]
@@ -264,7 +288,7 @@ impl Client {
             reason: reason.into(),
         };
         self.sender.command(kind).await?;
-        let deadline = tokio::time::Instant::now() + wait;
+        let deadline = later(tokio::time::Instant::now(), wait);
         loop {
             match tokio::time::timeout_at(deadline, self.events.recv()).await {
                 Err(_) => return Err(ClientError::Timeout("the certified Closed")),

@@ -283,7 +283,7 @@ impl Session {
         }
 
         // Commit.
-        self.next_expected += verified.len() as u64;
+        self.next_expected = self.next_expected.saturating_add(verified.len() as u64);
         self.pending_open = pending;
         if let Some(k) = confirmed_upto {
             while self.unconfirmed.front().is_some_and(|m| m.seq < k) {
@@ -312,7 +312,7 @@ impl Session {
             signature: Vec::new(),
         };
         self.key.sign_message(&self.canister_id, &mut msg);
-        self.next_seq += 1;
+        self.next_seq = self.next_seq.saturating_add(1);
         self.last_ack_signed = self.next_expected;
         self.unconfirmed.push_back(msg.clone());
         if self.unconfirmed.len() > self.resend_cap {

@@ -346,16 +346,31 @@ impl GatewayProcess {
         self.spawn()
     }
 
-    /// The value of an unlabelled metric from the admin server's `/metrics` (`None` if the
-    /// server or the metric is not there).
-    pub fn metric(&self, name: &str) -> Option<f64> {
+    /// `GET path` on the admin server: the status code and the body (`None` if the server is
+    /// not there).
+    pub fn admin_get(&self, path: &str) -> Option<(u16, String)> {
         use std::io::{Read, Write};
         let mut tcp = std::net::TcpStream::connect(self.admin?).ok()?;
         tcp.set_read_timeout(Some(Duration::from_secs(30))).ok()?;
-        tcp.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
-            .ok()?;
-        let mut body = String::new();
-        tcp.read_to_string(&mut body).ok()?;
+        let request =
+            format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+        tcp.write_all(request.as_bytes()).ok()?;
+        let mut response = String::new();
+        tcp.read_to_string(&mut response).ok()?;
+        let status = response.split(' ').nth(1)?.parse().ok()?;
+        let body = response.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+        Some((status, body.to_string()))
+    }
+
+    /// `/healthz`: status code and body.
+    pub fn healthz(&self) -> Option<(u16, String)> {
+        self.admin_get("/healthz")
+    }
+
+    /// The value of a metric (with its labels, e.g. `name{worker="relay"}`) from the admin
+    /// server's `/metrics` (`None` if the server or the metric is not there).
+    pub fn metric(&self, name: &str) -> Option<f64> {
+        let (_, body) = self.admin_get("/metrics")?;
         body.lines().find_map(|line| {
             let (key, value) = line.split_once(' ')?;
             (key == name).then(|| value.trim().parse().ok()).flatten()

@@ -1,8 +1,10 @@
 //! The admin HTTP server, on its own address (`--admin-listen`, default 127.0.0.1:9090) so
 //! that metrics are not exposed to WebSocket clients and scraping never competes with the
-//! client port: `GET /metrics` (Prometheus text format) and `GET /healthz` (200 "ok" while
-//! accepting clients, 503 "shutting down" once shutdown began).
+//! client port: `GET /metrics` (Prometheus text format) and `GET /healthz`: 200 "ok" while
+//! every worker runs, 503 "degraded: <worker> down" while a failed worker waits for its
+//! restart (see [`crate::supervisor`]), 503 "shutting down" once shutdown began.
 
+use crate::health::Health;
 use crate::metrics::Metrics;
 use axum::extract::State;
 use axum::http::{header, StatusCode};
@@ -16,6 +18,7 @@ use tokio::sync::watch;
 #[derive(Clone)]
 struct AdminState {
     metrics: Arc<Metrics>,
+    health: Arc<Health>,
     closing: watch::Receiver<bool>,
 }
 
@@ -29,32 +32,45 @@ async fn get_metrics(State(s): State<AdminState>) -> impl IntoResponse {
     )
 }
 
-async fn get_healthz(State(s): State<AdminState>) -> impl IntoResponse {
+async fn get_healthz(State(s): State<AdminState>) -> (StatusCode, String) {
     if *s.closing.borrow() {
-        (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n")
+        return (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n".into());
+    }
+    let down = s.health.down();
+    if down.is_empty() {
+        (StatusCode::OK, "ok\n".into())
     } else {
-        (StatusCode::OK, "ok\n")
+        let mut body = String::from("degraded:");
+        for worker in down {
+            body.push_str(&format!(" {worker} down (restarting);"));
+        }
+        body.push('\n');
+        (StatusCode::SERVICE_UNAVAILABLE, body)
     }
 }
 
-/// Serves the admin endpoints on `listener` until `closing` is set and then `stop` is set.
+/// Serves the admin endpoints on `listener` until `stop` is set (`closing` turns `/healthz`
+/// 503 before).
 pub async fn serve(
     listener: TcpListener,
     metrics: Arc<Metrics>,
+    health: Arc<Health>,
     closing: watch::Receiver<bool>,
     mut stop: watch::Receiver<bool>,
-) {
+) -> Result<(), String> {
     let app = Router::new()
         .route("/metrics", get(get_metrics))
         .route("/healthz", get(get_healthz))
-        .with_state(AdminState { metrics, closing });
+        .with_state(AdminState {
+            metrics,
+            health,
+            closing,
+        });
     let shutdown = async move {
         let _ = stop.wait_for(|s| *s).await;
     };
-    if let Err(e) = axum::serve(listener, app)
+    axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await
-    {
-        tracing::warn!("admin server stopped: {e}");
-    }
+        .map_err(|e| format!("admin server stopped: {e}"))
 }

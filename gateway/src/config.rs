@@ -254,6 +254,11 @@ pub struct Config {
     /// Log filter (tracing EnvFilter syntax, e.g. "info,ic_ws_gateway=debug").
     #[arg(long, env = "IC_WS_GATEWAY_LOG", default_value = "info")]
     pub log: String,
+
+    /// Test hooks (hidden; tests only): files in this directory make workers fail on demand
+    /// (see `crate::testhook`).
+    #[arg(long, hide = true)]
+    pub test_hook_dir: Option<PathBuf>,
 }
 
 /// Which canisters the gateway serves.

@@ -8,6 +8,11 @@
 //! App payloads with a meaning: `b"trap"` traps the whole call, `b"reject"` is rejected by
 //! the "app" (`Rejected`, sequence consumed), `b"close"` makes the app close the session,
 //! anything starting with `b"echo:"` is sent back to the sender.
+#![allow(
+    clippy::indexing_slicing,
+    clippy::arithmetic_side_effects,
+    reason = "a test double over its own in-memory data, never peer input of a running gateway"
+)]
 
 use crate::canister::{CallError, CanisterApi};
 use candid::Principal;

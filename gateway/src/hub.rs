@@ -1,6 +1,10 @@
 //! Shared state, in one place: the gateway-wide [`Shared`] (configuration, canister API,
-//! metrics, one [`Hub`] per canister) and, per canister, the table of attached clients and the
-//! delivery of certified messages to them.
+//! metrics, health, one [`Hub`] per canister) and, per canister, the table of attached clients,
+//! the relay queue, the poll cursor and the delivery of certified messages to clients.
+//!
+//! This is the passive bottom layer: the workers (relay, poller, sessions) use it, and the
+//! [`crate::supervisor`] runs them. The hub runs no task itself: when a canister needs a
+//! relay or a poller it asks the supervisor with a [`Need`].
 //!
 //! The client table is the only state the relay (which attaches clients when their opens
 //! succeed), the poller (which delivers to them) and the sessions (which detach on disconnect)
@@ -9,6 +13,7 @@
 
 use crate::canister::CanisterApi;
 use crate::config::{CanisterPolicy, Config};
+use crate::health::Health;
 use crate::metrics::Metrics;
 use crate::outbox::{CloseWith, Outbox, Push};
 use crate::relay::RelayItem;
@@ -20,9 +25,8 @@ use ic_ws_protocol::GatewayFrame;
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch, Notify};
-use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::Bytes;
 
 /// Most messages kept for clients that are not attached (yet).
@@ -42,8 +46,11 @@ pub struct Shared<C> {
     pub metrics: Arc<Metrics>,
     /// `Hello`, encoded once.
     pub hello: Bytes,
+    /// Which workers are down (`/healthz`).
+    pub health: Arc<Health>,
     hubs: Mutex<HashMap<Principal, Arc<Hub>>>,
-    tasks: Mutex<Vec<JoinHandle<()>>>,
+    needs: mpsc::UnboundedSender<Need>,
+    needs_rx: Mutex<Option<mpsc::UnboundedReceiver<Need>>>,
     next_conn_id: AtomicU64,
     /// Set on shutdown: sessions close their clients, pollers stop.
     pub closing: watch::Sender<bool>,
@@ -70,6 +77,7 @@ impl<C: CanisterApi> Shared<C> {
         })
         .map(Bytes::from)
         .unwrap_or_default();
+        let (needs, needs_rx) = mpsc::unbounded_channel();
         Arc::new(Shared {
             config,
             policy,
@@ -77,8 +85,10 @@ impl<C: CanisterApi> Shared<C> {
             principal,
             metrics: Arc::new(Metrics::default()),
             hello,
+            health: Arc::new(Health::default()),
             hubs: Mutex::new(HashMap::new()),
-            tasks: Mutex::new(Vec::new()),
+            needs,
+            needs_rx: Mutex::new(Some(needs_rx)),
             next_conn_id: AtomicU64::new(1),
             closing: watch::channel(false).0,
             draining: watch::channel(false).0,
@@ -90,7 +100,17 @@ impl<C: CanisterApi> Shared<C> {
         self.next_conn_id.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// The hub of `canister`, created (with its relay worker) on first use.
+    /// What the hubs need run (taken once, by the supervisor).
+    pub fn take_needs(&self) -> Option<mpsc::UnboundedReceiver<Need>> {
+        lock(&self.needs_rx).take()
+    }
+
+    fn need(&self, need: Need) {
+        // Fails only once the supervisor is gone (the gateway stopped): nothing to run then.
+        let _ = self.needs.send(need);
+    }
+
+    /// The hub of `canister`, created on first use (the supervisor starts its relay).
     pub fn hub(self: &Arc<Self>, canister: Principal) -> Result<Arc<Hub>, WsError> {
         if !self.policy.allows(&canister) {
             return Err(WsError::InvalidArgument(format!(
@@ -111,14 +131,14 @@ impl<C: CanisterApi> Shared<C> {
         let hub = Arc::new(Hub {
             canister,
             relay: tx,
+            relay_rx: Mutex::new(Some(rx)),
             table: Mutex::new(Table::default()),
             poll_wake: Notify::new(),
             cursor: AtomicU64::new(0),
         });
         hubs.insert(canister, hub.clone());
         drop(hubs);
-        let task = tokio::spawn(crate::relay::run(self.clone(), hub.clone(), rx));
-        lock(&self.tasks).push(task);
+        self.need(Need::Relay(hub.clone()));
         Ok(hub)
     }
 
@@ -127,13 +147,8 @@ impl<C: CanisterApi> Shared<C> {
         lock(&self.hubs).values().cloned().collect()
     }
 
-    /// Relay worker tasks (awaited on shutdown).
-    pub fn take_tasks(&self) -> Vec<JoinHandle<()>> {
-        std::mem::take(&mut *lock(&self.tasks))
-    }
-
     /// Attaches a client whose open succeeded and hands it the messages polled before it was
-    /// attached. Starts the canister's poller if it is not running.
+    /// attached. Asks for the canister's poller if it is not running.
     pub fn attach(self: &Arc<Self>, hub: &Arc<Hub>, client_id: ClientId, entry: ClientEntry) {
         let mut table = hub.table();
         if let Some(old) = table.clients.insert(client_id, entry) {
@@ -151,13 +166,13 @@ impl<C: CanisterApi> Shared<C> {
             mine.into()
         };
         for o in orphans {
-            table.orphan_count -= o.messages.len();
+            table.orphan_count = table.orphan_count.saturating_sub(o.messages.len());
             self.deliver_locked(&mut table, &o.page, client_id, o.messages);
         }
         if !table.poller_running {
             table.poller_running = true;
             drop(table);
-            tokio::spawn(crate::poller::run(self.clone(), hub.clone()));
+            self.need(Need::Poller(hub.clone()));
         }
     }
 
@@ -171,7 +186,7 @@ impl<C: CanisterApi> Shared<C> {
         messages: Vec<OutboundMessage>,
     ) {
         let Some(entry) = table.clients.get_mut(&client_id) else {
-            table.orphan_count += messages.len();
+            table.orphan_count = table.orphan_count.saturating_add(messages.len());
             table.orphans.push_back(Orphan {
                 at: page.received,
                 page: page.clone(),
@@ -180,7 +195,9 @@ impl<C: CanisterApi> Shared<C> {
             });
             while table.orphan_count > MAX_ORPHANS {
                 match table.orphans.pop_front() {
-                    Some(o) => table.orphan_count -= o.messages.len(),
+                    Some(o) => {
+                        table.orphan_count = table.orphan_count.saturating_sub(o.messages.len());
+                    }
                     None => break,
                 }
             }
@@ -197,23 +214,24 @@ impl<C: CanisterApi> Shared<C> {
             .filter(|m| {
                 let contiguous = m.seq == next;
                 if contiguous {
-                    next += 1;
+                    next = next.saturating_add(1);
                 }
                 contiguous
             })
             .collect();
         let Some(last) = messages.last() else { return };
-        entry.next_seq = last.seq + 1;
+        entry.next_seq = last.seq.saturating_add(1);
         let closed = crate::codec::is_closed(&last.content);
         let count = messages.len() as u64;
         // The frame is built by the client's session task (see `crate::outbox`); its size for
         // the byte bound is estimated: contents, certificate, and a witness allowance.
-        let size = page.certificate.len()
-            + WITNESS_ALLOWANCE
-            + messages
-                .iter()
-                .map(|m| m.content.len() + MESSAGE_OVERHEAD)
-                .sum::<usize>();
+        let size = messages
+            .iter()
+            .map(|m| m.content.len().saturating_add(MESSAGE_OVERHEAD))
+            .fold(
+                page.certificate.len().saturating_add(WITNESS_ALLOWANCE),
+                usize::saturating_add,
+            );
         let frame_page = page.clone();
         let build = move || build_frame(&frame_page, client_id, messages);
         match entry
@@ -255,12 +273,24 @@ impl<C: CanisterApi> Shared<C> {
     }
 }
 
+/// What a hub needs run: the supervisor spawns it (and restarts it when it fails).
+#[derive(Clone)]
+pub enum Need {
+    /// The canister's relay (once, when its hub is created).
+    Relay(Arc<Hub>),
+    /// The canister's poller (when a client attaches and no poller runs).
+    Poller(Arc<Hub>),
+}
+
 /// One canister: its relay queue, its attached clients, its poller's wake-up.
 pub struct Hub {
     /// The canister.
     pub canister: Principal,
     /// Items for the relay worker.
     pub relay: mpsc::Sender<RelayItem>,
+    /// The relay queue's receiving end while no relay worker holds it (it outlives a failed
+    /// worker: what is still queued goes to the restarted one).
+    relay_rx: Mutex<Option<mpsc::Receiver<RelayItem>>>,
     table: Mutex<Table>,
     /// Wakes the poller early (a message was relayed: replies are likely).
     pub poll_wake: Notify,
@@ -281,6 +311,75 @@ impl Hub {
     /// The client table, locked.
     pub fn table(&self) -> MutexGuard<'_, Table> {
         lock(&self.table)
+    }
+
+    /// The relay queue's receiver, for the relay worker; `None` while another worker holds
+    /// it. It returns to the hub when the worker ends, also by a panic.
+    pub fn relay_receiver(self: &Arc<Self>) -> Option<RelayReceiver> {
+        lock(&self.relay_rx).take().map(|rx| RelayReceiver {
+            hub: self.clone(),
+            rx,
+        })
+    }
+
+    /// Stops the poller if the canister has had no client for `idle_stop` (`last_client` is
+    /// updated while it has clients). Decided under the table lock, so an attach either sees
+    /// the poller running or asks for a new one.
+    pub fn poller_may_stop(&self, last_client: &mut Instant, idle_stop: Duration) -> bool {
+        let mut table = self.table();
+        if !table.clients.is_empty() {
+            *last_client = Instant::now();
+            return false;
+        }
+        if last_client.elapsed() < idle_stop {
+            return false;
+        }
+        table.poller_running = false;
+        true
+    }
+
+    /// The poller stopped for another reason (the gateway is closing).
+    pub fn poller_stopped(&self) {
+        self.table().poller_running = false;
+    }
+
+    /// Closes every attached client with `close` (dropping what is queued for them); returns
+    /// how many. Used when a worker of this canister failed: any of its clients may have had
+    /// messages in the failed worker's hands, and resuming re-sends whatever the canister did
+    /// not accept.
+    pub fn close_all(&self, close: &CloseWith) -> usize {
+        let table = self.table();
+        for entry in table.clients.values() {
+            entry.outbox.abort(close.clone());
+        }
+        table.clients.len()
+    }
+}
+
+/// The relay queue's receiver, held by the relay worker; back to its hub on drop.
+pub struct RelayReceiver {
+    hub: Arc<Hub>,
+    rx: mpsc::Receiver<RelayItem>,
+}
+
+impl std::ops::Deref for RelayReceiver {
+    type Target = mpsc::Receiver<RelayItem>;
+    fn deref(&self) -> &Self::Target {
+        &self.rx
+    }
+}
+
+impl std::ops::DerefMut for RelayReceiver {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.rx
+    }
+}
+
+impl Drop for RelayReceiver {
+    fn drop(&mut self) {
+        let (_, closed) = mpsc::channel(1);
+        let rx = std::mem::replace(&mut self.rx, closed);
+        *lock(&self.hub.relay_rx) = Some(rx);
     }
 }
 
@@ -311,8 +410,8 @@ pub struct Table {
     pub clients: HashMap<ClientId, ClientEntry>,
     orphans: VecDeque<Orphan>,
     orphan_count: usize,
-    /// Whether the poller task runs.
-    pub poller_running: bool,
+    /// Whether the canister's poller runs (set on attach, cleared when it stops).
+    poller_running: bool,
 }
 
 impl Table {
@@ -322,7 +421,7 @@ impl Table {
             if now.duration_since(o.at) <= ttl {
                 break;
             }
-            self.orphan_count -= o.messages.len();
+            self.orphan_count = self.orphan_count.saturating_sub(o.messages.len());
             self.orphans.pop_front();
         }
     }

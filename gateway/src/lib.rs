@@ -14,11 +14,36 @@
 //! - [`session`]: one client connection; [`outbox`]: its bounded send buffer;
 //! - [`relay`]: client -> canister batching; [`poller`]: canister -> client delivery;
 //!   [`witness`]: per-client pruned trees; [`hub`]: the shared state they meet in;
+//! - [`supervisor`]: spawns, restarts and stops every long-lived worker; [`health`]: which
+//!   are down;
 //! - [`metrics`] and [`admin`]: Prometheus `/metrics` and `/healthz`;
 //! - [`shutdown`]: SIGTERM/Ctrl-C handling;
-//! - [`fake`]: an in-memory canister for tests and gateway-only benchmarks.
+//! - [`fake`]: an in-memory canister for tests and gateway-only benchmarks;
+//!   [`testhook`]: failures on demand for tests (hidden flag).
+//!
+//! Layers: `hub` (passive state) and `health` at the bottom; the workers `relay`, `poller`,
+//! `session` (with `outbox`, `witness`, `codec`) and `listener`, `admin` use them;
+//! `supervisor` spawns and restarts the workers; `Gateway` (this file) starts the supervisor.
+//! No module imports one above it, except that the hub names the relay queue's item type
+//! (`relay::RelayItem`); it runs no worker.
+//!
+//! Peer data never makes the gateway panic: text is cut with `ic_ws_protocol::text`, and the
+//! lints below forbid string slicing, indexing and unchecked arithmetic outside tests.
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 #![warn(missing_docs)]
+#![warn(
+    clippy::string_slice,
+    clippy::indexing_slicing,
+    clippy::arithmetic_side_effects
+)]
+#![cfg_attr(
+    test,
+    allow(
+        clippy::indexing_slicing,
+        clippy::arithmetic_side_effects,
+        reason = "tests index their own fixtures"
+    )
+)]
 
 pub mod admin;
 pub mod canister;
@@ -26,6 +51,7 @@ pub mod codec;
 pub mod config;
 pub mod error;
 pub mod fake;
+pub mod health;
 pub mod hub;
 pub mod identity;
 pub mod listener;
@@ -36,6 +62,8 @@ pub mod ratelimit;
 pub mod relay;
 pub mod session;
 pub mod shutdown;
+pub mod supervisor;
+pub mod testhook;
 pub mod witness;
 
 pub use canister::{AgentCanister, CallError, CanisterApi};
@@ -47,8 +75,8 @@ use hub::Shared;
 use metrics::Metrics;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use supervisor::{Listeners, Supervisor};
 use tokio::sync::watch;
-use tokio::task::JoinHandle;
 
 /// A running gateway.
 pub struct Gateway<C: CanisterApi> {
@@ -57,8 +85,7 @@ pub struct Gateway<C: CanisterApi> {
     admin_addr: Option<SocketAddr>,
     stop_accepting: watch::Sender<bool>,
     stop_admin: watch::Sender<bool>,
-    accept_task: JoinHandle<()>,
-    admin_task: Option<JoinHandle<()>>,
+    supervisor: Supervisor,
 }
 
 impl<C: CanisterApi> Gateway<C> {
@@ -100,20 +127,12 @@ impl<C: CanisterApi> Gateway<C> {
         let shared = Shared::new(config, policy, Arc::new(api), principal);
         let (stop_accepting, stop_rx) = watch::channel(false);
         let (stop_admin, admin_stop_rx) = watch::channel(false);
-        let accept_task = tokio::spawn(listener::accept_loop(
-            shared.clone(),
-            listener,
-            tls.clone(),
-            stop_rx,
-        ));
-        let admin_task = admin_listener.map(|l| {
-            tokio::spawn(admin::serve(
-                l,
-                shared.metrics.clone(),
-                shared.closing.subscribe(),
-                admin_stop_rx,
-            ))
-        });
+        let listeners = Listeners {
+            client: listener.into_std()?,
+            admin: admin_listener.map(|l| l.into_std()).transpose()?,
+            tls: tls.clone(),
+        };
+        let supervisor = Supervisor::start(shared.clone(), listeners, stop_rx, admin_stop_rx);
         tracing::info!(
             listen = %local_addr,
             admin = ?admin_addr,
@@ -127,8 +146,7 @@ impl<C: CanisterApi> Gateway<C> {
             admin_addr,
             stop_accepting,
             stop_admin,
-            accept_task,
-            admin_task,
+            supervisor,
         })
     }
 
@@ -152,17 +170,24 @@ impl<C: CanisterApi> Gateway<C> {
         &self.shared.metrics
     }
 
+    /// The workers that are down (failed, waiting for their restart), by name.
+    pub fn workers_down(&self) -> Vec<String> {
+        self.shared.health.down()
+    }
+
     /// Orderly shutdown (see [`shutdown`]): stop accepting, close clients with the shutdown
     /// close code, flush pending batches, stop.
-    pub async fn shutdown(self) {
-        let deadline = tokio::time::Instant::now() + self.shared.config.shutdown_timeout();
+    pub async fn shutdown(mut self) {
+        let start = tokio::time::Instant::now();
+        let deadline = start
+            .checked_add(self.shared.config.shutdown_timeout())
+            .unwrap_or(start);
         self.stop_accepting.send_replace(true);
-        let _ = self.accept_task.await;
-        shutdown::drain(&self.shared, deadline).await;
+        self.supervisor.wait_for(|r| r.accept == 0).await;
+        shutdown::drain(&self.shared, &mut self.supervisor, deadline).await;
         self.stop_admin.send_replace(true);
-        if let Some(task) = self.admin_task {
-            let _ = tokio::time::timeout_at(deadline, task).await;
-        }
+        let _ = tokio::time::timeout_at(deadline, self.supervisor.wait_for(|r| r.admin == 0)).await;
+        self.supervisor.stop().await;
         tracing::info!("ic-ws-gateway stopped");
     }
 }

@@ -76,8 +76,13 @@ impl Histogram {
     }
     /// Records one observation.
     pub fn observe(&self, value: f64) {
-        if let Some(i) = self.bounds.iter().position(|b| value <= *b) {
-            self.buckets[i].fetch_add(1, Relaxed);
+        if let Some((_, bucket)) = self
+            .bounds
+            .iter()
+            .zip(&self.buckets)
+            .find(|(b, _)| value <= **b)
+        {
+            bucket.fetch_add(1, Relaxed);
         }
         self.count.fetch_add(1, Relaxed);
         self.sum_micros
@@ -99,10 +104,10 @@ impl Histogram {
             return None;
         }
         let mut seen = 0;
-        for (i, b) in self.buckets.iter().enumerate() {
-            seen += b.load(Relaxed);
+        for (bound, b) in self.bounds.iter().zip(&self.buckets) {
+            seen = b.load(Relaxed).saturating_add(seen);
             if seen as f64 >= q * total as f64 {
-                return Some(self.bounds[i]);
+                return Some(*bound);
             }
         }
         Some(f64::INFINITY)
@@ -111,13 +116,9 @@ impl Histogram {
     fn render(&self, out: &mut String, name: &str, help: &str) {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
         let mut cumulative = 0;
-        for (i, b) in self.buckets.iter().enumerate() {
-            cumulative += b.load(Relaxed);
-            let _ = writeln!(
-                out,
-                "{name}_bucket{{le=\"{}\"}} {cumulative}",
-                self.bounds[i]
-            );
+        for (bound, b) in self.bounds.iter().zip(&self.buckets) {
+            cumulative = b.load(Relaxed).saturating_add(cumulative);
+            let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {cumulative}");
         }
         let count = self.count();
         let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
@@ -166,6 +167,10 @@ const ERROR_KINDS: [(ErrorKind, &str); 11] = [
     (ErrorKind::OpenRejected, "open_rejected"),
     (ErrorKind::PingFlood, "ping_flood"),
 ];
+
+/// Kinds of supervised workers, the `worker` label of
+/// `ic_ws_gateway_worker_restarts_total`.
+pub const WORKER_KINDS: [&str; 4] = ["accept", "admin", "relay", "poller"];
 
 /// Why a connection was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -226,6 +231,11 @@ pub struct Metrics {
     pub page_size: Histogram,
     /// Clients closed because their send buffer overflowed (4001).
     pub buffer_overflows: Counter,
+    /// Workers failed and not yet restarted.
+    pub workers_down: Gauge,
+    /// Session tasks that panicked (each closed only its own connection).
+    pub session_panics: Counter,
+    worker_restarts: [Counter; WORKER_KINDS.len()],
     errors: [Counter; ERROR_KINDS.len()],
 }
 
@@ -254,6 +264,9 @@ impl Default for Metrics {
             page_distribution: Histogram::new(SECONDS_BUCKETS),
             page_size: Histogram::new(SIZE_BUCKETS),
             buffer_overflows: Counter::default(),
+            workers_down: Gauge::default(),
+            session_panics: Counter::default(),
+            worker_restarts: Default::default(),
             errors: Default::default(),
         }
     }
@@ -262,8 +275,12 @@ impl Default for Metrics {
 impl Metrics {
     /// Counts one error of `kind`.
     pub fn error(&self, kind: ErrorKind) {
-        if let Some(i) = ERROR_KINDS.iter().position(|(k, _)| *k == kind) {
-            self.errors[i].inc();
+        if let Some(c) = ERROR_KINDS
+            .iter()
+            .position(|(k, _)| *k == kind)
+            .and_then(|i| self.errors.get(i))
+        {
+            c.inc();
         }
     }
     /// Errors of `kind` so far.
@@ -271,7 +288,26 @@ impl Metrics {
         ERROR_KINDS
             .iter()
             .position(|(k, _)| *k == kind)
-            .map_or(0, |i| self.errors[i].get())
+            .and_then(|i| self.errors.get(i))
+            .map_or(0, Counter::get)
+    }
+    /// Counts a restart of a worker of `kind` (one of [`WORKER_KINDS`]).
+    pub fn worker_restarted(&self, kind: &str) {
+        if let Some(c) = WORKER_KINDS
+            .iter()
+            .position(|k| *k == kind)
+            .and_then(|i| self.worker_restarts.get(i))
+        {
+            c.inc();
+        }
+    }
+    /// Restarts of workers of `kind` so far.
+    pub fn worker_restarts(&self, kind: &str) -> u64 {
+        WORKER_KINDS
+            .iter()
+            .position(|k| *k == kind)
+            .and_then(|i| self.worker_restarts.get(i))
+            .map_or(0, Counter::get)
     }
     /// Counts a refused connection.
     pub fn rejected(&self, why: Rejection) {
@@ -406,12 +442,32 @@ impl Metrics {
             "Clients closed with 4001 (send buffer overflow).",
             self.buffer_overflows.get(),
         );
+        gauge(
+            &mut out,
+            "ic_ws_gateway_workers_down",
+            "Workers failed and waiting for their restart (/healthz is 503 meanwhile).",
+            self.workers_down.get(),
+        );
+        let _ = writeln!(out, "# HELP ic_ws_gateway_worker_restarts_total Workers restarted after a panic or an error, by kind.\n# TYPE ic_ws_gateway_worker_restarts_total counter");
+        for (kind, c) in WORKER_KINDS.iter().zip(&self.worker_restarts) {
+            let _ = writeln!(
+                out,
+                "ic_ws_gateway_worker_restarts_total{{worker=\"{kind}\"}} {}",
+                c.get()
+            );
+        }
+        counter(
+            &mut out,
+            "ic_ws_gateway_session_panics_total",
+            "Session tasks that panicked (only their own connection closed).",
+            self.session_panics.get(),
+        );
         let _ = writeln!(out, "# HELP ic_ws_gateway_errors_total Errors by kind.\n# TYPE ic_ws_gateway_errors_total counter");
-        for (i, (_, name)) in ERROR_KINDS.iter().enumerate() {
+        for ((_, name), c) in ERROR_KINDS.iter().zip(&self.errors) {
             let _ = writeln!(
                 out,
                 "ic_ws_gateway_errors_total{{kind=\"{name}\"}} {}",
-                self.errors[i].get()
+                c.get()
             );
         }
         out

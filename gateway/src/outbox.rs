@@ -22,17 +22,21 @@ use tokio_tungstenite::tungstenite::Bytes;
 pub struct CloseWith {
     /// Close code (see `ic_ws_protocol::frames::close_code`).
     pub code: u16,
-    /// Human-readable reason (at most 123 bytes on the wire; longer is cut).
+    /// Human-readable reason (at most 123 bytes, the close frame's limit).
     pub reason: String,
 }
 
 impl CloseWith {
-    /// A close with `code` and `reason`.
+    /// A close with `code` and `reason`, cut on a character boundary to fit a close frame
+    /// (the reason often quotes peer text: an app's rejection, a canister error).
     pub fn new(code: u16, reason: impl Into<String>) -> Self {
-        CloseWith {
-            code,
-            reason: reason.into(),
-        }
+        let reason = reason.into();
+        let reason = if reason.len() > ic_ws_protocol::text::MAX_CLOSE_REASON_BYTES {
+            ic_ws_protocol::text::close_reason(&reason)
+        } else {
+            reason
+        };
+        CloseWith { code, reason }
     }
 }
 
@@ -164,7 +168,8 @@ impl Outbox {
         // An empty buffer always takes one frame, however large (a frame is bounded by the
         // canister's poll reply limit).
         if !s.frames.is_empty()
-            && (s.frames.len() >= self.max_frames || s.bytes + frame.size() > self.max_bytes)
+            && (s.frames.len() >= self.max_frames
+                || s.bytes.saturating_add(frame.size()) > self.max_bytes)
         {
             s.frames.clear();
             s.bytes = 0;
@@ -177,7 +182,7 @@ impl Outbox {
             self.aborted.notify_waiters();
             return Push::Overflowed;
         }
-        s.bytes += frame.size();
+        s.bytes = s.bytes.saturating_add(frame.size());
         s.frames.push_back((frame, since));
         drop(s);
         self.ready.notify_one();
@@ -225,7 +230,7 @@ impl Outbox {
             return Some((Frame::Closing(c.clone()), None));
         }
         if let Some((f, since)) = s.frames.pop_front() {
-            s.bytes -= f.size();
+            s.bytes = s.bytes.saturating_sub(f.size());
             if s.frames.is_empty() {
                 // Give back the memory of a burst.
                 s.frames.shrink_to(0);

@@ -8,6 +8,7 @@
 //! again at once. The poller stops some time after its canister's last client left.
 
 use crate::canister::CanisterApi;
+use crate::health::WorkerExit;
 use crate::hub::{Hub, Page, Shared};
 use crate::metrics::ErrorKind;
 use crate::witness::PageWitness;
@@ -32,7 +33,7 @@ pub fn next_interval(
 
 /// Polls `hub`'s canister until the gateway closes or the canister has had no client for
 /// `--poll-idle-stop-ms`.
-pub async fn run<C: CanisterApi>(shared: Arc<Shared<C>>, hub: Arc<Hub>) {
+pub async fn run<C: CanisterApi>(shared: Arc<Shared<C>>, hub: Arc<Hub>) -> WorkerExit {
     let min = shared.config.poll_min_interval();
     let max = shared.config.poll_max_interval();
     let mut closing = shared.closing.subscribe();
@@ -44,16 +45,14 @@ pub async fn run<C: CanisterApi>(shared: Arc<Shared<C>>, hub: Arc<Hub>) {
         if *closing.borrow() {
             break;
         }
-        {
-            let mut table = hub.table();
-            table.expire_orphans(Instant::now(), shared.config.orphan_ttl());
-            if !table.clients.is_empty() {
-                last_client = Instant::now();
-            } else if last_client.elapsed() >= shared.config.poll_idle_stop() {
-                table.poller_running = false;
-                tracing::debug!(canister = %hub.canister, "poller stopped: no clients");
-                return;
-            }
+        hub.table()
+            .expire_orphans(Instant::now(), shared.config.orphan_ttl());
+        if hub.poller_may_stop(&mut last_client, shared.config.poll_idle_stop()) {
+            tracing::debug!(canister = %hub.canister, "poller stopped: no clients");
+            return WorkerExit::Done;
+        }
+        if crate::testhook::fire(&shared.config, "panic-poller") {
+            panic!("test hook: poller of {} panics", hub.canister);
         }
         let request = PollRequest {
             cursor,
@@ -99,7 +98,8 @@ pub async fn run<C: CanisterApi>(shared: Arc<Shared<C>>, hub: Arc<Hub>) {
             _ = closing.wait_for(|c| *c) => break,
         }
     }
-    hub.table().poller_running = false;
+    hub.poller_stopped();
+    WorkerExit::Done
 }
 
 /// Splits a reply by client and hands each client its messages.

@@ -15,10 +15,12 @@
 //!   continue), `OpenResult` (then 4003 when the open failed).
 
 use crate::canister::{CallError, CanisterApi};
+use crate::health::WorkerExit;
 use crate::hub::{ClientEntry, Hub, Shared};
 use crate::metrics::ErrorKind;
 use crate::outbox::{CloseWith, Outbox};
 use ic_ws_protocol::frames::close_code;
+use ic_ws_protocol::text::bounded;
 use ic_ws_protocol::types::{
     ClientId, ClientMessage, CloseBatch, MessageBatch, MessageResult, OpenBatch, OpenOk,
     OpenRequest, WsError,
@@ -28,11 +30,14 @@ use std::collections::{HashSet, VecDeque};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Instant;
-use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit};
+use tokio::sync::{oneshot, OwnedSemaphorePermit};
 use tokio_tungstenite::tungstenite::Bytes;
 
 /// Fixed overhead counted per entry in the byte bound (ids, seq, signature, candid framing).
 const ENTRY_OVERHEAD: usize = 128;
+
+/// Most bytes of a canister's trap message quoted in an error frame to a client.
+pub const MAX_ERROR_TEXT_BYTES: usize = 1024;
 
 /// Something a session asks the relay to do.
 #[derive(Debug)]
@@ -79,8 +84,8 @@ pub struct PendingMessage {
 impl RelayItem {
     fn cost(&self) -> usize {
         match self {
-            RelayItem::Open(o) => ENTRY_OVERHEAD + o.request.args.len(),
-            RelayItem::Message(m) => ENTRY_OVERHEAD + m.size,
+            RelayItem::Open(o) => ENTRY_OVERHEAD.saturating_add(o.request.args.len()),
+            RelayItem::Message(m) => ENTRY_OVERHEAD.saturating_add(m.size),
             RelayItem::Close { .. } => 16,
         }
     }
@@ -90,6 +95,15 @@ impl RelayItem {
 /// it). `Rejected` and `DecodeError` consume the sequence number: the client moves on.
 pub fn is_fatal(error: &WsError) -> bool {
     !matches!(error, WsError::Rejected(_) | WsError::DecodeError(_))
+}
+
+/// The error a client gets when the canister trapped handling its `what` (the trap message,
+/// from the canister, is bounded).
+pub fn trapped(what: &str, why: &str) -> WsError {
+    WsError::Rejected(format!(
+        "the canister trapped handling this {what}: {}",
+        bounded(why, MAX_ERROR_TEXT_BYTES)
+    ))
 }
 
 fn send_frame(outbox: &Outbox, frame: &GatewayFrame) {
@@ -109,13 +123,15 @@ pub fn take_batch(
     max_bytes: usize,
 ) -> Vec<RelayItem> {
     let mut batch = Vec::new();
-    let mut bytes = 0;
+    let mut bytes: usize = 0;
     while let Some(item) = queue.front() {
         let cost = item.cost();
-        if !batch.is_empty() && (batch.len() >= max_entries || bytes + cost > max_bytes) {
+        if !batch.is_empty()
+            && (batch.len() >= max_entries || bytes.saturating_add(cost) > max_bytes)
+        {
             break;
         }
-        bytes += cost;
+        bytes = bytes.saturating_add(cost);
         if let Some(item) = queue.pop_front() {
             batch.push(item);
         }
@@ -145,7 +161,7 @@ where
                 );
                 tokio::time::sleep(backoff).await;
                 backoff = backoff.saturating_mul(2);
-                attempt += 1;
+                attempt = attempt.saturating_add(1);
             }
             Err(e) => {
                 shared.metrics.error(match e {
@@ -161,11 +177,10 @@ where
 }
 
 /// The relay worker of `hub`'s canister. Returns when the gateway drains and the queue is empty.
-pub async fn run<C: CanisterApi>(
-    shared: Arc<Shared<C>>,
-    hub: Arc<Hub>,
-    mut rx: mpsc::Receiver<RelayItem>,
-) {
+pub async fn run<C: CanisterApi>(shared: Arc<Shared<C>>, hub: Arc<Hub>) -> WorkerExit {
+    let Some(mut rx) = hub.relay_receiver() else {
+        return WorkerExit::Failed("another relay worker holds the queue".into());
+    };
     let mut queue: VecDeque<RelayItem> = VecDeque::new();
     let mut draining = shared.draining.subscribe();
     let interval = shared.config.batch_interval();
@@ -177,19 +192,20 @@ pub async fn run<C: CanisterApi>(
             tokio::select! {
                 item = rx.recv() => match item {
                     Some(item) => queue.push_back(item),
-                    None => return,
+                    None => return WorkerExit::Done,
                 },
                 _ = draining.wait_for(|d| *d) => {
                     match rx.try_recv() {
                         Ok(item) => queue.push_back(item),
-                        Err(_) => return,
+                        Err(_) => return WorkerExit::Done,
                     }
                 }
             }
         }
         // Collect until the interval since the previous batch has passed or the batch is full.
         if let Some(last) = last_batch {
-            let ready_at = tokio::time::Instant::from_std(last + interval);
+            let ready_at =
+                tokio::time::Instant::from_std(last.checked_add(interval).unwrap_or(last));
             while queue.len() < max_entries && !*draining.borrow() {
                 tokio::select! {
                     item = rx.recv() => match item {
@@ -208,6 +224,13 @@ pub async fn run<C: CanisterApi>(
         }
         let batch = take_batch(&mut queue, max_entries, max_bytes);
         last_batch = Some(Instant::now());
+        if crate::testhook::fire(&shared.config, "panic-relay") {
+            panic!(
+                "test hook: relay of {} panics with {} items in hand",
+                hub.canister,
+                batch.len().saturating_add(queue.len())
+            );
+        }
         process(&shared, &hub, batch).await;
     }
 }
@@ -302,9 +325,7 @@ async fn relay_messages<C: CanisterApi>(
                         // The trap rolled the message back: its sequence number is not consumed
                         // and the same signed message would trap again, so the session cannot
                         // continue.
-                        let error = WsError::Rejected(format!(
-                            "the canister trapped handling this message: {why}"
-                        ));
+                        let error = trapped("message", &why);
                         handle_message_result(
                             shared,
                             m,
@@ -333,9 +354,10 @@ async fn relay_messages<C: CanisterApi>(
 
 fn unavailable<C>(shared: &Shared<C>, outbox: &Outbox, error: &CallError) {
     let _ = shared;
-    let mut reason = format!("canister unavailable: {error}");
-    reason.truncate(100);
-    outbox.finish(CloseWith::new(close_code::CANISTER_UNAVAILABLE, reason));
+    outbox.finish(CloseWith::new(
+        close_code::CANISTER_UNAVAILABLE,
+        format!("canister unavailable: {error}"),
+    ));
 }
 
 fn handle_message_result<C>(
@@ -369,10 +391,10 @@ fn handle_message_result<C>(
             );
             if fatal {
                 failed.insert(client);
-                let mut reason = format!("message {} rejected: {error}", m.message.seq);
-                reason.truncate(100);
-                m.outbox
-                    .finish(CloseWith::new(close_code::MESSAGE_REJECTED, reason));
+                m.outbox.finish(CloseWith::new(
+                    close_code::MESSAGE_REJECTED,
+                    format!("message {} rejected: {error}", m.message.seq),
+                ));
             }
         }
     }
@@ -455,9 +477,7 @@ async fn relay_opens<C: CanisterApi>(
     for (open, result) in opens.into_iter().zip(results) {
         let result = match result {
             Ok(r) => r,
-            Err(CallError::Trapped(why)) => Err(WsError::Rejected(format!(
-                "the canister trapped handling this open: {why}"
-            ))),
+            Err(CallError::Trapped(why)) => Err(trapped("open", &why)),
             Err(e) => {
                 unavailable(shared, &open.outbox, &e);
                 continue;
@@ -492,10 +512,10 @@ async fn relay_opens<C: CanisterApi>(
             }
             Err(error) => {
                 shared.metrics.error(ErrorKind::OpenRejected);
-                let mut reason = format!("open failed: {error}");
-                reason.truncate(100);
-                open.outbox
-                    .finish(CloseWith::new(close_code::OPEN_FAILED, reason));
+                open.outbox.finish(CloseWith::new(
+                    close_code::OPEN_FAILED,
+                    format!("open failed: {error}"),
+                ));
             }
         }
     }
@@ -540,6 +560,30 @@ mod tests {
         // An entry larger than the byte bound still goes alone (the canister judges it).
         let mut q: VecDeque<RelayItem> = vec![msg(1, 0, 5000), msg(1, 1, 10)].into();
         assert_eq!(seqs(&take_batch(&mut q, 100, 1000)), vec![(1, 0)]);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn error_texts_in_frames_are_bounded(why in "\\PC{0,3000}", code in 0u16..5000) {
+            let WsError::Rejected(text) = trapped("message", &why) else {
+                panic!("not Rejected");
+            };
+            let prefix = "the canister trapped handling this message: ";
+            proptest::prop_assert!(text.len() <= prefix.len() + MAX_ERROR_TEXT_BYTES);
+            let kept = text.strip_prefix(prefix).unwrap_or_default();
+            proptest::prop_assert!(why.starts_with(kept.strip_suffix('…').unwrap_or(kept)));
+            // Every close built from peer text fits a close frame, cut on a char boundary.
+            for reason in [
+                format!("open failed: {}", WsError::Rejected(why.clone())),
+                format!("message 7 rejected: {}", trapped("message", &why)),
+                format!("canister unavailable: {why}"),
+            ] {
+                let close = CloseWith::new(code, reason.clone());
+                proptest::prop_assert!(close.reason.len() <= 123);
+                let kept = close.reason.strip_suffix('…').unwrap_or(&close.reason);
+                proptest::prop_assert!(reason.starts_with(kept));
+            }
+        }
     }
 
     #[test]

@@ -12,23 +12,30 @@
 //! bucket (`--ping-rate`, `--ping-burst`; beyond it: close 1008), and after a ping the session
 //! reads nothing more until the pong has left for the socket: a peer that pings without
 //! reading stops being read, so at most one pong per connection waits in memory.
+//!
+//! A panic in a session (a bug, whatever the peer sent) ends that connection only: [`run`]
+//! catches it, logs it, counts it (`ic_ws_gateway_session_panics_total`) and detaches the
+//! session from its hub, so the client resumes on a new connection.
 
 use crate::canister::CanisterApi;
 use crate::hub::{Hub, Shared};
 use crate::metrics::ErrorKind;
 use crate::outbox::{CloseWith, Outbox, Outgoing};
 use crate::relay::{PendingMessage, PendingOpen, RelayItem};
-use futures_util::{Sink, SinkExt, Stream, StreamExt};
+use futures_util::{FutureExt, Sink, SinkExt, Stream, StreamExt};
 use ic_ws_protocol::frames::close_code;
 use ic_ws_protocol::types::{ClientId, OpenOk, WsError};
 use ic_ws_protocol::{ClientFrame, GatewayFrame};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{oneshot, Semaphore};
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Bytes, Error as WsProtoError, Message};
+
+/// How often an idle timeout beyond the clock's range is looked at again.
+const DAY: Duration = Duration::from_secs(86_400);
 
 /// How long a close frame may take to leave before the socket is dropped.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -106,14 +113,14 @@ enum End {
 }
 
 fn close_message(close: &CloseWith) -> Message {
-    let mut reason = close.reason.clone();
-    // A close frame's reason is limited to 123 bytes.
-    while reason.len() > 123 {
-        reason.pop();
-    }
+    // `CloseWith::new` bounds the reason already; the fields are public, so cut again.
+    let reason = ic_ws_protocol::text::truncate_utf8(
+        &close.reason,
+        ic_ws_protocol::text::MAX_CLOSE_REASON_BYTES,
+    );
     Message::Close(Some(CloseFrame {
         code: CloseCode::from(close.code),
-        reason: reason.into(),
+        reason: reason.to_string().into(),
     }))
 }
 
@@ -129,8 +136,12 @@ where
     .await;
 }
 
-/// Runs one client's session to its end.
-pub async fn run<C, W>(shared: Arc<Shared<C>>, mut ws: W, peer: std::net::SocketAddr)
+/// Which session a connection has attached, known outside its task (to detach it after a
+/// panic).
+type Attachment = Arc<Mutex<Option<(Arc<Hub>, ClientId)>>>;
+
+/// Runs one client's session to its end. A panic inside ends only this connection.
+pub async fn run<C, W>(shared: Arc<Shared<C>>, ws: W, peer: std::net::SocketAddr)
 where
     C: CanisterApi,
     W: Stream<Item = Result<Message, WsProtoError>>
@@ -139,6 +150,43 @@ where
         + Send,
 {
     let conn_id = shared.next_conn_id();
+    let attachment = Attachment::default();
+    let session = serve(shared.clone(), ws, peer, conn_id, attachment.clone());
+    let Err(panic) = std::panic::AssertUnwindSafe(session).catch_unwind().await else {
+        return;
+    };
+    shared.metrics.session_panics.inc();
+    let cause = crate::health::panic_message(panic.as_ref());
+    let attached = attachment.lock().unwrap_or_else(|p| p.into_inner()).take();
+    tracing::error!(%peer, client_id = ?attached.as_ref().map(|a| a.1), "session panicked (connection dropped, other clients unaffected): {cause}");
+    // The socket is gone with the session; detach it so that the client's resume on a new
+    // connection starts clean and the canister hears of the disconnect.
+    if let Some((hub, client_id)) = attached {
+        if shared.detach(&hub, client_id, conn_id) {
+            let item = RelayItem::Close { client_id, conn_id };
+            if hub.relay.try_send(item).is_err() {
+                tracing::debug!(
+                    client_id,
+                    "relay queue full: ws_close skipped (the session expires)"
+                );
+            }
+        }
+    }
+}
+
+async fn serve<C, W>(
+    shared: Arc<Shared<C>>,
+    mut ws: W,
+    peer: std::net::SocketAddr,
+    conn_id: u64,
+    attachment: Attachment,
+) where
+    C: CanisterApi,
+    W: Stream<Item = Result<Message, WsProtoError>>
+        + Sink<Message, Error = WsProtoError>
+        + Unpin
+        + Send,
+{
     let mut closing = shared.closing.subscribe();
     if ws
         .send(Message::Binary(shared.hello.clone()))
@@ -220,13 +268,27 @@ where
             Event::Opened(ok) => {
                 open_reply = None;
                 state = match (ok, std::mem::replace(&mut state, State::Failed)) {
-                    (Some(ok), State::Opening { hub, .. }) => State::Open {
-                        hub,
-                        client_id: ok.client_id,
-                    },
+                    (Some(ok), State::Opening { hub, .. }) => {
+                        *attachment.lock().unwrap_or_else(|p| p.into_inner()) =
+                            Some((hub.clone(), ok.client_id));
+                        State::Open {
+                            hub,
+                            client_id: ok.client_id,
+                        }
+                    }
                     // Failed opens: the relay queued the OpenResult and a 4003/4005 close.
                     _ => State::Failed,
                 };
+                // An open dropped without an answer was lost with a failed relay worker: the
+                // client opens again (here, once the relay is back, or elsewhere).
+                if matches!(state, State::Failed)
+                    && attached.as_ref().is_some_and(|a| !a.outbox.is_closing())
+                {
+                    break CloseWith::new(
+                        close_code::SERVICE_RESTART,
+                        "gateway relay restarted: reconnect and resume",
+                    );
+                }
             }
             Event::Slot(permit, slot) => match (held.take(), slot) {
                 (Some(RelayItem::Message(mut m)), Some(slot)) => {
@@ -239,6 +301,14 @@ where
             Event::PongFlushed(Ok(())) => pong_owed = false,
             Event::PongFlushed(Err(_)) => break CloseWith::new(1006, ""),
             Event::Frame(frame) => {
+                if let (Some(_), State::Open { client_id, .. }) =
+                    (&shared.config.test_hook_dir, &state)
+                {
+                    let hook = format!("panic-session-{client_id}");
+                    if crate::testhook::fire(&shared.config, &hook) {
+                        panic!("test hook: session of client {client_id} panics");
+                    }
+                }
                 let frame = match frame {
                     None => break CloseWith::new(1006, ""),
                     Some(Err(e)) => match read_error(&shared, e) {
@@ -274,14 +344,14 @@ where
                     Err(End::Gone) => break CloseWith::new(1006, ""),
                 }
             }
-            Event::IdleTimer => {
-                let deadline = last_activity + idle;
-                if deadline > Instant::now() {
-                    idle_sleep.as_mut().reset(deadline);
-                } else {
-                    break CloseWith::new(close_code::IDLE_TIMEOUT, "idle timeout");
-                }
-            }
+            Event::IdleTimer => match last_activity.checked_add(idle) {
+                Some(deadline) if deadline > Instant::now() => idle_sleep.as_mut().reset(deadline),
+                Some(_) => break CloseWith::new(close_code::IDLE_TIMEOUT, "idle timeout"),
+                // A timeout beyond the clock's range: never idle; look again in a day.
+                None => idle_sleep
+                    .as_mut()
+                    .reset(Instant::now().checked_add(DAY).unwrap_or(last_activity)),
+            },
         }
     };
     if end.code != 1006 {
@@ -382,11 +452,7 @@ fn on_frame<C: CanisterApi>(
     };
     let client_frame: ClientFrame = match ic_ws_protocol::decode(&bytes) {
         Ok(f) => f,
-        Err(e) => {
-            let mut why = format!("not a ClientFrame: {e}");
-            why.truncate(100);
-            return Err(bad_frame(shared, why));
-        }
+        Err(e) => return Err(bad_frame(shared, format!("not a ClientFrame: {e}"))),
     };
     match (client_frame, &*state) {
         (
@@ -409,9 +475,10 @@ fn on_frame<C: CanisterApi>(
                 {
                     outbox.push(Bytes::from(b), None);
                 }
-                let mut reason = format!("open failed: {error}");
-                reason.truncate(100);
-                outbox.finish(CloseWith::new(close_code::OPEN_FAILED, reason));
+                outbox.finish(CloseWith::new(
+                    close_code::OPEN_FAILED,
+                    format!("open failed: {error}"),
+                ));
                 Ok(None)
             };
             if request.gateway != shared.principal {
@@ -461,5 +528,25 @@ fn on_frame<C: CanisterApi>(
             })))
         }
         (ClientFrame::Message(_), _) => Err(bad_frame(shared, "message before a successful open")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    proptest::proptest! {
+        #[test]
+        fn close_frames_carry_at_most_123_bytes(reason in proptest::prelude::any::<String>(), code in 1000u16..5000) {
+            // Built directly (public fields), so not bounded by `CloseWith::new`.
+            let close = CloseWith { code, reason: reason.clone() };
+            let Message::Close(Some(frame)) = close_message(&close) else {
+                panic!("not a close frame");
+            };
+            proptest::prop_assert!(frame.reason.len() <= 123);
+            proptest::prop_assert!(reason.starts_with(frame.reason.as_str()));
+            let bounded = CloseWith::new(code, reason);
+            proptest::prop_assert!(bounded.reason.len() <= 123);
+        }
     }
 }

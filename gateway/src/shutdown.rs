@@ -11,9 +11,9 @@
 
 use crate::canister::CanisterApi;
 use crate::hub::Shared;
+use crate::supervisor::Supervisor;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 /// Resolves on SIGTERM or SIGINT (Ctrl-C).
@@ -41,7 +41,11 @@ pub async fn signal() {
 }
 
 /// Steps 2-3 (the caller stopped accepting already).
-pub async fn drain<C: CanisterApi>(shared: &Arc<Shared<C>>, deadline: Instant) {
+pub async fn drain<C: CanisterApi>(
+    shared: &Arc<Shared<C>>,
+    supervisor: &mut Supervisor,
+    deadline: Instant,
+) {
     shared.closing.send_replace(true);
     while shared.metrics.connections.get() > 0 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(10)).await;
@@ -51,12 +55,9 @@ pub async fn drain<C: CanisterApi>(shared: &Arc<Shared<C>>, deadline: Instant) {
         tracing::warn!(left, "shutdown: some connections did not close in time");
     }
     shared.draining.send_replace(true);
-    let tasks: Vec<JoinHandle<()>> = shared.take_tasks();
-    for task in tasks {
-        let abort = task.abort_handle();
-        if tokio::time::timeout_at(deadline, task).await.is_err() {
-            tracing::warn!("shutdown: a relay did not flush in time");
-            abort.abort();
-        }
+    let flushed = tokio::time::timeout_at(deadline, supervisor.wait_for(|r| r.relays == 0)).await;
+    if flushed.is_err() {
+        let left = supervisor.running().relays;
+        tracing::warn!(left, "shutdown: relays did not flush in time");
     }
 }

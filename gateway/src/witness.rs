@@ -53,7 +53,23 @@ impl PageWitness {
 
     /// The root hash (the canister's certified data).
     pub fn root_hash(&self) -> Hash {
-        self.digests[self.root as usize]
+        self.digest(self.root)
+    }
+
+    // Indices come from `add`, so every lookup finds its entry; a miss (impossible) gives an
+    // empty digest / no node rather than a panic.
+    fn digest(&self, idx: u32) -> Hash {
+        self.digests.get(idx as usize).copied().unwrap_or_default()
+    }
+
+    fn parent(&self, idx: u32) -> u32 {
+        self.parents.get(idx as usize).copied().unwrap_or(NONE)
+    }
+
+    fn set_parent(&mut self, child: u32, parent: u32) {
+        if let Some(p) = self.parents.get_mut(child as usize) {
+            *p = parent;
+        }
     }
 
     fn add(&mut self, node: &HashTreeNode, path: &mut Vec<Vec<u8>>) -> u32 {
@@ -67,10 +83,7 @@ impl PageWitness {
             HashTreeNode::Fork(lr) => {
                 let l = self.add(&lr.0, path);
                 let r = self.add(&lr.1, path);
-                let d = ic_certification::hash_tree::fork_hash(
-                    &self.digests[l as usize],
-                    &self.digests[r as usize],
-                );
+                let d = ic_certification::hash_tree::fork_hash(&self.digest(l), &self.digest(r));
                 (Node::Fork(l, r), d)
             }
             HashTreeNode::Labeled(label, sub) => {
@@ -78,10 +91,8 @@ impl PageWitness {
                 let s = self.add(sub, path);
                 let full_path = path.clone();
                 path.pop();
-                let d = ic_certification::hash_tree::labeled_hash(
-                    label.as_bytes(),
-                    &self.digests[s as usize],
-                );
+                let d =
+                    ic_certification::hash_tree::labeled_hash(label.as_bytes(), &self.digest(s));
                 let idx = self.nodes.len() as u32;
                 if let [ws, client, seq] = full_path.as_slice() {
                     if ws.as_slice() == ic_ws_protocol::certification::WS_LABEL {
@@ -100,10 +111,10 @@ impl PageWitness {
         let idx = self.nodes.len() as u32;
         match &n {
             Node::Fork(l, r) => {
-                self.parents[*l as usize] = idx;
-                self.parents[*r as usize] = idx;
+                self.set_parent(*l, idx);
+                self.set_parent(*r, idx);
             }
-            Node::Labeled(_, s) => self.parents[*s as usize] = idx,
+            Node::Labeled(_, s) => self.set_parent(*s, idx),
             _ => {}
         }
         self.nodes.push(n);
@@ -129,7 +140,7 @@ impl PageWitness {
             full.insert(idx);
             let mut at = idx;
             while at != NONE && keep.insert(at) {
-                at = self.parents[at as usize];
+                at = self.parent(at);
             }
         }
         self.build(self.root, &keep, &full)
@@ -137,16 +148,16 @@ impl PageWitness {
 
     fn build(&self, idx: u32, keep: &HashSet<u32>, full: &HashSet<u32>) -> HashTree {
         if !keep.contains(&idx) {
-            return ic_certification::pruned(self.digests[idx as usize]);
+            return ic_certification::pruned(self.digest(idx));
         }
         if full.contains(&idx) {
             return self.clone_subtree(idx);
         }
-        match &self.nodes[idx as usize] {
-            Node::Fork(l, r) => {
+        match self.nodes.get(idx as usize) {
+            Some(Node::Fork(l, r)) => {
                 ic_certification::fork(self.build(*l, keep, full), self.build(*r, keep, full))
             }
-            Node::Labeled(label, s) => {
+            Some(Node::Labeled(label, s)) => {
                 ic_certification::labeled(label.clone(), self.build(*s, keep, full))
             }
             _ => self.clone_subtree(idx),
@@ -154,14 +165,14 @@ impl PageWitness {
     }
 
     fn clone_subtree(&self, idx: u32) -> HashTree {
-        match &self.nodes[idx as usize] {
-            Node::Empty => ic_certification::empty(),
-            Node::Pruned => ic_certification::pruned(self.digests[idx as usize]),
-            Node::Leaf(v) => ic_certification::leaf(v.clone()),
-            Node::Fork(l, r) => {
+        match self.nodes.get(idx as usize) {
+            None | Some(Node::Empty) => ic_certification::empty(),
+            Some(Node::Pruned) => ic_certification::pruned(self.digest(idx)),
+            Some(Node::Leaf(v)) => ic_certification::leaf(v.clone()),
+            Some(Node::Fork(l, r)) => {
                 ic_certification::fork(self.clone_subtree(*l), self.clone_subtree(*r))
             }
-            Node::Labeled(label, s) => {
+            Some(Node::Labeled(label, s)) => {
                 ic_certification::labeled(label.clone(), self.clone_subtree(*s))
             }
         }

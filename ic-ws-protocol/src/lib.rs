@@ -4,6 +4,7 @@
 //! - [`signing`]: the exact bytes a client's session key signs, and Ed25519 helpers;
 //! - [`certification`]: where messages live in the certified tree;
 //! - [`frames`]: WebSocket frames between client and gateway;
+//! - [`text`]: bounded, UTF-8-safe text (close reasons, error texts quoting peer input);
 //! - `verify` (feature `verify`): every check a client makes on what the gateway delivers.
 //!
 //! `docs/protocol.md` at the repository root is the normative description; this crate is its
@@ -17,6 +18,7 @@ pub mod frames;
 pub mod signing;
 #[cfg(feature = "test-utils")]
 pub mod test_utils;
+pub mod text;
 pub mod types;
 #[cfg(feature = "verify")]
 pub mod verify;
