@@ -293,7 +293,9 @@ async fn handle<C: CanisterApi>(
         Some(_) => shared.config.handshake_timeout().min(REFUSAL_TIMEOUT),
     };
     // One deadline for the TLS and the WebSocket handshakes together; a shutdown ends them.
-    let deadline = tokio::time::Instant::now() + timeout;
+    let now = tokio::time::Instant::now();
+    // (A timeout so large that the deadline overflows is no deadline to wait for: now.)
+    let deadline = now.checked_add(timeout).unwrap_or(now);
     let mut closing = shared.closing.subscribe();
     let handshake = async {
         let ws = match tls {

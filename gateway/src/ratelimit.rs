@@ -208,8 +208,8 @@ impl SourceTable {
             }
             let h = held.entry(*key).or_default();
             match kind {
-                Slot::Served => h.served += 1,
-                Slot::Refusing => h.refusing += 1,
+                Slot::Served => h.served = h.served.saturating_add(1),
+                Slot::Refusing => h.refusing = h.refusing.saturating_add(1),
             }
         }
         true
