@@ -29,6 +29,7 @@ pub mod fake;
 pub mod hub;
 pub mod identity;
 pub mod listener;
+pub mod memory;
 pub mod metrics;
 pub mod outbox;
 pub mod poller;

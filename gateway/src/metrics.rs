@@ -61,6 +61,8 @@ pub const SECONDS_BUCKETS: &[f64] = &[
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
     5.0, 10.0, 30.0,
 ];
+/// Bounds for relay waits counted in batches.
+pub const WAIT_BATCH_BUCKETS: &[f64] = &[0.0, 1.0, 2.0, 3.0, 5.0, 10.0, 20.0, 50.0, 100.0];
 /// Bounds for batch sizes (entries per call).
 pub const SIZE_BUCKETS: &[f64] = &[1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0];
 
@@ -215,6 +217,13 @@ pub struct Metrics {
     pub page_size: Histogram,
     /// Clients closed because their send buffer overflowed (4001).
     pub buffer_overflows: Counter,
+    /// The memory budget's ledger (bytes held for peers, things shed).
+    pub memory: std::sync::Arc<crate::memory::Ledger>,
+    /// Clients closed because the canister refused too many of their messages.
+    pub refusal_closes: Counter,
+    /// Batches a message from a client with nothing else queued waited in the relay before
+    /// its own batch was sent (the fair scheduler keeps this at most 1).
+    pub relay_wait_batches: Histogram,
     errors: [Counter; ERROR_KINDS.len()],
 }
 
@@ -240,6 +249,9 @@ impl Default for Metrics {
             page_distribution: Histogram::new(SECONDS_BUCKETS),
             page_size: Histogram::new(SIZE_BUCKETS),
             buffer_overflows: Counter::default(),
+            memory: Default::default(),
+            refusal_closes: Counter::default(),
+            relay_wait_batches: Histogram::new(WAIT_BATCH_BUCKETS),
             errors: Default::default(),
         }
     }
@@ -377,6 +389,18 @@ impl Metrics {
             "Clients closed with 4001 (send buffer overflow).",
             self.buffer_overflows.get(),
         );
+        counter(
+            &mut out,
+            "ic_ws_gateway_refusal_closes_total",
+            "Clients closed (1008) because the canister refused too many of their messages.",
+            self.refusal_closes.get(),
+        );
+        self.relay_wait_batches.render(
+            &mut out,
+            "ic_ws_gateway_relay_wait_batches",
+            "Batches sent before the batch of a message from a client with nothing else queued.",
+        );
+        self.memory.render(&mut out);
         let _ = writeln!(out, "# HELP ic_ws_gateway_errors_total Errors by kind.\n# TYPE ic_ws_gateway_errors_total counter");
         for (i, (_, name)) in ERROR_KINDS.iter().enumerate() {
             let _ = writeln!(
