@@ -183,6 +183,11 @@ impl<C: CanisterApi> Shared<C> {
                     .iter()
                     .map(|m| m.content.len() + MESSAGE_OVERHEAD)
                     .sum::<usize>();
+            if bytes > self.config.orphan_max_bytes {
+                self.metrics.memory.shed(Shed::Orphan);
+                tracing::debug!(client_id, "orphan messages over --orphan-max-bytes dropped");
+                return;
+            }
             // Oldest first: make room within the canister's count and byte bounds.
             while table.orphan_count + messages.len() > MAX_ORPHANS
                 || table.orphan_bytes + bytes > self.config.orphan_max_bytes
@@ -538,6 +543,20 @@ mod tests {
         assert_eq!((count, bytes), (3, 3 * one), "the oldest are dropped first");
         assert_eq!(shared.metrics.memory.used(Category::Orphans), 3 * one);
         assert!(table.orphans.iter().all(|o| o.client >= 7));
+        // One page's messages over the whole bound are dropped, not kept past it.
+        let huge = OutboundMessage {
+            client_id: 99,
+            seq: 0,
+            content: vec![0; 20_000],
+        };
+        shared.deliver_locked(
+            &mut table,
+            &page(std::slice::from_ref(&huge)),
+            99,
+            vec![huge],
+        );
+        assert_eq!(table.orphans(), (3, 3 * one));
+        assert_eq!(shared.metrics.memory.shed_count(Shed::Orphan), 1);
         table.expire_orphans(
             Instant::now() + std::time::Duration::from_secs(60),
             std::time::Duration::from_secs(30),
@@ -548,6 +567,6 @@ mod tests {
         let m = big(1);
         shared.deliver_locked(&mut table, &page(std::slice::from_ref(&m)), 1, vec![m]);
         assert_eq!(table.orphans(), (0, 0));
-        assert_eq!(shared.metrics.memory.shed_count(Shed::Orphan), 1);
+        assert_eq!(shared.metrics.memory.shed_count(Shed::Orphan), 2);
     }
 }
