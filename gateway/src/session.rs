@@ -6,6 +6,12 @@
 //! is closed with 4001 when its outbox overflows or a write stays blocked too long. Pings are
 //! answered by tungstenite itself while the session reads. Generic over any WebSocket
 //! `Sink + Stream`, so TLS and plain TCP share the code.
+//!
+//! Memory: a decoded message is charged to the gateway's ledger (`crate::memory`) while the
+//! session holds it, then while the relay does; the session reads nothing more until its
+//! client's relay share has room. Past 3/4 of the budget a new connection is closed 4006
+//! before its `Hello` and an open is refused 4006; a message that does not fit the budget
+//! closes its sender 4006.
 
 use crate::canister::CanisterApi;
 use crate::hub::{Hub, Shared};
