@@ -221,8 +221,8 @@ pub struct Metrics {
     pub memory: std::sync::Arc<crate::memory::Ledger>,
     /// Clients closed because the canister refused too many of their messages.
     pub refusal_closes: Counter,
-    /// Batches a message from a client with nothing else queued waited in the relay before
-    /// its own batch was sent (the fair scheduler keeps this at most 1).
+    /// Batches a message sent with the priority of a client with nothing else queued waited
+    /// in the relay before its own batch was cut (0 unless many such clients arrive at once).
     pub relay_wait_batches: Histogram,
     errors: [Counter; ERROR_KINDS.len()],
 }
@@ -398,7 +398,7 @@ impl Metrics {
         self.relay_wait_batches.render(
             &mut out,
             "ic_ws_gateway_relay_wait_batches",
-            "Batches sent before the batch of a message from a client with nothing else queued.",
+            "Batches cut before the batch of a message sent with the priority of a client with nothing else queued (up to 4 KiB).",
         );
         self.memory.render(&mut out);
         let _ = writeln!(out, "# HELP ic_ws_gateway_errors_total Errors by kind.\n# TYPE ic_ws_gateway_errors_total counter");

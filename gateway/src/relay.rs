@@ -287,8 +287,9 @@ impl Scheduler {
     }
 
     /// Cuts the next batch (at least one entry, at most `max_entries` and, unless its first
-    /// entry alone is larger, `max_bytes`). `waits` records, for each lane that was empty when
-    /// its first entry arrived, how many batches were cut between the arrival and this one.
+    /// entry alone is larger, `max_bytes`). `waits` records, for each entry sent with the
+    /// priority of a lane that was empty, how many batches were cut between its arrival and
+    /// this one.
     pub fn take_batch(
         &mut self,
         max_entries: usize,
@@ -332,7 +333,9 @@ impl Scheduler {
             lane.credit -= cost;
             bytes = bytes.saturating_add(cost);
             if let (Some(since), Some(h)) = (lane.since.take(), waits) {
-                h.observe(this_batch.saturating_sub(since) as f64);
+                if from_new {
+                    h.observe(this_batch.saturating_sub(since) as f64);
+                }
             }
             if let Some(item) = lane.items.pop_front() {
                 self.len -= 1;
@@ -873,11 +876,11 @@ mod tests {
         q.push(msg(9, 0, 50));
         let next = q.take_batch(500, 2 * big, Some(&waits));
         assert_eq!(seqs(&next), vec![(9, 0), (3, 0)]);
-        assert_eq!(waits.quantile_upper_bound(1.0), Some(1.0));
+        assert_eq!(waits.quantile_upper_bound(1.0), Some(0.0));
         assert_eq!(
             waits.count(),
-            4,
-            "the three backlogs' first entries and the honest one"
+            1,
+            "only the honest entry went with priority (the big ones waited their turn)"
         );
     }
 
