@@ -195,6 +195,70 @@ impl RawClient {
     }
 }
 
+/// What a flooding client sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flood {
+    /// Correctly signed app messages whose payload is not candid (the canister answers
+    /// `DecodeError`, which does not end a session by itself).
+    SignedJunk,
+    /// App messages with a broken signature (the canister answers `InvalidSignature`).
+    ForgedJunk,
+}
+
+impl RawClient {
+    /// Sends `count` app messages of `size` junk bytes as fast as the gateway reads them,
+    /// while reading (and discarding) what the gateway sends; returns the close code the
+    /// gateway ends the connection with (`None`: ended without a close frame). Does not
+    /// return while the gateway keeps the connection open.
+    pub async fn flood(self, kind: Flood, count: usize, size: usize) -> Option<u16> {
+        let RawClient {
+            ws,
+            key,
+            canister,
+            client_id,
+            next_seq,
+            ..
+        } = self;
+        let (mut sink, mut stream) = ws.split();
+        let send = async move {
+            for i in 0..count {
+                // Not candid: no "DIDL" magic. Signed one at a time (bounded test memory).
+                let mut m = ClientMessage {
+                    client_id: client_id.unwrap_or(0),
+                    seq: next_seq + i as u64,
+                    ack: 0,
+                    kind: MessageKind::App(vec![0xA5 ^ (i as u8); size]),
+                    signature: Vec::new(),
+                };
+                key.sign_message(&canister, &mut m);
+                if kind == Flood::ForgedJunk {
+                    m.signature[0] ^= 1;
+                }
+                let Ok(bytes) = ic_ws_protocol::encode(&ClientFrame::Message(m)) else {
+                    break;
+                };
+                if sink.send(WsMessage::Binary(bytes.into())).await.is_err() {
+                    break;
+                }
+            }
+            std::future::pending::<()>().await;
+        };
+        let read = async move {
+            loop {
+                match stream.next().await {
+                    Some(Ok(WsMessage::Close(c))) => return c.map(|c| u16::from(c.code)),
+                    Some(Ok(_)) => {}
+                    Some(Err(_)) | None => return None,
+                }
+            }
+        };
+        tokio::select! {
+            code = read => code,
+            () = send => None,
+        }
+    }
+}
+
 fn now_ns() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)

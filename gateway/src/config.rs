@@ -178,6 +178,33 @@ pub struct Config {
     )]
     pub max_inflight_per_client: usize,
 
+    /// Bytes of one client's messages waiting for the canister (queued or in flight) before
+    /// the gateway stops reading from that client (backpressure on that client only). At
+    /// least --max-message-size.
+    #[arg(
+        long,
+        env = "IC_WS_GATEWAY_MAX_INFLIGHT_BYTES_PER_CLIENT",
+        default_value_t = 512 * 1024
+    )]
+    pub max_inflight_bytes_per_client: usize,
+
+    /// Messages of one client the canister may refuse (`Rejected`, `DecodeError`,
+    /// `TooLarge`), net of the ones it accepts, before the client is closed (1008). Past half
+    /// of it the client is throttled to one message in flight.
+    #[arg(long, env = "IC_WS_GATEWAY_REFUSAL_BUDGET", default_value_t = 64)]
+    pub refusal_budget: u32,
+
+    /// Gateway-wide memory budget for what peers make it hold, in bytes: decoded client
+    /// frames, relay queues and calls in flight, send buffers, orphan messages. New
+    /// connections and opens are refused (4006) past 3/4 of it; a message that does not fit
+    /// closes its sender (4006).
+    #[arg(
+        long,
+        env = "IC_WS_GATEWAY_MEMORY_BUDGET_BYTES",
+        default_value_t = 512 * 1024 * 1024
+    )]
+    pub memory_budget_bytes: usize,
+
     /// Minimum time between two relay batches to one canister, in ms (collects messages).
     #[arg(long, env = "IC_WS_GATEWAY_BATCH_INTERVAL_MS", default_value_t = 100)]
     pub batch_interval_ms: u64,
@@ -234,6 +261,11 @@ pub struct Config {
     /// between an open's reply and the first poll that carries its `Opened` message).
     #[arg(long, env = "IC_WS_GATEWAY_ORPHAN_TTL_MS", default_value_t = 30_000)]
     pub orphan_ttl_ms: u64,
+
+    /// Bytes of messages kept for clients not (yet) attached, per canister (the oldest are
+    /// dropped first; at most 20,000 messages).
+    #[arg(long, env = "IC_WS_GATEWAY_ORPHAN_MAX_BYTES", default_value_t = 16 * 1024 * 1024)]
+    pub orphan_max_bytes: usize,
 
     /// Close code sent to clients on SIGTERM/Ctrl-C (1012 restart or 1001 going away).
     #[arg(
@@ -328,6 +360,13 @@ impl Config {
                 "--max-inflight-per-client",
                 self.max_inflight_per_client as u64,
             ),
+            (
+                "--max-inflight-bytes-per-client",
+                self.max_inflight_bytes_per_client as u64,
+            ),
+            ("--refusal-budget", u64::from(self.refusal_budget)),
+            ("--memory-budget-bytes", self.memory_budget_bytes as u64),
+            ("--orphan-max-bytes", self.orphan_max_bytes as u64),
             ("--batch-max-messages", self.batch_max_messages as u64),
             ("--batch-max-bytes", self.batch_max_bytes as u64),
             ("--relay-queue", self.relay_queue as u64),
@@ -348,6 +387,32 @@ impl Config {
         }
         if self.max_frame_size > self.max_message_size {
             return err("--max-frame-size must not exceed --max-message-size".into());
+        }
+        if self.max_inflight_bytes_per_client < self.max_message_size {
+            return err(format!(
+                "--max-inflight-bytes-per-client ({}) is below --max-message-size ({}): a \
+                 client could never send its largest message",
+                self.max_inflight_bytes_per_client, self.max_message_size
+            ));
+        }
+        // New work is refused past 3/4 of the budget: that much must hold the canister's
+        // orphans and one client at its every bound (a message held, its relay share, a full
+        // send buffer).
+        let one_client = self
+            .max_message_size
+            .saturating_add(self.max_inflight_bytes_per_client)
+            .saturating_add(self.send_buffer_bytes);
+        let needed = self.orphan_max_bytes.saturating_add(one_client);
+        if (self.memory_budget_bytes / 4).saturating_mul(3) < needed {
+            return err(format!(
+                "--memory-budget-bytes ({}) is too small: 3/4 of it must cover \
+                 --orphan-max-bytes ({}) plus one client's bounds (--max-message-size + \
+                 --max-inflight-bytes-per-client + --send-buffer-bytes = {one_client}), \
+                 i.e. at least {} bytes",
+                self.memory_budget_bytes,
+                self.orphan_max_bytes,
+                needed.saturating_mul(4).div_ceil(3)
+            ));
         }
         if self.batch_max_bytes > 2 * 1024 * 1024 {
             return err("--batch-max-bytes must be at most 2 MiB (the IC ingress limit)".into());
@@ -534,6 +599,15 @@ mod tests {
                 ],
                 "ipv6-64",
             ),
+            (
+                &["--memory-budget-bytes", "1000000"],
+                "--memory-budget-bytes",
+            ),
+            (
+                &["--max-inflight-bytes-per-client", "1000"],
+                "below --max-message-size",
+            ),
+            (&["--refusal-budget", "0"], "--refusal-budget"),
             (&["--listen", "banana"], "banana"),
         ];
         for (args, needle) in cases {

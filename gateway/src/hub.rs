@@ -14,6 +14,7 @@
 use crate::canister::CanisterApi;
 use crate::config::{CanisterPolicy, Config};
 use crate::health::Health;
+use crate::memory::{Category, Charge, Shed};
 use crate::metrics::Metrics;
 use crate::outbox::{CloseWith, Outbox, Push};
 use crate::relay::RelayItem;
@@ -29,8 +30,11 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch, Notify};
 use tokio_tungstenite::tungstenite::Bytes;
 
-/// Most messages kept for clients that are not attached (yet).
+/// Most messages kept for clients that are not attached (yet), per canister (their bytes are
+/// bounded by `--orphan-max-bytes` and charged to the memory ledger).
 const MAX_ORPHANS: usize = 20_000;
+/// Bytes counted per orphan besides its messages (the entry, its share of the page).
+const ORPHAN_OVERHEAD: usize = 256;
 
 /// Gateway-wide state.
 pub struct Shared<C> {
@@ -78,12 +82,14 @@ impl<C: CanisterApi> Shared<C> {
         .map(Bytes::from)
         .unwrap_or_default();
         let (needs, needs_rx) = mpsc::unbounded_channel();
+        let metrics = Arc::new(Metrics::default());
+        metrics.memory.set_budget(config.memory_budget_bytes);
         Arc::new(Shared {
             config,
             policy,
             api,
             principal,
-            metrics: Arc::new(Metrics::default()),
+            metrics,
             hello,
             health: Arc::new(Health::default()),
             hubs: Mutex::new(HashMap::new()),
@@ -167,6 +173,7 @@ impl<C: CanisterApi> Shared<C> {
         };
         for o in orphans {
             table.orphan_count = table.orphan_count.saturating_sub(o.messages.len());
+            table.orphan_bytes = table.orphan_bytes.saturating_sub(o.bytes);
             self.deliver_locked(&mut table, &o.page, client_id, o.messages);
         }
         if !table.poller_running {
@@ -186,21 +193,37 @@ impl<C: CanisterApi> Shared<C> {
         messages: Vec<OutboundMessage>,
     ) {
         let Some(entry) = table.clients.get_mut(&client_id) else {
+            let bytes = messages.iter().fold(ORPHAN_OVERHEAD, |sum, m| {
+                sum.saturating_add(m.content.len().saturating_add(MESSAGE_OVERHEAD))
+            });
+            if bytes > self.config.orphan_max_bytes {
+                self.metrics.memory.shed(Shed::Orphan);
+                tracing::debug!(client_id, "orphan messages over --orphan-max-bytes dropped");
+                return;
+            }
+            // Oldest first: make room within the canister's count and byte bounds.
+            while table.orphan_count.saturating_add(messages.len()) > MAX_ORPHANS
+                || table.orphan_bytes.saturating_add(bytes) > self.config.orphan_max_bytes
+            {
+                if !table.pop_orphan() {
+                    break;
+                }
+            }
+            let Some(charge) = self.metrics.memory.try_charge(Category::Orphans, bytes) else {
+                self.metrics.memory.shed(Shed::Orphan);
+                tracing::debug!(client_id, "memory budget spent: orphan messages dropped");
+                return;
+            };
             table.orphan_count = table.orphan_count.saturating_add(messages.len());
+            table.orphan_bytes = table.orphan_bytes.saturating_add(bytes);
             table.orphans.push_back(Orphan {
                 at: page.received,
                 page: page.clone(),
                 client: client_id,
                 messages,
+                bytes,
+                _charge: charge,
             });
-            while table.orphan_count > MAX_ORPHANS {
-                match table.orphans.pop_front() {
-                    Some(o) => {
-                        table.orphan_count = table.orphan_count.saturating_sub(o.messages.len());
-                    }
-                    None => break,
-                }
-            }
             return;
         };
         // A restarted gateway re-reads the log from cursor 0: skip what this client already
@@ -401,6 +424,8 @@ pub struct Orphan {
     page: Arc<Page>,
     client: ClientId,
     messages: Vec<OutboundMessage>,
+    bytes: usize,
+    _charge: Charge,
 }
 
 /// Attached clients and orphans of one canister.
@@ -410,6 +435,7 @@ pub struct Table {
     pub clients: HashMap<ClientId, ClientEntry>,
     orphans: VecDeque<Orphan>,
     orphan_count: usize,
+    orphan_bytes: usize,
     /// Whether the canister's poller runs (set on attach, cleared when it stops).
     poller_running: bool,
 }
@@ -421,9 +447,25 @@ impl Table {
             if now.duration_since(o.at) <= ttl {
                 break;
             }
-            self.orphan_count = self.orphan_count.saturating_sub(o.messages.len());
-            self.orphans.pop_front();
+            self.pop_orphan();
         }
+    }
+
+    /// Drops the oldest orphan; false when there is none.
+    fn pop_orphan(&mut self) -> bool {
+        match self.orphans.pop_front() {
+            Some(o) => {
+                self.orphan_count = self.orphan_count.saturating_sub(o.messages.len());
+                self.orphan_bytes = self.orphan_bytes.saturating_sub(o.bytes);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Orphan messages kept and their counted bytes.
+    pub fn orphans(&self) -> (usize, usize) {
+        (self.orphan_count, self.orphan_bytes)
     }
 }
 
@@ -561,5 +603,65 @@ mod tests {
             std::time::Duration::from_secs(30),
         );
         assert_eq!(table.orphan_count, 0);
+    }
+
+    #[tokio::test]
+    async fn orphans_are_bounded_by_bytes_and_charged() {
+        let config = Config::from_args([
+            "gw",
+            "--canister",
+            "aaaaa-aa",
+            "--orphan-max-bytes",
+            "10000",
+        ])
+        .unwrap();
+        let policy = config.canister_policy().unwrap();
+        let shared = Shared::new(
+            config,
+            policy,
+            Arc::new(FakeCanister::new()),
+            Principal::anonymous(),
+        );
+        let hub = shared.hub(Principal::management_canister()).unwrap();
+        let big = |client: ClientId| OutboundMessage {
+            client_id: client,
+            seq: 0,
+            content: vec![0; 3000],
+        };
+        let mut table = hub.table();
+        for client in 0..10 {
+            let m = big(client);
+            shared.deliver_locked(&mut table, &page(std::slice::from_ref(&m)), client, vec![m]);
+        }
+        let (count, bytes) = table.orphans();
+        let one = 3000 + MESSAGE_OVERHEAD + ORPHAN_OVERHEAD;
+        assert_eq!((count, bytes), (3, 3 * one), "the oldest are dropped first");
+        assert_eq!(shared.metrics.memory.used(Category::Orphans), 3 * one);
+        assert!(table.orphans.iter().all(|o| o.client >= 7));
+        // One page's messages over the whole bound are dropped, not kept past it.
+        let huge = OutboundMessage {
+            client_id: 99,
+            seq: 0,
+            content: vec![0; 20_000],
+        };
+        shared.deliver_locked(
+            &mut table,
+            &page(std::slice::from_ref(&huge)),
+            99,
+            vec![huge],
+        );
+        assert_eq!(table.orphans(), (3, 3 * one));
+        assert_eq!(shared.metrics.memory.shed_count(Shed::Orphan), 1);
+        table.expire_orphans(
+            Instant::now() + std::time::Duration::from_secs(60),
+            std::time::Duration::from_secs(30),
+        );
+        assert_eq!(shared.metrics.memory.used(Category::Orphans), 0);
+        // With the budget spent, new orphans are dropped and counted.
+        shared.metrics.memory.set_budget(100);
+        let m = big(1);
+        shared.deliver_locked(&mut table, &page(std::slice::from_ref(&m)), 1, vec![m]);
+        assert_eq!(table.orphans(), (0, 0));
+        assert_eq!(shared.metrics.memory.shed_count(Shed::Orphan), 2);
     }
 }

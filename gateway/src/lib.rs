@@ -55,6 +55,7 @@ pub mod health;
 pub mod hub;
 pub mod identity;
 pub mod listener;
+pub mod memory;
 pub mod metrics;
 pub mod outbox;
 pub mod poller;

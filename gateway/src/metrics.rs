@@ -61,6 +61,8 @@ pub const SECONDS_BUCKETS: &[f64] = &[
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
     5.0, 10.0, 30.0,
 ];
+/// Bounds for relay waits counted in batches.
+pub const WAIT_BATCH_BUCKETS: &[f64] = &[0.0, 1.0, 2.0, 3.0, 5.0, 10.0, 20.0, 50.0, 100.0];
 /// Bounds for batch sizes (entries per call).
 pub const SIZE_BUCKETS: &[f64] = &[1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0];
 
@@ -236,6 +238,13 @@ pub struct Metrics {
     /// Session tasks that panicked (each closed only its own connection).
     pub session_panics: Counter,
     worker_restarts: [Counter; WORKER_KINDS.len()],
+    /// The memory budget's ledger (bytes held for peers, things shed).
+    pub memory: std::sync::Arc<crate::memory::Ledger>,
+    /// Clients closed because the canister refused too many of their messages.
+    pub refusal_closes: Counter,
+    /// Batches a message sent with the priority of a client with nothing else queued waited
+    /// in the relay before its own batch was cut (0 unless many such clients arrive at once).
+    pub relay_wait_batches: Histogram,
     errors: [Counter; ERROR_KINDS.len()],
 }
 
@@ -267,6 +276,9 @@ impl Default for Metrics {
             workers_down: Gauge::default(),
             session_panics: Counter::default(),
             worker_restarts: Default::default(),
+            memory: Default::default(),
+            refusal_closes: Counter::default(),
+            relay_wait_batches: Histogram::new(WAIT_BATCH_BUCKETS),
             errors: Default::default(),
         }
     }
@@ -462,6 +474,18 @@ impl Metrics {
             "Session tasks that panicked (only their own connection closed).",
             self.session_panics.get(),
         );
+        counter(
+            &mut out,
+            "ic_ws_gateway_refusal_closes_total",
+            "Clients closed (1008) because the canister refused too many of their messages.",
+            self.refusal_closes.get(),
+        );
+        self.relay_wait_batches.render(
+            &mut out,
+            "ic_ws_gateway_relay_wait_batches",
+            "Batches cut before the batch of a message sent with the priority of a client with nothing else queued (up to 4 KiB).",
+        );
+        self.memory.render(&mut out);
         let _ = writeln!(out, "# HELP ic_ws_gateway_errors_total Errors by kind.\n# TYPE ic_ws_gateway_errors_total counter");
         for ((_, name), c) in ERROR_KINDS.iter().zip(&self.errors) {
             let _ = writeln!(

@@ -10,9 +10,13 @@
 //! so one stalled client never delays anybody else.
 //!
 //! Memory: an idle outbox is a mutex, an empty `VecDeque` (no allocation) and a `Notify`.
+//! A session's outbox charges its queued bytes to the gateway's memory ledger
+//! (`crate::memory`): a frame for a client that is already behind, when the budget is spent,
+//! closes that client with 4006 instead of growing the buffer.
 
+use crate::memory::{Category, Charge, Ledger, Shed};
 use std::collections::VecDeque;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 use tokio::sync::Notify;
 use tokio_tungstenite::tungstenite::Bytes;
@@ -97,7 +101,7 @@ impl std::fmt::Debug for Frame {
 
 #[derive(Debug, Default)]
 struct State {
-    frames: VecDeque<(Frame, Option<Instant>)>,
+    frames: VecDeque<(Frame, Option<Instant>, Option<Charge>)>,
     bytes: usize,
     /// Close after the queued frames are written.
     finish: Option<CloseWith>,
@@ -113,6 +117,7 @@ pub struct Outbox {
     aborted: Notify,
     max_frames: usize,
     max_bytes: usize,
+    ledger: Option<Arc<Ledger>>,
 }
 
 impl Outbox {
@@ -124,6 +129,16 @@ impl Outbox {
             aborted: Notify::new(),
             max_frames,
             max_bytes,
+            ledger: None,
+        }
+    }
+
+    /// An empty buffer bounded by `max_frames` and `max_bytes` whose bytes are charged to
+    /// `ledger`.
+    pub fn accounted(max_frames: usize, max_bytes: usize, ledger: Arc<Ledger>) -> Self {
+        Outbox {
+            ledger: Some(ledger),
+            ..Outbox::new(max_frames, max_bytes)
         }
     }
 
@@ -167,23 +182,48 @@ impl Outbox {
         }
         // An empty buffer always takes one frame, however large (a frame is bounded by the
         // canister's poll reply limit).
-        if !s.frames.is_empty()
+        let overflow = if !s.frames.is_empty()
             && (s.frames.len() >= self.max_frames
                 || s.bytes.saturating_add(frame.size()) > self.max_bytes)
         {
-            s.frames.clear();
-            s.bytes = 0;
-            s.abort = Some(CloseWith::new(
+            Some(CloseWith::new(
                 ic_ws_protocol::frames::close_code::SLOW_CLIENT,
                 "slow client: send buffer overflow",
-            ));
-            drop(s);
-            self.ready.notify_one();
-            self.aborted.notify_waiters();
-            return Push::Overflowed;
-        }
+            ))
+        } else {
+            None
+        };
+        let charge = match (&self.ledger, overflow) {
+            (_, Some(close)) => Err(close),
+            (None, None) => Ok(None),
+            (Some(ledger), None) if s.frames.is_empty() => {
+                Ok(Some(ledger.charge(Category::Outbox, frame.size())))
+            }
+            (Some(ledger), None) => match ledger.try_charge(Category::Outbox, frame.size()) {
+                Some(c) => Ok(Some(c)),
+                None => {
+                    ledger.shed(Shed::Outbox);
+                    Err(CloseWith::new(
+                        ic_ws_protocol::frames::close_code::OVERLOADED,
+                        "gateway overloaded: client too far behind",
+                    ))
+                }
+            },
+        };
+        let charge = match charge {
+            Ok(c) => c,
+            Err(close) => {
+                s.frames.clear();
+                s.bytes = 0;
+                s.abort = Some(close);
+                drop(s);
+                self.ready.notify_one();
+                self.aborted.notify_waiters();
+                return Push::Overflowed;
+            }
+        };
         s.bytes = s.bytes.saturating_add(frame.size());
-        s.frames.push_back((frame, since));
+        s.frames.push_back((frame, since, charge));
         drop(s);
         self.ready.notify_one();
         Push::Queued
@@ -229,7 +269,7 @@ impl Outbox {
         if let Some(c) = &s.abort {
             return Some((Frame::Closing(c.clone()), None));
         }
-        if let Some((f, since)) = s.frames.pop_front() {
+        if let Some((f, since, _charge)) = s.frames.pop_front() {
             s.bytes = s.bytes.saturating_sub(f.size());
             if s.frames.is_empty() {
                 // Give back the memory of a burst.
@@ -303,6 +343,27 @@ mod tests {
         );
         assert_eq!(o.push(Bytes::from(vec![0u8; 3]), None), Push::Overflowed);
         assert_eq!(o.len(), (0, 0));
+    }
+
+    #[tokio::test]
+    async fn queued_bytes_are_charged_and_a_client_behind_is_shed_at_the_budget() {
+        let ledger = Arc::new(Ledger::new(100));
+        let o = Outbox::accounted(10, 1000, ledger.clone());
+        assert_eq!(o.push(Bytes::from(vec![0u8; 150]), None), Push::Queued);
+        assert_eq!(
+            ledger.used(Category::Outbox),
+            150,
+            "an empty buffer takes one frame"
+        );
+        assert!(matches!(o.next().await, Outgoing::Frame(..)));
+        assert_eq!(ledger.total(), 0);
+        o.push(Bytes::from(vec![0u8; 60]), None);
+        o.push(Bytes::from(vec![0u8; 30]), None);
+        assert_eq!(ledger.total(), 90);
+        assert_eq!(o.push(Bytes::from(vec![0u8; 20]), None), Push::Overflowed);
+        assert_eq!(ledger.total(), 0, "dropped frames give their bytes back");
+        assert_eq!(ledger.shed_count(Shed::Outbox), 1);
+        assert!(matches!(o.next().await, Outgoing::Close(c) if c.code == 4006));
     }
 
     #[tokio::test]

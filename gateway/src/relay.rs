@@ -13,11 +13,26 @@
 //!   so only the entry that traps fails, and only its client hears about it.
 //! - Results go to each entry's client only: `MessageError` (then 4004 when the session cannot
 //!   continue), `OpenResult` (then 4003 when the open failed).
+//! - Fairness: the worker moves everything the sessions queued into a [`Scheduler`] with one
+//!   lane per client (its messages, its disconnect, its resume) and one per new open. Batches
+//!   are cut by deficit round-robin over the lanes, by bytes, and a lane that was empty goes
+//!   before the backlogged ones (the "new flows" of FQ-CoDel, RFC 8290): a client with nothing
+//!   queued has its message in the next batch however long other clients' backlogs are, and
+//!   a backlogged client gets one quantum per round. Each lane keeps its own order, so a
+//!   client's messages still come before its disconnect, and that before its resume.
+//! - Shares: each client may have `--max-inflight-per-client` messages and
+//!   `--max-inflight-bytes-per-client` bytes queued or in flight ([`ClientShare`]); beyond
+//!   that its session stops reading its socket. Messages are charged to the memory ledger
+//!   (`crate::memory`) until their result is known.
+//! - Refusals: every `Rejected`, `DecodeError` or `TooLarge` result counts against the
+//!   client's `--refusal-budget` (each accepted message pays one back). Past half of it the
+//!   client is throttled to one message in flight; past all of it it is closed with 1008.
 
 use crate::canister::{CallError, CanisterApi};
 use crate::health::WorkerExit;
 use crate::hub::{ClientEntry, Hub, Shared};
-use crate::metrics::ErrorKind;
+use crate::memory::Charge;
+use crate::metrics::{ErrorKind, Histogram};
 use crate::outbox::{CloseWith, Outbox};
 use ic_ws_protocol::frames::close_code;
 use ic_ws_protocol::text::bounded;
@@ -26,15 +41,16 @@ use ic_ws_protocol::types::{
     OpenRequest, WsError,
 };
 use ic_ws_protocol::GatewayFrame;
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::future::Future;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
-use tokio::sync::{oneshot, OwnedSemaphorePermit};
+use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
 use tokio_tungstenite::tungstenite::Bytes;
 
 /// Fixed overhead counted per entry in the byte bound (ids, seq, signature, candid framing).
-const ENTRY_OVERHEAD: usize = 128;
+pub const ENTRY_OVERHEAD: usize = 128;
 
 /// Most bytes of a canister's trap message quoted in an error frame to a client.
 pub const MAX_ERROR_TEXT_BYTES: usize = 1024;
@@ -66,6 +82,8 @@ pub struct PendingOpen {
     pub outbox: Arc<Outbox>,
     /// Told the `OpenOk` once the client is attached.
     pub reply: oneshot::Sender<OpenOk>,
+    /// Its bytes in the memory ledger.
+    pub charge: Option<Charge>,
 }
 
 /// A message waiting for `ws_message`.
@@ -77,8 +95,102 @@ pub struct PendingMessage {
     pub size: usize,
     /// The sender's send buffer (gets a `MessageError` on failure).
     pub outbox: Arc<Outbox>,
-    /// Released when the result is known (bounds a client's messages in flight).
-    pub permit: Option<OwnedSemaphorePermit>,
+    /// What the message holds until its result is known: its client's share and its bytes in
+    /// the memory ledger (all released when the entry is dropped).
+    pub hold: Hold,
+}
+
+/// What a message holds while it is held, queued or in flight.
+#[derive(Debug, Default)]
+pub struct Hold {
+    /// The sender's share (refusals are counted on it).
+    pub share: Option<Arc<ClientShare>>,
+    /// Its part of the share.
+    pub permit: Option<SharePermit>,
+    /// Its bytes in the memory ledger.
+    pub charge: Option<Charge>,
+}
+
+/// Part of a client's share, released on drop.
+#[derive(Debug)]
+pub struct SharePermit {
+    _items: OwnedSemaphorePermit,
+    _bytes: OwnedSemaphorePermit,
+}
+
+/// One client's share of its canister's relay: the messages and bytes it may have queued or
+/// in flight, and its refusals.
+#[derive(Debug)]
+pub struct ClientShare {
+    items: Arc<Semaphore>,
+    bytes: Arc<Semaphore>,
+    max_items: u32,
+    max_bytes: u32,
+    refusals: AtomicU32,
+    refusal_budget: u32,
+}
+
+impl ClientShare {
+    /// A share of `max_items` messages and `max_bytes` bytes, closed after `refusal_budget`
+    /// net refusals.
+    pub fn new(max_items: usize, max_bytes: usize, refusal_budget: u32) -> Self {
+        let max_items = u32::try_from(max_items)
+            .unwrap_or(u32::MAX)
+            .min(Semaphore::MAX_PERMITS as u32);
+        let max_bytes = u32::try_from(max_bytes)
+            .unwrap_or(u32::MAX)
+            .min(Semaphore::MAX_PERMITS as u32);
+        ClientShare {
+            items: Arc::new(Semaphore::new(max_items as usize)),
+            bytes: Arc::new(Semaphore::new(max_bytes as usize)),
+            max_items,
+            max_bytes,
+            refusals: AtomicU32::new(0),
+            refusal_budget,
+        }
+    }
+
+    /// Waits until a message of `cost` bytes fits the share. A throttled client waits until
+    /// everything it has in flight is answered (one message at a time).
+    pub async fn acquire(&self, cost: usize) -> Option<SharePermit> {
+        let items = if self.throttled() { self.max_items } else { 1 };
+        let items = self.items.clone().acquire_many_owned(items).await.ok()?;
+        let cost = u32::try_from(cost).unwrap_or(u32::MAX).min(self.max_bytes);
+        let bytes = self.bytes.clone().acquire_many_owned(cost).await.ok()?;
+        Some(SharePermit {
+            _items: items,
+            _bytes: bytes,
+        })
+    }
+
+    /// Whether the client is past half of its refusal budget.
+    pub fn throttled(&self) -> bool {
+        self.refusals.load(Ordering::Relaxed).saturating_mul(2) > self.refusal_budget
+    }
+
+    /// Counts one refused message; returns whether the client is now past its budget.
+    pub fn refused(&self) -> bool {
+        let n = self
+            .refusals
+            .fetch_add(1, Ordering::Relaxed)
+            .saturating_add(1);
+        n > self.refusal_budget
+    }
+
+    /// Counts one accepted message (pays one refusal back).
+    pub fn accepted(&self) {
+        let _ = self
+            .refusals
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+    }
+}
+
+/// Whether the canister refused a message for its content (counted against the budget).
+fn is_refusal(error: &WsError) -> bool {
+    matches!(
+        error,
+        WsError::Rejected(_) | WsError::DecodeError(_) | WsError::TooLarge { .. }
+    )
 }
 
 impl RelayItem {
@@ -88,6 +200,160 @@ impl RelayItem {
             RelayItem::Message(m) => ENTRY_OVERHEAD.saturating_add(m.size),
             RelayItem::Close { .. } => 16,
         }
+    }
+
+    /// The scheduler lane: a client's messages, disconnect and resume share one lane (their
+    /// order matters); a new open has a lane of its own.
+    fn lane(&self) -> Lane {
+        match self {
+            RelayItem::Message(m) => Lane::Client(m.message.client_id),
+            RelayItem::Close { client_id, .. } => Lane::Client(*client_id),
+            RelayItem::Open(o) => match &o.request.resume {
+                Some(r) => Lane::Client(r.client_id),
+                None => Lane::Conn(o.conn_id),
+            },
+        }
+    }
+}
+
+/// Credit of a lane that was empty: a client sending small messages now and then has them
+/// sent before every backlog; a bigger message waits for its round-robin turn like the rest.
+const SPARSE_QUANTUM: usize = 4096;
+
+/// A scheduler lane.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Lane {
+    Client(ClientId),
+    Conn(u64),
+}
+
+#[derive(Debug)]
+struct LaneQueue {
+    items: VecDeque<RelayItem>,
+    /// Bytes the lane may still send in its current turn (deficit round-robin).
+    credit: usize,
+    /// The batch count when the lane went from empty to non-empty (for the wait metric).
+    since: Option<u64>,
+}
+
+/// The relay queue of one canister, drained fairly: deficit round-robin by bytes over one lane
+/// per client; a lane that was empty first sends up to [`SPARSE_QUANTUM`] bytes before the
+/// backlogged lanes (see the module doc).
+#[derive(Debug)]
+pub struct Scheduler {
+    lanes: HashMap<Lane, LaneQueue>,
+    /// Lanes that became non-empty and have not used their first quantum.
+    new_lanes: VecDeque<Lane>,
+    /// Backlogged lanes, in round-robin order.
+    old_lanes: VecDeque<Lane>,
+    quantum: usize,
+    batches: u64,
+    len: usize,
+}
+
+impl Scheduler {
+    /// An empty scheduler giving each backlogged lane `quantum` bytes per turn (at least one
+    /// entry when `quantum` covers the largest entry).
+    pub fn new(quantum: usize) -> Self {
+        Scheduler {
+            lanes: HashMap::new(),
+            new_lanes: VecDeque::new(),
+            old_lanes: VecDeque::new(),
+            quantum: quantum.max(1),
+            batches: 0,
+            len: 0,
+        }
+    }
+
+    /// Entries queued.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether nothing is queued.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Queues an item at the end of its lane.
+    pub fn push(&mut self, item: RelayItem) {
+        let lane = item.lane();
+        let (new_lanes, batches) = (&mut self.new_lanes, self.batches);
+        let queue = self.lanes.entry(lane).or_insert_with(|| {
+            new_lanes.push_back(lane);
+            LaneQueue {
+                items: VecDeque::new(),
+                credit: SPARSE_QUANTUM,
+                since: Some(batches),
+            }
+        });
+        queue.items.push_back(item);
+        self.len = self.len.saturating_add(1);
+    }
+
+    /// Cuts the next batch (at least one entry, at most `max_entries` and, unless its first
+    /// entry alone is larger, `max_bytes`). `waits` records, for each entry sent with the
+    /// priority of a lane that was empty, how many batches were cut between its arrival and
+    /// this one.
+    pub fn take_batch(
+        &mut self,
+        max_entries: usize,
+        max_bytes: usize,
+        waits: Option<&Histogram>,
+    ) -> Vec<RelayItem> {
+        let this_batch = self.batches;
+        let mut batch = Vec::new();
+        let mut bytes = 0usize;
+        while batch.len() < max_entries {
+            let (from_new, key) = match (self.new_lanes.front(), self.old_lanes.front()) {
+                (Some(k), _) => (true, *k),
+                (None, Some(k)) => (false, *k),
+                (None, None) => break,
+            };
+            let list = if from_new {
+                &mut self.new_lanes
+            } else {
+                &mut self.old_lanes
+            };
+            let Some(lane) = self.lanes.get_mut(&key) else {
+                list.pop_front();
+                continue;
+            };
+            let Some(cost) = lane.items.front().map(RelayItem::cost) else {
+                list.pop_front();
+                self.lanes.remove(&key);
+                continue;
+            };
+            if lane.credit < cost {
+                // Its turn is over: the next one starts at the back of the round.
+                lane.credit = lane.credit.saturating_add(self.quantum);
+                list.pop_front();
+                self.old_lanes.push_back(key);
+                continue;
+            }
+            if !batch.is_empty() && bytes.saturating_add(cost) > max_bytes {
+                // The lane keeps its place: it goes first in the next batch.
+                break;
+            }
+            // (`credit >= cost` here: the lane was topped up above until it covered the cost.)
+            lane.credit = lane.credit.saturating_sub(cost);
+            bytes = bytes.saturating_add(cost);
+            if let (Some(since), Some(h)) = (lane.since.take(), waits) {
+                if from_new {
+                    h.observe(this_batch.saturating_sub(since) as f64);
+                }
+            }
+            if let Some(item) = lane.items.pop_front() {
+                self.len = self.len.saturating_sub(1);
+                batch.push(item);
+            }
+            if lane.items.is_empty() {
+                list.pop_front();
+                self.lanes.remove(&key);
+            }
+        }
+        self.batches = self.batches.saturating_add(1);
+        batch
     }
 }
 
@@ -113,30 +379,6 @@ fn send_frame(outbox: &Outbox, frame: &GatewayFrame) {
         }
         Err(e) => tracing::error!("cannot encode a frame: {e}"),
     }
-}
-
-/// Takes the next batch off the front of `queue`: entries in queue order while they fit the
-/// bounds (at least one).
-pub fn take_batch(
-    queue: &mut VecDeque<RelayItem>,
-    max_entries: usize,
-    max_bytes: usize,
-) -> Vec<RelayItem> {
-    let mut batch = Vec::new();
-    let mut bytes: usize = 0;
-    while let Some(item) = queue.front() {
-        let cost = item.cost();
-        if !batch.is_empty()
-            && (batch.len() >= max_entries || bytes.saturating_add(cost) > max_bytes)
-        {
-            break;
-        }
-        bytes = bytes.saturating_add(cost);
-        if let Some(item) = queue.pop_front() {
-            batch.push(item);
-        }
-    }
-    batch
 }
 
 /// Runs `call` until it succeeds, fails non-transiently, or runs out of attempts.
@@ -181,7 +423,12 @@ pub async fn run<C: CanisterApi>(shared: Arc<Shared<C>>, hub: Arc<Hub>) -> Worke
     let Some(mut rx) = hub.relay_receiver() else {
         return WorkerExit::Failed("another relay worker holds the queue".into());
     };
-    let mut queue: VecDeque<RelayItem> = VecDeque::new();
+    let mut queue = Scheduler::new(
+        shared
+            .config
+            .max_message_size
+            .saturating_add(ENTRY_OVERHEAD),
+    );
     let mut draining = shared.draining.subscribe();
     let interval = shared.config.batch_interval();
     let max_entries = shared.config.batch_max_messages;
@@ -191,12 +438,12 @@ pub async fn run<C: CanisterApi>(shared: Arc<Shared<C>>, hub: Arc<Hub>) -> Worke
         if queue.is_empty() {
             tokio::select! {
                 item = rx.recv() => match item {
-                    Some(item) => queue.push_back(item),
+                    Some(item) => queue.push(item),
                     None => return WorkerExit::Done,
                 },
                 _ = draining.wait_for(|d| *d) => {
                     match rx.try_recv() {
-                        Ok(item) => queue.push_back(item),
+                        Ok(item) => queue.push(item),
                         Err(_) => return WorkerExit::Done,
                     }
                 }
@@ -209,20 +456,26 @@ pub async fn run<C: CanisterApi>(shared: Arc<Shared<C>>, hub: Arc<Hub>) -> Worke
             while queue.len() < max_entries && !*draining.borrow() {
                 tokio::select! {
                     item = rx.recv() => match item {
-                        Some(item) => queue.push_back(item),
+                        Some(item) => queue.push(item),
                         None => break,
                     },
                     _ = tokio::time::sleep_until(ready_at) => break,
                 }
             }
         }
-        while queue.len() < max_entries.saturating_mul(2) {
+        // Everything queued so far takes part in the fair choice (bounded by the channel's
+        // capacity; the clients' shares bound what is behind it).
+        for _ in 0..shared.config.relay_queue {
             match rx.try_recv() {
-                Ok(item) => queue.push_back(item),
+                Ok(item) => queue.push(item),
                 Err(_) => break,
             }
         }
-        let batch = take_batch(&mut queue, max_entries, max_bytes);
+        let batch = queue.take_batch(
+            max_entries,
+            max_bytes,
+            Some(&shared.metrics.relay_wait_batches),
+        );
         last_batch = Some(Instant::now());
         if crate::testhook::fire(&shared.config, "panic-relay") {
             panic!(
@@ -369,13 +622,19 @@ fn handle_message_result<C>(
 ) {
     let client = m.message.client_id;
     match result {
-        MessageResult::Ok | MessageResult::Duplicate => {}
+        MessageResult::Ok | MessageResult::Duplicate => {
+            if let Some(share) = &m.hold.share {
+                share.accepted();
+            }
+        }
         MessageResult::Err(error) => {
             if failed.contains(&client) {
                 return;
             }
             shared.metrics.error(ErrorKind::MessageRejected);
             let fatal = always_fatal || is_fatal(&error);
+            let over_budget =
+                !fatal && is_refusal(&error) && m.hold.share.as_ref().is_some_and(|s| s.refused());
             tracing::debug!(
                 client,
                 seq = m.message.seq,
@@ -394,6 +653,14 @@ fn handle_message_result<C>(
                 m.outbox.finish(CloseWith::new(
                     close_code::MESSAGE_REJECTED,
                     format!("message {} rejected: {error}", m.message.seq),
+                ));
+            } else if over_budget && !m.outbox.is_closing() {
+                failed.insert(client);
+                shared.metrics.refusal_closes.inc();
+                tracing::info!(client, "client closed: too many refused messages");
+                m.outbox.finish(CloseWith::new(
+                    close_code::POLICY_VIOLATION,
+                    "too many messages refused by the canister",
                 ));
             }
         }
@@ -536,7 +803,7 @@ mod tests {
             },
             size,
             outbox: Arc::new(Outbox::new(10, 1000)),
-            permit: None,
+            hold: Hold::default(),
         })
     }
 
@@ -550,16 +817,205 @@ mod tests {
             .collect()
     }
 
+    fn close(client: ClientId) -> RelayItem {
+        RelayItem::Close {
+            client_id: client,
+            conn_id: 1,
+        }
+    }
+
+    fn lanes(batch: &[RelayItem]) -> Vec<String> {
+        batch
+            .iter()
+            .map(|i| match i {
+                RelayItem::Message(m) => format!("{}:{}", m.message.client_id, m.message.seq),
+                RelayItem::Close { client_id, .. } => format!("{client_id}:close"),
+                RelayItem::Open(o) => format!("open{}", o.conn_id),
+            })
+            .collect()
+    }
+
+    fn scheduler(items: Vec<RelayItem>) -> Scheduler {
+        let mut s = Scheduler::new(1000 + ENTRY_OVERHEAD);
+        for i in items {
+            s.push(i);
+        }
+        s
+    }
+
     #[test]
-    fn batches_are_queue_prefixes_bounded_by_count_and_bytes() {
-        let mut q: VecDeque<RelayItem> = (0..10).map(|i| msg(i % 3, i / 3, 100)).collect();
-        let first = take_batch(&mut q, 4, 1_000_000);
-        assert_eq!(seqs(&first), vec![(0, 0), (1, 0), (2, 0), (0, 1)]);
-        let second = take_batch(&mut q, 100, 2 * (ENTRY_OVERHEAD + 100));
-        assert_eq!(seqs(&second), vec![(1, 1), (2, 1)]);
+    fn batches_are_bounded_by_count_and_bytes() {
+        let mut q = scheduler((0..10).map(|i| msg(i % 3, i / 3, 100)).collect());
+        let first = q.take_batch(4, 1_000_000, None);
+        assert_eq!(first.len(), 4);
+        let second = q.take_batch(100, 2 * (ENTRY_OVERHEAD + 100), None);
+        assert_eq!(second.len(), 2);
+        assert_eq!(q.len(), 4);
         // An entry larger than the byte bound still goes alone (the canister judges it).
-        let mut q: VecDeque<RelayItem> = vec![msg(1, 0, 5000), msg(1, 1, 10)].into();
-        assert_eq!(seqs(&take_batch(&mut q, 100, 1000)), vec![(1, 0)]);
+        let mut q = scheduler(vec![msg(1, 0, 5000), msg(1, 1, 10)]);
+        assert_eq!(seqs(&q.take_batch(100, 1000, None)), vec![(1, 0)]);
+        assert_eq!(seqs(&q.take_batch(100, 1000, None)), vec![(1, 1)]);
+        assert!(q.is_empty());
+    }
+
+    #[test]
+    fn each_lane_keeps_its_order_and_a_disconnect_follows_its_messages() {
+        let mut items = Vec::new();
+        for seq in 0..20 {
+            items.push(msg(1, seq, 300));
+            items.push(msg(2, seq, 10));
+        }
+        items.push(close(2));
+        items.push(close(1));
+        let mut q = scheduler(items);
+        let mut seen = Vec::new();
+        while !q.is_empty() {
+            seen.extend(lanes(&q.take_batch(7, 3000, None)));
+        }
+        for client in [1, 2] {
+            let mine: Vec<&String> = seen
+                .iter()
+                .filter(|l| l.starts_with(&format!("{client}:")))
+                .collect();
+            let mut expected: Vec<String> = (0..20).map(|s| format!("{client}:{s}")).collect();
+            expected.push(format!("{client}:close"));
+            assert_eq!(mine, expected.iter().collect::<Vec<_>>(), "client {client}");
+        }
+    }
+
+    #[test]
+    fn a_client_with_nothing_queued_goes_in_the_next_batch_despite_backlogs() {
+        // Three clients with backlogs of big entries.
+        let big = 10_000 + ENTRY_OVERHEAD;
+        let mut q = Scheduler::new(big);
+        for seq in 0..50 {
+            for client in 1..=3 {
+                q.push(msg(client, seq, 10_000));
+            }
+        }
+        let waits = Histogram::new(crate::metrics::WAIT_BATCH_BUCKETS);
+        let first = q.take_batch(500, 2 * big, Some(&waits));
+        assert_eq!(seqs(&first), vec![(1, 0), (2, 0)]);
+        // An honest client's small message arrives: it is first in the very next batch.
+        q.push(msg(9, 0, 50));
+        let next = q.take_batch(500, 2 * big, Some(&waits));
+        assert_eq!(seqs(&next), vec![(9, 0), (3, 0)]);
+        assert_eq!(waits.quantile_upper_bound(1.0), Some(0.0));
+        assert_eq!(
+            waits.count(),
+            1,
+            "only the honest entry went with priority (the big ones waited their turn)"
+        );
+    }
+
+    #[test]
+    fn backlogged_clients_are_served_round_robin_by_bytes() {
+        // Client 1 sends big entries, client 2 small ones: per round, client 1 gets one entry
+        // (its quantum), client 2 as many as fit its quantum in bytes.
+        let quantum = 10_000 + ENTRY_OVERHEAD;
+        let mut items = Vec::new();
+        for seq in 0..30 {
+            items.push(msg(1, seq, 10_000));
+        }
+        for seq in 0..300 {
+            items.push(msg(2, seq, 72)); // 200 bytes with the overhead
+        }
+        let mut q = Scheduler::new(quantum);
+        for i in items {
+            q.push(i);
+        }
+        let batch = q.take_batch(10_000, 10_000_000, None);
+        assert_eq!(batch.len(), 330);
+        let order: Vec<ClientId> = seqs(&batch).iter().map(|(c, _)| *c).collect();
+        // The small lane's first turn (4 KiB, it was empty) comes before any big entry.
+        assert_eq!(order.iter().position(|c| *c == 1), Some(4096 / 200));
+        // Then one big entry per round, each followed by at most a quantum of small ones,
+        // until the small lane runs dry (the other 56,000 bytes: 6 rounds).
+        let runs: Vec<usize> = order
+            .split(|c| *c == 1)
+            .skip(1)
+            .map(<[ClientId]>::len)
+            .collect();
+        assert!(runs.iter().all(|r| *r <= quantum / 200 + 1), "{runs:?}");
+        let busy = runs.iter().take_while(|r| **r > 0).count();
+        assert_eq!(busy, 6, "{runs:?}");
+        assert!(runs[busy..].iter().all(|r| *r == 0));
+    }
+
+    #[test]
+    fn no_backlog_delays_another_client_by_more_than_one_batch() {
+        // Deterministic simulation: 40 flooders keep 4 big entries queued each; one client
+        // sends one small message, waits for its batch, sends the next.
+        let mut q = Scheduler::new(128 * 1024 + ENTRY_OVERHEAD);
+        let mut next_seq = [0u64; 41];
+        let waits = Histogram::new(crate::metrics::WAIT_BATCH_BUCKETS);
+        let mut queued = [0usize; 41];
+        for round in 0..200 {
+            for client in 1..=40u64 {
+                while queued[client as usize] < 4 {
+                    q.push(msg(client, next_seq[client as usize], 120_000));
+                    next_seq[client as usize] += 1;
+                    queued[client as usize] += 1;
+                }
+            }
+            if round % 3 == 0 {
+                q.push(msg(0, next_seq[0], 100));
+                next_seq[0] += 1;
+                queued[0] += 1;
+            }
+            let honest_waiting = queued[0] > 0;
+            let batch = q.take_batch(500, 1024 * 1024, Some(&waits));
+            for (client, _) in seqs(&batch) {
+                queued[client as usize] -= 1;
+            }
+            if honest_waiting {
+                assert_eq!(queued[0], 0, "round {round}: the honest message waited");
+            }
+        }
+        assert_eq!(next_seq[0], 67);
+    }
+
+    use futures_util::FutureExt;
+
+    #[tokio::test]
+    async fn refusals_throttle_then_close_and_accepted_messages_pay_back() {
+        let share = ClientShare::new(4, 1000, 4);
+        let held: Vec<SharePermit> = vec![
+            share.acquire(10).await.unwrap(),
+            share.acquire(10).await.unwrap(),
+        ];
+        assert!(!share.refused() && !share.refused());
+        assert!(!share.throttled());
+        assert!(!share.refused());
+        assert!(share.throttled(), "3 of 4: throttled");
+        // Throttled: the next message waits until everything in flight is answered.
+        let waiting = share.acquire(10);
+        tokio::pin!(waiting);
+        assert!(waiting.as_mut().now_or_never().is_none());
+        drop(held);
+        let one = waiting.await.unwrap();
+        drop(one);
+        share.accepted();
+        share.accepted();
+        assert!(!share.throttled());
+        assert!(!share.refused() && !share.refused() && !share.refused());
+        assert!(share.refused(), "5 net refusals > 4");
+        assert!(is_refusal(&WsError::TooLarge { size: 2, limit: 1 }));
+        assert!(!is_refusal(&WsError::InvalidSignature));
+    }
+
+    #[tokio::test]
+    async fn a_share_bounds_bytes_too() {
+        let share = ClientShare::new(100, 1000, 10);
+        let a = share.acquire(600).await.unwrap();
+        let b = share.acquire(600);
+        tokio::pin!(b);
+        assert!(b.as_mut().now_or_never().is_none());
+        drop(a);
+        // Larger than the whole share: takes all of it.
+        let b = b.await.unwrap();
+        drop(b);
+        assert!(share.acquire(5000).await.is_some());
     }
 
     proptest::proptest! {

@@ -13,22 +13,29 @@
 //! reads nothing more until the pong has left for the socket: a peer that pings without
 //! reading stops being read, so at most one pong per connection waits in memory.
 //!
+//! Memory: a decoded message is charged to the gateway's ledger (`crate::memory`) while the
+//! session holds it, then while the relay does; the session reads nothing more until its
+//! client's relay share has room. Past 3/4 of the budget a new connection is closed 4006
+//! before its `Hello` and an open is refused 4006; a message that does not fit the budget
+//! closes its sender 4006.
+//!
 //! A panic in a session (a bug, whatever the peer sent) ends that connection only: [`run`]
 //! catches it, logs it, counts it (`ic_ws_gateway_session_panics_total`) and detaches the
 //! session from its hub, so the client resumes on a new connection.
 
 use crate::canister::CanisterApi;
 use crate::hub::{Hub, Shared};
+use crate::memory::{Category, Shed};
 use crate::metrics::ErrorKind;
 use crate::outbox::{CloseWith, Outbox, Outgoing};
-use crate::relay::{PendingMessage, PendingOpen, RelayItem};
+use crate::relay::{ClientShare, Hold, PendingMessage, PendingOpen, RelayItem, SharePermit};
 use futures_util::{FutureExt, Sink, SinkExt, Stream, StreamExt};
 use ic_ws_protocol::frames::close_code;
 use ic_ws_protocol::types::{ClientId, OpenOk, WsError};
 use ic_ws_protocol::{ClientFrame, GatewayFrame};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::{oneshot, Semaphore};
+use tokio::sync::oneshot;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
@@ -54,7 +61,7 @@ enum State {
 /// Per-session values that exist only once the client sent an `Open`.
 struct Attached {
     outbox: Arc<Outbox>,
-    inflight: Arc<Semaphore>,
+    share: Arc<ClientShare>,
 }
 
 /// What woke the session up.
@@ -63,7 +70,7 @@ enum Event {
     Out(Outgoing),
     Opened(Option<OpenOk>),
     Slot(
-        Option<tokio::sync::OwnedSemaphorePermit>,
+        Option<SharePermit>,
         Option<tokio::sync::mpsc::OwnedPermit<RelayItem>>,
     ),
     Frame(Option<Result<Message, WsProtoError>>),
@@ -188,6 +195,12 @@ async fn serve<C, W>(
         + Send,
 {
     let mut closing = shared.closing.subscribe();
+    if !shared.metrics.memory.admits_new_work() {
+        // Shed new connections first, before the sessions that exist suffer.
+        shared.metrics.memory.shed(Shed::Connection);
+        send_close(&mut ws, &overloaded()).await;
+        return;
+    }
     if ws
         .send(Message::Binary(shared.hello.clone()))
         .await
@@ -225,11 +238,11 @@ async fn serve<C, W>(
                 match &mut open_reply { Some(reply) => reply.await.ok(), None => std::future::pending().await }
             } => Event::Opened(ok),
             sent = async {
-                let (Some(RelayItem::Message(_)), State::Open { hub, .. }, Some(a)) = (&held, &state, &attached) else {
+                let (Some(RelayItem::Message(m)), State::Open { hub, .. }, Some(a)) = (&held, &state, &attached) else {
                     return std::future::pending().await;
                 };
                 let relay = hub.relay.clone();
-                let permit = a.inflight.clone().acquire_owned().await.ok();
+                let permit = a.share.acquire(m.size).await;
                 (permit, relay.reserve_owned().await.ok())
             } => Event::Slot(sent.0, sent.1),
             io = async {
@@ -292,7 +305,10 @@ async fn serve<C, W>(
             }
             Event::Slot(permit, slot) => match (held.take(), slot) {
                 (Some(RelayItem::Message(mut m)), Some(slot)) => {
-                    m.permit = permit;
+                    m.hold.permit = permit;
+                    if let Some(charge) = &mut m.hold.charge {
+                        charge.move_to(Category::Relay);
+                    }
                     shared.metrics.messages_in.inc();
                     slot.send(RelayItem::Message(m));
                 }
@@ -403,6 +419,13 @@ where
     }
 }
 
+fn overloaded() -> CloseWith {
+    CloseWith::new(
+        close_code::OVERLOADED,
+        "gateway overloaded: try again later",
+    )
+}
+
 fn read_error<C>(shared: &Shared<C>, e: WsProtoError) -> End {
     match e {
         WsProtoError::Capacity(e) => {
@@ -462,13 +485,18 @@ fn on_frame<C: CanisterApi>(
             },
             State::New,
         ) => {
-            let outbox = Arc::new(Outbox::new(
+            let outbox = Arc::new(Outbox::accounted(
                 shared.config.send_buffer_frames,
                 shared.config.send_buffer_bytes,
+                shared.metrics.memory.clone(),
             ));
             *attached = Some(Attached {
                 outbox: outbox.clone(),
-                inflight: Arc::new(Semaphore::new(shared.config.max_inflight_per_client)),
+                share: Arc::new(ClientShare::new(
+                    shared.config.max_inflight_per_client,
+                    shared.config.max_inflight_bytes_per_client,
+                    shared.config.refusal_budget,
+                )),
             });
             let refuse = |error: WsError| -> Result<Option<RelayItem>, End> {
                 if let Ok(b) = ic_ws_protocol::encode(&GatewayFrame::OpenResult(Err(error.clone())))
@@ -485,6 +513,21 @@ fn on_frame<C: CanisterApi>(
                 *state = State::Failed;
                 return refuse(WsError::GatewayMismatch);
             }
+            if !shared.metrics.memory.admits_new_work() {
+                shared.metrics.memory.shed(Shed::Open);
+                *state = State::Failed;
+                if let Ok(b) = ic_ws_protocol::encode(&GatewayFrame::OpenResult(Err(
+                    WsError::LimitReached("gateway overloaded".into()),
+                ))) {
+                    outbox.push(Bytes::from(b), None);
+                }
+                outbox.finish(overloaded());
+                return Ok(None);
+            }
+            let charge = shared.metrics.memory.charge(
+                Category::Relay,
+                bytes.len().saturating_add(crate::relay::ENTRY_OVERHEAD),
+            );
             let hub = match shared.hub(canister_id) {
                 Ok(h) => h,
                 Err(e) => {
@@ -498,6 +541,7 @@ fn on_frame<C: CanisterApi>(
                 conn_id,
                 outbox: outbox.clone(),
                 reply: tx,
+                charge: Some(charge),
             });
             if let Err(e) = hub.relay.try_send(item) {
                 drop(e);
@@ -520,11 +564,22 @@ fn on_frame<C: CanisterApi>(
             let Some(a) = attached else {
                 return Err(End::Close(CloseWith::new(1011, "internal error")));
             };
+            // The decoded message is held until the relay takes it: charged from now on. When
+            // the budget is spent, this client's new message is shed, not someone's queue.
+            let cost = bytes.len().saturating_add(crate::relay::ENTRY_OVERHEAD);
+            let Some(charge) = shared.metrics.memory.try_charge(Category::Held, cost) else {
+                shared.metrics.memory.shed(Shed::Message);
+                return Err(End::Close(overloaded()));
+            };
             Ok(Some(RelayItem::Message(PendingMessage {
                 size: bytes.len(),
                 message,
                 outbox: a.outbox.clone(),
-                permit: None,
+                hold: Hold {
+                    share: Some(a.share.clone()),
+                    permit: None,
+                    charge: Some(charge),
+                },
             })))
         }
         (ClientFrame::Message(_), _) => Err(bad_frame(shared, "message before a successful open")),
