@@ -7,7 +7,7 @@
 //! the script is over: 0/3 stay silent, 1 end of stream, 2 a read error; bits 2-4: after how
 //! many written frames the client stops reading, 0 never), then steps, each a tag byte:
 //! 0 a binary frame (2-byte length), 1 a structured `Open`, 2 a structured `Message`, 3 a text
-//! frame, 4 a ping, 5 a pong, 6 a close frame, 7 a pause (ms in one byte, times 10),
+//! frame, 4 a ping, 5 a pong, 6 a close frame, 7 a pause (ms in one byte, times 2),
 //! 8 a read error (kind in one byte). Structured frames are candid-encoded by the target
 //! with the gateway's principal, so most inputs get past decoding into the states behind it.
 //!
@@ -28,7 +28,7 @@ use ic_ws_protocol::{ClientFrame, GatewayFrame};
 use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio_tungstenite::tungstenite::error::{CapacityError, ProtocolError};
@@ -133,11 +133,14 @@ impl Sink<Message> for ScriptedSocket {
 
 /// The test vectors' gateway and canister: their signed opens and messages are valid here.
 fn principals() -> (Principal, Principal) {
-    let v = crate::vectors();
-    let p = |x: &serde_json::Value| {
-        Principal::from_text(x.as_str().unwrap_or_default()).unwrap_or(Principal::anonymous())
-    };
-    (p(&v["gateway"]), p(&v["canister_id"]))
+    static PRINCIPALS: OnceLock<(Principal, Principal)> = OnceLock::new();
+    *PRINCIPALS.get_or_init(|| {
+        let v = crate::vectors();
+        let p = |x: &serde_json::Value| {
+            Principal::from_text(x.as_str().unwrap_or_default()).unwrap_or(Principal::anonymous())
+        };
+        (p(&v["gateway"]), p(&v["canister_id"]))
+    })
 }
 
 fn encode(frame: &ClientFrame) -> Message {
@@ -240,7 +243,7 @@ fn parse(data: &[u8], gateway: Principal, canister: Principal) -> (ScriptedSocke
                     reason: "".into(),
                 })))
             }
-            7 => Step::Pause(Duration::from_millis(u64::from(r.u8()) * 10)),
+            7 => Step::Pause(Duration::from_millis(u64::from(r.u8()) * 2)),
             _ => {
                 went_away = true;
                 Step::Error(read_error(r.u8()))
@@ -258,34 +261,48 @@ fn parse(data: &[u8], gateway: Principal, canister: Principal) -> (ScriptedSocke
     (socket, went_away)
 }
 
+/// The gateway's configuration (parsed once): short timeouts, since every timer the
+/// session waits on advances the paused clock and each virtual second costs relay and poller
+/// wake-ups; small buffers and queues, so their limits are reachable.
+fn config(canister: Principal) -> Config {
+    static CONFIG: OnceLock<Config> = OnceLock::new();
+    CONFIG
+        .get_or_init(|| {
+            Config::from_args([
+                "ic-ws-gateway",
+                "--canister",
+                &canister.to_text(),
+                "--idle-timeout-ms",
+                "400",
+                "--write-timeout-ms",
+                "100",
+                "--send-buffer-frames",
+                "8",
+                "--max-inflight-per-client",
+                "4",
+                "--relay-queue",
+                "16",
+                "--batch-interval-ms",
+                "10",
+                "--retry-backoff-ms",
+                "10",
+                "--poll-max-interval-ms",
+                "200",
+                "--poll-idle-stop-ms",
+                "300",
+            ])
+            .expect("a valid configuration")
+        })
+        .clone()
+}
+
 /// Runs one input.
 pub fn run(data: &[u8]) {
     let (gateway, canister) = principals();
     let (socket, went_away) = parse(data, gateway, canister);
     let stalls = socket.stall_after.is_some();
     let sent = socket.sent.clone();
-    let config = Config::from_args([
-        "ic-ws-gateway",
-        "--canister",
-        &canister.to_text(),
-        "--idle-timeout-ms",
-        "3000",
-        "--write-timeout-ms",
-        "1000",
-        "--send-buffer-frames",
-        "8",
-        "--max-inflight-per-client",
-        "4",
-        "--relay-queue",
-        "16",
-        "--batch-interval-ms",
-        "10",
-        "--retry-backoff-ms",
-        "10",
-        "--poll-idle-stop-ms",
-        "500",
-    ])
-    .expect("a valid configuration");
+    let config = config(canister);
     let policy = config.canister_policy().expect("a valid policy");
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_time()
@@ -297,7 +314,7 @@ pub fn run(data: &[u8]) {
         let peer = std::net::SocketAddr::from(([127, 0, 0, 1], 1));
         ic_ws_gateway::session::run(shared.clone(), socket, peer).await;
         // Let the relay and the poller finish what the session left them.
-        tokio::time::sleep(Duration::from_secs(10)).await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
         let mut attached = 0;
         for hub in shared.hubs() {
             let table = hub.table();

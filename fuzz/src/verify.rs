@@ -276,7 +276,7 @@ pub fn seeds() -> Vec<Vec<u8>> {
     }
     if let Some(valid) = cases.first() {
         let messages = vector_messages(valid);
-        for flags in [1 | 1 << 2, 1 | 2 << 2, 1 | 3 << 2, 3 | 1 << 2, 0 | 2 << 2] {
+        for flags in [1 | 1 << 2, 1 | 2 << 2, 1 | 3 << 2, 3 | 1 << 2, 2 << 2] {
             seeds.push(input(flags, 0, &[], &[], &messages));
         }
     }

@@ -2,6 +2,8 @@
 //! arbitrary bytes and extreme numbers, survives encode -> decode unchanged; the typed encoders
 //! give the generic encoder's bytes; the gateway's `is_closed` agrees with a full decode.
 
+#![allow(clippy::unwrap_used)] // test code: a failed encode is a test failure
+
 use candid::Principal;
 use ic_ws_gateway::codec;
 use ic_ws_protocol::types::*;
