@@ -297,6 +297,23 @@ impl DeliveryVerifier {
             now_ns,
             self.max_certificate_age_ns,
         )?;
+        self.verify_with_certificate(&cert, messages, tree, next_seq)
+    }
+
+    /// Checks 3-6 of one `Messages` frame whose certificate passed [`verify_certificate`]
+    /// (checks 1-2) with this verifier's root key, canister and age. [`Self::verify`] is
+    /// exactly `verify_certificate` followed by this; a caller that already checked the
+    /// same certificate bytes (the fuzz target, which caches the BLS check) can reuse it.
+    pub fn verify_with_certificate(
+        &self,
+        cert: &VerifiedCertificate,
+        messages: &[OutboundMessage],
+        tree: &[u8],
+        next_seq: u64,
+    ) -> Result<Vec<VerifiedMessage>, VerifyError> {
+        if messages.is_empty() {
+            return Err(VerifyError::Empty);
+        }
         let tree: HashTree =
             serde_cbor::from_slice(tree).map_err(|e| VerifyError::MalformedTree(e.to_string()))?;
         if tree.digest().as_slice() != cert.certified_data.as_slice() {
