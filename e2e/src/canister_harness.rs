@@ -401,6 +401,78 @@ pub fn outbound(m: &VerifiedMessage) -> Option<Outbound> {
     }
 }
 
+/// Mirror of `ic_ws_canister::WsConfig` as the test app's `app_configure` takes it (candid is
+/// structural); [`Default`] is the runtime's documented defaults.
+#[derive(CandidType, serde::Deserialize, Clone, Debug)]
+#[allow(missing_docs)]
+pub struct WsConfig {
+    pub max_inbound_payload_bytes: u64,
+    pub max_outbound_payload_bytes: u64,
+    pub max_queued_messages: u64,
+    pub max_queued_bytes: u64,
+    pub max_sessions_per_gateway: u64,
+    pub max_topic_subscribers: u64,
+    pub max_topic_len: u64,
+    pub max_poll_messages: u32,
+    pub max_poll_bytes: u32,
+    pub idle_timeout_ns: u64,
+    pub clock_skew_ns: u64,
+    pub closed_retention_ns: u64,
+    pub overflow_policy: OverflowPolicy,
+    pub max_housekeeping_per_call: u32,
+    pub max_entries_per_call: Option<u32>,
+    pub max_sessions: Option<u64>,
+    pub gateways: Option<GatewayPolicy>,
+}
+
+impl Default for WsConfig {
+    fn default() -> Self {
+        WsConfig {
+            max_inbound_payload_bytes: 64 * 1024,
+            max_outbound_payload_bytes: 256 * 1024,
+            max_queued_messages: 1024,
+            max_queued_bytes: 4 * 1024 * 1024,
+            max_sessions_per_gateway: 50_000,
+            max_topic_subscribers: 10_000,
+            max_topic_len: 128,
+            max_poll_messages: 500,
+            max_poll_bytes: 1536 * 1024,
+            idle_timeout_ns: 120_000_000_000,
+            clock_skew_ns: 300_000_000_000,
+            closed_retention_ns: 600_000_000_000,
+            overflow_policy: OverflowPolicy::Close,
+            max_housekeeping_per_call: 100,
+            max_entries_per_call: None,
+            max_sessions: None,
+            gateways: None,
+        }
+    }
+}
+
+/// Mirror of `ic_ws_canister::OverflowPolicy`.
+#[derive(CandidType, serde::Deserialize, Clone, Copy, Debug)]
+#[allow(missing_docs)]
+pub enum OverflowPolicy {
+    Close,
+    Reject,
+}
+
+/// Mirror of `ic_ws_canister::GatewayPolicy`.
+#[derive(CandidType, serde::Deserialize, Clone, Debug)]
+#[allow(missing_docs)]
+pub enum GatewayPolicy {
+    Open,
+    Allowlist(Vec<Principal>),
+}
+
+impl WsCanister {
+    /// Sets the runtime's configuration through the test app (panics if it is refused).
+    pub fn configure(&self, config: WsConfig) {
+        let r: Result<(), String> = self.update("app_configure", (config,));
+        r.unwrap_or_else(|e| panic!("app_configure refused: {e}"));
+    }
+}
+
 /// Mirror of `ic_ws_canister::ClientInfo` (candid is structural).
 #[derive(CandidType, serde::Deserialize, Debug, Clone, PartialEq, Eq)]
 pub struct ClientInfo {

@@ -8,66 +8,6 @@ use candid::Principal;
 use ic_ws_e2e::canister_harness::*;
 use ic_ws_protocol::types::{CloseBatch, MessageBatch, WsError};
 
-/// `WsConfig` as the test app takes it: the persisted record with only the fields this test
-/// sets (the others are options in the runtime, or take their defaults below).
-#[derive(candid::CandidType, serde::Deserialize, Clone, Debug)]
-struct WsConfig {
-    max_inbound_payload_bytes: u64,
-    max_outbound_payload_bytes: u64,
-    max_queued_messages: u64,
-    max_queued_bytes: u64,
-    max_sessions_per_gateway: u64,
-    max_topic_subscribers: u64,
-    max_topic_len: u64,
-    max_poll_messages: u32,
-    max_poll_bytes: u32,
-    idle_timeout_ns: u64,
-    clock_skew_ns: u64,
-    closed_retention_ns: u64,
-    overflow_policy: OverflowPolicy,
-    max_housekeeping_per_call: u32,
-    max_entries_per_call: Option<u32>,
-    max_sessions: Option<u64>,
-    gateways: Option<GatewayPolicy>,
-}
-
-#[derive(candid::CandidType, serde::Deserialize, Clone, Copy, Debug)]
-enum OverflowPolicy {
-    Close,
-}
-
-#[derive(candid::CandidType, serde::Deserialize, Clone, Debug)]
-enum GatewayPolicy {
-    Allowlist(Vec<Principal>),
-}
-
-fn config() -> WsConfig {
-    WsConfig {
-        max_inbound_payload_bytes: 64 * 1024,
-        max_outbound_payload_bytes: 256 * 1024,
-        max_queued_messages: 1024,
-        max_queued_bytes: 4 * 1024 * 1024,
-        max_sessions_per_gateway: 50_000,
-        max_topic_subscribers: 10_000,
-        max_topic_len: 128,
-        max_poll_messages: 500,
-        max_poll_bytes: 1536 * 1024,
-        idle_timeout_ns: 120_000_000_000,
-        clock_skew_ns: 300_000_000_000,
-        closed_retention_ns: 600_000_000_000,
-        overflow_policy: OverflowPolicy::Close,
-        max_housekeeping_per_call: 100,
-        max_entries_per_call: None,
-        max_sessions: None,
-        gateways: None,
-    }
-}
-
-fn configure(c: &WsCanister, cfg: WsConfig) {
-    let r: Result<(), String> = c.update("app_configure", (cfg,));
-    r.unwrap();
-}
-
 fn closes(n: u64) -> Vec<u8> {
     candid::encode_one(CloseBatch {
         clients: (0..n).collect(),
@@ -128,13 +68,10 @@ fn oversized_batches_are_refused_before_and_at_execution() {
         )
         .is_ok());
     // A smaller configured cap applies to both.
-    configure(
-        &c,
-        WsConfig {
-            max_entries_per_call: Some(10),
-            ..config()
-        },
-    );
+    c.configure(WsConfig {
+        max_entries_per_call: Some(10),
+        ..WsConfig::default()
+    });
     assert!(c.inspect("ws_close", &closes(11), gw).is_err());
     assert!(c.try_update_raw("ws_close", &closes(11), gw).is_err());
     assert!(c.try_update_raw("ws_close", &closes(10), gw).is_ok());
@@ -146,13 +83,10 @@ fn a_gateway_allowlist_refuses_other_principals() {
     let (allowed, other) = (gateway(1), gateway(2));
     let mut alice = TestClient::new(1);
     c.open(&mut alice, other);
-    configure(
-        &c,
-        WsConfig {
-            gateways: Some(GatewayPolicy::Allowlist(vec![allowed])),
-            ..config()
-        },
-    );
+    c.configure(WsConfig {
+        gateways: Some(GatewayPolicy::Allowlist(vec![allowed])),
+        ..WsConfig::default()
+    });
     // Refused by inspection and by the endpoint, without touching any session.
     let before = c.client_info(alice.id).unwrap();
     assert!(c.inspect("ws_close", &closes(1), other).is_err());
@@ -183,14 +117,11 @@ fn a_gateway_allowlist_refuses_other_principals() {
 #[test]
 fn sybil_gateways_share_the_canister_wide_session_cap() {
     let c = WsCanister::new();
-    configure(
-        &c,
-        WsConfig {
-            max_sessions: Some(20),
-            max_sessions_per_gateway: 5,
-            ..config()
-        },
-    );
+    c.configure(WsConfig {
+        max_sessions: Some(20),
+        max_sessions_per_gateway: 5,
+        ..WsConfig::default()
+    });
     let mut opened = 0;
     for g in 0..10u8 {
         for k in 0..5u64 {

@@ -8,66 +8,14 @@ use ic_ws_e2e::canister_harness::*;
 use ic_ws_protocol::types::{MessageKind, MessageResult, OutboundBody, PollRequest};
 use ic_ws_protocol::CloseReason;
 
-/// `WsConfig` as the test app takes it (candid record; mirrors ic_ws_canister::WsConfig).
-#[derive(candid::CandidType, serde::Deserialize, Clone, Debug)]
-struct WsConfig {
-    max_inbound_payload_bytes: u64,
-    max_outbound_payload_bytes: u64,
-    max_queued_messages: u64,
-    max_queued_bytes: u64,
-    max_sessions_per_gateway: u64,
-    max_topic_subscribers: u64,
-    max_topic_len: u64,
-    max_poll_messages: u32,
-    max_poll_bytes: u32,
-    idle_timeout_ns: u64,
-    clock_skew_ns: u64,
-    closed_retention_ns: u64,
-    overflow_policy: OverflowPolicy,
-    max_housekeeping_per_call: u32,
-}
-
-#[derive(candid::CandidType, serde::Deserialize, Clone, Copy, Debug)]
-enum OverflowPolicy {
-    Close,
-    Reject,
-}
-
-fn defaults() -> WsConfig {
-    WsConfig {
-        max_inbound_payload_bytes: 64 * 1024,
-        max_outbound_payload_bytes: 256 * 1024,
-        max_queued_messages: 1024,
-        max_queued_bytes: 4 * 1024 * 1024,
-        max_sessions_per_gateway: 50_000,
-        max_topic_subscribers: 10_000,
-        max_topic_len: 128,
-        max_poll_messages: 500,
-        max_poll_bytes: 1536 * 1024,
-        idle_timeout_ns: 120_000_000_000,
-        clock_skew_ns: 300_000_000_000,
-        closed_retention_ns: 600_000_000_000,
-        overflow_policy: OverflowPolicy::Close,
-        max_housekeeping_per_call: 100,
-    }
-}
-
-fn configure(c: &WsCanister, cfg: WsConfig) {
-    let r: Result<(), String> = c.update("app_configure", (cfg,));
-    r.unwrap();
-}
-
 #[test]
 fn queue_limit_closes_or_rejects() {
     let c = WsCanister::new();
     let gw = gateway(1);
-    configure(
-        &c,
-        WsConfig {
-            max_queued_messages: 10,
-            ..defaults()
-        },
-    );
+    c.configure(WsConfig {
+        max_queued_messages: 10,
+        ..WsConfig::default()
+    });
     let mut alice = TestClient::new(1);
     c.open(&mut alice, gw);
     // Opened + 9 fit; the 10th app message overflows: policy Close.
@@ -87,14 +35,11 @@ fn queue_limit_closes_or_rejects() {
 
     // Policy Reject: the send fails, nothing is queued, the session stays open; an ack
     // makes room again.
-    configure(
-        &c,
-        WsConfig {
-            max_queued_messages: 10,
-            overflow_policy: OverflowPolicy::Reject,
-            ..defaults()
-        },
-    );
+    c.configure(WsConfig {
+        max_queued_messages: 10,
+        overflow_policy: OverflowPolicy::Reject,
+        ..WsConfig::default()
+    });
     let mut bob = TestClient::new(2);
     c.open(&mut bob, gw);
     let r: Result<u64, String> = c.update("app_send_bytes", (bob.id, 10u32, 9u32));
@@ -109,14 +54,11 @@ fn queue_limit_closes_or_rejects() {
     let r: Result<u64, String> = c.update("app_send_bytes", (bob.id, 10u32, 1u32));
     assert_eq!(r, Ok(10));
     // Byte limit too.
-    configure(
-        &c,
-        WsConfig {
-            max_queued_bytes: 1000,
-            overflow_policy: OverflowPolicy::Reject,
-            ..defaults()
-        },
-    );
+    c.configure(WsConfig {
+        max_queued_bytes: 1000,
+        overflow_policy: OverflowPolicy::Reject,
+        ..WsConfig::default()
+    });
     let r: Result<u64, String> = c.update("app_send_bytes", (bob.id, 2000u32, 1u32));
     assert!(r.unwrap_err().contains("full"));
 }
