@@ -61,6 +61,16 @@ use quote::quote;
 ///   `publish`), named in `ws_app_types`. Optional.
 /// - `crate = "path"`: where `ic_ws_canister` is, if it is renamed or re-exported
 ///   (default `::ic_ws_canister`). Use an absolute path (`::name` or `crate::...`).
+/// - `inspect_message = false`: do not generate `canister_inspect_message`. By default it is
+///   generated and refuses, before they execute, ingress calls to the ws endpoints that are
+///   oversized (`WsConfig::max_entries_per_call`), malformed, anonymous or from a principal the
+///   gateway policy refuses (`WsConfig::gateways`); other methods are accepted. A canister with
+///   its own `#[ic_cdk::inspect_message]` sets this and calls
+///   `ic_ws_canister::inspect_ws_call(&method, &caller, &arg)` from it.
+///
+/// Every update endpoint also refuses (traps before any entry is looked at) a call from a
+/// principal the gateway policy refuses or with more than `max_entries_per_call` entries: the
+/// IC runs `canister_inspect_message` for ingress only, not for calls from other canisters.
 ///
 /// The handler cannot be `async` (start async work with `ic_cdk::futures::spawn`), generic or
 /// a method. It runs inside the batched `ws_message` update call: if it traps, the whole batch
