@@ -168,6 +168,9 @@ fn names_are_unique_and_validated() {
         Some(WsError::Rejected("the name \"ada\" is taken".into()))
     );
     for bad in ["", "   ", &"x".repeat(MAX_NAME_CHARS + 1), "a\u{7}b"] {
+        // A new open each time: a refused open consumes its key's timestamp (replaying the
+        // same bytes would be `StaleOpen`).
+        testing::advance_ns(1);
         assert!(
             matches!(try_join(3, bad, None), Err(WsError::Rejected(_))),
             "{bad:?} accepted"
