@@ -102,11 +102,21 @@ async fn a_ping_flood_from_sockets_that_never_read_is_closed_and_memory_stays_bo
     }
     // The honest member keeps chatting during the flood.
     round_trip(&mut honest, &mut seen, "during").await;
+    let mut saw_close_frame = 0;
     for f in flooders {
         let (sent, code) = f.await.unwrap();
-        assert_eq!(code, Some(1008), "flooder closed as a policy violation");
+        // A peer that never reads may not see the close frame: the gateway writes it for a
+        // bounded time, then drops the socket, and the reset can discard what was still in
+        // flight (seen in CI). What counts: the connection ended early, never with another
+        // code, and the gateway counted a ping flood for every flooder (below).
+        assert!(
+            matches!(code, Some(1008) | None),
+            "flooder closed with {code:?}"
+        );
+        saw_close_frame += usize::from(code.is_some());
         assert!(sent < FLOOD_PINGS, "the gateway cut the flood short");
     }
+    eprintln!("{saw_close_frame} of 4 flooders read the 1008 close frame");
     flooding.store(false, Ordering::SeqCst);
     sampler.await.unwrap();
     let peak = peak.load(Ordering::SeqCst);
