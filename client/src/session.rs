@@ -207,6 +207,7 @@ impl Session {
                     open_timestamp_ns,
                     next_inbound_seq,
                     resumed,
+                    ..
                 } => {
                     let p = pending.ok_or(BindingError::UnexpectedOpened { seq: m.seq })?;
                     if *client_key != self.key.public_key() {
@@ -258,6 +259,16 @@ impl Session {
                 OutboundBody::Closed { reason } => {
                     delivery.closed = Some(reason.clone());
                     delivery.events.push(Event::Closed(reason.clone()));
+                }
+                // Protocol version 2 bodies: handled by the client state machine (in progress).
+                OutboundBody::MessageRejected { inbound_seq, error } => {
+                    delivery.events.push(Event::MessageRejected {
+                        seq: *inbound_seq,
+                        error: error.clone(),
+                    });
+                }
+                OutboundBody::OpenRejected { .. } => {
+                    return Err(BindingError::UnexpectedOpened { seq: m.seq }.into());
                 }
             }
         }

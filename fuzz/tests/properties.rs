@@ -160,6 +160,8 @@ fn content() -> impl Strategy<Value = OutboundContent> {
                 open_timestamp_ns,
                 next_inbound_seq,
                 resumed,
+                max_inbound_payload_bytes: 64 * 1024,
+                idle_timeout_ns: 120_000_000_000,
             }
         ),
         close_reason().prop_map(|reason| OutboundBody::Closed { reason }),

@@ -297,6 +297,8 @@ impl CanisterApi for FakeCanister {
                         open_timestamp_ns: open.timestamp_ns,
                         next_inbound_seq: next_in,
                         resumed: open.resume.is_some(),
+                        max_inbound_payload_bytes: 64 * 1024,
+                        idle_timeout_ns: 120_000_000_000,
                     },
                 )
                 .unwrap_or(0);

@@ -786,6 +786,8 @@ impl State {
                 open_timestamp_ns: open_ts,
                 next_inbound_seq: rec.next_inbound_seq,
                 resumed,
+                max_inbound_payload_bytes: self.config.max_inbound_payload_bytes,
+                idle_timeout_ns: self.config.idle_timeout_ns,
             },
         );
         let hash = content_hash(&content);

@@ -10,7 +10,7 @@ use candid::{CandidType, Principal};
 use serde::{Deserialize, Serialize};
 
 /// Protocol version spoken by this crate (in `Hello`).
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// A frame from a client to the gateway.
 #[derive(CandidType, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]

@@ -209,6 +209,35 @@ pub enum OutboundBody {
         next_inbound_seq: u64,
         /// True for a resume of an existing session.
         resumed: bool,
+        /// The canister's limit on an inbound `App` payload (protocol version 2): a client
+        /// refuses to sign a larger one (the canister's `TooLarge` is not certified).
+        max_inbound_payload_bytes: u64,
+        /// The canister's idle timeout (protocol version 2): a session with no accepted
+        /// signed message for this long is expired. A client that has signed nothing for
+        /// longer may take an uncertified refusal of its resume as true.
+        idle_timeout_ns: u64,
+    },
+    /// Protocol version 2: the canister consumed inbound message `inbound_seq` of this session
+    /// (it is accepted, later ones follow it) and the application's handler refused it
+    /// (`Rejected`) or its payload did not decode (`DecodeError`). Certified, so a client
+    /// reports it as fact; the gateway's `MessageError` for it is only a hint.
+    MessageRejected {
+        /// The refused inbound message's sequence number.
+        inbound_seq: u64,
+        /// Why (`Rejected` or `DecodeError`, text bounded by the canister).
+        error: WsError,
+    },
+    /// Protocol version 2: the only message (seq 0) of a session whose open `on_open` refused:
+    /// certifies the refusal of this very open (key and timestamp, as `Opened` does). The
+    /// session is closed; its id is never reused.
+    OpenRejected {
+        /// The key of the refused open.
+        #[serde(with = "serde_bytes")]
+        client_key: Vec<u8>,
+        /// The timestamp of the refused open.
+        open_timestamp_ns: u64,
+        /// Why (`Rejected` or `DecodeError`, text bounded by the canister).
+        error: WsError,
     },
     /// The session ended; nothing follows. `on_close` has been called.
     Closed {
@@ -278,6 +307,16 @@ pub enum WsError {
     InvalidResume,
     /// The application rejected the open or the message.
     Rejected(String),
+    /// Protocol version 2, `ws_open` only: the application refused this new session's open.
+    /// The canister certified the refusal as message 0 (`OutboundBody::OpenRejected`) of
+    /// session `client_id` and delivers it to the calling gateway like any message: a client
+    /// believes the refusal only once that certified message arrives.
+    OpenRejected {
+        /// The (closed) session that holds the certified refusal.
+        client_id: ClientId,
+        /// Why (uncertified copy, for logs).
+        reason: String,
+    },
     /// The payload does not decode as the handler's type.
     DecodeError(String),
     /// A payload over the configured limit.
@@ -314,6 +353,10 @@ impl core::fmt::Display for WsError {
             ),
             WsError::InvalidResume => f.write_str("invalid resume"),
             WsError::Rejected(r) => write!(f, "rejected by the application: {r}"),
+            WsError::OpenRejected { client_id, reason } => write!(
+                f,
+                "open rejected by the application (certified in session {client_id}): {reason}"
+            ),
             WsError::DecodeError(e) => write!(f, "payload does not decode: {e}"),
             WsError::TooLarge { size, limit } => {
                 write!(f, "too large: {size} bytes, limit {limit}")

@@ -112,6 +112,8 @@ fn delivery(key: &SessionKey) -> Delivery {
             open_timestamp_ns: NOW_NS,
             next_inbound_seq: 0,
             resumed: false,
+            max_inbound_payload_bytes: 64 * 1024,
+            idle_timeout_ns: 120_000_000_000,
         },
     };
     let messages = vec![

@@ -369,6 +369,8 @@ impl Conn {
                             open_timestamp_ns: request.timestamp_ns,
                             next_inbound_seq,
                             resumed,
+                            max_inbound_payload_bytes: 64 * 1024,
+                            idle_timeout_ns: 120_000_000_000,
                         },
                     );
                     Ok((
