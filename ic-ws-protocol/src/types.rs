@@ -332,6 +332,9 @@ pub enum WsError {
     Closed,
     /// Anything else that is wrong with the request.
     InvalidArgument(String),
+    /// Protocol version 2: the call's instruction budget ran out before this entry. Nothing
+    /// changed for it; the gateway sends it again in a later call (safe: a duplicate is a no-op).
+    NotProcessed,
 }
 
 impl core::fmt::Display for WsError {
@@ -364,6 +367,9 @@ impl core::fmt::Display for WsError {
             WsError::LimitReached(what) => write!(f, "limit reached: {what}"),
             WsError::Closed => f.write_str("session closed"),
             WsError::InvalidArgument(e) => write!(f, "invalid argument: {e}"),
+            WsError::NotProcessed => {
+                write!(f, "not processed (the call's instruction budget ran out): retry")
+            }
         }
     }
 }
