@@ -423,6 +423,7 @@ pub struct WsConfig {
     pub max_entries_per_call: Option<u32>,
     pub max_sessions: Option<u64>,
     pub gateways: Option<GatewayPolicy>,
+    pub max_instructions_per_call: Option<u64>,
 }
 
 impl Default for WsConfig {
@@ -445,6 +446,7 @@ impl Default for WsConfig {
             max_entries_per_call: None,
             max_sessions: None,
             gateways: None,
+            max_instructions_per_call: None,
         }
     }
 }
