@@ -378,6 +378,10 @@ pub enum Inbound {
     Fail,
     /// Does nothing (measures the runtime's cost of an inbound message).
     Noop,
+    /// Traps: the IC rolls the whole call back.
+    Trap,
+    /// Burns about this many instructions.
+    Burn(u64),
 }
 
 /// The test app's outbound type (mirrors `ic_ws_e2e_test_app::Outbound`).
