@@ -5,7 +5,8 @@
 //! are not checked or produced (the certificate is a fixed blob): it exists to test and
 //! benchmark the gateway without a replica.
 //!
-//! App payloads with a meaning: `b"trap"` traps the whole call, `b"reject"` is rejected by
+//! App payloads with a meaning: `b"trap"` traps the whole call (when it is reached within the
+//! call's budget, [`FakeState::entries_per_call`]), `b"reject"` is rejected by
 //! the "app" (`Rejected`, sequence consumed), `b"close"` makes the app close the session,
 //! anything starting with `b"echo:"` is sent back to the sender.
 #![allow(
@@ -58,6 +59,9 @@ pub struct FakeState {
     /// The next this many `ws_message` calls are applied but their reply is "lost" (a
     /// transient error), as when a connection drops after the IC executed the call.
     pub lose_replies: usize,
+    /// An instruction budget per call, counted in entries: `ws_message` processes at most this
+    /// many entries (at least one) and answers the rest `NotProcessed`.
+    pub entries_per_call: Option<usize>,
 }
 
 /// The fake canister (cheap to clone: shared state).
@@ -320,8 +324,9 @@ impl CanisterApi for FakeCanister {
         let mut s = self.state();
         // A trap rolls the whole call back: find out first whether an accepted message traps
         // (no copy of the state, which would cost O(state) per call).
+        let budget = s.entries_per_call.unwrap_or(usize::MAX).max(1);
         let mut expected: HashMap<ClientId, u64> = HashMap::new();
-        for m in &batch.messages {
+        for m in batch.messages.iter().take(budget) {
             let Some(session) = s.sessions.get(&m.client_id).filter(|x| !x.closed) else {
                 continue;
             };
@@ -335,6 +340,10 @@ impl CanisterApi for FakeCanister {
         }
         let mut results = Vec::new();
         for m in &batch.messages {
+            if results.len() >= budget {
+                results.push(MessageResult::Err(WsError::NotProcessed));
+                continue;
+            }
             let Some(session) = s.sessions.get_mut(&m.client_id) else {
                 results.push(MessageResult::Err(WsError::UnknownClient(m.client_id)));
                 continue;
