@@ -223,6 +223,11 @@ fn step(r: &mut Reader<'_>) {
                 max_entries_per_call: Some(u32::from(r.u8()) + 1),
                 max_sessions: Some(small(r)),
                 gateways: None,
+                max_retained_bytes: Some(small(r) * 256),
+                max_subscriptions: Some(small(r)),
+                max_gateways: Some(small(r) % 4 + 1),
+                gateway_retention_ns: Some(small(r) * 1_000_000_000),
+                housekeeping_instructions: None,
             };
             let _ = ic_ws_canister::configure(config);
         }

@@ -26,6 +26,9 @@ mod imp {
     pub fn data_certificate() -> Option<Vec<u8>> {
         ic_cdk::api::data_certificate()
     }
+    pub fn instruction_counter() -> u64 {
+        ic_cdk::api::instruction_counter()
+    }
 }
 
 #[cfg(not(target_arch = "wasm32"))]
@@ -68,6 +71,11 @@ pub(crate) mod imp {
     pub fn data_certificate() -> Option<Vec<u8>> {
         FAKE.with(|f| f.borrow().certificate.clone())
     }
+    /// Natively there is no instruction counter: budgets by instructions never run out
+    /// (the count caps still apply).
+    pub fn instruction_counter() -> u64 {
+        0
+    }
 }
 
 /// Current time in nanoseconds since the epoch (IC time on wasm).
@@ -89,4 +97,8 @@ pub(crate) fn set_certified_data(data: &[u8; 32]) {
 /// The data certificate (only in non-replicated queries).
 pub(crate) fn data_certificate() -> Option<Vec<u8>> {
     imp::data_certificate()
+}
+/// Instructions executed since the current message's entry point (0 natively).
+pub(crate) fn instruction_counter() -> u64 {
+    imp::instruction_counter()
 }
