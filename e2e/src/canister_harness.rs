@@ -199,9 +199,29 @@ impl WsCanister {
             .unwrap_or_else(|e| panic!("upgrade failed: {e}"));
     }
 
-    /// Moves the manual clock.
+    /// Moves the manual clock, then runs rounds while the canister's timer is due (the
+    /// runtime's housekeeping timer: expiry, deletion), as the IC would while time passes.
     pub fn advance(&self, d: Duration) {
         self.replica.advance_time(d);
+        self.run_timers();
+    }
+
+    /// Runs rounds while the canister's global timer is due (at most 10 000); returns how
+    /// many rounds fired it.
+    pub fn run_timers(&self) -> usize {
+        let mut rounds = 0;
+        while rounds < 10_000 {
+            let due = self
+                .replica
+                .global_timer(self.canister)
+                .is_some_and(|t| t != 0 && t <= self.replica.time_ns());
+            if !due {
+                break;
+            }
+            self.replica.tick();
+            rounds += 1;
+        }
+        rounds
     }
 
     /// Current replica time.
@@ -428,6 +448,11 @@ pub struct WsConfig {
     pub max_sessions: Option<u64>,
     pub gateways: Option<GatewayPolicy>,
     pub max_instructions_per_call: Option<u64>,
+    pub max_retained_bytes: Option<u64>,
+    pub max_subscriptions: Option<u64>,
+    pub max_gateways: Option<u64>,
+    pub gateway_retention_ns: Option<u64>,
+    pub housekeeping_instructions: Option<u64>,
 }
 
 impl Default for WsConfig {
@@ -451,6 +476,11 @@ impl Default for WsConfig {
             max_sessions: None,
             gateways: None,
             max_instructions_per_call: None,
+            max_retained_bytes: None,
+            max_subscriptions: None,
+            max_gateways: None,
+            gateway_retention_ns: None,
+            housekeeping_instructions: None,
         }
     }
 }
@@ -469,6 +499,24 @@ pub enum OverflowPolicy {
 pub enum GatewayPolicy {
     Open,
     Allowlist(Vec<Principal>),
+    Callback,
+}
+
+/// Mirror of `ic_ws_canister::Usage`.
+#[derive(CandidType, serde::Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[allow(missing_docs)]
+pub struct Usage {
+    pub sessions: u64,
+    pub retained_bytes: u64,
+    pub subscriptions: u64,
+    pub gateways: u64,
+}
+
+impl WsCanister {
+    /// `ic_ws_canister::usage` through the test app.
+    pub fn usage(&self) -> Usage {
+        self.query("app_usage", (), Principal::anonymous())
+    }
 }
 
 impl WsCanister {

@@ -224,6 +224,11 @@ fn step(r: &mut Reader<'_>) {
                 max_sessions: Some(small(r)),
                 gateways: None,
                 max_instructions_per_call: None,
+                max_retained_bytes: Some(small(r) * 256),
+                max_subscriptions: Some(small(r)),
+                max_gateways: Some(small(r) % 4 + 1),
+                gateway_retention_ns: Some(small(r) * 1_000_000_000),
+                housekeeping_instructions: None,
             };
             let _ = ic_ws_canister::configure(config);
         }

@@ -97,6 +97,28 @@ pub struct WsConfig {
     /// expensive entry still runs alone, up to the IC's limit. `None`: the default,
     /// 2 billion ([`DEFAULT_MAX_INSTRUCTIONS_PER_CALL`]).
     pub max_instructions_per_call: Option<u64>,
+    /// Retained outbound payload bytes in the whole canister: the sum over all sessions of
+    /// what [`WsConfig::max_queued_bytes`] counts (a published payload counts once per
+    /// recipient, as each recipient's copy is certified and, after an upgrade, re-hashed).
+    /// A `send` or `publish` that would exceed it fails with `LimitReached` and queues
+    /// nothing. `None`: the default, 1 GiB.
+    pub max_retained_bytes: Option<u64>,
+    /// Topic subscriptions in the whole canister; further `subscribe` calls get
+    /// `LimitReached`. `None`: the default, 1 000 000.
+    pub max_subscriptions: Option<u64>,
+    /// Gateway records (principals that opened sessions and whose record has not expired);
+    /// an open or resume through one more principal gets `LimitReached`. `None`: the default,
+    /// 10 000.
+    pub max_gateways: Option<u64>,
+    /// How long a gateway record with no attached session is kept before it is deleted
+    /// (deletion is incremental, from the housekeeping). `None`: the default, 10 min.
+    pub gateway_retention_ns: Option<u64>,
+    /// Instructions one housekeeping run may spend (expiring idle sessions and calling their
+    /// `on_close`, deleting closed sessions, sweeping records). Housekeeping runs from a
+    /// timer the runtime arms itself, never inside a ws endpoint call, so no caller pays for
+    /// sessions that are not its own; a run that stops at its budget re-arms the timer at
+    /// once. `None`: the default, 1 000 000 000 (at least one session is handled per run).
+    pub housekeeping_instructions: Option<u64>,
 }
 
 /// Which principals may act as gateways.
@@ -109,6 +131,27 @@ pub enum GatewayPolicy {
     /// Only these principals (e.g. the gateways the app's operators run). Others are refused
     /// by `canister_inspect_message` and by the endpoints (`InvalidArgument`, nothing changes).
     Allowlist(Vec<candid::Principal>),
+    /// The app decides: the function registered with [`crate::set_gateway_filter`] is asked
+    /// for every caller (by `canister_inspect_message` and by the endpoints, like the
+    /// allowlist). It must be cheap and deterministic (e.g. a lookup in the app's own
+    /// registry of gateways). Without a registered function every caller is refused, so a
+    /// canister whose code forgot to register one fails closed. The function is code, not
+    /// data: register it in `#[init]` and `#[post_upgrade]` (or use the `gateway_filter`
+    /// argument of `#[on_message]`, which registers it on every ws call).
+    Callback,
+}
+
+/// An app's gateway filter ([`GatewayPolicy::Callback`]).
+pub type GatewayFilter = fn(&candid::Principal) -> bool;
+
+thread_local! {
+    static GATEWAY_FILTER: std::cell::Cell<Option<GatewayFilter>> =
+        const { std::cell::Cell::new(None) };
+}
+
+/// Registers the app's gateway filter, used under [`GatewayPolicy::Callback`].
+pub fn set_gateway_filter(filter: GatewayFilter) {
+    GATEWAY_FILTER.with(|f| f.set(Some(filter)));
 }
 
 impl GatewayPolicy {
@@ -117,6 +160,9 @@ impl GatewayPolicy {
         match self {
             GatewayPolicy::Open => true,
             GatewayPolicy::Allowlist(list) => list.contains(caller),
+            GatewayPolicy::Callback => GATEWAY_FILTER
+                .with(std::cell::Cell::get)
+                .is_some_and(|f| f(caller)),
         }
     }
 }
@@ -132,6 +178,16 @@ pub const DEFAULT_MAX_ENTRIES_PER_CALL: u32 = 500;
 pub const DEFAULT_MAX_INSTRUCTIONS_PER_CALL: u64 = 2_000_000_000;
 /// Default of [`WsConfig::max_sessions`].
 pub const DEFAULT_MAX_SESSIONS: u64 = 200_000;
+/// Default of [`WsConfig::max_retained_bytes`].
+pub const DEFAULT_MAX_RETAINED_BYTES: u64 = 1 << 30;
+/// Default of [`WsConfig::max_subscriptions`].
+pub const DEFAULT_MAX_SUBSCRIPTIONS: u64 = 1_000_000;
+/// Default of [`WsConfig::max_gateways`].
+pub const DEFAULT_MAX_GATEWAYS: u64 = 10_000;
+/// Default of [`WsConfig::gateway_retention_ns`].
+pub const DEFAULT_GATEWAY_RETENTION_NS: u64 = 600 * SECOND_NS;
+/// Default of [`WsConfig::housekeeping_instructions`].
+pub const DEFAULT_HOUSEKEEPING_INSTRUCTIONS: u64 = 1_000_000_000;
 
 impl Default for WsConfig {
     fn default() -> Self {
@@ -154,6 +210,11 @@ impl Default for WsConfig {
             max_sessions: None,
             gateways: None,
             max_instructions_per_call: None,
+            max_retained_bytes: None,
+            max_subscriptions: None,
+            max_gateways: None,
+            gateway_retention_ns: None,
+            housekeeping_instructions: None,
         }
     }
 }
@@ -202,6 +263,16 @@ impl WsConfig {
         if self.max_sessions == Some(0) {
             return Err("max_sessions must be positive".into());
         }
+        for (name, v) in [
+            ("max_retained_bytes", self.max_retained_bytes),
+            ("max_subscriptions", self.max_subscriptions),
+            ("max_gateways", self.max_gateways),
+            ("housekeeping_instructions", self.housekeeping_instructions),
+        ] {
+            if v == Some(0) {
+                return Err(format!("{name} must be positive"));
+            }
+        }
         if matches!(&self.gateways, Some(GatewayPolicy::Allowlist(l)) if l.is_empty()) {
             return Err("an empty gateway allowlist would refuse every gateway".into());
         }
@@ -223,6 +294,34 @@ impl WsConfig {
     /// [`WsConfig::max_sessions`] with its default applied.
     pub fn sessions(&self) -> u64 {
         self.max_sessions.unwrap_or(DEFAULT_MAX_SESSIONS)
+    }
+
+    /// [`WsConfig::max_retained_bytes`] with its default applied.
+    pub fn retained_bytes(&self) -> u64 {
+        self.max_retained_bytes
+            .unwrap_or(DEFAULT_MAX_RETAINED_BYTES)
+    }
+
+    /// [`WsConfig::max_subscriptions`] with its default applied.
+    pub fn subscriptions(&self) -> u64 {
+        self.max_subscriptions.unwrap_or(DEFAULT_MAX_SUBSCRIPTIONS)
+    }
+
+    /// [`WsConfig::max_gateways`] with its default applied.
+    pub fn gateway_records(&self) -> u64 {
+        self.max_gateways.unwrap_or(DEFAULT_MAX_GATEWAYS)
+    }
+
+    /// [`WsConfig::gateway_retention_ns`] with its default applied.
+    pub fn gateway_retention(&self) -> u64 {
+        self.gateway_retention_ns
+            .unwrap_or(DEFAULT_GATEWAY_RETENTION_NS)
+    }
+
+    /// [`WsConfig::housekeeping_instructions`] with its default applied.
+    pub fn housekeeping_budget(&self) -> u64 {
+        self.housekeeping_instructions
+            .unwrap_or(DEFAULT_HOUSEKEEPING_INSTRUCTIONS)
     }
 
     /// Whether `caller` may act as a gateway ([`WsConfig::gateways`]).

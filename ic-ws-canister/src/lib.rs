@@ -67,7 +67,7 @@ use candid::{CandidType, Principal};
 use serde::Deserialize;
 use std::cell::Cell;
 
-pub use config::{GatewayPolicy, OverflowPolicy, WsConfig};
+pub use config::{set_gateway_filter, GatewayPolicy, OverflowPolicy, WsConfig};
 // The handler attributes; they generate the ws endpoints (docs in ic-ws-macros).
 pub use ic_ws_macros::{on_close, on_message, on_open};
 pub use ic_ws_protocol::{
@@ -275,16 +275,146 @@ pub fn config() -> WsConfig {
     runtime::with_state(|s| s.config.clone())
 }
 
-/// Expires idle sessions and deletes closed ones past their retention now (bounded by
-/// `max_housekeeping_per_call`). The ws endpoints do this on every update call; an app whose
-/// gateways may all go silent can call it from a timer.
+/// Expires idle sessions (calling their `on_close`), deletes closed sessions past their
+/// retention and gateway records past theirs, now: at most `max_housekeeping_per_call`
+/// sessions or records, and at most `housekeeping_instructions` (checked between two).
+///
+/// The runtime does this by itself from a timer (see the crate docs, "Housekeeping"); an app
+/// calls it only to hurry it.
 pub fn housekeeping() {
-    let now = env::time_ns();
-    runtime::with_state(|s| {
-        s.housekeeping(now);
-        s.certify();
-    });
+    let max = runtime::with_state(|s| s.config.max_housekeeping_per_call as usize);
+    housekeeping_run(max);
+    runtime::with_state(|s| s.certify());
     report_closes();
+}
+
+/// The canister-wide usage the Sybil-proof caps bound (see [`WsConfig`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, CandidType, Deserialize)]
+pub struct Usage {
+    /// Sessions (open, and closed ones not yet deleted): `max_sessions`.
+    pub sessions: u64,
+    /// Retained outbound payload bytes of all sessions: `max_retained_bytes`.
+    pub retained_bytes: u64,
+    /// Topic subscriptions: `max_subscriptions`.
+    pub subscriptions: u64,
+    /// Gateway records: `max_gateways`.
+    pub gateways: u64,
+}
+
+/// The canister-wide usage, to compare with the caps of [`config`].
+pub fn usage() -> Usage {
+    runtime::with_state(|s| Usage {
+        sessions: s.clients.len(),
+        retained_bytes: s.total_retained_bytes(),
+        subscriptions: s.subscription_count(),
+        gateways: s.gateway_count(),
+    })
+}
+
+/// One housekeeping run: steps (one session or record each) until nothing is due, `max_steps`
+/// were done or the instruction budget is spent (at least one step is done). `on_close` of
+/// each expired session runs right after its step, so the budget covers the app's work too
+/// (inside a ws endpoint, natively, reports wait for its end). Returns whether it stopped
+/// before running out of work.
+fn housekeeping_run(max_steps: usize) -> bool {
+    let now = env::time_ns();
+    let start = env::instruction_counter();
+    let budget = runtime::with_state(|s| s.config.housekeeping_budget());
+    let mut steps = 0usize;
+    let mut more = false;
+    loop {
+        let spent = env::instruction_counter().saturating_sub(start);
+        if steps >= max_steps || (steps > 0 && spent >= budget) {
+            more = true;
+            break;
+        }
+        if runtime::with_state(|s| s.housekeeping_step(now)).is_none() {
+            break;
+        }
+        steps += 1;
+        report_closes();
+    }
+    runtime::with_state(|s| s.housekeeping_sweep(now));
+    more
+}
+
+// ------------------------------------------------------------------- housekeeping timer
+
+/// How late an armed housekeeping timer may be before a ws call arms another: a timer run
+/// that trapped (an `on_close` that traps) is gone, while this instance's note that it was
+/// armed survives the rollback.
+const TIMER_OVERDUE_NS: u64 = 60_000_000_000;
+
+thread_local! {
+    /// When the housekeeping timer armed by this instance fires.
+    static TIMER_AT: Cell<Option<u64>> = const { Cell::new(None) };
+}
+
+#[cfg(target_arch = "wasm32")]
+thread_local! {
+    static TIMER_ID: Cell<Option<ic_cdk_timers::TimerId>> = const { Cell::new(None) };
+}
+
+/// Makes sure a housekeeping timer fires when the next housekeeping work is due (no timer
+/// when nothing is due: the next ws call arms one). Cheap: three first-key lookups.
+fn arm_housekeeping(h: __private::Handlers, more_now: bool) {
+    let now = env::time_ns();
+    let due = if more_now {
+        Some(now)
+    } else {
+        runtime::with_state(|s| s.next_housekeeping_due())
+    };
+    let Some(due) = due.map(|d| d.max(now)) else {
+        return;
+    };
+    if let Some(at) = TIMER_AT.with(Cell::get) {
+        if at <= due && now <= at.saturating_add(TIMER_OVERDUE_NS) {
+            return;
+        }
+    }
+    TIMER_AT.with(|t| t.set(Some(due)));
+    #[cfg(target_arch = "wasm32")]
+    {
+        if let Some(old) = TIMER_ID.with(Cell::take) {
+            ic_cdk_timers::clear_timer(old);
+        }
+        let delay = std::time::Duration::from_nanos(due.saturating_sub(now));
+        let id = ic_cdk_timers::set_timer(delay, async move { housekeeping_tick(h) });
+        TIMER_ID.with(|t| t.set(Some(id)));
+    }
+    #[cfg(not(target_arch = "wasm32"))]
+    let _ = h;
+}
+
+/// The housekeeping timer: one run within `housekeeping_instructions`, then the next timer
+/// (at once if work is left).
+#[cfg_attr(not(target_arch = "wasm32"), allow(dead_code))]
+fn housekeeping_tick(h: __private::Handlers) {
+    TIMER_AT.with(|t| t.set(None));
+    #[cfg(target_arch = "wasm32")]
+    TIMER_ID.with(|t| t.set(None));
+    HANDLERS.with(|c| c.set(Some(h)));
+    let more = housekeeping_run(usize::MAX);
+    runtime::with_state(|s| s.certify());
+    report_closes();
+    arm_housekeeping(h, more);
+}
+
+/// The housekeeping a ws endpoint call does for others. On the IC: none but the bounded
+/// sweep of consumed-open records (the timer does the rest, so no caller pays for other
+/// sessions' expiry and their `on_close`). Natively (unit tests, no timers): a run capped
+/// at `max_housekeeping_per_call`.
+fn endpoint_housekeeping() {
+    #[cfg(target_arch = "wasm32")]
+    {
+        let now = env::time_ns();
+        runtime::with_state(|s| s.housekeeping_sweep(now));
+    }
+    #[cfg(not(target_arch = "wasm32"))]
+    {
+        let max = runtime::with_state(|s| s.config.max_housekeeping_per_call as usize);
+        housekeeping_run(max);
+    }
 }
 
 /// Rebuilds the certification tree from stable memory and sets `certified_data`. Call it from
@@ -415,13 +545,14 @@ impl CallBudget {
     }
 }
 
-struct EndpointGuard;
+struct EndpointGuard(__private::Handlers);
 
 impl EndpointGuard {
     fn enter(h: &__private::Handlers) -> Self {
         HANDLERS.with(|c| c.set(Some(*h)));
         IN_ENDPOINT.with(|d| d.set(d.get() + 1));
-        EndpointGuard
+        endpoint_housekeeping();
+        EndpointGuard(*h)
     }
 }
 
@@ -430,6 +561,7 @@ impl Drop for EndpointGuard {
         IN_ENDPOINT.with(|d| d.set(d.get().saturating_sub(1)));
         runtime::with_state(|s| s.certify());
         report_closes();
+        arm_housekeeping(self.0, false);
     }
 }
 
@@ -462,7 +594,6 @@ pub mod __private {
         let caller = env::caller();
         let canister = env::canister_id();
         let now = env::time_ns();
-        with_state(|s| s.housekeeping(now));
         let budget = CallBudget::new();
         let mut results = Vec::with_capacity(batch.opens.len());
         for open in batch.opens {
@@ -494,7 +625,6 @@ pub mod __private {
         let caller = env::caller();
         let canister = env::canister_id();
         let now = env::time_ns();
-        with_state(|s| s.housekeeping(now));
         let budget = CallBudget::new();
         let mut results = Vec::with_capacity(batch.messages.len());
         for msg in batch.messages {
@@ -521,8 +651,6 @@ pub mod __private {
     pub fn ws_close(h: &Handlers, batch: CloseBatch) -> Vec<CloseResult> {
         let _guard = EndpointGuard::enter(h);
         let caller = env::caller();
-        let now = env::time_ns();
-        with_state(|s| s.housekeeping(now));
         let budget = CallBudget::new();
         let mut results = Vec::with_capacity(batch.clients.len());
         for id in batch.clients {

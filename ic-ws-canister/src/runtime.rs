@@ -22,9 +22,9 @@ use crate::config::WsConfig;
 use crate::env;
 use crate::memory::{slot, ws_memory, Memory};
 use crate::store::{
-    client_sub_key, pair_key, split_pair, sub_key, ChunkHead, ClientRecord, Counters,
-    GatewayRecord, KeyRecord, OutBody, OutEntry, SharedContent, CHUNK_HEADER, CHUNK_LOG_IDX,
-    CHUNK_NEXT, CHUNK_PEEK, NOT_LOGGED,
+    client_sub_key, pair_key, sub_key, ChunkHead, ClientRecord, Counters, GatewayRecord, KeyRecord,
+    OutBody, OutEntry, SharedContent, CHUNK_HEADER, CHUNK_LOG_IDX, CHUNK_NEXT, CHUNK_PEEK,
+    NOT_LOGGED,
 };
 use crate::{ClientInfo, Error};
 use candid::Principal;
@@ -38,6 +38,9 @@ use ic_ws_protocol::{content_hash, ClientId, CloseReason, WsError};
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 
+mod sybil;
+pub(crate) use sybil::GatewayIdle;
+
 /// Log indices are persisted in blocks of this many: the counters cell is written once per
 /// block instead of on every send. After an upgrade numbering resumes at the persisted
 /// bound, so indices stay strictly increasing (gateway cursors stay valid); at most one
@@ -46,7 +49,7 @@ const LOG_IDX_BLOCK: u64 = 1 << 16;
 
 /// Key records the sweep of consumed-open records looks at per update call (besides the two
 /// each new record without sessions pays for, see `State::consume_open_ts`).
-const KEY_SWEEP_PER_CALL: usize = 8;
+pub(crate) const KEY_SWEEP_PER_CALL: usize = 8;
 
 /// A delivery-log entry: which message a gateway's log position refers to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -88,6 +91,12 @@ pub(crate) struct State {
     /// Where the incremental sweep of consumed-open records stopped (heap: after an upgrade
     /// the sweep starts over from the first key).
     key_sweep_from: Option<[u8; 32]>,
+    /// Retained outbound payload bytes of all sessions (heap; the sum of the client records'
+    /// `queued_bytes`, recomputed when the state is loaded): `max_retained_bytes`.
+    retained_bytes: u64,
+    /// Gateway records without attached sessions, by the time they became idle (heap;
+    /// rebuilt when the state is loaded): deleted after `gateway_retention_ns`.
+    gateway_idle: GatewayIdle,
 }
 
 thread_local! {
@@ -165,8 +174,11 @@ impl State {
             app_hash,
             tree: WsTree::default(),
             key_sweep_from: None,
+            retained_bytes: 0,
+            gateway_idle: GatewayIdle::default(),
         };
         s.rebuild();
+        s.rebuild_sybil_accounting(env::time_ns());
         s
     }
 
@@ -312,6 +324,7 @@ impl State {
         let g = GatewayRecord { id, sessions: 0 };
         self.gateways.insert(p, g);
         self.gateway_ids.insert(id, p);
+        self.gateway_idle.mark(id, env::time_ns());
         g
     }
 
@@ -320,6 +333,11 @@ impl State {
         if let Some(mut g) = self.gateways.get(&p) {
             g.sessions = g.sessions.saturating_add_signed(delta);
             self.gateways.insert(p, g);
+            if g.sessions == 0 {
+                self.gateway_idle.mark(id, env::time_ns());
+            } else {
+                self.gateway_idle.unmark(id);
+            }
         }
     }
 
@@ -383,6 +401,7 @@ impl State {
         rec.tail = addr;
         rec.queued_messages += 1;
         rec.queued_bytes += counted;
+        self.retained_bytes = self.retained_bytes.saturating_add(counted);
         rec.next_outbound_seq += 1;
         self.tree.insert(id, seq, hash);
         Ok(seq)
@@ -417,6 +436,7 @@ impl State {
         }
         rec.queued_messages = rec.queued_messages.saturating_sub(1);
         rec.queued_bytes = rec.queued_bytes.saturating_sub(h.counted_bytes());
+        self.retained_bytes = self.retained_bytes.saturating_sub(h.counted_bytes());
         self.tree.remove(id, seq);
     }
 
@@ -494,6 +514,7 @@ impl State {
         if !self.fits(&rec, size) {
             return Err(self.overflow(id, now));
         }
+        self.check_retained_bytes(size, 1)?;
         let hash = content_hash(&crate::content::app_content(now, &payload));
         let seq = self.enqueue(id, &mut rec, OutBody::App { ts: now, payload }, hash)?;
         self.clients.insert(id, rec);
@@ -629,32 +650,6 @@ impl State {
         }
     }
 
-    /// Expires silent sessions and deletes closed ones past their retention (bounded work).
-    pub(crate) fn housekeeping(&mut self, now: u64) {
-        let budget = self.config.max_housekeeping_per_call as usize;
-        let idle_before = now.saturating_sub(self.config.idle_timeout_ns);
-        let expired: Vec<u64> = self
-            .activity
-            .keys_range(pair_key(0, 0)..pair_key(idle_before, 0))
-            .take(budget)
-            .map(|k| split_pair(&k).1)
-            .collect();
-        for id in expired {
-            self.close_session(id, CloseReason::Expired, now);
-        }
-        let delete_before = now.saturating_sub(self.config.closed_retention_ns);
-        let done: Vec<u64> = self
-            .closed
-            .keys_range(pair_key(0, 0)..pair_key(delete_before, 0))
-            .take(budget)
-            .map(|k| split_pair(&k).1)
-            .collect();
-        for id in done {
-            self.delete_session(id, now);
-        }
-        self.sweep_keys(KEY_SWEEP_PER_CALL, now);
-    }
-
     /// Takes the next session whose `on_close` is due.
     pub(crate) fn pop_pending_close(&mut self) -> Option<(ClientId, CloseReason)> {
         let (id, bytes) = self.pending_close.pop_first()?;
@@ -732,6 +727,7 @@ impl State {
         if let Err(e) = self
             .check_gateway_capacity(&caller)
             .and_then(|()| self.check_canister_capacity())
+            .and_then(|()| self.check_gateway_records(&caller))
             .and_then(|()| self.check_room_for_opened())
         {
             self.consume_open_ts(key, open.timestamp_ns, now);
@@ -870,6 +866,7 @@ impl State {
         let same_gateway = rec.attached && self.gateway_principal(rec.gateway) == caller;
         if !same_gateway {
             self.check_gateway_capacity(&caller)?;
+            self.check_gateway_records(&caller)?;
         }
         self.check_room_for_opened()?;
         // All checks passed: from here on, mutate.
@@ -1054,6 +1051,7 @@ impl State {
         if self.subs.contains_key(&key) {
             return Ok(());
         }
+        self.check_subscriptions()?;
         let count = self.topics.get(&topic.as_bytes().to_vec()).unwrap_or(0);
         if count >= self.config.max_topic_subscribers {
             return Err(Error::LimitReached(format!(
@@ -1141,6 +1139,9 @@ impl State {
             },
         );
         let hash = content_hash(&content);
+        // The canister-wide cap: room for one copy per subscriber, or nothing is queued.
+        let subscribers = self.topics.get(&topic.as_bytes().to_vec()).unwrap_or(0);
+        self.check_retained_bytes(size, subscribers)?;
         let pid = self.counters.next_payload_id;
         let mut report = crate::PublishReport::default();
         let mut refs = 0u64;

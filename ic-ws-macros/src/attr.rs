@@ -1,5 +1,5 @@
 //! The attribute's own arguments: `#[on_message(crate = "...", outbound = Type,
-//! inspect_message = false)]`,
+//! inspect_message = false, gateway_filter = path)]`,
 //! `#[on_open(crate = "...", on_message_in = path)]`.
 //!
 //! Parsing is tolerant: every bad argument is reported (pointing at its key or value) and
@@ -27,6 +27,10 @@ pub struct Config {
     /// `canister_inspect_message` (an app with its own calls
     /// `ic_ws_canister::inspect_ws_call` from it).
     pub inspect_message: Option<bool>,
+    /// `gateway_filter = path` (on_message only): a `fn(&Principal) -> bool` that decides which
+    /// principals may act as gateways when the configuration's policy is
+    /// `GatewayPolicy::Callback`; registered before every ws call is admitted.
+    pub gateway_filter: Option<Path>,
 }
 
 impl Config {
@@ -41,7 +45,9 @@ impl Config {
 /// The keys each attribute accepts (for "unknown argument" messages).
 fn accepted_keys(kind: Kind) -> &'static str {
     match kind {
-        Kind::Message => "`crate = \"path\"`, `outbound = Type`, `inspect_message = false`",
+        Kind::Message => {
+            "`crate = \"path\"`, `outbound = Type`, `inspect_message = false`, `gateway_filter = path`"
+        }
         Kind::Open | Kind::Close => "`crate = \"path\"`, `on_message_in = path::to::module`",
     }
 }
@@ -116,6 +122,21 @@ fn parse_one(
                     &key,
                     format!(
                         "`inspect_message` belongs on `#[on_message]`; `#[{}]` accepts {}",
+                        kind.attr_name(),
+                        accepted_keys(kind)
+                    ),
+                );
+            }
+        }
+        "gateway_filter" => {
+            let path: Path = input.parse()?;
+            if kind == Kind::Message {
+                set_once(&mut config.gateway_filter, path, &key, errors);
+            } else {
+                errors.error(
+                    &key,
+                    format!(
+                        "`gateway_filter` belongs on `#[on_message]`; `#[{}]` accepts {}",
                         kind.attr_name(),
                         accepted_keys(kind)
                     ),

@@ -235,6 +235,12 @@ fn on_message(handler: &Handler, config: &Config, paths: &Paths) -> TokenStream 
     let export_types = export_attrs("query", "ws_app_types");
     // `canister_inspect_message` (a system method: no mode, no method name). Natively it gets
     // a dotted name like the endpoints, so native builds link.
+    // `gateway_filter = path`: registered before every admission (inspect and endpoints), so
+    // it holds after an upgrade without the app registering it again.
+    let register_filter = match &config.gateway_filter {
+        Some(filter) => quote! { #krate::set_gateway_filter(#filter); },
+        None => quote!(),
+    };
     let inspect = if config.inspect_message == Some(false) {
         quote!()
     } else {
@@ -244,6 +250,7 @@ fn on_message(handler: &Handler, config: &Config, paths: &Paths) -> TokenStream 
             #[cfg_attr(target_family = "wasm", unsafe(export_name = "canister_inspect_message"))]
             #[cfg_attr(not(target_family = "wasm"), unsafe(export_name = "canister_inspect_message.ic_ws"))]
             fn __ic_ws_inspect_message() {
+                #register_filter
                 #private::inspect_message();
             }
         }
@@ -309,6 +316,7 @@ fn on_message(handler: &Handler, config: &Config, paths: &Paths) -> TokenStream 
             /// Refuses the whole call (a trap: nothing changes) when its caller may not act as
             /// a gateway or it carries more entries than the canister allows per call.
             fn __ic_ws_admit(__ic_ws_method: &str, __ic_ws_entries: usize) {
+                #register_filter
                 if let ::core::result::Result::Err(__ic_ws_error) = #private::admit_call(__ic_ws_method, __ic_ws_entries) {
                     #private::ic_cdk::trap(__ic_ws_error);
                 }
@@ -558,6 +566,27 @@ mod tests {
     }
 
     #[test]
+    fn gateway_filter_is_registered_before_every_admission() {
+        let config = Config {
+            gateway_filter: Some(syn::parse_quote!(my_filter)),
+            ..Config::default()
+        };
+        let code = expand(
+            Kind::Message,
+            config,
+            quote!(
+                fn m(c: ClientId, m: Chat) {}
+            ),
+        );
+        // Once in `canister_inspect_message`, once in the admission of every endpoint.
+        assert_eq!(
+            code.matches("set_gateway_filter (my_filter)").count(),
+            2,
+            "{code}"
+        );
+    }
+
+    #[test]
     fn inspect_message_can_be_left_to_the_app() {
         let config = Config {
             inspect_message: Some(false),
@@ -623,6 +652,7 @@ mod tests {
             on_message_in: Some(syn::parse_quote!(crate::ws)),
             outbound: None,
             inspect_message: None,
+            gateway_filter: None,
         };
         let code = expand(
             Kind::Close,

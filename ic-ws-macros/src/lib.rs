@@ -67,6 +67,12 @@ use quote::quote;
 ///   gateway policy refuses (`WsConfig::gateways`); other methods are accepted. A canister with
 ///   its own `#[ic_cdk::inspect_message]` sets this and calls
 ///   `ic_ws_canister::inspect_ws_call(&method, &caller, &arg)` from it.
+/// - `gateway_filter = path`: a `fn(&Principal) -> bool` deciding which principals may act
+///   as gateways when the configuration's policy is `GatewayPolicy::Callback` (e.g. a lookup
+///   in the app's registry of gateway operators). The generated code registers it
+///   (`ic_ws_canister::set_gateway_filter`) before admitting any ws call, in
+///   `canister_inspect_message` and in the endpoints, so it needs no registration in
+///   `#[init]` / `#[post_upgrade]`.
 ///
 /// Every update endpoint also refuses (traps before any entry is looked at) a call from a
 /// principal the gateway policy refuses or with more than `max_entries_per_call` entries: the
@@ -83,7 +89,8 @@ use quote::quote;
 ///
 /// A second `#[on_message]` in the crate is a compile error (`__ic_ws_only_one_on_message_per_canister`
 /// defined multiple times); the generated items live beside the app's own `#[init]`,
-/// `#[post_upgrade]`, timers and stable structures, which the macros never define.
+/// `#[post_upgrade]`, timers and stable structures, which the macros never define (the runtime arms its own housekeeping timer
+/// through `ic-cdk-timers`, which an app may use too).
 #[proc_macro_attribute]
 pub fn on_message(attr: TokenStream, item: TokenStream) -> TokenStream {
     expand_attribute(Kind::Message, attr.into(), item.into()).into()

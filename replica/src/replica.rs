@@ -535,6 +535,11 @@ impl Replica {
         core.sync_tree();
     }
 
+    /// The global timer deadline of a canister (`None`: disarmed or no such canister).
+    pub fn global_timer(&self, canister: Principal) -> Option<u64> {
+        self.core().engine.global_timer(canister)
+    }
+
     /// Runs a round: fires due global timers and drains the calls they make.
     pub fn tick(&self) {
         let mut core = self.core();

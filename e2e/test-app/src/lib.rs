@@ -68,7 +68,7 @@ fn open(client: ClientId, args: String) -> Result<(), String> {
     Ok(())
 }
 
-#[on_message(outbound = Outbound)]
+#[on_message(outbound = Outbound, gateway_filter = registered_gateway)]
 fn message(client: ClientId, msg: Inbound) -> Result<(), String> {
     match msg {
         Inbound::Echo(text) => ic_ws_canister::send(client, &Outbound::Echo(text))
@@ -103,8 +103,42 @@ fn burn(n: u64) {
     std::hint::black_box(x);
 }
 
+thread_local! {
+    /// Gateways registered with `app_register_gateway` (heap: a test registry).
+    static REGISTERED: RefCell<std::collections::BTreeSet<candid::Principal>> =
+        const { RefCell::new(std::collections::BTreeSet::new()) };
+    /// Topic that `on_close` announces every close to (like the chat's `Left`), if any.
+    static CLOSE_NOTICE: RefCell<Option<String>> = const { RefCell::new(None) };
+}
+
+/// The gateway filter (`GatewayPolicy::Callback`): registered principals only.
+fn registered_gateway(p: &candid::Principal) -> bool {
+    REGISTERED.with(|r| r.borrow().contains(p))
+}
+
+/// Registers a principal as a gateway (for `GatewayPolicy::Callback`).
+#[ic_cdk::update]
+fn app_register_gateway(p: candid::Principal) {
+    REGISTERED.with(|r| r.borrow_mut().insert(p));
+}
+
+/// Makes `on_close` publish a notice to `topic` (`None`: no notices).
+#[ic_cdk::update]
+fn app_set_close_notice(topic: Option<String>) {
+    CLOSE_NOTICE.with(|t| *t.borrow_mut() = topic);
+}
+
+/// The runtime's canister-wide usage.
+#[ic_cdk::query]
+fn app_usage() -> ic_ws_canister::Usage {
+    ic_ws_canister::usage()
+}
+
 #[on_close]
 fn closed(client: ClientId, reason: CloseReason) {
+    if let Some(topic) = CLOSE_NOTICE.with(|t| t.borrow().clone()) {
+        let _ = ic_ws_canister::publish(&topic, &Outbound::Echo(format!("{client} left")));
+    }
     CLOSES.with(|c| {
         let mut c = c.borrow_mut();
         // Exactly once: a second report would be a runtime bug the tests must see.
