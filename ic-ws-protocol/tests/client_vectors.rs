@@ -932,3 +932,100 @@ fn client_vectors_file_is_up_to_date() {
         "test-vectors/client-vectors.json is out of date; regenerate with IC_WS_UPDATE_VECTORS=1 cargo test --workspace --locked --test client_vectors and review the diff"
     );
 }
+
+mod claims {
+    //! Property: nothing a gateway merely claims makes the machine drop an own message, stop,
+    //! report a certified outcome, or give up the session before the own clock proves expiry.
+    use super::*;
+    use proptest::prelude::*;
+
+    #[derive(Debug, Clone)]
+    enum Input {
+        Connected,
+        Hello,
+        OpenOk(ClientId),
+        OpenErr(WsError),
+        MessageError(u64, WsError),
+        Junk,
+        Lost,
+        Tick,
+    }
+
+    fn ws_error() -> impl Strategy<Value = WsError> {
+        prop_oneof![
+            Just(WsError::InvalidSignature),
+            any::<u64>().prop_map(WsError::UnknownClient),
+            Just(WsError::WrongGateway),
+            Just(WsError::StaleOpen),
+            Just(WsError::InvalidResume),
+            any::<u64>().prop_map(|first_available| WsError::ResumeUnavailable { first_available }),
+            "[a-z]{0,8}".prop_map(WsError::Rejected),
+            ("[a-z]{0,8}", any::<u64>())
+                .prop_map(|(reason, client_id)| WsError::OpenRejected { client_id, reason }),
+            "[a-z]{0,8}".prop_map(WsError::DecodeError),
+            Just(WsError::Closed),
+            Just(WsError::NotProcessed),
+            (any::<u64>(), any::<u64>())
+                .prop_map(|(expected, got)| WsError::OutOfSequence { expected, got }),
+        ]
+    }
+
+    fn input() -> impl Strategy<Value = Input> {
+        prop_oneof![
+            3 => Just(Input::Connected),
+            3 => Just(Input::Hello),
+            1 => prop_oneof![Just(CLIENT), any::<u64>()].prop_map(Input::OpenOk),
+            3 => ws_error().prop_map(Input::OpenErr),
+            2 => (0u64..4, ws_error()).prop_map(|(s, e)| Input::MessageError(s, e)),
+            1 => Just(Input::Junk),
+            2 => Just(Input::Lost),
+            2 => Just(Input::Tick),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+        #[test]
+        fn uncertified_claims_never_drop_stop_or_decide(
+            steps in proptest::collection::vec((input(), 0u64..60), 1..60),
+        ) {
+            // A resend buffer that never evicts: only claims could remove a message here.
+            let mut s = Script::with_config("prop", "", SessionConfig { resend_buffer: 1024, ..config() });
+            s.open_new(NOW);
+            for i in 0..3 {
+                s.send(NOW + SEC + i, pay("keep me"));
+            }
+            let mut unconfirmed = s.machine.unconfirmed();
+            prop_assert_eq!(unconfirmed, 3);
+            let mut now = NOW + 2 * SEC;
+            for (input, advance) in steps {
+                now += advance * SEC;
+                let proof = s.machine.expiry_proven_at().unwrap();
+                let actions = match input {
+                    Input::Connected => s.machine.connected(now),
+                    Input::Hello => s.machine.frame(GatewayFrame::Hello { gateway: gateway(), protocol_version: PROTOCOL_VERSION }, now),
+                    Input::OpenOk(id) => s.machine.frame(GatewayFrame::OpenResult(Ok(OpenOk { client_id: id, next_inbound_seq: 0, opened_seq: 0 })), now),
+                    Input::OpenErr(e) => s.machine.frame(GatewayFrame::OpenResult(Err(e)), now),
+                    Input::MessageError(seq, error) => s.machine.frame(GatewayFrame::MessageError { seq, error }, now),
+                    Input::Junk => s.machine.frame(GatewayFrame::Messages { messages: vec![], certificate: vec![1], tree: vec![2] }, now),
+                    Input::Lost => s.machine.connection_lost(Failure::Transport("x".into()), now),
+                    Input::Tick => s.machine.tick(now),
+                };
+                let lost = actions.iter().any(|a| matches!(a, Action::Emit(Event::SessionLost { .. })));
+                for a in &actions {
+                    prop_assert!(!matches!(a, Action::Emit(Event::MessageRejected { .. } | Event::OpenRejected { .. } | Event::Closed(_))), "{:?}", a);
+                    prop_assert!(!matches!(a, Action::Close { next: Next::Stop, .. }), "{:?}", a);
+                }
+                if lost {
+                    prop_assert!(now >= proof, "gave up at {} before the proof {}", now, proof);
+                    return Ok(());
+                }
+                // Keep-alives may be added; nothing leaves without a certified confirmation.
+                prop_assert!(s.machine.unconfirmed() >= unconfirmed);
+                unconfirmed = s.machine.unconfirmed();
+                prop_assert_eq!(s.machine.client_id(), Some(CLIENT));
+                prop_assert!(!s.machine.is_stopped());
+            }
+        }
+    }
+}
