@@ -1,29 +1,31 @@
 /**
- * `IcWsClient`: one ic-ws session with a canister through an (untrusted) gateway.
+ * `IcWsClient`: one ic-ws session with a canister through (untrusted) gateways.
  *
- * It owns the connection life cycle (docs/protocol.md): open or resume with a signed request,
- * verify every delivered frame ({@link DeliveryVerifier}, then the certified `Opened` that
- * binds the client id to this client's key), sign and number outgoing messages, acknowledge
- * what it received (piggybacked, plus a `KeepAlive` every 30 s or after 64 unacknowledged
- * messages), and reconnect with exponential backoff, resuming from the last verified
- * sequence number and re-sending its own unconfirmed messages.
+ * The protocol decisions are the I/O-free state machine {@link ClientSession} (session.ts,
+ * the mirror of the Rust `ic_ws_protocol::client::ClientSession`, tested against the same
+ * vectors): open or resume, checks of every delivered frame, acknowledgements and
+ * keep-alives, the resend queue, and which outcomes are facts. This file only does the I/O:
+ * WebSockets, timers, storage, reconnects with backoff through the configured gateways, and
+ * the application's events.
  *
  * Nothing a gateway sends is shown to the application unless it passed every check: a frame
  * that fails one is dropped whole, reported as an `error` event naming the check, and the
- * connection is closed and resumed.
+ * connection is closed and resumed. What a gateway merely claims (an open or message error)
+ * is reported as `Unverified` (`certified: false`) and only makes the client retry elsewhere:
+ * it never drops a message from the resend queue nor stops the client. Certified outcomes
+ * (`MessageRejected`, `OpenRejected`, the session's `Closed`) are facts (`certified: true`).
  */
 import { IDL } from "@icp-sdk/core/candid";
 import { Principal } from "@icp-sdk/core/principal";
-import { boundedText, bytesEqual, MAX_CLOSE_REASON_BYTES, MAX_PEER_TEXT_BYTES } from "./bytes.js";
-import { SessionKey } from "./signing.js";
+import { boundedText, MAX_CLOSE_REASON_BYTES, MAX_PEER_TEXT_BYTES } from "./bytes.js";
+import { ClientSession, DEFAULT_CLOCK_SKEW_NS, SendRefused, SessionFailure } from "./session.js";
+import type { Action, Claim, Next, SessionEvent } from "./session.js";
 import { loadSession, MemoryStorage, saveSession } from "./storage.js";
-import type { KeyValueStorage, StoredSession } from "./storage.js";
-import {
-  decodeGatewayFrame, describeWsError, encodeClientFrame, PROTOCOL_VERSION, wsErrorName,
-} from "./types.js";
-import type { ClientMessage, CloseReason, GatewayFrame, MessageKind, OpenOk, OutboundMessage, WsError } from "./types.js";
-import { DeliveryVerifier, MAINNET_ROOT_KEY_DER, nowNs, VerifyError } from "./verify.js";
-import type { VerifyCheck, VerifiedMessage } from "./verify.js";
+import type { KeyValueStorage } from "./storage.js";
+import { decodeGatewayFrame, describeWsError, encodeClientFrame } from "./types.js";
+import type { CloseReason, GatewayFrame, MessageKind, WsError } from "./types.js";
+import { DEFAULT_MAX_CERTIFICATE_AGE_NS, MAINNET_ROOT_KEY_DER, nowNs } from "./verify.js";
+import type { VerifyCheck } from "./verify.js";
 
 /** Connection state, as a page would show it. */
 export type ConnectionState = "idle" | "connecting" | "open" | "reconnecting" | "closed";
@@ -34,11 +36,13 @@ export type ErrorKind =
   | VerifyCheck
   /** The gateway broke the protocol (bad frame, frame out of order, wrong version). */
   | "ProtocolViolation"
-  /** The canister refused the open (see `wsError`). */
-  | "OpenFailed"
-  /** The session could not be resumed: a new one was started and messages may be missing. */
-  | "ResumeUnavailable"
-  /** The canister rejected one of this client's messages (see `wsError`). */
+  /** Uncertified: the gateway claims an open or message error (see `wsError`, `claim`). Only means "retry elsewhere"; nothing was dropped. */
+  | "Unverified"
+  /** Certified: the application refused this client's open (see `wsError`). The client stops. */
+  | "OpenRejected"
+  /** The session was given up (its expiry proven by the own clock after every gateway refused to resume it): a new one was started, own messages may be missing. */
+  | "SessionLost"
+  /** Certified: the canister consumed this client's message `seq` and its handler refused it (see `wsError`). */
   | "MessageRejected"
   /** A certified app payload does not decode as the configured outbound type. */
   | "BadPayload"
@@ -53,6 +57,12 @@ export class IcWsError extends Error {
     /** True when the failure proves that a gateway (or something between) tampered with data. */
     readonly tampering: boolean,
     readonly wsError?: WsError,
+    /** True for certified outcomes (facts); false for what a gateway merely claims or for local failures. */
+    readonly certified: boolean = false,
+    /** The gateway's claim, for `Unverified` errors. */
+    readonly claim?: Claim,
+    /** For `MessageRejected`: the own message's sequence number. */
+    readonly seq?: bigint,
   ) {
     super(message);
     this.name = "IcWsError";
@@ -134,6 +144,8 @@ export interface ReconnectOptions {
 export interface IcWsClientOptions<In, Out> {
   /** `ws://` or `wss://` address of a gateway. */
   gatewayUrl: string;
+  /** More gateways: after a failed connection (or an uncertified refusal) the client moves to the next one. */
+  fallbackGatewayUrls?: string[];
   canisterId: Principal | string;
   /** IC root key (DER, 133 bytes). Default: the mainnet key. A local replica has its own. */
   rootKey?: Uint8Array;
@@ -161,6 +173,10 @@ export interface IcWsClientOptions<In, Out> {
   openTimeoutMs?: number;
   /** Cap on signed messages kept until the canister confirms them (default 1024). */
   maxUnconfirmed?: number;
+  /** The canister's clock-skew window for opens (default 5 min): part of the own-clock proof that a session every gateway refuses to resume has expired. */
+  clockSkewMs?: number;
+  /** After the session was given up: open a new one (default) or stop. */
+  onSessionLost?: "NewSession" | "Stop";
   /** WebSocket implementation (default: the global one, else the `ws` package in Node). */
   WebSocket?: WebSocketConstructor;
   /** Clock in ns since the epoch (tests). */
@@ -208,19 +224,28 @@ function toBytes(data: unknown): Uint8Array | undefined {
   return undefined;
 }
 
-/** Per-connection state; a new one for every WebSocket. */
+/** One WebSocket; a new one for every connection. */
 interface Connection {
   ws: WebSocketLike;
-  phase: "hello" | "opening" | "streaming";
-  /** Timestamp of this connection's signed open. */
-  openTimestampNs: bigint;
-  resuming: boolean;
-  /** Set once the certified `Opened` of this open was verified. */
-  confirmed: boolean;
-  verifier?: DeliveryVerifier;
-  openTimer?: ReturnType<typeof setTimeout>;
-  /** `Messages` frames that arrived before the `OpenResult` (checked once it arrives). */
-  early: { messages: OutboundMessage[]; certificate: Uint8Array; tree: Uint8Array }[];
+  url: string;
+}
+
+function freshSeed(): Uint8Array {
+  const seed = new Uint8Array(32);
+  globalThis.crypto.getRandomValues(seed);
+  return seed;
+}
+
+/** The JS API's error kind for a failure the state machine reports with a connection's end. */
+function errorFor(f: SessionFailure, openTimeoutMs: number): IcWsError | undefined {
+  const k = f.kind;
+  if (k.startsWith("Verify.")) return new IcWsError(k.slice(7) as VerifyCheck, f.message, true);
+  if (k.startsWith("Binding.")) return new IcWsError("OpenedMismatch", `${f.message} (${k.slice(8)})`, true);
+  if (k === "Protocol" || k === "UnsupportedVersion") return new IcWsError("ProtocolViolation", f.message, false);
+  if (k === "Timeout") return new IcWsError("Transport", `no certified confirmation of the open within ${openTimeoutMs} ms (${f.message})`, false);
+  // Claims were reported as `Unverified` when they arrived, a lost session as `SessionLost`,
+  // certified ends by their events; transport failures by the `close` event.
+  return undefined;
 }
 
 /**
@@ -236,52 +261,59 @@ interface Connection {
 export class IcWsClient<In = Uint8Array, Out = Uint8Array> {
   readonly canisterId: Principal;
   private readonly opts: IcWsClientOptions<In, Out>;
-  private readonly rootKey: Uint8Array;
   private readonly storage: KeyValueStorage;
   private readonly storageKey: string;
   private readonly now: () => bigint;
+  private readonly urls: string[];
   private readonly listeners: { [K in keyof Events<Out>]: Set<Listener<Events<Out>[K]>> } = {
     open: new Set(), batch: new Set(), message: new Set(), close: new Set(), error: new Set(), state: new Set(),
   };
 
-  private session: StoredSession;
-  private key: SessionKey;
+  private machine: ClientSession;
   private conn?: Connection;
+  private urlIndex = 0;
   private _state: ConnectionState = "idle";
-  /** Payloads waiting for an open session to be signed and sent. */
+  /** App payloads waiting for a session to be signed for (before the first `Opened`, or while a lost session is replaced). */
   private queued: MessageKind[] = [];
-  private lastAckSent = 0n;
-  private lastSendAt = 0;
-  private keepAliveTimer?: ReturnType<typeof setInterval>;
+  private tickTimer?: ReturnType<typeof setTimeout>;
   private reconnectTimer?: ReturnType<typeof setTimeout>;
   private closeTimer?: ReturnType<typeof setTimeout>;
   private attempts = 0;
   private stopped = false;
   private closing = false;
-  /** The session ended (closed by the client or the canister); `connect()` starts a new one. */
+  /** The session ended (closed by the client or the canister, or a certified refusal); `connect()` starts a new one. */
   private ended = false;
-  /** Frames are verified one after the other (verification is asynchronous). */
+  /** Inputs are handed to the machine one after the other (verification is asynchronous). */
   private chain: Promise<void> = Promise.resolve();
 
   constructor(options: IcWsClientOptions<In, Out>) {
     this.opts = options;
     this.canisterId = typeof options.canisterId === "string" ? Principal.fromText(options.canisterId) : options.canisterId;
-    this.rootKey = options.rootKey ?? MAINNET_ROOT_KEY_DER;
     this.storage = options.storage === null ? new MemoryStorage() : options.storage ?? defaultStorage();
     this.storageKey = options.storageKey ?? `ic-ws:${this.canisterId.toText()}`;
     this.now = options.now ?? nowNs;
-    const stored = loadSession(this.storage, this.storageKey);
-    if (stored) {
-      this.session = stored;
-      this.key = SessionKey.fromHex(stored.keySeed);
-    } else {
-      this.key = SessionKey.generate();
-      this.session = this.freshSession(this.key);
-    }
+    this.urls = [options.gatewayUrl, ...(options.fallbackGatewayUrls ?? [])];
+    this.machine = this.newMachine(true);
   }
 
-  private freshSession(key: SessionKey): StoredSession {
-    return { keySeed: key.toJSON(), lastOpenTimestampNs: 0n, nextOutboundSeq: 0n, nextInboundSeq: 0n, outbox: [] };
+  private newMachine(restore: boolean): ClientSession {
+    const o = this.opts;
+    const ms = (v: number) => BigInt(Math.round(v)) * 1_000_000n;
+    const stored = restore ? loadSession(this.storage, this.storageKey) : undefined;
+    return new ClientSession({
+      canisterId: this.canisterId,
+      rootKeyDer: o.rootKey ?? MAINNET_ROOT_KEY_DER,
+      maxCertificateAgeNs: o.maxCertificateAgeMs !== undefined ? ms(o.maxCertificateAgeMs) : DEFAULT_MAX_CERTIFICATE_AGE_NS,
+      openArgs: o.openArgs ?? new Uint8Array(),
+      openTimeoutNs: ms(o.openTimeoutMs ?? 30_000),
+      keepAliveIntervalNs: ms(o.keepAliveIntervalMs ?? 30_000),
+      // The machine acknowledges when more than `ackThreshold` are unacknowledged.
+      ackThreshold: BigInt(Math.max(0, (o.ackThreshold ?? 64) - 1)),
+      resendBuffer: o.maxUnconfirmed ?? 1024,
+      clockSkewNs: o.clockSkewMs !== undefined ? ms(o.clockSkewMs) : DEFAULT_CLOCK_SKEW_NS,
+      resumeRefusalsBeforeWait: Math.max(2, this.urls.length),
+      onSessionLost: o.onSessionLost ?? "NewSession",
+    }, freshSeed, stored);
   }
 
   /** Subscribes to an event; returns the unsubscribe function. */
@@ -308,12 +340,12 @@ export class IcWsClient<In = Uint8Array, Out = Uint8Array> {
 
   /** The session's client id, once certified. */
   get clientId(): bigint | undefined {
-    return this.session.clientId;
+    return this.machine.clientId;
   }
 
   /** The session key's public half. */
   get publicKey(): Uint8Array {
-    return this.key.publicKey;
+    return this.machine.publicKey;
   }
 
   private setState(s: ConnectionState): void {
@@ -325,23 +357,26 @@ export class IcWsClient<In = Uint8Array, Out = Uint8Array> {
   /** Connects (or resumes the stored session). */
   connect(): void {
     if (this.closing && this.conn) return; // a close is in progress
+    if (this.ended) {
+      this.machine = this.newMachine(false);
+      this.ended = false;
+    }
     this.stopped = false;
     this.closing = false;
-    this.ended = false;
-    if (this.conn) return;
+    if (this.conn || this.reconnectTimer !== undefined) return;
     void this.openSocket();
   }
 
   private async openSocket(): Promise<void> {
     this.setState(this.attempts === 0 ? "connecting" : "reconnecting");
-    let Ctor: WebSocketConstructor;
+    const url = this.urls[this.urlIndex % this.urls.length]!;
     let ws: WebSocketLike;
     try {
-      Ctor = this.opts.WebSocket ?? (await defaultWebSocket());
-      ws = new Ctor(this.opts.gatewayUrl);
+      const Ctor = this.opts.WebSocket ?? (await defaultWebSocket());
+      ws = new Ctor(url);
     } catch (e) {
-      this.emit("error", new IcWsError("Transport", `cannot connect to ${this.opts.gatewayUrl}: ${String(e)}`, false));
-      this.scheduleReconnect();
+      this.emit("error", new IcWsError("Transport", `cannot connect to ${url}: ${String(e)}`, false));
+      this.enqueue(() => this.apply(this.machine.connectionLost(new SessionFailure("Transport", String(e)), this.now()), undefined));
       return;
     }
     if (this.stopped) {
@@ -349,274 +384,197 @@ export class IcWsClient<In = Uint8Array, Out = Uint8Array> {
       return;
     }
     ws.binaryType = "arraybuffer";
-    const conn: Connection = { ws, phase: "hello", openTimestampNs: 0n, resuming: false, confirmed: false, early: [] };
+    const conn: Connection = { ws, url };
     this.conn = conn;
-    const openTimeout = this.opts.openTimeoutMs ?? 30_000;
-    conn.openTimer = setTimeout(() => {
-      if (this.conn === conn && !conn.confirmed) {
-        this.fail(conn, new IcWsError("Transport", `no certified confirmation of the open within ${openTimeout} ms`, false), 1000);
-      }
-    }, openTimeout);
+    ws.onopen = () => {
+      this.enqueue(() => (this.conn === conn ? this.apply(this.machine.connected(this.now()), conn) : undefined));
+    };
     ws.onmessage = (ev) => {
       const bytes = toBytes(ev.data);
-      this.chain = this.chain.then(() => this.onFrame(conn, bytes)).catch((e) => {
-        this.fail(conn, new IcWsError("ProtocolViolation", `internal error handling a frame: ${String(e)}`, false), CLOSE_PROTOCOL_VIOLATION);
-      });
+      this.enqueue(() => this.onFrame(conn, bytes));
     };
     ws.onerror = () => {
-      // The close event follows and carries the decision to reconnect.
+      // The close event follows.
     };
     ws.onclose = (ev) => {
-      this.chain = this.chain.then(() => this.onSocketClosed(conn, ev.code, ev.reason));
+      this.enqueue(() => {
+        if (this.conn !== conn) return;
+        const failure = new SessionFailure("GatewayClosed", `gateway closed the connection (code ${ev.code}: ${boundedText(ev.reason, MAX_PEER_TEXT_BYTES)})`);
+        this.apply(this.machine.connectionLost(failure, this.now()), conn, ev.code, ev.reason);
+      });
     };
+  }
+
+  private enqueue(step: () => void | Promise<void>): void {
+    this.chain = this.chain.then(step).catch((e) => {
+      console.error("ic-ws: internal error", e);
+    });
   }
 
   private async onFrame(conn: Connection, bytes: Uint8Array | undefined): Promise<void> {
     if (this.conn !== conn) return;
-    if (!bytes) {
-      this.fail(conn, new IcWsError("ProtocolViolation", "gateway sent a text frame", false), CLOSE_PROTOCOL_VIOLATION);
-      return;
-    }
     let frame: GatewayFrame;
     try {
+      if (!bytes) throw new Error("gateway sent a text frame");
       frame = decodeGatewayFrame(bytes);
     } catch (e) {
-      this.fail(conn, new IcWsError("ProtocolViolation", `gateway frame of ${bytes.length} bytes does not decode: ${boundedText(String(e), MAX_PEER_TEXT_BYTES)}`, false), CLOSE_PROTOCOL_VIOLATION);
+      const text = bytes ? `gateway frame of ${bytes.length} bytes does not decode: ${boundedText(String(e), MAX_PEER_TEXT_BYTES)}` : "gateway sent a text frame";
+      this.apply(this.machine.connectionLost(new SessionFailure("Protocol", text), this.now()), conn);
       return;
     }
-    if ("Hello" in frame) return this.onHello(conn, frame.Hello.gateway, frame.Hello.protocol_version);
-    if ("OpenResult" in frame) {
-      this.onOpenResult(conn, frame.OpenResult);
-      // A gateway may relay the first certified messages before the open's reply.
-      for (const f of conn.early.splice(0)) {
-        if (this.conn !== conn || conn.phase !== "streaming") return;
-        await this.onMessages(conn, f.messages, f.certificate, f.tree);
-      }
-      return;
-    }
-    if ("Messages" in frame) return this.onMessages(conn, frame.Messages.messages, frame.Messages.certificate, frame.Messages.tree);
-    if ("MessageError" in frame) return this.onMessageError(frame.MessageError.seq, frame.MessageError.error);
-  }
-
-  private onHello(conn: Connection, gateway: Principal, version: number): void {
-    if (conn.phase !== "hello") {
-      this.fail(conn, new IcWsError("ProtocolViolation", "unexpected Hello", false), CLOSE_PROTOCOL_VIOLATION);
-      return;
-    }
-    if (version !== PROTOCOL_VERSION) {
-      this.fail(conn, new IcWsError("ProtocolViolation", `gateway speaks protocol ${version}, client ${PROTOCOL_VERSION}`, false), CLOSE_PROTOCOL_VIOLATION);
-      return;
-    }
-    const s = this.session;
-    // Opens must carry increasing timestamps (the canister rejects a replayed open).
-    const now = this.now();
-    const ts = now > s.lastOpenTimestampNs ? now : s.lastOpenTimestampNs + 1n;
-    s.lastOpenTimestampNs = ts;
-    conn.openTimestampNs = ts;
-    conn.resuming = s.clientId !== undefined;
-    const request = this.key.signOpen(this.canisterId, {
-      client_key: this.key.publicKey,
-      gateway,
-      timestamp_ns: ts,
-      resume: s.clientId !== undefined ? [{ client_id: s.clientId, next_outbound_seq: s.nextOutboundSeq }] : [],
-      args: this.opts.openArgs ?? new Uint8Array(),
-    });
-    this.persist();
-    conn.phase = "opening";
-    this.sendFrame(conn, encodeClientFrame({ Open: { canister_id: this.canisterId, request } }));
-  }
-
-  private onOpenResult(conn: Connection, result: { Ok: OpenOk } | { Err: WsError }): void {
-    if (conn.phase !== "opening") {
-      this.fail(conn, new IcWsError("ProtocolViolation", "unexpected OpenResult", false), CLOSE_PROTOCOL_VIOLATION);
-      return;
-    }
-    if ("Err" in result) {
-      const err = result.Err;
-      const name = wsErrorName(err);
-      if (conn.resuming && (name === "ResumeUnavailable" || name === "InvalidResume" || name === "UnknownClient" || name === "Closed")) {
-        // The old session is gone: start a new one (with a new key) at the next attempt.
-        this.emit("error", new IcWsError("ResumeUnavailable", `cannot resume the session (${describeWsError(err)}): starting a new one; messages may be missing`, false, err));
-        this.resetSession();
-        this.closeSocket(conn, 1000, "resume unavailable");
-        return;
-      }
-      const fatal = name === "Rejected";
-      this.emit("error", new IcWsError("OpenFailed", `the canister refused the open: ${describeWsError(err)}`, false, err));
-      if (fatal) this.stopped = true;
-      this.closeSocket(conn, 1000, "open failed");
-      return;
-    }
-    const ok = result.Ok;
-    const s = this.session;
-    if (conn.resuming && ok.client_id !== s.clientId) {
-      this.fail(conn, new IcWsError("ProtocolViolation", `gateway answered a resume of client ${s.clientId} with client ${ok.client_id}`, true), CLOSE_PROTOCOL_VIOLATION);
-      return;
-    }
-    // For a new session the id is only a claim of the gateway until the certified `Opened`
-    // at sequence 0 names our key; nothing is delivered before that.
-    conn.verifier = new DeliveryVerifier({
-      rootKeyDer: this.rootKey,
-      canisterId: this.canisterId,
-      clientId: ok.client_id,
-      maxCertificateAgeNs: this.opts.maxCertificateAgeMs !== undefined ? BigInt(this.opts.maxCertificateAgeMs) * 1_000_000n : undefined,
-    });
-    if (!conn.resuming) {
-      s.nextOutboundSeq = 0n;
-    }
-    conn.phase = "streaming";
-  }
-
-  private async onMessages(conn: Connection, messages: OutboundMessage[], certificate: Uint8Array, tree: Uint8Array): Promise<void> {
-    if (conn.phase === "opening" && conn.early.length < 16) {
-      conn.early.push({ messages, certificate, tree });
-      return;
-    }
-    if (conn.phase !== "streaming" || !conn.verifier) {
-      this.fail(conn, new IcWsError("ProtocolViolation", "Messages before the open completed", false), CLOSE_PROTOCOL_VIOLATION);
-      return;
-    }
-    let verified: VerifiedMessage[];
     const started = performance.now();
-    try {
-      verified = await conn.verifier.verify(messages, certificate, tree, this.session.nextOutboundSeq, this.now());
-    } catch (e) {
-      if (e instanceof VerifyError) {
-        this.fail(conn, new IcWsError(e.check, e.message, true), CLOSE_VERIFICATION_FAILED);
-      } else {
-        this.fail(conn, new IcWsError("ProtocolViolation", String(e), false), CLOSE_PROTOCOL_VIOLATION);
-      }
-      return;
+    const actions = await this.machine.frame(frame, this.now());
+    if ("Messages" in frame && actions.some((a) => "Emit" in a && ("Message" in a.Emit || "Opened" in a.Emit))) {
+      this.emit("batch", { messages: frame.Messages.messages.length, verifyMs: performance.now() - started });
     }
-    if (this.conn !== conn) return;
-    this.emit("batch", { messages: verified.length, verifyMs: performance.now() - started });
-    // Check the whole frame's Opened messages before delivering anything from it.
-    let confirmed = conn.confirmed;
-    for (const m of verified) {
-      const body = m.content.body;
-      if (!confirmed && !conn.resuming && !("Opened" in body)) {
-        this.fail(conn, new IcWsError("OpenedMismatch", `message ${m.seq}: a new session must start with a certified Opened`, true), CLOSE_VERIFICATION_FAILED);
-        return;
+    this.apply(actions, conn);
+  }
+
+  /** Carries out the machine's actions on `conn`. */
+  private apply(actions: Action[], conn: Connection | undefined, code?: number, reason?: string): void {
+    for (const a of actions) {
+      if ("Write" in a) {
+        if (conn && conn.ws.readyState === WS_OPEN) {
+          try {
+            conn.ws.send(encodeClientFrame(a.Write));
+          } catch (e) {
+            this.emit("error", new IcWsError("Transport", `send failed: ${String(e)}`, false));
+          }
+        }
+      } else if ("Emit" in a) {
+        this.onEvent(a.Emit);
+      } else {
+        this.onConnectionEnd(conn, a.Close.error, a.Close.next, code, reason);
       }
-      if ("Opened" in body) {
-        const o = body.Opened;
-        const mine = bytesEqual(o.client_key, this.key.publicKey);
-        const ours = o.open_timestamp_ns === conn.openTimestampNs;
-        // An earlier Opened of this session may be re-delivered on resume (older timestamp).
-        if (!mine || o.open_timestamp_ns > conn.openTimestampNs || (ours && o.resumed !== conn.resuming) || (!conn.resuming && !ours)) {
-          this.fail(conn, new IcWsError("OpenedMismatch", `message ${m.seq}: certified Opened does not confirm this client's open`, true), CLOSE_VERIFICATION_FAILED);
+    }
+    this.persist();
+    this.scheduleTick();
+  }
+
+  private onEvent(e: SessionEvent): void {
+    if ("Opened" in e) {
+      this.attempts = 0;
+      this.setState("open");
+      this.emit("open", { clientId: e.Opened.clientId, resumed: e.Opened.resumed });
+      const queued = this.queued;
+      this.queued = [];
+      for (const k of queued) this.signAndSend(k);
+    } else if ("Message" in e) {
+      const m = e.Message;
+      let data: Out;
+      if (this.opts.outboundType) {
+        try {
+          data = IDL.decode([this.opts.outboundType], m.payload)[0] as Out;
+        } catch (err) {
+          this.emit("error", new IcWsError("BadPayload", `message ${m.seq}: certified payload does not decode as the outbound type: ${String(err)}`, false, undefined, true));
           return;
         }
-        if (ours) confirmed = true;
+      } else {
+        data = m.payload as unknown as Out;
       }
-    }
-    for (const m of verified) {
-      this.session.nextOutboundSeq = m.seq + 1n;
-      const body = m.content.body;
-      if ("Opened" in body) {
-        if (body.Opened.open_timestamp_ns === conn.openTimestampNs) {
-          this.onConfirmed(conn, body.Opened.next_inbound_seq, body.Opened.resumed);
-          if (this.conn !== conn) return;
-        }
-      } else if ("App" in body) {
-        this.deliver(m, body.App.topic, body.App.payload);
-      } else if ("Closed" in body) {
-        this.persist();
-        this.onSessionClosed(conn, body.Closed.reason);
-        return;
-      }
-    }
-    this.persist();
-    if (this.session.nextOutboundSeq - this.lastAckSent >= BigInt(this.opts.ackThreshold ?? 64) && conn.confirmed) {
-      this.sendSigned({ KeepAlive: null });
+      this.emit("message", { data, seq: m.seq, topic: m.topic, timestampNs: m.timestampNs, certificateTimeNs: m.certificateTimeNs });
+    } else if ("MessageRejected" in e) {
+      const r = e.MessageRejected;
+      this.emit("error", new IcWsError("MessageRejected", `message ${r.seq} rejected by the canister (certified): ${describeWsError(r.error)}`, false, r.error, true, undefined, r.seq));
+    } else if ("OpenRejected" in e) {
+      this.emit("error", new IcWsError("OpenRejected", `the canister refused the open (certified): ${describeWsError(e.OpenRejected.error)}`, false, e.OpenRejected.error, true));
+    } else if ("Unverified" in e) {
+      const c = e.Unverified;
+      const error = "OpenError" in c ? c.OpenError : c.MessageError.error;
+      const what = "OpenError" in c ? "the open was refused" : `message ${c.MessageError.seq} was refused`;
+      this.emit("error", new IcWsError("Unverified", `the gateway claims (unverified) ${what}: ${describeWsError(error)}; retrying elsewhere`, false, error, false, c));
+    } else if ("SessionLost" in e) {
+      this.emit("error", new IcWsError("SessionLost", `session ${e.SessionLost.clientId} expired (proven by this client's clock): starting a new one; ${e.SessionLost.droppedOutgoing} own messages not delivered`, false));
+    } else if ("Closed" in e) {
+      this.onSessionClosed(e.Closed);
     }
   }
 
-  private deliver(m: VerifiedMessage, topic: [] | [string], payload: Uint8Array): void {
-    let data: Out;
-    if (this.opts.outboundType) {
+  private onConnectionEnd(conn: Connection | undefined, error: SessionFailure, next: Next, code?: number, reason?: string): void {
+    const err = errorFor(error, this.opts.openTimeoutMs ?? 30_000);
+    if (err) this.emit("error", err);
+    if (conn && this.conn === conn) {
+      this.conn = undefined;
+      conn.ws.onmessage = null;
+      conn.ws.onclose = null;
+      conn.ws.onopen = null;
+      const closeCode = error.kind.startsWith("Verify.") || error.kind.startsWith("Binding.") ? CLOSE_VERIFICATION_FAILED : error.kind === "Protocol" ? CLOSE_PROTOCOL_VIOLATION : 1000;
       try {
-        data = IDL.decode([this.opts.outboundType], payload)[0] as Out;
-      } catch (e) {
-        this.emit("error", new IcWsError("BadPayload", `message ${m.seq}: certified payload does not decode as the outbound type: ${String(e)}`, false));
-        return;
+        conn.ws.close(closeCode, boundedText(error.kind, MAX_CLOSE_REASON_BYTES));
+      } catch {
+        // Already closed.
       }
-    } else {
-      data = payload as unknown as Out;
     }
-    this.emit("message", {
-      data,
-      seq: m.seq,
-      topic: topic[0],
-      timestampNs: m.content.timestamp_ns,
-      certificateTimeNs: m.certificateTimeNs,
-    });
-  }
-
-  /** The canister certified our open: the session is live. */
-  private onConfirmed(conn: Connection, nextInboundSeq: bigint, resumed: boolean): void {
-    conn.confirmed = true;
-    clearTimeout(conn.openTimer);
-    const s = this.session;
-    s.clientId = conn.verifier!.clientId;
-    // Messages below next_inbound_seq were accepted; the rest are re-sent as signed.
-    s.outbox = s.outbox.filter((m) => m.seq >= nextInboundSeq);
-    if (s.outbox.length > 0 && s.outbox[0]!.seq !== nextInboundSeq) {
-      // Some unconfirmed messages were dropped (cap or rejection): the canister would refuse
-      // everything after the gap, so the session cannot go on.
-      this.emit("error", new IcWsError("ResumeUnavailable", `cannot re-send message ${nextInboundSeq}: starting a new session`, false));
-      this.resetSession();
-      this.closeSocket(conn, 1000, "resume gap");
+    if (error.kind === "SessionClosed") return; // reported by the `Closed` event
+    if (next === "Stop") {
+      this.stopped = true;
+      this.ended = true;
+      this.queued = [];
+      this.storage.removeItem(this.storageKey);
+      this.emit("close", { code: code ?? 1000, reason: reason ?? error.message, willReconnect: false });
+      this.setState("closed");
       return;
     }
-    if (s.nextInboundSeq < nextInboundSeq) s.nextInboundSeq = nextInboundSeq;
-    if (s.outbox.length === 0) s.nextInboundSeq = nextInboundSeq;
-    this.attempts = 0;
-    this.setState("open");
-    this.emit("open", { clientId: s.clientId, resumed });
-    for (const m of s.outbox) this.sendFrame(conn, encodeClientFrame({ Message: m }));
-    const queued = this.queued;
-    this.queued = [];
-    for (const k of queued) this.sendSigned(k);
-    this.persist();
-    this.startKeepAlive();
+    const limit = typeof this.opts.reconnect === "object" ? this.opts.reconnect.maxAttempts : undefined;
+    const willReconnect = !this.stopped && this.opts.reconnect !== false && (limit === undefined || this.attempts < limit);
+    this.emit("close", { code: code ?? 1000, reason: reason ?? error.message, willReconnect });
+    if (!willReconnect) {
+      this.setState("closed");
+      return;
+    }
+    let delay: number;
+    if (next === "ReconnectNow") {
+      delay = 0;
+    } else if (typeof next === "object") {
+      const left = next.WaitUntil - this.now();
+      delay = left > 0n ? Number(left / 1_000_000n) + 1 : 0;
+      this.urlIndex += 1;
+    } else {
+      const r = typeof this.opts.reconnect === "object" ? this.opts.reconnect : {};
+      const base = r.initialDelayMs ?? 500;
+      const max = r.maxDelayMs ?? 30_000;
+      const d = Math.min(max, base * 2 ** Math.min(this.attempts, 20));
+      // Jitter spreads the reconnects of many clients after a gateway restart.
+      delay = d / 2 + Math.random() * (d / 2);
+      this.attempts += 1;
+      this.urlIndex += 1;
+    }
+    this.setState("reconnecting");
+    this.reconnectTimer = setTimeout(() => {
+      this.reconnectTimer = undefined;
+      if (!this.stopped && !this.conn) void this.openSocket();
+    }, delay);
   }
 
-  private onSessionClosed(conn: Connection, reason: CloseReason): void {
+  private scheduleTick(): void {
+    if (this.tickTimer !== undefined) clearTimeout(this.tickTimer);
+    this.tickTimer = undefined;
+    const deadline = this.machine.nextDeadline();
+    const conn = this.conn;
+    if (deadline === undefined || !conn) return;
+    const left = deadline - this.now();
+    const ms = left > 0n ? Number(left / 1_000_000n) + 1 : 0;
+    this.tickTimer = setTimeout(() => {
+      this.tickTimer = undefined;
+      this.enqueue(() => {
+        if (this.conn === conn) this.apply(this.machine.tick(this.now()), conn);
+      });
+    }, ms);
+  }
+
+  private onSessionClosed(reason: CloseReason): void {
     this.stopped = true;
     this.ended = true;
     this.queued = [];
     if (this.closeTimer !== undefined) clearTimeout(this.closeTimer);
-    this.stopKeepAlive();
     this.storage.removeItem(this.storageKey);
-    this.conn = undefined;
-    clearTimeout(conn.openTimer);
-    conn.ws.onclose = null;
-    conn.ws.onmessage = null;
-    try {
-      conn.ws.close(1000, "session closed");
-    } catch {
-      // Already closing.
-    }
-    this.key = SessionKey.generate();
-    this.session = this.freshSession(this.key);
-    this.lastAckSent = 0n;
     this.setState("closed");
     const [name, value] = Object.entries(reason)[0] ?? ["", null];
     const text = value && typeof value === "object" ? `${name}: ${(value as { reason: string }).reason}` : name;
     this.emit("close", { code: 4000, reason: text, sessionClosed: reason, willReconnect: false });
   }
 
-  private onMessageError(seq: bigint, error: WsError): void {
-    const name = wsErrorName(error);
-    // Rejected and DecodeError consume the sequence number; other errors leave a gap the
-    // canister will never fill. Either way the message will not be re-sent.
-    this.session.outbox = this.session.outbox.filter((m) => m.seq !== seq);
-    this.persist();
-    this.emit("error", new IcWsError("MessageRejected", `message ${seq} rejected by the canister: ${describeWsError(error)}`, name === "InvalidSignature", error));
-  }
-
-  /** Signs and sends an application message (queued while not connected). */
+  /** Signs and sends an application message (queued while there is no session yet). */
   send(data: In): void {
     let payload: Uint8Array;
     if (this.opts.inboundType) {
@@ -629,119 +587,28 @@ export class IcWsClient<In = Uint8Array, Out = Uint8Array> {
     const limit = this.opts.maxPayloadBytes ?? 64 * 1024;
     if (payload.length > limit) throw new RangeError(`send: payload of ${payload.length} bytes exceeds ${limit}`);
     if (this.ended || this.closing) throw new Error("send: the session is closed");
-    if (this.conn?.confirmed) this.sendSigned({ App: payload });
-    else this.queued.push({ App: payload });
+    this.signAndSend({ App: payload });
   }
 
-  private sendSigned(kind: MessageKind): void {
-    const conn = this.conn;
-    const s = this.session;
-    if (!conn || !conn.confirmed || s.clientId === undefined) {
-      this.queued.push(kind);
-      return;
-    }
-    const msg: ClientMessage = this.key.signMessage(this.canisterId, {
-      client_id: s.clientId,
-      seq: s.nextInboundSeq,
-      ack: s.nextOutboundSeq,
-      kind,
-    });
-    s.nextInboundSeq += 1n;
-    s.outbox.push(msg);
-    const cap = this.opts.maxUnconfirmed ?? 1024;
-    if (s.outbox.length > cap) s.outbox.splice(0, s.outbox.length - cap);
-    this.persist();
-    this.lastAckSent = msg.ack;
-    this.sendFrame(conn, encodeClientFrame({ Message: msg }));
-  }
-
-  private sendFrame(conn: Connection, bytes: Uint8Array): void {
-    if (conn.ws.readyState !== WS_OPEN) return;
-    this.lastSendAt = Date.now();
+  private signAndSend(kind: MessageKind): void {
     try {
-      conn.ws.send(bytes);
+      const { actions } = this.machine.send(kind, this.now());
+      this.apply(actions, this.conn);
     } catch (e) {
-      this.emit("error", new IcWsError("Transport", `send failed: ${String(e)}`, false));
+      if (!(e instanceof SendRefused)) throw e;
+      if (e.reason === "TooLarge") throw new RangeError(`send: ${e.message}`);
+      if (e.reason === "Stopped") throw new Error("send: the session is closed");
+      // No session yet: signed after the next certified Opened.
+      this.queued.push(kind);
+      const cap = this.opts.maxUnconfirmed ?? 1024;
+      if (this.queued.length > cap) throw new RangeError(`send: more than ${cap} messages waiting for a session`);
     }
-  }
-
-  private startKeepAlive(): void {
-    this.stopKeepAlive();
-    const interval = this.opts.keepAliveIntervalMs ?? 30_000;
-    // Check often enough that a KeepAlive goes out at most `interval` after the last send.
-    this.keepAliveTimer = setInterval(() => {
-      if (this.conn?.confirmed && Date.now() - this.lastSendAt >= interval - 50) this.sendSigned({ KeepAlive: null });
-    }, Math.max(50, Math.floor(interval / 3)));
-  }
-
-  private stopKeepAlive(): void {
-    if (this.keepAliveTimer !== undefined) clearInterval(this.keepAliveTimer);
-    this.keepAliveTimer = undefined;
-  }
-
-  /** Reports `error`, drops the connection and lets the reconnect logic resume. */
-  private fail(conn: Connection, err: IcWsError, code: number): void {
-    if (this.conn !== conn) return;
-    this.emit("error", err);
-    this.closeSocket(conn, code, err.kind);
-  }
-
-  private closeSocket(conn: Connection, code: number, reason: string): void {
-    try {
-      conn.ws.close(code, boundedText(reason, MAX_CLOSE_REASON_BYTES));
-    } catch {
-      // Already closed.
-    }
-    // Do not wait for the close handshake of a misbehaving gateway.
-    void this.onSocketClosed(conn, code, reason);
-  }
-
-  private onSocketClosed(conn: Connection, code: number, reason: string): void {
-    if (this.conn !== conn) return;
-    this.conn = undefined;
-    clearTimeout(conn.openTimer);
-    conn.ws.onmessage = null;
-    conn.ws.onclose = null;
-    this.stopKeepAlive();
-    this.persist();
-    const reconnect = !this.stopped && this.opts.reconnect !== false;
-    const limit = typeof this.opts.reconnect === "object" ? this.opts.reconnect.maxAttempts : undefined;
-    const willReconnect = reconnect && (limit === undefined || this.attempts < limit);
-    this.emit("close", { code, reason, willReconnect });
-    if (willReconnect) this.scheduleReconnect();
-    else this.setState("closed");
-  }
-
-  private scheduleReconnect(): void {
-    if (this.stopped || this.opts.reconnect === false) {
-      this.setState("closed");
-      return;
-    }
-    const r = typeof this.opts.reconnect === "object" ? this.opts.reconnect : {};
-    const base = r.initialDelayMs ?? 500;
-    const max = r.maxDelayMs ?? 30_000;
-    const delay = Math.min(max, base * 2 ** Math.min(this.attempts, 20));
-    // Jitter spreads the reconnects of many clients after a gateway restart.
-    const jittered = delay / 2 + Math.random() * (delay / 2);
-    this.attempts += 1;
-    this.setState("reconnecting");
-    this.reconnectTimer = setTimeout(() => {
-      this.reconnectTimer = undefined;
-      if (!this.stopped && !this.conn) void this.openSocket();
-    }, jittered);
-  }
-
-  private resetSession(): void {
-    this.key = SessionKey.generate();
-    this.session = this.freshSession(this.key);
-    this.lastAckSent = 0n;
-    this.persist();
   }
 
   private persist(): void {
     // A session being closed is not resumed later (not even after a page reload).
-    if (this.closing) return;
-    saveSession(this.storage, this.storageKey, this.session);
+    if (this.closing || this.ended) return;
+    saveSession(this.storage, this.storageKey, this.machine.snapshot());
   }
 
   /**
@@ -752,14 +619,20 @@ export class IcWsClient<In = Uint8Array, Out = Uint8Array> {
     if (this.closing || this._state === "closed") return;
     this.stopped = true;
     if (this.reconnectTimer !== undefined) clearTimeout(this.reconnectTimer);
+    this.reconnectTimer = undefined;
     const conn = this.conn;
-    if (!conn || !conn.confirmed) {
+    if (!conn || !this.machine.isReady) {
       this.closing = true;
       this.storage.removeItem(this.storageKey);
       this.disconnect();
       return;
     }
-    this.sendSigned({ Close: { code, reason } });
+    try {
+      const { actions } = this.machine.send({ Close: { code, reason } }, this.now());
+      this.apply(actions, conn);
+    } catch {
+      // No session to close.
+    }
     this.closing = true;
     this.storage.removeItem(this.storageKey);
     this.closeTimer = setTimeout(() => {
@@ -774,10 +647,25 @@ export class IcWsClient<In = Uint8Array, Out = Uint8Array> {
   disconnect(): void {
     this.stopped = true;
     if (this.reconnectTimer !== undefined) clearTimeout(this.reconnectTimer);
+    this.reconnectTimer = undefined;
     if (this.closeTimer !== undefined) clearTimeout(this.closeTimer);
-    this.stopKeepAlive();
+    if (this.tickTimer !== undefined) clearTimeout(this.tickTimer);
+    this.tickTimer = undefined;
     const conn = this.conn;
-    if (conn) this.closeSocket(conn, 1000, "client disconnected");
-    else this.setState("closed");
+    if (conn) {
+      this.conn = undefined;
+      conn.ws.onmessage = null;
+      conn.ws.onclose = null;
+      conn.ws.onopen = null;
+      try {
+        conn.ws.close(1000, "client disconnected");
+      } catch {
+        // Already closed.
+      }
+      this.machine.connectionLost(new SessionFailure("Transport", "client disconnected"), this.now());
+      this.persist();
+      this.emit("close", { code: 1000, reason: "client disconnected", willReconnect: false });
+    }
+    this.setState("closed");
   }
 }

@@ -8,6 +8,7 @@ export * from "./signing.js";
 export * from "./types.js";
 export * from "./verify.js";
 export * from "./storage.js";
+export * from "./session.js";
 export * from "./client.js";
 // Re-exported so that apps describe their message types with the same candid library the
 // client decodes with (and bundle one copy of it).

@@ -44,6 +44,13 @@ export interface StoredSession {
   nextInboundSeq: bigint;
   /** Signed messages not yet confirmed by a certified `Opened`. */
   outbox: ClientMessage[];
+  /** Own messages below this are certified accepted (protocol v2). */
+  confirmedInboundSeq?: bigint;
+  /** When the last own message was signed (own clock; part of the expiry proof). */
+  lastMessageSignedAtNs?: bigint;
+  /** Limits certified in the last `Opened` (protocol v2). */
+  maxInboundPayloadBytes?: bigint;
+  idleTimeoutNs?: bigint;
 }
 
 interface Json {
@@ -53,7 +60,14 @@ interface Json {
   nextOutboundSeq: string;
   nextInboundSeq: string;
   outbox: string[];
+  confirmedInboundSeq?: string;
+  lastMessageSignedAtNs?: string;
+  maxInboundPayloadBytes?: string;
+  idleTimeoutNs?: string;
 }
+
+const big = (v: bigint | undefined) => (v === undefined ? undefined : v.toString());
+const unbig = (v: string | undefined) => (v === undefined ? undefined : BigInt(v));
 
 export function saveSession(storage: KeyValueStorage, key: string, s: StoredSession): void {
   const json: Json = {
@@ -63,6 +77,10 @@ export function saveSession(storage: KeyValueStorage, key: string, s: StoredSess
     nextOutboundSeq: s.nextOutboundSeq.toString(),
     nextInboundSeq: s.nextInboundSeq.toString(),
     outbox: s.outbox.map((m) => toHex(IDL.encode([ClientMessageIdl], [m]))),
+    confirmedInboundSeq: big(s.confirmedInboundSeq),
+    lastMessageSignedAtNs: big(s.lastMessageSignedAtNs),
+    maxInboundPayloadBytes: big(s.maxInboundPayloadBytes),
+    idleTimeoutNs: big(s.idleTimeoutNs),
   };
   try {
     storage.setItem(key, JSON.stringify(json));
@@ -84,6 +102,10 @@ export function loadSession(storage: KeyValueStorage, key: string): StoredSessio
       nextOutboundSeq: BigInt(j.nextOutboundSeq),
       nextInboundSeq: BigInt(j.nextInboundSeq),
       outbox: j.outbox.map((h) => IDL.decode([ClientMessageIdl], fromHex(h))[0] as unknown as ClientMessage),
+      confirmedInboundSeq: unbig(j.confirmedInboundSeq),
+      lastMessageSignedAtNs: unbig(j.lastMessageSignedAtNs),
+      maxInboundPayloadBytes: unbig(j.maxInboundPayloadBytes),
+      idleTimeoutNs: unbig(j.idleTimeoutNs),
     };
   } catch {
     return undefined;

@@ -39,17 +39,6 @@ export const CloseReasonIdl = IDL.Variant({
   QueueOverflow: IDL.Null,
   ProtocolError: IDL.Text,
 });
-export const OutboundBodyIdl = IDL.Variant({
-  App: IDL.Record({ topic: IDL.Opt(IDL.Text), payload: IDL.Vec(IDL.Nat8) }),
-  Opened: IDL.Record({
-    client_key: IDL.Vec(IDL.Nat8),
-    open_timestamp_ns: IDL.Nat64,
-    next_inbound_seq: IDL.Nat64,
-    resumed: IDL.Bool,
-  }),
-  Closed: IDL.Record({ reason: CloseReasonIdl }),
-});
-export const OutboundContentIdl = IDL.Record({ timestamp_ns: IDL.Nat64, body: OutboundBodyIdl });
 export const WsErrorIdl = IDL.Variant({
   InvalidSignature: IDL.Null,
   MalformedKey: IDL.Null,
@@ -62,12 +51,29 @@ export const WsErrorIdl = IDL.Variant({
   ResumeUnavailable: IDL.Record({ first_available: IDL.Nat64 }),
   InvalidResume: IDL.Null,
   Rejected: IDL.Text,
+  OpenRejected: IDL.Record({ client_id: IDL.Nat64, reason: IDL.Text }),
   DecodeError: IDL.Text,
   TooLarge: IDL.Record({ size: IDL.Nat64, limit: IDL.Nat64 }),
   LimitReached: IDL.Text,
   Closed: IDL.Null,
   InvalidArgument: IDL.Text,
+  NotProcessed: IDL.Null,
 });
+export const OutboundBodyIdl = IDL.Variant({
+  App: IDL.Record({ topic: IDL.Opt(IDL.Text), payload: IDL.Vec(IDL.Nat8) }),
+  Opened: IDL.Record({
+    client_key: IDL.Vec(IDL.Nat8),
+    open_timestamp_ns: IDL.Nat64,
+    next_inbound_seq: IDL.Nat64,
+    resumed: IDL.Bool,
+    max_inbound_payload_bytes: IDL.Nat64,
+    idle_timeout_ns: IDL.Nat64,
+  }),
+  Closed: IDL.Record({ reason: CloseReasonIdl }),
+  MessageRejected: IDL.Record({ inbound_seq: IDL.Nat64, error: WsErrorIdl }),
+  OpenRejected: IDL.Record({ client_key: IDL.Vec(IDL.Nat8), open_timestamp_ns: IDL.Nat64, error: WsErrorIdl }),
+});
+export const OutboundContentIdl = IDL.Record({ timestamp_ns: IDL.Nat64, body: OutboundBodyIdl });
 export const ClientFrameIdl = IDL.Variant({
   Open: IDL.Record({ canister_id: IDL.Principal, request: OpenRequestIdl }),
   Message: ClientMessageIdl,
@@ -84,7 +90,7 @@ export const GatewayFrameIdl = IDL.Variant({
 });
 
 /** Protocol version this client speaks (in the gateway's `Hello`). */
-export const PROTOCOL_VERSION = 1;
+export const PROTOCOL_VERSION = 2;
 
 export interface ResumeFrom { client_id: bigint; next_outbound_seq: bigint }
 export interface OpenRequest {
@@ -110,15 +116,28 @@ export type CloseReason =
   | { ProtocolError: string };
 export type OutboundBody =
   | { App: { topic: [] | [string]; payload: Uint8Array } }
-  | { Opened: { client_key: Uint8Array; open_timestamp_ns: bigint; next_inbound_seq: bigint; resumed: boolean } }
-  | { Closed: { reason: CloseReason } };
+  | {
+      Opened: {
+        client_key: Uint8Array; open_timestamp_ns: bigint; next_inbound_seq: bigint; resumed: boolean;
+        /** Protocol v2: the canister's inbound payload limit (a client refuses to sign more). */
+        max_inbound_payload_bytes: bigint;
+        /** Protocol v2: the session's idle timeout (part of the own-clock expiry proof). */
+        idle_timeout_ns: bigint;
+      };
+    }
+  | { Closed: { reason: CloseReason } }
+  /** Protocol v2: certified refusal of an accepted inbound message (a fact). */
+  | { MessageRejected: { inbound_seq: bigint; error: WsError } }
+  /** Protocol v2: certified refusal of a new session's open (seq 0 of a closed session). */
+  | { OpenRejected: { client_key: Uint8Array; open_timestamp_ns: bigint; error: WsError } };
 export interface OutboundContent { timestamp_ns: bigint; body: OutboundBody }
 export type WsError =
   | { InvalidSignature: null } | { MalformedKey: null } | { UnknownClient: bigint } | { WrongGateway: null }
   | { GatewayMismatch: null } | { AnonymousGateway: null } | { OutOfSequence: { expected: bigint; got: bigint } }
   | { StaleOpen: null } | { ResumeUnavailable: { first_available: bigint } } | { InvalidResume: null }
-  | { Rejected: string } | { DecodeError: string } | { TooLarge: { size: bigint; limit: bigint } }
-  | { LimitReached: string } | { Closed: null } | { InvalidArgument: string };
+  | { Rejected: string } | { OpenRejected: { client_id: bigint; reason: string } } | { DecodeError: string }
+  | { TooLarge: { size: bigint; limit: bigint } }
+  | { LimitReached: string } | { Closed: null } | { InvalidArgument: string } | { NotProcessed: null };
 export type ClientFrame =
   | { Open: { canister_id: Principal; request: OpenRequest } }
   | { Message: ClientMessage };

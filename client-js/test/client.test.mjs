@@ -197,15 +197,19 @@ test("client: an unconfirmed message is re-sent on resume", async () => {
   assert.equal(gw.received.length, 1);
 });
 
-test("client: when the session cannot be resumed it starts a new one and says so", async () => {
-  const { c, log } = makeClient();
+test("client: a session every gateway refuses to resume is given up only after the own-clock expiry proof", async () => {
+  gw.idleTimeoutNs = 200_000_000n; // certified in Opened
+  const { c, log } = makeClient({ clockSkewMs: 100 });
   c.connect();
   await until(() => log.opens.length === 1, "open");
   const first = c.clientId;
   gw.sessions.clear();
+  const dropped = Date.now();
   gw.dropAll();
   await until(() => log.opens.length === 2, "new session");
-  assert.ok(log.errors.some((e) => e.kind === "ResumeUnavailable"));
+  assert.ok(log.errors.filter((e) => e.kind === "Unverified").length >= 2, "the refusals are unverified claims");
+  assert.ok(log.errors.some((e) => e.kind === "SessionLost"));
+  assert.ok(Date.now() - dropped >= 300, "not before last signed + skew + idle");
   assert.notEqual(c.clientId, first);
   assert.equal(log.opens[1].resumed, false);
 });

@@ -106,6 +106,14 @@ export class FakeGateway {
     this.tamper = null;
     this.misbind = undefined;
     this.sockets = new Set();
+    /** Certified in Opened (protocol v2). */
+    this.maxInboundPayloadBytes = 64n * 1024n;
+    this.idleTimeoutNs = 120_000_000_000n;
+    /** on_open refuses new sessions with this reason (certified OpenRejected, v2). */
+    this.rejectOpen = null;
+    /** What the main listener's gateway does wrong (see `listen`). */
+    this.knobs = {};
+    this.servers = [];
     /** Called after a new session's Opened is queued: the app's on_open. */
     this.onOpened = (_session, _args) => {};
     /** Called when a session ends by a client Close: the app's on_close. */
@@ -117,16 +125,27 @@ export class FakeGateway {
   }
 
   async start() {
-    this.wss = new WebSocketServer({ port: 0 });
-    await new Promise((r) => this.wss.on("listening", r));
-    this.url = `ws://127.0.0.1:${this.wss.address().port}`;
-    this.wss.on("connection", (ws) => this.onConnection(ws));
+    this.url = await this.listen(this.knobs);
     return this;
+  }
+
+  /**
+   * Another gateway in front of the same canister, on its own port. `knobs` (mutable) make it
+   * hostile: `forgeOpenError` (replace every open's result by this error; the canister's real
+   * outcome happens anyway), `forgeMessageError` (after relaying an accepted app message, also
+   * claim this error for it), `withhold` (send nothing after Hello).
+   */
+  async listen(knobs = {}) {
+    const wss = new WebSocketServer({ port: 0 });
+    await new Promise((r) => wss.on("listening", r));
+    wss.on("connection", (ws) => this.onConnection(ws, knobs));
+    this.servers.push(wss);
+    return `ws://127.0.0.1:${wss.address().port}`;
   }
 
   async stop() {
     for (const ws of this.sockets) ws.terminate();
-    await new Promise((r) => this.wss.close(r));
+    await Promise.all(this.servers.map((wss) => new Promise((r) => wss.close(r))));
   }
 
   /** Drops every connection (as a crashing gateway would); sessions survive. */
@@ -144,15 +163,17 @@ export class FakeGateway {
     this.deliver(s);
   }
 
-  onConnection(ws) {
+  onConnection(ws, knobs = {}) {
     this.sockets.add(ws);
-    const conn = { ws, session: null };
+    const conn = { ws, session: null, knobs };
     ws.on("close", () => {
       this.sockets.delete(ws);
       if (conn.session && conn.session.ws === ws) conn.session.ws = null;
     });
-    ws.on("message", (data) => this.onFrame(conn, new Uint8Array(data)));
-    this.send(ws, { Hello: { gateway: this.gateway, protocol_version: 1 } });
+    ws.on("message", (data) => {
+      if (!knobs.withhold) this.onFrame(conn, new Uint8Array(data));
+    });
+    this.send(ws, { Hello: { gateway: this.gateway, protocol_version: 2 } });
   }
 
   onFrame(conn, bytes) {
@@ -168,7 +189,10 @@ export class FakeGateway {
     s.nextInSeq += 1n;
     s.retained = s.retained.filter((r) => r.seq >= m.ack);
     this.received.push(m);
-    if (m.kind.App) this.onApp(s, m.kind.App);
+    if (m.kind.App) {
+      this.onApp(s, m.kind.App);
+      if (conn.knobs.forgeMessageError) err(conn.knobs.forgeMessageError);
+    }
     else if (m.kind.Close) {
       s.closed = true;
       this.push(s, { Closed: { reason: { ClientClosed: m.kind.Close } } });
@@ -178,7 +202,12 @@ export class FakeGateway {
 
   onOpen(conn, req) {
     this.opens.push(req);
-    const reply = (r) => this.send(conn.ws, { OpenResult: r });
+    const forged = conn.knobs.forgeOpenError;
+    const reply = (r) => this.send(conn.ws, { OpenResult: forged ? { Err: forged } : r });
+    const attach = (s) => {
+      // A forging gateway delivers nothing of the session it lied about.
+      if (!forged) s.ws = conn.ws;
+    };
     if (!verifySignature(req.client_key, openSigningBytes(this.canisterId, req), req.signature)) return reply({ Err: { InvalidSignature: null } });
     if (this.misbind !== undefined && req.resume.length === 0) {
       // Hostile gateway: claims the client got another session's id and relays its stream.
@@ -190,6 +219,16 @@ export class FakeGateway {
       return;
     }
     let s;
+    if (req.resume.length === 0 && this.rejectOpen !== null) {
+      // Protocol v2: the refusal is certified as seq 0 of a closed session.
+      s = { id: this.nextClientId++, key: req.client_key, nextInSeq: 0n, nextOutSeq: 0n, retained: [], closed: true, lastTs: req.timestamp_ns };
+      this.sessions.set(s.id, s);
+      attach(s);
+      s.sentUpTo = 0n;
+      reply({ Err: { OpenRejected: { client_id: s.id, reason: this.rejectOpen } } });
+      this.push(s, { OpenRejected: { client_key: req.client_key, open_timestamp_ns: req.timestamp_ns, error: { Rejected: this.rejectOpen } } });
+      return;
+    }
     if (req.resume.length === 0) {
       s = { id: this.nextClientId++, key: req.client_key, nextInSeq: 0n, nextOutSeq: 0n, retained: [], closed: false, lastTs: req.timestamp_ns };
       this.sessions.set(s.id, s);
@@ -203,11 +242,17 @@ export class FakeGateway {
       s.lastTs = req.timestamp_ns;
       s.retained = s.retained.filter((m) => m.seq >= r.next_outbound_seq);
     }
-    s.ws = conn.ws;
+    if (!forged) s.ws = conn.ws;
+    else if (s.ws === conn.ws) s.ws = null;
     s.sentUpTo = s.retained.length ? s.retained[0].seq : s.nextOutSeq;
     conn.session = s;
     reply({ Ok: { client_id: s.id, next_inbound_seq: s.nextInSeq, opened_seq: s.nextOutSeq } });
-    this.push(s, { Opened: { client_key: req.client_key, open_timestamp_ns: req.timestamp_ns, next_inbound_seq: s.nextInSeq, resumed: req.resume.length > 0 } });
+    this.push(s, {
+      Opened: {
+        client_key: req.client_key, open_timestamp_ns: req.timestamp_ns, next_inbound_seq: s.nextInSeq, resumed: req.resume.length > 0,
+        max_inbound_payload_bytes: this.maxInboundPayloadBytes, idle_timeout_ns: this.idleTimeoutNs,
+      },
+    });
     if (req.resume.length === 0) this.onOpened(s, req.args);
   }
 

@@ -59,21 +59,14 @@ impl Backoff {
     }
 }
 
-/// What to do when the canister can no longer resume the session (messages were lost).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum OnResumeUnavailable {
-    /// Report [`crate::Event::ResumeUnavailable`] and open a new session (new key, new
-    /// client id); the app resynchronises its state.
-    NewSession,
-    /// Report it and stop.
-    Stop,
-}
+pub use ic_ws_protocol::client::OnSessionLost;
 
 /// Settings of a [`crate::Client`].
 #[derive(Clone)]
 pub struct ClientConfig {
     /// Gateway WebSocket URLs (`ws://` or, with feature `tls`, `wss://`). The client starts
-    /// with the first and moves to the next one after each failed connection.
+    /// with the first and moves to the next one after each failed connection (also after
+    /// an uncertified refusal: another gateway may not lie).
     pub gateway_urls: Vec<String>,
     /// The canister to talk to.
     pub canister_id: Principal,
@@ -85,7 +78,8 @@ pub struct ClientConfig {
     pub open_args: Vec<u8>,
     /// Time allowed for TCP + WebSocket handshake.
     pub connect_timeout: Duration,
-    /// Time allowed from connecting until the certified `Opened` arrives.
+    /// Time allowed from connecting until the certified `Opened` (or `OpenRejected`, or the
+    /// `Closed` after a resume's `Err(Closed)`) arrives; then the connection counts as failed.
     pub open_timeout: Duration,
     /// A signed `KeepAlive` is sent when nothing was sent for this long.
     pub keepalive_interval: Duration,
@@ -94,8 +88,11 @@ pub struct ClientConfig {
     pub ack_threshold: u64,
     /// Reconnection policy.
     pub backoff: Backoff,
-    /// Policy when a resume is impossible.
-    pub on_resume_unavailable: OnResumeUnavailable,
+    /// Policy when the session is given up ([`crate::Event::SessionLost`]).
+    pub on_session_lost: OnSessionLost,
+    /// The canister's clock-skew window for opens (default 5 min): part of the own-clock
+    /// proof that a session whose resumes every gateway refuses has expired.
+    pub clock_skew: Duration,
     /// Own messages kept for re-sending until the canister certifies it received them.
     pub resend_buffer: usize,
     /// Events buffered for the application before the client stops reading the socket.
@@ -132,7 +129,8 @@ impl ClientConfig {
             keepalive_interval: Duration::from_secs(30),
             ack_threshold: 64,
             backoff: Backoff::default(),
-            on_resume_unavailable: OnResumeUnavailable::NewSession,
+            on_session_lost: OnSessionLost::NewSession,
+            clock_skew: Duration::from_nanos(ic_ws_protocol::client::DEFAULT_CLOCK_SKEW_NS),
             resend_buffer: 1024,
             event_buffer: 1024,
             max_frame_bytes: 16 * 1024 * 1024,
@@ -176,6 +174,28 @@ impl ClientConfig {
             return Err(Config("event_buffer and resend_buffer must be > 0".into()));
         }
         Ok(())
+    }
+}
+
+impl ClientConfig {
+    /// The state machine's settings.
+    pub(crate) fn session_config(&self) -> ic_ws_protocol::client::SessionConfig {
+        let ns = |d: Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        ic_ws_protocol::client::SessionConfig {
+            canister_id: self.canister_id,
+            root_key_der: self.root_key_der.clone(),
+            max_certificate_age_ns: ns(self.max_certificate_age),
+            open_args: self.open_args.clone(),
+            open_timeout_ns: ns(self.open_timeout),
+            keepalive_interval_ns: ns(self.keepalive_interval),
+            ack_threshold: self.ack_threshold,
+            resend_buffer: self.resend_buffer,
+            clock_skew_ns: ns(self.clock_skew),
+            resume_refusals_before_wait: u32::try_from(self.gateway_urls.len())
+                .unwrap_or(u32::MAX)
+                .max(2),
+            on_session_lost: self.on_session_lost,
+        }
     }
 }
 

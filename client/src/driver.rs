@@ -1,25 +1,23 @@
-//! The background task that owns the WebSocket: connects, opens or resumes, feeds frames to
-//! the [`Session`], writes own messages and keep-alives, and reconnects with backoff.
+//! The background task that owns the WebSocket. It is I/O only: it connects, feeds every
+//! frame, own message and timer to the protocol's state machine
+//! ([`ic_ws_protocol::client::ClientSession`]) and carries out what the machine decides
+//! (write a frame, tell the application, close and reconnect with backoff, wait, stop).
 
-use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use ic_ws_protocol::{ClientFrame, GatewayFrame, MessageKind, PROTOCOL_VERSION};
+use ic_ws_protocol::client::{self as machine, Action, ClientSession, Failure, Next};
+use ic_ws_protocol::{GatewayFrame, MessageKind};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::{sleep_until, timeout, Instant};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
-use crate::error::{bounded_ws_error, undecodable_frame, MAX_PEER_TEXT_BYTES};
-use crate::session::Session;
-use crate::{ClientConfig, ClientError, Event, OnResumeUnavailable, Shared};
+use crate::error::{undecodable_frame, MAX_PEER_TEXT_BYTES};
+use crate::{ClientConfig, ClientError, Event, Message, Shared};
 use ic_ws_protocol::text::bounded;
-
-/// Frames held while the open result is outstanding (see `connection`).
-const MAX_EARLY_FRAMES: usize = 64;
 
 pub(crate) enum Command {
     Send {
@@ -30,28 +28,48 @@ pub(crate) enum Command {
 
 /// How one connection ended.
 enum End {
-    /// Nothing more to do (session closed, handle dropped, terminal event reported).
-    Stop,
-    /// The connection failed; maybe reconnect.
-    Failed(ClientError),
+    /// The application dropped the handle.
+    HandleGone,
+    /// The machine closed the connection; `next` says what comes next.
+    Closed { error: ClientError, next: Next },
+}
+
+/// A fresh session-key seed from the operating system's CSPRNG.
+pub(crate) fn os_key_source() -> machine::KeySource {
+    Box::new(|| {
+        use rand::RngCore;
+        let mut seed = [0u8; 32];
+        rand::rngs::OsRng.fill_bytes(&mut seed);
+        seed
+    })
 }
 
 pub(crate) struct Driver {
     pub(crate) config: ClientConfig,
-    pub(crate) session: Session,
+    pub(crate) session: ClientSession,
     pub(crate) commands: mpsc::Receiver<Command>,
     pub(crate) events: mpsc::Sender<Event>,
     pub(crate) shared: Arc<Shared>,
     pub(crate) url_index: usize,
+    /// A certified `Opened` arrived on the current connection (resets the backoff).
+    pub(crate) opened: bool,
 }
 
 type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+type Sink = futures_util::stream::SplitSink<Ws, WsMessage>;
+
+fn ns_to_duration(from: u64, to: u64) -> Duration {
+    Duration::from_nanos(to.saturating_sub(from))
+}
 
 impl Driver {
+    fn now(&self) -> u64 {
+        (self.config.clock)()
+    }
+
     pub(crate) async fn run(mut self) {
         let mut attempts: u32 = 0;
-        let mut ever_opened = false;
         loop {
             // `ClientConfig::validate` refuses an empty list.
             let Some(url) = self.config.gateway_urls.get(self.url_index).cloned() else {
@@ -59,56 +77,40 @@ impl Driver {
                 let _ = self.events.send(Event::Failed(error)).await;
                 return;
             };
-            let mut opened = false;
-            let end = self.connection(&url, &mut opened).await;
-            self.session.connection_lost();
-            ever_opened |= opened;
-            if opened {
+            self.opened = false;
+            let (error, next) = match self.connection(&url).await {
+                End::HandleGone => return,
+                End::Closed { error, next } => (error, next),
+            };
+            if self.opened {
                 attempts = 0;
             }
-            let error = match end {
-                End::Stop => return,
-                End::Failed(e) => e,
+            tracing::debug!(%url, %error, ?next, "connection ended");
+            let delay = match next {
+                Next::Stop => {
+                    // A certified `Closed` was reported as `Event::Closed` already.
+                    if !matches!(error, ClientError::SessionClosed(_)) {
+                        let _ = self.events.send(Event::Failed(error)).await;
+                    }
+                    return;
+                }
+                Next::ReconnectNow => Duration::ZERO,
+                Next::WaitUntil(at) => ns_to_duration(self.now(), at),
+                Next::Reconnect => {
+                    attempts = attempts.saturating_add(1);
+                    if let Some(max) = self.config.backoff.max_attempts {
+                        if attempts > max {
+                            let gave_up = ClientError::GaveUp {
+                                attempts: attempts.saturating_sub(1),
+                                last: Box::new(error),
+                            };
+                            let _ = self.events.send(Event::Failed(gave_up)).await;
+                            return;
+                        }
+                    }
+                    self.config.backoff.delay(attempts)
+                }
             };
-            tracing::debug!(%url, %error, "connection ended");
-            if !ever_opened || error.is_terminal() {
-                // The first connection never opened: `Client::connect` reports it.
-                let _ = self.events.send(Event::Failed(error)).await;
-                return;
-            }
-            if let ClientError::ResumeUnavailable {
-                client_id,
-                first_available,
-            } = &error
-            {
-                let dropped = self.session.start_over();
-                self.shared.set_client_id(None);
-                let event = Event::ResumeUnavailable {
-                    client_id: *client_id,
-                    first_available: *first_available,
-                    dropped_outgoing: dropped,
-                };
-                if self.events.send(event).await.is_err() {
-                    return;
-                }
-                if self.config.on_resume_unavailable == OnResumeUnavailable::Stop {
-                    let _ = self.events.send(Event::Failed(error)).await;
-                    return;
-                }
-                continue; // a new session, at once, on the same gateway
-            }
-            attempts = attempts.saturating_add(1);
-            if let Some(max) = self.config.backoff.max_attempts {
-                if attempts > max {
-                    let gave_up = ClientError::GaveUp {
-                        attempts: attempts.saturating_sub(1),
-                        last: Box::new(error),
-                    };
-                    let _ = self.events.send(Event::Failed(gave_up)).await;
-                    return;
-                }
-            }
-            let delay = self.config.backoff.delay(attempts);
             self.shared.reconnects.fetch_add(1, Ordering::Relaxed);
             let event = Event::Disconnected {
                 error,
@@ -117,19 +119,21 @@ impl Driver {
             if self.events.send(event).await.is_err() {
                 return;
             }
-            self.url_index = self
-                .url_index
-                .saturating_add(1)
-                .checked_rem(self.config.gateway_urls.len())
-                .unwrap_or(0);
+            if next != Next::ReconnectNow {
+                self.url_index = self
+                    .url_index
+                    .saturating_add(1)
+                    .checked_rem(self.config.gateway_urls.len())
+                    .unwrap_or(0);
+            }
             if !self.wait(delay).await {
                 return;
             }
         }
     }
 
-    /// Sleeps `delay` while still accepting own messages (queued until the next open).
-    /// Returns false when the handle is gone.
+    /// Sleeps `delay` while still accepting own messages (signed now, sent after the next
+    /// certified `Opened`). Returns false when the handle is gone.
     async fn wait(&mut self, delay: Duration) -> bool {
         let deadline = crate::later(Instant::now(), delay);
         loop {
@@ -138,7 +142,9 @@ impl Driver {
                 cmd = self.commands.recv() => match cmd {
                     None => return false,
                     Some(Command::Send { kind, reply }) => {
-                        let _ = reply.send(self.session.sign(kind).map(|m| m.seq));
+                        let now = self.now();
+                        let result = self.session.send(kind, now).map(|(seq, _)| seq);
+                        let _ = reply.send(result.map_err(ClientError::from));
                     }
                 },
             }
@@ -159,208 +165,193 @@ impl Driver {
         Ok(ws)
     }
 
-    async fn connection(&mut self, url: &str, opened: &mut bool) -> End {
+    /// The machine's verdict on a transport failure, with the driver's own error.
+    fn lost(&mut self, error: ClientError) -> End {
+        let failure = match &error {
+            ClientError::GatewayClosed { code, reason } => Failure::GatewayClosed {
+                code: *code,
+                reason: reason.clone(),
+            },
+            ClientError::Protocol(s) => Failure::Protocol(s.clone()),
+            other => Failure::Transport(other.to_string()),
+        };
+        let now = self.now();
+        let next = self
+            .session
+            .connection_lost(failure, now)
+            .into_iter()
+            .find_map(|a| match a {
+                Action::Close { next, .. } => Some(next),
+                _ => None,
+            })
+            .unwrap_or(Next::Reconnect);
+        End::Closed { error, next }
+    }
+
+    /// Carries out the machine's actions; `Some` when the connection ended.
+    async fn apply(&mut self, actions: Vec<Action>, sink: &mut Sink) -> Option<End> {
+        let mut end = None;
+        for action in actions {
+            match action {
+                Action::Write(frame) => {
+                    let sent = match ic_ws_protocol::encode(&frame) {
+                        Ok(bytes) => sink
+                            .send(WsMessage::Binary(bytes.into()))
+                            .await
+                            .map_err(|e| ClientError::Connection(e.to_string())),
+                        Err(e) => Err(ClientError::Encode(e.to_string())),
+                    };
+                    if let Err(e) = sent {
+                        let _ = sink.close().await;
+                        end = Some(self.lost(e));
+                        break;
+                    }
+                }
+                Action::Emit(event) => {
+                    if let Some(event) = self.event(event) {
+                        if self.events.send(event).await.is_err() {
+                            let _ = sink.close().await;
+                            return Some(End::HandleGone);
+                        }
+                    }
+                }
+                Action::Close { error, next } => {
+                    let _ = sink.close().await;
+                    end = Some(End::Closed {
+                        error: error.into(),
+                        next,
+                    });
+                    break;
+                }
+            }
+        }
+        self.shared.set_client_id(self.session.client_id());
+        self.shared
+            .received
+            .store(self.session.next_expected(), Ordering::Relaxed);
+        end
+    }
+
+    fn event(&mut self, event: machine::Event) -> Option<Event> {
+        Some(match event {
+            machine::Event::Opened {
+                client_id,
+                resumed,
+                next_inbound_seq,
+                resent,
+            } => {
+                self.opened = true;
+                Event::Opened {
+                    client_id,
+                    resumed,
+                    next_inbound_seq,
+                    resent,
+                }
+            }
+            machine::Event::Message {
+                seq,
+                timestamp_ns,
+                topic,
+                payload,
+            } => Event::Message(Message {
+                seq,
+                timestamp_ns,
+                topic,
+                value: payload,
+            }),
+            machine::Event::MessageRejected { seq, error } => Event::MessageRejected { seq, error },
+            machine::Event::OpenRejected { client_id, error } => {
+                Event::OpenRejected { client_id, error }
+            }
+            machine::Event::Unverified(claim) => Event::Unverified(claim),
+            machine::Event::SessionLost {
+                client_id,
+                dropped_outgoing,
+            } => Event::SessionLost {
+                client_id,
+                dropped_outgoing,
+            },
+            machine::Event::Closed(reason) => Event::Closed(reason),
+        })
+    }
+
+    async fn connection(&mut self, url: &str) -> End {
         let ws = match self.connect(url).await {
             Ok(ws) => ws,
-            Err(e) => return End::Failed(e),
+            Err(e) => return self.lost(e),
         };
         let (mut sink, mut stream) = ws.split();
-        let open_deadline = crate::later(Instant::now(), self.config.open_timeout);
-        let mut awaiting_hello = true;
-        let mut awaiting_open_result = false;
-        let mut last_sent = Instant::now();
-        let mut queue: VecDeque<GatewayFrame> = VecDeque::new();
-        let mut early: Vec<GatewayFrame> = Vec::new();
-
-        macro_rules! write {
-            ($frame:expr) => {{
-                let frame: ClientFrame = $frame;
-                match ic_ws_protocol::encode(&frame) {
-                    Ok(bytes) => {
-                        if let Err(e) = sink.send(WsMessage::Binary(bytes.into())).await {
-                            return End::Failed(ClientError::Connection(e.to_string()));
-                        }
-                        last_sent = Instant::now();
-                    }
-                    Err(e) => return End::Failed(ClientError::Encode(e.to_string())),
-                }
-            }};
+        let now = self.now();
+        let actions = self.session.connected(now);
+        if let Some(end) = self.apply(actions, &mut sink).await {
+            return end;
         }
-        macro_rules! emit {
-            ($event:expr) => {
-                if self.events.send($event).await.is_err() {
-                    return End::Stop;
-                }
-            };
-        }
-
         loop {
-            let ready = self.session.is_ready();
-            let keepalive_at = crate::later(last_sent, self.config.keepalive_interval);
-            tokio::select! {
+            let deadline = self.session.next_deadline().map(|at| {
+                let now = self.now();
+                crate::later(Instant::now(), ns_to_duration(now, at))
+            });
+            let actions = tokio::select! {
                 incoming = stream.next() => {
                     let bytes = match incoming {
                         Some(Ok(WsMessage::Binary(b))) => b,
                         Some(Ok(WsMessage::Close(frame))) => {
                             let (code, reason) = frame
-                                .map(|f| (u16::from(f.code), f.reason.to_string()))
+                                .map(|f| (u16::from(f.code), bounded(&f.reason, MAX_PEER_TEXT_BYTES)))
                                 .unwrap_or((1005, String::new()));
-                            return End::Failed(ClientError::GatewayClosed { code, reason });
+                            return self.lost(ClientError::GatewayClosed { code, reason });
                         }
                         // Pings are answered by tungstenite itself.
                         Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_) | WsMessage::Frame(_))) => continue,
                         Some(Ok(WsMessage::Text(_))) => {
                             let _ = sink.close().await;
-                            return End::Failed(ClientError::Protocol("text frame".into()));
+                            return self.lost(ClientError::Protocol("text frame".into()));
                         }
-                        Some(Err(e)) => return End::Failed(ClientError::Connection(bounded(&e.to_string(), MAX_PEER_TEXT_BYTES))),
-                        None => return End::Failed(ClientError::Connection("connection closed".into())),
+                        Some(Err(e)) => return self.lost(ClientError::Connection(bounded(&e.to_string(), MAX_PEER_TEXT_BYTES))),
+                        None => return self.lost(ClientError::Connection("connection closed".into())),
                     };
                     let frame: GatewayFrame = match ic_ws_protocol::decode(&bytes) {
-                        Ok(f) => bound_texts(f),
+                        Ok(f) => f,
                         Err(e) => {
                             let _ = sink.close().await;
-                            return End::Failed(undecodable_frame(&bytes, &e));
+                            return self.lost(undecodable_frame(&bytes, &e));
                         }
                     };
-                    queue.push_back(frame);
-                    while let Some(frame) = queue.pop_front() {
-                        match frame {
-                            GatewayFrame::Hello { gateway, protocol_version } if awaiting_hello => {
-                                if protocol_version != PROTOCOL_VERSION {
-                                    let _ = sink.close().await;
-                                    return End::Failed(ClientError::UnsupportedVersion {
-                                        got: protocol_version,
-                                        supported: PROTOCOL_VERSION,
-                                    });
-                                }
-                                awaiting_hello = false;
-                                awaiting_open_result = true;
-                                let now = (self.config.clock)();
-                                let open = self.session.open_frame(gateway, &self.config.open_args, now);
-                                write!(open);
-                            }
-                            GatewayFrame::OpenResult(result) if awaiting_open_result => {
-                                awaiting_open_result = false;
-                                if let Err(e) = self.session.on_open_result(result) {
-                                    let _ = sink.close().await;
-                                    return End::Failed(e);
-                                }
-                                self.shared.set_client_id(self.session.client_id());
-                                // Frames that overtook the open result, in their order.
-                                for f in early.drain(..).rev() {
-                                    queue.push_front(f);
-                                }
-                            }
-                            m @ GatewayFrame::Messages { .. } if awaiting_open_result => {
-                                // A gateway may deliver the certified Opened before relaying
-                                // the open's result: hold it (bounded) until the id is known.
-                                if early.len() >= MAX_EARLY_FRAMES {
-                                    let _ = sink.close().await;
-                                    return End::Failed(ClientError::Protocol(
-                                        "too many frames before the open result".into(),
-                                    ));
-                                }
-                                early.push(m);
-                            }
-                            GatewayFrame::Messages { messages, certificate, tree }
-                                if !awaiting_hello && !awaiting_open_result =>
-                            {
-                                let now = (self.config.clock)();
-                                let delivery = match self.session.on_messages(&messages, &certificate, &tree, now) {
-                                    Ok(d) => d,
-                                    Err(e) => {
-                                        // Drop the whole frame and this gateway connection.
-                                        let _ = sink.close().await;
-                                        return End::Failed(e);
-                                    }
-                                };
-                                self.shared.received.store(self.session.next_expected(), Ordering::Relaxed);
-                                for m in delivery.resend {
-                                    write!(ClientFrame::Message(m));
-                                }
-                                if delivery.opened {
-                                    *opened = true;
-                                }
-                                for event in delivery.events {
-                                    emit!(event);
-                                }
-                                if delivery.closed.is_some() {
-                                    let _ = sink.close().await;
-                                    return End::Stop;
-                                }
-                                if self.session.is_ready() && self.session.ack_due(self.config.ack_threshold) {
-                                    match self.session.sign(MessageKind::KeepAlive) {
-                                        Ok(m) => write!(ClientFrame::Message(m)),
-                                        Err(e) => return End::Failed(e),
-                                    }
-                                }
-                            }
-                            GatewayFrame::MessageError { seq, error } => {
-                                emit!(Event::MessageRejected { seq, error });
-                            }
-                            other => {
-                                let _ = sink.close().await;
-                                return End::Failed(ClientError::Protocol(format!(
-                                    "unexpected frame {}",
-                                    frame_name(&other)
-                                )));
-                            }
-                        }
-                    }
+                    let now = self.now();
+                    self.session.frame(frame, now)
                 }
                 cmd = self.commands.recv() => match cmd {
                     None => {
                         let _ = sink.close().await;
-                        return End::Stop;
+                        return End::HandleGone;
                     }
                     Some(Command::Send { kind, reply }) => {
-                        let signed = self.session.sign(kind);
-                        let _ = reply.send(signed.as_ref().map(|m| m.seq).map_err(Clone::clone));
-                        if let (Ok(m), true) = (signed, self.session.is_ready()) {
-                            write!(ClientFrame::Message(m));
+                        let now = self.now();
+                        match self.session.send(kind, now) {
+                            Ok((seq, actions)) => {
+                                let _ = reply.send(Ok(seq));
+                                actions
+                            }
+                            Err(e) => {
+                                let _ = reply.send(Err(e.into()));
+                                Vec::new()
+                            }
                         }
                     }
                 },
-                _ = sleep_until(open_deadline), if !ready => {
-                    let _ = sink.close().await;
-                    let step = if awaiting_hello {
-                        "the gateway's Hello"
-                    } else if awaiting_open_result {
-                        "the open result"
-                    } else {
-                        "the certified Opened"
-                    };
-                    return End::Failed(ClientError::Timeout(step));
-                }
-                _ = sleep_until(keepalive_at), if ready => {
-                    match self.session.sign(MessageKind::KeepAlive) {
-                        Ok(m) => write!(ClientFrame::Message(m)),
-                        Err(e) => return End::Failed(e),
+                _ = async {
+                    match deadline {
+                        Some(at) => sleep_until(at).await,
+                        None => std::future::pending().await,
                     }
+                } => {
+                    let now = self.now();
+                    self.session.tick(now)
                 }
+            };
+            if let Some(end) = self.apply(actions, &mut sink).await {
+                return end;
             }
         }
-    }
-}
-
-fn frame_name(frame: &GatewayFrame) -> &'static str {
-    match frame {
-        GatewayFrame::Hello { .. } => "Hello",
-        GatewayFrame::OpenResult(_) => "OpenResult",
-        GatewayFrame::Messages { .. } => "Messages",
-        GatewayFrame::MessageError { .. } => "MessageError",
-    }
-}
-
-/// The frame with the uncertified texts a gateway relays (open and message errors) bounded.
-fn bound_texts(frame: GatewayFrame) -> GatewayFrame {
-    match frame {
-        GatewayFrame::OpenResult(Err(e)) => GatewayFrame::OpenResult(Err(bounded_ws_error(e))),
-        GatewayFrame::MessageError { seq, error } => GatewayFrame::MessageError {
-            seq,
-            error: bounded_ws_error(error),
-        },
-        other => other,
     }
 }

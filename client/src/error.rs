@@ -22,75 +22,9 @@ pub(crate) fn undecodable_frame(bytes: &[u8], error: &dyn std::fmt::Display) -> 
     ))
 }
 
-/// `error` (relayed, uncertified, by the gateway) with its text bounded.
-pub(crate) fn bounded_ws_error(error: WsError) -> WsError {
-    let b = |s: String| {
-        if s.len() > MAX_PEER_TEXT_BYTES {
-            bounded(&s, MAX_PEER_TEXT_BYTES)
-        } else {
-            s
-        }
-    };
-    match error {
-        WsError::Rejected(s) => WsError::Rejected(b(s)),
-        WsError::DecodeError(s) => WsError::DecodeError(b(s)),
-        WsError::LimitReached(s) => WsError::LimitReached(b(s)),
-        WsError::InvalidArgument(s) => WsError::InvalidArgument(b(s)),
-        other => other,
-    }
-}
-
-/// A failed check on the certified `Opened` message that binds a session to this client's key
-/// for one particular open (docs/protocol.md, check 6).
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum BindingError {
-    /// The first message of a new session is not `Opened`.
-    #[error("first message of the new session (seq {seq}) is not Opened")]
-    NotOpenedFirst {
-        /// Its sequence number.
-        seq: u64,
-    },
-    /// `Opened` names another session key.
-    #[error("Opened (seq {seq}) binds another key")]
-    WrongKey {
-        /// Its sequence number.
-        seq: u64,
-    },
-    /// `Opened` confirms another open than the one this client sent last.
-    #[error("Opened (seq {seq}) confirms the open at {got} ns, not ours at {expected} ns")]
-    WrongOpenTimestamp {
-        /// Its sequence number.
-        seq: u64,
-        /// Our open's timestamp.
-        expected: u64,
-        /// The timestamp in the message.
-        got: u64,
-    },
-    /// `Opened.resumed` says resume where we opened a new session, or the other way round.
-    #[error("Opened (seq {seq}) has resumed = {got}, expected {expected}")]
-    WrongResumeFlag {
-        /// Its sequence number.
-        seq: u64,
-        /// What we asked for.
-        expected: bool,
-        /// What it says.
-        got: bool,
-    },
-    /// An `Opened` when no open of ours is outstanding (a replayed confirmation).
-    #[error("unexpected Opened (seq {seq}): no open outstanding")]
-    UnexpectedOpened {
-        /// Its sequence number.
-        seq: u64,
-    },
-    /// The certified `next_inbound_seq` claims messages this client never sent.
-    #[error("Opened claims next_inbound_seq {certified}, but only {sent} messages were sent")]
-    InboundBeyondSent {
-        /// The certified value.
-        certified: u64,
-        /// Messages this client signed so far in the session.
-        sent: u64,
-    },
-}
+pub use ic_ws_protocol::client::bounded_ws_error;
+pub use ic_ws_protocol::client::{BindingError, Claim};
+use ic_ws_protocol::client::{Failure, SendError};
 
 /// Everything that can go wrong in the client.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -129,27 +63,55 @@ pub enum ClientError {
         /// Close reason text.
         reason: String,
     },
-    /// The canister refused the open (as relayed, uncertified, by the gateway).
-    #[error("open refused: {0}")]
+    /// Uncertified: the gateway claims the canister refused the open. Only means "this
+    /// connection failed"; the client retries (next gateway) within its backoff policy.
+    #[error("open refused (unverified gateway claim): {0}")]
     OpenRefused(WsError),
-    /// The session cannot be resumed: messages before `first_available` are gone.
-    #[error("session {client_id} cannot be resumed: messages before {first_available} are gone")]
-    ResumeUnavailable {
+    /// Uncertified: the gateway claims the canister refused one of our messages. The client
+    /// reconnects and resumes; the message is re-sent unless the canister certifies it has it.
+    #[error("message {seq} refused (unverified gateway claim): {error}")]
+    MessageError {
+        /// Its inbound sequence number.
+        seq: u64,
+        /// The claimed error.
+        error: WsError,
+    },
+    /// Certified: the application refused this client's open (`OpenRejected` at seq 0 with
+    /// our key and this open's timestamp). Terminal.
+    #[error("open rejected by the application (certified, session {client_id}): {error}")]
+    OpenRejected {
+        /// The (closed) session holding the certified refusal.
+        client_id: ClientId,
+        /// `Rejected` or `DecodeError`.
+        error: WsError,
+    },
+    /// The session was given up: its expiry is proven by the client's own clock after every
+    /// gateway refused to resume it, or own messages were lost from the resend buffer.
+    #[error("session {client_id} lost ({dropped_outgoing} own messages not delivered)")]
+    SessionLost {
         /// The lost session.
         client_id: ClientId,
-        /// Oldest outbound sequence number the canister still had.
-        first_available: u64,
+        /// Own messages signed for it and not known to be accepted.
+        dropped_outgoing: u64,
     },
-    /// The canister rejected one of our messages (as relayed by the gateway).
-    #[error("message {seq} rejected: {error}")]
+    /// Certified: the canister consumed our message `seq` and its handler refused it.
+    #[error("message {seq} rejected (certified): {error}")]
     MessageRejected {
         /// Its inbound sequence number.
         seq: u64,
-        /// Why.
+        /// Why (`Rejected` or `DecodeError`).
         error: WsError,
     },
+    /// `send` refused an `App` payload over the canister's certified limit (nothing signed).
+    #[error("payload of {size} bytes exceeds the canister's limit of {limit} bytes")]
+    TooLarge {
+        /// Its size.
+        size: u64,
+        /// The certified `max_inbound_payload_bytes`.
+        limit: u64,
+    },
     /// Messages we signed were dropped from the re-send buffer before the canister confirmed
-    /// them, and the canister did not accept them.
+    /// them, and the canister did not accept them (the session is given up).
     #[error("own messages {from}..{to} were lost before the canister accepted them")]
     OutboundLost {
         /// First lost sequence number.
@@ -180,7 +142,7 @@ pub enum ClientError {
         last: Box<ClientError>,
     },
     /// No session to sign for at the moment: a new session is being opened (after
-    /// [`crate::Event::ResumeUnavailable`]); retry after its `Opened` event.
+    /// [`crate::Event::SessionLost`]); retry after its `Opened` event.
     #[error("no session yet: a new session is being opened")]
     NoSession,
     /// The client's background task has stopped (after a terminal event).
@@ -189,17 +151,56 @@ pub enum ClientError {
 }
 
 impl ClientError {
-    /// True when the error ends the session for good (no reconnection helps).
+    /// True when the error ends the client for good (no reconnection helps). Only certified
+    /// outcomes, the configuration and the backoff policy are terminal: nothing a gateway
+    /// merely claims is.
     pub fn is_terminal(&self) -> bool {
-        match self {
-            ClientError::OpenRefused(e) => !matches!(e, WsError::LimitReached(_)),
+        matches!(
+            self,
             ClientError::Config(_)
-            | ClientError::UnsupportedVersion { .. }
-            | ClientError::SessionClosed(_)
-            | ClientError::OutboundLost { .. }
-            | ClientError::GaveUp { .. }
-            | ClientError::Stopped => true,
-            _ => false,
+                | ClientError::SessionClosed(_)
+                | ClientError::OpenRejected { .. }
+                | ClientError::GaveUp { .. }
+                | ClientError::Stopped
+        )
+    }
+}
+
+impl From<Failure> for ClientError {
+    fn from(f: Failure) -> Self {
+        match f {
+            Failure::Verify(e) => ClientError::Verify(e),
+            Failure::Binding(e) => ClientError::Binding(e),
+            Failure::Protocol(s) => ClientError::Protocol(s),
+            Failure::UnsupportedVersion { got, supported } => {
+                ClientError::UnsupportedVersion { got, supported }
+            }
+            Failure::Timeout(step) => ClientError::Timeout(step),
+            Failure::Claim(Claim::OpenError(e)) => ClientError::OpenRefused(e),
+            Failure::Claim(Claim::MessageError { seq, error }) => {
+                ClientError::MessageError { seq, error }
+            }
+            Failure::Transport(s) => ClientError::Connection(s),
+            Failure::GatewayClosed { code, reason } => ClientError::GatewayClosed { code, reason },
+            Failure::OutboundLost { from, to } => ClientError::OutboundLost { from, to },
+            Failure::SessionExpired { client_id } => ClientError::SessionLost {
+                client_id,
+                dropped_outgoing: 0,
+            },
+            Failure::OpenRejected { client_id, error } => {
+                ClientError::OpenRejected { client_id, error }
+            }
+            Failure::SessionClosed(r) => ClientError::SessionClosed(r),
+        }
+    }
+}
+
+impl From<SendError> for ClientError {
+    fn from(e: SendError) -> Self {
+        match e {
+            SendError::NoSession => ClientError::NoSession,
+            SendError::TooLarge { size, limit } => ClientError::TooLarge { size, limit },
+            SendError::Stopped => ClientError::Stopped,
         }
     }
 }
@@ -226,7 +227,7 @@ mod tests {
                 WsError::InvalidArgument(text.clone()),
             ] {
                 let shown = ClientError::OpenRefused(bounded_ws_error(e)).to_string();
-                prop_assert!(shown.len() <= 64 + MAX_PEER_TEXT_BYTES, "{}", shown.len());
+                prop_assert!(shown.len() <= 96 + MAX_PEER_TEXT_BYTES, "{}", shown.len());
             }
         }
     }

@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use candid::CandidType;
+use ic_ws_protocol::client::Claim;
 use ic_ws_protocol::{ClientId, CloseReason, WsError};
 use serde::de::DeserializeOwned;
 
@@ -56,29 +57,41 @@ pub enum Event {
     },
     /// A verified application message.
     Message(RawMessage),
-    /// The canister rejected one of our messages (relayed by the gateway, uncertified).
+    /// Certified: the canister consumed our message `seq` (so it and every earlier one are
+    /// accepted) and the application's handler refused it. A fact.
     MessageRejected {
-        /// Its sequence number.
+        /// Its inbound sequence number.
         seq: u64,
-        /// Why.
+        /// Why (`Rejected` or `DecodeError`).
         error: WsError,
     },
+    /// Certified: the application refused this client's open. [`Event::Failed`] with
+    /// [`ClientError::OpenRejected`] follows; nothing else.
+    OpenRejected {
+        /// The (closed) session holding the refusal.
+        client_id: ClientId,
+        /// Why (`Rejected` or `DecodeError`).
+        error: WsError,
+    },
+    /// Uncertified: something the gateway claims (an open or message error). It is not a
+    /// fact: no message is dropped because of it, and the client treats the connection as
+    /// failed and retries (next gateway). Shown for diagnostics.
+    Unverified(Claim),
     /// The connection ended; the client reconnects after `retry_in` (`None`: it does not).
     Disconnected {
-        /// Why: a failed check, a gateway close, a network error.
+        /// Why: a failed check, a gateway claim, a gateway close, a network error.
         error: ClientError,
         /// Delay before the next attempt.
         retry_in: Option<Duration>,
     },
-    /// The old session could not be resumed (messages were lost); depending on the
-    /// configuration the client continues with a new session.
-    ResumeUnavailable {
+    /// The session was given up: every gateway refused to resume it and the client's own
+    /// clock proves it has expired (or own messages were lost from the resend buffer).
+    /// Depending on the configuration the client continues with a new session.
+    SessionLost {
         /// The lost session.
         client_id: ClientId,
-        /// Oldest message the canister still had.
-        first_available: u64,
-        /// Own messages that were signed for the lost session and are not delivered.
-        dropped_outgoing: usize,
+        /// Own messages signed for it and not known to be accepted (not delivered).
+        dropped_outgoing: u64,
     },
     /// The session ended (certified). Nothing follows.
     Closed(CloseReason),

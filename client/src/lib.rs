@@ -11,7 +11,17 @@
 //!   ([`ClientError::Verify`] / [`ClientError::Binding`]), and the client reconnects (moving to
 //!   the next configured gateway) with exponential backoff and resumes the session: nothing is
 //!   lost or duplicated, own unacknowledged messages are re-sent from the certified
-//!   `next_inbound_seq`, or [`Event::ResumeUnavailable`] says plainly that it cannot resume;
+//!   `next_inbound_seq`;
+//! - only certified outcomes are facts (protocol version 2): [`Event::MessageRejected`],
+//!   [`Event::OpenRejected`] and [`Event::Closed`] come from certified messages; what the
+//!   gateway merely claims (`MessageError`, an `OpenResult` error, close codes) is shown as
+//!   [`Event::Unverified`] and only makes the client retry through the next gateway: it never
+//!   drops a message, skips a sequence number or stops the client (`connect` included);
+//! - a session whose resume every gateway refuses is given up only when the client's own
+//!   clock proves it expired: then [`Event::SessionLost`] names the own messages dropped and
+//!   a new session starts;
+//! - `send` refuses an `App` payload over the canister's certified limit
+//!   ([`ClientError::TooLarge`], nothing signed);
 //! - keep-alives are sent when idle (30 s) and when more than 64 messages are unacknowledged.
 //!
 //! ```no_run
@@ -27,7 +37,8 @@
 //! ```
 //!
 //! Modules: [`config`] (settings), [`error`] (the error enum), [`event`] (what the app
-//! receives), `session` (the I/O-free state machine), `driver` (the connection task).
+//! receives), `driver` (the connection task: I/O only). The protocol decisions live in the
+//! I/O-free state machine [`ic_ws_protocol::client::ClientSession`].
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 #![warn(missing_docs)]
 // Gateway input never makes the client panic: text is cut with `ic_ws_protocol::text`, and no
@@ -50,7 +61,6 @@ pub mod config;
 mod driver;
 pub mod error;
 pub mod event;
-mod session;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -62,9 +72,9 @@ use ic_ws_protocol::{ClientId, CloseReason, MessageKind};
 use serde::de::DeserializeOwned;
 use tokio::sync::{mpsc, oneshot};
 
-pub use config::{system_clock, Backoff, ClientConfig, ClockFn, OnResumeUnavailable};
+pub use config::{system_clock, Backoff, ClientConfig, ClockFn, OnSessionLost};
 use driver::{Command, Driver};
-pub use error::{BindingError, ClientError};
+pub use error::{BindingError, Claim, ClientError};
 pub use event::{Event, Message, RawMessage};
 pub use ic_ws_protocol::verify::VerifyError;
 
@@ -144,8 +154,10 @@ pub struct Client {
 
 impl Client {
     /// Connects to the first gateway, opens a new session and waits for its certified
-    /// `Opened`. Fails with the first error (no retry for the first connection); later
-    /// disconnections are retried according to `config.backoff`.
+    /// `Opened`. A failed attempt (network, failed check, an uncertified refusal claimed by
+    /// the gateway) is retried through the next gateway within `config.backoff`; it fails
+    /// only with a certified refusal ([`ClientError::OpenRejected`]) or after the policy's
+    /// attempts ([`ClientError::GaveUp`]).
     pub async fn connect(config: ClientConfig) -> Result<Client, ClientError> {
         config.validate()?;
         let (commands_tx, commands_rx) = mpsc::channel(64);
@@ -157,23 +169,39 @@ impl Client {
         });
         let canister_id = config.canister_id;
         let driver = Driver {
-            session: session::Session::new(&config),
+            session: ic_ws_protocol::client::ClientSession::new(
+                config.session_config(),
+                driver::os_key_source(),
+            ),
             config,
             commands: commands_rx,
             events: events_tx,
             shared: shared.clone(),
             url_index: 0,
+            opened: false,
         };
         tokio::spawn(driver.run());
-        match events_rx.recv().await {
-            Some(Event::Opened { .. }) => {}
-            Some(Event::Failed(e)) => return Err(e),
-            Some(other) => {
-                return Err(ClientError::Protocol(format!(
-                    "unexpected first event {other:?}"
-                )))
+        loop {
+            match events_rx.recv().await {
+                Some(Event::Opened { .. }) => break,
+                Some(Event::Failed(e)) => return Err(e),
+                // Failed connections (uncertified refusals included) are retried within the
+                // backoff policy, through the next gateway.
+                Some(Event::Disconnected { error, retry_in }) => {
+                    tracing::info!(%error, ?retry_in, "ic-ws open failed; retrying");
+                }
+                Some(Event::Unverified(claim)) => {
+                    tracing::info!(%claim, "unverified gateway claim");
+                }
+                // The certified refusal: `Failed(OpenRejected)` follows.
+                Some(Event::OpenRejected { .. }) | Some(Event::SessionLost { .. }) => {}
+                Some(other) => {
+                    return Err(ClientError::Protocol(format!(
+                        "unexpected event before the first Opened: {other:?}"
+                    )))
+                }
+                None => return Err(ClientError::Stopped),
             }
-            None => return Err(ClientError::Stopped),
         }
         Ok(Client {
             sender: Sender {
@@ -185,7 +213,7 @@ impl Client {
         })
     }
 
-    /// The current session's client id (changes only after [`Event::ResumeUnavailable`]).
+    /// The current session's client id (changes only after [`Event::SessionLost`]).
     pub fn client_id(&self) -> Option<ClientId> {
         match self.shared.client_id.load(Ordering::Relaxed) {
             NO_CLIENT => None,
@@ -228,10 +256,11 @@ impl Client {
         self.events.recv().await
     }
 
-    /// The next verified application message, decoded as `T`. Reconnections are handled
-    /// silently; every other event is returned as an error: rejected messages and
-    /// [`ClientError::ResumeUnavailable`] (the client continues, call again), the session's
-    /// close ([`ClientError::SessionClosed`]) and terminal failures (nothing follows).
+    /// The next verified application message, decoded as `T`. Reconnections and unverified
+    /// gateway claims are handled silently (logged); every other event is returned as an
+    /// error: certified rejections of own messages ([`ClientError::MessageRejected`]) and
+    /// [`ClientError::SessionLost`] (the client continues, call again), the session's close
+    /// ([`ClientError::SessionClosed`]) and terminal failures (nothing follows).
     pub async fn recv<T: CandidType + DeserializeOwned>(
         &mut self,
     ) -> Result<Message<T>, ClientError> {
@@ -243,17 +272,22 @@ impl Client {
                 Some(Event::Disconnected { error, retry_in }) => {
                     tracing::info!(%error, ?retry_in, "ic-ws connection lost; reconnecting");
                 }
+                Some(Event::Unverified(claim)) => {
+                    tracing::info!(%claim, "unverified gateway claim; retrying elsewhere");
+                }
                 Some(Event::MessageRejected { seq, error }) => {
                     return Err(ClientError::MessageRejected { seq, error })
                 }
-                Some(Event::ResumeUnavailable {
+                Some(Event::OpenRejected { client_id, error }) => {
+                    return Err(ClientError::OpenRejected { client_id, error })
+                }
+                Some(Event::SessionLost {
                     client_id,
-                    first_available,
-                    ..
+                    dropped_outgoing,
                 }) => {
-                    return Err(ClientError::ResumeUnavailable {
+                    return Err(ClientError::SessionLost {
                         client_id,
-                        first_available,
+                        dropped_outgoing,
                     })
                 }
                 Some(Event::Closed(reason)) => return Err(ClientError::SessionClosed(reason)),
@@ -270,7 +304,7 @@ impl Client {
         futures_util::stream::unfold(Some(self), |client| async move {
             let mut client = client?;
             let item = client.recv::<T>().await;
-            let terminal = matches!(&item, Err(e) if e.is_terminal() && !matches!(e, ClientError::ResumeUnavailable { .. }));
+            let terminal = matches!(&item, Err(e) if e.is_terminal());
             Some((item, (!terminal).then_some(client)))
         })
     }

@@ -6,15 +6,25 @@ mod support;
 
 use std::time::Duration;
 
-use ic_ws_client::{
-    Backoff, BindingError, Client, ClientConfig, ClientError, Event, OnResumeUnavailable,
-    VerifyError,
-};
+use ic_ws_client::{Backoff, BindingError, Client, ClientConfig, ClientError, Event, VerifyError};
 use ic_ws_protocol::test_utils::TestRootKey;
 use ic_ws_protocol::{CloseReason, OutboundBody, WsError};
 use support::{now_ns, FakeGateway};
 
 const WAIT: Duration = Duration::from_secs(30);
+
+/// One attempt only: `connect` reports the first failure as `GaveUp { attempts: 0, .. }`.
+fn no_retry(mut c: ClientConfig) -> ClientConfig {
+    c.backoff.max_attempts = Some(0);
+    c
+}
+
+fn gave_up(last: ClientError) -> ClientError {
+    ClientError::GaveUp {
+        attempts: 0,
+        last: Box::new(last),
+    }
+}
 
 fn config(gw: &FakeGateway) -> ClientConfig {
     let mut c =
@@ -330,8 +340,11 @@ async fn another_clients_message_is_rejected() {
 async fn opened_binding_another_key_fails_the_open() {
     let gw = FakeGateway::start().await;
     gw.with(|c| c.lie_opened_key = true);
-    let err = Client::connect(config(&gw)).await.unwrap_err();
-    assert_eq!(err, ClientError::Binding(BindingError::WrongKey { seq: 0 }));
+    let err = Client::connect(no_retry(config(&gw))).await.unwrap_err();
+    assert_eq!(
+        err,
+        gave_up(ClientError::Binding(BindingError::WrongKey { seq: 0 }))
+    );
 }
 
 #[tokio::test]
@@ -354,35 +367,46 @@ async fn session_must_start_with_opened() {
         f.certificate = c.root.certificate(&c.id, &tree.digest(), now_ns());
         f.tree = ic_ws_protocol::test_utils::cbor_self_describing(&tree);
     });
-    let err = Client::connect(config(&gw)).await.unwrap_err();
+    let err = Client::connect(no_retry(config(&gw))).await.unwrap_err();
     assert_eq!(
         err,
-        ClientError::Binding(BindingError::NotOpenedFirst { seq: 0 })
+        gave_up(ClientError::Binding(BindingError::NotOpenedFirst {
+            seq: 0
+        }))
     );
 }
 
 #[tokio::test]
-async fn refused_open_is_reported() {
+async fn uncertified_open_refusal_is_retried_until_the_policy_gives_up() {
     let gw = FakeGateway::start().await;
     gw.with(|c| c.refuse_open = Some(WsError::Rejected("no guests".into())));
-    let err = Client::connect(config(&gw)).await.unwrap_err();
+    let mut cfg = config(&gw);
+    cfg.backoff.max_attempts = Some(3);
+    let err = Client::connect(cfg).await.unwrap_err();
     assert_eq!(
         err,
-        ClientError::OpenRefused(WsError::Rejected("no guests".into()))
+        ClientError::GaveUp {
+            attempts: 3,
+            last: Box::new(ClientError::OpenRefused(WsError::Rejected(
+                "no guests".into()
+            )))
+        }
     );
+    assert!(!err.is_terminal() || matches!(err, ClientError::GaveUp { .. }));
+    gw.with(|c| assert_eq!(c.open_attempts, 4, "the first open and three retries"));
 }
 
 #[tokio::test]
 async fn other_protocol_version_is_refused() {
     let gw = FakeGateway::start().await;
-    gw.with(|c| c.protocol_version = 2);
-    let err = Client::connect(config(&gw)).await.unwrap_err();
+    gw.with(|c| c.protocol_version = 1);
+    let err = Client::connect(no_retry(config(&gw))).await.unwrap_err();
     assert_eq!(
         err,
-        ClientError::UnsupportedVersion {
-            got: 2,
-            supported: 1
-        }
+        gave_up(ClientError::UnsupportedVersion {
+            got: 1,
+            supported: 2
+        })
     );
 }
 
@@ -487,64 +511,6 @@ async fn messages_sent_while_disconnected_are_delivered_after_resume() {
         assert_eq!(message(&mut client).await.value, format!("m{i}"));
     }
     gw.with(|c| assert_eq!(c.sessions[&id].app_payloads.len(), 5));
-}
-
-#[tokio::test]
-async fn resume_unavailable_is_reported_and_a_new_session_starts() {
-    let gw = FakeGateway::start().await;
-    let mut client = Client::connect(config(&gw)).await.unwrap();
-    let old = client.client_id().unwrap();
-    // The client has received seq 0 only; the canister no longer has 1..5.
-    gw.with(|c| c.sessions.get_mut(&old).unwrap().first_available = 5);
-    gw.kick_all();
-    let e = until(&mut client, |e| {
-        matches!(e, Event::ResumeUnavailable { .. })
-    })
-    .await;
-    assert!(
-        matches!(e, Event::ResumeUnavailable { client_id, first_available: 5, .. } if client_id == old),
-        "{e:?}"
-    );
-    let e = until(&mut client, |e| matches!(e, Event::Opened { .. })).await;
-    let Event::Opened {
-        client_id, resumed, ..
-    } = e
-    else {
-        unreachable!()
-    };
-    assert!(!resumed);
-    assert_ne!(client_id, old);
-    assert_eq!(client.client_id(), Some(client_id));
-    client.send(&"fresh".to_string()).await.unwrap();
-    assert_eq!(message(&mut client).await.value, "fresh");
-}
-
-#[tokio::test]
-async fn resume_unavailable_can_stop_the_client() {
-    let gw = FakeGateway::start().await;
-    let mut cfg = config(&gw);
-    cfg.on_resume_unavailable = OnResumeUnavailable::Stop;
-    let mut client = Client::connect(cfg).await.unwrap();
-    let old = client.client_id().unwrap();
-    gw.with(|c| c.sessions.get_mut(&old).unwrap().first_available = 5);
-    gw.kick_all();
-    let err = tokio::time::timeout(WAIT, client.recv::<String>())
-        .await
-        .unwrap()
-        .unwrap_err();
-    assert_eq!(
-        err,
-        ClientError::ResumeUnavailable {
-            client_id: old,
-            first_available: 5
-        }
-    );
-    let e = event(&mut client).await;
-    assert!(
-        matches!(e, Event::Failed(ClientError::ResumeUnavailable { .. })),
-        "{e:?}"
-    );
-    assert_eq!(client.next_event().await, None);
 }
 
 #[tokio::test]

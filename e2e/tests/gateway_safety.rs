@@ -384,6 +384,9 @@ async fn connect_error(url: String) -> ClientError {
     let mut config = ClientConfig::new(url, Principal::from_slice(&[1; 10]));
     config.backoff.max_attempts = Some(0);
     match tokio::time::timeout(WAIT, Client::connect(config)).await {
+        // One attempt (`max_attempts = 0`): the client reports the attempt's error as the
+        // last one before giving up (every failure short of a certified refusal is retried).
+        Ok(Err(ClientError::GaveUp { last, .. })) => *last,
         Ok(Err(e)) => e,
         Ok(Ok(_)) => panic!("connected to a hostile gateway"),
         Err(_) => panic!("no error in time"),

@@ -5,7 +5,10 @@
 //! - [`certification`]: where messages live in the certified tree;
 //! - [`frames`]: WebSocket frames between client and gateway;
 //! - [`text`]: bounded, UTF-8-safe text (close reasons, error texts quoting peer input);
-//! - `verify` (feature `verify`): every check a client makes on what the gateway delivers.
+//! - `verify` (feature `verify`): every check a client makes on what the gateway delivers;
+//! - `client` (feature `client`): the client session as an I/O-free state machine (open and
+//!   resume, held early frames, checks, ack and keep-alive policy, resend queue, and which
+//!   outcomes are certified facts and which only mean "retry elsewhere").
 //!
 //! `docs/protocol.md` at the repository root is the normative description; this crate is its
 //! executable form and produces the test vectors (`test-vectors/`) other clients are tested
@@ -14,6 +17,8 @@
 #![warn(missing_docs)]
 
 pub mod certification;
+#[cfg(feature = "client")]
+pub mod client;
 pub mod frames;
 pub mod signing;
 #[cfg(feature = "test-utils")]

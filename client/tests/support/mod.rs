@@ -46,6 +46,38 @@ pub struct FakeSession {
     pub keepalives: u64,
     pub acks_seen: Vec<u64>,
     pub opens: u64,
+    /// Closed (a certified `Closed` or `OpenRejected` is its last message).
+    pub closed: bool,
+}
+
+impl FakeSession {
+    fn new(key: Vec<u8>) -> Self {
+        FakeSession {
+            key,
+            next_inbound: 0,
+            outbound: Vec::new(),
+            first_available: 0,
+            last_ack: 0,
+            app_payloads: Vec::new(),
+            keepalives: 0,
+            acks_seen: Vec::new(),
+            opens: 0,
+            closed: false,
+        }
+    }
+}
+
+/// What one gateway does wrong (the canister behind it is honest).
+#[derive(Default, Clone)]
+pub struct Knobs {
+    /// Replace the result of every open (new or resume) by this error, whatever the canister
+    /// answered; deliver nothing of that session on this connection.
+    pub forge_open_error: Option<WsError>,
+    /// After relaying a client message (accepted by the canister), also send
+    /// `MessageError { seq, this }`.
+    pub forge_message_error: Option<WsError>,
+    /// Send nothing after `Hello` (withhold every outcome).
+    pub withhold: bool,
 }
 
 /// The canister side: sessions, certified outbox, behaviour switches.
@@ -69,6 +101,18 @@ pub struct Canister {
     pub messages_before_open_result: bool,
     /// Drop this many connections right after accepting their open (nothing is sent back).
     pub drop_after_open: u32,
+    /// Protocol v2: `on_open` refuses new sessions with this reason (certified
+    /// `OpenRejected` at seq 0 of a closed session; `ws_open` answers `Err(OpenRejected)`).
+    pub reject_open: Option<String>,
+    /// Close the session (app close) when its next resume arrives, before handling it: the
+    /// resume gets `Err(Closed)` and the re-queued messages ending with the certified `Closed`.
+    pub close_on_next_resume: bool,
+    /// Certified in `Opened`.
+    pub max_inbound_payload_bytes: u64,
+    /// Certified in `Opened`.
+    pub idle_timeout_ns: u64,
+    /// Opens seen (accepted or not), for tests that count attempts.
+    pub open_attempts: u64,
     changed: watch::Sender<u64>,
 }
 
@@ -126,6 +170,7 @@ pub struct FakeGateway {
     pub url: String,
     pub canister: Shared,
     pub tamper: Arc<Mutex<VecDeque<Tamper>>>,
+    pub knobs: Arc<Mutex<Knobs>>,
     kick: broadcast::Sender<()>,
     accept: tokio::task::JoinHandle<()>,
 }
@@ -145,6 +190,11 @@ pub fn new_canister(root_seed: u8) -> (Shared, watch::Receiver<u64>) {
         protocol_version: ic_ws_protocol::PROTOCOL_VERSION,
         messages_before_open_result: false,
         drop_after_open: 0,
+        reject_open: None,
+        close_on_next_resume: false,
+        max_inbound_payload_bytes: 64 * 1024,
+        idle_timeout_ns: 120_000_000_000,
+        open_attempts: 0,
         changed,
     };
     (Arc::new(Mutex::new(canister)), rx)
@@ -161,17 +211,20 @@ impl FakeGateway {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("ws://{}", listener.local_addr().unwrap());
         let tamper: Arc<Mutex<VecDeque<Tamper>>> = Arc::default();
+        let knobs: Arc<Mutex<Knobs>> = Arc::default();
         let (kick, _) = broadcast::channel(4);
         let principal = Principal::from_slice(&[9, 9, listener.local_addr().unwrap().port() as u8]);
         let accept = {
             let canister = canister.clone();
             let tamper = tamper.clone();
+            let knobs = knobs.clone();
             let kick = kick.clone();
             tokio::spawn(async move {
                 while let Ok((tcp, _)) = listener.accept().await {
                     let conn = Conn {
                         canister: canister.clone(),
                         tamper: tamper.clone(),
+                        knobs: knobs.clone(),
                         changed: changed.clone(),
                         kick: kick.subscribe(),
                         gateway: principal,
@@ -188,6 +241,7 @@ impl FakeGateway {
             url,
             canister,
             tamper,
+            knobs,
             kick,
             accept,
         }
@@ -223,6 +277,11 @@ impl FakeGateway {
         self.kick_all();
     }
 
+    /// Makes this gateway misbehave.
+    pub fn knobs(&self, f: impl FnOnce(&mut Knobs)) {
+        f(&mut self.knobs.lock().unwrap())
+    }
+
     pub fn with<R>(&self, f: impl FnOnce(&mut Canister) -> R) -> R {
         f(&mut self.canister.lock().unwrap())
     }
@@ -237,6 +296,7 @@ impl Drop for FakeGateway {
 struct Conn {
     canister: Shared,
     tamper: Arc<Mutex<VecDeque<Tamper>>>,
+    knobs: Arc<Mutex<Knobs>>,
     changed: watch::Receiver<u64>,
     kick: broadcast::Receiver<()>,
     gateway: Principal,
@@ -264,6 +324,9 @@ impl Conn {
                 changed = self.changed.changed() => if changed.is_err() { return },
                 msg = stream.next() => {
                     let Some(Ok(WsMessage::Binary(bytes))) = msg else { return };
+                    if self.knobs.lock().unwrap().withhold {
+                        continue;
+                    }
                     let Ok(frame) = ic_ws_protocol::decode::<ClientFrame>(&bytes) else { return };
                     let is_open = matches!(frame, ClientFrame::Open { .. });
                     self.handle(frame, &mut client, &mut cursor, &mut replies);
@@ -304,6 +367,7 @@ impl Conn {
                 canister_id,
                 request,
             } => {
+                let request_resume = request.resume;
                 let result = (|| {
                     if canister_id != c.id {
                         return Err(WsError::InvalidArgument("unknown canister".into()));
@@ -313,8 +377,29 @@ impl Conn {
                     }
                     ic_ws_protocol::signing::verify_open(&c.id, &request)
                         .map_err(|_| WsError::InvalidSignature)?;
+                    c.open_attempts += 1;
                     if let Some(e) = &c.refuse_open {
                         return Err(e.clone());
+                    }
+                    if let (Some(reason), None) = (&c.reject_open, &request.resume) {
+                        // Protocol v2: the refusal is certified as seq 0 of a closed session.
+                        let (reason, id) = (reason.clone(), c.next_id);
+                        c.next_id += 1;
+                        let mut s = FakeSession::new(request.client_key.clone());
+                        s.closed = true;
+                        c.sessions.insert(id, s);
+                        c.push(
+                            id,
+                            OutboundBody::OpenRejected {
+                                client_key: request.client_key.clone(),
+                                open_timestamp_ns: request.timestamp_ns,
+                                error: WsError::Rejected(reason.clone()),
+                            },
+                        );
+                        return Err(WsError::OpenRejected {
+                            client_id: id,
+                            reason,
+                        });
                     }
                     let opened_key = if c.lie_opened_key {
                         vec![7u8; 32]
@@ -325,23 +410,24 @@ impl Conn {
                         None => {
                             let id = c.next_id;
                             c.next_id += 1;
-                            c.sessions.insert(
-                                id,
-                                FakeSession {
-                                    key: request.client_key.clone(),
-                                    next_inbound: 0,
-                                    outbound: Vec::new(),
-                                    first_available: 0,
-                                    last_ack: 0,
-                                    app_payloads: Vec::new(),
-                                    keepalives: 0,
-                                    acks_seen: Vec::new(),
-                                    opens: 0,
-                                },
-                            );
+                            c.sessions
+                                .insert(id, FakeSession::new(request.client_key.clone()));
                             (id, false, 0)
                         }
                         Some(r) => {
+                            if c.close_on_next_resume && c.sessions.contains_key(&r.client_id) {
+                                c.close_on_next_resume = false;
+                                c.push(
+                                    r.client_id,
+                                    OutboundBody::Closed {
+                                        reason: CloseReason::AppClosed {
+                                            code: 4000,
+                                            reason: "closed while away".into(),
+                                        },
+                                    },
+                                );
+                                c.sessions.get_mut(&r.client_id).unwrap().closed = true;
+                            }
                             let s = c
                                 .sessions
                                 .get(&r.client_id)
@@ -356,6 +442,11 @@ impl Conn {
                                     first_available: s.first_available,
                                 });
                             }
+                            if s.closed {
+                                // Protocol v2: the retained messages (ending with the
+                                // certified Closed) go to this gateway; the answer is Closed.
+                                return Err(WsError::Closed);
+                            }
                             (r.client_id, true, r.next_outbound_seq)
                         }
                     };
@@ -369,8 +460,8 @@ impl Conn {
                             open_timestamp_ns: request.timestamp_ns,
                             next_inbound_seq,
                             resumed,
-                            max_inbound_payload_bytes: 64 * 1024,
-                            idle_timeout_ns: 120_000_000_000,
+                            max_inbound_payload_bytes: c.max_inbound_payload_bytes,
+                            idle_timeout_ns: c.idle_timeout_ns,
                         },
                     );
                     Ok((
@@ -382,13 +473,30 @@ impl Conn {
                         from,
                     ))
                 })();
-                match result {
-                    Ok((ok, from)) => {
+                let forged = self.knobs.lock().unwrap().forge_open_error.clone();
+                match (result, forged) {
+                    (_, Some(e)) => replies.push(GatewayFrame::OpenResult(Err(e))),
+                    (Ok((ok, from)), None) => {
                         *client = Some(ok.client_id);
                         *cursor = from;
                         replies.push(GatewayFrame::OpenResult(Ok(ok)));
                     }
-                    Err(e) => replies.push(GatewayFrame::OpenResult(Err(e))),
+                    (Err(e), None) => {
+                        // As the v2 gateway: attach to the session that holds the certified
+                        // outcome (OpenRejected, or the Closed after a resume's Err(Closed)).
+                        match (&e, &request_resume) {
+                            (WsError::OpenRejected { client_id, .. }, None) => {
+                                *client = Some(*client_id);
+                                *cursor = 0;
+                            }
+                            (WsError::Closed, Some(r)) => {
+                                *client = Some(r.client_id);
+                                *cursor = r.next_outbound_seq;
+                            }
+                            _ => {}
+                        }
+                        replies.push(GatewayFrame::OpenResult(Err(e)));
+                    }
                 }
             }
             ClientFrame::Message(m) => {
@@ -401,6 +509,10 @@ impl Conn {
                 }
                 if let Err(error) = accept(c, &m) {
                     replies.push(GatewayFrame::MessageError { seq: m.seq, error });
+                } else if let Some(error) = self.knobs.lock().unwrap().forge_message_error.clone() {
+                    if matches!(m.kind, MessageKind::App(_)) {
+                        replies.push(GatewayFrame::MessageError { seq: m.seq, error });
+                    }
                 }
             }
         }
@@ -441,6 +553,9 @@ fn accept(c: &mut Canister, m: &ClientMessage) -> Result<(), WsError> {
     }
     if m.seq < s.next_inbound {
         return Ok(()); // duplicate: no-op
+    }
+    if s.closed {
+        return Err(WsError::Closed);
     }
     if m.seq > s.next_inbound {
         return Err(WsError::OutOfSequence {

@@ -161,8 +161,9 @@ function start(cfg: Config, name: string): void {
   client.on("error", (e) => {
     if (e.tampering) showBanner(e);
     else showNotice(`${e.kind}: ${e.message}`);
-    if (e.kind === "OpenFailed" && e.wsError && "Rejected" in e.wsError) {
-      // E.g. the name is taken: pick another.
+    if (e.kind === "OpenRejected" && e.certified && e.wsError && "Rejected" in e.wsError) {
+      // Certified: e.g. the name is taken: pick another. (A gateway's uncertified claim of a
+      // refusal is an `Unverified` error: the client retries by itself.)
       sessionStorage.removeItem("ic-ws-chat:name");
       showJoin();
     }
