@@ -122,7 +122,10 @@ fn a_500_entry_batch_of_bad_signatures_is_bounded_by_the_budget() {
             .iter_mut()
             .map(|cl| {
                 let mut m = cl.message_at(&c, 0, app_payload(&Inbound::Noop));
-                m.signature[0] ^= 1;
+                // The lowest byte of S: R stays a valid point and S canonical, so the
+                // verification runs to the end before it fails (the attacker's best case; a
+                // broken R is refused sooner).
+                m.signature[32] ^= 1;
                 m
             })
             .collect()
@@ -134,6 +137,20 @@ fn a_500_entry_batch_of_bad_signatures_is_bounded_by_the_budget() {
             .all(|x| *x == MessageResult::Err(WsError::InvalidSignature)),
         "{r:?}"
     );
+    // The honest batch the default budget must fit: 500 verified messages whose handler
+    // sends an echo.
+    let honest: Vec<ClientMessage> = clients
+        .iter_mut()
+        .map(|cl| cl.message(&c, app_payload(&Inbound::Echo("hello".into()))))
+        .collect();
+    let r = c.ws_message(gw, honest);
+    let honest_used = c.last_instructions();
+    assert!(r.iter().all(|x| *x == MessageResult::Ok), "{r:?}");
+    eprintln!(
+        "500 honest entries (verified, Echo handler sends one message each): {honest_used} instructions ({} per entry), all processed under the default budget",
+        honest_used / 500
+    );
+    assert!(honest_used < 2_000_000_000, "{honest_used}");
     const SMALL: u64 = 200_000_000;
     c.configure(WsConfig {
         max_instructions_per_call: Some(SMALL),

@@ -12,10 +12,13 @@
 //! (2-byte length) of `ws_open`/`ws_message`/`ws_close`/`ws_poll`; 4 a signed open (key seed,
 //! gateway, flags, optional resume, args); 5 a signed message (key seed, client id, sequence
 //! number, ack, kind); 6 advance the clock (seconds, one byte); 7 a configuration (limits from
-//! the input); 8 a poll from cursor 0 by one gateway.
+//! the input, the instruction budget counted in entries); 8 a poll from cursor 0 by one
+//! gateway.
 //!
 //! Invariants: no panic (a trap on the IC; the shims decode before calling the runtime, so a
-//! panic here is a canister that traps on a bad argument); one result per batch entry; every
+//! panic here is a canister that traps on a bad argument); one result per batch entry; the
+//! first entry of a call is processed, and after a `NotProcessed` entry every later one is
+//! `NotProcessed` too; every
 //! poll reply is witnessed: its tree's root is the certified data and every message's content
 //! hash is the leaf at its path.
 
@@ -92,6 +95,18 @@ fn check_poll(result: &PollResult) {
     }
 }
 
+/// The instruction budget's contract: the first entry is always processed, and once an entry
+/// is `NotProcessed` so is every later one.
+fn check_budget<T>(results: &[T], not_processed: impl Fn(&T) -> bool) {
+    if let Some(first) = results.iter().position(&not_processed) {
+        assert!(first > 0, "the first entry of a call was not processed");
+        assert!(
+            results[first..].iter().all(not_processed),
+            "an entry was processed after a NotProcessed one"
+        );
+    }
+}
+
 fn step(r: &mut Reader<'_>) {
     let canister = testing::canister_id();
     match r.u8() % 9 {
@@ -101,7 +116,10 @@ fn step(r: &mut Reader<'_>) {
             let inspected = ic_ws_canister::inspect_ws_call("ws_open", &testing::gateway(1), arg);
             if let Ok(batch) = __private::decode_payload::<OpenBatch>(arg) {
                 let n = batch.opens.len();
-                assert_eq!(__private::ws_open(&HANDLERS, batch).len(), n);
+                testing::set_instructions(0, 1);
+                let results = __private::ws_open(&HANDLERS, batch);
+                assert_eq!(results.len(), n);
+                check_budget(&results, |x| matches!(x, Err(WsError::NotProcessed)));
             } else {
                 assert!(
                     inspected.is_err(),
@@ -116,7 +134,12 @@ fn step(r: &mut Reader<'_>) {
                 ic_ws_canister::inspect_ws_call("ws_message", &testing::gateway(1), arg);
             if let Ok(batch) = __private::decode_payload::<MessageBatch>(arg) {
                 let n = batch.messages.len();
-                assert_eq!(__private::ws_message(&HANDLERS, batch).len(), n);
+                testing::set_instructions(0, 1);
+                let results = __private::ws_message(&HANDLERS, batch);
+                assert_eq!(results.len(), n);
+                check_budget(&results, |x| {
+                    matches!(x, MessageResult::Err(WsError::NotProcessed))
+                });
             } else {
                 assert!(
                     inspected.is_err(),
@@ -130,7 +153,10 @@ fn step(r: &mut Reader<'_>) {
             let inspected = ic_ws_canister::inspect_ws_call("ws_close", &testing::gateway(1), arg);
             if let Ok(batch) = __private::decode_payload::<CloseBatch>(arg) {
                 let n = batch.clients.len();
-                assert_eq!(__private::ws_close(&HANDLERS, batch).len(), n);
+                testing::set_instructions(0, 1);
+                let results = __private::ws_close(&HANDLERS, batch);
+                assert_eq!(results.len(), n);
+                check_budget(&results, |x| matches!(x, Err(WsError::NotProcessed)));
             } else {
                 assert!(
                     inspected.is_err(),
@@ -223,7 +249,9 @@ fn step(r: &mut Reader<'_>) {
                 max_entries_per_call: Some(u32::from(r.u8()) + 1),
                 max_sessions: Some(small(r)),
                 gateways: None,
-                max_instructions_per_call: None,
+                // Counted in entries: the fuzz target's fake counter adds 1 per read (one read
+                // before each entry after the first, and the native housekeeping's reads).
+                max_instructions_per_call: Some(u64::from(r.u8() % 8) + 1),
                 max_retained_bytes: Some(small(r) * 256),
                 max_subscriptions: Some(small(r)),
                 max_gateways: Some(small(r) % 4 + 1),
@@ -391,6 +419,23 @@ pub fn seeds() -> Vec<Vec<u8>> {
             .bytes8(&text("echo echo echo"));
     }
     w.u8(8).u8(1);
+    seeds.push(w.0);
+    // A valid configuration with an instruction budget of 2 (entries, see step 7), then
+    // batches of 5 entries: the last 2 of each are `NotProcessed`.
+    let mut w = Writer::default();
+    w.u8(7);
+    for b in [
+        3, 0, 10, 10, 10, 10, 10, 99, 255, 100, 5, 10, 0, 5, 99, 50, 1,
+    ] {
+        w.u8(b);
+    }
+    w.u8(4).u8(1).u8(1).u8(0);
+    let close = CloseBatch {
+        clients: vec![0, 1, 2, 3, 4],
+    };
+    w.u8(2)
+        .bytes16(&ic_ws_protocol::encode(&close).unwrap_or_default());
+    w.u8(4).u8(2).u8(1).u8(0);
     seeds.push(w.0);
     seeds
 }

@@ -23,7 +23,7 @@ pub enum CallError {
     #[error("transient: {0}")]
     Transient(String),
     /// The canister trapped while executing the call (for example an app handler panicked): the
-    /// whole call was rolled back. Entries are retried one by one to find the culprit.
+    /// whole call was rolled back. The culprit is found by bisection (`relay::isolate`).
     #[error("canister trapped: {0}")]
     Trapped(String),
     /// Retrying will not help (unknown canister, malformed reply, ...).

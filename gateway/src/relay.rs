@@ -624,7 +624,7 @@ where
         match call(lo..mid).await {
             Ok(results) => {
                 let mut cut = false;
-                for (o, r) in outcomes.iter_mut().skip(lo).zip(results) {
+                for (o, r) in outcomes.iter_mut().take(mid).skip(lo).zip(results) {
                     cut |= not_processed(&r);
                     *o = Outcome::Answered(r);
                 }

@@ -797,3 +797,40 @@ async fn not_processed_entries_go_again_in_order_and_no_client_hears_of_it() {
     assert_eq!(a.payloads(1).await, vec![b"still fine".to_vec()]);
     gw.shutdown().await;
 }
+
+/// A trapping open among others: isolated by bisection, only its connection fails (4003).
+#[tokio::test]
+async fn a_trapping_open_is_isolated_to_its_connection() {
+    let (gw, fake) = start(&["--batch-interval-ms", "300"]).await;
+    let addr = gw.local_addr();
+    let mut warm = Client::open(addr).await;
+    warm.send(b"warm-up").await;
+    eventually("warm-up accepted", || fake.state().received.len() == 1).await;
+    let mut conns = Vec::new();
+    for args in [&b"a"[..], b"b", b"trap", b"d", b"e"] {
+        let mut c = Client::connect(addr).await;
+        send_frame(&mut c.ws, &open_request(args, None)).await;
+        conns.push(c);
+    }
+    for (i, c) in conns.iter_mut().enumerate() {
+        if i == 2 {
+            match next_frame(&mut c.ws).await {
+                GatewayFrame::OpenResult(Err(WsError::Rejected(why))) => {
+                    assert!(why.contains("trapped"), "{why}")
+                }
+                other => panic!("expected the trapped open's error, got {other:?}"),
+            }
+            assert_eq!(closed(&mut c.ws).await.0, 4003);
+        } else {
+            c.expect_open_ok(None).await;
+        }
+    }
+    assert_eq!(gw.metrics().trapped_entries.get(), 1);
+    let opens = fake.calls("ws_open");
+    assert!(
+        opens.contains(&5),
+        "the five went in one call first: {opens:?}"
+    );
+    assert!(gw.metrics().isolation_calls.get() <= 3, "ceil(log2 5)");
+    gw.shutdown().await;
+}

@@ -172,8 +172,8 @@ pub const DEFAULT_MAX_ENTRIES_PER_CALL: u32 = 500;
 /// Default of [`WsConfig::max_instructions_per_call`]: 2 billion instructions, one execution
 /// slice on the IC (an update executing more is spread over several rounds by deterministic
 /// time slicing; the limit of one update is 40 billion). An honest batch of 500 entries with
-/// cheap handlers costs about 1.1 billion (about 2.2M per verified entry, BENCHMARKS.md), so
-/// it fits in one call; a batch of expensive entries is cut at 2 billion plus its last entry,
+/// cheap handlers costs about 1.1 billion (measured: 2.2M per verified entry whose handler
+/// sends one message, BENCHMARKS.md), so it fits in one call; a batch of expensive entries is cut at 2 billion plus its last entry,
 /// which may use up to 38 billion more before the IC's limit would trap the whole call.
 pub const DEFAULT_MAX_INSTRUCTIONS_PER_CALL: u64 = 2_000_000_000;
 /// Default of [`WsConfig::max_sessions`].

@@ -80,7 +80,9 @@ use quote::quote;
 ///
 /// The handler cannot be `async` (start async work with `ic_cdk::futures::spawn`), generic or
 /// a method. It runs inside the batched `ws_message` update call: if it traps, the whole batch
-/// is rolled back and the gateway retries its entries one by one.
+/// is rolled back and the gateway isolates the trapping entry by bisection. The call stops
+/// taking entries once it has used `WsConfig::max_instructions_per_call` (the rest are
+/// `NotProcessed` and sent again by the gateway).
 ///
 /// Native tests of an app can drive the generated handlers without a replica, through the
 /// runtime's `testing` module and the hidden table `__ic_ws_on_message::App::HANDLERS` (in the
