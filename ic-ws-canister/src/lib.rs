@@ -219,6 +219,17 @@ pub fn subscribers(topic: &str) -> Vec<ClientId> {
     runtime::with_state(|s| s.subscribers(topic))
 }
 
+/// How many subscribers a topic has (constant cost: a per-topic count, no scan).
+pub fn subscribers_count(topic: &str) -> u64 {
+    runtime::with_state(|s| s.subscriber_count(topic))
+}
+
+/// The first `limit` subscribers of a topic, in client id order (cost proportional to
+/// `limit`, not to the topic's size).
+pub fn subscribers_up_to(topic: &str, limit: usize) -> Vec<ClientId> {
+    runtime::with_state(|s| s.subscribers_up_to(topic, limit))
+}
+
 /// Closes a session with `AppClosed { code, reason }`: a certified `Closed` message is its
 /// last, and `on_close` runs once. Returns false if it was unknown or already closed.
 pub fn close(client: ClientId, code: u16, reason: &str) -> bool {
