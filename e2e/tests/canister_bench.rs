@@ -220,7 +220,12 @@ fn bench_memory_per_queued_message() {
 #[test]
 #[ignore = "benchmark: run with --ignored --nocapture"]
 fn bench_sybil_expiry() {
-    let env = |k: &str, d: u64| std::env::var(k).ok().and_then(|v| v.parse().ok()).unwrap_or(d);
+    let env = |k: &str, d: u64| {
+        std::env::var(k)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(d)
+    };
     let junk = env("SYBIL_JUNK", 10_000);
     let principals = env("SYBIL_PRINCIPALS", 100).max(1);
     let c = WsCanister::new();
@@ -322,7 +327,10 @@ fn bench_sybil_expiry() {
         during_wall.get(during_wall.len() / 2).copied().unwrap_or_default(),
         during_wall.last().copied().unwrap_or_default()
     );
-    assert!(closes as u64 >= opened, "{closes} closes for {opened} junk sessions");
+    assert!(
+        closes as u64 >= opened,
+        "{closes} closes for {opened} junk sessions"
+    );
     assert!(
         worst < baseline * 2,
         "an honest open cost {worst} while junk expired, vs {baseline}"

@@ -278,3 +278,27 @@ fn expiry_of_many_sessions_is_bounded_per_run_and_not_charged_to_honest_calls() 
     );
     println!("honest open {honest} vs baseline {baseline}; expiry of 611 in {rounds} timer rounds");
 }
+
+#[test]
+fn canister_wide_accounting_survives_an_upgrade() {
+    let c = WsCanister::new();
+    let mut clients: Vec<TestClient> = (1..=3).map(TestClient::new).collect();
+    for (i, cl) in clients.iter_mut().enumerate() {
+        c.open(cl, sybil(i as u16));
+        let m = cl.message(&c, app_payload(&Inbound::Subscribe("room".into())));
+        assert_eq!(
+            c.ws_message(sybil(i as u16), vec![m]),
+            vec![MessageResult::Ok]
+        );
+    }
+    let r: Result<u64, String> = c.update("app_send_bytes", (clients[0].id, 1000u32, 3u32));
+    assert!(r.is_ok(), "{r:?}");
+    assert_eq!(c.ws_close(sybil(2), vec![clients[2].id]), vec![Ok(())]);
+    let before = c.usage();
+    assert!(before.retained_bytes >= 3000, "{before:?}");
+    c.upgrade();
+    assert_eq!(c.usage(), before, "recomputed from stable memory");
+    // The idle gateway record's retention starts over at the upgrade, then it expires.
+    c.advance(Duration::from_secs(601));
+    assert_eq!(c.usage().gateways, before.gateways - 1);
+}
