@@ -211,3 +211,128 @@ fn bench_memory_per_queued_message() {
         );
     }
 }
+
+/// The Sybil scenario of issue 9: 10 000 junk sessions from 100 principals left to expire
+/// (each `on_close` publishing a notice to a room of 10 listeners, as the chat's `Left`),
+/// and the cost of an honest open before, while they are due, and while the housekeeping
+/// timer expires them. `SYBIL_JUNK` (default 10 000) and `SYBIL_PRINCIPALS` (100) change the
+/// scale.
+#[test]
+#[ignore = "benchmark: run with --ignored --nocapture"]
+fn bench_sybil_expiry() {
+    let env = |k: &str, d: u64| {
+        std::env::var(k)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(d)
+    };
+    let junk = env("SYBIL_JUNK", 10_000);
+    let principals = env("SYBIL_PRINCIPALS", 100).max(1);
+    let c = WsCanister::new();
+    c.configure(WsConfig::default());
+    let honest_gw = gateway(1);
+    let mut listeners: Vec<TestClient> = (0..10).map(|i| TestClient::new(1_000_000 + i)).collect();
+    for cl in listeners.iter_mut() {
+        c.open(cl, honest_gw);
+        let m = cl.message(&c, app_payload(&Inbound::Subscribe("room".into())));
+        assert_eq!(c.ws_message(honest_gw, vec![m]), vec![MessageResult::Ok]);
+    }
+    let () = c.update("app_set_close_notice", (Some("room".to_string()),));
+    let mut seed = 2_000_000u64;
+    let mut honest_open = || {
+        seed += 1;
+        let mut cl = TestClient::new(seed);
+        let t = std::time::Instant::now();
+        c.open(&mut cl, honest_gw);
+        (c.last_instructions(), t.elapsed())
+    };
+    let median = |mut v: Vec<u64>| {
+        v.sort_unstable();
+        v[v.len() / 2]
+    };
+    let baseline = median((0..5).map(|_| honest_open().0).collect());
+
+    // The junk: `junk` sessions from `principals` principals, opened in calls of at most 100.
+    let per = junk / principals;
+    let mut k = 0u64;
+    let t = std::time::Instant::now();
+    for p in 0..principals {
+        let gw = Principal::from_slice(&[0x53, (p >> 8) as u8, p as u8, 0x02]);
+        for chunk in 0..per.div_ceil(100) {
+            let n = (per - chunk * 100).min(100);
+            let reqs = (0..n)
+                .map(|_| {
+                    k += 1;
+                    TestClient::new(k).open_request(&c, gw, "junk", false)
+                })
+                .collect();
+            assert!(c.ws_open(gw, reqs).iter().all(Result::is_ok));
+        }
+    }
+    let opened = per * principals;
+    println!("opened {opened} junk sessions in {:.1?}", t.elapsed());
+    let with_junk = median((0..5).map(|_| honest_open().0).collect());
+
+    // Idle timeout passes without a round: every junk session is due.
+    c.replica.advance_time(std::time::Duration::from_secs(121));
+    let due = median((0..5).map(|_| honest_open().0).collect());
+    // What an honest call used to pay on top (expiry of 100 sessions with their on_close
+    // inside the endpoint): one housekeeping pass of `max_housekeeping_per_call` = 100.
+    let () = c.update("app_housekeeping", ());
+    let old_pass = c.last_instructions();
+
+    // The timer expires them; an honest open after every round.
+    let mut rounds = 0u64;
+    let mut during = Vec::new();
+    let mut during_wall = Vec::new();
+    let t = std::time::Instant::now();
+    loop {
+        let fired = c
+            .replica
+            .global_timer(c.canister)
+            .is_some_and(|at| at <= c.now());
+        if !fired {
+            break;
+        }
+        c.replica.tick();
+        rounds += 1;
+        let (i, w) = honest_open();
+        during.push(i);
+        during_wall.push(w);
+    }
+    let expiry_wall = t.elapsed();
+    let closes = c.closes().len();
+    let worst = during.iter().copied().max().unwrap_or(0);
+    during_wall.sort_unstable();
+    println!("| measure | instructions |");
+    println!("|---|---|");
+    println!("| honest open, no junk (median of 5) | {baseline} |");
+    println!("| honest open, {opened} live junk sessions from {principals} principals (median of 5) | {with_junk} |");
+    println!("| honest open, all of them due for expiry (median of 5) | {due} |");
+    println!(
+        "| honest open while the timer expires them (median / worst of {}) | {} / {worst} ({:.2}x / {:.2}x the no-junk baseline) |",
+        during.len(),
+        median(during.clone()),
+        median(during.clone()) as f64 / baseline as f64,
+        worst as f64 / baseline as f64
+    );
+    println!(
+        "| before: one housekeeping pass inside a call (100 expiries, each on_close publishing to 10) | {old_pass} |"
+    );
+    println!(
+        "| timer rounds to expire {closes} sessions (budget 1 billion per run) | {rounds} rounds, {expiry_wall:.1?} wall |"
+    );
+    println!(
+        "| honest open wall time during expiry (median / worst, debug host build) | {:.1?} / {:.1?} |",
+        during_wall.get(during_wall.len() / 2).copied().unwrap_or_default(),
+        during_wall.last().copied().unwrap_or_default()
+    );
+    assert!(
+        closes as u64 >= opened,
+        "{closes} closes for {opened} junk sessions"
+    );
+    assert!(
+        worst < baseline * 2,
+        "an honest open cost {worst} while junk expired, vs {baseline}"
+    );
+}

@@ -69,8 +69,10 @@ pub struct WsConfig {
     pub closed_retention_ns: u64,
     /// What to do when a session's queue is full. Default [`OverflowPolicy::Close`].
     pub overflow_policy: OverflowPolicy,
-    /// Most sessions expired or deleted by one housekeeping pass (bounds the instructions a
-    /// single call can spend on housekeeping). Default 100.
+    /// Most sessions or records handled by one call of [`crate::housekeeping`] (and, in native
+    /// unit tests where there are no timers, by the housekeeping each ws endpoint call runs).
+    /// The runtime's own housekeeping timer is bounded by
+    /// [`WsConfig::housekeeping_instructions`] instead. Default 100.
     pub max_housekeeping_per_call: u32,
     /// Most entries in one `ws_open`, `ws_message` or `ws_close` call; a larger call is
     /// refused whole, before any entry is looked at (and by the generated

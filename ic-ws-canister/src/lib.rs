@@ -38,6 +38,22 @@
 //! (client close, expiry, overflow, `close` from a handler) are reported when that endpoint's
 //! work is done; a `close` from the app's own code outside ws endpoints reports at once.
 //!
+//! # Housekeeping and canister-wide limits
+//!
+//! Idle sessions expire (`on_close` runs for them), closed sessions are deleted after their
+//! retention, and gateway records without sessions after theirs. The runtime does this from a
+//! timer it arms itself (with `ic-cdk-timers`, which the app may use as well) for when the
+//! next of these is due, never inside a ws endpoint call: no caller pays for other sessions'
+//! expiry or for what their `on_close` does. A timer run stops once it has spent
+//! [`WsConfig::housekeeping_instructions`] (checked between two sessions) and re-arms at once
+//! if work is left. [`housekeeping`] runs one pass immediately.
+//!
+//! Besides the per-gateway and per-session limits, canister-wide caps bound what many
+//! principals acting as gateways at once (Sybil callers) can make the canister hold: sessions,
+//! retained bytes, subscriptions and gateway records ([`WsConfig`], [`usage`]). Each is
+//! checked before anything changes (`LimitReached`). [`GatewayPolicy`] restricts who may act
+//! as a gateway (an allowlist, or the app's own callback).
+//!
 //! # Upgrades
 //!
 //! All state is in stable memory. The certification tree and the gateways' delivery logs
@@ -217,6 +233,17 @@ pub fn subscriptions(client: ClientId) -> Vec<String> {
 /// The subscribers of a topic.
 pub fn subscribers(topic: &str) -> Vec<ClientId> {
     runtime::with_state(|s| s.subscribers(topic))
+}
+
+/// How many subscribers a topic has (constant cost: a per-topic count, no scan).
+pub fn subscribers_count(topic: &str) -> u64 {
+    runtime::with_state(|s| s.subscriber_count(topic))
+}
+
+/// The first `limit` subscribers of a topic, in client id order (cost proportional to
+/// `limit`, not to the topic's size).
+pub fn subscribers_up_to(topic: &str, limit: usize) -> Vec<ClientId> {
+    runtime::with_state(|s| s.subscribers_up_to(topic, limit))
 }
 
 /// Closes a session with `AppClosed { code, reason }`: a certified `Closed` message is its

@@ -2,7 +2,8 @@
 //!
 //! Clients open a session with their name (and optionally a room, default `lobby`); every
 //! message said in a room is published to the room's topic, so each participant gets it as a
-//! certified message in their own stream. Joins and leaves are announced in the room; a
+//! certified message in their own stream. Joins and leaves are announced in rooms of up to
+//! [`MAX_ANNOUNCED_ROOM`] participants (see "Cost of presence notices" below); a
 //! participant can switch rooms; the `participants` and `rooms` queries list who is there
 //! and who is connected right now.
 //!
@@ -10,6 +11,19 @@
 //! and `#[on_close]` generate the `ws_open`, `ws_message`, `ws_close` and `ws_poll`
 //! endpoints. The app keeps its own state (participants, names) in stable structures beside
 //! the runtime's (memory ids 0 and 1), so an upgrade loses neither sessions nor names.
+//!
+//! # Cost of presence notices
+//!
+//! A notice published to a room costs one queued message per participant. Announcing every
+//! join and leave to everyone makes filling a room quadratic: the issue that motivated this
+//! (Sybil callers opening 500 lobby sessions, then letting them expire) measured each batch
+//! of joins costing more than the last and expiries slowing honest calls for minutes. So a
+//! room announces joins and leaves only while it has at most [`MAX_ANNOUNCED_ROOM`]
+//! participants: a notice then costs at most that many queued messages, whatever the crowd.
+//! In a larger room, a newcomer still gets the `Members` message (the first
+//! [`MAX_MEMBERS_LISTED`] names and the total) and anyone can ask the `participants` query;
+//! the room's flow is its messages. Expiries run in the runtime's housekeeping timer (within
+//! its instruction budget), not inside other participants' calls.
 //!
 //! The message types are exported in the candid interface (`chat.did`, kept in sync by the
 //! test `candid_interface_matches_chat_did`) through `ws_app_types` and `ws_open_args_type`.
@@ -38,6 +52,9 @@ pub const MAX_ROOM_CHARS: usize = 32;
 pub const MAX_TEXT_CHARS: usize = 1000;
 /// Most names listed in a `Members` message (the total is given beside).
 pub const MAX_MEMBERS_LISTED: usize = 500;
+/// Largest room whose joins and leaves are announced (`Joined`, `Left`): bounds the cost of
+/// one notice to this many queued messages (see the crate docs, "Cost of presence notices").
+pub const MAX_ANNOUNCED_ROOM: u64 = 100;
 
 /// Arguments of an open (the `args` of the client's open request).
 #[derive(CandidType, Deserialize, Clone, Debug, PartialEq, Eq)]
@@ -79,7 +96,7 @@ pub enum ChatOut {
         /// Canister time (ns).
         at_ns: u64,
     },
-    /// Someone joined the room.
+    /// Someone joined the room (announced in rooms of at most [`MAX_ANNOUNCED_ROOM`]).
     Joined {
         /// Their name.
         name: String,
@@ -88,7 +105,8 @@ pub enum ChatOut {
         /// The room.
         room: String,
     },
-    /// Someone left the room (closed, expired or switched rooms).
+    /// Someone left the room (closed, expired or switched rooms); announced in rooms of at
+    /// most [`MAX_ANNOUNCED_ROOM`] (counting the one who left).
     Left {
         /// Their name.
         name: String,
@@ -220,17 +238,27 @@ fn participant(client: ClientId) -> Option<Participant> {
 
 /// The `Members` message for `room`.
 fn members(room: &str) -> ChatOut {
-    let subscribers = ic_ws_canister::subscribers(&room_topic(room));
-    let names = subscribers
+    // Costs at most MAX_MEMBERS_LISTED reads, whatever the room's size.
+    let topic = room_topic(room);
+    let names = ic_ws_canister::subscribers_up_to(&topic, MAX_MEMBERS_LISTED)
         .iter()
-        .take(MAX_MEMBERS_LISTED)
         .filter_map(|c| participant(*c).map(|p| p.name))
         .collect();
     ChatOut::Members {
         room: room.to_string(),
         names,
-        total: subscribers.len() as u64,
+        total: ic_ws_canister::subscribers_count(&topic),
     }
+}
+
+/// Publishes a join or leave notice, unless the room (with `extra` more participants than it
+/// has subscribers now) is too large for presence notices.
+fn announce(room: &str, extra: u64, event: &ChatOut) -> Result<(), String> {
+    let size = ic_ws_canister::subscribers_count(&room_topic(room)).saturating_add(extra);
+    if size > MAX_ANNOUNCED_ROOM {
+        return Ok(());
+    }
+    publish(room, event)
 }
 
 fn publish(room: &str, event: &ChatOut) -> Result<(), String> {
@@ -244,8 +272,9 @@ fn publish(room: &str, event: &ChatOut) -> Result<(), String> {
 fn enter_room(client: ClientId, name: &str, room: &str) -> Result<(), String> {
     ic_ws_canister::subscribe(client, &room_topic(room)).map_err(|e| e.to_string())?;
     ic_ws_canister::send(client, &members(room)).map_err(|e| e.to_string())?;
-    publish(
+    announce(
         room,
+        0,
         &ChatOut::Joined {
             name: name.to_string(),
             client,
@@ -258,8 +287,9 @@ fn leave_room(who: &Participant, reason: String) {
     ic_ws_canister::unsubscribe(who.client, &room_topic(&who.room));
     // A failed notice (e.g. the room's subscribers' queues are full) must not keep the
     // participant in the room: the leave itself has happened.
-    let _ = publish(
+    let _ = announce(
         &who.room,
+        1,
         &ChatOut::Left {
             name: who.name.clone(),
             client: who.client,

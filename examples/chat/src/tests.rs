@@ -294,3 +294,37 @@ fn participants_query_reports_connection_state() {
     assert_eq!(kitchen.len(), 1);
     assert_eq!(kitchen[0].participant.name, "bob");
 }
+
+#[test]
+fn presence_notices_stop_past_the_announced_room_size() {
+    let first = join(1, "p1", None);
+    let n = MAX_ANNOUNCED_ROOM as u8 + 2;
+    let mut last = None;
+    for seed in 2..=n {
+        last = Some(join(seed, &format!("p{seed}"), None));
+    }
+    // `first` got its Opened and Members messages, then one Joined per newcomer while the
+    // room had at most MAX_ANNOUNCED_ROOM participants (2..=100: 99 notices), then nothing.
+    let info = ic_ws_canister::client_info(first.id).unwrap();
+    assert_eq!(info.next_outbound_seq, 2 + MAX_ANNOUNCED_ROOM - 1);
+    // The newest participant still learns who is there and how many.
+    let last = last.unwrap();
+    let members = inbox(&last);
+    assert!(
+        matches!(members.first(), Some(ChatOut::Members { total, names, .. })
+            if *total == u64::from(n) && names.len() == usize::from(n)),
+        "{members:?}"
+    );
+    // A leave from the large room is not announced either.
+    let mut leaver = last;
+    let closed = send_kind(
+        &mut leaver,
+        MessageKind::Close {
+            code: 1000,
+            reason: "bye".into(),
+        },
+    );
+    assert_eq!(closed, MessageResult::Ok);
+    let after = ic_ws_canister::client_info(first.id).unwrap();
+    assert_eq!(after.next_outbound_seq, info.next_outbound_seq);
+}
