@@ -148,15 +148,19 @@ pub enum ErrorKind {
     CallPermanent,
     /// A `ws_poll` failed.
     Poll,
-    /// The canister rejected a client message (`MessageError` sent).
+    /// The canister rejected a client message (`MessageError` sent for errors that did not
+    /// consume the sequence number; `Rejected` / `DecodeError` are certified to the client).
     MessageRejected,
     /// The canister rejected an open.
     OpenRejected,
     /// A client sent pings (or pongs) faster than `--ping-rate` allows (closed 1008).
     PingFlood,
+    /// A call's entries came back `NotProcessed` (the canister's instruction budget per call
+    /// ran out): counted once per call, the entries are sent again.
+    NotProcessed,
 }
 
-const ERROR_KINDS: [(ErrorKind, &str); 11] = [
+const ERROR_KINDS: [(ErrorKind, &str); 12] = [
     (ErrorKind::MalformedFrame, "malformed_frame"),
     (ErrorKind::FrameTooBig, "frame_too_big"),
     (ErrorKind::Handshake, "handshake"),
@@ -168,6 +172,7 @@ const ERROR_KINDS: [(ErrorKind, &str); 11] = [
     (ErrorKind::MessageRejected, "message_rejected"),
     (ErrorKind::OpenRejected, "open_rejected"),
     (ErrorKind::PingFlood, "ping_flood"),
+    (ErrorKind::NotProcessed, "not_processed"),
 ];
 
 /// Kinds of supervised workers, the `worker` label of

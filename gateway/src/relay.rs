@@ -80,10 +80,22 @@ pub struct PendingOpen {
     pub conn_id: u64,
     /// Its send buffer (gets the `OpenResult`).
     pub outbox: Arc<Outbox>,
-    /// Told the `OpenOk` once the client is attached.
-    pub reply: oneshot::Sender<OpenOk>,
+    /// Told the outcome once the client is attached.
+    pub reply: oneshot::Sender<OpenReply>,
     /// Its bytes in the memory ledger.
     pub charge: Option<Charge>,
+}
+
+/// What the relay tells a session whose open it attached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OpenReply {
+    /// The open (or resume) succeeded: the session relays the client's messages.
+    Opened(OpenOk),
+    /// Protocol version 2: the canister refused the open (`OpenRejected`) or the resume of a
+    /// closed session (`Closed`) and certified the refusal as a message of session
+    /// `ClientId`: the connection is attached to it until that message is delivered (then
+    /// closed), relays nothing, and is closed 4003 if it does not come in time.
+    Certifying(ClientId),
 }
 
 /// A message waiting for `ws_message`.
@@ -291,6 +303,31 @@ impl Scheduler {
         self.len = self.len.saturating_add(1);
     }
 
+    /// Puts entries the canister did not process back at the front of their lanes, in their
+    /// order (so a client's later messages, queued meanwhile, stay behind them), with the
+    /// priority of a lane that was empty.
+    pub fn requeue(&mut self, items: Vec<RelayItem>) {
+        for item in items.into_iter().rev() {
+            let lane = item.lane();
+            let batches = self.batches;
+            match self.lanes.get_mut(&lane) {
+                Some(queue) => queue.items.push_front(item),
+                None => {
+                    self.new_lanes.push_front(lane);
+                    self.lanes.insert(
+                        lane,
+                        LaneQueue {
+                            items: VecDeque::from([item]),
+                            credit: SPARSE_QUANTUM,
+                            since: Some(batches),
+                        },
+                    );
+                }
+            }
+            self.len = self.len.saturating_add(1);
+        }
+    }
+
     /// Cuts the next batch (at least one entry, at most `max_entries` and, unless its first
     /// entry alone is larger, `max_bytes`). `waits` records, for each entry sent with the
     /// priority of a lane that was empty, how many batches were cut between its arrival and
@@ -484,11 +521,22 @@ pub async fn run<C: CanisterApi>(shared: Arc<Shared<C>>, hub: Arc<Hub>) -> Worke
                 batch.len().saturating_add(queue.len())
             );
         }
-        process(&shared, &hub, batch).await;
+        let requeue = process(&shared, &hub, batch).await;
+        if !requeue.is_empty() {
+            shared.metrics.error(ErrorKind::NotProcessed);
+            queue.requeue(requeue);
+        }
     }
 }
 
-async fn process<C: CanisterApi>(shared: &Arc<Shared<C>>, hub: &Arc<Hub>, batch: Vec<RelayItem>) {
+/// Relays one batch; returns the entries the canister did not process (`NotProcessed`: its
+/// instruction budget for the call ran out), to be sent again in a later call.
+async fn process<C: CanisterApi>(
+    shared: &Arc<Shared<C>>,
+    hub: &Arc<Hub>,
+    batch: Vec<RelayItem>,
+) -> Vec<RelayItem> {
+    let mut requeue = Vec::new();
     let mut messages = Vec::new();
     let mut closes = Vec::new();
     let mut opens = Vec::new();
@@ -500,16 +548,17 @@ async fn process<C: CanisterApi>(shared: &Arc<Shared<C>>, hub: &Arc<Hub>, batch:
         }
     }
     if !messages.is_empty() {
-        relay_messages(shared, hub, messages).await;
+        relay_messages(shared, hub, messages, &mut requeue).await;
         hub.poll_wake.notify_one();
     }
     if !closes.is_empty() {
-        relay_closes(shared, hub, closes).await;
+        relay_closes(shared, hub, closes, &mut requeue).await;
     }
     if !opens.is_empty() {
-        relay_opens(shared, hub, opens).await;
+        relay_opens(shared, hub, opens, &mut requeue).await;
         hub.poll_wake.notify_one();
     }
+    requeue
 }
 
 async fn call_messages<C: CanisterApi>(
@@ -549,14 +598,23 @@ async fn relay_messages<C: CanisterApi>(
     shared: &Arc<Shared<C>>,
     hub: &Arc<Hub>,
     messages: Vec<PendingMessage>,
+    requeue: &mut Vec<RelayItem>,
 ) {
     // Clients whose session ended in this batch: their later entries are not reported again.
     let mut failed: HashSet<ClientId> = HashSet::new();
     let all: Vec<&PendingMessage> = messages.iter().collect();
     match call_messages(shared, hub, &all).await {
         Ok(results) => {
-            for (m, r) in messages.iter().zip(results) {
-                handle_message_result(shared, m, r, false, &mut failed);
+            for (m, r) in messages.into_iter().zip(results) {
+                if r == MessageResult::Err(WsError::NotProcessed) {
+                    // Nothing happened to it (the call's budget ran out first): send it again
+                    // (a duplicate, should it have been accepted after all, is a no-op).
+                    if !failed.contains(&m.message.client_id) {
+                        requeue.push(RelayItem::Message(m));
+                    }
+                    continue;
+                }
+                handle_message_result(shared, &m, r, false, &mut failed);
             }
         }
         Err(CallError::Trapped(reason)) => {
@@ -641,13 +699,18 @@ fn handle_message_result<C>(
                 fatal,
                 "message rejected: {error}"
             );
-            send_frame(
-                &m.outbox,
-                &GatewayFrame::MessageError {
-                    seq: m.message.seq,
-                    error: error.clone(),
-                },
-            );
+            // Protocol version 2: a refusal that consumed the sequence number (`Rejected`,
+            // `DecodeError`) reaches the client certified (`MessageRejected`, delivered like any
+            // message); `MessageError` is only sent for errors that did not consume it.
+            if fatal {
+                send_frame(
+                    &m.outbox,
+                    &GatewayFrame::MessageError {
+                        seq: m.message.seq,
+                        error: error.clone(),
+                    },
+                );
+            }
             if fatal {
                 failed.insert(client);
                 m.outbox.finish(CloseWith::new(
@@ -671,25 +734,37 @@ async fn relay_closes<C: CanisterApi>(
     shared: &Arc<Shared<C>>,
     hub: &Arc<Hub>,
     closes: Vec<(ClientId, u64)>,
+    requeue: &mut Vec<RelayItem>,
 ) {
     // A client that already resumed on another connection of this gateway stays attached.
-    let clients: Vec<ClientId> = {
+    let closes: Vec<(ClientId, u64)> = {
         let table = hub.table();
         closes
             .into_iter()
             .filter(|(client, conn)| table.clients.get(client).is_none_or(|e| e.conn_id == *conn))
-            .map(|(client, _)| client)
             .collect()
     };
-    if clients.is_empty() {
+    if closes.is_empty() {
         return;
     }
-    let batch = CloseBatch { clients };
+    let batch = CloseBatch {
+        clients: closes.iter().map(|(client, _)| *client).collect(),
+    };
     let result = with_retry(shared, "ws_close", || {
         shared.metrics.calls_close.inc();
         shared.api.ws_close(hub.canister, &batch)
     })
     .await;
+    if let Ok(results) = &result {
+        for ((client_id, conn_id), r) in closes.iter().zip(results) {
+            if r == &Err(WsError::NotProcessed) {
+                requeue.push(RelayItem::Close {
+                    client_id: *client_id,
+                    conn_id: *conn_id,
+                });
+            }
+        }
+    }
     if let Err(e) = result {
         // The sessions expire in the canister anyway; nothing else depends on this.
         tracing::warn!(canister = %hub.canister, clients = batch.clients.len(), "ws_close failed: {e}");
@@ -723,6 +798,7 @@ async fn relay_opens<C: CanisterApi>(
     shared: &Arc<Shared<C>>,
     hub: &Arc<Hub>,
     opens: Vec<PendingOpen>,
+    requeue: &mut Vec<RelayItem>,
 ) {
     let all: Vec<&PendingOpen> = opens.iter().collect();
     let results: Vec<Result<ic_ws_protocol::types::OpenResult, CallError>> = match call_opens(
@@ -750,35 +826,58 @@ async fn relay_opens<C: CanisterApi>(
                 continue;
             }
         };
+        if result == Err(WsError::NotProcessed) {
+            // The call's instruction budget ran out before this open: nothing happened, send
+            // it again in a later call.
+            requeue.push(RelayItem::Open(open));
+            continue;
+        }
         send_frame(&open.outbox, &GatewayFrame::OpenResult(result.clone()));
-        match result {
-            Ok(ok) => {
+        // Protocol version 2: the refusal of a new session's open (`OpenRejected`) and of the
+        // resume of a closed session (`Closed`) are certified messages of that session: attach
+        // the connection to it so they are delivered.
+        let reply = match &result {
+            Ok(ok) => Some((ok.client_id, OpenReply::Opened(*ok))),
+            Err(WsError::OpenRejected { client_id, .. }) if open.request.resume.is_none() => {
+                Some((*client_id, OpenReply::Certifying(*client_id)))
+            }
+            Err(WsError::Closed) => open
+                .request
+                .resume
+                .map(|r| (r.client_id, OpenReply::Certifying(r.client_id))),
+            Err(_) => None,
+        };
+        if result.is_err() {
+            shared.metrics.error(ErrorKind::OpenRejected);
+        }
+        match (reply, result) {
+            (Some((client_id, reply)), _) => {
                 let next_seq = open.request.resume.map_or(0, |r| r.next_outbound_seq);
                 shared.attach(
                     hub,
-                    ok.client_id,
+                    client_id,
                     ClientEntry {
                         conn_id: open.conn_id,
                         outbox: open.outbox.clone(),
                         next_seq,
                     },
                 );
-                if open.reply.send(ok).is_err() && shared.detach(hub, ok.client_id, open.conn_id) {
+                if open.reply.send(reply).is_err() && shared.detach(hub, client_id, open.conn_id) {
                     // The connection went away while its open was in flight.
                     let item = RelayItem::Close {
-                        client_id: ok.client_id,
+                        client_id,
                         conn_id: open.conn_id,
                     };
                     if hub.relay.try_send(item).is_err() {
                         tracing::debug!(
-                            client = ok.client_id,
+                            client = client_id,
                             "relay queue full: ws_close skipped (the session expires)"
                         );
                     }
                 }
             }
-            Err(error) => {
-                shared.metrics.error(ErrorKind::OpenRejected);
+            (None, Ok(_)) => {}
+            (None, Err(error)) => {
                 open.outbox.finish(CloseWith::new(
                     close_code::OPEN_FAILED,
                     format!("open failed: {error}"),
