@@ -378,6 +378,10 @@ pub enum Inbound {
     Fail,
     /// Does nothing (measures the runtime's cost of an inbound message).
     Noop,
+    /// Traps: the IC rolls the whole call back.
+    Trap,
+    /// Burns about this many instructions.
+    Burn(u64),
 }
 
 /// The test app's outbound type (mirrors `ic_ws_e2e_test_app::Outbound`).
@@ -423,6 +427,7 @@ pub struct WsConfig {
     pub max_entries_per_call: Option<u32>,
     pub max_sessions: Option<u64>,
     pub gateways: Option<GatewayPolicy>,
+    pub max_instructions_per_call: Option<u64>,
 }
 
 impl Default for WsConfig {
@@ -445,6 +450,7 @@ impl Default for WsConfig {
             max_entries_per_call: None,
             max_sessions: None,
             gateways: None,
+            max_instructions_per_call: None,
         }
     }
 }

@@ -1,7 +1,7 @@
 //! Peer data never takes the gateway down, and a failing worker is supervised, end to end
 //! against the real gateway process:
 //! - a chat name of multi-byte characters whose rejection reason is cut (issue 8, finding 1);
-//! - a relay, a poller and a session made to panic (test hooks, `gateway/src/testhook.rs`):
+//! - a relay, a poller, a session, the accept loop and the admin server made to panic (test hooks, `gateway/src/testhook.rs`):
 //!   the worker is restarted, `/healthz` reports the degraded window, a metric counts it, the
 //!   clients resume with nothing lost and nobody else is affected;
 //! - a hostile gateway sending a huge undecodable frame and huge error texts: the Rust
@@ -269,6 +269,94 @@ async fn a_panicking_session_affects_only_its_own_client() {
     assert_eq!(gw.metric("ic_ws_gateway_session_panics_total"), Some(1.0));
     assert_eq!(restarts(&gw, "relay"), 0.0);
     assert_eq!(gw.healthz().unwrap().0, 200);
+}
+
+/// The accept loop and the admin server are supervised like the canister workers: made to
+/// panic (test hooks `panic-accept`, `panic-admin`), each is restarted on the same socket and
+/// counted; while the accept loop is down `/healthz` names it; an attached client keeps
+/// talking throughout and a new client can join afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_accept_loop_and_the_admin_server_are_restarted() {
+    let net = TestNet::start().unwrap();
+    let canister = net.install(CHAT, &no_args()).unwrap();
+    let (gw, hooks) = hooked_gateway(&net, canister);
+    let mut ann = join(config(&gw.url(), canister, &net.root_key_der, "ann"))
+        .await
+        .unwrap();
+
+    touch(&hooks, "hold-restarts");
+    touch(&hooks, "panic-accept");
+    tokio::task::block_in_place(|| {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let (status, body) = gw.healthz().unwrap();
+            if status == 503 {
+                assert!(body.contains("accept down"), "{body}");
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "healthz never reported the accept loop down"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    });
+    assert_eq!(restarts(&gw, "accept"), 0.0, "held: not restarted yet");
+    // An attached client does not depend on the accept loop.
+    say(&ann, "while accept is down").await.unwrap();
+    let mut seen_ann = Observed::default();
+    read_until(&mut ann, &mut seen_ann, |o| {
+        o.texts_from("ann") == ["while accept is down"]
+    })
+    .await
+    .unwrap();
+    std::fs::remove_file(hooks.join("hold-restarts")).unwrap();
+    wait_for("healthz 200 again", || gw.healthz().unwrap().0 == 200).await;
+    assert_eq!(restarts(&gw, "accept"), 1.0);
+
+    // The restarted accept loop serves the same port.
+    let mut ben = join(config(&gw.url(), canister, &net.root_key_der, "ben"))
+        .await
+        .unwrap();
+    say(&ben, "ben after the restart").await.unwrap();
+    read_until(&mut ann, &mut seen_ann, |o| {
+        o.texts_from("ben") == ["ben after the restart"]
+    })
+    .await
+    .unwrap();
+
+    // The admin server: while it is down nothing answers, so wait for the count itself.
+    touch(&hooks, "panic-admin");
+    let admin_restarted =
+        || gw.metric("ic_ws_gateway_worker_restarts_total{worker=\"admin\"}") == Some(1.0);
+    tokio::task::block_in_place(|| {
+        let deadline = Instant::now() + WAIT;
+        while !admin_restarted() {
+            assert!(
+                Instant::now() < deadline,
+                "the admin server was not restarted"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    });
+    assert!(!hooks.join("panic-admin").exists(), "the hook fired");
+    assert_eq!(gw.healthz().unwrap().0, 200);
+    assert_eq!(restarts(&gw, "accept"), 1.0);
+    say(&ben, "ben after the admin restart").await.unwrap();
+    read_until(&mut ann, &mut seen_ann, |o| {
+        o.texts_from("ben") == ["ben after the restart", "ben after the admin restart"]
+    })
+    .await
+    .unwrap();
+    assert!(
+        seen_ann.disconnects().is_empty(),
+        "ann was never disconnected: {seen_ann:?}"
+    );
+    let mut seen_ben = Observed::default();
+    read_until(&mut ben, &mut seen_ben, |o| o.texts_from("ben").len() == 2)
+        .await
+        .unwrap();
+    assert_eq!(gw.metric("ic_ws_gateway_session_panics_total"), Some(0.0));
 }
 
 /// A hostile "gateway" on a local port: sends `Hello`, then, after the client's open, `frame`.

@@ -5,7 +5,8 @@
 //! are not checked or produced (the certificate is a fixed blob): it exists to test and
 //! benchmark the gateway without a replica.
 //!
-//! App payloads with a meaning: `b"trap"` traps the whole call, `b"reject"` is rejected by
+//! App payloads with a meaning: `b"trap"` traps the whole call (when it is reached within the
+//! call's budget), `b"reject"` is rejected by
 //! the "app" (`Rejected`, sequence consumed, certified `MessageRejected` queued), `b"close"`
 //! makes the app close the session, anything starting with `b"echo:"` is sent back to the
 //! sender. Open args `b"reject"`: the app refuses the open as a version-2 canister does (a
@@ -63,9 +64,9 @@ pub struct FakeState {
     /// The next this many `ws_message` calls are applied but their reply is "lost" (a
     /// transient error), as when a connection drops after the IC executed the call.
     pub lose_replies: usize,
-    /// When set, `ws_open`, `ws_message` and `ws_close` handle at most this many entries per
-    /// call and answer `NotProcessed` for the rest (nothing changes for them), like a
-    /// canister whose instruction budget per call ran out.
+    /// When set, `ws_open`, `ws_message` and `ws_close` handle at most this many entries (at
+    /// least one) per call and answer `NotProcessed` for the rest (nothing changes for them),
+    /// like a canister whose instruction budget per call ran out.
     pub entries_per_call: Option<usize>,
 }
 
@@ -262,7 +263,7 @@ impl CanisterApi for FakeCanister {
         }
         let mut s = self.state();
         let mut results = Vec::new();
-        let budget = s.entries_per_call.unwrap_or(usize::MAX);
+        let budget = s.entries_per_call.unwrap_or(usize::MAX).max(1);
         for (i, open) in batch.opens.iter().enumerate() {
             if i >= budget {
                 results.push(Err(WsError::NotProcessed));
@@ -372,8 +373,9 @@ impl CanisterApi for FakeCanister {
         let mut s = self.state();
         // A trap rolls the whole call back: find out first whether an accepted message traps
         // (no copy of the state, which would cost O(state) per call).
+        let budget = s.entries_per_call.unwrap_or(usize::MAX).max(1);
         let mut expected: HashMap<ClientId, u64> = HashMap::new();
-        for m in &batch.messages {
+        for m in batch.messages.iter().take(budget) {
             let Some(session) = s.sessions.get(&m.client_id).filter(|x| !x.closed) else {
                 continue;
             };
@@ -386,9 +388,8 @@ impl CanisterApi for FakeCanister {
             }
         }
         let mut results = Vec::new();
-        let budget = s.entries_per_call.unwrap_or(usize::MAX);
-        for (i, m) in batch.messages.iter().enumerate() {
-            if i >= budget {
+        for m in &batch.messages {
+            if results.len() >= budget {
                 results.push(MessageResult::Err(WsError::NotProcessed));
                 continue;
             }
@@ -473,7 +474,7 @@ impl CanisterApi for FakeCanister {
     ) -> Result<Vec<CloseResult>, CallError> {
         self.begin("ws_close", batch.clients.len()).await?;
         let mut s = self.state();
-        let budget = s.entries_per_call.unwrap_or(usize::MAX);
+        let budget = s.entries_per_call.unwrap_or(usize::MAX).max(1);
         let done = batch.clients.len().min(budget);
         s.closed_by_gateway
             .extend(batch.clients.iter().take(done).copied());

@@ -155,12 +155,9 @@ pub enum ErrorKind {
     OpenRejected,
     /// A client sent pings (or pongs) faster than `--ping-rate` allows (closed 1008).
     PingFlood,
-    /// A call's entries came back `NotProcessed` (the canister's instruction budget per call
-    /// ran out): counted once per call, the entries are sent again.
-    NotProcessed,
 }
 
-const ERROR_KINDS: [(ErrorKind, &str); 12] = [
+const ERROR_KINDS: [(ErrorKind, &str); 11] = [
     (ErrorKind::MalformedFrame, "malformed_frame"),
     (ErrorKind::FrameTooBig, "frame_too_big"),
     (ErrorKind::Handshake, "handshake"),
@@ -172,7 +169,6 @@ const ERROR_KINDS: [(ErrorKind, &str); 12] = [
     (ErrorKind::MessageRejected, "message_rejected"),
     (ErrorKind::OpenRejected, "open_rejected"),
     (ErrorKind::PingFlood, "ping_flood"),
-    (ErrorKind::NotProcessed, "not_processed"),
 ];
 
 /// Kinds of supervised workers, the `worker` label of
@@ -250,6 +246,13 @@ pub struct Metrics {
     /// Batches a message sent with the priority of a client with nothing else queued waited
     /// in the relay before its own batch was cut (0 unless many such clients arrive at once).
     pub relay_wait_batches: Histogram,
+    /// Entries the canister answered `NotProcessed` (its instruction budget per call ran out
+    /// before them); each was sent again in a later call.
+    pub not_processed: Counter,
+    /// Update calls made to isolate the entries of a trapping call (by bisection).
+    pub isolation_calls: Counter,
+    /// Entries found to trap (their client's session cannot continue).
+    pub trapped_entries: Counter,
     errors: [Counter; ERROR_KINDS.len()],
 }
 
@@ -284,6 +287,9 @@ impl Default for Metrics {
             memory: Default::default(),
             refusal_closes: Counter::default(),
             relay_wait_batches: Histogram::new(WAIT_BATCH_BUCKETS),
+            not_processed: Counter::default(),
+            isolation_calls: Counter::default(),
+            trapped_entries: Counter::default(),
             errors: Default::default(),
         }
     }
@@ -416,6 +422,24 @@ impl Metrics {
             self.calls_open.get(),
             self.calls_message.get(),
             self.calls_close.get()
+        );
+        counter(
+            &mut out,
+            "ic_ws_gateway_not_processed_total",
+            "Entries the canister did not process (instruction budget of the call spent); sent again.",
+            self.not_processed.get(),
+        );
+        counter(
+            &mut out,
+            "ic_ws_gateway_isolation_calls_total",
+            "Update calls made to isolate the entries of trapping calls (bisection).",
+            self.isolation_calls.get(),
+        );
+        counter(
+            &mut out,
+            "ic_ws_gateway_trapped_entries_total",
+            "Entries found to trap the canister (isolated by bisection).",
+            self.trapped_entries.get(),
         );
         counter(
             &mut out,

@@ -9,10 +9,20 @@
 //!   its new one.
 //! - Retries: a transient failure repeats the same call with exponential backoff (the canister
 //!   treats an already accepted message as a `Duplicate` no-op). When a call traps (an app
-//!   handler panicked, the IC rolled the whole call back), its entries are retried one by one
-//!   so only the entry that traps fails, and only its client hears about it.
-//! - Results go to each entry's client only: `MessageError` (then 4004 when the session cannot
-//!   continue), `OpenResult` (then 4003 when the open failed).
+//!   handler panicked, the IC rolled the whole call back), the entry that traps is found by
+//!   bisection ([`isolate`]: `ceil(log2 n)` more calls for a batch of `n`, 9 for 500) so only
+//!   it fails, and only its client hears about it; the entries after it go again with the
+//!   next batch.
+//! - Not processed: entries the canister answers `NotProcessed` (its instruction budget per
+//!   call ran out) go again, first, in the next batch, with every later entry of the same
+//!   clients from the batch (messages, disconnect, resume), so no client's entry overtakes
+//!   one of its own; the client hears nothing of it.
+//! - Results go to each entry's client only: `MessageError` for errors that did not consume
+//!   the sequence number (then 4004: the session cannot continue; `Rejected` and
+//!   `DecodeError` reach the client as certified `MessageRejected` messages instead, protocol
+//!   version 2), `OpenResult` (then 4003 when the open failed; for a certified refusal,
+//!   `OpenRejected` or the `Closed` of a resumed closed session, only once that certified
+//!   message is delivered).
 //! - Fairness: the worker moves everything the sessions queued into a [`Scheduler`] with one
 //!   lane per client (its messages, its disconnect, its resume) and one per new open. Batches
 //!   are cut by deficit round-robin over the lanes, by bytes, and a lane that was empty goes
@@ -38,7 +48,7 @@ use ic_ws_protocol::frames::close_code;
 use ic_ws_protocol::text::bounded;
 use ic_ws_protocol::types::{
     ClientId, ClientMessage, CloseBatch, MessageBatch, MessageResult, OpenBatch, OpenOk,
-    OpenRequest, WsError,
+    OpenRequest, OpenResult, WsError,
 };
 use ic_ws_protocol::GatewayFrame;
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -303,31 +313,6 @@ impl Scheduler {
         self.len = self.len.saturating_add(1);
     }
 
-    /// Puts entries the canister did not process back at the front of their lanes, in their
-    /// order (so a client's later messages, queued meanwhile, stay behind them), with the
-    /// priority of a lane that was empty.
-    pub fn requeue(&mut self, items: Vec<RelayItem>) {
-        for item in items.into_iter().rev() {
-            let lane = item.lane();
-            let batches = self.batches;
-            match self.lanes.get_mut(&lane) {
-                Some(queue) => queue.items.push_front(item),
-                None => {
-                    self.new_lanes.push_front(lane);
-                    self.lanes.insert(
-                        lane,
-                        LaneQueue {
-                            items: VecDeque::from([item]),
-                            credit: SPARSE_QUANTUM,
-                            since: Some(batches),
-                        },
-                    );
-                }
-            }
-            self.len = self.len.saturating_add(1);
-        }
-    }
-
     /// Cuts the next batch (at least one entry, at most `max_entries` and, unless its first
     /// entry alone is larger, `max_bytes`). `waits` records, for each entry sent with the
     /// priority of a lane that was empty, how many batches were cut between its arrival and
@@ -471,8 +456,11 @@ pub async fn run<C: CanisterApi>(shared: Arc<Shared<C>>, hub: Arc<Hub>) -> Worke
     let max_entries = shared.config.batch_max_messages;
     let max_bytes = shared.config.batch_max_bytes;
     let mut last_batch: Option<Instant> = None;
+    // Entries of the last batch that go again, first (see `process`).
+    let mut carry: Vec<RelayItem> = Vec::new();
+    let mut stalled = 0u32;
     loop {
-        if queue.is_empty() {
+        if queue.is_empty() && carry.is_empty() {
             tokio::select! {
                 item = rx.recv() => match item {
                     Some(item) => queue.push(item),
@@ -508,11 +496,17 @@ pub async fn run<C: CanisterApi>(shared: Arc<Shared<C>>, hub: Arc<Hub>) -> Worke
                 Err(_) => break,
             }
         }
-        let batch = queue.take_batch(
-            max_entries,
-            max_bytes,
-            Some(&shared.metrics.relay_wait_batches),
-        );
+        // Entries that go again make up the next batch alone (they were cut within the bounds
+        // of their batch; new entries wait for the one after).
+        let batch = if carry.is_empty() {
+            queue.take_batch(
+                max_entries,
+                max_bytes,
+                Some(&shared.metrics.relay_wait_batches),
+            )
+        } else {
+            std::mem::take(&mut carry)
+        };
         last_batch = Some(Instant::now());
         if crate::testhook::fire(&shared.config, "panic-relay") {
             panic!(
@@ -521,22 +515,44 @@ pub async fn run<C: CanisterApi>(shared: Arc<Shared<C>>, hub: Arc<Hub>) -> Worke
                 batch.len().saturating_add(queue.len())
             );
         }
-        let requeue = process(&shared, &hub, batch).await;
-        if !requeue.is_empty() {
-            shared.metrics.error(ErrorKind::NotProcessed);
-            queue.requeue(requeue);
+        let sent = batch.len();
+        carry = process(&shared, &hub, batch).await;
+        stalled = if !carry.is_empty() && carry.len() == sent {
+            stalled.saturating_add(1)
+        } else {
+            0
+        };
+        if stalled >= MAX_STALLED_CALLS {
+            tracing::warn!(canister = %hub.canister, entries = carry.len(), "the canister processed none of these entries in {stalled} calls: giving them up");
+            let error = CallError::Permanent(format!(
+                "the canister processed none of the entries of {stalled} calls"
+            ));
+            for item in carry.drain(..) {
+                match item {
+                    RelayItem::Message(m) => unavailable(&shared, &m.outbox, &error),
+                    RelayItem::Open(o) => unavailable(&shared, &o.outbox, &error),
+                    RelayItem::Close { .. } => {}
+                }
+            }
+            stalled = 0;
         }
     }
 }
 
-/// Relays one batch; returns the entries the canister did not process (`NotProcessed`: its
-/// instruction budget for the call ran out), to be sent again in a later call.
+/// Calls in a row in which the canister processed none of the entries (all `NotProcessed`)
+/// before the gateway gives them up (a conforming canister always processes a call's first
+/// entry, so this only stops a canister that never does).
+const MAX_STALLED_CALLS: u32 = 3;
+
+/// Relays one batch; returns what must go again, first, in the next batch: entries the
+/// canister did not process (`NotProcessed`: its instruction budget per call ran out), the
+/// entries after an isolated trapping one, and every later entry of those clients in the batch
+/// (so that none overtakes one that goes again), in batch order.
 async fn process<C: CanisterApi>(
     shared: &Arc<Shared<C>>,
     hub: &Arc<Hub>,
     batch: Vec<RelayItem>,
 ) -> Vec<RelayItem> {
-    let mut requeue = Vec::new();
     let mut messages = Vec::new();
     let mut closes = Vec::new();
     let mut opens = Vec::new();
@@ -547,18 +563,104 @@ async fn process<C: CanisterApi>(
             RelayItem::Open(o) => opens.push(o),
         }
     }
+    // Clients with an entry that goes again: their later entries go again too.
+    let mut deferred: HashSet<ClientId> = HashSet::new();
+    let mut carry = Vec::new();
     if !messages.is_empty() {
-        relay_messages(shared, hub, messages, &mut requeue).await;
+        let again = relay_messages(shared, hub, messages, &mut deferred).await;
+        carry.extend(again.into_iter().map(RelayItem::Message));
         hub.poll_wake.notify_one();
     }
     if !closes.is_empty() {
-        relay_closes(shared, hub, closes, &mut requeue).await;
+        let again = relay_closes(shared, hub, closes, &mut deferred).await;
+        carry.extend(
+            again
+                .into_iter()
+                .map(|(client_id, conn_id)| RelayItem::Close { client_id, conn_id }),
+        );
     }
     if !opens.is_empty() {
-        relay_opens(shared, hub, opens, &mut requeue).await;
+        let again = relay_opens(shared, hub, opens, &deferred).await;
+        carry.extend(again.into_iter().map(RelayItem::Open));
         hub.poll_wake.notify_one();
     }
-    requeue
+    carry
+}
+
+/// What became of one entry of a relayed call.
+#[derive(Debug)]
+pub enum Outcome<R> {
+    /// The canister's answer (possibly `NotProcessed`).
+    Answered(R),
+    /// The entry traps the canister (found by [`isolate`]).
+    Trapped(String),
+    /// The call failed otherwise (after its retries).
+    Failed(CallError),
+    /// Not executed yet: it goes again in the next batch.
+    Later,
+}
+
+/// Finds the first trapping entry of a call of `n` entries that trapped with `why`, by
+/// bisection, given `call(range)` that calls the canister with those entries.
+///
+/// Invariant: the entries before `lo` are done (answered), and a call with the entries
+/// `lo..hi` traps. Each step calls the first half of `lo..hi`: if it traps, the trap is in it
+/// (`hi` moves down); if it succeeds, its answers are final and, execution being deterministic
+/// given the same state, the second half is the one that trapped (`lo` moves up, without
+/// calling it). With one entry left, that entry is the trapping one. So the first trapping
+/// entry of `n` is found in `ceil(log2 n)` calls (9 for 500) after the call that trapped; the
+/// entries after it are `Later`: they go, with the next batch, in one call (which isolates the
+/// next trapping entry, if any, the same way). An entry can only be accused wrongly if the
+/// canister's behaviour changed between the calls (another gateway's call, time): then its
+/// client loses this connection, as when a gateway drops it, and resumes.
+///
+/// A step whose answers include `NotProcessed` (`not_processed`) ends the search early: the
+/// rest is `Later`. A step failing otherwise marks its entries `Failed` and the rest `Later`.
+pub async fn isolate<R, F, Fut>(
+    n: usize,
+    why: String,
+    not_processed: impl Fn(&R) -> bool,
+    mut call: F,
+) -> Vec<Outcome<R>>
+where
+    F: FnMut(std::ops::Range<usize>) -> Fut,
+    Fut: Future<Output = Result<Vec<R>, CallError>>,
+{
+    let mut outcomes: Vec<Outcome<R>> = (0..n).map(|_| Outcome::Later).collect();
+    let (mut lo, mut hi, mut why) = (0usize, n, why);
+    loop {
+        let len = hi.saturating_sub(lo);
+        if len <= 1 {
+            if let (1, Some(o)) = (len, outcomes.get_mut(lo)) {
+                *o = Outcome::Trapped(why);
+            }
+            return outcomes;
+        }
+        let mid = lo.saturating_add(len / 2);
+        match call(lo..mid).await {
+            Ok(results) => {
+                let mut cut = false;
+                for (o, r) in outcomes.iter_mut().skip(lo).zip(results) {
+                    cut |= not_processed(&r);
+                    *o = Outcome::Answered(r);
+                }
+                if cut {
+                    return outcomes;
+                }
+                lo = mid;
+            }
+            Err(CallError::Trapped(w)) => {
+                hi = mid;
+                why = w;
+            }
+            Err(e) => {
+                for o in outcomes.iter_mut().take(mid).skip(lo) {
+                    *o = Outcome::Failed(e.clone());
+                }
+                return outcomes;
+            }
+        }
+    }
 }
 
 async fn call_messages<C: CanisterApi>(
@@ -598,69 +700,87 @@ async fn relay_messages<C: CanisterApi>(
     shared: &Arc<Shared<C>>,
     hub: &Arc<Hub>,
     messages: Vec<PendingMessage>,
-    requeue: &mut Vec<RelayItem>,
-) {
-    // Clients whose session ended in this batch: their later entries are not reported again.
-    let mut failed: HashSet<ClientId> = HashSet::new();
+    deferred: &mut HashSet<ClientId>,
+) -> Vec<PendingMessage> {
     let all: Vec<&PendingMessage> = messages.iter().collect();
-    match call_messages(shared, hub, &all).await {
-        Ok(results) => {
-            for (m, r) in messages.into_iter().zip(results) {
-                if r == MessageResult::Err(WsError::NotProcessed) {
-                    // Nothing happened to it (the call's budget ran out first): send it again
-                    // (a duplicate, should it have been accepted after all, is a no-op).
-                    if !failed.contains(&m.message.client_id) {
-                        requeue.push(RelayItem::Message(m));
-                    }
-                    continue;
-                }
-                handle_message_result(shared, &m, r, false, &mut failed);
-            }
-        }
+    let outcomes: Vec<Outcome<MessageResult>> = match call_messages(shared, hub, &all).await {
+        Ok(results) => results.into_iter().map(Outcome::Answered).collect(),
         Err(CallError::Trapped(reason)) => {
-            tracing::warn!(canister = %hub.canister, entries = messages.len(), "ws_message trapped, isolating entries: {reason}");
-            for m in &messages {
-                if failed.contains(&m.message.client_id) {
-                    continue;
-                }
-                let result = if messages.len() == 1 {
-                    Err(CallError::Trapped(reason.clone()))
-                } else {
-                    call_messages(shared, hub, &[m])
-                        .await
-                        .map(|mut r| r.remove(0))
-                };
-                match result {
-                    Ok(r) => handle_message_result(shared, m, r, false, &mut failed),
-                    Err(CallError::Trapped(why)) => {
-                        // The trap rolled the message back: its sequence number is not consumed
-                        // and the same signed message would trap again, so the session cannot
-                        // continue.
-                        let error = trapped("message", &why);
-                        handle_message_result(
-                            shared,
-                            m,
-                            MessageResult::Err(error),
-                            true,
-                            &mut failed,
-                        );
-                    }
-                    Err(e) => {
-                        unavailable(shared, &m.outbox, &e);
-                        failed.insert(m.message.client_id);
-                    }
-                }
-            }
+            tracing::warn!(canister = %hub.canister, entries = all.len(), "ws_message trapped, isolating the entry by bisection: {reason}");
+            isolate(
+                all.len(),
+                reason,
+                |r| matches!(r, MessageResult::Err(WsError::NotProcessed)),
+                |range| {
+                    shared.metrics.isolation_calls.inc();
+                    let part: Vec<&PendingMessage> = all
+                        .get(range)
+                        .map(<[&PendingMessage]>::to_vec)
+                        .unwrap_or_default();
+                    async move { call_messages(shared, hub, &part).await }
+                },
+            )
+            .await
         }
         Err(e) => {
             tracing::warn!(canister = %hub.canister, "ws_message failed: {e}");
-            for m in &messages {
-                if failed.insert(m.message.client_id) {
+            all.iter().map(|_| Outcome::Failed(e.clone())).collect()
+        }
+    };
+    drop(all);
+    settle_messages(shared, messages, outcomes, deferred)
+}
+
+/// Hands each entry's outcome to its client, in batch order; returns the entries that go
+/// again. A client's entries after one that goes again go again too (never ahead of it); a
+/// client's entries after one that ended its session are dropped (the trapping entry's later
+/// ones were answered `OutOfSequence` by the canister, if they were executed at all: its
+/// sequence number was rolled back).
+fn settle_messages<C>(
+    shared: &Shared<C>,
+    messages: Vec<PendingMessage>,
+    outcomes: Vec<Outcome<MessageResult>>,
+    deferred: &mut HashSet<ClientId>,
+) -> Vec<PendingMessage> {
+    // Clients whose session ended in this batch: their later entries are not reported again.
+    let mut failed: HashSet<ClientId> = HashSet::new();
+    let mut again = Vec::new();
+    for (m, outcome) in messages.into_iter().zip(outcomes) {
+        let client = m.message.client_id;
+        if matches!(
+            outcome,
+            Outcome::Answered(MessageResult::Err(WsError::NotProcessed))
+        ) {
+            shared.metrics.not_processed.inc();
+        }
+        if failed.contains(&client) {
+            continue;
+        }
+        if deferred.contains(&client) {
+            again.push(m);
+            continue;
+        }
+        match outcome {
+            Outcome::Answered(MessageResult::Err(WsError::NotProcessed)) | Outcome::Later => {
+                deferred.insert(client);
+                again.push(m);
+            }
+            Outcome::Answered(r) => handle_message_result(shared, &m, r, false, &mut failed),
+            Outcome::Trapped(why) => {
+                // The trap rolled the message back: its sequence number is not consumed and
+                // the same signed message would trap again, so the session cannot continue.
+                shared.metrics.trapped_entries.inc();
+                let error = trapped("message", &why);
+                handle_message_result(shared, &m, MessageResult::Err(error), true, &mut failed);
+            }
+            Outcome::Failed(e) => {
+                if failed.insert(client) {
                     unavailable(shared, &m.outbox, &e);
                 }
             }
         }
     }
+    again
 }
 
 fn unavailable<C>(shared: &Shared<C>, outbox: &Outbox, error: &CallError) {
@@ -734,8 +854,11 @@ async fn relay_closes<C: CanisterApi>(
     shared: &Arc<Shared<C>>,
     hub: &Arc<Hub>,
     closes: Vec<(ClientId, u64)>,
-    requeue: &mut Vec<RelayItem>,
-) {
+    deferred: &mut HashSet<ClientId>,
+) -> Vec<(ClientId, u64)> {
+    // A disconnect never overtakes its client's messages that go again.
+    let (mut again, closes): (Vec<_>, Vec<_>) =
+        closes.into_iter().partition(|(c, _)| deferred.contains(c));
     // A client that already resumed on another connection of this gateway stays attached.
     let closes: Vec<(ClientId, u64)> = {
         let table = hub.table();
@@ -745,30 +868,32 @@ async fn relay_closes<C: CanisterApi>(
             .collect()
     };
     if closes.is_empty() {
-        return;
+        return again;
     }
     let batch = CloseBatch {
-        clients: closes.iter().map(|(client, _)| *client).collect(),
+        clients: closes.iter().map(|(c, _)| *c).collect(),
     };
     let result = with_retry(shared, "ws_close", || {
         shared.metrics.calls_close.inc();
         shared.api.ws_close(hub.canister, &batch)
     })
     .await;
-    if let Ok(results) = &result {
-        for ((client_id, conn_id), r) in closes.iter().zip(results) {
-            if r == &Err(WsError::NotProcessed) {
-                requeue.push(RelayItem::Close {
-                    client_id: *client_id,
-                    conn_id: *conn_id,
-                });
+    match result {
+        Ok(results) => {
+            for ((client, conn), r) in closes.into_iter().zip(results) {
+                if r == Err(WsError::NotProcessed) {
+                    shared.metrics.not_processed.inc();
+                    deferred.insert(client);
+                    again.push((client, conn));
+                }
             }
         }
-    }
-    if let Err(e) = result {
         // The sessions expire in the canister anyway; nothing else depends on this.
-        tracing::warn!(canister = %hub.canister, clients = batch.clients.len(), "ws_close failed: {e}");
+        Err(e) => {
+            tracing::warn!(canister = %hub.canister, clients = batch.clients.len(), "ws_close failed: {e}")
+        }
     }
+    again
 }
 
 async fn call_opens<C: CanisterApi>(
@@ -798,40 +923,61 @@ async fn relay_opens<C: CanisterApi>(
     shared: &Arc<Shared<C>>,
     hub: &Arc<Hub>,
     opens: Vec<PendingOpen>,
-    requeue: &mut Vec<RelayItem>,
-) {
+    deferred: &HashSet<ClientId>,
+) -> Vec<PendingOpen> {
+    // A resume never overtakes its client's messages or disconnect that go again.
+    let (mut again, opens): (Vec<_>, Vec<_>) = opens.into_iter().partition(|o| {
+        o.request
+            .resume
+            .is_some_and(|r| deferred.contains(&r.client_id))
+    });
+    if opens.is_empty() {
+        return again;
+    }
     let all: Vec<&PendingOpen> = opens.iter().collect();
-    let results: Vec<Result<ic_ws_protocol::types::OpenResult, CallError>> = match call_opens(
-        shared, hub, &all,
-    )
-    .await
-    {
-        Ok(results) => results.into_iter().map(Ok).collect(),
-        Err(CallError::Trapped(reason)) if opens.len() > 1 => {
-            tracing::warn!(canister = %hub.canister, entries = opens.len(), "ws_open trapped, isolating entries: {reason}");
-            let mut out = Vec::with_capacity(opens.len());
-            for o in &opens {
-                out.push(call_opens(shared, hub, &[o]).await.map(|mut r| r.remove(0)));
-            }
-            out
+    let outcomes: Vec<Outcome<OpenResult>> = match call_opens(shared, hub, &all).await {
+        Ok(results) => results.into_iter().map(Outcome::Answered).collect(),
+        Err(CallError::Trapped(reason)) => {
+            tracing::warn!(canister = %hub.canister, entries = all.len(), "ws_open trapped, isolating the entry by bisection: {reason}");
+            isolate(
+                all.len(),
+                reason,
+                |r| matches!(r, Err(WsError::NotProcessed)),
+                |range| {
+                    shared.metrics.isolation_calls.inc();
+                    let part: Vec<&PendingOpen> = all
+                        .get(range)
+                        .map(<[&PendingOpen]>::to_vec)
+                        .unwrap_or_default();
+                    async move { call_opens(shared, hub, &part).await }
+                },
+            )
+            .await
         }
-        Err(e) => opens.iter().map(|_| Err(e.clone())).collect(),
+        Err(e) => all.iter().map(|_| Outcome::Failed(e.clone())).collect(),
     };
-    for (open, result) in opens.into_iter().zip(results) {
-        let result = match result {
-            Ok(r) => r,
-            Err(CallError::Trapped(why)) => Err(trapped("open", &why)),
-            Err(e) => {
+    drop(all);
+    for (open, outcome) in opens.into_iter().zip(outcomes) {
+        let result = match outcome {
+            Outcome::Answered(Err(WsError::NotProcessed)) => {
+                shared.metrics.not_processed.inc();
+                again.push(open);
+                continue;
+            }
+            Outcome::Later => {
+                again.push(open);
+                continue;
+            }
+            Outcome::Answered(r) => r,
+            Outcome::Trapped(why) => {
+                shared.metrics.trapped_entries.inc();
+                Err(trapped("open", &why))
+            }
+            Outcome::Failed(e) => {
                 unavailable(shared, &open.outbox, &e);
                 continue;
             }
         };
-        if result == Err(WsError::NotProcessed) {
-            // The call's instruction budget ran out before this open: nothing happened, send
-            // it again in a later call.
-            requeue.push(RelayItem::Open(open));
-            continue;
-        }
         send_frame(&open.outbox, &GatewayFrame::OpenResult(result.clone()));
         // Protocol version 2: the refusal of a new session's open (`OpenRejected`) and of the
         // resume of a closed session (`Closed`) are certified messages of that session: attach
@@ -885,6 +1031,7 @@ async fn relay_opens<C: CanisterApi>(
             }
         }
     }
+    again
 }
 
 #[cfg(test)]
@@ -1139,6 +1286,110 @@ mod tests {
                 proptest::prop_assert!(reason.starts_with(kept));
             }
         }
+    }
+
+    /// A canister of `n` entries where those in `traps` trap the whole call; `budget` entries
+    /// at most are processed per call (the rest `NotProcessed`). Returns the outcomes of
+    /// isolating after the first call trapped, and the calls made.
+    fn bisect(n: usize, traps: &[usize], budget: usize) -> (Vec<Outcome<MessageResult>>, usize) {
+        let mut calls = 0;
+        let outcomes = isolate(
+            n,
+            "trap".into(),
+            |r| matches!(r, MessageResult::Err(WsError::NotProcessed)),
+            |range: std::ops::Range<usize>| {
+                calls += 1;
+                let processed = range.start..range.end.min(range.start.saturating_add(budget));
+                let r = if traps.iter().any(|t| processed.contains(t)) {
+                    Err(CallError::Trapped(format!("{range:?}")))
+                } else {
+                    Ok(range
+                        .map(|i| {
+                            if processed.contains(&i) {
+                                MessageResult::Ok
+                            } else {
+                                MessageResult::Err(WsError::NotProcessed)
+                            }
+                        })
+                        .collect())
+                };
+                std::future::ready(r)
+            },
+        )
+        .now_or_never()
+        .unwrap();
+        (outcomes, calls)
+    }
+
+    fn kinds(outcomes: &[Outcome<MessageResult>]) -> String {
+        outcomes
+            .iter()
+            .map(|o| match o {
+                Outcome::Answered(MessageResult::Err(WsError::NotProcessed)) => 'n',
+                Outcome::Answered(_) => 'a',
+                Outcome::Trapped(_) => 'T',
+                Outcome::Failed(_) => 'F',
+                Outcome::Later => 'l',
+            })
+            .collect()
+    }
+
+    #[test]
+    fn bisection_finds_the_trapping_entry_of_500_in_9_calls() {
+        for t in 0..500 {
+            let (outcomes, calls) = bisect(500, &[t], usize::MAX);
+            assert!(calls <= 9, "entry {t}: {calls} calls");
+            let expected: String = (0..500)
+                .map(|i| match i.cmp(&t) {
+                    std::cmp::Ordering::Less => 'a',
+                    std::cmp::Ordering::Equal => 'T',
+                    std::cmp::Ordering::Greater => 'l',
+                })
+                .collect();
+            assert_eq!(kinds(&outcomes), expected, "entry {t}");
+        }
+        // The bound is ceil(log2 n) for every n; one entry needs no call.
+        for n in 1..=64usize {
+            let bound = n.next_power_of_two().trailing_zeros() as usize;
+            for t in 0..n {
+                assert!(bisect(n, &[t], usize::MAX).1 <= bound, "n {n} t {t}");
+            }
+        }
+        assert_eq!(bisect(1, &[0], usize::MAX).1, 0);
+    }
+
+    #[test]
+    fn bisection_finds_the_first_of_several_and_leaves_the_rest_for_later() {
+        let (outcomes, calls) = bisect(8, &[2, 5], usize::MAX);
+        assert_eq!(kinds(&outcomes), "aaTlllll");
+        assert!(calls <= 3);
+        // The rest, sent again, isolates the next one.
+        let (outcomes, _) = bisect(5, &[2], usize::MAX);
+        assert_eq!(kinds(&outcomes), "aaTll");
+    }
+
+    #[test]
+    fn bisection_stops_at_not_processed_and_at_other_failures() {
+        // Budget of 2 entries: the first half [0, 4) is cut at 2; the search stops there.
+        let (outcomes, calls) = bisect(8, &[6], 2);
+        assert_eq!(kinds(&outcomes), "aannllll");
+        assert_eq!(calls, 1);
+        let mut calls = 0;
+        let outcomes = isolate(
+            4,
+            "trap".into(),
+            |_: &MessageResult| false,
+            |_range| {
+                calls += 1;
+                std::future::ready(Err::<Vec<MessageResult>, _>(CallError::Permanent(
+                    "gone".into(),
+                )))
+            },
+        )
+        .now_or_never()
+        .unwrap();
+        assert_eq!(kinds(&outcomes), "FFll");
+        assert_eq!(calls, 1);
     }
 
     #[test]

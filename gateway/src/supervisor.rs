@@ -244,7 +244,7 @@ impl<C: CanisterApi> State<C> {
     }
 
     fn spawn(&mut self, job: Job) {
-        let worker = self.worker(&job);
+        let worker = self.with_panic_hook(&job, self.worker(&job));
         self.failures
             .entry(job.name())
             .and_modify(|f| f.started = Instant::now())
@@ -259,6 +259,30 @@ impl<C: CanisterApi> State<C> {
                 .map_err(|panic| panic_message(panic.as_ref()));
             (job, result)
         });
+    }
+
+    /// With `--test-hook-dir`, the accept loop and the admin server panic (once) when the file
+    /// `panic-accept` / `panic-admin` appears (see `crate::testhook`); the relay and the poller
+    /// have hooks in their own loops. Without the flag the worker is returned unchanged.
+    fn with_panic_hook(&self, job: &Job, worker: WorkerFuture) -> WorkerFuture {
+        if self.shared.config.test_hook_dir.is_none() || !matches!(job, Job::Accept | Job::Admin) {
+            return worker;
+        }
+        let (shared, hook) = (self.shared.clone(), format!("panic-{}", job.kind()));
+        Box::pin(async move {
+            let watch = async {
+                loop {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    if crate::testhook::fire(&shared.config, &hook) {
+                        return;
+                    }
+                }
+            };
+            tokio::select! {
+                exit = worker => exit,
+                () = watch => panic!("test hook {hook}"),
+            }
+        })
     }
 
     fn worker(&self, job: &Job) -> WorkerFuture {

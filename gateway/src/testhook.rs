@@ -5,6 +5,7 @@
 //! - `panic-relay`: the next relay batch (of any canister) panics;
 //! - `panic-poller`: the next poll (of any canister) panics;
 //! - `panic-session-<client id>`: that client's session task panics on its next frame;
+//! - `panic-accept`, `panic-admin`: the accept loop / the admin server panics (within 20 ms);
 //! - `hold-restarts`: while it exists, the supervisor does not restart a failed worker, so a
 //!   test can observe the degraded window (`/healthz` 503) before it removes the file.
 //!

@@ -88,6 +88,15 @@ pub struct WsConfig {
     /// Which principals may act as gateways (call `ws_open`, `ws_message`, `ws_close`).
     /// `None`: [`GatewayPolicy::Open`].
     pub gateways: Option<GatewayPolicy>,
+    /// Instruction budget of one `ws_open`, `ws_message` or `ws_close` call: before each entry
+    /// after the first, the endpoint reads the call's instruction counter (everything the call
+    /// executed so far: decoding, housekeeping, earlier entries and their handlers); once it is
+    /// at or past the budget, that entry and every later one are answered
+    /// `WsError::NotProcessed` with nothing changed (the gateway sends them again in its next
+    /// call). The first entry always runs, so every call makes progress and a single
+    /// expensive entry still runs alone, up to the IC's limit. `None`: the default,
+    /// 2 billion ([`DEFAULT_MAX_INSTRUCTIONS_PER_CALL`]).
+    pub max_instructions_per_call: Option<u64>,
 }
 
 /// Which principals may act as gateways.
@@ -114,6 +123,13 @@ impl GatewayPolicy {
 
 /// Default of [`WsConfig::max_entries_per_call`].
 pub const DEFAULT_MAX_ENTRIES_PER_CALL: u32 = 500;
+/// Default of [`WsConfig::max_instructions_per_call`]: 2 billion instructions, one execution
+/// slice on the IC (an update executing more is spread over several rounds by deterministic
+/// time slicing; the limit of one update is 40 billion). An honest batch of 500 entries with
+/// cheap handlers costs about 1.1 billion (about 2.2M per verified entry, BENCHMARKS.md), so
+/// it fits in one call; a batch of expensive entries is cut at 2 billion plus its last entry,
+/// which may use up to 38 billion more before the IC's limit would trap the whole call.
+pub const DEFAULT_MAX_INSTRUCTIONS_PER_CALL: u64 = 2_000_000_000;
 /// Default of [`WsConfig::max_sessions`].
 pub const DEFAULT_MAX_SESSIONS: u64 = 200_000;
 
@@ -137,6 +153,7 @@ impl Default for WsConfig {
             max_entries_per_call: None,
             max_sessions: None,
             gateways: None,
+            max_instructions_per_call: None,
         }
     }
 }
@@ -179,6 +196,9 @@ impl WsConfig {
         if self.max_entries_per_call == Some(0) {
             return Err("max_entries_per_call must be positive".into());
         }
+        if self.max_instructions_per_call == Some(0) {
+            return Err("max_instructions_per_call must be positive".into());
+        }
         if self.max_sessions == Some(0) {
             return Err("max_sessions must be positive".into());
         }
@@ -192,6 +212,12 @@ impl WsConfig {
     pub fn entries_per_call(&self) -> usize {
         self.max_entries_per_call
             .unwrap_or(DEFAULT_MAX_ENTRIES_PER_CALL) as usize
+    }
+
+    /// [`WsConfig::max_instructions_per_call`] with its default applied.
+    pub fn instructions_per_call(&self) -> u64 {
+        self.max_instructions_per_call
+            .unwrap_or(DEFAULT_MAX_INSTRUCTIONS_PER_CALL)
     }
 
     /// [`WsConfig::max_sessions`] with its default applied.

@@ -1,5 +1,5 @@
-//! The canister's view of the outside world: time, caller, own id, certified data and the
-//! data certificate.
+//! The canister's view of the outside world: time, caller, own id, certified data, the
+//! data certificate and the instruction counter.
 //!
 //! On wasm these are the IC system API (through ic-cdk). Natively (unit tests, `cargo test`
 //! on the host) they read a per-thread fake that tests drive through [`crate::testing`], so the
@@ -26,6 +26,9 @@ mod imp {
     pub fn data_certificate() -> Option<Vec<u8>> {
         ic_cdk::api::data_certificate()
     }
+    pub fn instruction_counter() -> u64 {
+        ic_cdk::api::instruction_counter()
+    }
 }
 
 #[cfg(not(target_arch = "wasm32"))]
@@ -41,6 +44,10 @@ pub(crate) mod imp {
         pub canister_id: Principal,
         pub certified_data: Option<[u8; 32]>,
         pub certificate: Option<Vec<u8>>,
+        /// What the next read of the instruction counter returns.
+        pub instructions: u64,
+        /// Added to `instructions` by every read (a fake cost per step of work).
+        pub instructions_per_read: u64,
     }
 
     thread_local! {
@@ -50,6 +57,8 @@ pub(crate) mod imp {
             canister_id: Principal::from_slice(&[0, 0, 0, 0, 0, 0, 0, 1, 1, 1]),
             certified_data: None,
             certificate: Some(b"fake-certificate".to_vec()),
+            instructions: 0,
+            instructions_per_read: 0,
         });
     }
 
@@ -67,6 +76,14 @@ pub(crate) mod imp {
     }
     pub fn data_certificate() -> Option<Vec<u8>> {
         FAKE.with(|f| f.borrow().certificate.clone())
+    }
+    pub fn instruction_counter() -> u64 {
+        FAKE.with(|f| {
+            let mut f = f.borrow_mut();
+            let n = f.instructions;
+            f.instructions = n.saturating_add(f.instructions_per_read);
+            n
+        })
     }
 }
 
@@ -89,4 +106,8 @@ pub(crate) fn set_certified_data(data: &[u8; 32]) {
 /// The data certificate (only in non-replicated queries).
 pub(crate) fn data_certificate() -> Option<Vec<u8>> {
     imp::data_certificate()
+}
+/// Instructions executed by the current message so far (`performance_counter(0)`).
+pub(crate) fn instruction_counter() -> u64 {
+    imp::instruction_counter()
 }

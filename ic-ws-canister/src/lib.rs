@@ -389,6 +389,32 @@ fn decode_count<T: CandidType + serde::de::DeserializeOwned>(
         .map_err(|e| e.to_string())
 }
 
+/// The instruction budget of one ws update call ([`WsConfig::max_instructions_per_call`]).
+struct CallBudget {
+    limit: u64,
+    /// Set once the budget ran out: every later entry is not processed either (an entry of a
+    /// client after its not-processed one would otherwise be out of sequence).
+    spent: Cell<bool>,
+}
+
+impl CallBudget {
+    fn new() -> Self {
+        CallBudget {
+            limit: runtime::with_state(|s| s.config.instructions_per_call()),
+            spent: Cell::new(false),
+        }
+    }
+
+    /// Whether the entry after `done` processed entries must be answered `NotProcessed`: the
+    /// call's instruction counter reached the budget (never before the first entry).
+    fn spent(&self, done: usize) -> bool {
+        if !self.spent.get() && done > 0 && env::instruction_counter() >= self.limit {
+            self.spent.set(true);
+        }
+        self.spent.get()
+    }
+}
+
 struct EndpointGuard;
 
 impl EndpointGuard {
@@ -439,8 +465,13 @@ pub mod __private {
         let canister = env::canister_id();
         let now = env::time_ns();
         with_state(|s| s.housekeeping(now));
+        let budget = CallBudget::new();
         let mut results = Vec::with_capacity(batch.opens.len());
         for open in batch.opens {
+            if budget.spent(results.len()) {
+                results.push(Err(WsError::NotProcessed));
+                continue;
+            }
             if open.resume.is_some() {
                 results.push(with_state(|s| s.open_resume(caller, &canister, &open, now)));
                 continue;
@@ -468,8 +499,13 @@ pub mod __private {
         let canister = env::canister_id();
         let now = env::time_ns();
         with_state(|s| s.housekeeping(now));
+        let budget = CallBudget::new();
         let mut results = Vec::with_capacity(batch.messages.len());
         for msg in batch.messages {
+            if budget.spent(results.len()) {
+                results.push(MessageResult::Err(WsError::NotProcessed));
+                continue;
+            }
             let id = msg.client_id;
             let seq = msg.seq;
             let r = match with_state(|s| s.accept_message(caller, &canister, msg, now)) {
@@ -498,11 +534,16 @@ pub mod __private {
         let caller = env::caller();
         let now = env::time_ns();
         with_state(|s| s.housekeeping(now));
-        batch
-            .clients
-            .into_iter()
-            .map(|id| with_state(|s| s.gateway_detach(caller, id)))
-            .collect()
+        let budget = CallBudget::new();
+        let mut results = Vec::with_capacity(batch.clients.len());
+        for id in batch.clients {
+            results.push(if budget.spent(results.len()) {
+                Err(WsError::NotProcessed)
+            } else {
+                with_state(|s| s.gateway_detach(caller, id))
+            });
+        }
+        results
     }
 
     /// Admission of a whole `ws_open` / `ws_message` / `ws_close` call (the generated shim

@@ -43,6 +43,17 @@ pub fn set_data_certificate(c: Option<Vec<u8>>) {
     FAKE.with(|f| f.borrow_mut().certificate = c);
 }
 
+/// Sets the fake instruction counter: the next read returns `start`, and every read adds
+/// `per_read` (the runtime reads it once before each batch entry, so `per_read` acts as the
+/// cost of one entry when testing [`WsConfig::max_instructions_per_call`](crate::WsConfig)).
+pub fn set_instructions(start: u64, per_read: u64) {
+    FAKE.with(|f| {
+        let mut f = f.borrow_mut();
+        f.instructions = start;
+        f.instructions_per_read = per_read;
+    });
+}
+
 /// A gateway principal for tests.
 pub fn gateway(n: u8) -> Principal {
     Principal::from_slice(&[n, 0xEE, 1])

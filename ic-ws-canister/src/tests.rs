@@ -1442,3 +1442,114 @@ fn resume_of_a_closed_session_requeues_its_certified_end() {
         [(0, OutboundBody::OpenRejected { open_timestamp_ns, .. })] if *open_timestamp_ns == o.timestamp_ns
     ));
 }
+
+/// The instruction budget per call: entries after it are `NotProcessed` with nothing changed,
+/// and succeed when sent again; the first entry always runs.
+#[test]
+fn entries_past_the_instruction_budget_are_not_processed_and_succeed_when_resent() {
+    let a = open(1, 1);
+    let b = open(2, 1);
+    configure(WsConfig {
+        max_instructions_per_call: Some(100),
+        ..WsConfig::default()
+    })
+    .unwrap();
+    let before_a = client_info(a.id).unwrap();
+    // The counter reads 0, 40, 80, 120, ... before entries 1, 2, 3, 4 (none before entry 0):
+    // entry 4 finds the budget spent.
+    testing::set_instructions(0, 40);
+    let batch = vec![
+        msg(&a, 0, app("a0")),
+        msg(&b, 0, app("b0")),
+        msg(&a, 1, app("a1")),
+        msg(&b, 1, app("b1")),
+        msg(&a, 2, app("a2")),
+        msg(&b, 2, app("b2")),
+    ];
+    let r = deliver(1, batch.clone());
+    let np = MessageResult::Err(WsError::NotProcessed);
+    assert_eq!(
+        r,
+        vec![
+            MessageResult::Ok,
+            MessageResult::Ok,
+            MessageResult::Ok,
+            MessageResult::Ok,
+            np.clone(),
+            np.clone()
+        ]
+    );
+    assert_eq!(client_info(a.id).unwrap().next_inbound_seq, 2);
+    assert_eq!(client_info(b.id).unwrap().next_inbound_seq, 2);
+    assert!(!events().contains(&format!("msg {} a2", a.id)));
+    assert_eq!(
+        client_info(a.id).unwrap().next_outbound_seq,
+        before_a.next_outbound_seq + 2,
+        "only the processed entries' echoes"
+    );
+    // Sent again (with the accepted ones: duplicates are no-ops).
+    testing::set_instructions(0, 0);
+    let r = deliver(1, batch);
+    assert!(
+        r[..4].iter().all(|x| *x == MessageResult::Duplicate),
+        "{r:?}"
+    );
+    assert_eq!(&r[4..], &[MessageResult::Ok, MessageResult::Ok]);
+    assert!(events().contains(&format!("msg {} a2", a.id)));
+
+    // A budget spent before the call's first entry still lets that entry run (progress).
+    testing::set_instructions(1_000, 0);
+    assert_eq!(
+        deliver(1, vec![msg(&a, 3, app("a3")), msg(&b, 3, app("b3"))]),
+        vec![MessageResult::Ok, np]
+    );
+
+    // ws_open: a not-processed open consumes nothing (its timestamp stays usable).
+    let k1 = SessionKey::from_seed([11; 32]);
+    let k2 = SessionKey::from_seed([12; 32]);
+    let opens = vec![
+        open_request(&k1, gateway(1), None),
+        open_request(&k2, gateway(1), None),
+    ];
+    let count = client_count();
+    testing::set_instructions(1_000, 0);
+    testing::set_caller(gateway(1));
+    let r = __private::ws_open(
+        &H,
+        OpenBatch {
+            opens: opens.clone(),
+        },
+    );
+    assert!(r[0].is_ok(), "{r:?}");
+    assert_eq!(r[1], Err(WsError::NotProcessed));
+    assert_eq!(client_count(), count + 1);
+    testing::set_instructions(0, 0);
+    let r = __private::ws_open(
+        &H,
+        OpenBatch {
+            opens: vec![opens[1].clone()],
+        },
+    );
+    assert!(
+        r[0].is_ok(),
+        "the same signed open succeeds when sent again: {r:?}"
+    );
+
+    // ws_close: a not-processed detach leaves the session attached.
+    testing::set_instructions(1_000, 0);
+    let r = __private::ws_close(
+        &H,
+        CloseBatch {
+            clients: vec![a.id, b.id],
+        },
+    );
+    assert_eq!(r, vec![Ok(()), Err(WsError::NotProcessed)]);
+    assert!(!client_info(a.id).unwrap().attached);
+    assert!(client_info(b.id).unwrap().attached);
+    testing::set_instructions(0, 0);
+    assert!(configure(WsConfig {
+        max_instructions_per_call: Some(0),
+        ..WsConfig::default()
+    })
+    .is_err());
+}

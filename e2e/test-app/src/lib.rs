@@ -28,6 +28,10 @@ pub enum Inbound {
     Fail,
     /// Does nothing (measures the runtime's cost of an inbound message).
     Noop,
+    /// Traps (panics): the IC rolls the whole call back (trap isolation tests).
+    Trap,
+    /// Burns about this many instructions (instruction budget tests).
+    Burn(u64),
 }
 
 /// What the app sends.
@@ -79,7 +83,24 @@ fn message(client: ClientId, msg: Inbound) -> Result<(), String> {
         }
         Inbound::Fail => Err("fail requested".into()),
         Inbound::Noop => Ok(()),
+        Inbound::Trap => panic!("trap requested by client {client}"),
+        Inbound::Burn(n) => {
+            burn(n);
+            Ok(())
+        }
     }
+}
+
+/// Spends about `n` instructions (a few per iteration; measured with the call's counter).
+fn burn(n: u64) {
+    let start = ic_cdk::api::instruction_counter();
+    let mut x = 0u64;
+    while ic_cdk::api::instruction_counter().saturating_sub(start) < n {
+        for i in 0..1000u64 {
+            x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(i));
+        }
+    }
+    std::hint::black_box(x);
 }
 
 #[on_close]
