@@ -259,7 +259,7 @@ fn bench_certified_outcomes() {
         refused.saturating_sub(accepted)
     );
 
-    let mut per_open = |what: &str, args: &str, seed: u64| -> u64 {
+    let per_open = |what: &str, args: &str, seed: u64| -> u64 {
         let one = TestClient::new(seed);
         let r = c.ws_open(gw, vec![one.open_request(&c, gw, args, false)]);
         assert_eq!(r[0].is_ok(), args != "reject", "{r:?}");
