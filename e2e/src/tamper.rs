@@ -8,6 +8,11 @@
 //! client; [`TamperProxy::fired`] tells the test what was done (which sequence numbers), so it
 //! can assert the exact check the client reports. Every frame the real gateway delivered is
 //! recorded (untampered) for replays.
+//!
+//! Outcome attacks (protocol version 2, [`OutcomeAttack`]) lie about what the canister decided
+//! instead: they forge the uncertified answers (`MessageError`, `OpenResult`) or withhold
+//! them. They are armed for the next connection the proxy accepts ([`TamperProxy::arm_next`]),
+//! since a client's id is not known before its open, and last for that connection.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -35,6 +40,23 @@ pub enum Attack {
     ReplayOld,
     /// Replace the frame by the latest frame delivered to another client.
     DeliverOther,
+}
+
+/// What the proxy does to the outcomes one connection sees (armed for the next connection).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OutcomeAttack {
+    /// Relay every client message, then inject `MessageError { seq, Rejected(text) }` for it
+    /// (the canister accepts it: the refusal is a lie).
+    ForgeMessageError(String),
+    /// Replace `OpenResult Ok` by `Err(Rejected(text))` (the session exists in the canister).
+    ForgeOpenRefusal(String),
+    /// Replace `OpenResult Ok` by `Err(OpenRejected { client_id, reason })` and drop every later
+    /// frame: a "certified" refusal that never comes.
+    ForgeOpenRejected(String),
+    /// Never deliver the `OpenResult`.
+    DropOpenResult,
+    /// Deliver the `OpenResult` but never a `Messages` frame.
+    WithholdFrames,
 }
 
 /// An attack that was carried out.
@@ -65,6 +87,12 @@ struct Recorded {
 #[derive(Default)]
 struct State {
     armed: Vec<(ClientId, Attack)>,
+    /// Outcome attacks for the next connections, in order.
+    next_conn: std::collections::VecDeque<OutcomeAttack>,
+    /// Outcome attacks carried out: (attack, client id of the session, if known).
+    outcomes_fired: Vec<(OutcomeAttack, Option<ClientId>)>,
+    /// Every `Open` frame a client sent (its bytes, as signed: for replays).
+    client_opens: Vec<Vec<u8>>,
     frames: Vec<Recorded>,
     fired: Vec<Fired>,
     /// Latest connection of each client: where injected frames go.
@@ -102,8 +130,12 @@ impl TamperProxy {
                         else {
                             return;
                         };
-                        lock(&state).connections += 1;
-                        relay(state, client, gateway).await;
+                        let outcome = {
+                            let mut s = lock(&state);
+                            s.connections += 1;
+                            s.next_conn.pop_front()
+                        };
+                        relay(state, client, gateway, outcome).await;
                     });
                 }
             })
@@ -119,6 +151,23 @@ impl TamperProxy {
     /// Arms `attack` for the next `Messages` frame of `client_id`.
     pub fn arm(&self, client_id: ClientId, attack: Attack) {
         lock(&self.state).armed.push((client_id, attack));
+    }
+
+    /// Arms `attack` for the next connection the proxy accepts (for all of that connection).
+    pub fn arm_next(&self, attack: OutcomeAttack) {
+        lock(&self.state).next_conn.push_back(attack);
+    }
+
+    /// Outcome attacks carried out so far (each once per forged or withheld frame), with the
+    /// client id the real gateway named.
+    pub fn outcomes_fired(&self) -> Vec<(OutcomeAttack, Option<ClientId>)> {
+        lock(&self.state).outcomes_fired.clone()
+    }
+
+    /// The `Open` frames clients sent through the proxy so far (encoded `ClientFrame`s), oldest
+    /// first: what a gateway that keeps signed opens could replay.
+    pub fn client_opens(&self) -> Vec<Vec<u8>> {
+        lock(&self.state).client_opens.clone()
     }
 
     /// True while an armed attack for `client_id` has not fired.
@@ -172,8 +221,12 @@ fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
 
 type Ws<S> = tokio_tungstenite::WebSocketStream<S>;
 
-async fn relay<C, G>(state: Arc<Mutex<State>>, client: Ws<C>, gateway: Ws<G>)
-where
+async fn relay<C, G>(
+    state: Arc<Mutex<State>>,
+    client: Ws<C>,
+    gateway: Ws<G>,
+    outcome: Option<OutcomeAttack>,
+) where
     C: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
     G: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
@@ -185,14 +238,22 @@ where
         client_id: None,
         held: None,
         inject: inject_tx,
+        outcome,
+        mute: false,
     };
     loop {
         tokio::select! {
             m = from_client.next() => match m {
                 Some(Ok(m)) => {
                     let close = m.is_close();
+                    let forged = conn.on_client_frame(&m);
                     if to_gateway.send(m).await.is_err() || close {
                         return;
+                    }
+                    if let Some(bytes) = forged {
+                        if to_client.send(WsMessage::Binary(bytes.into())).await.is_err() {
+                            return;
+                        }
                     }
                 }
                 _ => {
@@ -234,15 +295,81 @@ struct Conn {
     /// A frame held back by `Reorder`.
     held: Option<Recorded>,
     inject: mpsc::UnboundedSender<Vec<u8>>,
+    /// The outcome attack on this connection.
+    outcome: Option<OutcomeAttack>,
+    /// Deliver no more gateway frames (after a forged `OpenRejected`).
+    mute: bool,
 }
 
 impl Conn {
+    /// A forged frame to send the client after relaying its frame `m`, if the connection's
+    /// outcome attack calls for one.
+    fn on_client_frame(&mut self, m: &WsMessage) -> Option<Vec<u8>> {
+        let WsMessage::Binary(bytes) = m else {
+            return None;
+        };
+        let frame: ic_ws_protocol::ClientFrame = ic_ws_protocol::decode(bytes).ok()?;
+        if let ic_ws_protocol::ClientFrame::Open { .. } = &frame {
+            lock(&self.state).client_opens.push(bytes.to_vec());
+        }
+        let Some(OutcomeAttack::ForgeMessageError(text)) = &self.outcome else {
+            return None;
+        };
+        let ic_ws_protocol::ClientFrame::Message(msg) = frame else {
+            return None;
+        };
+        let frame = GatewayFrame::MessageError {
+            seq: msg.seq,
+            error: ic_ws_protocol::WsError::Rejected(text.clone()),
+        };
+        let attack = OutcomeAttack::ForgeMessageError(text.clone());
+        lock(&self.state)
+            .outcomes_fired
+            .push((attack, Some(msg.client_id)));
+        Some(reencode(&frame))
+    }
+
+    /// The outcome attack applied to one gateway frame: `None` to deliver it as is.
+    fn outcome_frame(&mut self, frame: &GatewayFrame) -> Option<Vec<Vec<u8>>> {
+        if self.mute {
+            return Some(vec![]);
+        }
+        let attack = self.outcome.clone()?;
+        let (out, client) = match (&attack, frame) {
+            (OutcomeAttack::ForgeOpenRefusal(text), GatewayFrame::OpenResult(Ok(ok))) => {
+                let forged =
+                    GatewayFrame::OpenResult(Err(ic_ws_protocol::WsError::Rejected(text.clone())));
+                (vec![reencode(&forged)], Some(ok.client_id))
+            }
+            (OutcomeAttack::ForgeOpenRejected(text), GatewayFrame::OpenResult(Ok(ok))) => {
+                self.mute = true;
+                let forged = GatewayFrame::OpenResult(Err(ic_ws_protocol::WsError::OpenRejected {
+                    client_id: ok.client_id,
+                    reason: text.clone(),
+                }));
+                (vec![reencode(&forged)], Some(ok.client_id))
+            }
+            (OutcomeAttack::DropOpenResult, GatewayFrame::OpenResult(r)) => {
+                (vec![], r.as_ref().ok().map(|ok| ok.client_id))
+            }
+            (OutcomeAttack::WithholdFrames, GatewayFrame::Messages { messages, .. }) => {
+                (vec![], messages.first().map(|m| m.client_id))
+            }
+            _ => return None,
+        };
+        lock(&self.state).outcomes_fired.push((attack, client));
+        Some(out)
+    }
+
     /// What the client gets for one frame from the gateway.
     fn on_gateway_frame(&mut self, bytes: Vec<u8>) -> Vec<Vec<u8>> {
         let frame: GatewayFrame = match ic_ws_protocol::decode(&bytes) {
             Ok(f) => f,
             Err(_) => return vec![bytes],
         };
+        if let Some(out) = self.outcome_frame(&frame) {
+            return out;
+        }
         let (first_seq, last_seq, client_id) = match &frame {
             GatewayFrame::OpenResult(Ok(ok)) => {
                 self.client_id = Some(ok.client_id);

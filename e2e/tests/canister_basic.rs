@@ -38,14 +38,14 @@ fn open_message_send_poll_verify() {
         "{results:?}"
     );
 
-    // The app sends from its own update method too.
+    // The app sends from its own update method too (after alice's certified refusal, seq 2).
     let seq: Result<u64, String> = c.update("app_send", (alice.id, "from the app".to_string()));
-    assert_eq!(seq, Ok(2));
+    assert_eq!(seq, Ok(3));
 
     // The gateway polls; each client verifies its own part.
     let replies = c.poll_all(gw);
-    assert_eq!(alice.receive_all(&c, &replies).unwrap(), 3);
-    assert_eq!(bob.receive_all(&c, &replies).unwrap(), 2);
+    assert_eq!(alice.receive_all(&c, &replies).unwrap(), 4);
+    assert_eq!(bob.receive_all(&c, &replies).unwrap(), 3);
     match &alice.received[0].content.body {
         OutboundBody::Opened {
             client_key,
@@ -61,14 +61,26 @@ fn open_message_send_poll_verify() {
         outbound(&alice.received[1]),
         Some(Outbound::Echo("a0".into()))
     );
+    // Refusals of accepted messages are certified (protocol version 2).
+    assert!(matches!(
+        &alice.received[2].content.body,
+        OutboundBody::MessageRejected { inbound_seq: 1, error: WsError::Rejected(r) } if r.contains("fail requested")
+    ));
     assert_eq!(
-        outbound(&alice.received[2]),
+        outbound(&alice.received[3]),
         Some(Outbound::Text("from the app".into()))
     );
     assert_eq!(
         outbound(&bob.received[1]),
         Some(Outbound::Echo("b0".into()))
     );
+    assert!(matches!(
+        &bob.received[2].content.body,
+        OutboundBody::MessageRejected {
+            inbound_seq: 1,
+            error: WsError::DecodeError(_)
+        }
+    ));
 
     // Acknowledging releases: after alice's ack, only what she has not acked is retained.
     let ack = alice.message(&c, MessageKind::KeepAlive);
@@ -80,7 +92,7 @@ fn open_message_send_poll_verify() {
             info.queued_messages,
             info.next_inbound_seq
         ),
-        (3, 0, 4)
+        (4, 0, 4)
     );
     let replies = c.poll_all(gw);
     assert!(replies

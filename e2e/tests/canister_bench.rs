@@ -334,5 +334,76 @@ fn bench_sybil_expiry() {
     assert!(
         worst < baseline * 2,
         "an honest open cost {worst} while junk expired, vs {baseline}"
+/// Protocol version 2: what certifying a refusal costs. A refused message (`Inbound::Fail`:
+/// signature, sequence, handler, then the certified `MessageRejected` queued) against the same
+/// message accepted with nothing queued (`Inbound::Noop`: what a refusal cost before version 2,
+/// when nothing was queued for it); a refused open (session kept closed with `OpenRejected`)
+/// against an accepted one (session with `Opened`). Marginal figures of a batch of 50 vs 1.
+#[test]
+#[ignore = "benchmark: run with --ignored --nocapture"]
+fn bench_certified_outcomes() {
+    let c = WsCanister::new();
+    let gw = gateway(1);
+    let mut clients: Vec<TestClient> = (100..150).map(TestClient::new).collect();
+    let reqs = clients
+        .iter()
+        .map(|cl| cl.open_request(&c, gw, "", false))
+        .collect();
+    for (cl, r) in clients.iter_mut().zip(c.ws_open(gw, reqs)) {
+        cl.id = r.unwrap().client_id;
+    }
+    println!("| measure | instructions |");
+    println!("|---|---|");
+    let mut per_message = |what: &str, inbound: Inbound, ok: bool| -> u64 {
+        let m = clients[0].message(&c, app_payload(&inbound));
+        let r = c.ws_message(gw, vec![m]);
+        assert_eq!(r[0] == MessageResult::Ok, ok, "{r:?}");
+        let one = c.last_instructions();
+        let msgs = clients
+            .iter_mut()
+            .map(|cl| cl.message(&c, app_payload(&inbound)))
+            .collect();
+        let r = c.ws_message(gw, msgs);
+        assert!(r.iter().all(|r| (*r == MessageResult::Ok) == ok));
+        let fifty = c.last_instructions();
+        let marginal = (fifty - one) / 49;
+        println!("| ws_message, {what}: marginal per message ((50 - 1) / 49) | {marginal} |");
+        marginal
+    };
+    let accepted = per_message("accepted, nothing queued (`Noop`)", Inbound::Noop, true);
+    let refused = per_message(
+        "refused by the handler, certified `MessageRejected` queued (`Fail`)",
+        Inbound::Fail,
+        false,
+    );
+    println!(
+        "| certified `MessageRejected`: cost per refused message (difference) | {} |",
+        refused.saturating_sub(accepted)
+    );
+
+    let per_open = |what: &str, args: &str, seed: u64| -> u64 {
+        let one = TestClient::new(seed);
+        let r = c.ws_open(gw, vec![one.open_request(&c, gw, args, false)]);
+        assert_eq!(r[0].is_ok(), args != "reject", "{r:?}");
+        let first = c.last_instructions();
+        let reqs = (1..=50)
+            .map(|i| TestClient::new(seed + i).open_request(&c, gw, args, false))
+            .collect();
+        let r = c.ws_open(gw, reqs);
+        assert!(r.iter().all(|r| r.is_ok() == (args != "reject")));
+        let fifty = c.last_instructions();
+        let marginal = (fifty - first) / 49;
+        println!("| ws_open, {what}: marginal per open ((50 - 1) / 49) | {marginal} |");
+        marginal
+    };
+    let opened = per_open("accepted (session + `Opened`)", "hello", 1000);
+    let rejected = per_open(
+        "refused by `on_open` (closed session + certified `OpenRejected`)",
+        "reject",
+        2000,
+    );
+    println!(
+        "| certified `OpenRejected` vs an accepted open (difference) | {} |",
+        rejected as i64 - opened as i64
     );
 }

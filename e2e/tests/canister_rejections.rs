@@ -214,14 +214,8 @@ fn rejected_opens_change_nothing() {
     o.timestamp_ns += 600_000_000_000;
     alice.key.sign_open(&c.canister, &mut o);
     attacks.push(("future timestamp", o, gw, WsError::StaleOpen));
-    // The app's on_open rejects.
-    let bob = TestClient::new(2);
-    attacks.push((
-        "on_open rejects",
-        bob.open_request(&c, gw, "reject", false),
-        gw,
-        WsError::Rejected("rejected by the test app".into()),
-    ));
+    // (A refusal by the app's on_open is certified and keeps a closed session: see
+    // `canister_outcomes.rs`.)
 
     for (name, o, caller, expected) in attacks {
         let r = c.ws_open(caller, vec![o]);
@@ -243,13 +237,17 @@ fn refused_opens_cannot_be_replayed() {
     let gw = gateway(1);
     let mut bob = TestClient::new(2);
     let refused = bob.open_request(&c, gw, "reject", false);
-    assert_eq!(
-        c.ws_open(gw, vec![refused.clone()])[0],
-        Err(WsError::Rejected("rejected by the test app".into()))
-    );
+    let Err(WsError::OpenRejected { client_id, reason }) =
+        c.ws_open(gw, vec![refused.clone()]).remove(0)
+    else {
+        panic!("on_open's refusal is OpenRejected");
+    };
+    assert_eq!(reason, "rejected by the test app");
     c.advance(std::time::Duration::from_secs(1));
     // The replay: stale (refused before any state changes, `on_open` does not run).
+    let before = snapshot(&c, client_id);
     assert_eq!(c.ws_open(gw, vec![refused])[0], Err(WsError::StaleOpen));
+    assert_eq!(snapshot(&c, client_id), before);
     // A refused resume (unknown session) is consumed the same way.
     let mut ghost = TestClient::new(3);
     ghost.id = 4242;

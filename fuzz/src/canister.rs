@@ -39,7 +39,7 @@ const HANDLERS: Handlers = Handlers {
         let arg: String = ic_ws_protocol::decode(args).unwrap_or_default();
         if arg == "reject" {
             let _ = ic_ws_canister::send(id, &"welcome".to_string());
-            return Err("rejected".into());
+            return Err(WsError::Rejected("rejected".into()));
         }
         Ok(())
     },

@@ -8,7 +8,7 @@
 //! [`is_closed`] reads the body's variant index straight from content whose candid header is
 //! the one ic-ws canisters write, falling back to a full decode for any other header.
 
-use ic_ws_protocol::types::{CloseReason, OutboundBody, OutboundContent};
+use ic_ws_protocol::types::{CloseReason, OutboundBody, OutboundContent, WsError};
 use ic_ws_protocol::{GatewayFrame, TypedEncoder};
 use std::sync::OnceLock;
 
@@ -28,6 +28,7 @@ struct ClosedProbe {
     /// Offset of the variant index byte from the start of the content.
     at: usize,
     closed: u8,
+    open_rejected: u8,
 }
 
 impl ClosedProbe {
@@ -50,31 +51,56 @@ impl ClosedProbe {
         let closed = sample(OutboundBody::Closed {
             reason: CloseReason::Expired,
         })?;
+        let open_rejected = sample(OutboundBody::OpenRejected {
+            client_key: vec![],
+            open_timestamp_ns: 0,
+            error: WsError::Closed,
+        })?;
         let at = app.iter().zip(&closed).position(|(a, c)| a != c)?;
         let header = encoder.header().to_vec();
         (at >= header.len()).then_some(Self {
             header,
             at,
             closed: *closed.get(at)?,
+            open_rejected: *open_rejected.get(at)?,
         })
+    }
+}
+
+/// A certified message after which nothing follows in its session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Terminal {
+    /// `Closed`: the session ended.
+    Closed,
+    /// `OpenRejected` (protocol version 2): the application refused the session's open.
+    OpenRejected,
+}
+
+/// Whether `content` (a candid [`OutboundContent`]) ends its session, and how.
+pub fn terminal(content: &[u8]) -> Option<Terminal> {
+    static PROBE: OnceLock<Option<ClosedProbe>> = OnceLock::new();
+    if let Some(p) = PROBE.get_or_init(ClosedProbe::new) {
+        if content.starts_with(&p.header) {
+            let b = content.get(p.at);
+            return if b == Some(&p.closed) {
+                Some(Terminal::Closed)
+            } else if b == Some(&p.open_rejected) {
+                Some(Terminal::OpenRejected)
+            } else {
+                None
+            };
+        }
+    }
+    match ic_ws_protocol::decode::<OutboundContent>(content).map(|c| c.body) {
+        Ok(OutboundBody::Closed { .. }) => Some(Terminal::Closed),
+        Ok(OutboundBody::OpenRejected { .. }) => Some(Terminal::OpenRejected),
+        _ => None,
     }
 }
 
 /// Whether `content` (a candid [`OutboundContent`]) is a `Closed` message.
 pub fn is_closed(content: &[u8]) -> bool {
-    static PROBE: OnceLock<Option<ClosedProbe>> = OnceLock::new();
-    if let Some(p) = PROBE.get_or_init(ClosedProbe::new) {
-        if content.starts_with(&p.header) {
-            return content.get(p.at) == Some(&p.closed);
-        }
-    }
-    matches!(
-        ic_ws_protocol::decode::<OutboundContent>(content),
-        Ok(OutboundContent {
-            body: OutboundBody::Closed { .. },
-            ..
-        })
-    )
+    terminal(content) == Some(Terminal::Closed)
 }
 
 #[cfg(test)]
@@ -113,6 +139,21 @@ mod tests {
                     body: OutboundBody::Closed { reason },
                 });
             }
+            all.push(OutboundContent {
+                timestamp_ns,
+                body: OutboundBody::OpenRejected {
+                    client_key: vec![7; 32],
+                    open_timestamp_ns: timestamp_ns,
+                    error: WsError::Rejected("é".repeat(300)),
+                },
+            });
+            all.push(OutboundContent {
+                timestamp_ns,
+                body: OutboundBody::MessageRejected {
+                    inbound_seq: timestamp_ns,
+                    error: WsError::DecodeError("bad".into()),
+                },
+            });
         }
         all
     }
@@ -123,6 +164,12 @@ mod tests {
             let bytes = ic_ws_protocol::encode(&content).unwrap();
             let expected = matches!(content.body, OutboundBody::Closed { .. });
             assert_eq!(is_closed(&bytes), expected, "{content:?}");
+            let expected = match content.body {
+                OutboundBody::Closed { .. } => Some(Terminal::Closed),
+                OutboundBody::OpenRejected { .. } => Some(Terminal::OpenRejected),
+                _ => None,
+            };
+            assert_eq!(terminal(&bytes), expected, "{content:?}");
         }
         // Not content at all, or content with another (equivalent) header: the full decode
         // decides, and garbage is not a close.

@@ -169,6 +169,16 @@ pub struct Config {
     #[arg(long, env = "IC_WS_GATEWAY_WRITE_TIMEOUT_MS", default_value_t = 10_000)]
     pub write_timeout_ms: u64,
 
+    /// How long a connection whose open the canister refused with a certified outcome
+    /// (`OpenRejected`, or `Closed` for the resume of a closed session) waits for that
+    /// certified message before it is closed 4003 anyway, in ms.
+    #[arg(
+        long,
+        env = "IC_WS_GATEWAY_OPEN_OUTCOME_TIMEOUT_MS",
+        default_value_t = 10_000
+    )]
+    pub open_outcome_timeout_ms: u64,
+
     /// Messages of one client waiting for the canister before the gateway stops reading
     /// from that client (backpressure on that client only).
     #[arg(
@@ -356,6 +366,7 @@ impl Config {
             ("--send-buffer-frames", self.send_buffer_frames as u64),
             ("--send-buffer-bytes", self.send_buffer_bytes as u64),
             ("--write-timeout-ms", self.write_timeout_ms),
+            ("--open-outcome-timeout-ms", self.open_outcome_timeout_ms),
             (
                 "--max-inflight-per-client",
                 self.max_inflight_per_client as u64,
@@ -501,6 +512,10 @@ impl Config {
     /// Write timeout.
     pub fn write_timeout(&self) -> Duration {
         Duration::from_millis(self.write_timeout_ms)
+    }
+    /// How long a refused open waits for its certified outcome.
+    pub fn open_outcome_timeout(&self) -> Duration {
+        Duration::from_millis(self.open_outcome_timeout_ms)
     }
     /// Batch interval.
     pub fn batch_interval(&self) -> Duration {

@@ -6,9 +6,14 @@
 //! benchmark the gateway without a replica.
 //!
 //! App payloads with a meaning: `b"trap"` traps the whole call (when it is reached within the
-//! call's budget, [`FakeState::entries_per_call`]), `b"reject"` is rejected by
-//! the "app" (`Rejected`, sequence consumed), `b"close"` makes the app close the session,
-//! anything starting with `b"echo:"` is sent back to the sender.
+//! call's budget), `b"reject"` is rejected by
+//! the "app" (`Rejected`, sequence consumed, certified `MessageRejected` queued), `b"close"`
+//! makes the app close the session, anything starting with `b"echo:"` is sent back to the
+//! sender. Open args `b"reject"`: the app refuses the open as a version-2 canister does (a
+//! closed session holding the certified `OpenRejected` at seq 0, `Err(OpenRejected)`); the
+//! resume of a closed session re-queues its retained messages (ending with `Closed`) and
+//! answers `Err(Closed)`. [`FakeState::entries_per_call`] makes calls answer `NotProcessed`
+//! past that many entries, as an instruction budget does.
 #![allow(
     clippy::indexing_slicing,
     clippy::arithmetic_side_effects,
@@ -59,8 +64,9 @@ pub struct FakeState {
     /// The next this many `ws_message` calls are applied but their reply is "lost" (a
     /// transient error), as when a connection drops after the IC executed the call.
     pub lose_replies: usize,
-    /// An instruction budget per call, counted in entries: `ws_message` processes at most this
-    /// many entries (at least one) and answers the rest `NotProcessed`.
+    /// When set, `ws_open`, `ws_message` and `ws_close` handle at most this many entries (at
+    /// least one) per call and answer `NotProcessed` for the rest (nothing changes for them),
+    /// like a canister whose instruction budget per call ran out.
     pub entries_per_call: Option<usize>,
 }
 
@@ -257,9 +263,40 @@ impl CanisterApi for FakeCanister {
         }
         let mut s = self.state();
         let mut results = Vec::new();
-        for open in &batch.opens {
-            if open.args == b"reject" {
-                results.push(Err(WsError::Rejected("not welcome".into())));
+        let budget = s.entries_per_call.unwrap_or(usize::MAX).max(1);
+        for (i, open) in batch.opens.iter().enumerate() {
+            if i >= budget {
+                results.push(Err(WsError::NotProcessed));
+                continue;
+            }
+            if open.args == b"reject" && open.resume.is_none() {
+                // Version 2: a closed session holding the certified refusal at seq 0.
+                let id = s.next_client;
+                s.next_client += 1;
+                s.sessions.insert(
+                    id,
+                    Session {
+                        next_in: 0,
+                        next_out: 0,
+                        closed: false,
+                        retained: vec![],
+                    },
+                );
+                s.queue(
+                    id,
+                    OutboundBody::OpenRejected {
+                        client_key: open.client_key.clone(),
+                        open_timestamp_ns: open.timestamp_ns,
+                        error: WsError::Rejected("not welcome".into()),
+                    },
+                );
+                if let Some(x) = s.sessions.get_mut(&id) {
+                    x.closed = true;
+                }
+                results.push(Err(WsError::OpenRejected {
+                    client_id: id,
+                    reason: "not welcome".into(),
+                }));
                 continue;
             }
             let client = match open.resume {
@@ -278,10 +315,22 @@ impl CanisterApi for FakeCanister {
                     id
                 }
                 Some(r) => {
-                    let Some(session) = s.sessions.get(&r.client_id).filter(|x| !x.closed) else {
+                    let Some(session) = s.sessions.get(&r.client_id) else {
                         results.push(Err(WsError::UnknownClient(r.client_id)));
                         continue;
                     };
+                    if session.closed {
+                        // Version 2: its certified end again, for this gateway.
+                        let again: Vec<OutboundMessage> = session
+                            .retained
+                            .iter()
+                            .filter(|m| m.seq >= r.next_outbound_seq)
+                            .cloned()
+                            .collect();
+                        s.log.extend(again);
+                        results.push(Err(WsError::Closed));
+                        continue;
+                    }
                     let again: Vec<OutboundMessage> = session
                         .retained
                         .iter()
@@ -367,7 +416,15 @@ impl CanisterApi for FakeCanister {
             session.retained.retain(|r| r.seq >= m.ack);
             match &m.kind {
                 MessageKind::App(p) if p == b"reject" => {
-                    results.push(MessageResult::Err(WsError::Rejected("app said no".into())));
+                    let error = WsError::Rejected("app said no".into());
+                    s.queue(
+                        m.client_id,
+                        OutboundBody::MessageRejected {
+                            inbound_seq: m.seq,
+                            error: error.clone(),
+                        },
+                    );
+                    results.push(MessageResult::Err(error));
                 }
                 MessageKind::App(p) => {
                     s.received.push((m.client_id, m.seq, p.clone()));
@@ -417,8 +474,19 @@ impl CanisterApi for FakeCanister {
     ) -> Result<Vec<CloseResult>, CallError> {
         self.begin("ws_close", batch.clients.len()).await?;
         let mut s = self.state();
-        s.closed_by_gateway.extend(batch.clients.iter().copied());
-        Ok(batch.clients.iter().map(|_| Ok(())).collect())
+        let budget = s.entries_per_call.unwrap_or(usize::MAX).max(1);
+        let done = batch.clients.len().min(budget);
+        s.closed_by_gateway
+            .extend(batch.clients.iter().take(done).copied());
+        Ok((0..batch.clients.len())
+            .map(|i| {
+                if i < done {
+                    Ok(())
+                } else {
+                    Err(WsError::NotProcessed)
+                }
+            })
+            .collect())
     }
 
     async fn ws_poll(

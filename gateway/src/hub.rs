@@ -12,6 +12,7 @@
 //! waits for a client.
 
 use crate::canister::CanisterApi;
+use crate::codec::Terminal;
 use crate::config::{CanisterPolicy, Config};
 use crate::health::Health;
 use crate::memory::{Category, Charge, Shed};
@@ -244,7 +245,7 @@ impl<C: CanisterApi> Shared<C> {
             .collect();
         let Some(last) = messages.last() else { return };
         entry.next_seq = last.seq.saturating_add(1);
-        let closed = crate::codec::is_closed(&last.content);
+        let terminal = crate::codec::terminal(&last.content);
         let count = messages.len() as u64;
         // The frame is built by the client's session task (see `crate::outbox`); its size for
         // the byte bound is estimated: contents, certificate, and a witness allowance.
@@ -271,11 +272,18 @@ impl<C: CanisterApi> Shared<C> {
             }
             Push::Closed | Push::Dropped => {}
         }
-        if closed {
-            entry.outbox.finish(CloseWith::new(
-                close_code::SESSION_CLOSED,
-                "session closed by the canister",
-            ));
+        if let Some(terminal) = terminal {
+            // The session's certified end (its `Closed`, or the `OpenRejected` of a refused
+            // open, protocol version 2) is on its way: close once it is written.
+            entry.outbox.finish(match terminal {
+                Terminal::Closed => {
+                    CloseWith::new(close_code::SESSION_CLOSED, "session closed by the canister")
+                }
+                Terminal::OpenRejected => CloseWith::new(
+                    close_code::OPEN_FAILED,
+                    "open rejected by the canister (certified)",
+                ),
+            });
             table.clients.remove(&client_id);
             self.metrics.sessions.dec();
         }

@@ -148,7 +148,8 @@ pub enum ErrorKind {
     CallPermanent,
     /// A `ws_poll` failed.
     Poll,
-    /// The canister rejected a client message (`MessageError` sent).
+    /// The canister rejected a client message (`MessageError` sent for errors that did not
+    /// consume the sequence number; `Rejected` / `DecodeError` are certified to the client).
     MessageRejected,
     /// The canister rejected an open.
     OpenRejected,

@@ -17,8 +17,12 @@
 //!   call ran out) go again, first, in the next batch, with every later entry of the same
 //!   clients from the batch (messages, disconnect, resume), so no client's entry overtakes
 //!   one of its own; the client hears nothing of it.
-//! - Results go to each entry's client only: `MessageError` (then 4004 when the session cannot
-//!   continue), `OpenResult` (then 4003 when the open failed).
+//! - Results go to each entry's client only: `MessageError` for errors that did not consume
+//!   the sequence number (then 4004: the session cannot continue; `Rejected` and
+//!   `DecodeError` reach the client as certified `MessageRejected` messages instead, protocol
+//!   version 2), `OpenResult` (then 4003 when the open failed; for a certified refusal,
+//!   `OpenRejected` or the `Closed` of a resumed closed session, only once that certified
+//!   message is delivered).
 //! - Fairness: the worker moves everything the sessions queued into a [`Scheduler`] with one
 //!   lane per client (its messages, its disconnect, its resume) and one per new open. Batches
 //!   are cut by deficit round-robin over the lanes, by bytes, and a lane that was empty goes
@@ -86,10 +90,22 @@ pub struct PendingOpen {
     pub conn_id: u64,
     /// Its send buffer (gets the `OpenResult`).
     pub outbox: Arc<Outbox>,
-    /// Told the `OpenOk` once the client is attached.
-    pub reply: oneshot::Sender<OpenOk>,
+    /// Told the outcome once the client is attached.
+    pub reply: oneshot::Sender<OpenReply>,
     /// Its bytes in the memory ledger.
     pub charge: Option<Charge>,
+}
+
+/// What the relay tells a session whose open it attached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OpenReply {
+    /// The open (or resume) succeeded: the session relays the client's messages.
+    Opened(OpenOk),
+    /// Protocol version 2: the canister refused the open (`OpenRejected`) or the resume of a
+    /// closed session (`Closed`) and certified the refusal as a message of session
+    /// `ClientId`: the connection is attached to it until that message is delivered (then
+    /// closed), relays nothing, and is closed 4003 if it does not come in time.
+    Certifying(ClientId),
 }
 
 /// A message waiting for `ws_message`.
@@ -803,13 +819,18 @@ fn handle_message_result<C>(
                 fatal,
                 "message rejected: {error}"
             );
-            send_frame(
-                &m.outbox,
-                &GatewayFrame::MessageError {
-                    seq: m.message.seq,
-                    error: error.clone(),
-                },
-            );
+            // Protocol version 2: a refusal that consumed the sequence number (`Rejected`,
+            // `DecodeError`) reaches the client certified (`MessageRejected`, delivered like any
+            // message); `MessageError` is only sent for errors that did not consume it.
+            if fatal {
+                send_frame(
+                    &m.outbox,
+                    &GatewayFrame::MessageError {
+                        seq: m.message.seq,
+                        error: error.clone(),
+                    },
+                );
+            }
             if fatal {
                 failed.insert(client);
                 m.outbox.finish(CloseWith::new(
@@ -958,34 +979,51 @@ async fn relay_opens<C: CanisterApi>(
             }
         };
         send_frame(&open.outbox, &GatewayFrame::OpenResult(result.clone()));
-        match result {
-            Ok(ok) => {
+        // Protocol version 2: the refusal of a new session's open (`OpenRejected`) and of the
+        // resume of a closed session (`Closed`) are certified messages of that session: attach
+        // the connection to it so they are delivered.
+        let reply = match &result {
+            Ok(ok) => Some((ok.client_id, OpenReply::Opened(*ok))),
+            Err(WsError::OpenRejected { client_id, .. }) if open.request.resume.is_none() => {
+                Some((*client_id, OpenReply::Certifying(*client_id)))
+            }
+            Err(WsError::Closed) => open
+                .request
+                .resume
+                .map(|r| (r.client_id, OpenReply::Certifying(r.client_id))),
+            Err(_) => None,
+        };
+        if result.is_err() {
+            shared.metrics.error(ErrorKind::OpenRejected);
+        }
+        match (reply, result) {
+            (Some((client_id, reply)), _) => {
                 let next_seq = open.request.resume.map_or(0, |r| r.next_outbound_seq);
                 shared.attach(
                     hub,
-                    ok.client_id,
+                    client_id,
                     ClientEntry {
                         conn_id: open.conn_id,
                         outbox: open.outbox.clone(),
                         next_seq,
                     },
                 );
-                if open.reply.send(ok).is_err() && shared.detach(hub, ok.client_id, open.conn_id) {
+                if open.reply.send(reply).is_err() && shared.detach(hub, client_id, open.conn_id) {
                     // The connection went away while its open was in flight.
                     let item = RelayItem::Close {
-                        client_id: ok.client_id,
+                        client_id,
                         conn_id: open.conn_id,
                     };
                     if hub.relay.try_send(item).is_err() {
                         tracing::debug!(
-                            client = ok.client_id,
+                            client = client_id,
                             "relay queue full: ws_close skipped (the session expires)"
                         );
                     }
                 }
             }
-            Err(error) => {
-                shared.metrics.error(ErrorKind::OpenRejected);
+            (None, Ok(_)) => {}
+            (None, Err(error)) => {
                 open.outbox.finish(CloseWith::new(
                     close_code::OPEN_FAILED,
                     format!("open failed: {error}"),

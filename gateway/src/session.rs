@@ -28,10 +28,12 @@ use crate::hub::{Hub, Shared};
 use crate::memory::{Category, Shed};
 use crate::metrics::ErrorKind;
 use crate::outbox::{CloseWith, Outbox, Outgoing};
-use crate::relay::{ClientShare, Hold, PendingMessage, PendingOpen, RelayItem, SharePermit};
+use crate::relay::{
+    ClientShare, Hold, OpenReply, PendingMessage, PendingOpen, RelayItem, SharePermit,
+};
 use futures_util::{FutureExt, Sink, SinkExt, Stream, StreamExt};
 use ic_ws_protocol::frames::close_code;
-use ic_ws_protocol::types::{ClientId, OpenOk, WsError};
+use ic_ws_protocol::types::{ClientId, WsError};
 use ic_ws_protocol::{ClientFrame, GatewayFrame};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -54,6 +56,15 @@ enum State {
     Opening { hub: Arc<Hub> },
     /// Attached as `client_id`.
     Open { hub: Arc<Hub>, client_id: ClientId },
+    /// Protocol version 2: the open was refused and the refusal is certified as a message of
+    /// session `client_id` (`OpenRejected`, or the `Closed` of a resumed closed session):
+    /// attached to it until that message is delivered (then the hub closes the connection),
+    /// reading nothing more, closed 4003 at `until` if it has not come.
+    Ending {
+        hub: Arc<Hub>,
+        client_id: ClientId,
+        until: Instant,
+    },
     /// The open failed; waiting for the outbox to deliver the result and close.
     Failed,
 }
@@ -68,7 +79,7 @@ struct Attached {
 enum Event {
     Shutdown,
     Out(Outgoing),
-    Opened(Option<OpenOk>),
+    Opened(Option<OpenReply>),
     Slot(
         Option<SharePermit>,
         Option<tokio::sync::mpsc::OwnedPermit<RelayItem>>,
@@ -224,7 +235,7 @@ async fn serve<C, W>(
     // A decoded message waiting for an in-flight slot and room in the relay queue.
     let mut held: Option<RelayItem> = None;
     // The relay's answer to our open, while it is in flight.
-    let mut open_reply: Option<oneshot::Receiver<OpenOk>> = None;
+    let mut open_reply: Option<oneshot::Receiver<OpenReply>> = None;
 
     let end: CloseWith = loop {
         let reading = held.is_none() && matches!(state, State::New | State::Open { .. });
@@ -281,12 +292,26 @@ async fn serve<C, W>(
             Event::Opened(ok) => {
                 open_reply = None;
                 state = match (ok, std::mem::replace(&mut state, State::Failed)) {
-                    (Some(ok), State::Opening { hub, .. }) => {
+                    (Some(OpenReply::Opened(ok)), State::Opening { hub, .. }) => {
                         *attachment.lock().unwrap_or_else(|p| p.into_inner()) =
                             Some((hub.clone(), ok.client_id));
                         State::Open {
                             hub,
                             client_id: ok.client_id,
+                        }
+                    }
+                    (Some(OpenReply::Certifying(client_id)), State::Opening { hub, .. }) => {
+                        *attachment.lock().unwrap_or_else(|p| p.into_inner()) =
+                            Some((hub.clone(), client_id));
+                        let wait = shared.config.open_outcome_timeout();
+                        let until = Instant::now()
+                            .checked_add(wait)
+                            .unwrap_or_else(Instant::now);
+                        idle_sleep.as_mut().reset(until);
+                        State::Ending {
+                            hub,
+                            client_id,
+                            until,
                         }
                     }
                     // Failed opens: the relay queued the OpenResult and a 4003/4005 close.
@@ -360,6 +385,18 @@ async fn serve<C, W>(
                     Err(End::Gone) => break CloseWith::new(1006, ""),
                 }
             }
+            Event::IdleTimer if matches!(state, State::Ending { .. }) => {
+                if let State::Ending { until, .. } = &state {
+                    if *until > Instant::now() {
+                        idle_sleep.as_mut().reset(*until);
+                        continue;
+                    }
+                }
+                break CloseWith::new(
+                    close_code::OPEN_FAILED,
+                    "open failed: the certified outcome did not arrive in time",
+                );
+            }
             Event::IdleTimer => match last_activity.checked_add(idle) {
                 Some(deadline) if deadline > Instant::now() => idle_sleep.as_mut().reset(deadline),
                 Some(_) => break CloseWith::new(close_code::IDLE_TIMEOUT, "idle timeout"),
@@ -376,7 +413,7 @@ async fn serve<C, W>(
     tracing::debug!(%peer, code = end.code, reason = %end.reason, "session ended");
     // Tell the canister the client went away (it stays resumable), unless the session ended
     // in the canister already or another connection took it over.
-    if let State::Open { hub, client_id } = state {
+    if let State::Open { hub, client_id } | State::Ending { hub, client_id, .. } = state {
         if end.code != close_code::SESSION_CLOSED && shared.detach(&hub, client_id, conn_id) {
             let item = RelayItem::Close { client_id, conn_id };
             if tokio::time::timeout(CLOSE_TIMEOUT, hub.relay.send(item))
@@ -459,7 +496,7 @@ fn on_frame<C: CanisterApi>(
     frame: Message,
     state: &mut State,
     attached: &mut Option<Attached>,
-    open_reply: &mut Option<oneshot::Receiver<OpenOk>>,
+    open_reply: &mut Option<oneshot::Receiver<OpenReply>>,
     conn_id: u64,
 ) -> Result<Option<RelayItem>, End> {
     let bytes = match frame {

@@ -178,14 +178,15 @@ async fn per_entry_errors_reach_only_their_client() {
     let mut a = Client::open(addr).await;
     let mut b = Client::open(addr).await;
     let mut c = Client::open(addr).await;
-    // Rejected by the app: reported, the session continues.
+    // Rejected by the app: the certified refusal is delivered (no `MessageError`: protocol
+    // version 2), the session continues.
     let seq = a.send(b"reject").await;
-    match next_frame(&mut a.ws).await {
-        GatewayFrame::MessageError {
-            seq: s,
+    match body(&a.messages(1).await.remove(0)) {
+        OutboundBody::MessageRejected {
+            inbound_seq,
             error: WsError::Rejected(_),
-        } => assert_eq!(s, seq),
-        other => panic!("expected MessageError, got {other:?}"),
+        } => assert_eq!(inbound_seq, seq),
+        other => panic!("expected MessageRejected, got {other:?}"),
     }
     a.send(b"echo:next").await;
     assert_eq!(a.payloads(1).await, vec![b"next".to_vec()]);
@@ -494,12 +495,19 @@ async fn opens_refused_by_policy_or_app_close_4003() {
     ));
     assert_eq!(closed(&mut other.ws).await.0, 4003);
 
+    // Refused by the app (protocol version 2): the certified `OpenRejected` of the refused
+    // session is delivered, then 4003.
     let mut rejected = Client::connect(addr).await;
     send_frame(&mut rejected.ws, &open_request(b"reject", None)).await;
-    assert!(matches!(
-        next_frame(&mut rejected.ws).await,
-        GatewayFrame::OpenResult(Err(WsError::Rejected(_)))
-    ));
+    let GatewayFrame::OpenResult(Err(WsError::OpenRejected { client_id, .. })) =
+        next_frame(&mut rejected.ws).await
+    else {
+        panic!("expected OpenRejected");
+    };
+    rejected.client_id = client_id;
+    let m = rejected.messages(1).await.remove(0);
+    assert_eq!(m.seq, 0);
+    assert!(matches!(body(&m), OutboundBody::OpenRejected { .. }));
     assert_eq!(closed(&mut rejected.ws).await.0, 4003);
 
     let mut wrong_gateway = Client::connect(addr).await;

@@ -73,13 +73,15 @@ async fn past_the_budget_new_work_is_shed_first_then_messages_4006() {
     gw.shutdown().await;
 }
 
-async fn expect_refusal(ws: &mut Ws) {
-    match next_frame(ws).await {
-        GatewayFrame::MessageError {
+/// The certified refusal of `seq` (protocol version 2: no `MessageError` for it).
+async fn expect_refusal(c: &mut Client, seq: u64) {
+    let m = c.messages(1).await.remove(0);
+    match body(&m) {
+        OutboundBody::MessageRejected {
+            inbound_seq,
             error: WsError::Rejected(_),
-            ..
-        } => {}
-        f => panic!("expected a refusal, got {f:?}"),
+        } => assert_eq!(inbound_seq, seq),
+        other => panic!("expected a certified refusal, got {other:?}"),
     }
 }
 
@@ -90,19 +92,19 @@ async fn a_client_the_canister_keeps_refusing_is_closed_1008_others_are_not() {
     let mut refused = Client::open(addr).await;
     let mut other = Client::open(addr).await;
     for _ in 0..4 {
-        refused.send(b"reject").await;
-        expect_refusal(&mut refused.ws).await;
+        let seq = refused.send(b"reject").await;
+        expect_refusal(&mut refused, seq).await;
     }
     // An accepted message pays one refusal back.
     refused.send(b"echo:fine").await;
     assert_eq!(refused.payloads(1).await, vec![b"fine".to_vec()]);
+    let seq = refused.send(b"reject").await;
+    expect_refusal(&mut refused, seq).await;
+    let seq = other.send(b"reject").await;
+    expect_refusal(&mut other, seq).await;
+    // The fifth net refusal is one too many (its certified refusal may or may not get out
+    // before the close: the canister queued it for the client's next connection anyway).
     refused.send(b"reject").await;
-    expect_refusal(&mut refused.ws).await;
-    other.send(b"reject").await;
-    expect_refusal(&mut other.ws).await;
-    // The fifth net refusal is one too many.
-    refused.send(b"reject").await;
-    expect_refusal(&mut refused.ws).await;
     assert_eq!(closed(&mut refused.ws).await.0, 1008);
     assert_eq!(gw.metrics().refusal_closes.get(), 1);
     other.send(b"echo:unaffected").await;

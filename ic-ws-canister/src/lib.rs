@@ -606,8 +606,10 @@ pub mod __private {
     #[derive(Clone, Copy)]
     pub struct Handlers {
         /// Called once when a session is created, with the open's `args` (candid).
-        /// `Err(reason)` rejects the open (`WsError::Rejected`).
-        pub on_open: fn(ClientId, &[u8]) -> Result<(), String>,
+        /// `Err(Rejected(reason))` refuses the open, `Err(DecodeError(..))` says the
+        /// arguments did not decode (any other error is taken as `Rejected` with its text):
+        /// the refusal is certified (`OutboundBody::OpenRejected`).
+        pub on_open: fn(ClientId, &[u8]) -> Result<(), WsError>,
         /// Called for every accepted app message (payload candid, decoded by the shim with
         /// [`decode_payload`]). Its error is the entry's result.
         pub on_message: fn(ClientId, &[u8]) -> Result<(), WsError>,
@@ -636,9 +638,11 @@ pub mod __private {
                 Err(e) => results.push(Err(e)),
                 Ok(new) => match (h.on_open)(new.ok.client_id, &open.args) {
                     Ok(()) => results.push(Ok(new.ok)),
-                    Err(reason) => {
-                        with_state(|s| s.abort_new_session(&new, now));
-                        results.push(Err(WsError::Rejected(reason)));
+                    Err(e) => {
+                        // Certified refusal: the session is kept closed with `OpenRejected`
+                        // as its only message (see `State::reject_new_session`).
+                        let error = runtime::outcome_error(e);
+                        results.push(Err(with_state(|s| s.reject_new_session(&new, error, now))));
                     }
                 },
             }
@@ -660,12 +664,19 @@ pub mod __private {
                 continue;
             }
             let id = msg.client_id;
+            let seq = msg.seq;
             let r = match with_state(|s| s.accept_message(caller, &canister, msg, now)) {
                 Err(e) => MessageResult::Err(e),
                 Ok(None) => MessageResult::Duplicate,
                 Ok(Some(Accepted::App(payload))) => match (h.on_message)(id, &payload) {
                     Ok(()) => MessageResult::Ok,
-                    Err(e) => MessageResult::Err(e),
+                    Err(e) => {
+                        // The sequence number is consumed: certify the refusal for the client
+                        // (`MessageRejected`); the entry's result is only the gateway's hint.
+                        let error = runtime::outcome_error(e);
+                        with_state(|s| s.queue_message_rejected(id, seq, error.clone(), now));
+                        MessageResult::Err(error)
+                    }
                 },
                 Ok(Some(Accepted::KeepAlive | Accepted::Closed)) => MessageResult::Ok,
             };
@@ -722,7 +733,7 @@ pub mod __private {
     }
 
     /// `on_open` of an app that defines none: accepts every open.
-    pub fn default_on_open(_client: ClientId, _args: &[u8]) -> Result<(), String> {
+    pub fn default_on_open(_client: ClientId, _args: &[u8]) -> Result<(), WsError> {
         Ok(())
     }
 

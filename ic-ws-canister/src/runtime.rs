@@ -51,6 +51,27 @@ const LOG_IDX_BLOCK: u64 = 1 << 16;
 /// each new record without sessions pays for, see `State::consume_open_ts`).
 pub(crate) const KEY_SWEEP_PER_CALL: usize = 8;
 
+/// Most bytes of the text in a certified refusal (`OpenRejected`, `MessageRejected`): an
+/// application's error text is cut (on a character boundary) to this.
+pub(crate) const MAX_OUTCOME_TEXT_BYTES: usize = 1024;
+
+/// Room checked before a new session mutates anything: its `Opened` (~150 bytes) or, if
+/// `on_open` refuses, its `OpenRejected` (key, timestamp and an error text of at most
+/// [`MAX_OUTCOME_TEXT_BYTES`], with candid framing).
+const ROOM_FOR_OPEN_OUTCOME: u64 = (CHUNK_HEADER + 512 + MAX_OUTCOME_TEXT_BYTES) as u64;
+
+/// The error a certified refusal carries: `Rejected` or `DecodeError` with its text bounded
+/// to [`MAX_OUTCOME_TEXT_BYTES`]; any other error a handler returns becomes `Rejected` with
+/// its description (the sequence number is consumed all the same).
+pub(crate) fn outcome_error(e: WsError) -> WsError {
+    let cut = |t: &str| ic_ws_protocol::text::bounded(t, MAX_OUTCOME_TEXT_BYTES);
+    match e {
+        WsError::Rejected(t) => WsError::Rejected(cut(&t)),
+        WsError::DecodeError(t) => WsError::DecodeError(cut(&t)),
+        other => WsError::Rejected(cut(&other.to_string())),
+    }
+}
+
 /// A delivery-log entry: which message a gateway's log position refers to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct LogRef {
@@ -793,13 +814,115 @@ impl State {
         self.enqueue(id, rec, body, hash).unwrap_or(seq)
     }
 
-    /// Makes sure the arena can store an `Opened` message (checked before an open mutates).
+    /// Makes sure the arena can store an `Opened` message, or a new session's
+    /// `OpenRejected` (checked before an open mutates).
     fn check_room_for_opened(&mut self) -> Result<(), WsError> {
-        // An `Opened` content is ~150 bytes (candid framing, 32-byte key, three integers).
-        if self.arena.reserve((CHUNK_HEADER + 512) as u64) {
+        if self.arena.reserve(ROOM_FOR_OPEN_OUTCOME) {
             Ok(())
         } else {
             Err(WsError::LimitReached("stable memory exhausted".into()))
+        }
+    }
+
+    /// `on_open` refused the new session (`error`: `Rejected` or `DecodeError`, bounded by
+    /// [`outcome_error`]): the session is kept, closed and never opened, with one certified
+    /// message, seq 0 = `OpenRejected { client_key, open_timestamp_ns, error }`, logged for
+    /// the calling gateway. Whatever `on_open` did to the session is undone first: its
+    /// `Opened` and every message it queued are deleted, its subscriptions dropped, and a
+    /// close it made forgotten (`on_close` is never called for a session that never opened).
+    /// Like every closed session it is deleted `closed_retention` later; until then it counts
+    /// toward the session caps (its gateway's and the canister's). The open's timestamp stays
+    /// consumed (a replay is `StaleOpen`). Returns the `ws_open` result:
+    /// `OpenRejected { client_id, reason }`, or `Rejected` (the old behaviour: nothing of the
+    /// session left) in the one case the refusal cannot be stored (stable memory exhausted).
+    pub(crate) fn reject_new_session(
+        &mut self,
+        new: &NewSession,
+        error: WsError,
+        now: u64,
+    ) -> WsError {
+        let id = new.ok.client_id;
+        let reason = match &error {
+            WsError::Rejected(r) => r.clone(),
+            other => other.to_string(),
+        };
+        let Some(mut rec) = self.clients.get(&id) else {
+            return WsError::Rejected(reason);
+        };
+        for (seq, addr, h) in self.chain(&rec) {
+            self.forget_msg(id, &mut rec, seq, &h);
+            self.arena.free(addr);
+        }
+        self.tree.remove_client(id);
+        rec.head = 0;
+        rec.tail = 0;
+        rec.first_retained_seq = 0;
+        rec.next_outbound_seq = 0;
+        self.unsubscribe_all(id);
+        self.pending_close.remove(&id);
+        self.activity.remove(&pair_key(rec.last_activity_ns, id));
+        if rec.closed {
+            self.closed.remove(&pair_key(rec.closed_at_ns, id));
+        }
+        rec.closed = false;
+        let content = encode_content(
+            now,
+            OutboundBody::OpenRejected {
+                client_key: rec.key.to_vec(),
+                open_timestamp_ns: new.open_ts,
+                error,
+            },
+        );
+        let hash = content_hash(&content);
+        if self
+            .enqueue(id, &mut rec, OutBody::Control { content }, hash)
+            .is_err()
+        {
+            self.clients.insert(id, rec);
+            self.abort_new_session(new, now);
+            return WsError::Rejected(reason);
+        }
+        rec.closed = true;
+        rec.closed_at_ns = now;
+        self.closed.insert(pair_key(now, id), ());
+        self.clients.insert(id, rec);
+        WsError::OpenRejected {
+            client_id: id,
+            reason,
+        }
+    }
+
+    /// The handler refused accepted message `inbound_seq` of session `id` (`error`:
+    /// `Rejected` or `DecodeError`, bounded by [`outcome_error`]): queues the certified
+    /// `MessageRejected { inbound_seq, error }`. It is a message like any other: past the
+    /// session's queue limits the overflow policy applies (`Close`: the session closes with
+    /// `QueueOverflow`, certified; `Reject`: the refusal is not queued and the client only
+    /// learns, from a later `Opened`'s `next_inbound_seq`, that the message was consumed). A
+    /// session the handler closed gets nothing after its `Closed`.
+    pub(crate) fn queue_message_rejected(
+        &mut self,
+        id: ClientId,
+        inbound_seq: u64,
+        error: WsError,
+        now: u64,
+    ) {
+        let Some(mut rec) = self.clients.get(&id) else {
+            return;
+        };
+        if rec.closed {
+            return;
+        }
+        let content = encode_content(now, OutboundBody::MessageRejected { inbound_seq, error });
+        if !self.fits(&rec, content.len() as u64) {
+            let _ = self.overflow(id, now);
+            return;
+        }
+        let hash = content_hash(&content);
+        if self
+            .enqueue(id, &mut rec, OutBody::Control { content }, hash)
+            .is_ok()
+        {
+            self.clients.insert(id, rec);
         }
     }
 
@@ -852,9 +975,6 @@ impl State {
         if rec.key != key {
             return Err(WsError::InvalidResume);
         }
-        if rec.closed {
-            return Err(WsError::Closed);
-        }
         if resume.next_outbound_seq > rec.next_outbound_seq {
             return Err(WsError::InvalidResume);
         }
@@ -867,6 +987,18 @@ impl State {
         if !same_gateway {
             self.check_gateway_capacity(&caller)?;
             self.check_gateway_records(&caller)?;
+        }
+        if rec.closed {
+            // Closed but not yet deleted, and the key's owner asks: hand it its certified end.
+            // Its retained messages from `next_outbound_seq` on (the last is its `Closed`, or
+            // the `OpenRejected` of a refused open) are queued again for the caller; the answer
+            // stays `Closed` (uncertified: the client believes the certified message).
+            self.release(id, &mut rec, resume.next_outbound_seq);
+            self.detach(id, &mut rec);
+            let gw = self.gateway_or_create(caller);
+            self.attach(id, &mut rec, gw.id);
+            self.clients.insert(id, rec);
+            return Err(WsError::Closed);
         }
         self.check_room_for_opened()?;
         // All checks passed: from here on, mutate.

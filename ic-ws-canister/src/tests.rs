@@ -24,10 +24,23 @@ fn events() -> Vec<String> {
 const H: Handlers = Handlers {
     on_open: |id, args| {
         let arg: String = ic_ws_protocol::decode(args).unwrap_or_default();
-        if arg == "reject" {
-            // Side effect before rejecting: must be undone by the runtime.
-            send(id, &"welcome".to_string()).ok();
-            return Err("go away".into());
+        match arg.as_str() {
+            "reject" => {
+                // Side effect before rejecting: must be undone by the runtime.
+                send(id, &"welcome".to_string()).ok();
+                return Err(WsError::Rejected("go away".into()));
+            }
+            "reject-closed" => {
+                // Subscribes, sends and closes the session, then refuses: all undone, and
+                // on_close is never called (the session never opened).
+                subscribe(id, "room").ok();
+                send(id, &"welcome".to_string()).ok();
+                close(id, 4000, "closed in on_open");
+                return Err(WsError::Rejected("go away".into()));
+            }
+            "undecodable" => return Err(WsError::DecodeError("bad args".into())),
+            "long" => return Err(WsError::Rejected("é".repeat(2000))),
+            _ => {}
         }
         event(format!("open {id}"));
         Ok(())
@@ -409,12 +422,7 @@ fn rejected_opens_change_nothing() {
     let mut o = open_request(&key, gateway(1), None);
     o.client_key.truncate(5);
     assert_eq!(ws_open(o), Err(WsError::MalformedKey));
-    // on_open rejects (after sending a welcome): nothing of the session remains.
-    let k2 = SessionKey::from_seed([2; 32]);
-    let mut o = open_request(&k2, gateway(1), None);
-    o.args = candid::encode_one("reject".to_string()).unwrap();
-    k2.sign_open(&canister(), &mut o);
-    assert_eq!(ws_open(o), Err(WsError::Rejected("go away".into())));
+    // (A refusal by on_open is certified: see `refused_open_is_certified_and_kept_closed`.)
 
     assert_eq!((snapshot(c.id), client_count()), before);
 }
@@ -429,16 +437,20 @@ fn a_refused_open_cannot_be_replayed() {
     let mut refused = open_request(&key, gateway(1), None);
     refused.args = candid::encode_one("reject".to_string()).unwrap();
     key.sign_open(&canister(), &mut refused);
-    assert_eq!(
-        ws_open(refused.clone()),
-        Err(WsError::Rejected("go away".into()))
-    );
+    let Err(WsError::OpenRejected { client_id, reason }) = ws_open(refused.clone()) else {
+        panic!("on_open's refusal is OpenRejected");
+    };
+    assert_eq!(reason, "go away");
     // Replayed later: stale, and nothing was created (the runtime used to forget the refused
     // open and run `on_open` again).
     testing::advance_ns(1_000_000_000);
     let clients = client_count();
+    let before = snapshot(client_id);
+    testing::set_caller(gateway(1));
     assert_eq!(ws_open(refused.clone()), Err(WsError::StaleOpen));
     assert_eq!(client_count(), clients);
+    assert_eq!(snapshot(client_id), before);
+    testing::set_caller(gateway(1));
     // The client's own next open (a newer timestamp) works.
     let ok = ws_open(open_request(&key, gateway(1), None)).unwrap();
     assert_eq!(ok.opened_seq, 0);
@@ -449,17 +461,25 @@ fn a_refused_open_cannot_be_replayed() {
     assert_eq!(ws_open(resume.clone()), Err(WsError::UnknownClient(999)));
     assert_eq!(ws_open(resume), Err(WsError::StaleOpen));
 
-    // The record of a refused open of an otherwise unknown key is kept while the open could be
-    // replayed (within the clock-skew window) and swept after it.
+    // The record of a refused open of an otherwise unknown key is kept while its session (the
+    // certified refusal) lives, and then while the open could be replayed (within the
+    // clock-skew window), and swept after that.
     let k3 = SessionKey::from_seed([11; 32]);
     let mut o = open_request(&k3, gateway(1), None);
     o.args = candid::encode_one("reject".to_string()).unwrap();
     k3.sign_open(&canister(), &mut o);
     assert!(ws_open(o.clone()).is_err());
     let pk: [u8; 32] = k3.public_key().try_into().unwrap();
-    let rec = crate::runtime::with_state(|s| s.key_record(&pk)).expect("kept while replayable");
-    assert_eq!((rec.sessions, rec.last_open_ts), (0, o.timestamp_ns));
-    testing::advance_ns(WsConfig::default().clock_skew_ns + 1);
+    let rec = crate::runtime::with_state(|s| s.key_record(&pk)).expect("kept with its session");
+    assert_eq!((rec.sessions, rec.last_open_ts), (1, o.timestamp_ns));
+    // A refusal by a limit keeps a record without sessions while the open is replayable.
+    let k4 = SessionKey::from_seed([13; 32]);
+    let o4 = open_request(&k4, gateway(1), Some((999, 0)));
+    assert_eq!(ws_open(o4.clone()), Err(WsError::UnknownClient(999)));
+    let pk4: [u8; 32] = k4.public_key().try_into().unwrap();
+    let rec = crate::runtime::with_state(|s| s.key_record(&pk4)).expect("kept while replayable");
+    assert_eq!((rec.sessions, rec.last_open_ts), (0, o4.timestamp_ns));
+    testing::advance_ns(WsConfig::default().closed_retention_ns + 1);
     // Any update call sweeps (bounded work per call); this one is an ordinary open.
     ws_open(open_request(
         &SessionKey::from_seed([12; 32]),
@@ -468,7 +488,9 @@ fn a_refused_open_cannot_be_replayed() {
     ))
     .unwrap();
     assert_eq!(crate::runtime::with_state(|s| s.key_record(&pk)), None);
+    assert_eq!(crate::runtime::with_state(|s| s.key_record(&pk4)), None);
     assert_eq!(ws_open(o), Err(WsError::StaleOpen));
+    assert_eq!(ws_open(o4), Err(WsError::StaleOpen));
 }
 
 #[test]
@@ -1074,6 +1096,351 @@ fn sessions_are_capped_canister_wide() {
         "{r:?}"
     );
     assert_eq!(client_count(), 3);
+}
+
+// ------------------------------------------------------------ certified outcomes (v2)
+
+/// Opens a new session whose `on_open` gets `arg`; returns the key, the request and the result.
+fn open_with_arg(seed: u8, gw: u8, arg: &str) -> (SessionKey, OpenRequest, OpenResult) {
+    let key = SessionKey::from_seed([seed; 32]);
+    testing::set_caller(gateway(gw));
+    let mut o = open_request(&key, gateway(gw), None);
+    o.args = candid::encode_one(arg.to_string()).unwrap();
+    key.sign_open(&canister(), &mut o);
+    let r = __private::ws_open(
+        &H,
+        OpenBatch {
+            opens: vec![o.clone()],
+        },
+    )
+    .remove(0);
+    (key, o, r)
+}
+
+/// The messages of one client in a gateway's poll, verified against the certified data.
+fn certified_for(gw: u8, id: ClientId) -> Vec<(u64, OutboundBody)> {
+    verify(&poll(gw, 0))
+        .into_iter()
+        .filter(|m| m.0 == id)
+        .map(|m| (m.1, m.2.body))
+        .collect()
+}
+
+#[test]
+fn refused_open_is_certified_and_kept_closed() {
+    let other = open(1, 1);
+    let before_other = client_info(other.id);
+    let count = client_count();
+    let (key, o, r) = open_with_arg(2, 1, "reject");
+    let Err(WsError::OpenRejected {
+        client_id: id,
+        reason,
+    }) = r
+    else {
+        panic!("expected OpenRejected, got {r:?}");
+    };
+    assert_eq!(reason, "go away");
+    // Exactly one certified message, seq 0, naming this open (key and timestamp); the
+    // `Opened` and on_open's "welcome" are gone.
+    assert_eq!(
+        certified_for(1, id),
+        vec![(
+            0,
+            OutboundBody::OpenRejected {
+                client_key: key.public_key(),
+                open_timestamp_ns: o.timestamp_ns,
+                error: WsError::Rejected("go away".into()),
+            }
+        )]
+    );
+    // The session exists, closed and never opened, attached to the calling gateway, and
+    // counts toward the caps; on_open's refusal did not call on_close.
+    let info = client_info(id).unwrap();
+    assert!(!info.open && info.attached);
+    assert_eq!((info.next_outbound_seq, info.first_retained_seq), (1, 0));
+    assert_eq!(client_count(), count + 1);
+    assert!(!events()
+        .iter()
+        .any(|e| e.ends_with(&format!(" {id}")) || e.starts_with(&format!("close {id}"))));
+    // Nothing else changed; the session takes no message and no send.
+    assert_eq!(client_info(other.id), before_other);
+    let c = Client {
+        id,
+        key: key.clone(),
+        next_seq: 0,
+        ack: 0,
+    };
+    assert_eq!(
+        deliver(1, vec![msg(&c, 0, app("hi"))]),
+        vec![MessageResult::Err(WsError::Closed)]
+    );
+    assert_eq!(send(id, &"x".to_string()), Err(Error::Closed(id)));
+    // The replay of the refused open is stale and changes nothing.
+    let before = snapshot(id);
+    testing::advance_ns(1_000);
+    testing::set_caller(gateway(1));
+    assert_eq!(
+        __private::ws_open(&H, OpenBatch { opens: vec![o] }).remove(0),
+        Err(WsError::StaleOpen)
+    );
+    assert_eq!(snapshot(id), before);
+    // Deleted `closed_retention` later like every closed session, still without on_close.
+    testing::advance_ns(WsConfig::default().closed_retention_ns + 1);
+    housekeeping();
+    assert_eq!(client_info(id), None);
+    assert_eq!(client_count(), count);
+    assert!(!events()
+        .iter()
+        .any(|e| e.starts_with(&format!("close {id}"))));
+}
+
+#[test]
+fn refused_open_undoes_on_open_subscriptions_and_close() {
+    let (key, o, r) = open_with_arg(3, 2, "reject-closed");
+    let Err(WsError::OpenRejected { client_id: id, .. }) = r else {
+        panic!("expected OpenRejected, got {r:?}");
+    };
+    assert_eq!(subscriptions(id), Vec::<String>::new());
+    assert!(subscribers("room").is_empty());
+    assert!(!events()
+        .iter()
+        .any(|e| e.starts_with(&format!("close {id}"))));
+    assert_eq!(
+        certified_for(2, id),
+        vec![(
+            0,
+            OutboundBody::OpenRejected {
+                client_key: key.public_key(),
+                open_timestamp_ns: o.timestamp_ns,
+                error: WsError::Rejected("go away".into()),
+            }
+        )]
+    );
+    // A later endpoint call reports no close for it either.
+    let _ = open(4, 2);
+    assert!(!events()
+        .iter()
+        .any(|e| e.starts_with(&format!("close {id}"))));
+}
+
+#[test]
+fn refused_open_error_kinds_and_bounded_text() {
+    let (_, _, r) = open_with_arg(5, 1, "undecodable");
+    let Err(WsError::OpenRejected { client_id: id, .. }) = r else {
+        panic!("expected OpenRejected, got {r:?}");
+    };
+    match &certified_for(1, id)[..] {
+        [(0, OutboundBody::OpenRejected { error, .. })] => {
+            assert_eq!(error, &WsError::DecodeError("bad args".into()));
+        }
+        other => panic!("{other:?}"),
+    }
+    let (_, _, r) = open_with_arg(6, 1, "long");
+    let Err(WsError::OpenRejected {
+        client_id: id,
+        reason,
+    }) = r
+    else {
+        panic!("expected OpenRejected, got {r:?}");
+    };
+    assert!(reason.len() <= crate::runtime::MAX_OUTCOME_TEXT_BYTES);
+    match &certified_for(1, id)[..] {
+        [(
+            0,
+            OutboundBody::OpenRejected {
+                error: WsError::Rejected(text),
+                ..
+            },
+        )] => {
+            assert!(
+                text.len() <= crate::runtime::MAX_OUTCOME_TEXT_BYTES,
+                "{}",
+                text.len()
+            );
+            assert!(text.starts_with("éé"));
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn refused_message_is_certified_at_its_inbound_seq() {
+    let mut c = open(1, 1);
+    assert_eq!(say(&mut c, 1, "hi"), MessageResult::Ok);
+    // Refused by the handler: the sequence number is consumed, the refusal certified.
+    let m = msg(&c, 1, app("refuse"));
+    assert_eq!(
+        deliver(1, vec![m]),
+        vec![MessageResult::Err(WsError::Rejected("no".into()))]
+    );
+    // A payload that does not decode as the handler's type.
+    let m = msg(&c, 2, MessageKind::App(vec![1, 2, 3]));
+    let r = deliver(1, vec![m]);
+    assert!(
+        matches!(r[..], [MessageResult::Err(WsError::DecodeError(_))]),
+        "{r:?}"
+    );
+    assert_eq!(client_info(c.id).unwrap().next_inbound_seq, 3);
+    let got = certified_for(1, c.id);
+    assert_eq!(got.len(), 4, "{got:?}"); // Opened, echo hi, two refusals
+    assert_eq!(
+        got[2],
+        (
+            2,
+            OutboundBody::MessageRejected {
+                inbound_seq: 1,
+                error: WsError::Rejected("no".into())
+            }
+        )
+    );
+    assert!(matches!(
+        &got[3],
+        (
+            3,
+            OutboundBody::MessageRejected {
+                inbound_seq: 2,
+                error: WsError::DecodeError(_)
+            }
+        )
+    ));
+    // The duplicate of a refused message is a no-op (no second certified refusal).
+    assert_eq!(
+        deliver(1, vec![msg(&c, 1, app("refuse"))]),
+        vec![MessageResult::Duplicate]
+    );
+    assert_eq!(certified_for(1, c.id).len(), 4);
+    // Refusals that do not consume the sequence number are not certified.
+    assert_eq!(
+        deliver(1, vec![msg(&c, 9, app("refuse"))]),
+        vec![MessageResult::Err(WsError::OutOfSequence {
+            expected: 3,
+            got: 9
+        })]
+    );
+    assert_eq!(certified_for(1, c.id).len(), 4);
+}
+
+#[test]
+fn message_refusals_obey_the_overflow_policy() {
+    configure(WsConfig {
+        max_queued_messages: 3,
+        ..WsConfig::default()
+    })
+    .unwrap();
+    let mut c = open(1, 1);
+    send(c.id, &"a".to_string()).unwrap();
+    let m = msg(&c, 0, app("refuse"));
+    assert_eq!(
+        deliver(1, vec![m]),
+        vec![MessageResult::Err(WsError::Rejected("no".into()))]
+    );
+    c.next_seq = 1;
+    // The queue is full (3): the next refusal closes the session (policy Close).
+    let m = msg(&c, 1, app("refuse"));
+    assert_eq!(
+        deliver(1, vec![m]),
+        vec![MessageResult::Err(WsError::Rejected("no".into()))]
+    );
+    let got = certified_for(1, c.id);
+    assert!(matches!(
+        got[2].1,
+        OutboundBody::MessageRejected { inbound_seq: 0, .. }
+    ));
+    assert_eq!(
+        got.last().unwrap().1,
+        OutboundBody::Closed {
+            reason: CloseReason::QueueOverflow
+        }
+    );
+    assert!(events().contains(&format!("close {} QueueOverflow", c.id)));
+
+    configure(WsConfig {
+        max_queued_messages: 3,
+        overflow_policy: OverflowPolicy::Reject,
+        ..WsConfig::default()
+    })
+    .unwrap();
+    let d = open(2, 1);
+    send(d.id, &"a".to_string()).unwrap();
+    send(d.id, &"b".to_string()).unwrap();
+    let before = certified_for(1, d.id);
+    // Full under policy Reject: the refusal is not queued, the session stays open.
+    assert_eq!(
+        deliver(1, vec![msg(&d, 0, app("refuse"))]),
+        vec![MessageResult::Err(WsError::Rejected("no".into()))]
+    );
+    assert_eq!(certified_for(1, d.id), before);
+    let info = client_info(d.id).unwrap();
+    assert!(info.open);
+    assert_eq!(info.next_inbound_seq, 1);
+}
+
+#[test]
+fn resume_of_a_closed_session_requeues_its_certified_end() {
+    let mut c = open(1, 1);
+    assert_eq!(say(&mut c, 1, "hi"), MessageResult::Ok); // seq 1: echo
+    assert!(close(c.id, 4001, "kicked")); // seq 2: Closed
+    testing::set_caller(gateway(1));
+    __private::ws_close(
+        &H,
+        CloseBatch {
+            clients: vec![c.id],
+        },
+    );
+    assert!(certified_for(1, c.id).is_empty());
+    // Another key cannot: InvalidResume, nothing queued.
+    testing::advance_ns(1_000);
+    let thief = SessionKey::from_seed([66; 32]);
+    testing::set_caller(gateway(2));
+    let ws_open = |o: OpenRequest| __private::ws_open(&H, OpenBatch { opens: vec![o] }).remove(0);
+    assert_eq!(
+        ws_open(open_request(&thief, gateway(2), Some((c.id, 1)))),
+        Err(WsError::InvalidResume)
+    );
+    assert!(certified_for(2, c.id).is_empty());
+    // The owner resumes from 1 through gateway 2: `Closed` answer, and the certified
+    // messages 1..=2 (ending with `Closed`) are queued for gateway 2.
+    let resume = open_request(&c.key, gateway(2), Some((c.id, 1)));
+    assert_eq!(ws_open(resume.clone()), Err(WsError::Closed));
+    let got = certified_for(2, c.id);
+    assert_eq!(got.iter().map(|g| g.0).collect::<Vec<_>>(), vec![1, 2]);
+    assert_eq!(
+        got[1].1,
+        OutboundBody::Closed {
+            reason: CloseReason::AppClosed {
+                code: 4001,
+                reason: "kicked".into()
+            }
+        }
+    );
+    let info = client_info(c.id).unwrap();
+    assert!(info.attached && !info.open);
+    assert_eq!(info.first_retained_seq, 1);
+    // Its replay is stale; on_close ran once only.
+    assert_eq!(ws_open(resume), Err(WsError::StaleOpen));
+    assert_eq!(
+        events()
+            .iter()
+            .filter(|e| e.starts_with(&format!("close {}", c.id)))
+            .count(),
+        1
+    );
+    // A refused open's session resumed by its owner: its certified `OpenRejected` again.
+    let (key, o, r) = open_with_arg(7, 1, "reject");
+    let Err(WsError::OpenRejected { client_id: id, .. }) = r else {
+        panic!("{r:?}");
+    };
+    testing::advance_ns(1_000);
+    testing::set_caller(gateway(2));
+    assert_eq!(
+        ws_open(open_request(&key, gateway(2), Some((id, 0)))),
+        Err(WsError::Closed)
+    );
+    assert!(certified_for(1, id).is_empty());
+    assert!(matches!(
+        &certified_for(2, id)[..],
+        [(0, OutboundBody::OpenRejected { open_timestamp_ns, .. })] if *open_timestamp_ns == o.timestamp_ns
+    ));
 }
 
 /// The instruction budget per call: entries after it are `NotProcessed` with nothing changed,

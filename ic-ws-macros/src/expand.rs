@@ -265,7 +265,7 @@ fn on_message(handler: &Handler, config: &Config, paths: &Paths) -> TokenStream 
             #[allow(dead_code)]
             trait __IcWsDefaultHandlers {
                 const ON_OPEN: fn(#krate::ClientId, &[u8])
-                    -> ::core::result::Result<(), ::std::string::String> = #private::default_on_open;
+                    -> ::core::result::Result<(), #krate::WsError> = #private::default_on_open;
                 const ON_CLOSE: fn(#krate::ClientId, #krate::CloseReason) = #private::default_on_close;
             }
             impl __IcWsDefaultHandlers for #module::App {}
@@ -438,7 +438,7 @@ fn on_open(handler: &Handler, config: &Config, paths: &Paths) -> TokenStream {
             call_args.push(quote!(#args));
             let decode = quote! {
                 let #args = #private::decode_payload::<#args_ty>(#args_bytes).map_err(|__ic_ws_error| {
-                    ::std::format!("the open arguments do not decode ({__ic_ws_error})")
+                    #krate::WsError::DecodeError(::std::format!("the open arguments do not decode ({__ic_ws_error})"))
                 })?;
             };
             (decode, open_args_query(args_ty, paths))
@@ -452,14 +452,14 @@ fn on_open(handler: &Handler, config: &Config, paths: &Paths) -> TokenStream {
             #[doc(hidden)]
             #[allow(dead_code)]
             pub(crate) const ON_OPEN: fn(#krate::ClientId, &[u8])
-                -> ::core::result::Result<(), ::std::string::String> = {
+                -> ::core::result::Result<(), #krate::WsError> = {
                 fn __ic_ws_on_open(
                     #client: #krate::ClientId,
                     #args_bytes: &[u8],
-                ) -> ::core::result::Result<(), ::std::string::String> {
+                ) -> ::core::result::Result<(), #krate::WsError> {
                     #traits
                     #decode
-                    #call
+                    #call.map_err(#krate::WsError::Rejected)
                 }
                 __ic_ws_on_open
             };

@@ -22,7 +22,7 @@ fn missing_handlers_are_the_runtime_defaults() {
     let handlers = __ic_ws_on_message::App::HANDLERS;
     assert_eq!(
         handlers.on_open as usize,
-        default_on_open as fn(ClientId, &[u8]) -> Result<(), String> as usize
+        default_on_open as fn(ClientId, &[u8]) -> Result<(), ic_ws_canister::WsError> as usize
     );
     assert_eq!(
         handlers.on_close as usize,

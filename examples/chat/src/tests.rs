@@ -163,22 +163,24 @@ fn joining_lists_members_and_announces_the_newcomer() {
 #[test]
 fn names_are_unique_and_validated() {
     let _ada = join(1, "Ada", None);
-    assert_eq!(
-        try_join(2, "ada", None).err(),
-        Some(WsError::Rejected("the name \"ada\" is taken".into()))
-    );
+    // The refusal is certified (`OpenRejected` as message 0 of a closed session); the
+    // uncertified answer names that session.
+    assert!(matches!(
+        try_join(2, "ada", None),
+        Err(WsError::OpenRejected { reason, .. }) if reason == "the name \"ada\" is taken"
+    ));
     for bad in ["", "   ", &"x".repeat(MAX_NAME_CHARS + 1), "a\u{7}b"] {
         // A new open each time: a refused open consumes its key's timestamp (replaying the
         // same bytes would be `StaleOpen`).
         testing::advance_ns(1);
         assert!(
-            matches!(try_join(3, bad, None), Err(WsError::Rejected(_))),
+            matches!(try_join(3, bad, None), Err(WsError::OpenRejected { .. })),
             "{bad:?} accepted"
         );
     }
     assert!(matches!(
         try_join(4, "dee", Some("Bad Room!")),
-        Err(WsError::Rejected(_))
+        Err(WsError::OpenRejected { .. })
     ));
     // A rejected open leaves no participant behind.
     assert_eq!(participants(None).len(), 1);
