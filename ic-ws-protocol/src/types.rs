@@ -368,7 +368,10 @@ impl core::fmt::Display for WsError {
             WsError::Closed => f.write_str("session closed"),
             WsError::InvalidArgument(e) => write!(f, "invalid argument: {e}"),
             WsError::NotProcessed => {
-                write!(f, "not processed (the call's instruction budget ran out): retry")
+                write!(
+                    f,
+                    "not processed (the call's instruction budget ran out): retry"
+                )
             }
         }
     }
