@@ -544,4 +544,11 @@ pub mod __private {
     pub fn post_upgrade() {
         crate::post_upgrade();
     }
+
+    /// Test hook (feature `test-hooks`): `sessions` unsigned sessions on `gateway`, each with
+    /// `messages` sends of `payload_bytes` bytes; returns the first id. Benchmarks only.
+    #[cfg(feature = "test-hooks")]
+    pub fn test_fill(gateway: Principal, sessions: u32, messages: u32, payload_bytes: u32) -> u64 {
+        crate::runtime::test_fill(gateway, sessions, messages, payload_bytes)
+    }
 }

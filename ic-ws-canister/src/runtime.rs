@@ -38,6 +38,10 @@ use ic_ws_protocol::{content_hash, ClientId, CloseReason, WsError};
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 
+mod upgrade;
+#[cfg(feature = "test-hooks")]
+pub(crate) use upgrade::test_fill;
+
 /// Log indices are persisted in blocks of this many: the counters cell is written once per
 /// block instead of on every send. After an upgrade numbering resumes at the persisted
 /// bound, so indices stay strictly increasing (gateway cursors stay valid); at most one
@@ -168,39 +172,6 @@ impl State {
         };
         s.rebuild();
         s
-    }
-
-    /// Recomputes the heap state (certified tree, delivery logs) from the retained messages
-    /// in stable memory.
-    fn rebuild(&mut self) {
-        let mut tree = WsTree::default();
-        let mut log = BTreeMap::new();
-        for entry in self.clients.iter() {
-            let id = *entry.key();
-            let rec = entry.value();
-            let mut addr = rec.head;
-            for seq in rec.first_retained_seq..rec.next_outbound_seq {
-                let Some((next, e)) = self.read_msg(addr) else {
-                    break;
-                };
-                if rec.attached && e.log_idx != NOT_LOGGED {
-                    log.insert(
-                        (rec.gateway, e.log_idx),
-                        LogRef {
-                            client: id,
-                            seq,
-                            addr,
-                        },
-                    );
-                }
-                tree.insert(id, seq, content_hash(&self.content(&e)));
-                addr = next;
-            }
-        }
-        self.tree = tree;
-        self.log = log;
-        // Fills the tree's hash caches (a poll right after an upgrade reads them).
-        self.tree.root_hash();
     }
 
     /// The message stored at `addr`: its `next` link and itself.
