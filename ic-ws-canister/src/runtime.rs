@@ -180,8 +180,8 @@ impl State {
         if !self.arena.read(addr, &mut head) {
             return None;
         }
-        let body_len = ChunkHead::parse(&head).body_len as usize;
-        let mut chunk = vec![0u8; CHUNK_HEADER + body_len];
+        let h = ChunkHead::parse(&head);
+        let mut chunk = vec![0u8; h.body_offset() + h.body_len as usize];
         if !self.arena.read(addr, &mut chunk) {
             return None;
         }
@@ -191,14 +191,11 @@ impl State {
     /// The fixed part of the message at `addr`.
     fn peek_msg(&self, addr: u64) -> Option<ChunkHead> {
         let mut head = [0u8; CHUNK_PEEK];
-        let n = if self.arena.read(addr, &mut head) {
-            CHUNK_PEEK
-        } else if self.arena.read(addr, &mut head[..CHUNK_HEADER]) {
-            CHUNK_HEADER
-        } else {
-            return None;
-        };
-        Some(ChunkHead::parse(&head[..n]))
+        // Shorter reads only for a small last chunk of the arena.
+        [CHUNK_PEEK, CHUNK_HEADER + 32, CHUNK_HEADER]
+            .into_iter()
+            .find(|&n| self.arena.read(addr, &mut head[..n]))
+            .map(|n| ChunkHead::parse(&head[..n]))
     }
 
     /// A session's retained messages: `(seq, address, fixed part)`, oldest first.
@@ -329,7 +326,11 @@ impl State {
         } else {
             NOT_LOGGED
         };
-        let entry = OutEntry { log_idx, body };
+        let entry = OutEntry {
+            log_idx,
+            hash: Some(hash),
+            body,
+        };
         let counted = entry.counted_bytes();
         let mut chunk = entry.to_chunk(0);
         let addr = self

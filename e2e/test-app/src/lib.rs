@@ -133,7 +133,12 @@ fn post_upgrade() {
 /// Benchmark bulk (runtime test hook): `sessions` sessions on `gateway` that no client holds,
 /// each with `messages` retained messages of `payload_bytes` bytes. Returns the first id.
 #[ic_cdk::update]
-fn app_test_fill(gateway: candid::Principal, sessions: u32, messages: u32, payload_bytes: u32) -> u64 {
+fn app_test_fill(
+    gateway: candid::Principal,
+    sessions: u32,
+    messages: u32,
+    payload_bytes: u32,
+) -> u64 {
     ic_ws_canister::__private::test_fill(gateway, sessions, messages, payload_bytes)
 }
 
