@@ -199,6 +199,12 @@ impl WsCanister {
             .unwrap_or_else(|e| panic!("upgrade failed: {e}"));
     }
 
+    /// Upgrades the canister to the same wasm with a raw candid argument for its
+    /// `post_upgrade`.
+    pub fn upgrade_with_arg(&self, arg: &[u8]) -> Result<(), Reject> {
+        self.replica.upgrade(self.canister, &self.wasm, arg)
+    }
+
     /// Moves the manual clock.
     pub fn advance(&self, d: Duration) {
         self.replica.advance_time(d);
@@ -423,6 +429,7 @@ pub struct WsConfig {
     pub max_entries_per_call: Option<u32>,
     pub max_sessions: Option<u64>,
     pub gateways: Option<GatewayPolicy>,
+    pub max_retained_messages: Option<u64>,
 }
 
 impl Default for WsConfig {
@@ -445,6 +452,7 @@ impl Default for WsConfig {
             max_entries_per_call: None,
             max_sessions: None,
             gateways: None,
+            max_retained_messages: None,
         }
     }
 }

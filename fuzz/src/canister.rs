@@ -223,6 +223,7 @@ fn step(r: &mut Reader<'_>) {
                 max_entries_per_call: Some(u32::from(r.u8()) + 1),
                 max_sessions: Some(small(r)),
                 gateways: None,
+                max_retained_messages: Some(small(r) * 4),
             };
             let _ = ic_ws_canister::configure(config);
         }

@@ -41,6 +41,7 @@ use std::collections::BTreeMap;
 mod upgrade;
 #[cfg(feature = "test-hooks")]
 pub(crate) use upgrade::test_fill;
+pub(crate) use upgrade::{current_config, not_rebuilt_since_upgrade};
 
 /// Log indices are persisted in blocks of this many: the counters cell is written once per
 /// block instead of on every send. After an upgrade numbering resumes at the persisted
@@ -92,6 +93,9 @@ pub(crate) struct State {
     /// Where the incremental sweep of consumed-open records stopped (heap: after an upgrade
     /// the sweep starts over from the first key).
     key_sweep_from: Option<[u8; 32]>,
+    /// Retained messages in the whole canister (heap: counted by the rebuild, kept by
+    /// `enqueue` / `forget_msg`), against [`WsConfig::retained_messages`].
+    retained: u64,
 }
 
 thread_local! {
@@ -169,6 +173,7 @@ impl State {
             app_hash,
             tree: WsTree::default(),
             key_sweep_from: None,
+            retained: 0,
         };
         s.rebuild();
         s
@@ -354,6 +359,7 @@ impl State {
         }
         rec.tail = addr;
         rec.queued_messages += 1;
+        self.retained += 1;
         rec.queued_bytes += counted;
         rec.next_outbound_seq += 1;
         self.tree.insert(id, seq, hash);
@@ -381,6 +387,7 @@ impl State {
     }
 
     fn forget_msg(&mut self, id: ClientId, rec: &mut ClientRecord, seq: u64, h: &ChunkHead) {
+        self.retained = self.retained.saturating_sub(1);
         if h.log_idx != NOT_LOGGED {
             self.log.remove(&(rec.gateway, h.log_idx));
         }
@@ -466,6 +473,7 @@ impl State {
         if !self.fits(&rec, size) {
             return Err(self.overflow(id, now));
         }
+        self.check_canister_room().map_err(Error::LimitReached)?;
         let hash = content_hash(&crate::content::app_content(now, &payload));
         let seq = self.enqueue(id, &mut rec, OutBody::App { ts: now, payload }, hash)?;
         self.clients.insert(id, rec);
@@ -704,7 +712,7 @@ impl State {
         if let Err(e) = self
             .check_gateway_capacity(&caller)
             .and_then(|()| self.check_canister_capacity())
-            .and_then(|()| self.check_room_for_opened())
+            .and_then(|()| self.check_room_for_opened(0))
         {
             self.consume_open_ts(key, open.timestamp_ns, now);
             return Err(e);
@@ -770,7 +778,10 @@ impl State {
     }
 
     /// Makes sure the arena can store an `Opened` message (checked before an open mutates).
-    fn check_room_for_opened(&mut self) -> Result<(), WsError> {
+    /// `releasing`: messages the open releases before it queues (a resume's acknowledgement).
+    fn check_room_for_opened(&mut self, releasing: u64) -> Result<(), WsError> {
+        self.check_canister_room_after(releasing)
+            .map_err(WsError::LimitReached)?;
         // An `Opened` content is ~150 bytes (candid framing, 32-byte key, three integers).
         if self.arena.reserve((CHUNK_HEADER + 512) as u64) {
             Ok(())
@@ -843,7 +854,11 @@ impl State {
         if !same_gateway {
             self.check_gateway_capacity(&caller)?;
         }
-        self.check_room_for_opened()?;
+        self.check_room_for_opened(
+            resume
+                .next_outbound_seq
+                .saturating_sub(rec.first_retained_seq),
+        )?;
         // All checks passed: from here on, mutate.
         self.release(id, &mut rec, resume.next_outbound_seq);
         self.detach(id, &mut rec);
@@ -1128,6 +1143,10 @@ impl State {
                     Error::QueueOverflowClosed(_) => report.closed.push(id),
                     _ => report.skipped.push(id),
                 }
+                continue;
+            }
+            if self.check_canister_room().is_err() {
+                report.skipped.push(id);
                 continue;
             }
             let Ok(seq) = self.enqueue(

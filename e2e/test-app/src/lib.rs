@@ -64,7 +64,9 @@ fn open(client: ClientId, args: String) -> Result<(), String> {
     Ok(())
 }
 
-#[on_message(outbound = Outbound)]
+// `post_upgrade = false`: this app writes its own `#[post_upgrade]` (below), which can skip
+// the runtime's rebuild to test what a canister that forgets it does.
+#[on_message(outbound = Outbound, post_upgrade = false)]
 fn message(client: ClientId, msg: Inbound) -> Result<(), String> {
     match msg {
         Inbound::Echo(text) => ic_ws_canister::send(client, &Outbound::Echo(text))
@@ -113,9 +115,13 @@ fn app_configure_big_queues() -> Result<(), String> {
     .map_err(|e| e.to_string())
 }
 
+/// Upgrade argument `opt true`: skip `ic_ws_canister::post_upgrade()` (as an app that forgot
+/// it; tests only).
 #[ic_cdk::post_upgrade]
-fn post_upgrade() {
-    ic_ws_canister::post_upgrade();
+fn post_upgrade(skip_ws_rebuild: Option<bool>) {
+    if skip_ws_rebuild != Some(true) {
+        ic_ws_canister::post_upgrade();
+    }
     // Rebuild the app's heap tree from its stable map and register its root again.
     let pairs: Vec<(String, String)> =
         VALUES.with(|v| v.borrow().iter().map(|e| e.into_pair()).collect());
@@ -140,6 +146,12 @@ fn app_test_fill(
     payload_bytes: u32,
 ) -> u64 {
     ic_ws_canister::__private::test_fill(gateway, sessions, messages, payload_bytes)
+}
+
+/// The configuration's worst-case rebuild cost (`WsConfig::worst_case_rebuild_instructions`).
+#[ic_cdk::query]
+fn app_worst_case_rebuild() -> u64 {
+    ic_ws_canister::config().worst_case_rebuild_instructions()
 }
 
 /// Sends `Outbound::Text(text)` to a client.

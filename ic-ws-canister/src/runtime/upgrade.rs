@@ -7,7 +7,57 @@
 
 use super::*;
 
+/// The configuration, without loading (rebuilding) the state if it is not loaded yet: what
+/// `canister_inspect_message` reads (a rebuild there would be paid for on every ingress
+/// message, and would not fit its instruction limit at scale).
+pub(crate) fn current_config() -> WsConfig {
+    let loaded = STATE.with(|s| s.borrow().as_ref().map(|s| s.config.clone()));
+    loaded.unwrap_or_else(|| {
+        let cell = StableCell::init(ws_memory(slot::CONFIG), Vec::new());
+        if cell.get().is_empty() {
+            WsConfig::default()
+        } else {
+            ic_ws_protocol::decode(cell.get()).unwrap_or_default()
+        }
+    })
+}
+
+/// True if this canister instance has not loaded (rebuilt) the runtime's state although
+/// stable memory holds sessions: after an upgrade whose `post_upgrade` did not call
+/// [`crate::post_upgrade`], until the first update call that uses the runtime. (A fresh
+/// canister has no sessions before its first `ws_open`, which loads the state for good.)
+pub(crate) fn not_rebuilt_since_upgrade() -> bool {
+    let loaded = STATE.with(|s| s.borrow().is_some());
+    !loaded && {
+        let clients: StableBTreeMap<u64, ClientRecord, Memory> =
+            StableBTreeMap::init(ws_memory(slot::CLIENTS));
+        !clients.is_empty()
+    }
+}
+
 impl State {
+    /// Room for one more retained message under the canister-wide cap
+    /// ([`WsConfig::retained_messages`]; a session's `Closed` message is exempt: at most one per
+    /// session, counted separately in the worst-case rebuild).
+    pub(super) fn check_canister_room(&self) -> Result<(), String> {
+        self.check_canister_room_after(0)
+    }
+
+    /// [`State::check_canister_room`] once `releasing` retained messages are gone.
+    pub(super) fn check_canister_room_after(&self, releasing: u64) -> Result<(), String> {
+        let max = self.config.retained_messages();
+        if self.retained.saturating_sub(releasing) >= max {
+            return Err(format!("{max} retained messages in this canister"));
+        }
+        Ok(())
+    }
+
+    /// Retained messages in the canister (tests).
+    #[cfg(test)]
+    pub(crate) fn retained_count(&self) -> u64 {
+        self.retained
+    }
+
     /// Recomputes the heap state (certified tree, delivery logs) from the retained messages
     /// in stable memory.
     ///
@@ -18,6 +68,7 @@ impl State {
     pub(super) fn rebuild(&mut self) {
         let mut tree = WsTree::default();
         let mut log = BTreeMap::new();
+        let mut retained = 0u64;
         for entry in self.clients.iter() {
             let id = *entry.key();
             let rec = entry.value();
@@ -44,11 +95,13 @@ impl State {
                     );
                 }
                 tree.insert(id, seq, hash);
+                retained += 1;
                 addr = h.next;
             }
         }
         self.tree = tree;
         self.log = log;
+        self.retained = retained;
         // Fills the tree's hash caches (a poll right after an upgrade reads them).
         self.tree.root_hash();
     }
@@ -57,7 +110,9 @@ impl State {
 /// Test hook (feature `test-hooks`, never in production builds): creates `sessions` sessions
 /// attached to `gateway`, with made-up keys (no signature checks: they can never send a
 /// valid message), each with `messages` direct sends of `payload_bytes` bytes, as the
-/// upgrade benchmark's bulk. Returns the first new client id.
+/// upgrade benchmark's bulk. Returns the first new client id. Neither the session cap nor the
+/// canister-wide message cap stops it from creating sessions (their `Opened` messages may go
+/// past the cap; the sends stop at it).
 #[cfg(feature = "test-hooks")]
 pub(crate) fn test_fill(
     gateway: Principal,
@@ -105,4 +160,176 @@ pub(crate) fn test_fill(
         s.certify();
         first
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{
+        REBUILD_INSTRUCTIONS_PER_MESSAGE, REBUILD_INSTRUCTION_BUDGET, UPGRADE_INSTRUCTION_LIMIT,
+    };
+    use crate::testing;
+    use ic_ws_protocol::types::PollRequest;
+
+    fn poll_all() -> Result<PollReply, WsError> {
+        testing::set_caller(testing::gateway(1));
+        crate::__private::ws_poll(PollRequest {
+            cursor: 0,
+            max_messages: None,
+            max_bytes: None,
+        })
+    }
+
+    #[test]
+    fn the_defaults_fit_the_budget_and_larger_limits_are_refused() {
+        let d = WsConfig::default();
+        d.validate().unwrap();
+        let cost = d.worst_case_rebuild_instructions();
+        assert!(cost <= REBUILD_INSTRUCTION_BUDGET, "{cost}");
+        const { assert!(REBUILD_INSTRUCTION_BUDGET * 5 <= UPGRADE_INSTRUCTION_LIMIT) };
+        for bad in [
+            WsConfig {
+                max_retained_messages: Some(100_000_000),
+                ..WsConfig::default()
+            },
+            WsConfig {
+                max_sessions: Some(2_000_000),
+                ..WsConfig::default()
+            },
+            WsConfig {
+                max_retained_messages: Some(0),
+                ..WsConfig::default()
+            },
+        ] {
+            let err = crate::configure(bad).unwrap_err();
+            assert!(matches!(err, Error::InvalidArgument(_)), "{err:?}");
+        }
+        let err = crate::configure(WsConfig {
+            max_retained_messages: Some(100_000_000),
+            ..WsConfig::default()
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("post-upgrade rebuild could cost"), "{err}");
+        // Refused configurations changed nothing.
+        assert_eq!(crate::config(), WsConfig::default());
+        // The largest cap the budget allows with the default session cap is accepted.
+        let room = (REBUILD_INSTRUCTION_BUDGET
+            - WsConfig {
+                max_retained_messages: Some(1),
+                ..d.clone()
+            }
+            .worst_case_rebuild_instructions())
+            / REBUILD_INSTRUCTIONS_PER_MESSAGE;
+        crate::configure(WsConfig {
+            max_retained_messages: Some(1 + room),
+            ..WsConfig::default()
+        })
+        .unwrap();
+        assert!(crate::configure(WsConfig {
+            max_retained_messages: Some(2 + room),
+            ..WsConfig::default()
+        })
+        .is_err());
+    }
+
+    #[test]
+    fn the_canister_wide_cap_refuses_sends_and_opens_but_not_closes_and_survives_upgrades() {
+        crate::configure(WsConfig {
+            max_retained_messages: Some(10),
+            ..WsConfig::default()
+        })
+        .unwrap();
+        let (a, _) = testing::open_test_client(1);
+        let (b, _) = testing::open_test_client(2);
+        // 2 Opened + 8 sends fill the canister.
+        for i in 0..8 {
+            crate::send(if i % 2 == 0 { a } else { b }, &i).unwrap();
+        }
+        assert!(matches!(
+            crate::send(a, &"one more"),
+            Err(Error::LimitReached(m)) if m.contains("retained messages in this canister")
+        ));
+        let r = crate::publish("t", &1u8).unwrap();
+        assert!(r.delivered.is_empty());
+        // A new session needs room for its Opened message.
+        let key = ic_ws_protocol::SessionKey::from_seed([3; 32]);
+        testing::set_caller(testing::gateway(1));
+        let open = testing::open_request(&key, testing::gateway(1), None);
+        let r = crate::__private::ws_open(
+            &crate::__private::Handlers {
+                on_open: crate::__private::default_on_open,
+                on_message: crate::__private::default_on_message,
+                on_close: crate::__private::default_on_close,
+            },
+            crate::OpenBatch { opens: vec![open] },
+        );
+        assert!(matches!(&r[0], Err(WsError::LimitReached(_))), "{r:?}");
+        // Closing always queues its certified Closed message, beyond the cap.
+        assert!(crate::close(b, 1000, "bye"));
+        assert_eq!(with_state(|s| s.retained_count()), 11);
+        assert_eq!(crate::client_info(b).unwrap().queued_messages, 6);
+        // The count is rebuilt after an upgrade, and the cap holds.
+        testing::simulate_upgrade();
+        crate::post_upgrade();
+        assert_eq!(with_state(|s| s.retained_count()), 11);
+        assert!(crate::send(a, &"still full").is_err());
+    }
+
+    #[test]
+    fn chunks_without_a_stored_hash_rebuild_to_the_same_root() {
+        let (a, _) = testing::open_test_client(1);
+        for i in 0..20u32 {
+            crate::send(a, &vec![i as u8; 300 + i as usize]).unwrap();
+        }
+        crate::publish("none", &1u8).unwrap();
+        let before = testing::certified_data();
+        // Rewrite every chunk as an older runtime wrote it: no hash, same class bytes.
+        with_state(|s| {
+            let rec = s.clients.get(&a).unwrap();
+            let mut addr = rec.head;
+            for _ in rec.first_retained_seq..rec.next_outbound_seq {
+                let (next, mut e) = s.read_msg(addr).unwrap();
+                assert!(e.hash.is_some());
+                e.hash = None;
+                let mut class = [0u8; 2];
+                assert!(s.arena.read(addr, &mut class));
+                let mut chunk = e.to_chunk(next);
+                chunk[..2].copy_from_slice(&class);
+                s.arena.write(addr, &chunk);
+                assert_eq!(s.peek_msg(addr).unwrap().hash, None);
+                addr = next;
+            }
+        });
+        testing::simulate_upgrade();
+        crate::post_upgrade();
+        assert_eq!(testing::certified_data(), before);
+        let reply = poll_all().unwrap();
+        assert_eq!(reply.messages.len(), 21);
+    }
+
+    #[test]
+    fn a_poll_after_an_upgrade_without_the_rebuild_is_refused_until_an_update_call() {
+        // A fresh canister (nothing stored, nothing loaded) is served.
+        assert!(poll_all().unwrap().messages.is_empty());
+        let (a, _) = testing::open_test_client(1);
+        crate::send(a, &"kept".to_string()).unwrap();
+        let before = poll_all().unwrap();
+        testing::simulate_upgrade();
+        // No post_upgrade(): the poll says so instead of rebuilding in every query.
+        let err = poll_all().unwrap_err();
+        assert_eq!(
+            err,
+            WsError::InvalidArgument(crate::__private::NOT_REBUILT.into())
+        );
+        // Any update call that uses the runtime rebuilds; then polls serve the same messages
+        // under the same certified root.
+        crate::housekeeping();
+        let after = poll_all().unwrap();
+        assert_eq!(after.messages, before.messages);
+        assert_eq!(after.tree, before.tree);
+        // Each upgrade without the rebuild again.
+        testing::simulate_upgrade();
+        assert!(poll_all().is_err());
+    }
 }
