@@ -199,6 +199,12 @@ impl WsCanister {
             .unwrap_or_else(|e| panic!("upgrade failed: {e}"));
     }
 
+    /// Upgrades the canister to the same wasm with a raw candid argument for its
+    /// `post_upgrade`.
+    pub fn upgrade_with_arg(&self, arg: &[u8]) -> Result<(), Reject> {
+        self.replica.upgrade(self.canister, &self.wasm, arg)
+    }
+
     /// Moves the manual clock, then runs rounds while the canister's timer is due (the
     /// runtime's housekeeping timer: expiry, deletion), as the IC would while time passes.
     pub fn advance(&self, d: Duration) {
@@ -453,6 +459,7 @@ pub struct WsConfig {
     pub max_gateways: Option<u64>,
     pub gateway_retention_ns: Option<u64>,
     pub housekeeping_instructions: Option<u64>,
+    pub max_retained_messages: Option<u64>,
 }
 
 impl Default for WsConfig {
@@ -481,6 +488,7 @@ impl Default for WsConfig {
             max_gateways: None,
             gateway_retention_ns: None,
             housekeeping_instructions: None,
+            max_retained_messages: None,
         }
     }
 }

@@ -334,6 +334,9 @@ fn bench_sybil_expiry() {
     assert!(
         worst < baseline * 2,
         "an honest open cost {worst} while junk expired, vs {baseline}"
+    );
+}
+
 /// Protocol version 2: what certifying a refusal costs. A refused message (`Inbound::Fail`:
 /// signature, sequence, handler, then the certified `MessageRejected` queued) against the same
 /// message accepted with nothing queued (`Inbound::Noop`: what a refusal cost before version 2,

@@ -257,6 +257,7 @@ fn step(r: &mut Reader<'_>) {
                 max_gateways: Some(small(r) % 4 + 1),
                 gateway_retention_ns: Some(small(r) * 1_000_000_000),
                 housekeeping_instructions: None,
+                max_retained_messages: Some(small(r) * 4),
             };
             let _ = ic_ws_canister::configure(config);
         }

@@ -121,6 +121,14 @@ pub struct WsConfig {
     /// sessions that are not its own; a run that stops at its budget re-arms the timer at
     /// once. `None`: the default, 1 000 000 000 (at least one session is handled per run).
     pub housekeeping_instructions: Option<u64>,
+    /// Retained (unacknowledged) outbound messages in the whole canister, all sessions
+    /// together. At the cap, `send` fails with `LimitReached`, `publish` skips subscribers and
+    /// opens/resumes get `LimitReached` (a session's final `Closed` message is always queued).
+    /// `None`: the default, [`DEFAULT_MAX_RETAINED_MESSAGES`]. It bounds what the
+    /// post-upgrade rebuild costs (see [`WsConfig::worst_case_rebuild_instructions`]): the
+    /// per-session limits alone allow `max_sessions x max_queued_messages` (200 million with
+    /// the defaults), which no upgrade could rebuild and no wasm heap could hold.
+    pub max_retained_messages: Option<u64>,
 }
 
 /// Which principals may act as gateways.
@@ -190,6 +198,22 @@ pub const DEFAULT_MAX_GATEWAYS: u64 = 10_000;
 pub const DEFAULT_GATEWAY_RETENTION_NS: u64 = 600 * SECOND_NS;
 /// Default of [`WsConfig::housekeeping_instructions`].
 pub const DEFAULT_HOUSEKEEPING_INSTRUCTIONS: u64 = 1_000_000_000;
+/// Default of [`WsConfig::max_retained_messages`].
+pub const DEFAULT_MAX_RETAINED_MESSAGES: u64 = 1_000_000;
+
+/// The IC's instruction limit of one `install_code` (pre_upgrade + post_upgrade together).
+pub const UPGRADE_INSTRUCTION_LIMIT: u64 = 300_000_000_000;
+/// What the runtime's post-upgrade rebuild may cost in the worst case a configuration allows:
+/// 20 % of [`UPGRADE_INSTRUCTION_LIMIT`] (the rest is the app's own post-upgrade work and
+/// margin).
+pub const REBUILD_INSTRUCTION_BUDGET: u64 = 60_000_000_000;
+/// Rebuild instructions of an upgrade with nothing retained (measured: 0.8M; rounded up).
+pub const REBUILD_BASE_INSTRUCTIONS: u64 = 5_000_000;
+/// Rebuild instructions per session, besides its messages (measured, rounded up 25 %: see
+/// BENCHMARKS.md, "Upgrades at the limits").
+pub const REBUILD_INSTRUCTIONS_PER_SESSION: u64 = 25_000;
+/// Rebuild instructions per retained message, whatever its size (measured, rounded up 25 %).
+pub const REBUILD_INSTRUCTIONS_PER_MESSAGE: u64 = 37_500;
 
 impl Default for WsConfig {
     fn default() -> Self {
@@ -217,6 +241,7 @@ impl Default for WsConfig {
             max_gateways: None,
             gateway_retention_ns: None,
             housekeeping_instructions: None,
+            max_retained_messages: None,
         }
     }
 }
@@ -278,7 +303,46 @@ impl WsConfig {
         if matches!(&self.gateways, Some(GatewayPolicy::Allowlist(l)) if l.is_empty()) {
             return Err("an empty gateway allowlist would refuse every gateway".into());
         }
+        if self.max_retained_messages == Some(0) {
+            return Err("max_retained_messages must be positive".into());
+        }
+        let cost = self.worst_case_rebuild_instructions();
+        if cost > REBUILD_INSTRUCTION_BUDGET {
+            return Err(format!(
+                "the post-upgrade rebuild could cost {cost} instructions with max_sessions = {} \
+                 and max_retained_messages = {}, more than the budget of \
+                 {REBUILD_INSTRUCTION_BUDGET} (20 % of the IC's upgrade limit): lower them",
+                self.sessions(),
+                self.retained_messages()
+            ));
+        }
         Ok(())
+    }
+
+    /// [`WsConfig::max_retained_messages`] with its default applied.
+    pub fn retained_messages(&self) -> u64 {
+        self.max_retained_messages
+            .unwrap_or(DEFAULT_MAX_RETAINED_MESSAGES)
+    }
+
+    /// The most instructions the post-upgrade rebuild can cost under this configuration:
+    ///
+    /// ```text
+    /// BASE + PER_SESSION x max_sessions + PER_MESSAGE x (max_retained_messages + max_sessions)
+    /// ```
+    ///
+    /// (`+ max_sessions` messages: each session's `Closed` message, exempt from the cap).
+    /// Message sizes do not appear: the rebuild reads each message's stored content hash, not
+    /// its content. [`configure`](crate::configure) refuses a configuration above
+    /// [`REBUILD_INSTRUCTION_BUDGET`].
+    pub fn worst_case_rebuild_instructions(&self) -> u64 {
+        let sessions = self.sessions();
+        REBUILD_BASE_INSTRUCTIONS
+            .saturating_add(REBUILD_INSTRUCTIONS_PER_SESSION.saturating_mul(sessions))
+            .saturating_add(
+                REBUILD_INSTRUCTIONS_PER_MESSAGE
+                    .saturating_mul(self.retained_messages().saturating_add(sessions)),
+            )
     }
 
     /// [`WsConfig::max_entries_per_call`] with its default applied.

@@ -57,10 +57,21 @@
 //! # Upgrades
 //!
 //! All state is in stable memory. The certification tree and the gateways' delivery logs
-//! live in the heap and are rebuilt from stable memory on first use after an upgrade; call [`post_upgrade`] from the app's `#[post_upgrade]`
-//! so that this happens during the upgrade itself (then `certified_data` is correct before
-//! the first poll; otherwise the first poll after an upgrade rebuilds it at its own cost,
-//! and certificates are only valid again after the next update call).
+//! live in the heap and are rebuilt from stable memory during the upgrade: `#[on_message]`
+//! generates the canister's `canister_post_upgrade`, which calls [`post_upgrade`] (after the
+//! app's own post-upgrade function, named with `#[on_message(post_upgrade = path)]`). An app
+//! that writes its own `#[ic_cdk::post_upgrade]` sets `#[on_message(post_upgrade = false)]`
+//! and must call [`post_upgrade`] from it. If it does not, the state is rebuilt by the first
+//! update call that uses the runtime, and until then `ws_poll` refuses with an
+//! `InvalidArgument` that says so (a query cannot keep the rebuild: each poll would pay for
+//! all of it).
+//!
+//! What the rebuild costs is bounded by the configuration: each retained message stores its
+//! content hash, so the rebuild reads 76 bytes per message and hashes only the tree, whatever
+//! the message sizes; [`WsConfig::max_retained_messages`] (canister-wide) and
+//! [`WsConfig::max_sessions`] bound the count, and [`configure`] refuses a configuration
+//! whose worst-case rebuild ([`WsConfig::worst_case_rebuild_instructions`]) exceeds
+//! [`config::REBUILD_INSTRUCTION_BUDGET`]. Figures: BENCHMARKS.md, "Upgrades at the limits".
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 #![warn(missing_docs)]
 
@@ -444,8 +455,11 @@ fn endpoint_housekeeping() {
     }
 }
 
-/// Rebuilds the certification tree from stable memory and sets `certified_data`. Call it from
-/// the app's `#[post_upgrade]` (after [`memory::set_base_memory_id`] if used).
+/// Rebuilds the certification tree and delivery logs from stable memory and sets
+/// `certified_data` (once per canister instance; later calls only re-certify). The
+/// `canister_post_upgrade` that `#[on_message]` generates calls it; call it yourself only
+/// from your own `#[ic_cdk::post_upgrade]` with `#[on_message(post_upgrade = false)]` (after
+/// [`memory::set_base_memory_id`] if used). See "Upgrades" in the crate docs.
 pub fn post_upgrade() {
     runtime::load_now();
 }
@@ -533,7 +547,8 @@ pub fn inspect_ws_call(method: &str, caller: &Principal, arg: &[u8]) -> Result<(
             "{method}: the anonymous principal cannot act as a gateway"
         ));
     }
-    let config = runtime::with_state(|s| s.config.clone());
+    // Without loading the state: inspect_message must stay cheap also right after an upgrade.
+    let config = runtime::current_config();
     admit(&config, method, caller, entries)
 }
 
@@ -721,11 +736,24 @@ pub mod __private {
         }
     }
 
-    /// `ws_poll` (query).
+    /// `ws_poll` (query). Refuses, loudly and cheaply, to serve a canister that was upgraded
+    /// without the rebuild ([`crate::post_upgrade`]) and has had no update call since: a
+    /// query cannot keep the rebuild, so every poll would pay for all of it (and at scale
+    /// exceed the query instruction limit). The next update call rebuilds.
     pub fn ws_poll(req: PollRequest) -> PollResult {
+        if runtime::not_rebuilt_since_upgrade() {
+            return Err(WsError::InvalidArgument(NOT_REBUILT.into()));
+        }
         let caller = env::caller();
         with_state(|s| s.poll(caller, req))
     }
+
+    /// What `ws_poll` answers on a canister upgraded without the rebuild.
+    pub const NOT_REBUILT: &str =
+        "ws_poll: this canister was upgraded without rebuilding the ic-ws \
+        state (ic_ws_canister::post_upgrade() was not called from its post_upgrade; the hook that \
+        #[on_message] generates calls it unless `post_upgrade = false`); polls are refused until \
+        the next update call rebuilds it";
 
     /// Decodes an app payload (bounded candid decoding); failures are `DecodeError`.
     pub fn decode_payload<T: CandidType + DeserializeOwned>(bytes: &[u8]) -> Result<T, WsError> {
@@ -750,5 +778,12 @@ pub mod __private {
     /// See [`crate::post_upgrade`].
     pub fn post_upgrade() {
         crate::post_upgrade();
+    }
+
+    /// Test hook (feature `test-hooks`): `sessions` unsigned sessions on `gateway`, each with
+    /// `messages` sends of `payload_bytes` bytes; returns the first id. Benchmarks only.
+    #[cfg(feature = "test-hooks")]
+    pub fn test_fill(gateway: Principal, sessions: u32, messages: u32, payload_bytes: u32) -> u64 {
+        crate::runtime::test_fill(gateway, sessions, messages, payload_bytes)
     }
 }

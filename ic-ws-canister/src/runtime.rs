@@ -40,6 +40,10 @@ use std::collections::BTreeMap;
 
 mod sybil;
 pub(crate) use sybil::GatewayIdle;
+mod upgrade;
+#[cfg(feature = "test-hooks")]
+pub(crate) use upgrade::test_fill;
+pub(crate) use upgrade::{current_config, not_rebuilt_since_upgrade};
 
 /// Log indices are persisted in blocks of this many: the counters cell is written once per
 /// block instead of on every send. After an upgrade numbering resumes at the persisted
@@ -118,6 +122,9 @@ pub(crate) struct State {
     /// Gateway records without attached sessions, by the time they became idle (heap;
     /// rebuilt when the state is loaded): deleted after `gateway_retention_ns`.
     gateway_idle: GatewayIdle,
+    /// Retained messages in the whole canister (heap: counted by the rebuild, kept by
+    /// `enqueue` / `forget_msg`), against [`WsConfig::retained_messages`].
+    retained: u64,
 }
 
 thread_local! {
@@ -197,43 +204,11 @@ impl State {
             key_sweep_from: None,
             retained_bytes: 0,
             gateway_idle: GatewayIdle::default(),
+            retained: 0,
         };
         s.rebuild();
         s.rebuild_sybil_accounting(env::time_ns());
         s
-    }
-
-    /// Recomputes the heap state (certified tree, delivery logs) from the retained messages
-    /// in stable memory.
-    fn rebuild(&mut self) {
-        let mut tree = WsTree::default();
-        let mut log = BTreeMap::new();
-        for entry in self.clients.iter() {
-            let id = *entry.key();
-            let rec = entry.value();
-            let mut addr = rec.head;
-            for seq in rec.first_retained_seq..rec.next_outbound_seq {
-                let Some((next, e)) = self.read_msg(addr) else {
-                    break;
-                };
-                if rec.attached && e.log_idx != NOT_LOGGED {
-                    log.insert(
-                        (rec.gateway, e.log_idx),
-                        LogRef {
-                            client: id,
-                            seq,
-                            addr,
-                        },
-                    );
-                }
-                tree.insert(id, seq, content_hash(&self.content(&e)));
-                addr = next;
-            }
-        }
-        self.tree = tree;
-        self.log = log;
-        // Fills the tree's hash caches (a poll right after an upgrade reads them).
-        self.tree.root_hash();
     }
 
     /// The message stored at `addr`: its `next` link and itself.
@@ -242,8 +217,8 @@ impl State {
         if !self.arena.read(addr, &mut head) {
             return None;
         }
-        let body_len = ChunkHead::parse(&head).body_len as usize;
-        let mut chunk = vec![0u8; CHUNK_HEADER + body_len];
+        let h = ChunkHead::parse(&head);
+        let mut chunk = vec![0u8; h.body_offset() + h.body_len as usize];
         if !self.arena.read(addr, &mut chunk) {
             return None;
         }
@@ -253,14 +228,11 @@ impl State {
     /// The fixed part of the message at `addr`.
     fn peek_msg(&self, addr: u64) -> Option<ChunkHead> {
         let mut head = [0u8; CHUNK_PEEK];
-        let n = if self.arena.read(addr, &mut head) {
-            CHUNK_PEEK
-        } else if self.arena.read(addr, &mut head[..CHUNK_HEADER]) {
-            CHUNK_HEADER
-        } else {
-            return None;
-        };
-        Some(ChunkHead::parse(&head[..n]))
+        // Shorter reads only for a small last chunk of the arena.
+        [CHUNK_PEEK, CHUNK_HEADER + 32, CHUNK_HEADER]
+            .into_iter()
+            .find(|&n| self.arena.read(addr, &mut head[..n]))
+            .map(|n| ChunkHead::parse(&head[..n]))
     }
 
     /// A session's retained messages: `(seq, address, fixed part)`, oldest first.
@@ -397,7 +369,11 @@ impl State {
         } else {
             NOT_LOGGED
         };
-        let entry = OutEntry { log_idx, body };
+        let entry = OutEntry {
+            log_idx,
+            hash: Some(hash),
+            body,
+        };
         let counted = entry.counted_bytes();
         let mut chunk = entry.to_chunk(0);
         let addr = self
@@ -421,6 +397,7 @@ impl State {
         }
         rec.tail = addr;
         rec.queued_messages += 1;
+        self.retained += 1;
         rec.queued_bytes += counted;
         self.retained_bytes = self.retained_bytes.saturating_add(counted);
         rec.next_outbound_seq += 1;
@@ -449,6 +426,7 @@ impl State {
     }
 
     fn forget_msg(&mut self, id: ClientId, rec: &mut ClientRecord, seq: u64, h: &ChunkHead) {
+        self.retained = self.retained.saturating_sub(1);
         if h.log_idx != NOT_LOGGED {
             self.log.remove(&(rec.gateway, h.log_idx));
         }
@@ -536,6 +514,7 @@ impl State {
             return Err(self.overflow(id, now));
         }
         self.check_retained_bytes(size, 1)?;
+        self.check_canister_room().map_err(Error::LimitReached)?;
         let hash = content_hash(&crate::content::app_content(now, &payload));
         let seq = self.enqueue(id, &mut rec, OutBody::App { ts: now, payload }, hash)?;
         self.clients.insert(id, rec);
@@ -749,7 +728,7 @@ impl State {
             .check_gateway_capacity(&caller)
             .and_then(|()| self.check_canister_capacity())
             .and_then(|()| self.check_gateway_records(&caller))
-            .and_then(|()| self.check_room_for_opened())
+            .and_then(|()| self.check_room_for_opened(0))
         {
             self.consume_open_ts(key, open.timestamp_ns, now);
             return Err(e);
@@ -815,8 +794,12 @@ impl State {
     }
 
     /// Makes sure the arena can store an `Opened` message, or a new session's
-    /// `OpenRejected` (checked before an open mutates).
-    fn check_room_for_opened(&mut self) -> Result<(), WsError> {
+    /// `OpenRejected` (checked before an open mutates), and the canister-wide message cap
+    /// allows it. `releasing`: messages the open releases before it queues (a resume's
+    /// acknowledgement).
+    fn check_room_for_opened(&mut self, releasing: u64) -> Result<(), WsError> {
+        self.check_canister_room_after(releasing)
+            .map_err(WsError::LimitReached)?;
         if self.arena.reserve(ROOM_FOR_OPEN_OUTCOME) {
             Ok(())
         } else {
@@ -1000,7 +983,11 @@ impl State {
             self.clients.insert(id, rec);
             return Err(WsError::Closed);
         }
-        self.check_room_for_opened()?;
+        self.check_room_for_opened(
+            resume
+                .next_outbound_seq
+                .saturating_sub(rec.first_retained_seq),
+        )?;
         // All checks passed: from here on, mutate.
         self.release(id, &mut rec, resume.next_outbound_seq);
         self.detach(id, &mut rec);
@@ -1289,6 +1276,10 @@ impl State {
                     Error::QueueOverflowClosed(_) => report.closed.push(id),
                     _ => report.skipped.push(id),
                 }
+                continue;
+            }
+            if self.check_canister_room().is_err() {
+                report.skipped.push(id);
                 continue;
             }
             let Ok(seq) = self.enqueue(

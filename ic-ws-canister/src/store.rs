@@ -204,6 +204,11 @@ pub(crate) const NOT_LOGGED: u64 = u64::MAX;
 pub(crate) struct OutEntry {
     /// Position in the attached gateway's delivery log, or [`NOT_LOGGED`].
     pub log_idx: u64,
+    /// SHA-256 of the certified content, stored with the message so that the post-upgrade
+    /// rebuild of the certified tree reads 76 bytes per message instead of re-encoding and
+    /// re-hashing its content. `None` only in chunks written before it was stored
+    /// ([`FLAG_HASH`] clear); those are re-hashed.
+    pub hash: Option<[u8; 32]>,
     pub body: OutBody,
 }
 
@@ -230,11 +235,17 @@ impl OutEntry {
     }
 }
 
-/// Bytes of a message chunk before its body:
-/// `class u16, tag u8, flag u8, body len u32, next u64, log_idx u64, ts u64`.
+/// Bytes of a message chunk's fixed header:
+/// `class u16, tag u8, flag u8, body len u32, next u64, log_idx u64, ts u64`; then, if
+/// `flag` has [`FLAG_HASH`], the 32-byte content hash; then the body.
 pub(crate) const CHUNK_HEADER: usize = 32;
-/// Header plus the fixed body of a `Shared` message: enough to release any message.
-pub(crate) const CHUNK_PEEK: usize = CHUNK_HEADER + 12;
+/// `flag` bit: the content hash follows the header.
+pub(crate) const FLAG_HASH: u8 = 1;
+/// Bytes of the stored content hash.
+const HASH_LEN: usize = 32;
+/// Header, hash and the fixed body of a `Shared` message: enough to release any message and
+/// to rebuild its tree entry.
+pub(crate) const CHUNK_PEEK: usize = CHUNK_HEADER + HASH_LEN + 12;
 /// Offset of `next` (the session's next message) in a chunk.
 pub(crate) const CHUNK_NEXT: u64 = 8;
 /// Offset of `log_idx` in a chunk.
@@ -247,22 +258,26 @@ const TAG_CONTROL: u8 = 2;
 impl OutEntry {
     /// The chunk bytes of this message (the first two, the size class, are the arena's).
     pub(crate) fn to_chunk(&self, next: u64) -> Vec<u8> {
-        let (tag, flag, ts) = match &self.body {
-            OutBody::App { ts, .. } => (TAG_APP, 0, *ts),
-            OutBody::Shared { .. } => (TAG_SHARED, 0, 0),
-            OutBody::Control { .. } => (TAG_CONTROL, 0, 0),
+        let flag = if self.hash.is_some() { FLAG_HASH } else { 0 };
+        let (tag, ts) = match &self.body {
+            OutBody::App { ts, .. } => (TAG_APP, *ts),
+            OutBody::Shared { .. } => (TAG_SHARED, 0),
+            OutBody::Control { .. } => (TAG_CONTROL, 0),
         };
         let body_len = match &self.body {
             OutBody::App { payload, .. } => payload.len(),
             OutBody::Shared { .. } => 12,
             OutBody::Control { content } => content.len(),
         };
-        let mut out = Vec::with_capacity(CHUNK_HEADER + body_len);
+        let mut out = Vec::with_capacity(CHUNK_HEADER + HASH_LEN + body_len);
         out.extend_from_slice(&[0, 0, tag, flag]);
         out.extend_from_slice(&(body_len as u32).to_be_bytes());
         out.extend_from_slice(&next.to_be_bytes());
         out.extend_from_slice(&self.log_idx.to_be_bytes());
         out.extend_from_slice(&ts.to_be_bytes());
+        if let Some(h) = &self.hash {
+            out.extend_from_slice(h);
+        }
         match &self.body {
             OutBody::App { payload, .. } => out.extend_from_slice(payload),
             OutBody::Shared { pid, len } => {
@@ -277,7 +292,7 @@ impl OutEntry {
     /// Decodes a chunk (header + body); returns `next` and the message.
     pub(crate) fn from_chunk(bytes: &[u8]) -> (u64, OutEntry) {
         let head = ChunkHead::parse(bytes);
-        let body = bytes.get(CHUNK_HEADER..).unwrap_or(&[]);
+        let body = bytes.get(head.body_offset()..).unwrap_or(&[]);
         let body = body.get(..head.body_len as usize).unwrap_or(body);
         let mut r = Reader::new(body);
         let body = match head.tag {
@@ -297,6 +312,7 @@ impl OutEntry {
             head.next,
             OutEntry {
                 log_idx: head.log_idx,
+                hash: head.hash,
                 body,
             },
         )
@@ -312,6 +328,8 @@ pub(crate) struct ChunkHead {
     pub next: u64,
     pub log_idx: u64,
     pub ts: u64,
+    /// The stored content hash ([`FLAG_HASH`]).
+    pub hash: Option<[u8; 32]>,
     /// `(pid, len)` of a `Shared` message.
     pub shared: Option<(u64, u32)>,
 }
@@ -326,6 +344,7 @@ impl ChunkHead {
         let next = r.u64();
         let log_idx = r.u64();
         let ts = r.u64();
+        let hash = (flag & FLAG_HASH != 0).then(|| r.array::<HASH_LEN>());
         let shared = (tag == TAG_SHARED).then(|| (r.u64(), r.u32()));
         ChunkHead {
             tag,
@@ -334,8 +353,19 @@ impl ChunkHead {
             next,
             log_idx,
             ts,
+            hash,
             shared,
         }
+    }
+
+    /// Where the body starts in the chunk.
+    pub(crate) fn body_offset(&self) -> usize {
+        CHUNK_HEADER
+            + if self.flag & FLAG_HASH != 0 {
+                HASH_LEN
+            } else {
+                0
+            }
     }
 
     /// Bytes counted against `max_queued_bytes` (as [`OutEntry::counted_bytes`]).
@@ -470,16 +500,27 @@ mod tests {
                 content: vec![9, 9],
             },
         ] {
-            let e = OutEntry { log_idx: 42, body };
-            let chunk = e.to_chunk(77);
-            assert_eq!(OutEntry::from_chunk(&chunk), (77, e.clone()));
-            let head = ChunkHead::parse(&chunk);
-            assert_eq!((head.next, head.log_idx), (77, 42));
-            assert_eq!(head.counted_bytes(), e.counted_bytes());
-            // A chunk read with trailing garbage (its size class's rounding) decodes the same.
-            let mut padded = chunk.clone();
-            padded.extend_from_slice(&[0xee; 15]);
-            assert_eq!(OutEntry::from_chunk(&padded), (77, e));
+            // With the content hash, and as chunks written before it was stored.
+            for hash in [Some([5u8; 32]), None] {
+                let e = OutEntry {
+                    log_idx: 42,
+                    hash,
+                    body: body.clone(),
+                };
+                let chunk = e.to_chunk(77);
+                assert_eq!(OutEntry::from_chunk(&chunk), (77, e.clone()));
+                let head = ChunkHead::parse(&chunk);
+                assert_eq!((head.next, head.log_idx, head.hash), (77, 42, hash));
+                assert_eq!(head.counted_bytes(), e.counted_bytes());
+                if let OutBody::Shared { pid, len } = body {
+                    assert_eq!(head.shared, Some((pid, len)));
+                    assert!(chunk.len() <= CHUNK_PEEK);
+                }
+                // A chunk read with trailing garbage (its size class's rounding) decodes the same.
+                let mut padded = chunk.clone();
+                padded.extend_from_slice(&[0xee; 15]);
+                assert_eq!(OutEntry::from_chunk(&padded), (77, e));
+            }
         }
         // Truncated bytes never panic.
         let _ = ClientRecord::from_bytes(Cow::Borrowed(&[1, 2, 3]));

@@ -31,6 +31,22 @@ pub struct Config {
     /// principals may act as gateways when the configuration's policy is
     /// `GatewayPolicy::Callback`; registered before every ws call is admitted.
     pub gateway_filter: Option<Path>,
+    /// `post_upgrade = false | path::to::fn` (on_message only): by default `#[on_message]`
+    /// generates `canister_post_upgrade`, which rebuilds the runtime's heap state during the
+    /// upgrade; `path` names an app function `fn()` it calls first; `false` generates nothing
+    /// (the app's own `#[ic_cdk::post_upgrade]` must call `ic_ws_canister::post_upgrade()`).
+    pub post_upgrade: Option<PostUpgrade>,
+}
+
+/// The `post_upgrade` argument.
+#[derive(Clone)]
+pub enum PostUpgrade {
+    /// `post_upgrade = false`: no hook is generated.
+    Off,
+    /// `post_upgrade = true`: the default (the hook without an app function).
+    Default,
+    /// `post_upgrade = path`: the hook calls `path()` first.
+    Call(Path),
 }
 
 impl Config {
@@ -46,7 +62,7 @@ impl Config {
 fn accepted_keys(kind: Kind) -> &'static str {
     match kind {
         Kind::Message => {
-            "`crate = \"path\"`, `outbound = Type`, `inspect_message = false`, `gateway_filter = path`"
+            "`crate = \"path\"`, `outbound = Type`, `inspect_message = false`, `gateway_filter = path`, `post_upgrade = false | path::to::fn`"
         }
         Kind::Open | Kind::Close => "`crate = \"path\"`, `on_message_in = path::to::module`",
     }
@@ -137,6 +153,30 @@ fn parse_one(
                     &key,
                     format!(
                         "`gateway_filter` belongs on `#[on_message]`; `#[{}]` accepts {}",
+                        kind.attr_name(),
+                        accepted_keys(kind)
+                    ),
+                );
+            }
+        }
+        "post_upgrade" => {
+            let value = if input.peek(syn::LitBool) {
+                let lit: syn::LitBool = input.parse()?;
+                if lit.value {
+                    PostUpgrade::Default
+                } else {
+                    PostUpgrade::Off
+                }
+            } else {
+                PostUpgrade::Call(input.parse()?)
+            };
+            if kind == Kind::Message {
+                set_once(&mut config.post_upgrade, value, &key, errors);
+            } else {
+                errors.error(
+                    &key,
+                    format!(
+                        "`post_upgrade` belongs on `#[on_message]`; `#[{}]` accepts {}",
                         kind.attr_name(),
                         accepted_keys(kind)
                     ),
@@ -270,6 +310,21 @@ mod tests {
         assert!(errors[0].contains("unknown argument `colour`"));
         assert!(errors[1].contains("`outbound` is given more than once"));
         assert!(errors[2].contains("`on_message_in` belongs on"));
+    }
+
+    #[test]
+    fn post_upgrade_takes_false_or_a_path() {
+        let config = parse_ok(Kind::Message, quote!(post_upgrade = false));
+        assert!(matches!(config.post_upgrade, Some(PostUpgrade::Off)));
+        let config = parse_ok(Kind::Message, quote!(post_upgrade = crate::upgraded));
+        match config.post_upgrade {
+            Some(PostUpgrade::Call(p)) => {
+                assert_eq!(p.to_token_stream().to_string(), "crate :: upgraded")
+            }
+            _ => panic!("a path"),
+        }
+        let errors = parse_err(Kind::Open, quote!(post_upgrade = false));
+        assert!(errors[0].contains("`post_upgrade` belongs on `#[on_message]`"));
     }
 
     #[test]

@@ -74,6 +74,17 @@ use quote::quote;
 ///   `canister_inspect_message` and in the endpoints, so it needs no registration in
 ///   `#[init]` / `#[post_upgrade]`.
 ///
+/// - `post_upgrade = path::to::function` / `post_upgrade = false`: by default `#[on_message]`
+///   also generates the canister's `canister_post_upgrade`, which rebuilds the runtime's heap
+///   state (certified tree, delivery logs) during the upgrade, so that nobody can forget it.
+///   An app with post-upgrade work of its own names a `fn()` with `post_upgrade = ...`
+///   (called first, then the rebuild) instead of writing `#[ic_cdk::post_upgrade]`; an app
+///   that needs its own `#[ic_cdk::post_upgrade]` (e.g. with upgrade arguments) sets
+///   `post_upgrade = false` and calls `ic_ws_canister::post_upgrade()` from it. Both at once
+///   (the generated hook and `#[ic_cdk::post_upgrade]`) is a duplicate `canister_post_upgrade`
+///   symbol error at build time. An upgrade without the rebuild is loud: `ws_poll` answers
+///   `InvalidArgument` until the next update call rebuilds (see `ic_ws_canister::post_upgrade`).
+///
 /// Every update endpoint also refuses (traps before any entry is looked at) a call from a
 /// principal the gateway policy refuses or with more than `max_entries_per_call` entries: the
 /// IC runs `canister_inspect_message` for ingress only, not for calls from other canisters.
@@ -91,8 +102,9 @@ use quote::quote;
 ///
 /// A second `#[on_message]` in the crate is a compile error (`__ic_ws_only_one_on_message_per_canister`
 /// defined multiple times); the generated items live beside the app's own `#[init]`,
-/// `#[post_upgrade]`, timers and stable structures, which the macros never define (the runtime arms its own housekeeping timer
-/// through `ic-cdk-timers`, which an app may use too).
+/// `#[post_upgrade]` (with `post_upgrade = false`, see above), timers and stable structures,
+/// which the macros never define (the runtime arms its own housekeeping timer through
+/// `ic-cdk-timers`, which an app may use too).
 #[proc_macro_attribute]
 pub fn on_message(attr: TokenStream, item: TokenStream) -> TokenStream {
     expand_attribute(Kind::Message, attr.into(), item.into()).into()

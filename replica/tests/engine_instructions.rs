@@ -67,6 +67,7 @@ const STORES: u64 = 15_007;
 fn engine_with(update_limit: u64, query_limit: u64) -> Engine {
     Engine::new(EngineConfig {
         update_instruction_limit: update_limit,
+        install_instruction_limit: update_limit,
         query_instruction_limit: query_limit,
         ..config()
     })
@@ -218,4 +219,55 @@ fn exceeding_the_limit_in_the_last_instructions_of_a_message_still_fails() {
         "the reply made before the overrun is dropped: {err}"
     );
     assert_eq!(e.last_instructions(), 5);
+}
+
+/// pre_upgrade and post_upgrade run `$loads` K times each (15 K + 4 instructions per call, plus
+/// the call: 2), 15,006 instructions each.
+const UPGRADABLE: &str = r#"
+  (module
+    (memory 1)
+    (func $loads (param $k i32) (local $i i32)
+      (block $done
+        (loop $top
+          (br_if $done (i32.ge_u (local.get $i) (local.get $k)))
+          (drop (i32.load (local.get $i)))
+          (drop (i32.load offset=8192 (i32.const 0)))
+          (local.set $i (i32.add (local.get $i) (i32.const 1)))
+          (br $top))))
+    (func (export "canister_pre_upgrade") (call $loads (i32.const 1000)))
+    (func (export "canister_post_upgrade") (call $loads (i32.const 1000)))
+    (func (export "canister_update f")))"#;
+const HOOK: u64 = STORES - 1;
+
+#[test]
+fn an_upgrade_has_one_budget_for_pre_and_post_upgrade_and_the_default_is_the_ics() {
+    assert_eq!(
+        EngineConfig::default().install_instruction_limit,
+        300_000_000_000
+    );
+    let upgrade = |install_limit: u64| {
+        let mut e = Engine::new(EngineConfig {
+            // Far below what either hook needs: installs are not limited by it.
+            update_instruction_limit: 1_000,
+            install_instruction_limit: install_limit,
+            ..config()
+        });
+        let id = install(&mut e, UPGRADABLE);
+        let wasm = wat::parse_str(UPGRADABLE).unwrap();
+        let r = e.install(id, &wasm, &[], InstallMode::Upgrade, controller());
+        (r, e.last_instructions())
+    };
+    // Exactly both hooks: the upgrade succeeds and reports their sum.
+    let (r, used) = upgrade(2 * HOOK);
+    r.unwrap();
+    assert_eq!(used, 2 * HOOK);
+    // One less: each hook alone would fit, together they do not (post_upgrade fails).
+    let (r, _) = upgrade(2 * HOOK - 1);
+    let err = r.unwrap_err();
+    assert_eq!(err.error_code.as_deref(), Some("IC0522"), "{err}");
+    assert!(
+        err.message
+            .contains(&format!("limit of {} instructions", 2 * HOOK - 1)),
+        "the whole install_code limit is reported: {err}"
+    );
 }

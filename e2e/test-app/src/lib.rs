@@ -68,7 +68,9 @@ fn open(client: ClientId, args: String) -> Result<(), String> {
     Ok(())
 }
 
-#[on_message(outbound = Outbound, gateway_filter = registered_gateway)]
+// `post_upgrade = false`: this app writes its own `#[post_upgrade]` (below), which can skip
+// the runtime's rebuild to test what a canister that forgets it does.
+#[on_message(outbound = Outbound, gateway_filter = registered_gateway, post_upgrade = false)]
 fn message(client: ClientId, msg: Inbound) -> Result<(), String> {
     match msg {
         Inbound::Echo(text) => ic_ws_canister::send(client, &Outbound::Echo(text))
@@ -168,9 +170,13 @@ fn app_configure_big_queues() -> Result<(), String> {
     .map_err(|e| e.to_string())
 }
 
+/// Upgrade argument `opt true`: skip `ic_ws_canister::post_upgrade()` (as an app that forgot
+/// it; tests only).
 #[ic_cdk::post_upgrade]
-fn post_upgrade() {
-    ic_ws_canister::post_upgrade();
+fn post_upgrade(skip_ws_rebuild: Option<bool>) {
+    if skip_ws_rebuild != Some(true) {
+        ic_ws_canister::post_upgrade();
+    }
     // Rebuild the app's heap tree from its stable map and register its root again.
     let pairs: Vec<(String, String)> =
         VALUES.with(|v| v.borrow().iter().map(|e| e.into_pair()).collect());
@@ -183,6 +189,24 @@ fn post_upgrade() {
             certification::set_app_root_hash(Some(t.root_hash()));
         }
     });
+}
+
+/// Benchmark bulk (runtime test hook): `sessions` sessions on `gateway` that no client holds,
+/// each with `messages` retained messages of `payload_bytes` bytes. Returns the first id.
+#[ic_cdk::update]
+fn app_test_fill(
+    gateway: candid::Principal,
+    sessions: u32,
+    messages: u32,
+    payload_bytes: u32,
+) -> u64 {
+    ic_ws_canister::__private::test_fill(gateway, sessions, messages, payload_bytes)
+}
+
+/// The configuration's worst-case rebuild cost (`WsConfig::worst_case_rebuild_instructions`).
+#[ic_cdk::query]
+fn app_worst_case_rebuild() -> u64 {
+    ic_ws_canister::config().worst_case_rebuild_instructions()
 }
 
 /// Sends `Outbound::Text(text)` to a client.

@@ -408,12 +408,9 @@ fn rooms() -> Vec<RoomInfo> {
         .collect()
 }
 
-/// The runtime rebuilds its certification tree during the upgrade (so the first poll after
-/// it is certified); the app's own state is in stable structures and needs nothing.
-#[ic_cdk::post_upgrade]
-fn post_upgrade() {
-    ic_ws_canister::post_upgrade();
-}
+// No `#[post_upgrade]`: the one `#[on_message]` generates rebuilds the runtime's certification
+// tree during the upgrade (so the first poll after it is certified); the app's own state is
+// in stable structures and needs nothing.
 
 ic_cdk::export_candid!();
 

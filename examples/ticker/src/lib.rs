@@ -323,11 +323,11 @@ fn init(args: Option<TickerInit>) {
     start_timer();
 }
 
-/// Timers do not survive an upgrade; the runtime's certification tree and the app's are
-/// rebuilt from stable memory here, so certificates are valid from the first query on.
-#[ic_cdk::post_upgrade]
+/// Timers do not survive an upgrade; the app's certification tree is rebuilt from stable
+/// memory here. `#[on_message(post_upgrade = post_upgrade)]` makes this the app's part of the
+/// generated `canister_post_upgrade`, which then rebuilds the runtime's tree, so certificates
+/// are valid from the first query on.
 fn post_upgrade() {
-    ic_ws_canister::post_upgrade();
     certify(&all_quotes());
     start_timer();
 }
@@ -345,7 +345,7 @@ fn check_symbols(symbols: &[String]) -> Result<(), String> {
     })
 }
 
-#[on_message(outbound = TickerOut)]
+#[on_message(outbound = TickerOut, post_upgrade = post_upgrade)]
 fn message(client: ClientId, message: TickerIn) -> Result<(), String> {
     match message {
         TickerIn::Subscribe { symbols } => {

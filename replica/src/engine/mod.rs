@@ -48,11 +48,29 @@ pub enum Clock {
     },
 }
 
+/// The IC's instruction limit of one `install_code` message (install, reinstall or upgrade):
+/// 300 billion (the IC's resource-limits table), for `canister_pre_upgrade`, the start
+/// function and `canister_init` / `canister_post_upgrade` together.
+pub const INSTALL_INSTRUCTION_LIMIT: u64 = 300_000_000_000;
+
+/// An instruction-limit failure of a part of an install reported with the limit of the whole
+/// install_code message (what the IC reports), not with what was left of it.
+fn whole_limit(e: ExecError, limit: u64) -> ExecError {
+    match e {
+        ExecError::InstructionLimit(_) => ExecError::InstructionLimit(limit),
+        other => other,
+    }
+}
+
 /// Engine settings.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct EngineConfig {
-    /// Instruction limit of one update message, callback, timer or install (IC: 40e9).
+    /// Instruction limit of one update message, callback or timer (IC: 40e9).
     pub update_instruction_limit: u64,
+    /// Instruction limit of one `install_code` (IC: 300e9), shared as on the IC by everything
+    /// it runs: `canister_pre_upgrade` on the old module, then the start function and
+    /// `canister_init` / `canister_post_upgrade` on the new one get what is left.
+    pub install_instruction_limit: u64,
     /// Instruction limit of one query or inspect_message (IC: 5e9).
     pub query_instruction_limit: u64,
     /// Where time comes from.
@@ -63,6 +81,7 @@ impl Default for EngineConfig {
     fn default() -> Self {
         Self {
             update_instruction_limit: 40_000_000_000,
+            install_instruction_limit: INSTALL_INSTRUCTION_LIMIT,
             query_instruction_limit: 5_000_000_000,
             clock: Clock::Real,
         }
@@ -589,7 +608,9 @@ impl Engine {
         mode: InstallMode,
         sender: Principal,
     ) -> Result<(), Reject> {
-        let limit = self.config.update_instruction_limit;
+        // One budget for the whole install_code message, as on the IC.
+        let limit = self.config.install_instruction_limit;
+        let mut used = 0u64;
         let time = self.round_time;
         let subnet = self.subnet.clone();
         let canister = self
@@ -646,7 +667,8 @@ impl Engine {
                     exec,
                     OnSuccess::Defer,
                 );
-                self.last_instructions = outcome.instructions;
+                used = outcome.instructions;
+                self.last_instructions = used;
                 if let Err(e) = outcome.result {
                     return Err(Reject::from_exec(id, &e));
                 }
@@ -669,20 +691,24 @@ impl Engine {
             }
             Err(reject)
         };
-        let mut runtime = match Runtime::new(compiled, host, limit) {
+        // What pre_upgrade left (at least 1: a zero limit would mean "no limit set" to the
+        // instrumentation; the start function and init/post_upgrade then fail at once).
+        let left = limit.saturating_sub(used).max(1);
+        let mut runtime = match Runtime::new(compiled, host, left) {
             Ok(rt) => rt,
-            Err(e) => return fail(canister, Reject::from_exec(id, &e)),
+            Err(e) => return fail(canister, Reject::from_exec(id, &whole_limit(e, limit))),
         };
         if runtime.compiled().exports(init_name) {
-            let mut exec = Exec::new(ApiContext::Init, sender, time, limit);
+            let mut exec = Exec::new(ApiContext::Init, sender, time, left);
             exec.arg = arg.to_vec();
             let outcome = runtime.execute(Entry::Export(init_name), exec, OnSuccess::Commit);
-            self.last_instructions = outcome.instructions;
+            // The install_code message's total (pre_upgrade included).
+            self.last_instructions = used + outcome.instructions;
             // Logs of a failed init would be lost with the runtime: keep them.
             let logs = std::mem::take(&mut runtime.host_mut().logs);
             self.logs.extend(logs.into_iter().map(|l| (id, l)));
             if let Err(e) = outcome.result {
-                return fail(canister, Reject::from_exec(id, &e));
+                return fail(canister, Reject::from_exec(id, &whole_limit(e, limit)));
             }
         }
         let hash: [u8; 32] = Sha256::digest(wasm).into();

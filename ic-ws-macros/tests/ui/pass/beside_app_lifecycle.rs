@@ -1,5 +1,6 @@
-//! The generated endpoints live beside the app's own `#[init]`, `#[post_upgrade]`, queries,
-//! timers, stable structures (in the app's memory ids) and certified data.
+//! The generated endpoints live beside the app's own `#[init]`, post-upgrade code (called by
+//! the generated `canister_post_upgrade`), queries, timers, stable structures (in the app's
+//! memory ids) and certified data.
 use ic_stable_structures::{memory_manager::MemoryId, StableBTreeMap};
 use ic_ws_canister::{certification, memory, on_message, ClientId};
 use std::cell::RefCell;
@@ -20,9 +21,7 @@ fn init() {
     start_timer();
 }
 
-#[ic_cdk::post_upgrade]
-fn post_upgrade() {
-    ic_ws_canister::post_upgrade();
+fn upgraded() {
     start_timer();
 }
 
@@ -31,7 +30,7 @@ fn count(client: ClientId) -> u64 {
     COUNTS.with(|c| c.borrow().get(&client).unwrap_or_default())
 }
 
-#[on_message]
+#[on_message(post_upgrade = upgraded)]
 fn message(client: ClientId, _ping: ()) {
     COUNTS.with(|c| {
         let mut c = c.borrow_mut();
