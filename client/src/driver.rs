@@ -208,6 +208,9 @@ impl Driver {
                     }
                 }
                 Action::Emit(event) => {
+                    // Published before the event: whoever sees `Opened` (`Client::connect`
+                    // included) reads the session's id.
+                    self.shared.set_client_id(self.session.client_id());
                     if let Some(event) = self.event(event) {
                         if self.events.send(event).await.is_err() {
                             let _ = sink.close().await;

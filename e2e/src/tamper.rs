@@ -48,12 +48,12 @@ pub enum OutcomeAttack {
     /// Relay every client message, then inject `MessageError { seq, Rejected(text) }` for it
     /// (the canister accepts it: the refusal is a lie).
     ForgeMessageError(String),
-    /// Replace `OpenResult Ok` by `Err(Rejected(text))` (the session exists in the canister).
+    /// Answer the open with `Err(Rejected(text))` without relaying it.
     ForgeOpenRefusal(String),
-    /// Replace `OpenResult Ok` by `Err(OpenRejected { client_id, reason })` and drop every later
-    /// frame: a "certified" refusal that never comes.
+    /// Answer the open with `Err(OpenRejected { client_id, reason })` without relaying it and
+    /// drop every later frame: a "certified" refusal that never comes.
     ForgeOpenRejected(String),
-    /// Never deliver the `OpenResult`.
+    /// Swallow the open: no `OpenResult` ever comes.
     DropOpenResult,
     /// Deliver the `OpenResult` but never a `Messages` frame.
     WithholdFrames,
@@ -240,6 +240,7 @@ async fn relay<C, G>(
         inject: inject_tx,
         outcome,
         mute: false,
+        swallow: false,
     };
     loop {
         tokio::select! {
@@ -247,7 +248,9 @@ async fn relay<C, G>(
                 Some(Ok(m)) => {
                     let close = m.is_close();
                     let forged = conn.on_client_frame(&m);
-                    if to_gateway.send(m).await.is_err() || close {
+                    if std::mem::take(&mut conn.swallow) {
+                        // An open the attack answers itself: the canister never sees it.
+                    } else if to_gateway.send(m).await.is_err() || close {
                         return;
                     }
                     if let Some(bytes) = forged {
@@ -299,6 +302,8 @@ struct Conn {
     outcome: Option<OutcomeAttack>,
     /// Deliver no more gateway frames (after a forged `OpenRejected`).
     mute: bool,
+    /// Do not relay the client frame just examined (an open the attack answers itself).
+    swallow: bool,
 }
 
 impl Conn {
@@ -311,6 +316,31 @@ impl Conn {
         let frame: ic_ws_protocol::ClientFrame = ic_ws_protocol::decode(bytes).ok()?;
         if let ic_ws_protocol::ClientFrame::Open { .. } = &frame {
             lock(&self.state).client_opens.push(bytes.to_vec());
+            // The open-outcome attacks answer the open themselves and never relay it: a
+            // relayed open would create a real session whose `on_open` keeps what it took
+            // (the chat name) until it expires, and the client's retry elsewhere would then
+            // be refused for that reason, certified (docs/protocol.md, threat model: a hidden
+            // open success). The client's side of the attack is the same.
+            let forged = match &self.outcome {
+                Some(OutcomeAttack::ForgeOpenRefusal(text)) => Some(GatewayFrame::OpenResult(Err(
+                    ic_ws_protocol::WsError::Rejected(text.clone()),
+                ))),
+                Some(OutcomeAttack::ForgeOpenRejected(text)) => {
+                    self.mute = true;
+                    Some(GatewayFrame::OpenResult(Err(
+                        ic_ws_protocol::WsError::OpenRejected {
+                            client_id: u64::from(u32::MAX),
+                            reason: text.clone(),
+                        },
+                    )))
+                }
+                Some(OutcomeAttack::DropOpenResult) => None,
+                _ => return None,
+            };
+            self.swallow = true;
+            let attack = self.outcome.clone()?;
+            lock(&self.state).outcomes_fired.push((attack, None));
+            return forged.map(|f| reencode(&f));
         }
         let Some(OutcomeAttack::ForgeMessageError(text)) = &self.outcome else {
             return None;

@@ -298,6 +298,13 @@ fn canister_wide_accounting_survives_an_upgrade() {
     assert!(before.retained_bytes >= 3000, "{before:?}");
     c.upgrade();
     assert_eq!(c.usage(), before, "recomputed from stable memory");
+    // An upgrade clears the canister's timers. This test app writes its own post_upgrade
+    // (`post_upgrade = false`), so the housekeeping timer is armed again by the next ws update
+    // call (the hook `#[on_message]` generates arms it during the upgrade).
+    assert_eq!(
+        c.ws_close(sybil(0), vec![]),
+        Vec::<Result<(), WsError>>::new()
+    );
     // The idle gateway record's retention starts over at the upgrade, then it expires.
     c.advance(Duration::from_secs(601));
     assert_eq!(c.usage().gateways, before.gateways - 1);

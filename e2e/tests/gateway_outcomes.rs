@@ -112,8 +112,10 @@ async fn forged_message_errors_lose_and_double_nothing() {
     );
 }
 
-/// `OpenResult Ok` replaced by `Err(Rejected)` while the session exists in the canister:
-/// `connect` does not fail for good; alice gets through the second gateway and talks.
+/// The open answered `Err(Rejected)` by the hostile gateway: `connect` does not fail for good;
+/// alice gets through the second gateway and talks. (The proxy does not relay the open: a
+/// relayed open whose success is hidden leaves a session holding alice's name until it
+/// expires, so her retry would be refused by the chat, certified; see the threat model.)
 /// (Needs the version-2 Rust client: the version-1 client gave up on the forged refusal.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_forged_open_refusal_fails_over_to_the_second_gateway() {
@@ -128,7 +130,7 @@ async fn a_forged_open_refusal_fails_over_to_the_second_gateway() {
     s.alice_is_heard_once_in_order(&alice, "f", 3).await;
 }
 
-/// `OpenResult Ok` replaced by `Err(OpenRejected)` and every later frame dropped: the
+/// The open answered `Err(OpenRejected)` and every later frame dropped: the
 /// "certified" refusal never comes; alice does not believe it, times out and fails over.
 /// (Needs the version-2 Rust client.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

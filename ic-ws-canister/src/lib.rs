@@ -459,7 +459,9 @@ fn endpoint_housekeeping() {
 /// `certified_data` (once per canister instance; later calls only re-certify). The
 /// `canister_post_upgrade` that `#[on_message]` generates calls it; call it yourself only
 /// from your own `#[ic_cdk::post_upgrade]` with `#[on_message(post_upgrade = false)]` (after
-/// [`memory::set_base_memory_id`] if used). See "Upgrades" in the crate docs.
+/// [`memory::set_base_memory_id`] if used). See "Upgrades" in the crate docs. (Called this
+/// way, the runtime's housekeeping timer, which an upgrade clears, is armed again by the next
+/// ws update call; the generated hook arms it at once.)
 pub fn post_upgrade() {
     runtime::load_now();
 }
@@ -778,6 +780,14 @@ pub mod __private {
     /// See [`crate::post_upgrade`].
     pub fn post_upgrade() {
         crate::post_upgrade();
+    }
+
+    /// The generated `canister_post_upgrade`: the rebuild, then the housekeeping timer armed
+    /// again (an upgrade clears the canister's timers; without this, sessions and gateway
+    /// records would wait for the next ws update call to expire).
+    pub fn post_upgrade_with(h: &Handlers) {
+        crate::post_upgrade();
+        crate::arm_housekeeping(*h, false);
     }
 
     /// Test hook (feature `test-hooks`): `sessions` unsigned sessions on `gateway`, each with

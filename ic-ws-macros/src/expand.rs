@@ -274,7 +274,7 @@ fn on_message(handler: &Handler, config: &Config, paths: &Paths) -> TokenStream 
                 fn __ic_ws_post_upgrade() {
                     #private::ic_cdk::futures::internals::in_executor_context(|| {
                         #app
-                        #private::post_upgrade();
+                        #private::post_upgrade_with(&#module::App::HANDLERS);
                     });
                 }
             }
@@ -635,7 +635,7 @@ mod tests {
             .find("crate :: upgraded ()")
             .expect("the app's function");
         let rebuild_at = with_app
-            .find("__private :: post_upgrade ()")
+            .find("__private :: post_upgrade_with")
             .expect("the rebuild");
         assert!(app_at < rebuild_at, "{with_app}");
     }
