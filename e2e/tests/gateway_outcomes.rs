@@ -145,19 +145,24 @@ async fn a_refusal_whose_certificate_never_comes_is_not_believed() {
     s.alice_is_heard_once_in_order(&alice, "c", 3).await;
 }
 
-/// Withheld outcomes: the `OpenResult` of the first connection, then every frame of the
-/// next: alice times out each time and gets through the second gateway.
+/// A withheld outcome: the proxy swallows the open, no `OpenResult` ever comes; alice times
+/// out and gets through the second gateway. (Withholding the frames after a relayed open is
+/// not run here: the hidden session would keep alice's chat name, see the threat model; the
+/// forged `OpenRejected` test above withholds every frame after its answer.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn withheld_outcomes_fail_over() {
     let mut s = setup().await;
     s.proxy.arm_next(OutcomeAttack::DropOpenResult);
-    s.proxy.arm_next(OutcomeAttack::WithholdFrames);
     let alice = tokio::time::timeout(WAIT, Client::connect(s.alice()))
         .await
         .unwrap()
         .unwrap();
     s.alice_is_heard_once_in_order(&alice, "w", 3).await;
-    assert!(!s.proxy.outcomes_fired().is_empty());
+    assert_eq!(
+        s.proxy.outcomes_fired(),
+        vec![(OutcomeAttack::DropOpenResult, None)],
+        "the open was swallowed, once"
+    );
 }
 
 /// A real refusal by the chat's `on_open` (the name is taken) reaches the client as the
