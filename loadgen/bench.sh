@@ -126,7 +126,7 @@ case "$scenario" in
     "$loadgen" attack $(attack_flags "${1:?mode}") --canister "$canister_ids"
     ;;
   attack-fake)
-    "$target/release/ic-ws-bench-gateway" --tick-ms 1000 --per-tick 0 -- \
+    "$target/release/ic-ws-bench-gateway" --tick-ms 1000 --per-tick 0 --like-test-app -- \
       --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 --ready-file "$run/gateway.json" \
       --canister aaaaa-aa --log warn ${GATEWAY_ARGS:-} 2>"$run/gateway.log" &
     gateway_started $!

@@ -307,3 +307,115 @@ async fn silent_sockets_count_toward_max_connections_and_are_closed_at_the_hands
     let mut seen = Observed::default();
     round_trip(&mut honest, &mut seen, "hello").await;
 }
+
+/// Half-sent big frames on many sockets: each attacker completes the WebSocket handshake, sends
+/// a frame header announcing 131,000 bytes and all of the payload but its last byte, and
+/// holds. tungstenite reserves a frame's whole announced length on its header; before the
+/// frame meter (gateway/src/inbound.rs) these reservations were outside the memory budget
+/// (600 sockets: 75 MiB, 100,000 connections: 12 GiB from 1.4 MB of headers). Now they are
+/// charged to the ledger first: past 3/4 of the budget big frames are refused (4006) while
+/// the honest member's small messages still go through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn half_sent_big_frames_are_charged_to_the_memory_budget() {
+    use tokio::io::AsyncWriteExt;
+    const ATTACKERS: usize = 600;
+    const FRAME: u64 = 131_000;
+    const BUDGET: usize = 16 * 1024 * 1024;
+    let net = TestNet::start().unwrap();
+    let canister = net.install(CHAT, &no_args()).unwrap();
+    let gw = Arc::new(
+        GatewayProcess::start(
+            GatewayOptions::new(&net, &[canister])
+                .arg("--memory-budget-bytes", &BUDGET.to_string())
+                .arg("--orphan-max-bytes", "1048576")
+                .arg("--max-connections-per-ip", "0")
+                .arg("--ip-connect-rate", "0"),
+        )
+        .unwrap(),
+    );
+    let mut honest = join(config(&gw.url(), canister, &net.root_key_der, "honest"))
+        .await
+        .unwrap();
+    let mut seen = Observed::default();
+    round_trip(&mut honest, &mut seen, "before").await;
+    let mut attackers = Vec::new();
+    for _ in 0..ATTACKERS {
+        attackers.push(RawClient::handshake(&gw.url(), None, None).await.unwrap());
+    }
+    let baseline = gw.rss_bytes().unwrap();
+    // A masked binary frame header announcing FRAME bytes (RFC 6455: 127, then 8 bytes).
+    let mut header = vec![0x82, 0x80 | 127];
+    header.extend_from_slice(&FRAME.to_be_bytes());
+    header.extend_from_slice(&[1, 2, 3, 4]);
+    let payload = vec![0x5a; FRAME as usize - 1];
+    let mut tasks = Vec::new();
+    for mut ws in attackers {
+        let (header, payload) = (header.clone(), payload.clone());
+        tasks.push(tokio::spawn(async move {
+            let tcp = ws.get_mut();
+            let sent = tokio::time::timeout(Duration::from_secs(20), async {
+                tcp.write_all(&header).await?;
+                tcp.write_all(&payload).await
+            })
+            .await;
+            // What the gateway answered: Hello, then a close frame for a refused frame.
+            let mut code = None;
+            while let Ok(Some(Ok(m))) = tokio::time::timeout(
+                Duration::from_millis(500),
+                futures_util::StreamExt::next(&mut ws),
+            )
+            .await
+            {
+                if let WsMessage::Close(c) = m {
+                    code = c.map(|c| u16::from(c.code));
+                    break;
+                }
+            }
+            (matches!(sent, Ok(Ok(()))), code, ws)
+        }));
+    }
+    let mut held = Vec::new();
+    let mut refused = 0;
+    for t in tasks {
+        let (_, code, ws) = t.await.unwrap();
+        match code {
+            Some(4006) => refused += 1,
+            None => held.push(ws),
+            Some(other) => panic!("an attacker was closed with {other}"),
+        }
+    }
+    let peak = gw.rss_bytes().unwrap();
+    let frames = gw
+        .metric("ic_ws_gateway_memory_bytes{buffer=\"frames\"}")
+        .unwrap();
+    let shed = gw
+        .metric("ic_ws_gateway_shed_total{kind=\"frame\"}")
+        .unwrap();
+    eprintln!(
+        "measured: {} attackers held, {refused} closed 4006; frames charged {frames} bytes; \
+         shed {shed}; gateway RSS {baseline} -> {peak}",
+        held.len()
+    );
+    // Big frames are taken up to 3/4 of the budget, then refused.
+    assert!(frames <= (BUDGET as f64) * 0.75 + FRAME as f64, "{frames}");
+    assert!(
+        held.len() <= BUDGET * 3 / 4 / FRAME as usize + 1,
+        "{}",
+        held.len()
+    );
+    assert!(refused >= ATTACKERS - 100, "only {refused} refused");
+    assert!(shed >= refused as f64);
+    assert!(
+        peak < baseline + BUDGET as u64 + 16 * 1024 * 1024,
+        "gateway RSS grew from {baseline} to {peak} bytes"
+    );
+    // The honest member still chats: its small messages use the last quarter.
+    round_trip(&mut honest, &mut seen, "during").await;
+    drop(held);
+    wait_for("the frames' charges are given back", || {
+        gw.metric("ic_ws_gateway_memory_bytes{buffer=\"frames\"}") == Some(0.0)
+    })
+    .await;
+    round_trip(&mut honest, &mut seen, "after").await;
+    assert!(seen.disconnects().is_empty(), "{seen:?}");
+}

@@ -37,6 +37,8 @@ struct Session {
     next_out: u64,
     closed: bool,
     retained: Vec<OutboundMessage>,
+    /// The session key of its open (checked in [`FakeState::app_like`] mode).
+    key: Vec<u8>,
 }
 
 /// What the fake recorded and what it will do next.
@@ -68,6 +70,12 @@ pub struct FakeState {
     /// least one) per call and answer `NotProcessed` for the rest (nothing changes for them),
     /// like a canister whose instruction budget per call ran out.
     pub entries_per_call: Option<usize>,
+    /// Answer floods as the test app (`e2e/test-app`) does, for the attack benchmark: opens
+    /// and messages must carry valid signatures (else `InvalidSignature`, nothing consumed),
+    /// app payloads other than the meanings above are undecodable (`DecodeError`, sequence
+    /// consumed, certified `MessageRejected` queued), and accepted payloads are not kept in
+    /// `received` (a flood would otherwise measure the fake's memory, not the gateway's).
+    pub app_like: bool,
 }
 
 /// The fake canister (cheap to clone: shared state).
@@ -169,6 +177,11 @@ impl FakeCanister {
         Self::default()
     }
 
+    /// Whether `payload` is one the fake's "app" understands (see the module docs).
+    fn has_meaning(payload: &[u8]) -> bool {
+        matches!(payload, b"trap" | b"reject" | b"close") || payload.starts_with(b"echo:")
+    }
+
     /// The recorded state, locked.
     pub fn state(&self) -> MutexGuard<'_, FakeState> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
@@ -253,7 +266,7 @@ impl FakeCanister {
 impl CanisterApi for FakeCanister {
     async fn ws_open(
         &self,
-        _canister: Principal,
+        canister: Principal,
         batch: &OpenBatch,
     ) -> Result<Vec<OpenResult>, CallError> {
         self.begin("ws_open", batch.opens.len()).await?;
@@ -269,6 +282,10 @@ impl CanisterApi for FakeCanister {
                 results.push(Err(WsError::NotProcessed));
                 continue;
             }
+            if s.app_like && ic_ws_protocol::signing::verify_open(&canister, open).is_err() {
+                results.push(Err(WsError::InvalidSignature));
+                continue;
+            }
             if open.args == b"reject" && open.resume.is_none() {
                 // Version 2: a closed session holding the certified refusal at seq 0.
                 let id = s.next_client;
@@ -280,6 +297,7 @@ impl CanisterApi for FakeCanister {
                         next_out: 0,
                         closed: false,
                         retained: vec![],
+                        key: open.client_key.clone(),
                     },
                 );
                 s.queue(
@@ -310,6 +328,7 @@ impl CanisterApi for FakeCanister {
                             next_out: 0,
                             closed: false,
                             retained: vec![],
+                            key: open.client_key.clone(),
                         },
                     );
                     id
@@ -366,7 +385,7 @@ impl CanisterApi for FakeCanister {
 
     async fn ws_message(
         &self,
-        _canister: Principal,
+        canister: Principal,
         batch: &MessageBatch,
     ) -> Result<Vec<MessageResult>, CallError> {
         self.begin("ws_message", batch.messages.len()).await?;
@@ -388,6 +407,7 @@ impl CanisterApi for FakeCanister {
             }
         }
         let mut results = Vec::new();
+        let app_like = s.app_like;
         for m in &batch.messages {
             if results.len() >= budget {
                 results.push(MessageResult::Err(WsError::NotProcessed));
@@ -412,11 +432,21 @@ impl CanisterApi for FakeCanister {
                 }));
                 continue;
             }
+            if app_like
+                && ic_ws_protocol::signing::verify_message(&canister, &session.key, m).is_err()
+            {
+                results.push(MessageResult::Err(WsError::InvalidSignature));
+                continue;
+            }
             session.next_in += 1;
             session.retained.retain(|r| r.seq >= m.ack);
             match &m.kind {
-                MessageKind::App(p) if p == b"reject" => {
-                    let error = WsError::Rejected("app said no".into());
+                MessageKind::App(p) if p == b"reject" || (app_like && !Self::has_meaning(p)) => {
+                    let error = if p == b"reject" {
+                        WsError::Rejected("app said no".into())
+                    } else {
+                        WsError::DecodeError("not an app message".into())
+                    };
                     s.queue(
                         m.client_id,
                         OutboundBody::MessageRejected {
@@ -427,7 +457,9 @@ impl CanisterApi for FakeCanister {
                     results.push(MessageResult::Err(error));
                 }
                 MessageKind::App(p) => {
-                    s.received.push((m.client_id, m.seq, p.clone()));
+                    if !app_like {
+                        s.received.push((m.client_id, m.seq, p.clone()));
+                    }
                     if p == b"close" {
                         s.close_session(
                             m.client_id,
@@ -531,5 +563,101 @@ impl CanisterApi for FakeCanister {
             certificate: FAKE_CERTIFICATE.to_vec(),
             tree,
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ic_ws_protocol::signing::SessionKey;
+
+    fn message(
+        key: &SessionKey,
+        canister: &Principal,
+        client_id: u64,
+        seq: u64,
+        payload: &[u8],
+    ) -> ClientMessage {
+        let mut m = ClientMessage {
+            client_id,
+            seq,
+            ack: 0,
+            kind: MessageKind::App(payload.to_vec()),
+            signature: Vec::new(),
+        };
+        key.sign_message(canister, &mut m);
+        m
+    }
+
+    /// The attack benchmark's fake answers floods as the test app does: forged signatures
+    /// refused without consuming a sequence number, undecodable payloads refused with a
+    /// certified `MessageRejected`, nothing kept.
+    #[tokio::test]
+    async fn app_like_checks_signatures_and_refuses_undecodable_payloads() {
+        let fake = FakeCanister::new();
+        fake.state().app_like = true;
+        let canister = Principal::from_slice(&[1; 10]);
+        let key = SessionKey::from_seed([3; 32]);
+        let mut open = OpenRequest {
+            client_key: key.public_key(),
+            gateway: Principal::anonymous(),
+            timestamp_ns: 1,
+            resume: None,
+            args: Vec::new(),
+            signature: vec![0; 64],
+        };
+        let batch = OpenBatch {
+            opens: vec![open.clone()],
+        };
+        let r = fake.ws_open(canister, &batch).await.unwrap();
+        assert_eq!(r, vec![Err(WsError::InvalidSignature)]);
+        key.sign_open(&canister, &mut open);
+        let r = fake
+            .ws_open(canister, &OpenBatch { opens: vec![open] })
+            .await
+            .unwrap();
+        let Ok(ok) = &r[0] else { panic!("{r:?}") };
+        let id = ok.client_id;
+        let mut forged = message(&key, &canister, id, 0, b"echo:x");
+        forged.signature[0] ^= 1;
+        let junk = message(&key, &canister, id, 0, &[0xff; 100]);
+        let echo = message(&key, &canister, id, 1, b"echo:hi");
+        let r = fake
+            .ws_message(
+                canister,
+                &MessageBatch {
+                    messages: vec![forged, junk, echo],
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            r,
+            vec![
+                MessageResult::Err(WsError::InvalidSignature),
+                MessageResult::Err(WsError::DecodeError("not an app message".into())),
+                MessageResult::Ok,
+            ]
+        );
+        let s = fake.state();
+        assert!(s.received.is_empty(), "app_like keeps nothing");
+        let bodies: Vec<OutboundBody> = s
+            .log
+            .iter()
+            .filter_map(|m| ic_ws_protocol::decode::<OutboundContent>(&m.content).ok())
+            .map(|c| c.body)
+            .collect();
+        assert!(
+            bodies
+                .iter()
+                .any(|b| matches!(b, OutboundBody::MessageRejected { inbound_seq: 0, .. })),
+            "{bodies:?}"
+        );
+        assert!(
+            bodies
+                .iter()
+                .any(|b| matches!(b, OutboundBody::App { payload, .. } if payload == b"hi")),
+            "{bodies:?}"
+        );
     }
 }

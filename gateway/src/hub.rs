@@ -76,7 +76,7 @@ impl<C: CanisterApi> Shared<C> {
         api: Arc<C>,
         principal: Principal,
     ) -> Arc<Self> {
-        let hello = ic_ws_protocol::encode(&GatewayFrame::Hello {
+        let hello = crate::codec::encode_frame(&GatewayFrame::Hello {
             gateway: principal,
             protocol_version: ic_ws_protocol::PROTOCOL_VERSION,
         })

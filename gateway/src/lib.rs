@@ -54,6 +54,7 @@ pub mod fake;
 pub mod health;
 pub mod hub;
 pub mod identity;
+pub mod inbound;
 pub mod listener;
 pub mod memory;
 pub mod metrics;

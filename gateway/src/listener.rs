@@ -18,6 +18,7 @@
 use crate::canister::CanisterApi;
 use crate::error::{GatewayError, Result};
 use crate::hub::Shared;
+use crate::inbound::MeteredStream;
 use crate::metrics::{ErrorKind, Metrics, Rejection};
 use crate::outbox::CloseWith;
 use crate::ratelimit::{IpRateLimiter, Slot, SourceTable};
@@ -331,13 +332,21 @@ enum Either<A, B> {
     Tls(B),
 }
 
+/// The WebSocket handshake on `stream` (TCP, or TLS after its handshake). Everything read from
+/// then on is metered: frame headers are charged to the memory ledger before tungstenite
+/// reserves their announced length (`crate::inbound`).
 async fn accept_ws<C, S>(
     shared: &Shared<C>,
     stream: S,
-) -> std::result::Result<tokio_tungstenite::WebSocketStream<S>, String>
+) -> std::result::Result<tokio_tungstenite::WebSocketStream<MeteredStream<S>>, String>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
+    let stream = MeteredStream::new(
+        stream,
+        shared.metrics.memory.clone(),
+        shared.config.max_frame_size,
+    );
     tokio_tungstenite::accept_async_with_config(stream, Some(ws_config(shared)))
         .await
         .map_err(|e| format!("WebSocket handshake failed: {e}"))

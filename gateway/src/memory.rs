@@ -3,7 +3,10 @@
 //! Every byte a client or canister makes the gateway hold is charged here while it is held, by
 //! category: decoded client frames a session holds before the relay takes them (`held`), the
 //! per-canister relay queues and the messages in flight to the canister (`relay`), clients'
-//! send buffers (`outbox`) and messages polled for clients that are not attached (`orphans`).
+//! send buffers (`outbox`), messages polled for clients that are not attached (`orphans`), and
+//! the WebSocket frames clients are sending, from the moment a frame header announces its
+//! length (tungstenite reserves that much at once) until the message is complete (`frames`,
+//! metered by `crate::inbound`).
 //! A [`Charge`] gives its bytes back when dropped, so the ledger cannot drift from the buffers.
 //!
 //! Shedding is ordered so new work goes first: new connections and opens are refused with 4006
@@ -28,13 +31,16 @@ pub enum Category {
     Outbox,
     /// Polled messages for clients that are not attached (yet).
     Orphans,
+    /// WebSocket frames being received (announced by their header, not yet a whole message).
+    Frames,
 }
 
-const CATEGORIES: [(Category, &str); 4] = [
+const CATEGORIES: [(Category, &str); 5] = [
     (Category::Held, "held"),
     (Category::Relay, "relay"),
     (Category::Outbox, "outbox"),
     (Category::Orphans, "orphans"),
+    (Category::Frames, "frames"),
 ];
 
 fn index(category: Category) -> usize {
@@ -43,6 +49,7 @@ fn index(category: Category) -> usize {
         Category::Relay => 1,
         Category::Outbox => 2,
         Category::Orphans => 3,
+        Category::Frames => 4,
     }
 }
 
@@ -59,14 +66,17 @@ pub enum Shed {
     Outbox,
     /// An orphan message dropped.
     Orphan,
+    /// A frame whose announced length did not fit: its sender closed (4006).
+    Frame,
 }
 
-const SHEDS: [(Shed, &str); 5] = [
+const SHEDS: [(Shed, &str); 6] = [
     (Shed::Connection, "connection"),
     (Shed::Open, "open"),
     (Shed::Message, "message"),
     (Shed::Outbox, "outbox"),
     (Shed::Orphan, "orphan"),
+    (Shed::Frame, "frame"),
 ];
 
 /// The shared ledger: bytes in use per category against one budget.
@@ -229,6 +239,28 @@ impl Charge {
     /// The bytes charged.
     pub fn bytes(&self) -> usize {
         self.bytes
+    }
+
+    /// Adds `bytes` to the charge if the ledger's total stays within the budget; `false` (and
+    /// nothing changes) otherwise.
+    pub fn try_grow(&mut self, bytes: usize) -> bool {
+        let budget = self.ledger.budget();
+        let grown = self.ledger.total.fetch_update(Relaxed, Relaxed, |t| {
+            t.checked_add(bytes).filter(|n| *n <= budget)
+        });
+        if grown.is_err() {
+            return false;
+        }
+        self.ledger.slot(self.category).fetch_add(bytes, Relaxed);
+        self.bytes = self.bytes.saturating_add(bytes);
+        true
+    }
+
+    /// Takes over `other`'s bytes (same category: the ledger's totals do not change).
+    pub fn absorb(&mut self, mut other: Charge) {
+        other.move_to(self.category);
+        self.bytes = self.bytes.saturating_add(other.bytes);
+        other.bytes = 0;
     }
 
     /// Moves the charge to another category (e.g. a held frame taken by the relay).

@@ -478,6 +478,11 @@ fn read_error<C>(shared: &Shared<C>, e: WsProtoError) -> End {
             End::Close(CloseWith::new(1007, "invalid UTF-8"))
         }
         WsProtoError::ConnectionClosed | WsProtoError::AlreadyClosed => End::Gone,
+        WsProtoError::Io(e) if crate::inbound::is_budget_exceeded(&e) => {
+            // A frame header announced more than the memory budget can take now.
+            shared.metrics.memory.shed(Shed::Frame);
+            End::Close(overloaded())
+        }
         _ => {
             shared.metrics.error(ErrorKind::ClientIo);
             End::Gone

@@ -16,7 +16,9 @@
 //! tick), each tick serves the next slice of sessions instead, so that every session gets its
 //! `--per-tick` messages once per `P`: `--tick-ms 10 --period-ms 1000 --per-tick 1` gives each
 //! session one message a second, spread evenly. The gateway flags are those of
-//! `ic-ws-gateway` (`--canister` is required as usual).
+//! `ic-ws-gateway` (`--canister` is required as usual). `--like-test-app` makes the fake answer
+//! floods as the test app does (signatures checked, undecodable payloads refused with a
+//! certified `DecodeError`, nothing kept): what the attack benchmark's relay floods need.
 
 use candid::Principal;
 use ic_ws_gateway::canister::{CallError, CanisterApi};
@@ -84,6 +86,7 @@ struct Args {
     period: Duration,
     per_tick: usize,
     size: usize,
+    like_test_app: bool,
     gateway: Vec<String>,
 }
 
@@ -93,6 +96,7 @@ fn parse() -> Result<Args, String> {
         period: Duration::ZERO,
         per_tick: 1,
         size: 64,
+        like_test_app: false,
         gateway: vec!["ic-ws-gateway".into()],
     };
     let mut it = std::env::args().skip(1);
@@ -123,6 +127,7 @@ fn parse() -> Result<Args, String> {
                     .parse()
                     .map_err(|e| format!("--size: {e}"))?
             }
+            "--like-test-app" => args.like_test_app = true,
             "--" => {
                 args.gateway.extend(it.by_ref());
                 break;
@@ -247,6 +252,7 @@ fn main() -> std::process::ExitCode {
     let (calls_tx, calls_rx) = mpsc::unbounded_channel();
     let fake = FakeCanister::new();
     fake.state().compact_log = true;
+    fake.state().app_like = args.like_test_app;
     let spawn = |f: Box<dyn FnOnce() + Send>| {
         std::thread::Builder::new()
             .name(FAKE_THREAD.into())
