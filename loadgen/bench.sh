@@ -14,7 +14,7 @@
 #                                             # gateway with its default limits, replica + test app
 #   loadgen/bench.sh attack-fake ping-flood   # the same in front of ic-ws-bench-gateway's fake
 #                                             # canister (no replica: the gateway-bound part)
-#   modes: none ping-flood junk-flood signed-flood sessions hold slowloris
+#   modes: none ping-flood junk-flood signed-flood sessions hold slowloris big-frames
 #
 # Environment: TARGET (cargo target dir, default target), WASM (the test app wasm, default
 # $TARGET/wasm32-unknown-unknown/canister/ic_ws_e2e_test_app.wasm), GATEWAY_ARGS (extra gateway

@@ -11,17 +11,20 @@
 //! - [`verify`]: a client's checks of a `Messages` frame (certificate, tree, contents);
 //! - [`session`]: the gateway's session state machine fed arbitrary frame sequences;
 //! - [`canister`]: the canister runtime's endpoints fed arbitrary (and validly signed)
-//!   arguments, natively.
+//!   arguments, natively;
+//! - [`meter`]: the gateway's frame meter (what a client's raw bytes charge to the memory
+//!   ledger), against tungstenite's own header parser.
 #![warn(missing_docs)]
 
 pub mod canister;
 pub mod frames;
 pub mod input;
+pub mod meter;
 pub mod session;
 pub mod verify;
 
 /// Every target: its name (the corpus directory and the libFuzzer binary) and functions.
-pub const TARGETS: [Target; 4] = [
+pub const TARGETS: [Target; 5] = [
     Target {
         name: "frames",
         run: frames::run,
@@ -41,6 +44,11 @@ pub const TARGETS: [Target; 4] = [
         name: "canister",
         run: canister::run,
         seeds: canister::seeds,
+    },
+    Target {
+        name: "meter",
+        run: meter::run,
+        seeds: meter::seeds,
     },
 ];
 

@@ -46,3 +46,8 @@ fn session_corpus() {
 fn canister_corpus() {
     replay("canister");
 }
+
+#[test]
+fn meter_corpus() {
+    replay("meter");
+}

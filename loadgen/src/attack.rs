@@ -11,6 +11,10 @@
 //! - `sessions`: as many sessions from one address as the gateway admits, held open;
 //! - `hold`: TCP connections that send nothing (descriptors held in the handshake);
 //! - `slowloris`: connections that send an HTTP upgrade request one header line per second;
+//! - `big-frames`: WebSocket connections that send a frame header announcing
+//!   `--big-frame-size` bytes and all of the payload but its last byte, then hold (tungstenite
+//!   reserves the announced length on the header: the gateway's frame meter charges it to the
+//!   memory budget first);
 //! - `none`: no attack (the baseline run).
 //!
 //! Attackers connect from `--attack-source` (and the next `--attack-sources - 1` addresses),
@@ -51,6 +55,8 @@ pub enum Mode {
     Hold,
     /// HTTP upgrade requests sent one header line per second.
     Slowloris,
+    /// Frames announcing `--big-frame-size` bytes, sent but for their last byte, held.
+    BigFrames,
     /// No attack.
     None,
 }
@@ -60,7 +66,7 @@ impl Mode {
         match self {
             Mode::PingFlood => 8,
             Mode::JunkFlood | Mode::SignedFlood => 40,
-            Mode::Sessions | Mode::Hold | Mode::Slowloris => 1000,
+            Mode::Sessions | Mode::Hold | Mode::Slowloris | Mode::BigFrames => 1000,
             Mode::None => 0,
         }
     }
@@ -109,6 +115,9 @@ pub struct AttackArgs {
     /// Payload bytes of a signed-flood message.
     #[arg(long, default_value_t = 60 * 1024)]
     signed_size: usize,
+    /// Announced bytes of a big-frames frame (the gateway's --max-frame-size is 128 KiB).
+    #[arg(long, default_value_t = 131_000)]
+    big_frame_size: u64,
     /// The canister is `ic-ws-bench-gateway`'s fake (it echoes payloads starting with
     /// `echo:`) instead of the test app (candid `Echo`).
     #[arg(long)]
@@ -247,14 +256,25 @@ pub async fn run(args: AttackArgs) -> Result<(), LoadError> {
     record.phase.store(1, Relaxed);
     let (attack_stop_tx, attack_stop_rx) = watch::channel(false);
     let n = args.attackers.unwrap_or(args.mode.default_attackers());
+    // The attackers run on a runtime of their own (one thread): their CPU work (signing 60 KB
+    // messages, writing floods) must compete with the honest client for the CPU as another
+    // process would, through the OS scheduler, not hold up the honest client's tasks on a
+    // shared tokio worker (which measured the load generator, not the gateway).
+    let attack_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("attackers")
+        .enable_all()
+        .build()
+        .map_err(LoadError::io("attackers' runtime"))?;
     let mut attackers = Vec::new();
     for i in 0..n {
         let (attack, stop) = (attack.clone(), attack_stop_rx.clone());
         let src = source(&args, i);
         let gateway = c.gateway;
+        let rt = attack_rt.handle();
         attackers.push(match args.mode {
-            Mode::PingFlood => tokio::spawn(ping_flood(gateway, src, attack, stop)),
-            Mode::JunkFlood => tokio::spawn(relay_flood(
+            Mode::PingFlood => rt.spawn(ping_flood(gateway, src, attack, stop)),
+            Mode::JunkFlood => rt.spawn(relay_flood(
                 gateway,
                 src,
                 canister,
@@ -263,7 +283,7 @@ pub async fn run(args: AttackArgs) -> Result<(), LoadError> {
                 attack,
                 stop,
             )),
-            Mode::SignedFlood => tokio::spawn(relay_flood(
+            Mode::SignedFlood => rt.spawn(relay_flood(
                 gateway,
                 src,
                 canister,
@@ -272,9 +292,12 @@ pub async fn run(args: AttackArgs) -> Result<(), LoadError> {
                 attack,
                 stop,
             )),
-            Mode::Sessions => tokio::spawn(hold_session(gateway, src, canister, attack, stop)),
-            Mode::Hold => tokio::spawn(tcp_attacker(gateway, src, false, attack, stop)),
-            Mode::Slowloris => tokio::spawn(tcp_attacker(gateway, src, true, attack, stop)),
+            Mode::Sessions => rt.spawn(hold_session(gateway, src, canister, attack, stop)),
+            Mode::Hold => rt.spawn(tcp_attacker(gateway, src, false, attack, stop)),
+            Mode::Slowloris => rt.spawn(tcp_attacker(gateway, src, true, attack, stop)),
+            Mode::BigFrames => {
+                rt.spawn(big_frames(gateway, src, args.big_frame_size, attack, stop))
+            }
             Mode::None => break,
         });
         // Connect in waves so the first attackers are flooding while the rest connect.
@@ -289,6 +312,7 @@ pub async fn run(args: AttackArgs) -> Result<(), LoadError> {
     for a in attackers {
         let _ = a.await;
     }
+    attack_rt.shutdown_background();
     tokio::time::sleep(Duration::from_secs(args.after_secs)).await;
     stop_tx.send_replace(true);
     for b in background {
@@ -598,6 +622,49 @@ async fn ping_flood(
         }
         // Closed by the gateway: now read what it sent (its pongs, then the close).
         attack.ended(read_close(&mut ws, Duration::from_secs(2)).await);
+    }
+}
+
+async fn big_frames(
+    gateway: SocketAddr,
+    src: IpAddr,
+    size: u64,
+    attack: Arc<AttackStats>,
+    mut stop: watch::Receiver<bool>,
+) {
+    // A masked binary frame header announcing `size` bytes (RFC 6455: 127, then 8 bytes).
+    let mut frame = vec![0x82, 0x80 | 127];
+    frame.extend_from_slice(&size.to_be_bytes());
+    frame.extend_from_slice(&[1, 2, 3, 4]);
+    frame.resize(
+        frame
+            .len()
+            .saturating_add(usize::try_from(size).unwrap_or(0).saturating_sub(1)),
+        0x5a,
+    );
+    while !*stop.borrow() {
+        let mut ws = match client::connect(gateway, Some(src)).await {
+            Ok((ws, _)) => ws,
+            Err(_) => {
+                attack.refused.fetch_add(1, Relaxed);
+                tokio::time::sleep(RETRY).await;
+                continue;
+            }
+        };
+        attack.established();
+        // Under the WebSocket layer: tungstenite (the client side) has nothing buffered.
+        let sent = ws.get_mut().write_all(&frame).await.is_ok();
+        if sent {
+            attack.sent_bytes.fetch_add(frame.len() as u64, Relaxed);
+        }
+        tokio::select! {
+            _ = stopped(&mut stop) => {
+                attack.open_now.fetch_sub(1, Relaxed);
+                return;
+            }
+            code = read_close(&mut ws, Duration::MAX) => attack.ended(code),
+        }
+        tokio::time::sleep(RETRY).await;
     }
 }
 
