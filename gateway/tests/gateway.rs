@@ -115,18 +115,21 @@ async fn transient_failures_are_retried_and_never_duplicate() {
         c.send(&[i]).await;
     }
     eventually("all accepted", || fake.state().received.len() == 10).await;
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    let got: Vec<u8> = fake.state().received.iter().map(|(_, _, p)| p[0]).collect();
-    assert_eq!(
-        got,
-        (0..10).collect::<Vec<_>>(),
-        "each message exactly once, in order"
-    );
     assert!(fake.calls("ws_message").len() >= 4, "retries happened");
     // The client was not disturbed: it still talks.
     c.send(b"echo:still here").await;
     assert_eq!(c.payloads(1).await, vec![b"still here".to_vec()]);
+    // After the shutdown the relay has flushed everything: no late duplicate can follow.
     gw.shutdown().await;
+    let got: Vec<Vec<u8>> = fake
+        .state()
+        .received
+        .iter()
+        .map(|(_, _, p)| p.clone())
+        .collect();
+    let mut want: Vec<Vec<u8>> = (0..10u8).map(|i| vec![i]).collect();
+    want.push(b"echo:still here".to_vec());
+    assert_eq!(got, want, "each message exactly once, in order");
 }
 
 #[tokio::test]
@@ -465,12 +468,12 @@ async fn a_session_closed_by_the_canister_is_delivered_then_closed_4000() {
         }
     ));
     assert_eq!(closed(&mut c.ws).await.0, 4000);
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // After the shutdown the relay has flushed every close it had queued.
+    gw.shutdown().await;
     assert!(
         fake.state().closed_by_gateway.is_empty(),
         "no ws_close for a session the canister ended"
     );
-    gw.shutdown().await;
 }
 
 #[tokio::test]
@@ -672,9 +675,17 @@ async fn a_resume_on_a_new_connection_takes_the_session_over() {
         new.payloads(1).await,
         vec![b"to the new connection".to_vec()]
     );
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    assert!(
-        fake.state().closed_by_gateway.is_empty(),
+    // The new connection goes away: its ws_close is relayed after anything the old one
+    // queued (one relay, in order), so exactly one close means the old one queued none.
+    let id = new.client_id;
+    drop(new);
+    eventually("the new connection's ws_close", || {
+        fake.state().closed_by_gateway.contains(&id)
+    })
+    .await;
+    assert_eq!(
+        fake.state().closed_by_gateway,
+        vec![id],
         "the old connection must not detach the session"
     );
     gw.shutdown().await;
