@@ -1,6 +1,7 @@
 //! The admin HTTP server, on its own address (`--admin-listen`, default 127.0.0.1:9090) so
 //! that metrics are not exposed to WebSocket clients and scraping never competes with the
-//! client port: `GET /metrics` (Prometheus text format) and `GET /healthz`: 200 "ok" while
+//! client port: `GET /metrics` (Prometheus text format 0.0.4, or OpenMetrics 1.0 when the
+//! request's `Accept` asks for `application/openmetrics-text`) and `GET /healthz`: 200 "ok" while
 //! every worker runs, 503 "degraded: <worker> down" while a failed worker waits for its
 //! restart (see [`crate::supervisor`]), 503 "shutting down" once shutdown began.
 
@@ -22,14 +23,32 @@ struct AdminState {
     closing: watch::Receiver<bool>,
 }
 
-async fn get_metrics(State(s): State<AdminState>) -> impl IntoResponse {
-    (
-        [(
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
-        s.metrics.render(),
-    )
+async fn get_metrics(
+    State(s): State<AdminState>,
+    headers: axum::http::HeaderMap,
+) -> impl IntoResponse {
+    let openmetrics = headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.contains("application/openmetrics-text"));
+    if openmetrics {
+        (
+            [(
+                header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            s.metrics.render_openmetrics(),
+        )
+    } else {
+        (
+            [(
+                header::CONTENT_TYPE,
+                "text/plain; version=0.0.4; charset=utf-8",
+            )],
+            s.metrics.render(),
+        )
+    }
 }
 
 async fn get_healthz(State(s): State<AdminState>) -> (StatusCode, String) {

@@ -1,5 +1,8 @@
-//! Prometheus metrics: lock-free counters, gauges and fixed-bucket histograms, rendered in the
-//! text exposition format by the admin server's `/metrics`.
+//! Prometheus metrics: lock-free counters, gauges and fixed-bucket histograms, rendered by the
+//! admin server's `/metrics` in the Prometheus text format 0.0.4 ([`Metrics::render`]) or, when
+//! the scraper asks for it, in OpenMetrics 1.0 ([`Metrics::render_openmetrics`]: counter
+//! families named without `_total`, `# EOF`). Every family name is unique in both (tested with
+//! both formats' parsers).
 //!
 //! Hand-written on atomics rather than a registry crate: the set is small and fixed, and every
 //! hot-path update is one relaxed atomic add.
@@ -367,7 +370,7 @@ impl Metrics {
         );
         counter(
             &mut out,
-            "ic_ws_gateway_connections_total",
+            "ic_ws_gateway_connections_accepted_total",
             "Client connections accepted.",
             self.connections_total.get(),
         );
@@ -525,6 +528,43 @@ impl Metrics {
         }
         out
     }
+
+    /// The same metrics in the OpenMetrics 1.0 text format.
+    pub fn render_openmetrics(&self) -> String {
+        to_openmetrics(&self.render())
+    }
+}
+
+/// Rewrites a Prometheus 0.0.4 exposition as OpenMetrics 1.0: a counter's family is named
+/// without its `_total` suffix (its samples keep it), and the exposition ends with `# EOF`.
+/// Everything else (gauges, histograms, help texts, samples) reads the same in both.
+pub fn to_openmetrics(prometheus: &str) -> String {
+    let counters: std::collections::HashSet<&str> = prometheus
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(prometheus.len().saturating_add(8));
+    for line in prometheus.lines() {
+        let family = |prefix: &str| {
+            let rest = line.strip_prefix(prefix)?;
+            let name = rest.split(' ').next()?;
+            counters.contains(name).then(|| {
+                let family = name.strip_suffix("_total").unwrap_or(name);
+                format!(
+                    "{prefix}{family}{}",
+                    rest.get(name.len()..).unwrap_or_default()
+                )
+            })
+        };
+        match family("# HELP ").or_else(|| family("# TYPE ")) {
+            Some(rewritten) => out.push_str(&rewritten),
+            None => out.push_str(line),
+        }
+        out.push('\n');
+    }
+    out.push_str("# EOF\n");
+    out
 }
 
 #[cfg(test)]
@@ -557,5 +597,42 @@ mod tests {
         assert!(text.contains("ic_ws_gateway_errors_total{kind=\"malformed_frame\"} 2"));
         assert!(text.contains("ic_ws_gateway_errors_total{kind=\"poll\"} 1"));
         assert!(text.contains("ic_ws_gateway_errors_total{kind=\"handshake\"} 0"));
+    }
+
+    /// Every metric the gateway exposes, with some values, parsed by both formats' parsers
+    /// (`openmetrics-parser`: strict about counter suffixes, family names used twice and
+    /// `# EOF`). The gauge `ic_ws_gateway_connections` beside the counter
+    /// `ic_ws_gateway_connections_total` (one family name twice in OpenMetrics) failed here.
+    #[test]
+    fn the_exposition_parses_as_prometheus_and_as_openmetrics() {
+        let m = Metrics::default();
+        m.connections.inc();
+        m.connections_total.inc();
+        m.error(ErrorKind::Poll);
+        m.poll_latency.observe(0.003);
+        m.memory.shed(crate::memory::Shed::Frame);
+        let text = m.render();
+        let prom = openmetrics_parser::prometheus::parse_prometheus(&text)
+            .unwrap_or_else(|e| panic!("Prometheus 0.0.4: {e:?}\n{text}"));
+        let om_text = m.render_openmetrics();
+        let om = openmetrics_parser::openmetrics::parse_openmetrics(&om_text)
+            .unwrap_or_else(|e| panic!("OpenMetrics: {e:?}\n{om_text}"));
+        assert_eq!(prom.families.len(), om.families.len());
+        let names: std::collections::HashSet<&String> = om.families.keys().collect();
+        for family in [
+            "ic_ws_gateway_connections",
+            "ic_ws_gateway_connections_accepted",
+        ] {
+            assert!(
+                names.contains(&family.to_string()),
+                "{family} missing: {names:?}"
+            );
+        }
+        assert!(om_text.ends_with("# EOF\n"));
+        // The clash the rename removed is one the OpenMetrics parser catches.
+        let clash = "# TYPE a gauge\na 1\n# TYPE a_total counter\na_total 1\n";
+        assert!(
+            openmetrics_parser::openmetrics::parse_openmetrics(&to_openmetrics(clash)).is_err()
+        );
     }
 }

@@ -712,10 +712,13 @@ async fn metrics_and_health_are_served_on_the_admin_port() {
     c.send(b"echo:x").await;
     c.payloads(1).await;
     let admin = gw.admin_addr().unwrap();
-    let get = |path: &'static str| async move {
+    let get_with = |path: &'static str, accept: &'static str| async move {
         let mut s = tokio::net::TcpStream::connect(admin).await.unwrap();
         s.write_all(
-            format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+            format!(
+                "GET {path} HTTP/1.1\r\nHost: x\r\nAccept: {accept}\r\nConnection: close\r\n\r\n"
+            )
+            .as_bytes(),
         )
         .await
         .unwrap();
@@ -723,6 +726,22 @@ async fn metrics_and_health_are_served_on_the_admin_port() {
         s.read_to_string(&mut out).await.unwrap();
         out
     };
+    let get = |path: &'static str| get_with(path, "*/*");
+    // What Prometheus sends by default: OpenMetrics first.
+    let om = get_with(
+        "/metrics",
+        "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5,*/*;q=0.1",
+    )
+    .await;
+    assert!(
+        om.contains("content-type: application/openmetrics-text; version=1.0.0"),
+        "{om}"
+    );
+    assert!(
+        om.contains("# TYPE ic_ws_gateway_messages_in counter\n"),
+        "{om}"
+    );
+    assert!(om.trim_end().ends_with("# EOF"), "{om}");
     let health = get("/healthz").await;
     assert!(health.starts_with("HTTP/1.1 200"), "{health}");
     let metrics = get("/metrics").await;
