@@ -9,6 +9,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+/// Default of `--max-connections` (lowered to the open-files limit when that is smaller).
+pub const DEFAULT_MAX_CONNECTIONS: usize = 100_000;
+
 /// Hosts of the IC mainnet API: the root key is built in, never fetched from them.
 const MAINNET_HOSTS: [&str; 4] = ["icp-api.io", "ic0.app", "icp0.io", "boundary.ic0.app"];
 
@@ -88,8 +91,10 @@ pub struct Config {
     pub tls_key: Option<PathBuf>,
 
     /// Maximum simultaneous client connections, counted from accept (handshakes and refusals
-    /// in progress included); more are refused with 4006.
-    #[arg(long, env = "IC_WS_GATEWAY_MAX_CONNECTIONS", default_value_t = 100_000)]
+    /// in progress included); more are refused with 4006. The default is lowered to the
+    /// open-files limit minus 64 when that is smaller (the gateway first raises its soft limit
+    /// to the hard limit).
+    #[arg(long, env = "IC_WS_GATEWAY_MAX_CONNECTIONS", default_value_t = DEFAULT_MAX_CONNECTIONS)]
     pub max_connections: usize,
 
     /// Maximum simultaneous connections served per IP address (0 = unlimited; more: 4006).
@@ -277,7 +282,8 @@ pub struct Config {
     #[arg(long, env = "IC_WS_GATEWAY_ORPHAN_MAX_BYTES", default_value_t = 16 * 1024 * 1024)]
     pub orphan_max_bytes: usize,
 
-    /// Close code sent to clients on SIGTERM/Ctrl-C (1012 restart or 1001 going away).
+    /// Close code sent to clients on SIGTERM/Ctrl-C: 1012 (service restart), 1001 (going
+    /// away) or 1000 (normal closure); clients resume in every case.
     #[arg(
         long,
         env = "IC_WS_GATEWAY_SHUTDOWN_CLOSE_CODE",
@@ -562,9 +568,52 @@ fn is_mainnet_url(url: &str) -> bool {
         .any(|m| host == *m || host.ends_with(&format!(".{m}")))
 }
 
+/// Whether `url` names this machine (`localhost`, `*.localhost`, 127.0.0.0/8, `[::1]`,
+/// 0.0.0.0): where a local replica (dfx, PocketIC, icp-cli, ic-ws-replica) runs, with a root
+/// key of its own.
+pub fn is_local_url(url: &str) -> bool {
+    let rest = url.split("://").nth(1).unwrap_or(url);
+    let authority = rest.split('/').next().unwrap_or("");
+    let host = match authority.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(""),
+        None => authority.split(':').next().unwrap_or(""),
+    }
+    .to_ascii_lowercase();
+    host == "localhost"
+        || host.ends_with(".localhost")
+        || host == "0.0.0.0"
+        || host == "::1"
+        || host
+            .parse::<std::net::Ipv4Addr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn local_urls_are_told_apart() {
+        for local in [
+            "http://127.0.0.1:4943",
+            "http://localhost:8080/",
+            "http://LOCALHOST",
+            "http://[::1]:4943",
+            "http://app.localhost:4943",
+            "http://127.1.2.3",
+            "http://0.0.0.0:4943",
+        ] {
+            assert!(is_local_url(local), "{local}");
+        }
+        for remote in [
+            "https://icp-api.io",
+            "http://10.0.0.1:4943",
+            "https://localhost.example.com",
+            "http://[2001:db8::1]:80",
+        ] {
+            assert!(!is_local_url(remote), "{remote}");
+        }
+    }
 
     fn parse(extra: &[&str]) -> Result<Config> {
         let mut args = vec!["ic-ws-gateway", "--canister", "aaaaa-aa"];

@@ -22,8 +22,10 @@ pub enum GatewayError {
     #[error("TLS: {0}")]
     Tls(String),
     /// A listening socket could not be bound.
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("cannot listen on {addr} for {what}: {source}")]
     Bind {
+        /// Which socket: the client port or the admin port.
+        what: &'static str,
         /// The address.
         addr: String,
         /// The OS error.

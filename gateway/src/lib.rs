@@ -100,22 +100,20 @@ impl<C: CanisterApi> Gateway<C> {
             (Some(cert), Some(key)) => Some(listener::tls_acceptor(cert, key)?),
             _ => None,
         };
-        if let Some(limit) = listener::open_files_limit() {
-            // Each connection is a file descriptor; accept fails (and is retried) beyond it.
-            if (limit as usize) < config.max_connections.saturating_add(64) {
-                tracing::warn!(
-                    limit,
-                    max_connections = config.max_connections,
-                    "the open-files limit (ulimit -n) is below --max-connections: connections beyond it will be refused by the OS"
-                );
-            }
-        }
+        // Each connection is a file descriptor: --max-connections must fit the open-files limit.
+        let mut config = config;
+        config.max_connections = listener::fit_max_connections(
+            config.max_connections,
+            config.max_connections != config::DEFAULT_MAX_CONNECTIONS,
+            listener::raise_open_files_limit(),
+        );
         let listener = listener::bind(config.listen).await?;
         let local_addr = listener.local_addr()?;
         let admin_listener =
             match config.admin_addr()? {
                 Some(addr) => Some(tokio::net::TcpListener::bind(addr).await.map_err(
                     |source| GatewayError::Bind {
+                        what: listener::ADMIN_PORT,
                         addr: addr.to_string(),
                         source,
                     },
@@ -207,6 +205,12 @@ pub async fn run(config: Config) -> Result<()> {
         .map_err(|e| {
             GatewayError::Agent(format!("cannot build an agent for {}: {e}", config.network))
         })?;
+    if !config.fetch_root_key && config::is_local_url(config.network.trim()) {
+        tracing::warn!(
+            network = %config.network.trim(),
+            "the network is a local address but --fetch-root-key is not set: a local replica (dfx, PocketIC, icp-cli, ic-ws-replica) has its own root key, so every certificate will fail against the built-in mainnet key and every call will fail; pass --fetch-root-key (leave it off only for a tunnel to mainnet)"
+        );
+    }
     if config.fetch_root_key {
         agent.fetch_root_key().await.map_err(|e| {
             GatewayError::Agent(format!(

@@ -67,14 +67,61 @@ pub fn open_files_limit() -> Option<u64> {
     line.split_whitespace().nth(3)?.parse().ok()
 }
 
+/// Descriptors kept for everything but client connections (listeners, the agent's HTTP
+/// connections, the identity and TLS files).
+pub const RESERVED_FDS: u64 = 64;
+
+/// Raises the open-files soft limit as far as the hard limit allows (as servers do: the soft
+/// default is often 1,024) and returns the soft limit then in force, if known.
+pub fn raise_open_files_limit() -> Option<u64> {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => Some(limit),
+        Err(e) => {
+            tracing::debug!("cannot raise the open-files limit: {e}");
+            open_files_limit()
+        }
+    }
+}
+
+/// What `--max-connections` becomes under the open-files `limit`: every connection is a
+/// descriptor, so beyond `limit - RESERVED_FDS` the OS refuses them anyway (and the gateway
+/// could no longer answer with 4006). The default is lowered to fit, quietly (an info line);
+/// an explicit value that does not fit is kept, with a warning that says what to do.
+pub fn fit_max_connections(requested: usize, explicit: bool, limit: Option<u64>) -> usize {
+    let Some(limit) = limit else {
+        return requested;
+    };
+    let room = usize::try_from(limit.saturating_sub(RESERVED_FDS)).unwrap_or(usize::MAX);
+    if requested <= room {
+        return requested;
+    }
+    if explicit {
+        tracing::warn!(
+            limit,
+            max_connections = requested,
+            "--max-connections is above what the open-files limit allows ({room}): raise the hard limit (ulimit -Hn, LimitNOFILE= in systemd) or lower --max-connections"
+        );
+        requested
+    } else {
+        let fitted = room.max(1);
+        tracing::info!(
+            limit,
+            "--max-connections defaults to {fitted} (the open-files limit minus {RESERVED_FDS}; raise the hard limit for more)"
+        );
+        fitted
+    }
+}
+
 /// Binds the client listener.
 pub async fn bind(addr: SocketAddr) -> Result<TcpListener> {
+    let what = CLIENT_PORT;
     let socket = if addr.is_ipv4() {
         tokio::net::TcpSocket::new_v4()
     } else {
         tokio::net::TcpSocket::new_v6()
     }
     .map_err(|source| GatewayError::Bind {
+        what,
         addr: addr.to_string(),
         source,
     })?;
@@ -83,14 +130,21 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener> {
         s.bind(addr)
     };
     bind(&socket).map_err(|source| GatewayError::Bind {
+        what,
         addr: addr.to_string(),
         source,
     })?;
     socket.listen(4096).map_err(|source| GatewayError::Bind {
+        what,
         addr: addr.to_string(),
         source,
     })
 }
+
+/// Names of the two listening sockets in bind errors.
+pub const CLIENT_PORT: &str = "the client WebSocket port (--listen)";
+/// See [`CLIENT_PORT`].
+pub const ADMIN_PORT: &str = "the admin port (--admin-listen: /metrics, /healthz)";
 
 /// Largest frame the gateway writes: a client's share of one poll reply (the canister caps a
 /// reply's content at 2.5 MiB, the IC caps query replies at 3 MiB) with its certificate and
@@ -387,6 +441,31 @@ mod tests {
             Principal::anonymous(),
         );
         (Gate::new(&shared), shared)
+    }
+
+    #[test]
+    fn max_connections_fits_the_open_files_limit() {
+        // The default is lowered to what the limit allows; an explicit value is kept.
+        assert_eq!(fit_max_connections(100_000, false, Some(20_000)), 19_936);
+        assert_eq!(fit_max_connections(100_000, true, Some(20_000)), 100_000);
+        assert_eq!(fit_max_connections(5_000, true, Some(20_000)), 5_000);
+        assert_eq!(fit_max_connections(100_000, false, None), 100_000);
+        assert_eq!(fit_max_connections(100_000, false, Some(10)), 1);
+        // Raising the soft limit never lowers it.
+        let before = open_files_limit();
+        let after = raise_open_files_limit();
+        assert!(after >= before, "{before:?} -> {after:?}");
+    }
+
+    #[tokio::test]
+    async fn a_bind_error_names_the_port() {
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = taken.local_addr().unwrap();
+        let e = bind(addr).await.unwrap_err().to_string();
+        assert!(
+            e.contains(&addr.to_string()) && e.contains("--listen"),
+            "{e}"
+        );
     }
 
     #[test]
