@@ -104,6 +104,12 @@ impl RawClient {
         Ok(ws)
     }
 
+    /// The TCP socket under the WebSocket (to send bytes no WebSocket library would, e.g. a
+    /// frame header without its payload).
+    pub fn socket(&mut self) -> &mut TcpStream {
+        self.ws.get_mut()
+    }
+
     /// Sends a correctly signed open and returns the gateway's answer.
     pub async fn open(&mut self, args: Vec<u8>) -> Result<OpenResult, String> {
         let mut request = OpenRequest {

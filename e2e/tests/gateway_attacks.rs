@@ -308,13 +308,22 @@ async fn silent_sockets_count_toward_max_connections_and_are_closed_at_the_hands
     round_trip(&mut honest, &mut seen, "hello").await;
 }
 
-/// Half-sent big frames on many sockets: each attacker completes the WebSocket handshake, sends
-/// a frame header announcing 131,000 bytes and all of the payload but its last byte, and
-/// holds. tungstenite reserves a frame's whole announced length on its header; before the
-/// frame meter (gateway/src/inbound.rs) these reservations were outside the memory budget
-/// (600 sockets: 75 MiB, 100,000 connections: 12 GiB from 1.4 MB of headers). Now they are
-/// charged to the ledger first: past 3/4 of the budget big frames are refused (4006) while
-/// the honest member's small messages still go through.
+/// A masked binary frame header announcing `len` bytes (RFC 6455: 127, then 8 bytes).
+fn big_frame_header(len: u64) -> Vec<u8> {
+    let mut header = vec![0x82, 0x80 | 127];
+    header.extend_from_slice(&len.to_be_bytes());
+    header.extend_from_slice(&[1, 2, 3, 4]);
+    header
+}
+
+/// Half-sent big frames on many sessions: each attacker opens a chat session, sends a frame
+/// header announcing 131,000 bytes and all of the payload but its last byte, and holds.
+/// tungstenite reserves a frame's whole announced length on its header; before the frame
+/// meter (gateway/src/inbound.rs) these reservations were outside the memory budget (600
+/// sockets: 75 MiB, 100,000 connections: 12 GiB from 1.4 MB of headers). Now they are charged
+/// to the ledger first: past 3/4 of the budget big frames are refused (4006) while the honest
+/// member's small messages still go through. Before any open, a connection may not even start
+/// such a frame (1009: `--max-open-frame-size`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn half_sent_big_frames_are_charged_to_the_memory_budget() {
     use tokio::io::AsyncWriteExt;
@@ -338,49 +347,64 @@ async fn half_sent_big_frames_are_charged_to_the_memory_budget() {
         .unwrap();
     let mut seen = Observed::default();
     round_trip(&mut honest, &mut seen, "before").await;
+
+    // Before an open: a big frame is refused at its header (1009), nothing is reserved.
+    let mut early = RawClient::connect(&gw.url(), canister, None).await.unwrap();
+    early
+        .socket()
+        .write_all(&big_frame_header(FRAME))
+        .await
+        .unwrap();
+    assert_eq!(early.close_code().await, Some(1009));
+
+    // The attackers open real sessions (signed opens the canister accepts), 50 at a time.
     let mut attackers = Vec::new();
-    for _ in 0..ATTACKERS {
-        attackers.push(RawClient::handshake(&gw.url(), None, None).await.unwrap());
+    for wave in 0..ATTACKERS / 50 {
+        let mut opening = Vec::new();
+        for i in 0..50 {
+            let url = gw.url();
+            opening.push(tokio::spawn(async move {
+                let mut raw = RawClient::connect(&url, canister, None).await.unwrap();
+                let r = raw
+                    .open(open_args(&format!("sybil{wave}x{i}")))
+                    .await
+                    .unwrap();
+                assert!(r.is_ok(), "{r:?}");
+                raw
+            }));
+        }
+        for o in opening {
+            attackers.push(o.await.unwrap());
+        }
     }
     let baseline = gw.rss_bytes().unwrap();
-    // A masked binary frame header announcing FRAME bytes (RFC 6455: 127, then 8 bytes).
-    let mut header = vec![0x82, 0x80 | 127];
-    header.extend_from_slice(&FRAME.to_be_bytes());
-    header.extend_from_slice(&[1, 2, 3, 4]);
+    let header = big_frame_header(FRAME);
     let payload = vec![0x5a; FRAME as usize - 1];
     let mut tasks = Vec::new();
-    for mut ws in attackers {
+    for mut raw in attackers {
         let (header, payload) = (header.clone(), payload.clone());
         tasks.push(tokio::spawn(async move {
-            let tcp = ws.get_mut();
-            let sent = tokio::time::timeout(Duration::from_secs(20), async {
-                tcp.write_all(&header).await?;
-                tcp.write_all(&payload).await
+            let _ = tokio::time::timeout(Duration::from_secs(20), async {
+                raw.socket().write_all(&header).await?;
+                raw.socket().write_all(&payload).await
             })
             .await;
-            // What the gateway answered: Hello, then a close frame for a refused frame.
-            let mut code = None;
-            while let Ok(Some(Ok(m))) = tokio::time::timeout(
-                Duration::from_millis(500),
-                futures_util::StreamExt::next(&mut ws),
-            )
-            .await
-            {
-                if let WsMessage::Close(c) = m {
-                    code = c.map(|c| u16::from(c.code));
-                    break;
-                }
-            }
-            (matches!(sent, Ok(Ok(()))), code, ws)
+            // What the gateway answered: its messages (Opened...), then a close frame for a
+            // refused frame, or nothing for a held one.
+            let code = tokio::time::timeout(Duration::from_millis(1500), raw.close_code())
+                .await
+                .ok()
+                .flatten();
+            (code, raw)
         }));
     }
     let mut held = Vec::new();
     let mut refused = 0;
     for t in tasks {
-        let (_, code, ws) = t.await.unwrap();
+        let (code, raw) = t.await.unwrap();
         match code {
             Some(4006) => refused += 1,
-            None => held.push(ws),
+            None => held.push(raw),
             Some(other) => panic!("an attacker was closed with {other}"),
         }
     }

@@ -157,6 +157,13 @@ pub struct Config {
     #[arg(long, env = "IC_WS_GATEWAY_MAX_FRAME_SIZE", default_value_t = 128 * 1024)]
     pub max_frame_size: usize,
 
+    /// Largest WebSocket frame (and message) accepted from a client before its session is open,
+    /// in bytes: the `Open` frame with its app arguments. Bigger: close 1009. Keeps connections
+    /// that never open a session from holding `--max-frame-size` of half-sent frame each.
+    /// (`--max-frame-size` applies as well when it is smaller.)
+    #[arg(long, env = "IC_WS_GATEWAY_MAX_OPEN_FRAME_SIZE", default_value_t = 16 * 1024)]
+    pub max_open_frame_size: usize,
+
     /// Initial read buffer per connection, in bytes (grows as needed for large frames).
     #[arg(long, env = "IC_WS_GATEWAY_READ_BUFFER_SIZE", default_value_t = 1024)]
     pub read_buffer_size: usize,
@@ -368,6 +375,7 @@ impl Config {
             ("--idle-timeout-ms", self.idle_timeout_ms),
             ("--max-message-size", self.max_message_size as u64),
             ("--max-frame-size", self.max_frame_size as u64),
+            ("--max-open-frame-size", self.max_open_frame_size as u64),
             ("--read-buffer-size", self.read_buffer_size as u64),
             ("--send-buffer-frames", self.send_buffer_frames as u64),
             ("--send-buffer-bytes", self.send_buffer_bytes as u64),

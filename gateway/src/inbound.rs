@@ -20,10 +20,19 @@
 //! back at the next read, when tungstenite has handed the message over (from then on it is the
 //! session's `held` charge). Frames longer than `--max-frame-size` are not charged:
 //! tungstenite refuses them (1009) without reserving anything.
+//!
+//! Before the connection's session is open (the session sets [`MeteredStream::opened`]), a
+//! message may not grow past `--max-open-frame-size` (16 KiB: an `Open` frame with its app
+//! arguments): the read fails with [`MeterError::BeforeOpen`] and the session closes with 1009.
+//! Without it, connections that never open a session (free for an attacker: no signature, no
+//! canister call) could each hold a half-sent `--max-frame-size` frame and fill the budget's
+//! first three quarters, after which new connections are shed (measured: `loadgen attack
+//! big-frames`, BENCHMARKS.md).
 
 use crate::memory::{Category, Charge, Ledger};
 use std::io;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -32,18 +41,28 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 /// mark.
 pub const SMALL_MESSAGE: usize = 16 * 1024;
 
-/// The error a metered read fails with when a frame does not fit the memory budget.
-#[derive(Debug, thiserror::Error)]
-#[error("a frame of {announced} bytes does not fit the gateway's memory budget")]
-pub struct BudgetExceeded {
-    /// The frame's announced length.
-    pub announced: u64,
+/// Why a metered read fails.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum MeterError {
+    /// The frame does not fit the memory budget.
+    #[error("a frame of {announced} bytes does not fit the gateway's memory budget")]
+    BudgetExceeded {
+        /// The frame's announced length.
+        announced: u64,
+    },
+    /// The message grows past what a connection may send before its session is open.
+    #[error("a message of {size} bytes before the session is open (at most {limit})")]
+    BeforeOpen {
+        /// The message's size with this frame.
+        size: u64,
+        /// `--max-open-frame-size`.
+        limit: u64,
+    },
 }
 
-/// Whether `e` is a metered read's [`BudgetExceeded`].
-pub fn is_budget_exceeded(e: &io::Error) -> bool {
-    e.get_ref()
-        .is_some_and(|inner| inner.is::<BudgetExceeded>())
+/// The [`MeterError`] a metered read failed with, if that is what `e` is.
+pub fn meter_error(e: &io::Error) -> Option<MeterError> {
+    e.get_ref()?.downcast_ref::<MeterError>().copied()
 }
 
 /// Where in the byte stream the meter is.
@@ -65,6 +84,8 @@ enum State {
 pub struct FrameMeter {
     ledger: Arc<Ledger>,
     max_frame: u64,
+    max_before_open: u64,
+    opened: Arc<AtomicBool>,
     state: State,
     /// The frames of the data message being received.
     message: Option<Charge>,
@@ -75,16 +96,34 @@ pub struct FrameMeter {
 }
 
 impl FrameMeter {
-    /// A meter for a new connection (starting with its HTTP request).
+    /// A meter for a new connection (starting with its HTTP request), with no limit of its
+    /// own before the open.
     pub fn new(ledger: Arc<Ledger>, max_frame_size: usize) -> Self {
+        Self::with_open_limit(ledger, max_frame_size, usize::MAX)
+    }
+
+    /// A meter that allows messages of at most `max_open_frame_size` until
+    /// [`FrameMeter::opened`] is set.
+    pub fn with_open_limit(
+        ledger: Arc<Ledger>,
+        max_frame_size: usize,
+        max_open_frame_size: usize,
+    ) -> Self {
         FrameMeter {
             ledger,
             max_frame: u64::try_from(max_frame_size).unwrap_or(u64::MAX),
+            max_before_open: u64::try_from(max_open_frame_size).unwrap_or(u64::MAX),
+            opened: Arc::new(AtomicBool::new(false)),
             state: State::Http { tail: 0 },
             message: None,
             control: None,
             ended: None,
         }
+    }
+
+    /// The flag the session sets once its session is open (lifts the limit before the open).
+    pub fn opened(&self) -> Arc<AtomicBool> {
+        self.opened.clone()
     }
 
     /// Bytes charged for this connection now.
@@ -103,7 +142,7 @@ impl FrameMeter {
     }
 
     /// Follows `data`, the next bytes read from the client.
-    pub fn observe(&mut self, mut data: &[u8]) -> Result<(), BudgetExceeded> {
+    pub fn observe(&mut self, mut data: &[u8]) -> Result<(), MeterError> {
         while let Some((&byte, rest)) = data.split_first() {
             match &mut self.state {
                 State::Off => return Ok(()),
@@ -139,19 +178,28 @@ impl FrameMeter {
         Ok(())
     }
 
-    fn start_frame(&mut self, len: u64, control: bool, fin: bool) -> Result<(), BudgetExceeded> {
+    fn start_frame(&mut self, len: u64, control: bool, fin: bool) -> Result<(), MeterError> {
         if len > self.max_frame {
             self.state = State::Off;
             return Ok(());
         }
         let bytes = usize::try_from(len).unwrap_or(usize::MAX);
-        let refused = BudgetExceeded { announced: len };
+        let refused = MeterError::BudgetExceeded { announced: len };
         let slot = if control {
             &mut self.control
         } else {
             &mut self.message
         };
         let total = slot.as_ref().map_or(0, Charge::bytes).saturating_add(bytes);
+        if !control && !self.opened.load(Relaxed) {
+            let size = u64::try_from(total).unwrap_or(u64::MAX);
+            if size > self.max_before_open {
+                return Err(MeterError::BeforeOpen {
+                    size,
+                    limit: self.max_before_open,
+                });
+            }
+        }
         if total > SMALL_MESSAGE && !self.ledger.admits_new_work() {
             return Err(refused);
         }
@@ -241,12 +289,23 @@ pub struct MeteredStream<S> {
 }
 
 impl<S> MeteredStream<S> {
-    /// Meters `inner` against `ledger`; frames above `max_frame_size` are left to tungstenite.
-    pub fn new(inner: S, ledger: Arc<Ledger>, max_frame_size: usize) -> Self {
+    /// Meters `inner` against `ledger`; frames above `max_frame_size` are left to tungstenite;
+    /// before [`MeteredStream::opened`] is set, messages above `max_open_frame_size` fail.
+    pub fn new(
+        inner: S,
+        ledger: Arc<Ledger>,
+        max_frame_size: usize,
+        max_open_frame_size: usize,
+    ) -> Self {
         MeteredStream {
             inner,
-            meter: FrameMeter::new(ledger, max_frame_size),
+            meter: FrameMeter::with_open_limit(ledger, max_frame_size, max_open_frame_size),
         }
+    }
+
+    /// The flag the session sets once its session is open.
+    pub fn opened(&self) -> Arc<AtomicBool> {
+        self.meter.opened()
     }
 }
 
@@ -364,7 +423,7 @@ mod tests {
         b.observe(REQUEST).unwrap();
         a.observe(&frame_header(true, 2, 120_000)).unwrap();
         let e = b.observe(&frame_header(true, 2, 120_000)).unwrap_err();
-        assert_eq!(e.announced, 120_000);
+        assert_eq!(e, MeterError::BudgetExceeded { announced: 120_000 });
         assert_eq!(ledger.used(Category::Frames), 120_000);
         // Over --max-frame-size: tungstenite refuses it (1009) without reserving anything.
         let mut c = FrameMeter::new(ledger.clone(), 128 * 1024);
@@ -377,6 +436,36 @@ mod tests {
             0,
             "a closed connection gives everything back"
         );
+    }
+
+    #[test]
+    fn before_the_open_messages_are_small() {
+        let ledger = Arc::new(Ledger::new(1 << 20));
+        let mut m = FrameMeter::with_open_limit(ledger.clone(), 128 * 1024, 16 * 1024);
+        m.observe(REQUEST).unwrap();
+        m.observe(&frame(true, 2, 16 * 1024)).unwrap();
+        m.release_ended();
+        m.observe(&frame(true, 9, 125)).unwrap(); // pings are control frames
+        m.release_ended();
+        // A message over the limit, whether in one frame or in fragments, is refused.
+        let e = m.observe(&frame_header(true, 2, 20_000)).unwrap_err();
+        assert_eq!(
+            e,
+            MeterError::BeforeOpen {
+                size: 20_000,
+                limit: 16 * 1024
+            }
+        );
+        let mut f = FrameMeter::with_open_limit(ledger.clone(), 128 * 1024, 16 * 1024);
+        f.observe(REQUEST).unwrap();
+        f.observe(&frame(false, 2, 10_000)).unwrap();
+        assert!(f.observe(&frame_header(true, 0, 10_000)).is_err());
+        // Once the session is open, up to --max-frame-size.
+        let mut o = FrameMeter::with_open_limit(ledger.clone(), 128 * 1024, 16 * 1024);
+        o.observe(REQUEST).unwrap();
+        o.opened().store(true, Relaxed);
+        o.observe(&frame_header(true, 2, 100_000)).unwrap();
+        assert_eq!(o.charged(), 100_000);
     }
 
     #[test]

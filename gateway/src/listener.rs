@@ -400,6 +400,7 @@ where
         stream,
         shared.metrics.memory.clone(),
         shared.config.max_frame_size,
+        shared.config.max_open_frame_size,
     );
     tokio_tungstenite::accept_async_with_config(stream, Some(ws_config(shared)))
         .await
@@ -408,7 +409,7 @@ where
 
 async fn serve<C, S>(
     shared: Arc<Shared<C>>,
-    mut ws: tokio_tungstenite::WebSocketStream<S>,
+    mut ws: tokio_tungstenite::WebSocketStream<MeteredStream<S>>,
     peer: SocketAddr,
     reject: Option<CloseWith>,
 ) where
@@ -419,7 +420,8 @@ async fn serve<C, S>(
         crate::session::send_close(&mut ws, &close).await;
         return;
     }
-    Box::pin(crate::session::run(shared, ws, peer)).await;
+    let opened = ws.get_ref().opened();
+    Box::pin(crate::session::run_metered(shared, ws, peer, Some(opened))).await;
 }
 
 #[cfg(test)]

@@ -35,6 +35,7 @@ use futures_util::{FutureExt, Sink, SinkExt, Stream, StreamExt};
 use ic_ws_protocol::frames::close_code;
 use ic_ws_protocol::types::{ClientId, WsError};
 use ic_ws_protocol::{ClientFrame, GatewayFrame};
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::oneshot;
@@ -167,9 +168,33 @@ where
         + Unpin
         + Send,
 {
+    run_metered(shared, ws, peer, None).await
+}
+
+/// [`run`] over a metered socket (`crate::inbound`): `opened` is set once the session is open,
+/// which lifts the meter's limit on messages before the open.
+pub async fn run_metered<C, W>(
+    shared: Arc<Shared<C>>,
+    ws: W,
+    peer: std::net::SocketAddr,
+    opened: Option<Arc<AtomicBool>>,
+) where
+    C: CanisterApi,
+    W: Stream<Item = Result<Message, WsProtoError>>
+        + Sink<Message, Error = WsProtoError>
+        + Unpin
+        + Send,
+{
     let conn_id = shared.next_conn_id();
     let attachment = Attachment::default();
-    let session = serve(shared.clone(), ws, peer, conn_id, attachment.clone());
+    let session = serve(
+        shared.clone(),
+        ws,
+        peer,
+        conn_id,
+        attachment.clone(),
+        opened,
+    );
     let Err(panic) = std::panic::AssertUnwindSafe(session).catch_unwind().await else {
         return;
     };
@@ -198,6 +223,7 @@ async fn serve<C, W>(
     peer: std::net::SocketAddr,
     conn_id: u64,
     attachment: Attachment,
+    opened: Option<Arc<AtomicBool>>,
 ) where
     C: CanisterApi,
     W: Stream<Item = Result<Message, WsProtoError>>
@@ -295,6 +321,9 @@ async fn serve<C, W>(
                     (Some(OpenReply::Opened(ok)), State::Opening { hub, .. }) => {
                         *attachment.lock().unwrap_or_else(|p| p.into_inner()) =
                             Some((hub.clone(), ok.client_id));
+                        if let Some(opened) = &opened {
+                            opened.store(true, std::sync::atomic::Ordering::Relaxed);
+                        }
                         State::Open {
                             hub,
                             client_id: ok.client_id,
@@ -478,11 +507,21 @@ fn read_error<C>(shared: &Shared<C>, e: WsProtoError) -> End {
             End::Close(CloseWith::new(1007, "invalid UTF-8"))
         }
         WsProtoError::ConnectionClosed | WsProtoError::AlreadyClosed => End::Gone,
-        WsProtoError::Io(e) if crate::inbound::is_budget_exceeded(&e) => {
+        WsProtoError::Io(e) => match crate::inbound::meter_error(&e) {
             // A frame header announced more than the memory budget can take now.
-            shared.metrics.memory.shed(Shed::Frame);
-            End::Close(overloaded())
-        }
+            Some(crate::inbound::MeterError::BudgetExceeded { .. }) => {
+                shared.metrics.memory.shed(Shed::Frame);
+                End::Close(overloaded())
+            }
+            Some(e @ crate::inbound::MeterError::BeforeOpen { .. }) => {
+                shared.metrics.error(ErrorKind::FrameTooBig);
+                End::Close(CloseWith::new(1009, format!("frame too big: {e}")))
+            }
+            None => {
+                shared.metrics.error(ErrorKind::ClientIo);
+                End::Gone
+            }
+        },
         _ => {
             shared.metrics.error(ErrorKind::ClientIo);
             End::Gone

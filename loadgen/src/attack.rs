@@ -11,8 +11,8 @@
 //! - `sessions`: as many sessions from one address as the gateway admits, held open;
 //! - `hold`: TCP connections that send nothing (descriptors held in the handshake);
 //! - `slowloris`: connections that send an HTTP upgrade request one header line per second;
-//! - `big-frames`: WebSocket connections that send a frame header announcing
-//!   `--big-frame-size` bytes and all of the payload but its last byte, then hold (tungstenite
+//! - `big-frames`: sessions that send a frame header announcing `--big-frame-size` bytes and
+//!   all of the payload but its last byte, then hold (tungstenite
 //!   reserves the announced length on the header: the gateway's frame meter charges it to the
 //!   memory budget first);
 //! - `none`: no attack (the baseline run).
@@ -295,9 +295,14 @@ pub async fn run(args: AttackArgs) -> Result<(), LoadError> {
             Mode::Sessions => rt.spawn(hold_session(gateway, src, canister, attack, stop)),
             Mode::Hold => rt.spawn(tcp_attacker(gateway, src, false, attack, stop)),
             Mode::Slowloris => rt.spawn(tcp_attacker(gateway, src, true, attack, stop)),
-            Mode::BigFrames => {
-                rt.spawn(big_frames(gateway, src, args.big_frame_size, attack, stop))
-            }
+            Mode::BigFrames => rt.spawn(big_frames(
+                gateway,
+                src,
+                canister,
+                args.big_frame_size,
+                attack,
+                stop,
+            )),
             Mode::None => break,
         });
         // Connect in waves so the first attackers are flooding while the rest connect.
@@ -628,6 +633,7 @@ async fn ping_flood(
 async fn big_frames(
     gateway: SocketAddr,
     src: IpAddr,
+    canister: Principal,
     size: u64,
     attack: Arc<AttackStats>,
     mut stop: watch::Receiver<bool>,
@@ -643,8 +649,10 @@ async fn big_frames(
         0x5a,
     );
     while !*stop.borrow() {
-        let mut ws = match client::connect(gateway, Some(src)).await {
-            Ok((ws, _)) => ws,
+        // A real session first: before an open the gateway refuses any frame over
+        // --max-open-frame-size (1009) without reserving it.
+        let mut ws = match Session::open_from(gateway, src, canister).await {
+            Ok(s) => s.into_parts().0,
             Err(_) => {
                 attack.refused.fetch_add(1, Relaxed);
                 tokio::time::sleep(RETRY).await;
