@@ -164,6 +164,12 @@ pub struct Config {
     #[arg(long, env = "IC_WS_GATEWAY_MAX_OPEN_FRAME_SIZE", default_value_t = 16 * 1024)]
     pub max_open_frame_size: usize,
 
+    /// A client message (all of its frames) must arrive within this many ms of its first byte;
+    /// else the connection is closed (1008). Half-sent frames hold memory (their announced
+    /// length is reserved); this bounds how long.
+    #[arg(long, env = "IC_WS_GATEWAY_FRAME_TIMEOUT_MS", default_value_t = 10_000)]
+    pub frame_timeout_ms: u64,
+
     /// Initial read buffer per connection, in bytes (grows as needed for large frames).
     #[arg(long, env = "IC_WS_GATEWAY_READ_BUFFER_SIZE", default_value_t = 1024)]
     pub read_buffer_size: usize,
@@ -376,6 +382,7 @@ impl Config {
             ("--max-message-size", self.max_message_size as u64),
             ("--max-frame-size", self.max_frame_size as u64),
             ("--max-open-frame-size", self.max_open_frame_size as u64),
+            ("--frame-timeout-ms", self.frame_timeout_ms),
             ("--read-buffer-size", self.read_buffer_size as u64),
             ("--send-buffer-frames", self.send_buffer_frames as u64),
             ("--send-buffer-bytes", self.send_buffer_bytes as u64),
@@ -540,6 +547,12 @@ impl Config {
         Duration::from_millis(self.retry_backoff_ms)
     }
     /// Fastest poll interval.
+    /// `--frame-timeout-ms`.
+    pub fn frame_timeout(&self) -> Duration {
+        Duration::from_millis(self.frame_timeout_ms)
+    }
+
+    /// `--poll-min-interval-ms`.
     pub fn poll_min_interval(&self) -> Duration {
         Duration::from_millis(self.poll_min_interval_ms)
     }

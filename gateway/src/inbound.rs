@@ -30,6 +30,7 @@
 //! big-frames`, BENCHMARKS.md).
 
 use crate::memory::{Category, Charge, Ledger};
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
@@ -49,6 +50,12 @@ pub enum MeterError {
     BudgetExceeded {
         /// The frame's announced length.
         announced: u64,
+    },
+    /// A message was not complete `--frame-timeout-ms` after its first byte.
+    #[error("a message not complete {ms} ms after its first byte")]
+    FrameTimeout {
+        /// `--frame-timeout-ms`.
+        ms: u64,
     },
     /// The message grows past what a connection may send before its session is open.
     #[error("a message of {size} bytes before the session is open (at most {limit})")]
@@ -93,6 +100,8 @@ pub struct FrameMeter {
     control: Option<Charge>,
     /// Frames of messages that ended: given back at the next read.
     ended: Option<Charge>,
+    /// Messages (and control frames) that ended so far.
+    messages_ended: u64,
 }
 
 impl FrameMeter {
@@ -114,6 +123,7 @@ impl FrameMeter {
             max_frame: u64::try_from(max_frame_size).unwrap_or(u64::MAX),
             max_before_open: u64::try_from(max_open_frame_size).unwrap_or(u64::MAX),
             opened: Arc::new(AtomicBool::new(false)),
+            messages_ended: 0,
             state: State::Http { tail: 0 },
             message: None,
             control: None,
@@ -124,6 +134,15 @@ impl FrameMeter {
     /// The flag the session sets once its session is open (lifts the limit before the open).
     pub fn opened(&self) -> Arc<AtomicBool> {
         self.opened.clone()
+    }
+
+    /// Whether a message (or control frame) has begun and not ended: part of a header, a
+    /// payload, or frames of an unfinished fragmented message.
+    pub fn in_progress(&self) -> bool {
+        self.message.is_some()
+            || self.control.is_some()
+            || matches!(self.state, State::Payload { .. })
+            || matches!(self.state, State::Header { have, .. } if have > 0)
     }
 
     /// Bytes charged for this connection now.
@@ -238,6 +257,7 @@ impl FrameMeter {
                 None
             };
             if let Some(done) = done {
+                self.messages_ended = self.messages_ended.saturating_add(1);
                 match &mut self.ended {
                     Some(ended) => ended.absorb(done),
                     None => self.ended = Some(done),
@@ -286,6 +306,9 @@ fn parse_header(bytes: &[u8; 14], have: usize) -> Option<(u64, bool, bool)> {
 pub struct MeteredStream<S> {
     inner: S,
     meter: FrameMeter,
+    frame_timeout: Option<std::time::Duration>,
+    /// When the message in progress must be complete.
+    deadline: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl<S> MeteredStream<S> {
@@ -300,7 +323,16 @@ impl<S> MeteredStream<S> {
         MeteredStream {
             inner,
             meter: FrameMeter::with_open_limit(ledger, max_frame_size, max_open_frame_size),
+            frame_timeout: None,
+            deadline: None,
         }
+    }
+
+    /// Fails the read (`MeterError::FrameTimeout`) when a message is not complete `timeout`
+    /// after its first byte, even if no byte arrives meanwhile.
+    pub fn with_frame_timeout(mut self, timeout: std::time::Duration) -> Self {
+        self.frame_timeout = Some(timeout);
+        self
     }
 
     /// The flag the session sets once its session is open.
@@ -321,10 +353,33 @@ impl<S: AsyncRead + Unpin> AsyncRead for MeteredStream<S> {
         match Pin::new(&mut this.inner).poll_read(cx, buf) {
             Poll::Ready(Ok(())) => {
                 let new = buf.filled().get(before..).unwrap_or_default();
-                match this.meter.observe(new) {
-                    Ok(()) => Poll::Ready(Ok(())),
-                    Err(e) => Poll::Ready(Err(io::Error::other(e))),
+                let ended_before = this.meter.messages_ended;
+                if let Err(e) = this.meter.observe(new) {
+                    return Poll::Ready(Err(io::Error::other(e)));
                 }
+                // The deadline runs from the first byte of the message in progress: a new one
+                // when a message ended in this read (a client streaming back-to-back messages
+                // is never cut), none when nothing is in progress.
+                match (this.frame_timeout, this.meter.in_progress()) {
+                    (Some(timeout), true) => {
+                        if this.deadline.is_none() || this.meter.messages_ended != ended_before {
+                            this.deadline = Some(Box::pin(tokio::time::sleep(timeout)));
+                        }
+                    }
+                    _ => this.deadline = None,
+                }
+                Poll::Ready(Ok(()))
+            }
+            Poll::Pending => {
+                if let Some(deadline) = this.deadline.as_mut() {
+                    if deadline.as_mut().poll(cx).is_ready() {
+                        let ms = this
+                            .frame_timeout
+                            .map_or(0, |t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX));
+                        return Poll::Ready(Err(io::Error::other(MeterError::FrameTimeout { ms })));
+                    }
+                }
+                Poll::Pending
             }
             other => other,
         }

@@ -401,7 +401,8 @@ where
         shared.metrics.memory.clone(),
         shared.config.max_frame_size,
         shared.config.max_open_frame_size,
-    );
+    )
+    .with_frame_timeout(shared.config.frame_timeout());
     tokio_tungstenite::accept_async_with_config(stream, Some(ws_config(shared)))
         .await
         .map_err(|e| format!("WebSocket handshake failed: {e}"))

@@ -158,9 +158,11 @@ pub enum ErrorKind {
     OpenRejected,
     /// A client sent pings (or pongs) faster than `--ping-rate` allows (closed 1008).
     PingFlood,
+    /// A client message not complete `--frame-timeout-ms` after its first byte (closed 1008).
+    SlowFrame,
 }
 
-const ERROR_KINDS: [(ErrorKind, &str); 11] = [
+const ERROR_KINDS: [(ErrorKind, &str); 12] = [
     (ErrorKind::MalformedFrame, "malformed_frame"),
     (ErrorKind::FrameTooBig, "frame_too_big"),
     (ErrorKind::Handshake, "handshake"),
@@ -172,6 +174,7 @@ const ERROR_KINDS: [(ErrorKind, &str); 11] = [
     (ErrorKind::MessageRejected, "message_rejected"),
     (ErrorKind::OpenRejected, "open_rejected"),
     (ErrorKind::PingFlood, "ping_flood"),
+    (ErrorKind::SlowFrame, "slow_frame"),
 ];
 
 /// Kinds of supervised workers, the `worker` label of

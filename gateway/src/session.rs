@@ -513,6 +513,10 @@ fn read_error<C>(shared: &Shared<C>, e: WsProtoError) -> End {
                 shared.metrics.memory.shed(Shed::Frame);
                 End::Close(overloaded())
             }
+            Some(e @ crate::inbound::MeterError::FrameTimeout { .. }) => {
+                shared.metrics.error(ErrorKind::SlowFrame);
+                End::Close(CloseWith::new(close_code::POLICY_VIOLATION, e.to_string()))
+            }
             Some(e @ crate::inbound::MeterError::BeforeOpen { .. }) => {
                 shared.metrics.error(ErrorKind::FrameTooBig);
                 End::Close(CloseWith::new(1009, format!("frame too big: {e}")))

@@ -9,6 +9,17 @@ use common::*;
 use ic_ws_gateway::memory::{Category, Shed};
 use ic_ws_protocol::types::*;
 use ic_ws_protocol::GatewayFrame;
+use std::time::Duration;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::MaybeTlsStream;
+
+/// The TCP socket under a plain test connection.
+fn tcp(ws: &mut Ws) -> &mut tokio::net::TcpStream {
+    match ws.get_mut() {
+        MaybeTlsStream::Plain(s) => s,
+        _ => panic!("a plain connection"),
+    }
+}
 
 /// Small per-client bounds so a small budget is valid (3/4 of it covers one client's bounds
 /// and the orphans).
@@ -112,5 +123,62 @@ async fn a_client_the_canister_keeps_refusing_is_closed_1008_others_are_not() {
     assert_eq!(gw.metrics().refusal_closes.get(), 1);
     other.send(b"echo:unaffected").await;
     assert_eq!(other.payloads(1).await, vec![b"unaffected".to_vec()]);
+    gw.shutdown().await;
+}
+
+/// A masked client frame: FIN, `opcode`, `payload` (RFC 6455; mask 0 keeps the bytes as sent).
+fn masked_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
+    assert!(payload.len() < 126);
+    let mut f = vec![0x80 | opcode, 0x80 | payload.len() as u8, 0, 0, 0, 0];
+    f.extend_from_slice(payload);
+    f
+}
+
+/// Half-sent frames hold memory (tungstenite reserves a frame's announced length on its
+/// header): a message must be complete `--frame-timeout-ms` after its first byte. A client
+/// that sends a header and stops is closed with 1008; a slow but steady one, each of whose
+/// frames arrives in two halves, is not, however long it goes on.
+#[tokio::test]
+async fn a_message_not_complete_in_time_closes_its_connection_1008() {
+    use tokio::io::AsyncWriteExt;
+    let (gw, _fake) = start(&["--frame-timeout-ms", "300", "--ping-burst", "64"]).await;
+    let addr = gw.local_addr();
+    let mut steady = connect_from(addr, None).await;
+    hello(&mut steady).await;
+    let mut stalled = connect_from(addr, None).await;
+    hello(&mut stalled).await;
+    // A binary frame announcing 1,000 bytes, then 10 of them, then nothing.
+    let mut half = vec![0x82, 0x80 | 126, 0x03, 0xe8, 0, 0, 0, 0];
+    half.extend_from_slice(&[0u8; 10]);
+    tcp(&mut stalled).write_all(&half).await.unwrap();
+    // Meanwhile the steady client sends pings in two halves 100 ms apart, for 1.2 s: four
+    // times the timeout in all, each ping well within it.
+    let ping = masked_frame(0x9, b"steady");
+    for _ in 0..12 {
+        let (a, b) = ping.split_at(3);
+        tcp(&mut steady).write_all(a).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        tcp(&mut steady).write_all(b).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (code, reason) = closed(&mut stalled).await;
+    assert_eq!(code, 1008, "{reason}");
+    assert!(reason.contains("not complete"), "{reason}");
+    let text = gw.metrics().render();
+    assert!(
+        text.contains("ic_ws_gateway_errors_total{kind=\"slow_frame\"} 1"),
+        "{text}"
+    );
+    // The steady client is still served: its pongs came back.
+    let mut pongs = 0;
+    while pongs < 12 {
+        match next_message(&mut steady).await {
+            Message::Pong(p) => {
+                assert_eq!(&p[..], b"steady");
+                pongs += 1;
+            }
+            other => panic!("expected pongs, got {other:?}"),
+        }
+    }
     gw.shutdown().await;
 }
