@@ -11,11 +11,11 @@
 //! byte stream with a [`FrameMeter`]: the HTTP upgrade request up to its blank line, then
 //! each frame header. Before tungstenite sees a header, its announced length is charged to the
 //! memory ledger (`frames`); when the ledger cannot take it, the read fails with
-//! [`BudgetExceeded`] and the session closes its sender with 4006. Like new connections and
-//! opens, a message growing past [`SMALL_MESSAGE`] is only taken while the ledger is below
-//! its high-water mark (3/4 of the budget): the last quarter stays for the small messages of
-//! the sessions that exist (a chat line, a click), so clients holding big half-sent frames
-//! cannot starve them. A frame's charge is kept
+//! [`MeterError::BudgetExceeded`] and the session closes its sender with 4006. A message growing
+//! past [`SMALL_MESSAGE`] is only taken while the ledger is below half the budget (new
+//! connections and opens are taken up to 3/4): the rest stays for new clients and for the small
+//! messages of the sessions that exist (a chat line, a click), so clients holding big
+//! half-sent frames can neither lock newcomers out nor starve the others. A frame's charge is kept
 //! until its message is complete (for a fragmented message, until its last frame) and given
 //! back at the next read, when tungstenite has handed the message over (from then on it is the
 //! session's `held` charge). Frames longer than `--max-frame-size` are not charged:
@@ -38,8 +38,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-/// Largest message (its frames so far) still taken once the ledger is past its high-water
-/// mark.
+/// Largest message (its frames so far) still taken once the ledger is past half the budget.
 pub const SMALL_MESSAGE: usize = 16 * 1024;
 
 /// Why a metered read fails.
@@ -219,7 +218,7 @@ impl FrameMeter {
                 });
             }
         }
-        if total > SMALL_MESSAGE && !self.ledger.admits_new_work() {
+        if total > SMALL_MESSAGE && !self.ledger.admits_big_messages() {
             return Err(refused);
         }
         match slot {
@@ -524,15 +523,16 @@ mod tests {
     }
 
     #[test]
-    fn past_the_high_water_mark_only_small_messages_are_taken() {
-        let ledger = Arc::new(Ledger::new(390_000));
+    fn past_half_the_budget_only_small_messages_are_taken() {
+        let ledger = Arc::new(Ledger::new(590_000));
         let mut big = FrameMeter::new(ledger.clone(), 128 * 1024);
         big.observe(REQUEST).unwrap();
         for _ in 0..3 {
             big.observe(&frame(false, 2, 100_000)).unwrap();
             big.release_ended();
         }
-        assert!(!ledger.admits_new_work());
+        // Past half the budget, below 3/4: new connections would still get in.
+        assert!(!ledger.admits_big_messages() && ledger.admits_new_work());
         // Another fragment of the big message, or a new big one: refused.
         assert!(big.observe(&frame_header(false, 0, 1_000)).is_err());
         let mut other = FrameMeter::new(ledger.clone(), 128 * 1024);

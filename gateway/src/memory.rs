@@ -9,9 +9,10 @@
 //! metered by `crate::inbound`).
 //! A [`Charge`] gives its bytes back when dropped, so the ledger cannot drift from the buffers.
 //!
-//! Shedding is ordered so new work goes first: new connections and opens are refused with 4006
-//! once [`Ledger::admits_new_work`] says the ledger is past its high-water mark (3/4 of the
-//! budget); a client message that would take the ledger past the whole budget closes its
+//! Shedding is ordered so the cheapest hoarding and new work go first: incoming messages over
+//! 16 KiB are refused (4006) past half of the budget ([`Ledger::admits_big_messages`]), new
+//! connections and opens once [`Ledger::admits_new_work`] says the ledger is past its
+//! high-water mark (3/4 of the budget); a client message that would take the ledger past the whole budget closes its
 //! sender with 4006. Per-client shares (`--max-inflight-per-client`,
 //! `--max-inflight-bytes-per-client`, `--send-buffer-bytes`) keep any one client far below
 //! the budget; the budget bounds the sum.
@@ -130,6 +131,14 @@ impl Ledger {
     pub fn admits_new_work(&self) -> bool {
         let budget = self.budget();
         self.total() <= budget.saturating_sub(budget / 4)
+    }
+
+    /// Whether incoming messages over 16 KiB (`crate::inbound::SMALL_MESSAGE`) are still taken:
+    /// the ledger is below half the budget. Big half-sent frames are the cheapest way to hold
+    /// gateway memory, so they stop first, while new connections and opens still get in (up
+    /// to 3/4) and existing sessions' small messages have the rest.
+    pub fn admits_big_messages(&self) -> bool {
+        self.total() <= self.budget() / 2
     }
 
     /// The counter of `category`.
