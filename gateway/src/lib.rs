@@ -62,6 +62,7 @@ pub mod outbox;
 pub mod poller;
 pub mod ratelimit;
 pub mod relay;
+pub mod schedule;
 pub mod session;
 pub mod shutdown;
 pub mod supervisor;
