@@ -6,7 +6,8 @@
 //! [`crate::schedule`] policy's call: every `--poll-active-interval-ms` while there was
 //! traffic in the last minute, backing off to `--poll-max-interval-ms` when idle, right after
 //! every update the gateway relays (`hub.poll_wake`), at once after a reply flagged `more`,
-//! jittered and within a query budget. The poller stops some time after its canister's last
+//! no later than the canister's hint (`next_poll_ms`, clamped), jittered and within a query
+//! budget. The poller stops some time after its canister's last
 //! client left.
 
 use crate::canister::CanisterApi;
@@ -62,6 +63,7 @@ pub async fn run<C: CanisterApi>(shared: Arc<Shared<C>>, hub: Arc<Hub>) -> Worke
             Ok(Ok(reply)) => {
                 outcome.got_messages = !reply.messages.is_empty();
                 outcome.more = reply.more;
+                outcome.hint_ms = reply.next_poll_ms;
                 cursor = reply.next_cursor;
                 hub.set_cursor(cursor);
                 if outcome.got_messages {

@@ -14,7 +14,10 @@
 //!   produce messages: its next timer, or "messages are being produced"); the next poll
 //!   comes no later than that, clamped to `[--poll-min-interval-ms, --poll-max-interval-ms]`,
 //!   so a hostile or broken canister can neither make the gateway spin nor stop it polling.
-//!   A hint only ever brings the next poll forward.
+//!   A hint only ever brings the next poll forward. A hinted poll that finds nothing (the
+//!   message is produced a little after the announced time: a timer fires in the round
+//!   after its deadline) is followed by up to [`HINT_FOLLOW_UPS`] more, `--poll-min-interval-ms`
+//!   apart.
 //! - **Jitter**: the active and idle intervals are spread by +-`--poll-jitter-pct` (10 %) so
 //!   gateways started together do not poll a canister in lockstep.
 //! - **Budget**: a token bucket (`--poll-max-rate` queries/s, default 10, bursts of
@@ -26,6 +29,9 @@ use std::time::{Duration, Instant};
 
 /// Polls the budget lets through back to back (the bucket's capacity).
 pub const BURST: u32 = 5;
+
+/// Polls `min` apart after a hinted poll that found nothing.
+pub const HINT_FOLLOW_UPS: u8 = 2;
 
 /// The policy's settings (from the gateway's flags).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -66,6 +72,8 @@ pub enum Reason {
     Hint,
     /// A relayed update woke the poller.
     Wake,
+    /// A hinted poll found nothing: try again shortly.
+    HintFollowUp,
 }
 
 /// The polling schedule of one canister's poller.
@@ -86,6 +94,8 @@ pub struct Schedule {
     next: (Instant, Reason),
     /// Jitter state (xorshift64*, never 0).
     rng: u64,
+    /// Follow-ups left after the current hinted poll.
+    follow_ups: u8,
 }
 
 const MILLI: u64 = 1000;
@@ -112,6 +122,7 @@ impl Schedule {
             refilled: now,
             next: (now, Reason::Interval),
             rng: seed | 1,
+            follow_ups: 0,
         }
     }
 
@@ -131,6 +142,14 @@ impl Schedule {
     /// Records a finished poll at `now` and schedules the next one.
     pub fn poll_finished(&mut self, now: Instant, outcome: Outcome) -> (Instant, Reason) {
         self.last_reply = now;
+        self.follow_ups = match self.next.1 {
+            Reason::Hint => HINT_FOLLOW_UPS,
+            Reason::HintFollowUp => self.follow_ups.saturating_sub(1),
+            _ => 0,
+        };
+        if outcome.got_messages || outcome.hint_ms.is_some() {
+            self.follow_ups = 0;
+        }
         if outcome.got_messages {
             self.last_traffic = now;
         }
@@ -154,6 +173,12 @@ impl Schedule {
             now.checked_add(self.jitter(interval)).unwrap_or(now),
             Reason::Interval,
         );
+        if self.follow_ups > 0 {
+            let at = now.checked_add(self.settings.min).unwrap_or(now);
+            if at < next.0 {
+                next = (at, Reason::HintFollowUp);
+            }
+        }
         if let Some(ms) = outcome.hint_ms {
             let hint = Duration::from_millis(ms).clamp(self.settings.min, self.settings.max);
             let at = now.checked_add(hint).unwrap_or(now);
@@ -466,6 +491,55 @@ mod tests {
             (now + ms(260), Reason::Hint)
         );
         assert_eq!(hinted(u64::MAX, true), (t0 + ms(100), Reason::Interval));
+    }
+
+    #[test]
+    fn an_empty_hinted_poll_is_followed_up_twice_at_the_floor() {
+        let t0 = Instant::now();
+        let slow = Settings {
+            active: ms(500),
+            ..settings()
+        };
+        let mut s = Schedule::new(slow, t0, 1);
+        s.poll_started(t0);
+        let hinted = Outcome {
+            hint_ms: Some(200),
+            ..Outcome::default()
+        };
+        assert_eq!(s.poll_finished(t0, hinted), (t0 + ms(200), Reason::Hint));
+        let mut now = t0 + ms(200);
+        let mut seen = vec![];
+        for _ in 0..4 {
+            s.poll_started(now);
+            let (next, why) = s.poll_finished(now, Outcome::default());
+            seen.push(((next - now).as_millis(), why));
+            now = next;
+        }
+        assert_eq!(
+            seen,
+            vec![
+                (20, Reason::HintFollowUp),
+                (20, Reason::HintFollowUp),
+                (500, Reason::Interval),
+                (500, Reason::Interval)
+            ]
+        );
+        // A follow-up that finds the messages ends them.
+        s.poll_started(now);
+        s.poll_finished(now, hinted);
+        now += ms(200);
+        s.poll_started(now);
+        assert_eq!(
+            s.poll_finished(now, Outcome::default()).1,
+            Reason::HintFollowUp
+        );
+        now += ms(20);
+        s.poll_started(now);
+        let got = Outcome {
+            got_messages: true,
+            ..Outcome::default()
+        };
+        assert_eq!(s.poll_finished(now, got).1, Reason::Interval);
     }
 
     #[test]

@@ -142,6 +142,10 @@ struct FanoutArgs {
     /// Concurrent publishers per canister.
     #[arg(long, default_value_t = 1)]
     publishers: usize,
+    /// With `--period-ms`: publish with `app_publish_expect`, announcing the next publish
+    /// to the gateway (the canister's poll hint), as a timer-driven canister would.
+    #[arg(long)]
+    hint: bool,
     /// Sample one delivery in this many for latency.
     #[arg(long, default_value_t = 1)]
     sample_every: u64,
@@ -366,15 +370,21 @@ async fn open_sessions(
     Ok(sessions)
 }
 
+/// `app_publish(topic, size)`, or `app_publish_expect(topic, size, next_in_ms)` with a hint.
 async fn publish(
     agent: &ic_agent::Agent,
     canister: Principal,
     topic: &str,
     size: u32,
+    hint_ms: Option<u64>,
 ) -> Result<u64, LoadError> {
-    let arg = candid::encode_args((topic, size)).map_err(|e| LoadError::Protocol(e.to_string()))?;
+    let (method, arg) = match hint_ms {
+        Some(ms) => ("app_publish_expect", candid::encode_args((topic, size, ms))),
+        None => ("app_publish", candid::encode_args((topic, size))),
+    };
+    let arg = arg.map_err(|e| LoadError::Protocol(e.to_string()))?;
     let reply = agent
-        .update(&canister, "app_publish")
+        .update(&canister, method)
         .with_arg(arg)
         .call_and_wait()
         .await
@@ -433,7 +443,7 @@ async fn fanout(args: FanoutArgs) -> Result<(), LoadError> {
     let deadline = Instant::now() + Duration::from_secs(120);
     for &canister in &canisters {
         loop {
-            let n = publish(&agent, canister, topic, 1).await?;
+            let n = publish(&agent, canister, topic, 1, None).await?;
             if n as usize >= args.clients_per_canister || Instant::now() > deadline {
                 println!("canister {canister}: {n} subscribers");
                 break;
@@ -457,6 +467,7 @@ async fn fanout(args: FanoutArgs) -> Result<(), LoadError> {
             let (agent, published) = (agent.clone(), published.clone());
             let (size, interval) = (args.size, Duration::from_millis(args.interval_ms));
             let period = Duration::from_millis(args.period_ms);
+            let hint = (args.hint && args.period_ms > 0).then_some(args.period_ms);
             publishers.push(tokio::spawn(async move {
                 let mut ticker = (!period.is_zero()).then(|| {
                     let phase = period.mul_f64(rand::random::<f64>());
@@ -472,7 +483,7 @@ async fn fanout(args: FanoutArgs) -> Result<(), LoadError> {
                             break;
                         }
                     }
-                    match publish(&agent, canister, topic, size).await {
+                    match publish(&agent, canister, topic, size, hint).await {
                         Ok(n) => {
                             published.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
                         }
