@@ -56,7 +56,8 @@ async fn the_gateway_polls_at_the_time_the_canister_hints() {
             .arg("--poll-min-interval-ms", "20")
             .arg("--poll-jitter-pct", "0")
             .arg("--batch-interval-ms", "10")
-            .arg("--idle-timeout-ms", "600000"),
+            .arg("--idle-timeout-ms", "600000")
+            .arg("--log", "info,ic_ws_gateway::poller=debug"),
     )
     .unwrap();
     let mut client = RawClient::connect(&gw.url(), canister, None).await.unwrap();

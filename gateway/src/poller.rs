@@ -79,11 +79,18 @@ pub async fn run<C: CanisterApi>(shared: Arc<Shared<C>>, hub: Arc<Hub>) -> Worke
                 tracing::warn!(canister = %hub.canister, cursor, "ws_poll failed: {e}");
             }
         }
-        let (mut next, _) = schedule.poll_finished(Instant::now(), outcome);
+        let now = Instant::now();
+        let (mut next, reason) = schedule.poll_finished(now, outcome);
+        tracing::debug!(canister = %hub.canister, ?reason, in_ms = next.saturating_duration_since(now).as_millis(), ?outcome, "next poll");
         loop {
             tokio::select! {
                 _ = tokio::time::sleep_until(next.into()) => break,
-                _ = hub.poll_wake.notified() => next = schedule.woken(Instant::now()).0,
+                _ = hub.poll_wake.notified() => {
+                    let now = Instant::now();
+                    let (at, reason) = schedule.woken(now);
+                    next = at;
+                    tracing::debug!(canister = %hub.canister, ?reason, in_ms = at.saturating_duration_since(now).as_millis(), "woken");
+                }
                 _ = closing.wait_for(|c| *c) => break 'polls,
             }
         }
