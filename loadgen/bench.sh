@@ -5,6 +5,9 @@
 #   loadgen/bench.sh idle 10000,19000         # idle connections held, gateway RSS per connection
 #   loadgen/bench.sh fanout 1 2000            # 1 canister x 2000 subscribers
 #   loadgen/bench.sh fanout 10 200            # 10 canisters x 200 subscribers
+#   PUBLISHERS=1 SAMPLE=1 FANOUT_ARGS="--interval-ms 500" loadgen/bench.sh fanout 1 100
+#                                             # bursts after silence: 100 messages, 500 ms pause
+#                                             # (more in BENCHMARKS.md, "Polling: latency vs queries")
 #   loadgen/bench.sh inbound 1000 1           # 1000 clients x 1 message/s
 #   loadgen/bench.sh gateway 1000 50 100      # the gateway alone, fake canister on its own
 #                                             # thread: 1000 sessions x 50 messages per 100 ms
@@ -20,7 +23,8 @@
 # $TARGET/wasm32-unknown-unknown/canister/ic_ws_e2e_test_app.wasm), GATEWAY_ARGS (extra gateway
 # flags, e.g. a memory budget), SECS (measured seconds), ATTACK_ARGS (extra `loadgen attack`
 # flags, e.g. "--attackers 2000 --baseline-secs 10"), BUDGET_MIB (the memory budget the RSS
-# peak is reported against, default 512).
+# peak is reported against, default 512), FANOUT_ARGS (extra `loadgen fanout` flags, e.g.
+# "--period-ms 1000 --idle-after-secs 65"), REPLICA_ARGS (extra replica flags).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 target=${TARGET:-target}
@@ -51,7 +55,7 @@ shift
 start_replica() { # $1 = number of canisters
   local installs=()
   for i in $(seq 0 $(($1 - 1))); do installs+=(--install "bench$i=$wasm"); done
-  "$replica" --port 0 --json --seed bench "${installs[@]}" >"$run/replica.json" 2>"$run/replica.log" &
+  "$replica" --port 0 --json --seed bench ${REPLICA_ARGS:-} "${installs[@]}" >"$run/replica.json" 2>"$run/replica.log" &
   pids+=($!)
   for _ in $(seq 1200); do [ -s "$run/replica.json" ] && break; sleep 0.1; done
   [ -s "$run/replica.json" ] || { cat "$run/replica.log" >&2; exit 1; }
@@ -95,7 +99,8 @@ case "$scenario" in
     start_gateway "$replica_url" "$canister_ids" --fetch-root-key
     "$loadgen" fanout --gateway "$gw_listen" --admin "$gw_admin" --gateway-pid "$gateway_pid" \
       --replica "$replica_url" --canisters "$canister_ids" --clients-per-canister "${2:-1000}" \
-      --secs "${SECS:-20}" --publishers "${PUBLISHERS:-2}" --size "${SIZE:-64}" --sample-every "${SAMPLE:-10}"
+      --secs "${SECS:-20}" --publishers "${PUBLISHERS:-2}" --size "${SIZE:-64}" --sample-every "${SAMPLE:-10}" \
+      ${FANOUT_ARGS:-}
     ;;
   inbound)
     start_replica 1

@@ -408,6 +408,9 @@ pub enum Inbound {
     Trap,
     /// Burns about this many instructions.
     Burn(u64),
+    /// The app expects to send in this many ms (`expect_messages_at`); answers
+    /// `Echo("expect")`.
+    ExpectIn(u64),
 }
 
 /// The test app's outbound type (mirrors `ic_ws_e2e_test_app::Outbound`).

@@ -257,11 +257,40 @@ pub struct Config {
     #[arg(long, env = "IC_WS_GATEWAY_RETRY_BACKOFF_MS", default_value_t = 100)]
     pub retry_backoff_ms: u64,
 
-    /// Poll interval while messages flow, in ms.
+    /// Shortest time between a poll reply and the next poll brought forward by a relayed
+    /// update or a canister's hint, in ms.
     #[arg(long, env = "IC_WS_GATEWAY_POLL_MIN_INTERVAL_MS", default_value_t = 20)]
     pub poll_min_interval_ms: u64,
 
-    /// Poll interval when idle (reached by doubling after each empty poll), in ms.
+    /// Poll interval while there was traffic (messages polled or an update relayed) within
+    /// `--poll-active-window-ms`, in ms (kept within the min and max intervals).
+    #[arg(
+        long,
+        env = "IC_WS_GATEWAY_POLL_ACTIVE_INTERVAL_MS",
+        default_value_t = 100
+    )]
+    pub poll_active_interval_ms: u64,
+
+    /// How long after the last traffic polling stays at the active interval, in ms.
+    #[arg(
+        long,
+        env = "IC_WS_GATEWAY_POLL_ACTIVE_WINDOW_MS",
+        default_value_t = 60_000
+    )]
+    pub poll_active_window_ms: u64,
+
+    /// Polls per second per canister the gateway starts at most on average (bursts of 5;
+    /// the immediate follow-ups of a reply flagged `more` are not counted).
+    #[arg(long, env = "IC_WS_GATEWAY_POLL_MAX_RATE", default_value_t = 10)]
+    pub poll_max_rate: u32,
+
+    /// Random spread of each poll interval, in percent (0-50), so gateways do not poll in
+    /// lockstep.
+    #[arg(long, env = "IC_WS_GATEWAY_POLL_JITTER_PCT", default_value_t = 10)]
+    pub poll_jitter_pct: u8,
+
+    /// Poll interval when idle (reached by doubling from the active interval once the active
+    /// window has passed; also the latest a canister's hint can put the next poll), in ms.
     #[arg(
         long,
         env = "IC_WS_GATEWAY_POLL_MAX_INTERVAL_MS",
@@ -404,6 +433,7 @@ impl Config {
             ("--relay-queue", self.relay_queue as u64),
             ("--retry-attempts", u64::from(self.retry_attempts)),
             ("--poll-min-interval-ms", self.poll_min_interval_ms),
+            ("--poll-max-rate", u64::from(self.poll_max_rate)),
             ("--shutdown-timeout-ms", self.shutdown_timeout_ms),
         ];
         for (name, value) in positive {
@@ -415,6 +445,12 @@ impl Config {
             return err(format!(
                 "--poll-max-interval-ms ({}) is below --poll-min-interval-ms ({})",
                 self.poll_max_interval_ms, self.poll_min_interval_ms
+            ));
+        }
+        if self.poll_jitter_pct > 50 {
+            return err(format!(
+                "--poll-jitter-pct ({}) must be at most 50",
+                self.poll_jitter_pct
             ));
         }
         if self.max_frame_size > self.max_message_size {
@@ -560,6 +596,19 @@ impl Config {
     pub fn poll_max_interval(&self) -> Duration {
         Duration::from_millis(self.poll_max_interval_ms)
     }
+    /// The polling policy's settings.
+    pub fn poll_schedule(&self) -> crate::schedule::Settings {
+        crate::schedule::Settings {
+            min: self.poll_min_interval(),
+            active: Duration::from_millis(self.poll_active_interval_ms)
+                .min(self.poll_max_interval())
+                .max(self.poll_min_interval()),
+            max: self.poll_max_interval(),
+            active_window: Duration::from_millis(self.poll_active_window_ms),
+            max_rate: self.poll_max_rate,
+            jitter_pct: self.poll_jitter_pct,
+        }
+    }
     /// Poller stop delay.
     pub fn poll_idle_stop(&self) -> Duration {
         Duration::from_millis(self.poll_idle_stop_ms)
@@ -665,6 +714,8 @@ mod tests {
                 ],
                 "poll-max-interval",
             ),
+            (&["--poll-max-rate", "0"], "--poll-max-rate"),
+            (&["--poll-jitter-pct", "51"], "--poll-jitter-pct"),
             (&["--tls-cert", "c.pem"], "--tls-key"),
             (&["--fetch-root-key"], "mainnet"),
             (&["--network", "ftp://x"], "http"),

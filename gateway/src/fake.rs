@@ -562,6 +562,7 @@ impl CanisterApi for FakeCanister {
             messages,
             certificate: FAKE_CERTIFICATE.to_vec(),
             tree,
+            next_poll_ms: None,
         }))
     }
 }

@@ -12,7 +12,8 @@
 //!   implementation; relay and poller are generic over the trait;
 //! - [`listener`]: accept loop, TLS, handshake, connection limits; [`ratelimit`]: per-IP rate;
 //! - [`session`]: one client connection; [`outbox`]: its bounded send buffer;
-//! - [`relay`]: client -> canister batching; [`poller`]: canister -> client delivery;
+//! - [`relay`]: client -> canister batching; [`poller`]: canister -> client delivery, on
+//!   the [`schedule`] policy (when to poll);
 //!   [`witness`]: per-client pruned trees; [`hub`]: the shared state they meet in;
 //! - [`supervisor`]: spawns, restarts and stops every long-lived worker; [`health`]: which
 //!   are down;
@@ -62,6 +63,7 @@ pub mod outbox;
 pub mod poller;
 pub mod ratelimit;
 pub mod relay;
+pub mod schedule;
 pub mod session;
 pub mod shutdown;
 pub mod supervisor;

@@ -2,46 +2,37 @@
 //!
 //! It calls `ws_poll` from its cursor, cuts each client's messages out of the reply with a
 //! witness pruned to them ([`crate::witness`]) and pushes one `Messages` frame per client into
-//! that client's bounded send buffer (never waiting for a client). The interval adapts: the
-//! minimum while messages flow (and right after a client message was relayed, since replies
-//! are likely), doubling after each empty poll up to the maximum; `more` in a reply means poll
-//! again at once. The poller stops some time after its canister's last client left.
+//! that client's bounded send buffer (never waiting for a client). When it polls is the
+//! [`crate::schedule`] policy's call: every `--poll-active-interval-ms` while there was
+//! traffic in the last minute, backing off to `--poll-max-interval-ms` when idle, right after
+//! every update the gateway relays (`hub.poll_wake`), at once after a reply flagged `more`,
+//! no later than the canister's hint (`next_poll_ms`, clamped), jittered and within a query
+//! budget. The poller stops some time after its canister's last
+//! client left.
 
 use crate::canister::CanisterApi;
 use crate::health::WorkerExit;
 use crate::hub::{Hub, Page, Shared};
 use crate::metrics::ErrorKind;
+use crate::schedule::{Outcome, Schedule};
 use crate::witness::PageWitness;
 use ic_ws_protocol::types::{ClientId, OutboundMessage, PollReply, PollRequest};
 use std::collections::HashMap;
+use std::hash::BuildHasher;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
-
-/// The next poll interval after a poll that returned `got_messages`.
-pub fn next_interval(
-    current: Duration,
-    got_messages: bool,
-    min: Duration,
-    max: Duration,
-) -> Duration {
-    if got_messages {
-        min
-    } else {
-        current.saturating_mul(2).clamp(min, max)
-    }
-}
+use std::time::Instant;
 
 /// Polls `hub`'s canister until the gateway closes or the canister has had no client for
 /// `--poll-idle-stop-ms`.
 pub async fn run<C: CanisterApi>(shared: Arc<Shared<C>>, hub: Arc<Hub>) -> WorkerExit {
-    let min = shared.config.poll_min_interval();
-    let max = shared.config.poll_max_interval();
     let mut closing = shared.closing.subscribe();
-    let mut interval = min;
+    // Jitter seed: differs per process and canister.
+    let seed = std::collections::hash_map::RandomState::new().hash_one(hub.canister);
+    let mut schedule = Schedule::new(shared.config.poll_schedule(), Instant::now(), seed);
     let mut cursor = hub.cursor();
     let mut last_client = Instant::now();
     tracing::debug!(canister = %hub.canister, cursor, "poller started");
-    loop {
+    'polls: loop {
         if *closing.borrow() {
             break;
         }
@@ -60,42 +51,48 @@ pub async fn run<C: CanisterApi>(shared: Arc<Shared<C>>, hub: Arc<Hub>) -> Worke
             max_bytes: shared.config.poll_max_bytes,
         };
         let started = Instant::now();
+        schedule.poll_started(started);
         shared.metrics.polls.inc();
         let result = shared.api.ws_poll(hub.canister, request).await;
         shared
             .metrics
             .poll_latency
             .observe_duration(started.elapsed());
-        let mut more = false;
+        let mut outcome = Outcome::default();
         match result {
             Ok(Ok(reply)) => {
-                let got = !reply.messages.is_empty();
-                more = reply.more;
+                outcome.got_messages = !reply.messages.is_empty();
+                outcome.more = reply.more;
+                outcome.hint_ms = reply.next_poll_ms;
                 cursor = reply.next_cursor;
                 hub.set_cursor(cursor);
-                if got {
+                if outcome.got_messages {
                     deliver(&shared, &hub, reply);
                 }
-                interval = next_interval(interval, got, min, max);
             }
             Ok(Err(e)) => {
                 shared.metrics.error(ErrorKind::Poll);
                 tracing::warn!(canister = %hub.canister, cursor, "ws_poll refused: {e}");
-                interval = next_interval(interval, false, min, max);
             }
             Err(e) => {
                 shared.metrics.error(ErrorKind::Poll);
                 tracing::warn!(canister = %hub.canister, cursor, "ws_poll failed: {e}");
-                interval = next_interval(interval, false, min, max);
             }
         }
-        if more {
-            continue;
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(interval) => {}
-            _ = hub.poll_wake.notified() => interval = min,
-            _ = closing.wait_for(|c| *c) => break,
+        let now = Instant::now();
+        let (mut next, reason) = schedule.poll_finished(now, outcome);
+        tracing::debug!(canister = %hub.canister, ?reason, in_ms = next.saturating_duration_since(now).as_millis(), ?outcome, "next poll");
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep_until(next.into()) => break,
+                _ = hub.poll_wake.notified() => {
+                    let now = Instant::now();
+                    let (at, reason) = schedule.woken(now);
+                    next = at;
+                    tracing::debug!(canister = %hub.canister, ?reason, in_ms = at.saturating_duration_since(now).as_millis(), "woken");
+                }
+                _ = closing.wait_for(|c| *c) => break 'polls,
+            }
         }
     }
     hub.poller_stopped();
@@ -143,22 +140,4 @@ pub fn deliver<C: CanisterApi>(shared: &Shared<C>, hub: &Hub, reply: PollReply) 
         .metrics
         .page_distribution
         .observe_duration(received.elapsed());
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn interval_is_fast_with_traffic_and_backs_off_when_idle() {
-        let (min, max) = (Duration::from_millis(20), Duration::from_millis(500));
-        let mut i = min;
-        let mut seen = vec![];
-        for _ in 0..7 {
-            i = next_interval(i, false, min, max);
-            seen.push(i.as_millis());
-        }
-        assert_eq!(seen, vec![40, 80, 160, 320, 500, 500, 500]);
-        assert_eq!(next_interval(i, true, min, max), min);
-    }
 }

@@ -578,6 +578,8 @@ async fn process<C: CanisterApi>(
                 .into_iter()
                 .map(|(client_id, conn_id)| RelayItem::Close { client_id, conn_id }),
         );
+        // Closing may make the canister send (an `on_close` telling a room): poll soon.
+        hub.poll_wake.notify_one();
     }
     if !opens.is_empty() {
         let again = relay_opens(shared, hub, opens, &deferred).await;

@@ -29,7 +29,9 @@
 //!
 //! From any update method (handlers, the app's own endpoints, timers) the app calls
 //! [`send`], [`publish`], [`subscribe`], [`unsubscribe`], [`close`], and inspects sessions
-//! with [`client_info`] and [`clients`].
+//! with [`client_info`] and [`clients`]. An app that knows when it will next send (a timer)
+//! says so with [`expect_messages_at`]: gateways read it from the poll reply
+//! (`next_poll_ms`) and poll then instead of on their own, slower idle schedule.
 //!
 //! # Handlers and re-entrancy
 //!
@@ -324,6 +326,49 @@ pub fn housekeeping() {
     housekeeping_run(max);
     runtime::with_state(|s| s.certify());
     report_closes();
+}
+
+thread_local! {
+    /// The earliest time (ns) the app said it will send messages at ([`expect_messages_at`]).
+    static POLL_HINT_AT: Cell<Option<u64>> = const { Cell::new(None) };
+}
+
+/// Tells the gateways that this canister expects to send messages at `time_ns` (IC time,
+/// e.g. its next timer's deadline), so they poll then instead of waiting for their own
+/// schedule: `ws_poll` replies carry the time left as `next_poll_ms` until it passes. The
+/// earliest future time given wins; times already past are ignored. Advisory: it is kept in
+/// the heap only (an upgrade forgets it) and gateways clamp it to their own bounds.
+///
+/// ```
+/// # use ic_ws_canister::testing;
+/// # let _ = testing::open_test_client(1);
+/// // In a timer that fires every second:
+/// let next_tick = ic_ws_canister::time_ns() + 1_000_000_000;
+/// ic_ws_canister::expect_messages_at(next_tick);
+/// ```
+pub fn expect_messages_at(time_ns: u64) {
+    let now = env::time_ns();
+    if time_ns <= now {
+        return;
+    }
+    POLL_HINT_AT.with(|h| {
+        let keep = h.get().filter(|&t| t > now && t <= time_ns);
+        h.set(Some(keep.unwrap_or(time_ns)));
+    });
+}
+
+/// The current IC time in ns (what [`expect_messages_at`] compares with).
+pub fn time_ns() -> u64 {
+    env::time_ns()
+}
+
+/// Milliseconds from `now` to the hinted time (rounded up: a poll at the hint does not come
+/// before it), if one is ahead.
+fn poll_hint_ms(now: u64) -> Option<u64> {
+    POLL_HINT_AT
+        .with(Cell::get)
+        .filter(|&t| t > now)
+        .map(|t| (t - now).div_ceil(1_000_000))
 }
 
 /// The canister-wide usage the Sybil-proof caps bound (see [`WsConfig`]).
@@ -747,7 +792,9 @@ pub mod __private {
             return Err(WsError::InvalidArgument(NOT_REBUILT.into()));
         }
         let caller = env::caller();
-        with_state(|s| s.poll(caller, req))
+        let mut reply = with_state(|s| s.poll(caller, req))?;
+        reply.next_poll_ms = crate::poll_hint_ms(env::time_ns());
+        Ok(reply)
     }
 
     /// What `ws_poll` answers on a canister upgraded without the rebuild.

@@ -1145,6 +1145,7 @@ impl State {
             more,
             certificate,
             tree: encode_tree(&tree),
+            next_poll_ms: None,
         })
     }
 

@@ -202,6 +202,31 @@ fn open_message_send_poll_verify() {
 }
 
 #[test]
+fn poll_replies_carry_the_earliest_future_hint_rounded_up() {
+    let _c = open(1, 1);
+    assert_eq!(poll(1, 0).next_poll_ms, None);
+    let now = crate::time_ns();
+    crate::expect_messages_at(now + 3_000_000_000);
+    assert_eq!(poll(1, 0).next_poll_ms, Some(3_000));
+    // A later time does not replace an earlier one still ahead; an earlier one does.
+    crate::expect_messages_at(now + 9_000_000_000);
+    assert_eq!(poll(1, 0).next_poll_ms, Some(3_000));
+    crate::expect_messages_at(now + 1_500_000_001);
+    assert_eq!(poll(1, 0).next_poll_ms, Some(1_501));
+    // Past times are ignored; a passed hint is no longer reported.
+    crate::expect_messages_at(now - 1);
+    testing::advance_ns(1_000_000_000);
+    assert_eq!(poll(1, 0).next_poll_ms, Some(501));
+    testing::advance_ns(1_000_000_000);
+    assert_eq!(poll(1, 0).next_poll_ms, None);
+    // Once passed, a later time is taken.
+    crate::expect_messages_at(now + 9_000_000_000);
+    assert_eq!(poll(1, 0).next_poll_ms, Some(7_000));
+    // Every gateway gets it, with or without messages of its own.
+    assert_eq!(poll(2, 0).next_poll_ms, Some(7_000));
+}
+
+#[test]
 fn batch_in_order_with_per_entry_results() {
     let a = open(1, 1);
     let b = open(2, 1);

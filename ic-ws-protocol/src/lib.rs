@@ -108,6 +108,51 @@ mod tests {
     use super::*;
 
     #[test]
+    fn poll_replies_of_canisters_without_the_hint_still_decode() {
+        // The reply as canisters built before `next_poll_ms` encode it.
+        #[derive(candid::CandidType)]
+        struct OldPollReply {
+            messages: Vec<OutboundMessage>,
+            next_cursor: u64,
+            more: bool,
+            certificate: serde_bytes::ByteBuf,
+            tree: serde_bytes::ByteBuf,
+        }
+        let old = OldPollReply {
+            messages: vec![OutboundMessage {
+                client_id: 1,
+                seq: 0,
+                content: vec![5],
+            }],
+            next_cursor: 9,
+            more: true,
+            certificate: serde_bytes::ByteBuf::from(vec![1]),
+            tree: serde_bytes::ByteBuf::from(vec![2]),
+        };
+        let ok: Result<OldPollReply, WsError> = Ok(old);
+        let bytes = candid::encode_one(&ok).unwrap();
+        let decoded: types::PollResult = candid::decode_one(&bytes).unwrap();
+        let reply = decoded.unwrap();
+        assert_eq!(
+            (reply.next_cursor, reply.more, reply.next_poll_ms),
+            (9, true, None)
+        );
+        assert_eq!(reply.messages.len(), 1);
+        // And a new reply decodes as the old type (older gateways ignore the field).
+        let new = types::PollReply {
+            next_poll_ms: Some(250),
+            ..reply
+        };
+        let bytes = candid::encode_one(Ok::<_, WsError>(new)).unwrap();
+        #[derive(candid::CandidType, candid::Deserialize)]
+        struct OldDecoded {
+            next_cursor: u64,
+        }
+        let old: Result<OldDecoded, WsError> = candid::decode_one(&bytes).unwrap();
+        assert_eq!(old.unwrap().next_cursor, 9);
+    }
+
+    #[test]
     fn typed_encoder_gives_exactly_the_bytes_of_encode() {
         let frames = vec![
             GatewayFrame::Hello {

@@ -172,6 +172,12 @@ pub struct PollReply {
     /// CBOR hash tree whose root hash is the certified_data; it witnesses every message above.
     #[serde(with = "serde_bytes")]
     pub tree: Vec<u8>,
+    /// The canister's scheduling hint: it expects to send messages in about this many
+    /// milliseconds (its next timer, say), so a gateway may poll then rather than on its own
+    /// schedule. Advisory and uncertified; gateways clamp it. Absent in replies of canisters
+    /// built before it existed (candid decodes a missing `opt` field as `None`).
+    #[serde(default)]
+    pub next_poll_ms: Option<u64>,
 }
 
 /// Result of `ws_poll`.

@@ -135,12 +135,28 @@ struct FanoutArgs {
     /// Pause between publishes of one publisher, in ms (0 = back to back).
     #[arg(long, default_value_t = 0)]
     interval_ms: u64,
+    /// Publish on a fixed period per publisher, in ms (random phase; 0 = use
+    /// `--interval-ms`, a pause after each publish returns).
+    #[arg(long, default_value_t = 0)]
+    period_ms: u64,
     /// Concurrent publishers per canister.
     #[arg(long, default_value_t = 1)]
     publishers: usize,
+    /// With `--period-ms`: publish with `app_publish_expect`, announcing the next publish
+    /// to the gateway (the canister's poll hint), as a timer-driven canister would.
+    #[arg(long)]
+    hint: bool,
     /// Sample one delivery in this many for latency.
     #[arg(long, default_value_t = 1)]
     sample_every: u64,
+    /// After the run, wait this many seconds with no traffic (longer than the gateway's
+    /// `--poll-active-window-ms`) and then count the gateway's idle polls for `--idle-secs`
+    /// (0 = skip).
+    #[arg(long, default_value_t = 0)]
+    idle_after_secs: u64,
+    /// Seconds over which idle polls are counted.
+    #[arg(long, default_value_t = 10)]
+    idle_secs: u64,
 }
 
 #[derive(Args, Debug)]
@@ -354,15 +370,21 @@ async fn open_sessions(
     Ok(sessions)
 }
 
+/// `app_publish(topic, size)`, or `app_publish_expect(topic, size, next_in_ms)` with a hint.
 async fn publish(
     agent: &ic_agent::Agent,
     canister: Principal,
     topic: &str,
     size: u32,
+    hint_ms: Option<u64>,
 ) -> Result<u64, LoadError> {
-    let arg = candid::encode_args((topic, size)).map_err(|e| LoadError::Protocol(e.to_string()))?;
+    let (method, arg) = match hint_ms {
+        Some(ms) => ("app_publish_expect", candid::encode_args((topic, size, ms))),
+        None => ("app_publish", candid::encode_args((topic, size))),
+    };
+    let arg = arg.map_err(|e| LoadError::Protocol(e.to_string()))?;
     let reply = agent
-        .update(&canister, "app_publish")
+        .update(&canister, method)
         .with_arg(arg)
         .call_and_wait()
         .await
@@ -421,7 +443,7 @@ async fn fanout(args: FanoutArgs) -> Result<(), LoadError> {
     let deadline = Instant::now() + Duration::from_secs(120);
     for &canister in &canisters {
         loop {
-            let n = publish(&agent, canister, topic, 1).await?;
+            let n = publish(&agent, canister, topic, 1, None).await?;
             if n as usize >= args.clients_per_canister || Instant::now() > deadline {
                 println!("canister {canister}: {n} subscribers");
                 break;
@@ -444,15 +466,30 @@ async fn fanout(args: FanoutArgs) -> Result<(), LoadError> {
         for _ in 0..args.publishers {
             let (agent, published) = (agent.clone(), published.clone());
             let (size, interval) = (args.size, Duration::from_millis(args.interval_ms));
+            let period = Duration::from_millis(args.period_ms);
+            let hint = (args.hint && args.period_ms > 0).then_some(args.period_ms);
             publishers.push(tokio::spawn(async move {
+                let mut ticker = (!period.is_zero()).then(|| {
+                    let phase = period.mul_f64(rand::random::<f64>());
+                    let mut t =
+                        tokio::time::interval_at(tokio::time::Instant::now() + phase, period);
+                    t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                    t
+                });
                 while Instant::now() < until {
-                    match publish(&agent, canister, topic, size).await {
+                    if let Some(t) = ticker.as_mut() {
+                        t.tick().await;
+                        if Instant::now() >= until {
+                            break;
+                        }
+                    }
+                    match publish(&agent, canister, topic, size, hint).await {
                         Ok(n) => {
                             published.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
                         }
                         Err(e) => eprintln!("publish to {canister}: {e}"),
                     }
-                    if !interval.is_zero() {
+                    if ticker.is_none() && !interval.is_zero() {
                         tokio::time::sleep(interval).await;
                     }
                 }
@@ -494,19 +531,37 @@ async fn fanout(args: FanoutArgs) -> Result<(), LoadError> {
     let gw_p99 = stats::histogram_quantile(&m0, &m1, "ic_ws_gateway_delivery_delay_seconds", 0.99)
         .map_or(f64::NAN, |s| s * 1000.0);
     let polls = metric(&m1, "ic_ws_gateway_polls_total") - metric(&m0, "ic_ws_gateway_polls_total");
+    let polled_secs = t1.duration_since(t0).as_secs_f64();
+    let qps = polls / polled_secs / canisters.len() as f64;
     let gaps = stats.gaps.load(std::sync::atomic::Ordering::Relaxed);
     let closed = stats.closed.load(std::sync::atomic::Ordering::Relaxed);
     println!(
-        "fanout: {} canisters x {} clients, {} B payloads: {delivered} of {expected} published messages delivered in {wall:.1} s = {rate:.0} msg/s; gateway CPU {cpu:.2} cores; {polls} polls",
+        "fanout: {} canisters x {} clients, {} B payloads: {delivered} of {expected} published messages delivered in {wall:.1} s = {rate:.0} msg/s; gateway CPU {cpu:.2} cores; {polls} polls in {polled_secs:.1} s = {qps:.2} queries/s per canister",
         canisters.len(),
         args.clients_per_canister,
         args.size
     );
+    let idle_qps = if args.idle_after_secs > 0 {
+        tokio::time::sleep(Duration::from_secs(args.idle_after_secs)).await;
+        let (i0, _, it0) = probe.take().await;
+        tokio::time::sleep(Duration::from_secs(args.idle_secs.max(1))).await;
+        let (i1, _, it1) = probe.take().await;
+        let n = metric(&i1, "ic_ws_gateway_polls_total") - metric(&i0, "ic_ws_gateway_polls_total");
+        let q = n / it1.duration_since(it0).as_secs_f64() / canisters.len() as f64;
+        println!(
+            "idle: {n} polls in {:.1} s after {} s without traffic = {q:.2} queries/s per canister",
+            it1.duration_since(it0).as_secs_f64(),
+            args.idle_after_secs
+        );
+        q
+    } else {
+        f64::NAN
+    };
     println!(
         "latency canister send -> client receipt (ms, {n} samples): p50 {p50:.1}, p99 {p99:.1}, max {max:.1}; gateway-added delay (bucket upper bounds): p50 <= {gw_p50} ms, p99 <= {gw_p99} ms; gaps {gaps}, sessions lost {closed}"
     );
     println!(
-        "{{\"scenario\":\"fanout\",\"canisters\":{},\"clients_per_canister\":{},\"size\":{},\"published\":{expected},\"delivered\":{delivered},\"seconds\":{wall:.2},\"msgs_per_s\":{rate:.0},\"gateway_cpu_cores\":{cpu:.2},\"latency_ms\":{{\"p50\":{p50:.2},\"p99\":{p99:.2},\"max\":{max:.2}}},\"gateway_delay_ms\":{{\"p50_le\":{gw_p50},\"p99_le\":{gw_p99}}},\"gaps\":{gaps},\"lost_sessions\":{closed}}}",
+        "{{\"scenario\":\"fanout\",\"canisters\":{},\"clients_per_canister\":{},\"size\":{},\"published\":{expected},\"delivered\":{delivered},\"seconds\":{wall:.2},\"msgs_per_s\":{rate:.0},\"gateway_cpu_cores\":{cpu:.2},\"latency_ms\":{{\"p50\":{p50:.2},\"p99\":{p99:.2},\"max\":{max:.2}}},\"gateway_delay_ms\":{{\"p50_le\":{gw_p50},\"p99_le\":{gw_p99}}},\"queries_per_s_per_canister\":{qps:.2},\"idle_queries_per_s_per_canister\":{idle_qps:.2},\"gaps\":{gaps},\"lost_sessions\":{closed}}}",
         canisters.len(),
         args.clients_per_canister,
         args.size

@@ -32,6 +32,9 @@ pub enum Inbound {
     Trap,
     /// Burns about this many instructions (instruction budget tests).
     Burn(u64),
+    /// The app says it will send messages in this many ms
+    /// (`ic_ws_canister::expect_messages_at`), then answers `Outbound::Echo("expect")`.
+    ExpectIn(u64),
 }
 
 /// What the app sends.
@@ -89,6 +92,13 @@ fn message(client: ClientId, msg: Inbound) -> Result<(), String> {
         Inbound::Burn(n) => {
             burn(n);
             Ok(())
+        }
+        Inbound::ExpectIn(ms) => {
+            let at = ic_ws_canister::time_ns().saturating_add(ms.saturating_mul(1_000_000));
+            ic_ws_canister::expect_messages_at(at);
+            ic_ws_canister::send(client, &Outbound::Echo("expect".into()))
+                .map(|_| ())
+                .map_err(|e| e.to_string())
         }
     }
 }
@@ -248,6 +258,21 @@ fn app_publish(topic: String, size: u32) -> Result<(u64, u64, u64), String> {
         r.skipped.len() as u64,
         r.closed.len() as u64,
     ))
+}
+
+/// [`app_publish`], then announces the next publish in `next_in_ms`
+/// (`ic_ws_canister::expect_messages_at`), as a timer-driven app would (benchmarks of the
+/// gateway's use of the hint).
+#[ic_cdk::update]
+fn app_publish_expect(
+    topic: String,
+    size: u32,
+    next_in_ms: u64,
+) -> Result<(u64, u64, u64), String> {
+    let r = app_publish(topic, size)?;
+    let at = ic_ws_canister::time_ns().saturating_add(next_in_ms.saturating_mul(1_000_000));
+    ic_ws_canister::expect_messages_at(at);
+    Ok(r)
 }
 
 /// Closes a session.

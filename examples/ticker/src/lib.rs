@@ -276,8 +276,12 @@ fn setup(args: TickerInit) -> Result<(), String> {
 fn start_timer() {
     let interval_ms = SETTINGS.with(|s| s.borrow().get().interval_ms);
     if interval_ms > 0 {
-        ic_cdk_timers::set_timer_interval(Duration::from_millis(interval_ms), || async {
+        ic_cdk_timers::set_timer_interval(Duration::from_millis(interval_ms), move || async move {
             tick_once();
+            // Tell the gateways when the next quotes come, so they poll then (the poll
+            // hint) rather than on their own schedule.
+            let next = now_ns().saturating_add(interval_ms.saturating_mul(1_000_000));
+            ic_ws_canister::expect_messages_at(next);
         });
     }
 }
