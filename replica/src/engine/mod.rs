@@ -11,6 +11,8 @@
 //! - `system_api` is the `ic0` import set with the IC's per-context rules;
 //! - `runtime` runs one message of one canister and commits or rolls it back;
 //! - `stable` is stable memory with an undo log;
+//! - `lifecycle` is canister lifecycle (stop, start, delete) and what canisters may call on the
+//!   management canister (`raw_rand`);
 //! - this module schedules messages: call contexts, callbacks, the message queue, timers,
 //!   the management canister subset, time.
 //!
@@ -18,6 +20,7 @@
 
 mod compile;
 pub mod instrument;
+mod lifecycle;
 mod runtime;
 mod stable;
 mod system_api;
@@ -185,6 +188,14 @@ impl Reject {
         )
     }
 
+    fn stopped(id: Principal) -> Self {
+        Reject::new(
+            RejectCode::CanisterError,
+            508,
+            format!("Canister {id} is stopped and therefore does not have a CallContextManager"),
+        )
+    }
+
     fn did_not_reply(id: Principal) -> Self {
         Reject::new(
             RejectCode::CanisterError,
@@ -306,6 +317,8 @@ struct Canister {
     runtime: Option<Runtime>,
     generation: u64,
     version: u64,
+    /// `stop_canister` was called (and no `start_canister` since): messages are refused.
+    stopped: bool,
 }
 
 /// The single-threaded owner of all canisters of the emulated subnet.
@@ -402,6 +415,7 @@ impl Engine {
                 runtime: None,
                 generation: 0,
                 version: 0,
+                stopped: false,
             },
         );
         id
@@ -776,6 +790,10 @@ impl Engine {
             self.answer(origin, Err(Reject::canister_not_found(id)));
             return 0;
         };
+        if canister.stopped {
+            self.answer(origin, Err(Reject::stopped(id)));
+            return 0;
+        }
         let Some(rt) = canister.runtime.as_mut() else {
             self.answer(origin, Err(Reject::no_wasm_module(id)));
             return 0;
@@ -1002,41 +1020,6 @@ impl Engine {
         self.after_execution(cb.call_context, outcome);
     }
 
-    /// The part of the management canister (`aaaaa-aa`) canisters can call here.
-    fn management_call(
-        &mut self,
-        _caller: Principal,
-        method: &str,
-        arg: &[u8],
-    ) -> Result<Vec<u8>, Reject> {
-        match method {
-            "raw_rand" => {
-                if candid::decode_args::<()>(arg).is_err() {
-                    return Err(Reject::new(
-                        RejectCode::CanisterReject,
-                        408,
-                        "Management canister: raw_rand takes no argument",
-                    ));
-                }
-                self.rand_counter += 1;
-                let mut h = Sha256::new();
-                h.update(self.rand_seed);
-                h.update(self.rand_counter.to_le_bytes());
-                let bytes: Vec<u8> = h.finalize().to_vec();
-                candid::encode_one(bytes)
-                    .map_err(|e| Reject::new(RejectCode::SysFatal, 0, format!("raw_rand encoding: {e}")))
-            }
-            _ => Err(Reject::new(
-                RejectCode::CanisterReject,
-                407,
-                format!(
-                    "Management canister method '{method}' is not supported by ic-ws-replica when called by a \
-                     canister (supported: raw_rand)"
-                ),
-            )),
-        }
-    }
-
     // ---------------------------------------------------------------- queries
 
     /// Executes a query. Never changes state, whatever the canister does.
@@ -1054,6 +1037,9 @@ impl Engine {
             .canisters
             .get_mut(&canister)
             .ok_or_else(|| Reject::canister_not_found(canister))?;
+        if c.stopped {
+            return Err(Reject::stopped(canister));
+        }
         let rt = c
             .runtime
             .as_mut()
@@ -1099,6 +1085,9 @@ impl Engine {
             .canisters
             .get_mut(&canister)
             .ok_or_else(|| Reject::canister_not_found(canister))?;
+        if c.stopped {
+            return Err(Reject::stopped(canister));
+        }
         let rt = c
             .runtime
             .as_mut()
@@ -1135,7 +1124,13 @@ impl Engine {
         let now = self.round_time;
         let ids: Vec<Principal> = self.canisters.keys().copied().collect();
         for id in ids {
-            let Some(rt) = self.canisters.get_mut(&id).and_then(|c| c.runtime.as_mut()) else {
+            // Stopped canisters run no timers or heartbeats (as on the IC).
+            let Some(rt) = self
+                .canisters
+                .get_mut(&id)
+                .filter(|c| !c.stopped)
+                .and_then(|c| c.runtime.as_mut())
+            else {
                 continue;
             };
             let timer = rt.host().global_timer;
