@@ -16,10 +16,10 @@
 
 use candid::{CandidType, Nat, Principal};
 use ic_management_canister_types::{
-    CanisterIdRecord, CanisterInstallMode, CanisterSettings, CanisterStatusResult,
-    CanisterStatusType, CreateCanisterArgs, DefiniteCanisterSettings, InstallCodeArgs,
-    LogVisibility, MemoryMetrics, ProvisionalCreateCanisterWithCyclesArgs, QueryStats,
-    SnapshotVisibility, UpdateSettingsArgs, WasmMemoryPersistence,
+    CanisterIdRecord, CanisterInstallMode, CanisterSettings, CanisterStatusType,
+    CreateCanisterArgs, EnvironmentVariable, InstallCodeArgs, LogVisibility, MemoryMetrics,
+    ProvisionalCreateCanisterWithCyclesArgs, QueryStats, SnapshotVisibility, UpdateSettingsArgs,
+    WasmMemoryPersistence,
 };
 use serde::de::DeserializeOwned;
 
@@ -287,6 +287,49 @@ pub(crate) fn execute(
     }
 }
 
+/// `canister_status` reply. The fields of `ic-management-canister-types` 0.8 plus those of the
+/// current interface specification that newer clients require (icp-cli 1.5 fails to decode a
+/// reply without `status_visibility` and `minimum_incoming_canister_call_cycles`); older clients ignore extra fields
+/// (candid record subtyping).
+#[derive(CandidType)]
+struct CanisterStatusResult {
+    status: CanisterStatusType,
+    ready_for_migration: bool,
+    version: u64,
+    settings: DefiniteCanisterSettings,
+    module_hash: Option<Vec<u8>>,
+    memory_size: Nat,
+    memory_metrics: MemoryMetrics,
+    cycles: Nat,
+    reserved_cycles: Nat,
+    idle_cycles_burned_per_day: Nat,
+    query_stats: QueryStats,
+}
+
+#[derive(CandidType)]
+struct DefiniteCanisterSettings {
+    controllers: Vec<Principal>,
+    compute_allocation: Nat,
+    memory_allocation: Nat,
+    freezing_threshold: Nat,
+    reserved_cycles_limit: Nat,
+    log_visibility: LogVisibility,
+    log_memory_limit: Nat,
+    snapshot_visibility: SnapshotVisibility,
+    wasm_memory_limit: Nat,
+    wasm_memory_threshold: Nat,
+    environment_variables: Vec<EnvironmentVariable>,
+    status_visibility: StatusVisibility,
+    minimum_incoming_canister_call_cycles: Nat,
+}
+
+/// Who may read `canister_status` (current interface specification).
+#[derive(CandidType)]
+#[allow(non_camel_case_types)]
+enum StatusVisibility {
+    controllers,
+}
+
 fn status(core: &Core, canister: Principal) -> CanisterStatusResult {
     let engine = &core.engine;
     let nat = |n: u64| Nat::from(n);
@@ -312,6 +355,8 @@ fn status(core: &Core, canister: Principal) -> CanisterStatusResult {
             wasm_memory_limit: nat(3_221_225_472),
             wasm_memory_threshold: nat(0),
             environment_variables: Vec::new(),
+            status_visibility: StatusVisibility::controllers,
+            minimum_incoming_canister_call_cycles: nat(0),
         },
         module_hash: engine.module_hash(canister).map(|h| h.to_vec()),
         memory_size: nat(heap + stable),
@@ -336,5 +381,59 @@ fn status(core: &Core, canister: Principal) -> CanisterStatusResult {
             request_payload_bytes_total: nat(0),
             response_payload_bytes_total: nat(0),
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Replica, ReplicaConfig};
+
+    /// What icp-cli 1.5 requires of the reply (it refuses replies without these fields), and
+    /// that ic-utils' older type still decodes it.
+    #[test]
+    fn status_reply_has_the_current_specification_fields() {
+        #[derive(CandidType, candid::Deserialize)]
+        #[allow(dead_code)]
+        enum Visibility {
+            #[serde(rename = "controllers")]
+            Controllers,
+            #[serde(rename = "public")]
+            Public,
+            #[serde(rename = "allowed_viewers")]
+            AllowedViewers(Vec<Principal>),
+        }
+        #[derive(CandidType, candid::Deserialize)]
+        struct Settings {
+            controllers: Vec<Principal>,
+            status_visibility: Visibility,
+            minimum_incoming_canister_call_cycles: Nat,
+        }
+        #[derive(CandidType, candid::Deserialize)]
+        struct Status {
+            settings: Settings,
+        }
+        let replica = Replica::new(ReplicaConfig::with_seed("status fields"));
+        let owner = Principal::from_slice(&[7; 29]);
+        let canister = replica.create_canister(vec![owner]);
+        let arg = candid::encode_one(CanisterIdRecord {
+            canister_id: canister,
+        })
+        .unwrap();
+        let reply = execute(&mut replica.core(), "canister_status", &arg, owner).unwrap();
+        let status: Status = candid::decode_one(&reply).unwrap();
+        assert_eq!(status.settings.controllers, vec![owner]);
+        assert!(matches!(
+            status.settings.status_visibility,
+            Visibility::Controllers
+        ));
+        assert_eq!(status.settings.minimum_incoming_canister_call_cycles, 0u64);
+        let old: ic_management_canister_types::CanisterStatusResult =
+            candid::decode_one(&reply).unwrap();
+        assert_eq!(old.status, CanisterStatusType::Running);
+        // Not a controller: refused.
+        let stranger = Principal::from_slice(&[8; 29]);
+        let e = execute(&mut replica.core(), "canister_status", &arg, stranger).unwrap_err();
+        assert_eq!(e.error_code.as_deref(), Some("IC0512"));
     }
 }
