@@ -168,6 +168,14 @@ impl StateTree {
         self.set_canister_leaf(canister, "controllers", Some(controllers));
     }
 
+    /// Removes everything under `/canister/<id>` (a deleted canister looks up as Absent).
+    pub(crate) fn remove_canister(&mut self, canister: Principal) {
+        let base = vec![label("canister"), canister.as_slice().to_vec()];
+        if self.tree.contains_path(&base) {
+            self.tree.delete(&base);
+        }
+    }
+
     /// Publishes (or replaces) the status of an ingress message.
     pub(crate) fn set_request_status(&mut self, request_id: &[u8; 32], status: &RequestStatus) {
         let base = vec![label("request_status"), request_id.to_vec()];

@@ -24,6 +24,7 @@ pub mod engine;
 mod error;
 pub mod http;
 mod keys;
+mod management;
 mod replica;
 pub mod wasm_build;
 

@@ -4,6 +4,12 @@
 //! ic-ws-replica --port 4943 --install chat=target/.../chat.wasm --install 'ticker=t.wasm:(record { period = 1 : nat })' --json
 //! ```
 //!
+//! On a running replica (or any IC network whose management canister serves install_code):
+//!
+//! ```text
+//! ic-ws-replica upgrade --url http://127.0.0.1:4943 lxzze-o7777-77777-aaaaa-cai=chat.wasm[.gz][:candid-args]
+//! ```
+//!
 //! Startup output (stdout) is meant for scripts: with `--json` exactly one JSON line
 //! `{"url":..,"root_key":..,"subnet_id":..,"canisters":{"name":"id",..}}`, otherwise
 //! `key: value` lines. Canister `debug_print` output and logs go to stderr. Runs until
@@ -23,7 +29,8 @@ use ic_ws_replica::{Replica, ReplicaConfig, ReplicaError};
 #[command(
     name = "ic-ws-replica",
     version,
-    about = "Embedded single-subnet Internet Computer replica serving the IC HTTP interface"
+    about = "Embedded single-subnet Internet Computer replica serving the IC HTTP interface",
+    after_help = "Upgrade canisters of a running replica: ic-ws-replica upgrade --help"
 )]
 struct Args {
     /// Port to listen on (0 = any free port; the chosen URL is printed).
@@ -52,6 +59,100 @@ struct Args {
     /// Print the startup information as one JSON line on stdout.
     #[arg(long)]
     json: bool,
+}
+
+/// `ic-ws-replica upgrade`: install_code through the management canister over HTTP.
+#[derive(Parser, Debug)]
+#[command(
+    name = "ic-ws-replica upgrade",
+    about = "Upgrade (or reinstall) canisters of a running replica through its management canister"
+)]
+struct UpgradeArgs {
+    /// The replica's URL.
+    #[arg(long, default_value = "http://127.0.0.1:4943")]
+    url: String,
+    /// `upgrade` (pre_upgrade, stable memory kept, post_upgrade) or `reinstall` (state wiped).
+    #[arg(long, default_value = "upgrade", value_parser = ["upgrade", "reinstall"])]
+    mode: String,
+    /// PEM file of an Ed25519 identity (`dfx identity export` / `icp identity export`);
+    /// without it the anonymous principal, which controls the canisters of `--install`.
+    #[arg(long)]
+    identity_pem: Option<PathBuf>,
+    /// CANISTER_ID=path.wasm[.gz][:candid-args] (repeatable).
+    #[arg(required = true, value_name = "CANISTER_ID=WASM[:ARGS]")]
+    targets: Vec<String>,
+}
+
+/// Gzips modules that are not gzipped yet (the 2 MiB ingress limit holds the whole request).
+fn ingress_module(wasm: Vec<u8>) -> Result<Vec<u8>, ReplicaError> {
+    use std::io::Write;
+    if wasm.starts_with(&[0x1f, 0x8b]) {
+        return Ok(wasm);
+    }
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    gz.write_all(&wasm)?;
+    Ok(gz.finish()?)
+}
+
+fn upgrade(args: UpgradeArgs) -> Result<(), ReplicaError> {
+    use ic_management_canister_types::CanisterInstallMode;
+    let config = |m: String| ReplicaError::Config(m);
+    let mut jobs = Vec::new();
+    for target in &args.targets {
+        let spec = parse_install(target)?;
+        let canister = candid::Principal::from_text(&spec.name).map_err(|e| {
+            config(format!(
+                "{target}: '{}' is not a canister id: {e}",
+                spec.name
+            ))
+        })?;
+        let arg = encode_candid_args(spec.arg_text.as_deref())?;
+        let wasm = std::fs::read(&spec.wasm).map_err(|source| ReplicaError::ReadFile {
+            path: spec.wasm.clone(),
+            source,
+        })?;
+        jobs.push((canister, spec.wasm, ingress_module(wasm)?, arg));
+    }
+    let mut builder = ic_agent::Agent::builder().with_url(&args.url);
+    if let Some(pem) = &args.identity_pem {
+        let identity = ic_agent::identity::BasicIdentity::from_pem_file(pem)
+            .map_err(|e| config(format!("identity {}: {e}", pem.display())))?;
+        builder = builder.with_identity(identity);
+    }
+    let agent = builder
+        .build()
+        .map_err(|e| config(format!("agent for {}: {e}", args.url)))?;
+    let mode = if args.mode == "reinstall" {
+        CanisterInstallMode::Reinstall
+    } else {
+        CanisterInstallMode::Upgrade(None)
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        agent
+            .fetch_root_key()
+            .await
+            .map_err(|e| config(format!("{}: cannot fetch the root key: {e}", args.url)))?;
+        let mgmt = ic_utils::interfaces::ManagementCanister::create(&agent);
+        for (canister, path, wasm, arg) in jobs {
+            mgmt.install_code(&canister, &wasm)
+                .with_mode(mode)
+                .with_raw_arg(arg)
+                .call_and_wait()
+                .await
+                .map_err(|e| {
+                    config(format!(
+                        "{} {canister} ({}): {e}",
+                        args.mode,
+                        path.display()
+                    ))
+                })?;
+            println!("{} {canister}: {}", args.mode, path.display());
+        }
+        Ok(())
+    })
 }
 
 /// One `--install` specification.
@@ -219,7 +320,14 @@ fn main() -> std::process::ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .init();
-    match run(Args::parse()) {
+    let mut argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let result = if argv.get(1).is_some_and(|a| a == "upgrade") {
+        argv.remove(1);
+        upgrade(UpgradeArgs::parse_from(argv))
+    } else {
+        run(Args::parse_from(argv))
+    };
+    match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("ic-ws-replica: {e}");

@@ -88,7 +88,8 @@ pub(crate) struct Core {
     pub(crate) engine: Engine,
     pub(crate) tree: StateTree,
     manual_clock: bool,
-    canisters: BTreeSet<Principal>,
+    /// Canisters whose state is published in the tree (all existing ones).
+    pub(crate) canisters: BTreeSet<Principal>,
     requests: HashMap<[u8; 32], IngressRecord>,
     expiries: BTreeMap<u64, Vec<[u8; 32]>>,
 }
@@ -203,12 +204,16 @@ impl Core {
     ) -> Result<Vec<u8>, Reject> {
         // An empty canister or a missing method: the engine's own reject (IC0537) or IC0302.
         let has_module = self.engine.module_hash(canister).is_some();
-        let result = match self.engine.method_kind(canister, method) {
-            Some(MethodKind::Update | MethodKind::Query) => {
-                self.engine.update(canister, method, arg, sender)
+        let result = if canister == Principal::management_canister() {
+            crate::management::execute(self, method, arg, sender)
+        } else {
+            match self.engine.method_kind(canister, method) {
+                Some(MethodKind::Update | MethodKind::Query) => {
+                    self.engine.update(canister, method, arg, sender)
+                }
+                _ if !has_module => self.engine.update(canister, method, arg, sender),
+                _ => Err(method_not_found(canister, method, "update")),
             }
-            _ if !has_module => self.engine.update(canister, method, arg, sender),
-            _ => Err(method_not_found(canister, method, "update")),
         };
         let status = match &result {
             Ok(reply) => RequestStatus::Replied(reply.clone()),

@@ -90,3 +90,98 @@ fn configuration_errors_exit_with_a_message() {
         .unwrap();
     assert_eq!(output.status.code(), Some(1));
 }
+
+/// `ic-ws-replica upgrade` against a running replica process: the canisters of `--install`
+/// (controlled by the anonymous principal) are upgraded through the management canister over
+/// HTTP; errors (unknown canister, bad id, a non-controller) exit 1 with the replica's reason.
+#[tokio::test(flavor = "multi_thread")]
+async fn upgrade_subcommand_upgrades_a_running_replica() {
+    let dir = std::env::temp_dir().join(format!("ic-ws-replica-cli-up-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let wasm = dir.join("probe.wasm");
+    std::fs::write(&wasm, probe_wasm()).unwrap();
+    let mut child = binary()
+        .args(["--port", "0", "--json", "--seed", "cli upgrade"])
+        .arg("--install")
+        .arg(format!("probe={}", wasm.display()))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let startup: serde_json::Value = serde_json::from_str(&line).unwrap();
+    let url = startup["url"].as_str().unwrap().to_string();
+    let probe = Principal::from_text(startup["canisters"]["probe"].as_str().unwrap()).unwrap();
+    let agent = ic_agent::Agent::builder().with_url(&url).build().unwrap();
+    agent.fetch_root_key().await.unwrap();
+    let inc = || async {
+        counter(
+            &agent
+                .update(&probe, "inc")
+                .with_arg(Encode!().unwrap())
+                .call_and_wait()
+                .await
+                .unwrap(),
+        )
+    };
+    assert_eq!(inc().await, 1);
+    let installed = agent.read_state_canister_module_hash(probe).await.unwrap();
+
+    let output = binary()
+        .args(["upgrade", "--url", &url])
+        .arg(format!("{probe}={}", wasm.display()))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(String::from_utf8_lossy(&output.stdout).contains(&probe.to_text()));
+    // Upgraded: the module was sent gzipped (another hash) and the heap counter restarted.
+    let upgraded = agent.read_state_canister_module_hash(probe).await.unwrap();
+    assert_ne!(upgraded, installed);
+    assert_eq!(inc().await, 1);
+
+    // Errors exit 1 with the replica's reason.
+    let unknown = Principal::from_slice(&[0, 0, 0, 0, 0, 0, 0x03, 0xe7, 1, 1]);
+    for (target, needle) in [
+        (format!("{unknown}={}", wasm.display()), "IC0301"),
+        (format!("not-an-id={}", wasm.display()), "not a canister id"),
+        (format!("{probe}=/nonexistent.wasm"), "/nonexistent.wasm"),
+    ] {
+        let output = binary()
+            .args(["upgrade", "--url", &url, &target])
+            .output()
+            .unwrap();
+        assert_eq!(output.status.code(), Some(1), "{target}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains(needle), "{target}: {stderr}");
+    }
+    // A non-controller identity is refused (IC0512) and nothing changes.
+    let pem = dir.join("stranger.pem");
+    std::fs::write(
+        &pem,
+        "-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2VwBCIEIAcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcH\n-----END PRIVATE KEY-----\n",
+    )
+    .unwrap();
+    let output = binary()
+        .args(["upgrade", "--url", &url, "--identity-pem"])
+        .arg(&pem)
+        .arg(format!("{probe}={}", wasm.display()))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("IC0512"), "{stderr}");
+    assert_eq!(inc().await, 2);
+
+    let pid = child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    assert!(child.wait().unwrap().success());
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -157,18 +157,6 @@ fn accept_canister_request(
     Ok((request, canister, method, arg))
 }
 
-/// The management canister is not emulated over HTTP (tests install through the Rust API);
-/// say so with the IC's "method not found" answer rather than pretending.
-fn management_unsupported(method: &str) -> Reject {
-    Reject {
-        code: crate::engine::RejectCode::DestinationInvalid,
-        message: format!(
-            "Management canister method '{method}' is not available over HTTP on ic-ws-replica (use the Rust API or the --install option)"
-        ),
-        error_code: Some("IC0302".into()),
-    }
-}
-
 enum Accepted {
     /// Pre-processing refused the message (canister missing, inspect_message rejected).
     Rejected(Reject),
@@ -186,14 +174,23 @@ async fn accept_call(
 ) -> Result<(Accepted, [u8; 32]), HttpError> {
     let (request, canister, method, arg) = accept_canister_request(replica, ecid, body, true)?;
     let request_id = request.request_id;
-    if canister == Principal::management_canister() {
-        return Ok((
-            Accepted::Rejected(management_unsupported(&method)),
-            request_id,
-        ));
-    }
     let expiry_ns = request.content.ingress_expiry();
     let sender = request.sender;
+    let management = canister == Principal::management_canister();
+    if management {
+        // The interface specification's rule: the URL's effective canister id is the
+        // argument's `canister_id` (any id for the create methods).
+        match crate::management::effective_canister_id(&method, &arg) {
+            Err(reject) => return Ok((Accepted::Rejected(reject), request_id)),
+            Ok(Some(target)) if target != ecid => {
+                return Err(HttpError::bad_request(format!(
+                    "Specified CanisterId {target} (the canister_id of the {method} argument) does not match \
+                     effective canister id in URL {ecid}"
+                )));
+            }
+            Ok(_) => {}
+        }
+    }
     let admission = {
         let replica = replica.clone();
         let method = method.clone();
@@ -203,17 +200,20 @@ async fn accept_call(
             if let Some(known) = core.request(&request_id) {
                 return Ok(Some(known.completed));
             }
-            if !core.engine.canister_exists(canister) {
-                return Err(crate::replica::canister_not_found(canister));
+            if !management {
+                if !core.engine.canister_exists(canister) {
+                    return Err(crate::replica::canister_not_found(canister));
+                }
+                // canister_inspect_message runs for ingress updates only, before induction.
+                core.engine
+                    .inspect_message(canister, &method, &arg, sender)?;
             }
-            // canister_inspect_message runs for ingress updates only, before induction.
-            core.engine
-                .inspect_message(canister, &method, &arg, sender)?;
             core.register_request(
                 request_id,
                 IngressRecord {
                     sender,
-                    canister,
+                    // What read_state of the request id is addressed to (the effective id).
+                    canister: if management { ecid } else { canister },
                     expiry_ns,
                     completed: false,
                 },
@@ -326,10 +326,9 @@ pub(crate) async fn query(
     let request_id = request.request_id;
     let response = blocking(move || {
         let (result, timestamp) = if canister == Principal::management_canister() {
-            (
-                Err(management_unsupported(&method)),
-                replica.ingress_time_ns(),
-            )
+            let mut core = replica.core();
+            let result = crate::management::query(&mut core, ecid, &method, &arg, sender);
+            (result, core.engine.time_ns())
         } else {
             let mut core = replica.core();
             let result = core.query(&replica.shared.keys, canister, &method, &arg, sender);
