@@ -100,8 +100,9 @@ async fn the_gateway_polls_at_the_time_the_canister_hints() {
             "no delivery within {} ms of a {hint_ms} ms hint: the hint was not used",
             REGULAR_MS / 2
         );
-        // It came with the one poll after the hinted reply...
-        assert_eq!(gw.metric(POLLS).unwrap(), polls_after_hint + 1.0);
+        // It came with a poll after the hinted reply (more may follow before this reads the
+        // metric: the delivery is traffic, and traffic brings the active interval)...
+        assert!(gw.metric(POLLS).unwrap() > polls_after_hint);
         // ...which was not early: the hint counts from the request's execution, after `asked`
         // (a few ms of slack for the replica's clock granularity and the ms rounding).
         assert!(
