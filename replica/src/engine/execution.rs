@@ -302,17 +302,7 @@ impl Engine {
     ) -> Result<Vec<u8>, Reject> {
         let time = self.time_ns();
         let limit = self.config.query_instruction_limit;
-        let c = self
-            .canisters
-            .get_mut(&canister)
-            .ok_or_else(|| Reject::canister_not_found(canister))?;
-        if c.stopped {
-            return Err(Reject::stopped(canister));
-        }
-        let rt = c
-            .runtime
-            .as_mut()
-            .ok_or_else(|| Reject::no_wasm_module(canister))?;
+        let rt = self.running_runtime(canister)?;
         let (context, export) = match rt.compiled().methods.get(method) {
             Some(MethodKind::Query) => (
                 ApiContext::NonReplicatedQuery,
@@ -339,6 +329,20 @@ impl Engine {
         }
     }
 
+    /// The runtime of `canister` if it exists, runs (not stopped) and has a module.
+    fn running_runtime(&mut self, canister: Principal) -> Result<&mut Runtime, Reject> {
+        let c = self
+            .canisters
+            .get_mut(&canister)
+            .ok_or_else(|| Reject::canister_not_found(canister))?;
+        if c.stopped {
+            return Err(Reject::stopped(canister));
+        }
+        c.runtime
+            .as_mut()
+            .ok_or_else(|| Reject::no_wasm_module(canister))
+    }
+
     /// Runs `canister_inspect_message` if the canister exports it (else accepts). Never changes
     /// state.
     pub fn inspect_message(
@@ -350,17 +354,7 @@ impl Engine {
     ) -> Result<(), Reject> {
         let time = self.time_ns();
         let limit = self.config.query_instruction_limit;
-        let c = self
-            .canisters
-            .get_mut(&canister)
-            .ok_or_else(|| Reject::canister_not_found(canister))?;
-        if c.stopped {
-            return Err(Reject::stopped(canister));
-        }
-        let rt = c
-            .runtime
-            .as_mut()
-            .ok_or_else(|| Reject::no_wasm_module(canister))?;
+        let rt = self.running_runtime(canister)?;
         if !rt.compiled().exports("canister_inspect_message") {
             return Ok(());
         }
