@@ -79,6 +79,10 @@ async fn the_gateway_polls_at_the_time_the_canister_hints() {
         client.send(&ClientFrame::Message(m)).await.unwrap();
         // Delivered by the poll the relayed update woke; its reply carries the hint.
         until(&mut client, |o| *o == Outbound::Echo("expect".into())).await;
+        // The relayed update also schedules a follow-up poll 20 ms after it completed, which
+        // may come after the reply that delivered the echo: let it pass first (if a poll still
+        // comes between this and the direct send, the attempt is retried below).
+        tokio::time::sleep(Duration::from_millis(300)).await;
         let polls_after_hint = gw.metric(POLLS).unwrap();
         let text = format!("after a {hint_ms} ms hint");
         let arg = candid::encode_args((id, text.clone())).unwrap();
