@@ -10,14 +10,15 @@
 #
 # Scenarios: bursts (100 clients; one publish to all of them, then a 500 ms pause: ~190
 # msg/s in bursts), tick1 (1 client, 1 publish/s), steady1k (10 clients, 4 publishers x 1
-# publish per 40 ms: 1,000 msg/s). Policies: default; before (the former doubling from 20 ms
-# to 500 ms); fixed100 / fixed20 (one poll every 100 / 20 ms); hint (default, and the
+# publish per 40 ms: 1,000 msg/s). Policies: default; norhythm (default without the rhythm
+# detector, --poll-rhythm false); before (the former doubling from 20 ms to 500 ms);
+# fixed100 / fixed20 (one poll every 100 / 20 ms); hint (default, and the
 # publisher announces its next publish: tick1 only, where it knows it).
 # Environment as for bench.sh (TARGET, WASM); SECS (default 30).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scenarios=${1:-"bursts tick1 steady1k"}
-policies=${2:-"default before fixed100 fixed20 hint"}
+policies=${2:-"default norhythm before fixed100 fixed20 hint"}
 for s in $scenarios; do
   for p in $policies; do
     fanout=""
@@ -29,9 +30,10 @@ for s in $scenarios; do
     esac
     case "$p" in
       default) gw="" ;;
-      before) gw="--poll-active-interval-ms 20 --poll-active-window-ms 1 --poll-max-rate 1000 --poll-jitter-pct 0" ;;
-      fixed100) gw="--poll-min-interval-ms 100 --poll-active-interval-ms 100 --poll-max-interval-ms 100 --poll-jitter-pct 0" ;;
-      fixed20) gw="--poll-active-interval-ms 20 --poll-max-interval-ms 20 --poll-max-rate 1000 --poll-jitter-pct 0" ;;
+      norhythm) gw="--poll-rhythm false" ;;
+      before) gw="--poll-active-interval-ms 20 --poll-active-window-ms 1 --poll-max-rate 1000 --poll-jitter-pct 0 --poll-rhythm false" ;;
+      fixed100) gw="--poll-min-interval-ms 100 --poll-active-interval-ms 100 --poll-max-interval-ms 100 --poll-jitter-pct 0 --poll-rhythm false" ;;
+      fixed20) gw="--poll-active-interval-ms 20 --poll-max-interval-ms 20 --poll-max-rate 1000 --poll-jitter-pct 0 --poll-rhythm false" ;;
       hint)
         [ "$s" = tick1 ] || continue
         gw=""; fanout="$fanout --hint" ;;

@@ -27,6 +27,7 @@ use ic_certification::{HashTree, LookupResult};
 use ic_ws_canister::__private::{self, Handlers};
 use ic_ws_canister::config::{OverflowPolicy, WsConfig};
 use ic_ws_canister::testing;
+use ic_ws_protocol::signing::{message_signing_bytes, open_signing_bytes};
 use ic_ws_protocol::types::*;
 use ic_ws_protocol::{content_hash, message_path, SessionKey};
 
@@ -69,6 +70,31 @@ fn key(seed: u8) -> SessionKey {
     static KEYS: std::sync::OnceLock<Vec<SessionKey>> = std::sync::OnceLock::new();
     let keys = KEYS.get_or_init(|| (1..=8).map(|s| SessionKey::from_seed([s; 32])).collect());
     keys[usize::from(seed % 8)].clone()
+}
+
+/// Entries of the signature cache before it is emptied (bounded memory over 10 M executions).
+const SIGNATURE_CACHE_ENTRIES: usize = 1 << 16;
+
+/// `key.sign(bytes)`, remembered per process: Ed25519 signatures are deterministic, so a cached
+/// signature is the one signing would compute, and libFuzzer's mutations of a corpus input keep
+/// most of its signed steps unchanged (signing was the largest part of the target's time).
+fn sign_cached(key: &SessionKey, bytes: Vec<u8>) -> Vec<u8> {
+    type Cache = std::collections::HashMap<(Vec<u8>, Vec<u8>), Vec<u8>>;
+    static CACHE: std::sync::Mutex<Option<Cache>> = std::sync::Mutex::new(None);
+    let id = (key.public_key(), bytes);
+    let mut guard = CACHE
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let cache = guard.get_or_insert_with(Cache::new);
+    if let Some(signature) = cache.get(&id) {
+        return signature.clone();
+    }
+    if cache.len() >= SIGNATURE_CACHE_ENTRIES {
+        cache.clear();
+    }
+    let signature = key.sign(&id.1);
+    cache.insert(id, signature.clone());
+    signature
 }
 
 /// Checks a poll reply as a client would (without the BLS part).
@@ -183,15 +209,24 @@ fn step(r: &mut Reader<'_>) {
                 gateway
             });
             let resume = (flags & 2 != 0).then(|| (u64::from(r.u8()), u64::from(r.u8())));
-            let mut open = testing::open_request(&key, gateway, resume);
+            let mut open = OpenRequest {
+                client_key: key.public_key(),
+                gateway,
+                timestamp_ns: testing::time_ns(),
+                resume: resume.map(|(client_id, next_outbound_seq)| ResumeFrom {
+                    client_id,
+                    next_outbound_seq,
+                }),
+                args: Vec::new(),
+                signature: Vec::new(),
+            };
             if flags & 4 != 0 {
                 open.args = r.bytes8().to_vec();
-                key.sign_open(&canister, &mut open);
             }
             if flags & 8 != 0 {
                 open.timestamp_ns = open.timestamp_ns.wrapping_sub(u64::from(r.u8()) << 32);
-                key.sign_open(&canister, &mut open);
             }
+            open.signature = sign_cached(&key, open_signing_bytes(&canister, &open));
             if flags & 16 != 0 {
                 open.signature.reverse();
             }
@@ -219,7 +254,7 @@ fn step(r: &mut Reader<'_>) {
                 },
                 signature: Vec::new(),
             };
-            key.sign_message(&canister, &mut message);
+            message.signature = sign_cached(&key, message_signing_bytes(&canister, &message));
             let results = __private::ws_message(
                 &HANDLERS,
                 MessageBatch {

@@ -98,6 +98,55 @@ pub fn terminal(content: &[u8]) -> Option<Terminal> {
     }
 }
 
+/// Where, in content with the standard header, the timestamp is (8 bytes, little endian).
+struct TimestampProbe {
+    header: Vec<u8>,
+    at: usize,
+}
+
+impl TimestampProbe {
+    /// Found by encoding one content with two timestamps that differ in every byte: the
+    /// encodings first differ where the timestamp starts. Only used if the timestamp comes
+    /// before the body (fixed offset), as candid's field order puts it.
+    fn new() -> Option<Self> {
+        let encoder = TypedEncoder::<OutboundContent>::new().ok()?;
+        let sample = |timestamp_ns| {
+            encoder
+                .encode(&OutboundContent {
+                    timestamp_ns,
+                    body: OutboundBody::App {
+                        topic: None,
+                        payload: vec![],
+                    },
+                })
+                .ok()
+        };
+        let (zero, ones) = (sample(0)?, sample(u64::MAX)?);
+        let at = zero.iter().zip(&ones).position(|(a, b)| a != b)?;
+        let header = encoder.header().to_vec();
+        let fixed = at >= header.len()
+            && ones.get(at..at.checked_add(8)?)? == [0xff; 8]
+            && zero.len() == ones.len();
+        fixed.then_some(Self { header, at })
+    }
+}
+
+/// The canister time at which `content` (a candid [`OutboundContent`]) was queued, read from
+/// its fixed place when it has the standard header, else by a full decode; `None` if it does
+/// not decode.
+pub fn timestamp_ns(content: &[u8]) -> Option<u64> {
+    static PROBE: OnceLock<Option<TimestampProbe>> = OnceLock::new();
+    if let Some(p) = PROBE.get_or_init(TimestampProbe::new) {
+        if content.starts_with(&p.header) {
+            let bytes = content.get(p.at..p.at.checked_add(8)?)?;
+            return Some(u64::from_le_bytes(bytes.try_into().ok()?));
+        }
+    }
+    ic_ws_protocol::decode::<OutboundContent>(content)
+        .ok()
+        .map(|c| c.timestamp_ns)
+}
+
 /// Whether `content` (a candid [`OutboundContent`]) is a `Closed` message.
 pub fn is_closed(content: &[u8]) -> bool {
     terminal(content) == Some(Terminal::Closed)
@@ -177,6 +226,26 @@ mod tests {
         assert!(!is_closed(b"DIDL\x00\x01\x71\x03abc"));
         let probe = ClosedProbe::new().unwrap();
         assert!(probe.at >= probe.header.len());
+    }
+
+    #[test]
+    fn timestamps_are_read_as_a_full_decode_reads_them() {
+        for content in contents() {
+            let bytes = ic_ws_protocol::encode(&content).unwrap();
+            assert_eq!(
+                timestamp_ns(&bytes),
+                Some(content.timestamp_ns),
+                "{content:?}"
+            );
+        }
+        assert!(TimestampProbe::new().is_some(), "the fast path is in use");
+        assert_eq!(timestamp_ns(b""), None);
+        assert_eq!(timestamp_ns(b"DIDL\x00\x01\x71\x03abc"), None);
+        // Truncated content with the standard header: no timestamp, no panic.
+        let bytes = ic_ws_protocol::encode(&contents()[0]).unwrap();
+        for len in 0..bytes.len() {
+            let _ = timestamp_ns(bytes.get(..len).unwrap());
+        }
     }
 
     #[test]

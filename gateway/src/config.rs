@@ -289,6 +289,13 @@ pub struct Config {
     #[arg(long, env = "IC_WS_GATEWAY_POLL_JITTER_PCT", default_value_t = 10)]
     pub poll_jitter_pct: u8,
 
+    /// Learn the canister's periodic traffic from its messages' timestamps and align the
+    /// polls so one comes just after each predicted burst, at the same query rate (`false`
+    /// turns it off).
+    #[arg(long, env = "IC_WS_GATEWAY_POLL_RHYTHM", default_value_t = true,
+          action = clap::ArgAction::Set)]
+    pub poll_rhythm: bool,
+
     /// Poll interval when idle (reached by doubling from the active interval once the active
     /// window has passed; also the latest a canister's hint can put the next poll), in ms.
     #[arg(
@@ -608,6 +615,19 @@ impl Config {
             max_rate: self.poll_max_rate,
             jitter_pct: self.poll_jitter_pct,
         }
+    }
+    /// The rhythm detector's settings, if it is on: bursts are messages less than
+    /// `--poll-min-interval-ms` apart; periods from two active intervals to the active window
+    /// are predicted.
+    pub fn poll_rhythm(&self) -> Option<crate::rhythm::Settings> {
+        let schedule = self.poll_schedule();
+        self.poll_rhythm.then(|| crate::rhythm::Settings {
+            gap: schedule.min,
+            min_period: schedule.active.saturating_mul(2),
+            max_period: schedule
+                .active_window
+                .max(schedule.active.saturating_mul(2)),
+        })
     }
     /// Poller stop delay.
     pub fn poll_idle_stop(&self) -> Duration {

@@ -63,6 +63,7 @@ pub mod outbox;
 pub mod poller;
 pub mod ratelimit;
 pub mod relay;
+pub mod rhythm;
 pub mod schedule;
 pub mod session;
 pub mod shutdown;

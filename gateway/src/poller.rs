@@ -14,6 +14,7 @@ use crate::canister::CanisterApi;
 use crate::health::WorkerExit;
 use crate::hub::{Hub, Page, Shared};
 use crate::metrics::ErrorKind;
+use crate::rhythm::Rhythm;
 use crate::schedule::{Outcome, Schedule};
 use crate::witness::PageWitness;
 use ic_ws_protocol::types::{ClientId, OutboundMessage, PollReply, PollRequest};
@@ -29,6 +30,7 @@ pub async fn run<C: CanisterApi>(shared: Arc<Shared<C>>, hub: Arc<Hub>) -> Worke
     // Jitter seed: differs per process and canister.
     let seed = std::collections::hash_map::RandomState::new().hash_one(hub.canister);
     let mut schedule = Schedule::new(shared.config.poll_schedule(), Instant::now(), seed);
+    let mut rhythm = shared.config.poll_rhythm().map(Rhythm::new);
     let mut cursor = hub.cursor();
     let mut last_client = Instant::now();
     tracing::debug!(canister = %hub.canister, cursor, "poller started");
@@ -51,6 +53,7 @@ pub async fn run<C: CanisterApi>(shared: Arc<Shared<C>>, hub: Arc<Hub>) -> Worke
             max_bytes: shared.config.poll_max_bytes,
         };
         let started = Instant::now();
+        let started_wall_ns = wall_ns();
         schedule.poll_started(started);
         shared.metrics.polls.inc();
         let result = shared.api.ws_poll(hub.canister, request).await;
@@ -64,6 +67,15 @@ pub async fn run<C: CanisterApi>(shared: Arc<Shared<C>>, hub: Arc<Hub>) -> Worke
                 outcome.got_messages = !reply.messages.is_empty();
                 outcome.more = reply.more;
                 outcome.hint_ms = reply.next_poll_ms;
+                if let Some(rhythm) = rhythm.as_mut() {
+                    rhythm.observe(
+                        started_wall_ns,
+                        reply
+                            .messages
+                            .iter()
+                            .filter_map(|m| crate::codec::timestamp_ns(&m.content)),
+                    );
+                }
                 cursor = reply.next_cursor;
                 hub.set_cursor(cursor);
                 if outcome.got_messages {
@@ -80,6 +92,7 @@ pub async fn run<C: CanisterApi>(shared: Arc<Shared<C>>, hub: Arc<Hub>) -> Worke
             }
         }
         let now = Instant::now();
+        outcome.rhythm_in = rhythm.as_ref().and_then(|r| r.predict(wall_ns()));
         let (mut next, reason) = schedule.poll_finished(now, outcome);
         tracing::debug!(canister = %hub.canister, ?reason, in_ms = next.saturating_duration_since(now).as_millis(), ?outcome, "next poll");
         loop {
@@ -97,6 +110,13 @@ pub async fn run<C: CanisterApi>(shared: Arc<Shared<C>>, hub: Arc<Hub>) -> Worke
     }
     hub.poller_stopped();
     WorkerExit::Done
+}
+
+/// The wall clock in nanoseconds since the epoch (0 if it is set before 1970).
+fn wall_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
 }
 
 /// Splits a reply by client and hands each client its messages.

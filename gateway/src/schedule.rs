@@ -59,6 +59,9 @@ pub struct Outcome {
     pub more: bool,
     /// The canister's hint: poll again in this many milliseconds (unclamped).
     pub hint_ms: Option<u64>,
+    /// When, from the end of this poll, the next burst of the canister's periodic traffic
+    /// should first be visible ([`crate::rhythm`]), if it has a rhythm.
+    pub rhythm_in: Option<Duration>,
 }
 
 /// Why the next poll happens when it does (for tests and debug logs).
@@ -74,6 +77,11 @@ pub enum Reason {
     Wake,
     /// A hinted poll found nothing: try again shortly.
     HintFollowUp,
+    /// Just after the predicted next burst of the canister's periodic traffic.
+    Rhythm,
+    /// The regular interval, stretched or shrunk (by at most half) so that a whole number
+    /// of intervals ends at the predicted burst.
+    RhythmSpaced,
 }
 
 /// The polling schedule of one canister's poller.
@@ -143,7 +151,7 @@ impl Schedule {
     pub fn poll_finished(&mut self, now: Instant, outcome: Outcome) -> (Instant, Reason) {
         self.last_reply = now;
         self.follow_ups = match self.next.1 {
-            Reason::Hint => HINT_FOLLOW_UPS,
+            Reason::Hint | Reason::Rhythm => HINT_FOLLOW_UPS,
             Reason::HintFollowUp => self.follow_ups.saturating_sub(1),
             _ => 0,
         };
@@ -169,10 +177,21 @@ impl Schedule {
                 .clamp(self.settings.active, self.settings.max);
             i
         };
-        let mut next = (
-            now.checked_add(self.jitter(interval)).unwrap_or(now),
-            Reason::Interval,
-        );
+        let mut next = match outcome.rhythm_in {
+            Some(d) => {
+                let (step, on_target) = rhythm_step(d, interval, self.settings.min);
+                let reason = if on_target {
+                    Reason::Rhythm
+                } else {
+                    Reason::RhythmSpaced
+                };
+                (now.checked_add(step).unwrap_or(now), reason)
+            }
+            None => (
+                now.checked_add(self.jitter(interval)).unwrap_or(now),
+                Reason::Interval,
+            ),
+        };
         if self.follow_ups > 0 {
             let at = now.checked_add(self.settings.min).unwrap_or(now);
             if at < next.0 {
@@ -277,6 +296,33 @@ impl Schedule {
         let spread = us.saturating_mul(step);
         Duration::from_micros(base.saturating_add(spread) / 1000)
     }
+}
+
+/// The next poll's delay when the predicted burst is `d` away and the interval is `interval`:
+/// `d` itself if it is at most one and a half intervals (the poll lands on the burst), else
+/// `d / k` for the whole number `k` of polls that keeps each step within [0.75, 1.5) intervals
+/// (`k` = floor(d / interval), one more if that leaves steps above 1.5 intervals). So the
+/// polls between two bursts of period `P` number floor(P / interval) (at most one more when
+/// the remainder is between half and a whole interval): the query rate stays at that of the
+/// plain interval while the last poll lands on the burst. Never below `min`. Returns the delay
+/// and whether it lands on the burst.
+pub fn rhythm_step(d: Duration, interval: Duration, min: Duration) -> (Duration, bool) {
+    if d <= min {
+        return (min, true);
+    }
+    let interval_ns = interval.as_nanos().max(1);
+    let d_ns = d.as_nanos();
+    let mut k = d_ns.checked_div(interval_ns).unwrap_or(1).max(1);
+    // d / k > 1.5 intervals  <=>  2 d > 3 k interval
+    if d_ns.saturating_mul(2) > k.saturating_mul(3).saturating_mul(interval_ns) {
+        k = k.saturating_add(1);
+    }
+    if k <= 1 {
+        return (d, true);
+    }
+    let step_ns = d_ns.checked_div(k).unwrap_or(d_ns);
+    let step = Duration::from_nanos(u64::try_from(step_ns).unwrap_or(u64::MAX));
+    (step.max(min), false)
 }
 
 #[cfg(test)]
@@ -418,6 +464,7 @@ mod tests {
                         hint_ms: Some(0),
                         got_messages: true,
                         more: false,
+                        rhythm_in: None,
                     },
                 );
             }
@@ -566,6 +613,7 @@ mod tests {
                     more: true,
                     got_messages: true,
                     hint_ms: None,
+                    rhythm_in: None,
                 },
             );
         }
@@ -639,5 +687,115 @@ mod tests {
         s.woken(t0);
         // Going back in time is harmless.
         s.poll_finished(t0, Outcome::default());
+    }
+
+    #[test]
+    fn rhythm_steps_land_on_the_burst_within_half_an_interval_either_way() {
+        let (i, min) = (ms(100), ms(20));
+        assert_eq!(rhythm_step(ms(5), i, min), (min, true));
+        assert_eq!(rhythm_step(ms(60), i, min), (ms(60), true));
+        assert_eq!(rhythm_step(ms(149), i, min), (ms(149), true));
+        assert_eq!(rhythm_step(ms(160), i, min), (ms(80), false));
+        assert_eq!(rhythm_step(ms(530), i, min), (ms(106), false));
+        assert_eq!(rhythm_step(ms(590), i, min), (ms(118), false));
+        for d in (21..5_000).step_by(7) {
+            let (step, on_target) = rhythm_step(ms(d), i, min);
+            assert!(step >= min && step <= ms(d), "{d}: {step:?}");
+            if !on_target {
+                assert!(step >= ms(75) && step < ms(150), "{d}: {step:?}");
+                // A whole number of steps reaches the burst.
+                let k = ms(d).as_nanos() / step.as_nanos();
+                assert!(ms(d).as_nanos() - k * step.as_nanos() < k, "{d}: {step:?}");
+            }
+        }
+    }
+
+    /// A canister that publishes a burst every `period_ms` (messages visible to polls that
+    /// start `lag_ms` after they were queued); the gateway polls on a fake clock with and
+    /// without the rhythm detector. Returns (mean wait from burst to the first poll that
+    /// sees it over the last 20 bursts, polls per second).
+    fn periodic_traffic(period_ms: u64, jitter_ms: u64, lag_ms: u64, rhythm: bool) -> (f64, f64) {
+        use crate::rhythm::{Rhythm, Settings as RhythmSettings};
+        let t0 = Instant::now();
+        let mut s = Schedule::new(
+            Settings {
+                jitter_pct: 10,
+                ..settings()
+            },
+            t0,
+            7,
+        );
+        let mut r = Rhythm::new(RhythmSettings {
+            gap: ms(20),
+            min_period: ms(200),
+            max_period: ms(60_000),
+        });
+        let wall0: u64 = 1_700_000_000_000_000_000;
+        let mut bursts = vec![];
+        let mut t = 137;
+        for k in 0..60u64 {
+            // Deterministic +-jitter.
+            t += period_ms + (k * 7919) % (2 * jitter_ms + 1) - jitter_ms;
+            bursts.push(t);
+        }
+        let end = *bursts.last().unwrap();
+        let mut seen = 0usize;
+        let mut waits = vec![];
+        let mut polls = 0u64;
+        loop {
+            let (at, _) = s.next();
+            let off = at.duration_since(t0).as_millis() as u64;
+            if off > end + 200 {
+                break;
+            }
+            polls += 1;
+            s.poll_started(at);
+            let mut timestamps = vec![];
+            while seen < bursts.len() && bursts[seen] + lag_ms <= off {
+                waits.push(off - bursts[seen]);
+                timestamps.push(wall0 + bursts[seen] * 1_000_000);
+                seen += 1;
+            }
+            let got = !timestamps.is_empty();
+            let done = at + ms(2);
+            if rhythm {
+                r.observe(wall0 + off * 1_000_000, timestamps);
+            }
+            let rhythm_in = if rhythm {
+                r.predict(wall0 + (off + 2) * 1_000_000)
+            } else {
+                None
+            };
+            s.poll_finished(
+                done,
+                Outcome {
+                    got_messages: got,
+                    rhythm_in,
+                    ..Outcome::default()
+                },
+            );
+        }
+        let last: Vec<u64> = waits.iter().rev().take(20).copied().collect();
+        let mean = last.iter().sum::<u64>() as f64 / last.len() as f64;
+        (mean, polls as f64 * 1000.0 / end as f64)
+    }
+
+    #[test]
+    fn periodic_bursts_are_caught_just_after_they_come_at_the_same_query_rate() {
+        for (period, jitter) in [(530, 3), (1_000, 0), (5_000, 20), (250, 2)] {
+            let (blind, blind_rate) = periodic_traffic(period, jitter, 3, false);
+            let (aligned, aligned_rate) = periodic_traffic(period, jitter, 3, true);
+            // Lag 3 ms, plus the production jitter either way, plus the bisection's
+            // occasional early poll (then the follow-up's 20 ms) averaged over 20 bursts.
+            assert!(
+                aligned <= 3.0 + 2.0 * jitter as f64 + 5.0,
+                "period {period}: aligned wait {aligned} ms (blind {blind} ms)"
+            );
+            assert!(blind > 20.0, "period {period}: blind wait {blind} ms");
+            assert!(
+                aligned_rate <= 10.5 && aligned_rate <= blind_rate + 0.5,
+                "period {period}: {aligned_rate} polls/s aligned vs {blind_rate} blind"
+            );
+        }
     }
 }
