@@ -20,6 +20,13 @@
 //!   apart.
 //! - **Jitter**: the active and idle intervals are spread by +-`--poll-jitter-pct` (10 %) so
 //!   gateways started together do not poll a canister in lockstep.
+//! - **Rhythm**: when [`crate::rhythm`] predicts the canister's next burst of periodic traffic
+//!   (`Outcome::rhythm_in`), the interval is replaced by [`rhythm_step`]: the burst itself if
+//!   it is at most one and a half intervals away, else the even step (within [0.75, 1.5)
+//!   intervals, not jittered) that lands a whole number of polls on it. Between two bursts the
+//!   polls are as many as the plain interval would make, so the query rate is unchanged, and
+//!   an unpredicted message waits at most one and a half intervals. A poll on the burst that
+//!   finds nothing is followed up like a hinted one.
 //! - **Budget**: a token bucket (`--poll-max-rate` queries/s, default 10, bursts of
 //!   [`BURST`]) bounds every poll the schedule starts, woken and hinted ones included; only
 //!   the immediate follow-up of a reply flagged `more` (the rest of a backlog the canister

@@ -80,7 +80,6 @@
 mod arena;
 pub mod certification;
 pub mod config;
-mod content;
 mod ed25519;
 mod env;
 pub mod memory;

@@ -340,7 +340,7 @@ impl State {
             OutBody::Shared { pid, .. } => {
                 self.shared.get(pid).map(|s| s.content).unwrap_or_default()
             }
-            OutBody::App { ts, payload } => crate::content::app_content(*ts, payload),
+            OutBody::App { ts, payload } => ic_ws_protocol::content::app_content(*ts, payload),
             OutBody::Control { content } => content.clone(),
         }
     }
@@ -515,7 +515,7 @@ impl State {
         }
         self.check_retained_bytes(size, 1)?;
         self.check_canister_room().map_err(Error::LimitReached)?;
-        let hash = content_hash(&crate::content::app_content(now, &payload));
+        let hash = content_hash(&ic_ws_protocol::content::app_content(now, &payload));
         let seq = self.enqueue(id, &mut rec, OutBody::App { ts: now, payload }, hash)?;
         self.clients.insert(id, rec);
         Ok(seq)

@@ -3,6 +3,8 @@
 //! - [`types`]: candid types of the generated canister endpoints and of certified content;
 //! - [`signing`]: the exact bytes a client's session key signs, and Ed25519 helpers;
 //! - [`certification`]: where messages live in the certified tree;
+//! - [`content`]: fast paths over certified content's candid (the canister's encoder of a
+//!   direct `send`, the gateway's reads of the timestamp and of a session's end);
 //! - [`frames`]: WebSocket frames between client and gateway;
 //! - [`text`]: bounded, UTF-8-safe text (close reasons, error texts quoting peer input);
 //! - `verify` (feature `verify`): every check a client makes on what the gateway delivers;
@@ -19,6 +21,7 @@
 pub mod certification;
 #[cfg(feature = "client")]
 pub mod client;
+pub mod content;
 pub mod frames;
 pub mod signing;
 #[cfg(feature = "test-utils")]
