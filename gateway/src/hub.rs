@@ -142,6 +142,7 @@ impl<C: CanisterApi> Shared<C> {
             table: Mutex::new(Table::default()),
             poll_wake: Notify::new(),
             cursor: AtomicU64::new(0),
+            call_failures: Mutex::new(crate::warnings::Throttle::default()),
         });
         hubs.insert(canister, hub.clone());
         drop(hubs);
@@ -327,6 +328,8 @@ pub struct Hub {
     pub poll_wake: Notify,
     /// Position in this gateway's delivery log (kept when the poller stops and restarts).
     cursor: AtomicU64,
+    /// Failed calls to the canister (polls and relayed updates), for rate-limited warnings.
+    call_failures: Mutex<crate::warnings::Throttle>,
 }
 
 impl Hub {
@@ -337,6 +340,28 @@ impl Hub {
     /// Stores the poll cursor.
     pub fn set_cursor(&self, cursor: u64) {
         self.cursor.store(cursor, Ordering::Relaxed);
+    }
+
+    /// Logs a failed call to the canister (`ws_poll`, `ws_message`, ...): the first at once,
+    /// then at most one line per [`crate::warnings::EVERY`] with the number left out.
+    pub fn call_failed(&self, call: &str, error: &dyn std::fmt::Display) {
+        use crate::warnings::Verdict;
+        let verdict = lock(&self.call_failures).failed(Instant::now());
+        if let Verdict::Log { suppressed } = verdict {
+            if suppressed == 0 {
+                tracing::warn!(canister = %self.canister, "{call} failed: {error}");
+            } else {
+                tracing::warn!(canister = %self.canister, suppressed, "{call} failed: {error} ({suppressed} more failed calls to this canister since the last warning)");
+            }
+        }
+    }
+
+    /// Records a call to the canister that succeeded; logs the recovery after failures.
+    pub fn call_succeeded(&self) {
+        let failures = lock(&self.call_failures).succeeded();
+        if failures > 0 {
+            tracing::info!(canister = %self.canister, failures, "calls to the canister succeed again after {failures} failed");
+        }
     }
 
     /// The client table, locked.

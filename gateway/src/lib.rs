@@ -69,6 +69,7 @@ pub mod session;
 pub mod shutdown;
 pub mod supervisor;
 pub mod testhook;
+pub mod warnings;
 pub mod witness;
 
 pub use canister::{AgentCanister, CallError, CanisterApi};

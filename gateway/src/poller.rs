@@ -64,6 +64,7 @@ pub async fn run<C: CanisterApi>(shared: Arc<Shared<C>>, hub: Arc<Hub>) -> Worke
         let mut outcome = Outcome::default();
         match result {
             Ok(Ok(reply)) => {
+                hub.call_succeeded();
                 outcome.got_messages = !reply.messages.is_empty();
                 outcome.more = reply.more;
                 outcome.hint_ms = reply.next_poll_ms;
@@ -84,11 +85,11 @@ pub async fn run<C: CanisterApi>(shared: Arc<Shared<C>>, hub: Arc<Hub>) -> Worke
             }
             Ok(Err(e)) => {
                 shared.metrics.error(ErrorKind::Poll);
-                tracing::warn!(canister = %hub.canister, cursor, "ws_poll refused: {e}");
+                hub.call_failed("ws_poll (refused)", &e);
             }
             Err(e) => {
                 shared.metrics.error(ErrorKind::Poll);
-                tracing::warn!(canister = %hub.canister, cursor, "ws_poll failed: {e}");
+                hub.call_failed("ws_poll", &e);
             }
         }
         let now = Instant::now();

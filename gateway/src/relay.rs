@@ -706,7 +706,10 @@ async fn relay_messages<C: CanisterApi>(
 ) -> Vec<PendingMessage> {
     let all: Vec<&PendingMessage> = messages.iter().collect();
     let outcomes: Vec<Outcome<MessageResult>> = match call_messages(shared, hub, &all).await {
-        Ok(results) => results.into_iter().map(Outcome::Answered).collect(),
+        Ok(results) => {
+            hub.call_succeeded();
+            results.into_iter().map(Outcome::Answered).collect()
+        }
         Err(CallError::Trapped(reason)) => {
             tracing::warn!(canister = %hub.canister, entries = all.len(), "ws_message trapped, isolating the entry by bisection: {reason}");
             isolate(
@@ -725,7 +728,7 @@ async fn relay_messages<C: CanisterApi>(
             .await
         }
         Err(e) => {
-            tracing::warn!(canister = %hub.canister, "ws_message failed: {e}");
+            hub.call_failed("ws_message", &e);
             all.iter().map(|_| Outcome::Failed(e.clone())).collect()
         }
     };
@@ -882,6 +885,7 @@ async fn relay_closes<C: CanisterApi>(
     .await;
     match result {
         Ok(results) => {
+            hub.call_succeeded();
             for ((client, conn), r) in closes.into_iter().zip(results) {
                 if r == Err(WsError::NotProcessed) {
                     shared.metrics.not_processed.inc();
@@ -891,9 +895,7 @@ async fn relay_closes<C: CanisterApi>(
             }
         }
         // The sessions expire in the canister anyway; nothing else depends on this.
-        Err(e) => {
-            tracing::warn!(canister = %hub.canister, clients = batch.clients.len(), "ws_close failed: {e}")
-        }
+        Err(e) => hub.call_failed("ws_close", &e),
     }
     again
 }
@@ -938,7 +940,10 @@ async fn relay_opens<C: CanisterApi>(
     }
     let all: Vec<&PendingOpen> = opens.iter().collect();
     let outcomes: Vec<Outcome<OpenResult>> = match call_opens(shared, hub, &all).await {
-        Ok(results) => results.into_iter().map(Outcome::Answered).collect(),
+        Ok(results) => {
+            hub.call_succeeded();
+            results.into_iter().map(Outcome::Answered).collect()
+        }
         Err(CallError::Trapped(reason)) => {
             tracing::warn!(canister = %hub.canister, entries = all.len(), "ws_open trapped, isolating the entry by bisection: {reason}");
             isolate(
@@ -956,7 +961,10 @@ async fn relay_opens<C: CanisterApi>(
             )
             .await
         }
-        Err(e) => all.iter().map(|_| Outcome::Failed(e.clone())).collect(),
+        Err(e) => {
+            hub.call_failed("ws_open", &e);
+            all.iter().map(|_| Outcome::Failed(e.clone())).collect()
+        }
     };
     drop(all);
     for (open, outcome) in opens.into_iter().zip(outcomes) {

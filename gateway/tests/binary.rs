@@ -1,10 +1,11 @@
 //! The `ic-ws-gateway` binary as a process: ready file, SIGTERM behaviour, identity reuse,
-//! configuration errors. No canister is contacted (clients stay before their open).
+//! configuration errors, an unreachable canister. No canister is contacted.
 #![allow(clippy::unwrap_used)]
 
 mod common;
 
 use common::*;
+use ic_ws_protocol::ClientFrame;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -17,6 +18,10 @@ fn dir(name: &str) -> PathBuf {
 }
 
 fn spawn(dir: &Path) -> Child {
+    spawn_with(dir, &[])
+}
+
+fn spawn_with(dir: &Path, extra: &[&str]) -> Child {
     Command::new(env!("CARGO_BIN_EXE_ic-ws-gateway"))
         .args([
             "--listen",
@@ -27,6 +32,7 @@ fn spawn(dir: &Path) -> Child {
             "http://127.0.0.1:9",
         ])
         .args(["--canister", CANISTER, "--log", "warn"])
+        .args(extra)
         .arg("--identity-file")
         .arg(dir.join("identity.pem"))
         .arg("--ready-file")
@@ -87,6 +93,53 @@ async fn sigterm_closes_clients_with_1012_and_exits_cleanly_with_a_stable_princi
         .unwrap()
         .success());
     assert!(wait_exit(&mut again).success());
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+/// A canister that cannot be reached (nothing listens at the network URL) fails every open:
+/// each client is told (close 4005), and the log says so once, not once per call.
+#[tokio::test]
+async fn an_unreachable_canister_is_logged_once_not_once_per_call() {
+    let d = dir("unreachable");
+    let mut child = spawn_with(&d, &["--retry-attempts", "1"]);
+    let info = ready(&d);
+    let addr = info["listen"].as_str().unwrap().parse().unwrap();
+    let opens = 20;
+    for _ in 0..opens {
+        let mut ws = connect_from(addr, None).await;
+        let gateway = hello(&mut ws).await;
+        let ClientFrame::Open {
+            canister_id,
+            mut request,
+        } = open_request(b"", None)
+        else {
+            unreachable!()
+        };
+        request.gateway = gateway;
+        send_frame(
+            &mut ws,
+            &ClientFrame::Open {
+                canister_id,
+                request,
+            },
+        )
+        .await;
+        let (code, reason) = closed(&mut ws).await;
+        assert_eq!(code, 4005, "{reason}");
+    }
+    assert!(Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success());
+    assert!(wait_exit(&mut child).success());
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    let lines = stderr
+        .lines()
+        .filter(|l| l.contains("ws_open failed"))
+        .count();
+    assert_eq!(lines, 1, "{opens} failed opens logged as:\n{stderr}");
     let _ = std::fs::remove_dir_all(&d);
 }
 
