@@ -17,14 +17,14 @@
  */
 import { IDL } from "@icp-sdk/core/candid";
 import { Principal } from "@icp-sdk/core/principal";
-import { boundedText, MAX_CLOSE_REASON_BYTES, MAX_PEER_TEXT_BYTES } from "./bytes.js";
+import { boundedText, fromHex, MAX_CLOSE_REASON_BYTES, MAX_PEER_TEXT_BYTES } from "./bytes.js";
 import { ClientSession, DEFAULT_CLOCK_SKEW_NS, SendRefused, SessionFailure } from "./session.js";
 import type { Action, Claim, Next, SessionEvent } from "./session.js";
 import { loadSession, MemoryStorage, saveSession } from "./storage.js";
 import type { KeyValueStorage } from "./storage.js";
 import { decodeGatewayFrame, describeWsError, encodeClientFrame } from "./types.js";
 import type { CloseReason, GatewayFrame, MessageKind, WsError } from "./types.js";
-import { DEFAULT_MAX_CERTIFICATE_AGE_NS, MAINNET_ROOT_KEY_DER, nowNs } from "./verify.js";
+import { DEFAULT_MAX_CERTIFICATE_AGE_NS, MAINNET_ROOT_KEY_DER, isDerBlsKey, nowNs } from "./verify.js";
 import type { VerifyCheck } from "./verify.js";
 
 /** Connection state, as a page would show it. */
@@ -147,8 +147,13 @@ export interface IcWsClientOptions<In, Out> {
   /** More gateways: after a failed connection (or an uncertified refusal) the client moves to the next one. */
   fallbackGatewayUrls?: string[];
   canisterId: Principal | string;
-  /** IC root key (DER, 133 bytes). Default: the mainnet key. A local replica has its own. */
-  rootKey?: Uint8Array;
+  /**
+   * IC root key: DER bytes (133 bytes, as `agent.rootKey` / the replica's `/api/v2/status`
+   * give it) or the same as a hex string. Default: the mainnet key. A local replica (dfx,
+   * PocketIC, the embedded replica) has its own: pass it, or every certificate fails to verify.
+   * A key that is not a DER BLS12-381 key is a configuration error thrown by the constructor.
+   */
+  rootKey?: Uint8Array | string;
   /** Candid type of what the client sends (the canister's `on_message` argument). */
   inboundType?: IDL.Type;
   /** Candid type of what the canister sends. Without it, `data` is the raw candid bytes. */
@@ -236,9 +241,51 @@ function freshSeed(): Uint8Array {
   return seed;
 }
 
+/**
+ * The `rootKey` option as DER bytes: the mainnet key by default; hex is accepted; anything
+ * that is not a DER BLS12-381 key is a configuration error (not, later, "tampering").
+ */
+function rootKeyOption(key: Uint8Array | string | undefined): Uint8Array {
+  if (key === undefined) return MAINNET_ROOT_KEY_DER;
+  let der: Uint8Array;
+  if (typeof key === "string") {
+    try {
+      der = fromHex(key.trim().replace(/^0x/i, ""));
+    } catch {
+      throw new TypeError(`rootKey: not hex and not bytes (${JSON.stringify(key.slice(0, 16))}...); pass the DER root key (133 bytes) as a Uint8Array or a hex string`);
+    }
+  } else if (key instanceof Uint8Array) {
+    der = key;
+  } else {
+    throw new TypeError(`rootKey: expected a Uint8Array or a hex string, got ${typeof key}`);
+  }
+  if (!isDerBlsKey(der)) {
+    const hint = der.length === 96 ? " (this looks like the raw 96-byte key: pass the DER form, 133 bytes starting 308182...)" : "";
+    throw new TypeError(`rootKey: not a DER BLS12-381 public key (${der.length} bytes; expected 133 bytes starting 308182...)${hint}`);
+  }
+  return der;
+}
+
+/** Whether `gatewayUrl` points at this machine (where a local replica, with its own root key, is likely). */
+function isLocalUrl(url: string): boolean {
+  try {
+    const host = new URL(url).hostname.replace(/^\[|\]$/g, "");
+    return host === "localhost" || host.endsWith(".localhost") || host === "::1" || host.startsWith("127.");
+  } catch {
+    return false;
+  }
+}
+
 /** The JS API's error kind for a failure the state machine reports with a connection's end. */
-function errorFor(f: SessionFailure, openTimeoutMs: number): IcWsError | undefined {
+function errorFor(f: SessionFailure, openTimeoutMs: number, defaultRootKeyOnLocal = false): IcWsError | undefined {
   const k = f.kind;
+  if (k === "Verify.BadCertificateSignature" && defaultRootKeyOnLocal) {
+    return new IcWsError(
+      "BadCertificateSignature",
+      `${f.message}. The client uses the mainnet root key (no rootKey option) with a gateway on this machine: a local replica (dfx, PocketIC, the embedded replica) signs with its own key; pass it as rootKey (agent.rootKey after fetchRootKey(), or /api/v2/status). Otherwise this is tampering.`,
+      true,
+    );
+  }
   if (k.startsWith("Verify.")) return new IcWsError(k.slice(7) as VerifyCheck, f.message, true);
   if (k.startsWith("Binding.")) return new IcWsError("OpenedMismatch", `${f.message} (${k.slice(8)})`, true);
   if (k === "Protocol" || k === "UnsupportedVersion") return new IcWsError("ProtocolViolation", f.message, false);
@@ -285,8 +332,10 @@ export class IcWsClient<In = Uint8Array, Out = Uint8Array> {
   private ended = false;
   /** Inputs are handed to the machine one after the other (verification is asynchronous). */
   private chain: Promise<void> = Promise.resolve();
+  private readonly rootKeyDer: Uint8Array;
 
   constructor(options: IcWsClientOptions<In, Out>) {
+    this.rootKeyDer = rootKeyOption(options.rootKey);
     this.opts = options;
     this.canisterId = typeof options.canisterId === "string" ? Principal.fromText(options.canisterId) : options.canisterId;
     this.storage = options.storage === null ? new MemoryStorage() : options.storage ?? defaultStorage();
@@ -302,7 +351,7 @@ export class IcWsClient<In = Uint8Array, Out = Uint8Array> {
     const stored = restore ? loadSession(this.storage, this.storageKey) : undefined;
     return new ClientSession({
       canisterId: this.canisterId,
-      rootKeyDer: o.rootKey ?? MAINNET_ROOT_KEY_DER,
+      rootKeyDer: this.rootKeyDer,
       maxCertificateAgeNs: o.maxCertificateAgeMs !== undefined ? ms(o.maxCertificateAgeMs) : DEFAULT_MAX_CERTIFICATE_AGE_NS,
       openArgs: o.openArgs ?? new Uint8Array(),
       openTimeoutNs: ms(o.openTimeoutMs ?? 30_000),
@@ -491,7 +540,8 @@ export class IcWsClient<In = Uint8Array, Out = Uint8Array> {
   }
 
   private onConnectionEnd(conn: Connection | undefined, error: SessionFailure, next: Next, code?: number, reason?: string): void {
-    const err = errorFor(error, this.opts.openTimeoutMs ?? 30_000);
+    const defaultRootKeyOnLocal = this.opts.rootKey === undefined && conn !== undefined && isLocalUrl(conn.url);
+    const err = errorFor(error, this.opts.openTimeoutMs ?? 30_000, defaultRootKeyOnLocal);
     if (err) this.emit("error", err);
     if (conn && this.conn === conn) {
       this.conn = undefined;

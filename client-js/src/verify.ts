@@ -59,6 +59,11 @@ export const MAINNET_ROOT_KEY_DER = fromHex(
 );
 const BLS_DER_PREFIX = fromHex("308182301d060d2b0601040182dc7c0503010201060c2b0601040182dc7c05030201036100");
 
+/** Whether `key` is a DER-encoded BLS12-381 public key (the form of the IC root key). */
+export function isDerBlsKey(key: Uint8Array): boolean {
+  return key.length === BLS_DER_PREFIX.length + 96 && bytesEqual(key.subarray(0, BLS_DER_PREFIX.length), BLS_DER_PREFIX);
+}
+
 /** A certificate whose signature verified: the canister's certified data and the time. */
 export interface VerifiedCertificate {
   certifiedData: Uint8Array;
@@ -141,7 +146,7 @@ export async function verifyCertificate(
   now: bigint,
   maxAgeNs: bigint,
 ): Promise<VerifiedCertificate> {
-  if (rootKeyDer.length !== BLS_DER_PREFIX.length + 96 || !bytesEqual(rootKeyDer.subarray(0, BLS_DER_PREFIX.length), BLS_DER_PREFIX)) {
+  if (!isDerBlsKey(rootKeyDer)) {
     throw new VerifyError("MalformedRootKey", "root key is not a DER BLS12-381 key");
   }
   let cert: Certificate;

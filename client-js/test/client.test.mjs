@@ -118,6 +118,29 @@ test("client: a frame with a forged certificate signature is rejected as BadCert
   assert.equal(log.messages[0].data, "echo: x");
 });
 
+test("client: a root key given as hex works; a malformed one is a configuration error at construction", async () => {
+  const hex = Buffer.from(gw.root.der).toString("hex");
+  const { c, log } = makeClient({ rootKey: hex });
+  c.connect();
+  await until(() => log.opens.length === 1, "open with a hex root key");
+  assert.equal(log.errors.length, 0);
+  const bad = (rootKey) => () => new IcWsClient({ gatewayUrl: gw.url, canisterId: gw.canisterId, rootKey });
+  assert.throws(bad("zz" + hex), /rootKey: not hex/);
+  assert.throws(bad(hex.slice(0, 100)), /not a DER BLS12-381 public key \(50 bytes/);
+  assert.throws(bad(gw.root.der.slice(37)), /raw 96-byte key: pass the DER form/);
+  assert.throws(bad(42), /expected a Uint8Array or a hex string/);
+});
+
+test("client: without a root key against a local gateway, a failed signature says how to configure it", async () => {
+  const { c, log } = makeClient({ rootKey: undefined });
+  c.connect();
+  await until(() => log.errors.length >= 1, "an error");
+  const e = log.errors[0];
+  assert.equal(e.check, "BadCertificateSignature");
+  assert.match(e.message, /mainnet root key \(no rootKey option\) with a gateway on this machine/);
+  assert.equal(log.opens.length, 0);
+});
+
 test("client: a replayed (duplicated) message is rejected as OutOfSequence", async () => {
   const { c, log } = makeClient();
   c.connect();
