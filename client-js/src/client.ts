@@ -270,7 +270,7 @@ function rootKeyOption(key: Uint8Array | string | undefined): Uint8Array {
 function isLocalUrl(url: string): boolean {
   try {
     const host = new URL(url).hostname.replace(/^\[|\]$/g, "");
-    return host === "localhost" || host.endsWith(".localhost") || host === "::1" || host.startsWith("127.");
+    return host === "localhost" || host.endsWith(".localhost") || host === "::1" || /^127\.\d{1,3}\.\d{1,3}\.\d{1,3}$/.test(host);
   } catch {
     return false;
   }

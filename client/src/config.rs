@@ -156,6 +156,18 @@ impl ClientConfig {
         self
     }
 
+    /// The first gateway URL on this machine if the root key is the mainnet one (likely a
+    /// forgotten [`Self::with_root_key`] for a local replica).
+    pub(crate) fn mainnet_key_with_local_gateway(&self) -> Option<&str> {
+        if self.root_key_der != MAINNET_ROOT_KEY_DER {
+            return None;
+        }
+        self.gateway_urls
+            .iter()
+            .map(String::as_str)
+            .find(|url| is_local_url(url))
+    }
+
     pub(crate) fn validate(&self) -> Result<(), crate::ClientError> {
         use crate::ClientError::Config;
         if self.gateway_urls.is_empty() {
@@ -175,6 +187,26 @@ impl ClientConfig {
         }
         Ok(())
     }
+}
+
+/// Whether a `ws://` / `wss://` URL names this machine (localhost, 127.0.0.0/8, ::1).
+fn is_local_url(url: &str) -> bool {
+    let rest = url
+        .strip_prefix("ws://")
+        .or_else(|| url.strip_prefix("wss://"))
+        .unwrap_or(url);
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    let host_port = authority.rsplit('@').next().unwrap_or_default();
+    let host = match host_port.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or_default(),
+        None => host_port.split(':').next().unwrap_or_default(),
+    };
+    let host = host.to_ascii_lowercase();
+    host == "localhost"
+        || host.ends_with(".localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 impl ClientConfig {
@@ -231,6 +263,17 @@ mod tests {
         assert!(
             matches!(bad.validate(), Err(crate::ClientError::Config(m)) if m.contains("no gateway"))
         );
+        for (url, local) in [
+            ("ws://127.0.0.1:8080", true),
+            ("ws://localhost/x", true),
+            ("wss://[::1]:9/", true),
+            ("ws://user@LOCALHOST:1", true),
+            ("wss://gateway.example.com", false),
+            ("wss://127.example.com", false),
+            ("wss://[2001:db8::1]:443", false),
+        ] {
+            assert_eq!(is_local_url(url), local, "{url}");
+        }
         let bad = c.clone().with_root_key(vec![0u8; 10]);
         assert!(
             matches!(bad.validate(), Err(crate::ClientError::Config(m)) if m.contains("root key"))

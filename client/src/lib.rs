@@ -160,6 +160,15 @@ impl Client {
     /// attempts ([`ClientError::GaveUp`]).
     pub async fn connect(config: ClientConfig) -> Result<Client, ClientError> {
         config.validate()?;
+        if let Some(url) = config.mainnet_key_with_local_gateway() {
+            tracing::warn!(
+                gateway = %url,
+                "the client verifies with the mainnet root key but the gateway is on this machine: \
+                 a local replica (dfx, PocketIC, the embedded replica) signs with its own key, so \
+                 every certificate will fail as BadCertificateSignature; set \
+                 ClientConfig::with_root_key (the replica's /api/v2/status gives it)"
+            );
+        }
         let (commands_tx, commands_rx) = mpsc::channel(64);
         let (events_tx, mut events_rx) = mpsc::channel(config.event_buffer);
         let shared = Arc::new(Shared {
