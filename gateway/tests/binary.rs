@@ -5,7 +5,6 @@
 mod common;
 
 use common::*;
-use ic_ws_protocol::ClientFrame;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -108,22 +107,7 @@ async fn an_unreachable_canister_is_logged_once_not_once_per_call() {
     for _ in 0..opens {
         let mut ws = connect_from(addr, None).await;
         let gateway = hello(&mut ws).await;
-        let ClientFrame::Open {
-            canister_id,
-            mut request,
-        } = open_request(b"", None)
-        else {
-            unreachable!()
-        };
-        request.gateway = gateway;
-        send_frame(
-            &mut ws,
-            &ClientFrame::Open {
-                canister_id,
-                request,
-            },
-        )
-        .await;
+        send_frame(&mut ws, &open_request_through(gateway, b"", None)).await;
         let (code, reason) = closed(&mut ws).await;
         assert_eq!(code, 4005, "{reason}");
     }

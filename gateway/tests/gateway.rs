@@ -514,20 +514,9 @@ async fn opens_refused_by_policy_or_app_close_4003() {
     assert_eq!(closed(&mut rejected.ws).await.0, 4003);
 
     let mut wrong_gateway = Client::connect(addr).await;
-    let ClientFrame::Open {
-        canister_id,
-        mut request,
-    } = open_request(b"", None)
-    else {
-        unreachable!()
-    };
-    request.gateway = candid::Principal::anonymous();
     send_frame(
         &mut wrong_gateway.ws,
-        &ClientFrame::Open {
-            canister_id,
-            request,
-        },
+        &open_request_through(candid::Principal::anonymous(), b"", None),
     )
     .await;
     assert!(matches!(

@@ -126,11 +126,20 @@ pub async fn hello(ws: &mut Ws) -> Principal {
 }
 
 pub fn open_request(args: &[u8], resume: Option<ResumeFrom>) -> ClientFrame {
+    open_request_through(gateway_principal(), args, resume)
+}
+
+/// An open naming `gateway` as the gateway it goes through.
+pub fn open_request_through(
+    gateway: Principal,
+    args: &[u8],
+    resume: Option<ResumeFrom>,
+) -> ClientFrame {
     ClientFrame::Open {
         canister_id: canister(),
         request: OpenRequest {
             client_key: vec![7; 32],
-            gateway: gateway_principal(),
+            gateway,
             timestamp_ns: 1,
             resume,
             args: args.to_vec(),
