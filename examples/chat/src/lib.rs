@@ -5,12 +5,15 @@
 //! certified message in their own stream. Joins and leaves are announced in rooms of up to
 //! [`MAX_ANNOUNCED_ROOM`] participants (see "Cost of presence notices" below); a
 //! participant can switch rooms; the `participants` and `rooms` queries list who is there
-//! and who is connected right now.
+//! and who is connected right now. Whoever enters a room (a new tab, a reloaded page, a
+//! room switch) first gets the room's last [`HISTORY_SENT`] messages, kept among the last
+//! [`HISTORY_KEPT`] of the whole chat.
 //!
 //! The whole ws part is the three annotated handlers below: `#[on_open]`, `#[on_message]`
 //! and `#[on_close]` generate the `ws_open`, `ws_message`, `ws_close` and `ws_poll`
 //! endpoints. The app keeps its own state (participants, names) in stable structures beside
-//! the runtime's (memory ids 0 and 1), so an upgrade loses neither sessions nor names.
+//! the runtime's (memory ids 0 to 3), so an upgrade loses neither sessions, names nor
+//! history.
 //!
 //! # Cost of presence notices
 //!
@@ -55,6 +58,12 @@ pub const MAX_MEMBERS_LISTED: usize = 500;
 /// Largest room whose joins and leaves are announced (`Joined`, `Left`): bounds the cost of
 /// one notice to this many queued messages (see the crate docs, "Cost of presence notices").
 pub const MAX_ANNOUNCED_ROOM: u64 = 100;
+/// Messages kept for newcomers, over all rooms (the oldest is dropped first): at most
+/// ~2.1 MB of stable memory (a message is at most 1000 characters, 4 bytes each, plus names).
+pub const HISTORY_KEPT: u64 = 500;
+/// The room's last messages a participant gets when entering it (so a reloaded page is not
+/// empty); found among the last [`HISTORY_KEPT`], so the scan is bounded whatever the rooms.
+pub const HISTORY_SENT: usize = 20;
 
 /// Arguments of an open (the `args` of the client's open request).
 #[derive(CandidType, Deserialize, Clone, Debug, PartialEq, Eq)]
@@ -191,6 +200,82 @@ thread_local! {
     static NAMES: RefCell<StableBTreeMap<String, ClientId, Memory>> = RefCell::new(
         StableBTreeMap::init(ic_ws_canister::memory::get(MemoryId::new(1))),
     );
+    /// The last [`HISTORY_KEPT`] messages said in any room, by [`history_key`] (room, then
+    /// a counter), so a room's last messages are one range read.
+    static HISTORY: RefCell<StableBTreeMap<String, Said, Memory>> = RefCell::new(
+        StableBTreeMap::init(ic_ws_canister::memory::get(MemoryId::new(2))),
+    );
+    /// The same messages' keys by counter (oldest first), to drop the oldest.
+    static HISTORY_ORDER: RefCell<StableBTreeMap<u64, String, Memory>> = RefCell::new(
+        StableBTreeMap::init(ic_ws_canister::memory::get(MemoryId::new(3))),
+    );
+}
+
+/// Where a room's message number `n` is kept: the room (which never contains `/`), `/`, then
+/// `n` in 20 digits, so keys sort by room, then by age.
+fn history_key(room: &str, n: u64) -> String {
+    format!("{room}/{n:020}")
+}
+
+/// A message kept for newcomers: a `ChatOut::Message`, stored as its candid bytes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Said(ChatOut);
+
+impl Storable for Said {
+    fn to_bytes(&self) -> Cow<'_, [u8]> {
+        Cow::Owned(self.clone().into_bytes())
+    }
+
+    fn into_bytes(self) -> Vec<u8> {
+        candid::encode_one(&self.0).unwrap_or_default()
+    }
+
+    fn from_bytes(bytes: Cow<'_, [u8]>) -> Self {
+        Said(
+            candid::decode_one(&bytes)
+                .unwrap_or_else(|e| ic_cdk::trap(format!("corrupted history record: {e}"))),
+        )
+    }
+
+    const BOUND: Bound = Bound::Unbounded;
+}
+
+/// Keeps `message` (said in `room`) for newcomers, dropping the oldest of the chat beyond
+/// [`HISTORY_KEPT`]: a constant number of map operations per message.
+fn remember(room: &str, message: &ChatOut) {
+    let n = HISTORY_ORDER.with(|o| {
+        o.borrow()
+            .last_key_value()
+            .map_or(0, |(k, _)| k.saturating_add(1))
+    });
+    let key = history_key(room, n);
+    HISTORY.with(|h| h.borrow_mut().insert(key.clone(), Said(message.clone())));
+    HISTORY_ORDER.with(|o| {
+        let mut o = o.borrow_mut();
+        o.insert(n, key);
+        while o.len() > HISTORY_KEPT {
+            let Some((_, oldest)) = o.pop_first() else {
+                break;
+            };
+            HISTORY.with(|h| h.borrow_mut().remove(&oldest));
+        }
+    });
+}
+
+/// The last [`HISTORY_SENT`] messages said in `room`, oldest first: one range read of at
+/// most that many entries.
+fn history(room: &str) -> Vec<ChatOut> {
+    let (from, to) = (format!("{room}/"), format!("{room}0")); // '0' follows '/'
+    let mut recent: Vec<ChatOut> = HISTORY.with(|h| {
+        h.borrow()
+            .range(from..to)
+            .rev()
+            .take(HISTORY_SENT)
+            .map(|entry| entry.value().0)
+            .collect()
+    });
+    recent.reverse();
+    recent
 }
 
 /// Canister time; natively (unit tests) the runtime's fake clock.
@@ -268,10 +353,14 @@ fn publish(room: &str, event: &ChatOut) -> Result<(), String> {
 }
 
 /// Puts `client` in `room`: subscribes it (the only step that can fail, so nothing is
-/// announced for a participant that could not enter), tells it who is there, announces it.
+/// announced for a participant that could not enter), tells it who is there and what was
+/// said last, announces it.
 fn enter_room(client: ClientId, name: &str, room: &str) -> Result<(), String> {
     ic_ws_canister::subscribe(client, &room_topic(room)).map_err(|e| e.to_string())?;
     ic_ws_canister::send(client, &members(room)).map_err(|e| e.to_string())?;
+    for said in history(room) {
+        ic_ws_canister::send(client, &said).map_err(|e| e.to_string())?;
+    }
     announce(
         room,
         0,
@@ -333,16 +422,16 @@ fn message(client: ClientId, message: ChatIn) -> Result<(), String> {
             if text.trim().is_empty() || chars > MAX_TEXT_CHARS {
                 return Err(format!("a message has 1 to {MAX_TEXT_CHARS} characters"));
             }
-            publish(
-                &me.room,
-                &ChatOut::Message {
-                    from: me.name,
-                    client,
-                    room: me.room.clone(),
-                    text,
-                    at_ns: now_ns(),
-                },
-            )
+            let said = ChatOut::Message {
+                from: me.name,
+                client,
+                room: me.room.clone(),
+                text,
+                at_ns: now_ns(),
+            };
+            publish(&me.room, &said)?;
+            remember(&me.room, &said);
+            Ok(())
         }
         ChatIn::SwitchRoom { room } => {
             let room = validate_room(&room)?;

@@ -329,3 +329,43 @@ fn presence_notices_stop_past_the_announced_room_size() {
     let after = ic_ws_canister::client_info(first.id).unwrap();
     assert_eq!(after.next_outbound_seq, info.next_outbound_seq);
 }
+
+#[test]
+fn newcomers_get_the_rooms_last_messages_and_the_history_stays_bounded() {
+    let mut ada = join(1, "ada", None);
+    let mut cy = join(3, "cy", Some("kitchen"));
+    for i in 0..HISTORY_SENT + 5 {
+        let text = format!("lobby {i}");
+        assert_eq!(say(&mut ada, ChatIn::Say { text }), MessageResult::Ok);
+    }
+    let kitchen = ChatIn::Say {
+        text: "kitchen talk".into(),
+    };
+    assert_eq!(say(&mut cy, kitchen), MessageResult::Ok);
+    // A newcomer to the lobby (a reloaded page) gets the lobby's last HISTORY_SENT
+    // messages, oldest first, after the member list, and nothing of the kitchen.
+    let bob = join(2, "bob", None);
+    let events = inbox(&bob);
+    assert!(matches!(events.first(), Some(ChatOut::Members { .. })));
+    let expected: Vec<String> = (5..HISTORY_SENT + 5)
+        .map(|i| format!("ada: lobby {i}"))
+        .collect();
+    assert_eq!(texts(&events), expected);
+    // Switching rooms brings that room's history.
+    let mut bob = bob;
+    let switch = ChatIn::SwitchRoom {
+        room: "kitchen".into(),
+    };
+    assert_eq!(say(&mut bob, switch), MessageResult::Ok);
+    assert!(texts(&inbox(&bob)).ends_with(&["cy: kitchen talk".to_string()]));
+    // However much is said, at most HISTORY_KEPT messages are kept.
+    for i in 0..HISTORY_KEPT + 10 {
+        let text = format!("more {i}");
+        assert_eq!(say(&mut cy, ChatIn::Say { text }), MessageResult::Ok);
+    }
+    assert_eq!(HISTORY.with(|h| h.borrow().len()), HISTORY_KEPT);
+    assert!(
+        history("lobby").is_empty(),
+        "the lobby's messages were the oldest"
+    );
+}
