@@ -495,7 +495,8 @@ mod tests {
 
     /// A signature map holding (seed, message) pairs, as a signing canister keeps it.
     fn sig_tree(entries: &[(&[u8], &[u8])]) -> HashTree {
-        let mut seeds: Vec<(Vec<u8>, Vec<(Vec<u8>, HashTree)>)> = Vec::new();
+        type Entries = Vec<(Vec<u8>, HashTree)>;
+        let mut seeds: Vec<(Vec<u8>, Entries)> = Vec::new();
         for (seed, msg) in entries {
             let s = sha256(seed).to_vec();
             let m = (sha256(msg).to_vec(), leaf(Vec::<u8>::new()));
