@@ -132,6 +132,110 @@ fn setup(seed: &str) -> (Served, Principal, Principal) {
     (served, idp, probe)
 }
 
+struct Delegated {
+    root_key: Vec<u8>,
+    user_key: Vec<u8>,
+    signature: Vec<u8>,
+    excluded_user_key: Vec<u8>,
+    excluded_signature: Vec<u8>,
+}
+
+/// A canister signature whose certificate is signed by a subnet key under a delegation from
+/// the root key (as every certificate of a mainnet application subnet is), built here with test
+/// BLS keys since the embedded replica is a single root subnet.
+fn delegated_signature() -> Delegated {
+    use ic_certification::{fork, labeled, leaf, Certificate, HashTree};
+    use sha2::{Digest, Sha256};
+    let bls = |seed: u8| {
+        let mut bytes = [seed; 32];
+        bytes[0] = 0;
+        ic_verify_bls_signature::PrivateKey::deserialize(&bytes).unwrap()
+    };
+    let der = |key: &ic_verify_bls_signature::PrivateKey| {
+        let mut der = served_bls_prefix();
+        der.extend_from_slice(&key.public_key().serialize());
+        der
+    };
+    let sign = |key: &ic_verify_bls_signature::PrivateKey,
+                tree: HashTree,
+                delegation: Option<ic_certification::Delegation>| {
+        let mut msg = b"\x0Dic-state-root".to_vec();
+        msg.extend_from_slice(&tree.digest());
+        serde_cbor::to_vec(&Certificate {
+            signature: key.sign(&msg).serialize().to_vec(),
+            tree,
+            delegation,
+        })
+        .unwrap()
+    };
+    let (root, subnet) = (bls(11), bls(12));
+    let subnet_id = vec![7; 29];
+    let lo = Principal::from_slice(&[0, 0, 0, 0, 0, 0, 0, 0, 1, 1]);
+    let hi = Principal::from_slice(&[0, 0, 0, 0, 0, 0, 0, 9, 1, 1]);
+    let dtree = labeled(
+        b"subnet".to_vec(),
+        labeled(
+            subnet_id.clone(),
+            fork(
+                labeled(
+                    b"canister_ranges".to_vec(),
+                    leaf(serde_cbor::to_vec(&vec![(lo, hi)]).unwrap()),
+                ),
+                labeled(b"public_key".to_vec(), leaf(der(&subnet))),
+            ),
+        ),
+    );
+    let delegation = ic_certification::Delegation {
+        subnet_id,
+        certificate: sign(&root, dtree, None),
+    };
+    let make = |canister: Principal| {
+        let seed = [5u8; 32];
+        let sha = |b: &[u8]| Sha256::digest(b).to_vec();
+        let tree = labeled(
+            b"sig".to_vec(),
+            labeled(sha(&seed), labeled(sha(b"message"), leaf(Vec::<u8>::new()))),
+        );
+        let cert_tree = fork(
+            labeled(
+                b"canister".to_vec(),
+                labeled(
+                    canister.as_slice().to_vec(),
+                    labeled(b"certified_data".to_vec(), leaf(tree.digest().to_vec())),
+                ),
+            ),
+            labeled(b"time".to_vec(), leaf(vec![1])),
+        );
+        #[derive(serde::Serialize)]
+        struct Sig {
+            #[serde(with = "serde_bytes")]
+            certificate: Vec<u8>,
+            tree: HashTree,
+        }
+        let certificate = sign(&subnet, cert_tree, Some(delegation.clone()));
+        (
+            ic_ws_protocol::canister_sig::public_key_der(&canister, &seed),
+            serde_cbor::to_vec(&Sig { certificate, tree }).unwrap(),
+        )
+    };
+    let (user_key, signature) = make(Principal::from_slice(&[0, 0, 0, 0, 0, 0, 0, 5, 1, 1]));
+    let (excluded_user_key, excluded_signature) =
+        make(Principal::from_slice(&[0, 0, 0, 0, 0, 0, 0, 10, 1, 1]));
+    Delegated {
+        root_key: der(&root),
+        user_key,
+        signature,
+        excluded_user_key,
+        excluded_signature,
+    }
+}
+
+fn served_bls_prefix() -> Vec<u8> {
+    // The IC's DER prefix of a BLS12-381 G2 key: the replica's root key minus its 96 key bytes.
+    let der = ic_ws_replica::Replica::new(ReplicaConfig::with_seed("prefix")).root_key_der();
+    der[..der.len() - 96].to_vec()
+}
+
 /// The signature with one bit of its certificate's BLS signature flipped (everything else,
 /// tree and certified data, intact: only the pairing can tell).
 fn tamper_bls(signature: &[u8]) -> Vec<u8> {
@@ -372,6 +476,32 @@ async fn canister_signature_verification_fits_its_instruction_budget() {
     assert!(other_msg.result.is_err());
     let garbage = verify(&root_key, &login.user_key, &message, &[0x81; 16 * 1024]);
     assert!(garbage.result.is_err());
+    let delegated = delegated_signature();
+    let via_subnet = verify(
+        &delegated.root_key,
+        &delegated.user_key,
+        b"message",
+        &delegated.signature,
+    );
+    assert_eq!(via_subnet.result, Ok(()));
+    let excluded = verify(
+        &delegated.root_key,
+        &delegated.excluded_user_key,
+        b"message",
+        &delegated.excluded_signature,
+    );
+    assert!(
+        excluded.result.as_ref().is_err_and(|e| e.contains("canister ranges")),
+        "{:?}",
+        excluded.result
+    );
+    println!(
+        "canister_sig::verify instructions with a subnet delegation (mainnet's shape): valid {}, canister outside the ranges {}, signature {} bytes",
+        via_subnet.instructions,
+        excluded.instructions,
+        delegated.signature.len()
+    );
+    assert!(via_subnet.instructions <= 2 * VERIFY_BUDGET, "{}", via_subnet.instructions);
     println!(
         "canister_sig::verify instructions: valid {} (raw root key {}), wrong root key {}, flipped BLS bit {}, other message {}, 16 KiB garbage {}, signature {} bytes",
         ok.instructions,
