@@ -491,7 +491,10 @@ async fn canister_signature_verification_fits_its_instruction_budget() {
         &delegated.excluded_signature,
     );
     assert!(
-        excluded.result.as_ref().is_err_and(|e| e.contains("canister ranges")),
+        excluded
+            .result
+            .as_ref()
+            .is_err_and(|e| e.contains("canister ranges")),
         "{:?}",
         excluded.result
     );
@@ -501,7 +504,11 @@ async fn canister_signature_verification_fits_its_instruction_budget() {
         excluded.instructions,
         delegated.signature.len()
     );
-    assert!(via_subnet.instructions <= 2 * VERIFY_BUDGET, "{}", via_subnet.instructions);
+    assert!(
+        via_subnet.instructions <= 2 * VERIFY_BUDGET,
+        "{}",
+        via_subnet.instructions
+    );
     println!(
         "canister_sig::verify instructions: valid {} (raw root key {}), wrong root key {}, flipped BLS bit {}, other message {}, 16 KiB garbage {}, signature {} bytes",
         ok.instructions,
