@@ -123,7 +123,7 @@ async function login(session, targets) {
   const sessionKey = new Uint8Array(session.getPublicKey().toDer());
   const t = targets ? [targets] : [];
   const prepared = await idp.prepare_delegation(sessionKey, [], t);
-  assert.ok('Ok' in prepared, JSON.stringify(prepared));
+  assert.ok('Ok' in prepared, JSON.stringify(prepared, (_, v) => (typeof v === 'bigint' ? v.toString() : v)));
   const { user_key, expiration } = prepared.Ok;
   const reply = await idp.get_delegation(sessionKey, expiration, t);
   assert.ok('signed_delegation' in reply);
