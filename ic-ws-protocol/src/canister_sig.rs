@@ -317,6 +317,76 @@ pub fn verify(
     message: &[u8],
     signature: &[u8],
 ) -> Result<(), CanisterSigError> {
+    verify_with_cache(
+        &mut DelegationCache::default(),
+        ic_root_public_key,
+        der_public_key,
+        message,
+        signature,
+    )
+}
+
+/// How many verified subnet delegations a [`DelegationCache`] remembers.
+pub const DELEGATION_CACHE_ENTRIES: usize = 8;
+
+/// Subnet delegations whose BLS signature (by the root key) was verified already.
+///
+/// Every certificate of a mainnet application subnet (Internet Identity's included) carries the
+/// same delegation from the root key for months, and its check is one of the two BLS pairings
+/// of a canister signature (about half the cost: BENCHMARKS.md, "Canister signatures"). A
+/// canister that keeps one cache across calls pays one pairing per Internet Identity user after
+/// the first. An entry is `sha256(root key ++ delegation certificate bytes)` and is added only
+/// after that exact certificate verified under that root key; everything else (the canister
+/// ranges, the subnet key, the certificate's own signature) is checked on every call. At most
+/// [`DELEGATION_CACHE_ENTRIES`] entries (oldest evicted): an attacker can only evict with other
+/// genuine IC delegations, which costs the uncached price and nothing more.
+#[derive(Debug, Clone, Default)]
+pub struct DelegationCache {
+    verified: std::collections::VecDeque<[u8; 32]>,
+}
+
+impl DelegationCache {
+    fn key(root_key: &[u8], certificate: &[u8]) -> [u8; 32] {
+        let mut hasher = Sha256::new();
+        hasher.update(root_key);
+        hasher.update(certificate);
+        hasher.finalize().into()
+    }
+
+    fn contains(&self, key: &[u8; 32]) -> bool {
+        self.verified.contains(key)
+    }
+
+    fn insert(&mut self, key: [u8; 32]) {
+        if self.verified.contains(&key) {
+            return;
+        }
+        if self.verified.len() >= DELEGATION_CACHE_ENTRIES {
+            self.verified.pop_front();
+        }
+        self.verified.push_back(key);
+    }
+
+    /// How many delegations are remembered.
+    pub fn len(&self) -> usize {
+        self.verified.len()
+    }
+
+    /// Whether none is.
+    pub fn is_empty(&self) -> bool {
+        self.verified.is_empty()
+    }
+}
+
+/// [`verify`], skipping the BLS check of a subnet delegation `cache` holds as verified (and
+/// remembering one that verifies).
+pub fn verify_with_cache(
+    cache: &mut DelegationCache,
+    ic_root_public_key: &[u8],
+    der_public_key: &[u8],
+    message: &[u8],
+    signature: &[u8],
+) -> Result<(), CanisterSigError> {
     let root_key = raw_bls_key(ic_root_public_key)?;
     let (canister, seed) = parse_public_key(der_public_key)?;
     if signature.len() > MAX_SIGNATURE_BYTES {
@@ -358,7 +428,7 @@ pub fn verify(
     }
 
     // 3. The certificate is the IC's (directly, or through a subnet allowed to host `canister`).
-    let subnet_key = delegated_key(&cert, root_key, &canister)?;
+    let subnet_key = delegated_key(&cert, root_key, &canister, cache)?;
     let key = subnet_key.as_deref().unwrap_or(root_key);
     check_bls(&cert, key, "certificate")
 }
@@ -384,6 +454,7 @@ fn delegated_key(
     cert: &Certificate,
     root_key: &[u8],
     canister: &Principal,
+    cache: &mut DelegationCache,
 ) -> Result<Option<Vec<u8>>, CanisterSigError> {
     let Some(delegation) = &cert.delegation else {
         return Ok(None);
@@ -428,7 +499,11 @@ fn delegated_key(
     let subnet_key = raw_bls_key(der)
         .map_err(|_| CanisterSigError::BadDelegation("malformed subnet public key"))?
         .to_vec();
-    check_bls(&dcert, root_key, "delegation certificate")?;
+    let cache_key = DelegationCache::key(root_key, &delegation.certificate);
+    if !cache.contains(&cache_key) {
+        check_bls(&dcert, root_key, "delegation certificate")?;
+        cache.insert(cache_key);
+    }
     Ok(Some(subnet_key))
 }
 
@@ -775,6 +850,76 @@ mod tests {
             verify(&root, &c.key, &c.msg, &sig),
             Err(CanisterSigError::BadBlsSignature("certificate"))
         );
+    }
+
+    #[test]
+    fn the_delegation_cache_skips_only_the_delegation_pairing() {
+        let c = case();
+        let root = c.root.raw();
+        let subnet = Bls::new(5);
+        let lo = Principal::from_slice(&[0, 0, 0, 0, 0, 0, 0, 0, 1, 1]);
+        let hi = Principal::from_slice(&[0, 0, 0, 0, 0, 0, 0, 9, 1, 1]);
+        let mut cache = DelegationCache::default();
+        // A delegation not signed by the root is never remembered.
+        let forged = delegated(&c, &subnet, &Bls::new(6), ranges(lo, hi), false);
+        for _ in 0..2 {
+            assert_eq!(
+                verify_with_cache(&mut cache, &root, &c.key, &c.msg, &forged),
+                Err(CanisterSigError::BadBlsSignature("delegation certificate"))
+            );
+        }
+        assert!(cache.is_empty());
+        let sig = delegated(&c, &subnet, &c.root, ranges(lo, hi), false);
+        assert_eq!(
+            verify_with_cache(&mut cache, &root, &c.key, &c.msg, &sig),
+            Ok(())
+        );
+        assert_eq!(cache.len(), 1);
+        assert_eq!(
+            verify_with_cache(&mut cache, &root, &c.key, &c.msg, &sig),
+            Ok(())
+        );
+        assert_eq!(cache.len(), 1);
+        // With the delegation remembered, the certificate's own signature is still checked ...
+        let mut parsed: Certificate = serde_cbor::from_slice(
+            &serde_cbor::from_slice::<CanisterSig>(&sig)
+                .unwrap()
+                .certificate,
+        )
+        .unwrap();
+        parsed.signature = Bls::new(7)
+            .0
+            .sign(&[STATE_ROOT_DOMAIN, &parsed.tree.digest()[..]].concat())
+            .serialize()
+            .to_vec();
+        let resigned = encode_sig(&cbor_self_describing(&parsed), &c.tree);
+        assert_eq!(
+            verify_with_cache(&mut cache, &root, &c.key, &c.msg, &resigned),
+            Err(CanisterSigError::BadBlsSignature("certificate"))
+        );
+        // ... and so are the ranges, for another canister under the same delegation.
+        let outside = Principal::from_slice(&[0, 0, 0, 0, 0, 0, 0, 10, 1, 1]);
+        let key = public_key_der(&outside, b"seed");
+        let mut tree = cert_tree(&outside, &c.tree.digest());
+        tree = fork(tree, ic_certification::empty());
+        let mut msg = STATE_ROOT_DOMAIN.to_vec();
+        msg.extend_from_slice(&tree.digest());
+        let cert = cbor_self_describing(&Certificate {
+            signature: subnet.0.sign(&msg).serialize().to_vec(),
+            tree,
+            delegation: parsed.delegation.clone(),
+        });
+        assert_eq!(
+            verify_with_cache(&mut cache, &root, &key, &c.msg, &encode_sig(&cert, &c.tree)),
+            Err(CanisterSigError::CanisterNotInRanges(outside))
+        );
+        // Another root key is another cache entry.
+        assert!(verify_with_cache(&mut cache, &Bls::new(8).raw(), &c.key, &c.msg, &sig).is_err());
+        // Bounded.
+        for seed in 10..30u8 {
+            cache.insert([seed; 32]);
+        }
+        assert_eq!(cache.len(), DELEGATION_CACHE_ENTRIES);
     }
 
     #[test]

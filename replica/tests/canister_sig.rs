@@ -498,12 +498,39 @@ async fn canister_signature_verification_fits_its_instruction_budget() {
         "{:?}",
         excluded.result
     );
+    let arg = Encode!(
+        &ByteBuf::from(delegated.root_key.clone()),
+        &ByteBuf::from(delegated.user_key.clone()),
+        &ByteBuf::from(b"message".to_vec()),
+        &ByteBuf::from(delegated.signature.clone())
+    )
+    .unwrap();
+    let reply = served
+        .replica
+        .query(
+            idp,
+            "verify_canister_sig_cached",
+            &arg,
+            Principal::anonymous(),
+        )
+        .unwrap();
+    let (first, cached) = Decode!(&reply, VerifyReport, VerifyReport).unwrap();
+    assert_eq!((&first.result, &cached.result), (&Ok(()), &Ok(())));
     println!(
-        "canister_sig::verify instructions with a subnet delegation (mainnet's shape): valid {}, canister outside the ranges {}, signature {} bytes",
+        "canister_sig::verify instructions with a subnet delegation (mainnet's shape): valid {}, canister outside the ranges {}, signature {} bytes; with a DelegationCache: first {}, then {}",
         via_subnet.instructions,
         excluded.instructions,
-        delegated.signature.len()
+        delegated.signature.len(),
+        first.instructions,
+        cached.instructions
     );
+    // The cache saves the delegation's pairing: one pairing left.
+    assert!(
+        cached.instructions <= VERIFY_BUDGET,
+        "{}",
+        cached.instructions
+    );
+    assert!(cached.instructions < first.instructions * 6 / 10);
     assert!(
         via_subnet.instructions <= 2 * VERIFY_BUDGET,
         "{}",

@@ -13,7 +13,9 @@
 //! - `whoami` (update): the caller, to check who a delegation authenticates.
 //! - `verify_canister_sig(root_key, public_key, message, signature)` (query): runs
 //!   `ic_ws_protocol::canister_sig::verify` and reports its instruction count (the cost an
-//!   ic-ws canister pays to verify an Internet Identity user at open).
+//!   ic-ws canister pays to verify an Internet Identity user at open);
+//!   `verify_canister_sig_cached` runs it twice with one `DelegationCache` (the second run is
+//!   what a canister keeping the cache pays per user once the subnet delegation is known).
 //!
 //! Bounds (a hostile caller, or many, cannot grow the state without limit): a prepared
 //! signature lives [`SIGNATURE_TTL_NS`] (as in Internet Identity: clients fetch it right away);
@@ -297,4 +299,32 @@ fn verify_canister_sig(
         result,
         instructions,
     }
+}
+
+/// Two runs of `canister_sig::verify_with_cache` sharing one fresh cache.
+#[ic_cdk::query]
+fn verify_canister_sig_cached(
+    root_key: ByteBuf,
+    public_key: ByteBuf,
+    message: ByteBuf,
+    signature: ByteBuf,
+) -> (VerifyReport, VerifyReport) {
+    let mut cache = canister_sig::DelegationCache::default();
+    let mut run = || {
+        let before = ic_cdk::api::performance_counter(0);
+        let result = canister_sig::verify_with_cache(
+            &mut cache,
+            &root_key,
+            &public_key,
+            &message,
+            &signature,
+        )
+        .map_err(|e| e.to_string());
+        VerifyReport {
+            result,
+            instructions: ic_cdk::api::performance_counter(0).saturating_sub(before),
+        }
+    };
+    let first = run();
+    (first, run())
 }
