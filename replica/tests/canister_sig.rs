@@ -553,3 +553,53 @@ async fn canister_signature_verification_fits_its_instruction_budget() {
     assert!(other_msg.instructions < ok.instructions / 10);
     assert!(garbage.instructions < ok.instructions / 10);
 }
+
+/// Many callers at once: the map holds at most 1,000 live signatures; expired ones are pruned
+/// (64 per call at most) when a new one is prepared.
+#[test]
+fn the_signature_map_is_bounded_overall_and_pruned() {
+    let start = now_ns();
+    let replica = ic_ws_replica::Replica::new(
+        ReplicaConfig::with_seed("idp global bound").manual_clock(start),
+    );
+    let idp = replica
+        .create_and_install(idp_wasm(), &Encode!().unwrap())
+        .unwrap();
+    let prepare = |caller: u32, key: u32| {
+        let arg = Encode!(
+            &ByteBuf::from(key.to_be_bytes().to_vec()),
+            &None::<u64>,
+            &None::<Vec<Principal>>
+        )
+        .unwrap();
+        let caller = Principal::self_authenticating(caller.to_be_bytes());
+        let reply = replica
+            .update(idp, "prepare_delegation", &arg, caller)
+            .unwrap();
+        Decode!(&reply, Result<Prepared, String>).unwrap()
+    };
+    let count = || {
+        let reply = replica
+            .query(
+                idp,
+                "signature_count",
+                &Encode!().unwrap(),
+                Principal::anonymous(),
+            )
+            .unwrap();
+        Decode!(&reply, u64).unwrap()
+    };
+    for caller in 0..125 {
+        for key in 0..8 {
+            prepare(caller, key).unwrap();
+        }
+    }
+    assert_eq!(count(), 1_000);
+    let err = prepare(1_000, 0).unwrap_err();
+    assert!(err.contains("too many"), "{err}");
+    assert_eq!(count(), 1_000);
+    // A minute later the oldest are pruned, a bounded number per call.
+    replica.set_time_ns(start + 61_000_000_000);
+    prepare(1_000, 0).unwrap();
+    assert_eq!(count(), 1_000 - 64 + 1);
+}
