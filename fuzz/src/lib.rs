@@ -12,11 +12,14 @@
 //! - [`session`]: the gateway's session state machine fed arbitrary frame sequences;
 //! - [`canister`]: the canister runtime's endpoints fed arbitrary (and validly signed)
 //!   arguments, natively;
+//! - [`canister_sig`]: canister signatures (Internet Identity's scheme): key parsing and
+//!   verification;
 //! - [`meter`]: the gateway's frame meter (what a client's raw bytes charge to the memory
 //!   ledger), against tungstenite's own header parser.
 #![warn(missing_docs)]
 
 pub mod canister;
+pub mod canister_sig;
 pub mod frames;
 pub mod input;
 pub mod meter;
@@ -24,7 +27,7 @@ pub mod session;
 pub mod verify;
 
 /// Every target: its name (the corpus directory and the libFuzzer binary) and functions.
-pub const TARGETS: [Target; 5] = [
+pub const TARGETS: [Target; 6] = [
     Target {
         name: "frames",
         run: frames::run,
@@ -49,6 +52,11 @@ pub const TARGETS: [Target; 5] = [
         name: "meter",
         run: meter::run,
         seeds: meter::seeds,
+    },
+    Target {
+        name: "canister_sig",
+        run: canister_sig::run,
+        seeds: canister_sig::seeds,
     },
 ];
 

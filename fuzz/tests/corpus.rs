@@ -51,3 +51,8 @@ fn canister_corpus() {
 fn meter_corpus() {
     replay("meter");
 }
+
+#[test]
+fn canister_sig_corpus() {
+    replay("canister_sig");
+}

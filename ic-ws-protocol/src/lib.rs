@@ -7,6 +7,8 @@
 //!   direct `send`, the gateway's reads of the timestamp and of a session's end);
 //! - [`frames`]: WebSocket frames between client and gateway;
 //! - [`text`]: bounded, UTF-8-safe text (close reasons, error texts quoting peer input);
+//! - `canister_sig` (feature `canister-sig`): canister signatures (Internet Identity's
+//!   scheme): key parsing and verification, for canisters (wasm32) and native code;
 //! - `verify` (feature `verify`): every check a client makes on what the gateway delivers;
 //! - `client` (feature `client`): the client session as an I/O-free state machine (open and
 //!   resume, held early frames, checks, ack and keep-alive policy, resend queue, and which
@@ -18,6 +20,8 @@
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 #![warn(missing_docs)]
 
+#[cfg(feature = "canister-sig")]
+pub mod canister_sig;
 pub mod certification;
 #[cfg(feature = "client")]
 pub mod client;

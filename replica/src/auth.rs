@@ -6,7 +6,9 @@
 //! the sender (anonymous, or the self-authenticating principal of `sender_pubkey`), the delegation
 //! chain (signatures, expiry, target restrictions, length) and the sender's signature over
 //! `\x0Aic-request ++ request_id`. Supported keys: Ed25519, ECDSA P-256 and ECDSA secp256k1
-//! (SHA-256). Canister signatures and WebAuthn keys are refused with a clear message.
+//! (SHA-256), and canister signatures (the scheme Internet Identity signs its delegations
+//! with: verified with `ic_ws_protocol::canister_sig` against this replica's root key, as the
+//! IC verifies them against its own). WebAuthn keys are refused with a clear message.
 
 use std::time::Duration;
 
@@ -94,8 +96,20 @@ struct RawSignedDelegation {
     signature: Vec<u8>,
 }
 
-/// Parses and authenticates an envelope against the replica's current time.
+/// Parses and authenticates an envelope against the replica's current time. Canister
+/// signatures need the root key: see [`authenticate_with_root_key`]; here they are refused.
 pub fn authenticate(body: &[u8], now_ns: u64) -> Result<AuthenticatedRequest, AuthError> {
+    authenticate_with_root_key(body, now_ns, None)
+}
+
+/// [`authenticate`], verifying canister signatures (a canister-signature `sender_pubkey`, or a
+/// delegation chain that starts at one) against `root_key_der`, the key certificates of this
+/// replica are signed with.
+pub fn authenticate_with_root_key(
+    body: &[u8],
+    now_ns: u64,
+    root_key_der: Option<&[u8]>,
+) -> Result<AuthenticatedRequest, AuthError> {
     let raw: RawEnvelope =
         serde_cbor::from_slice(body).map_err(|e| AuthError::Malformed(e.to_string()))?;
     let content_value = strip_tags(raw.content);
@@ -144,8 +158,13 @@ pub fn authenticate(body: &[u8], now_ns: u64) -> Result<AuthenticatedRequest, Au
             let delegation: Delegation = serde_cbor::value::from_value(delegation_value)
                 .map_err(|e| AuthError::Delegation(format!("delegation {index} malformed: {e}")))?;
             let signable = [DELEGATION_DOMAIN, &hash[..]].concat();
-            verify_signature(&signing_key, &signable, &signed.signature)
-                .map_err(|e| AuthError::Delegation(format!("delegation {index}: {e}")))?;
+            verify_signature_with_root_key(
+                &signing_key,
+                &signable,
+                &signed.signature,
+                root_key_der,
+            )
+            .map_err(|e| AuthError::Delegation(format!("delegation {index}: {e}")))?;
             if delegation.expiration < now_ns {
                 return Err(AuthError::Delegation(format!(
                     "delegation {index} expired at {} (now {now_ns})",
@@ -175,7 +194,8 @@ pub fn authenticate(body: &[u8], now_ns: u64) -> Result<AuthenticatedRequest, Au
             signing_key = delegation.pubkey;
         }
         let signable = [REQUEST_DOMAIN, &request_id[..]].concat();
-        verify_signature(&signing_key, &signable, &signature).map_err(AuthError::Signature)?;
+        verify_signature_with_root_key(&signing_key, &signable, &signature, root_key_der)
+            .map_err(AuthError::Signature)?;
     }
     Ok(AuthenticatedRequest {
         content,
@@ -257,8 +277,27 @@ pub fn hash_value(value: &Value, depth: usize) -> Result<[u8; 32], AuthError> {
     })
 }
 
-/// Verifies `signature` over `message` with a DER-encoded public key of a supported scheme.
+/// Verifies `signature` over `message` with a DER-encoded public key of a supported scheme
+/// (canister signatures are refused: they need the root key, see
+/// [`verify_signature_with_root_key`]).
 pub fn verify_signature(der_key: &[u8], message: &[u8], signature: &[u8]) -> Result<(), String> {
+    verify_signature_with_root_key(der_key, message, signature, None)
+}
+
+/// [`verify_signature`], verifying canister signatures against `root_key_der` when given.
+pub fn verify_signature_with_root_key(
+    der_key: &[u8],
+    message: &[u8],
+    signature: &[u8],
+    root_key_der: Option<&[u8]>,
+) -> Result<(), String> {
+    if ic_ws_protocol::canister_sig::is_canister_sig_key(der_key) {
+        let Some(root_key) = root_key_der else {
+            return Err("canister signatures need the root key to be verified".into());
+        };
+        return ic_ws_protocol::canister_sig::verify(root_key, der_key, message, signature)
+            .map_err(|e| format!("canister signature verification failed: {e}"));
+    }
     if der_key.starts_with(&crate::keys::ED25519_DER_PREFIX) {
         let key = ic_ed25519::PublicKey::deserialize_rfc8410_der(der_key)
             .map_err(|e| format!("malformed Ed25519 public key: {e:?}"))?;
@@ -284,16 +323,9 @@ pub fn verify_signature(der_key: &[u8], message: &[u8], signature: &[u8]) -> Res
             .verify(message, &sig)
             .map_err(|_| "ECDSA secp256k1 signature verification failed".to_string());
     }
-    // 1.3.6.1.4.1.56387.1.2 (canister signatures) and .1.1 (WebAuthn/COSE) are IC key types we
-    // do not emulate; say so rather than "bad signature".
-    const CANISTER_SIG_OID: &[u8] = &[0x2b, 0x06, 0x01, 0x04, 0x01, 0x83, 0xb8, 0x43, 0x01, 0x02];
+    // 1.3.6.1.4.1.56387.1.1 (WebAuthn/COSE) is an IC key type we do not emulate; say so rather
+    // than "bad signature".
     const COSE_OID: &[u8] = &[0x2b, 0x06, 0x01, 0x04, 0x01, 0x83, 0xb8, 0x43, 0x01, 0x01];
-    if der_key
-        .windows(CANISTER_SIG_OID.len())
-        .any(|w| w == CANISTER_SIG_OID)
-    {
-        return Err("canister signatures are not supported by this replica".into());
-    }
     if der_key.windows(COSE_OID.len()).any(|w| w == COSE_OID) {
         return Err("WebAuthn (COSE) keys are not supported by this replica".into());
     }
@@ -529,6 +561,162 @@ mod tests {
             NOW
         )
         .is_err());
+    }
+
+    /// An identity provider's canister signature over `message` for `seed`, certified by the
+    /// replica's real state tree and root key.
+    fn canister_signature(
+        keys: &crate::keys::Keys,
+        idp: Principal,
+        seed: &[u8],
+        message: &[u8],
+    ) -> Vec<u8> {
+        use ic_certification::{labeled, leaf};
+        let sha = |b: &[u8]| Sha256::digest(b).to_vec();
+        let tree = labeled(
+            b"sig".to_vec(),
+            labeled(sha(seed), labeled(sha(message), leaf(Vec::<u8>::new()))),
+        );
+        let mut state = crate::certification::StateTree::new(keys, &[(idp, idp)], NOW);
+        state.set_canister(idp, tree.digest().to_vec(), None, &[]);
+        let path = vec![
+            b"canister".to_vec(),
+            idp.as_slice().to_vec(),
+            b"certified_data".to_vec(),
+        ];
+        let certificate = state.certificate(keys, &[path]);
+        #[derive(serde::Serialize)]
+        struct Sig {
+            #[serde(with = "serde_bytes")]
+            certificate: Vec<u8>,
+            tree: ic_certification::HashTree,
+        }
+        crate::certification::to_self_describing_cbor(&Sig { certificate, tree })
+    }
+
+    #[test]
+    fn canister_signature_delegations_are_verified_against_the_root_key() {
+        use ic_ws_protocol::canister_sig;
+        let keys = crate::keys::Keys::from_seed(b"canister signatures");
+        let root = Some(keys.root_key_der());
+        let idp = Principal::from_slice(&[0, 0, 0, 0, 0, 0, 0, 5, 1, 1]);
+        let user_key = canister_sig::public_key_der(&idp, b"anchor 10000");
+        let user = Principal::self_authenticating(&user_key);
+        let session = Ed::new(20);
+        let c = content(user);
+        let canister = match &c {
+            EnvelopeContent::Call { canister_id, .. } => *canister_id,
+            _ => unreachable!(),
+        };
+        let request_sig = session.sign(&c.to_request_id().signable());
+        let delegation = |expiration: u64, targets: Option<Vec<Principal>>| Delegation {
+            pubkey: session.der(),
+            expiration,
+            targets,
+            permissions: None,
+        };
+        // The protocol crate computes exactly what ic-transport-types signs.
+        for targets in [None, Some(vec![canister, idp])] {
+            let d = delegation(NOW + 1_000, targets.clone());
+            assert_eq!(
+                d.signable(),
+                canister_sig::delegation_signature_msg(
+                    &session.der(),
+                    NOW + 1_000,
+                    targets.as_deref()
+                )
+            );
+        }
+        let signed = |d: Delegation, signature: Vec<u8>| SignedDelegation {
+            delegation: d,
+            signature,
+        };
+        let good = delegation(NOW + 1_000, Some(vec![canister]));
+        let good_sig = canister_signature(&keys, idp, b"anchor 10000", &good.signable());
+        let body = envelope(
+            &c,
+            Some(user_key.clone()),
+            Some(request_sig.clone()),
+            Some(vec![signed(good.clone(), good_sig.clone())]),
+        );
+        let auth = authenticate_with_root_key(&body, NOW, root).unwrap();
+        assert_eq!(auth.sender, user);
+        assert!(auth.check_target(&canister).is_ok());
+        assert!(auth.check_target(&idp).is_err());
+
+        // Without the root key (or with another one) the chain cannot be verified.
+        let err = authenticate(&body, NOW).unwrap_err();
+        assert!(
+            matches!(&err, AuthError::Delegation(m) if m.contains("root key")),
+            "{err}"
+        );
+        let other = crate::keys::Keys::from_seed(b"another IC");
+        let err = authenticate_with_root_key(&body, NOW, Some(other.root_key_der())).unwrap_err();
+        assert!(
+            matches!(&err, AuthError::Delegation(m) if m.contains("BLS")),
+            "{err}"
+        );
+
+        // Another seed of the same canister (another user) cannot use this signature.
+        let mallory_key = canister_sig::public_key_der(&idp, b"anchor 10001");
+        let mc = content(Principal::self_authenticating(&mallory_key));
+        let body = envelope(
+            &mc,
+            Some(mallory_key),
+            Some(session.sign(&mc.to_request_id().signable())),
+            Some(vec![signed(good.clone(), good_sig.clone())]),
+        );
+        let err = authenticate_with_root_key(&body, NOW, root).unwrap_err();
+        assert!(
+            matches!(&err, AuthError::Delegation(m) if m.contains("sig/")),
+            "{err}"
+        );
+
+        // A delegation the canister did not sign (longer expiry), and a tampered signature.
+        let longer = delegation(NOW + 2_000, Some(vec![canister]));
+        let mut tampered = good_sig.clone();
+        let last = tampered.len() - 40;
+        tampered[last] ^= 1;
+        for (d, sig) in [(longer, good_sig.clone()), (good.clone(), tampered)] {
+            let body = envelope(
+                &c,
+                Some(user_key.clone()),
+                Some(request_sig.clone()),
+                Some(vec![signed(d, sig)]),
+            );
+            let err = authenticate_with_root_key(&body, NOW, root).unwrap_err();
+            assert!(matches!(err, AuthError::Delegation(_)), "{err}");
+        }
+
+        // Expired: the certificate stays valid, the delegation does not.
+        let expired = delegation(NOW - 1, None);
+        let sig = canister_signature(&keys, idp, b"anchor 10000", &expired.signable());
+        let body = envelope(
+            &c,
+            Some(user_key.clone()),
+            Some(request_sig.clone()),
+            Some(vec![signed(expired, sig)]),
+        );
+        let err = authenticate_with_root_key(&body, NOW, root).unwrap_err();
+        assert!(
+            matches!(&err, AuthError::Delegation(m) if m.contains("expired")),
+            "{err}"
+        );
+
+        // A canister signature can also sign a request directly (no delegation).
+        let direct = content(user);
+        let signable = direct.to_request_id().signable();
+        let sig = canister_signature(&keys, idp, b"anchor 10000", &signable);
+        let body = envelope(&direct, Some(user_key.clone()), Some(sig.clone()), None);
+        assert_eq!(
+            authenticate_with_root_key(&body, NOW, root).unwrap().sender,
+            user
+        );
+        let body = envelope(&content(user), Some(user_key), Some(good_sig), None);
+        assert!(matches!(
+            authenticate_with_root_key(&body, NOW, root),
+            Err(AuthError::Signature(_))
+        ));
     }
 
     #[test]

@@ -121,7 +121,11 @@ fn accept_canister_request(
     body: &[u8],
     want_call: bool,
 ) -> Result<(AuthenticatedRequest, Principal, String, Vec<u8>), HttpError> {
-    let request = auth::authenticate(body, replica.ingress_time_ns())?;
+    let request = auth::authenticate_with_root_key(
+        body,
+        replica.ingress_time_ns(),
+        Some(&replica.root_key_der()),
+    )?;
     let (canister, method, arg) = match (&request.content, want_call) {
         (
             EnvelopeContent::Call {
@@ -455,7 +459,11 @@ pub(crate) async fn read_state(
     body: Bytes,
 ) -> HttpResult {
     let ecid = parse_ecid(&ecid)?;
-    let request = auth::authenticate(&body, replica.ingress_time_ns())?;
+    let request = auth::authenticate_with_root_key(
+        &body,
+        replica.ingress_time_ns(),
+        Some(&replica.root_key_der()),
+    )?;
     let checked = {
         let replica = replica.clone();
         blocking(move || check_read_state_paths(&replica, &request, ecid)).await?
