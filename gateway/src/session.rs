@@ -155,6 +155,31 @@ where
     .await;
 }
 
+/// After our close frame: reads (and drops) what the client still sends until its close frame
+/// arrives or the stream ends, within [`CLOSE_TIMEOUT`] and at most [`LINGER_MESSAGES`]
+/// messages (each bounded by the frame meter and the message size limit). Closing the TCP
+/// connection while the client's data sits unread in the kernel's buffer makes the kernel
+/// send a reset, which the client may see before our close frame and its code (a 1012 "resume
+/// elsewhere" became "connection reset"); RFC 6455 7.1.1 has the server close TCP after the
+/// closing handshake.
+async fn linger<W>(ws: &mut W)
+where
+    W: Stream<Item = Result<Message, WsProtoError>> + Unpin,
+{
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
+        for _ in 0..LINGER_MESSAGES {
+            match ws.next().await {
+                Some(Ok(Message::Close(_))) | Some(Err(_)) | None => return,
+                Some(Ok(_)) => {}
+            }
+        }
+    })
+    .await;
+}
+
+/// Most messages read (and dropped) while waiting for a client's close frame.
+const LINGER_MESSAGES: usize = 1024;
+
 /// Which session a connection has attached, known outside its task (to detach it after a
 /// panic).
 type Attachment = Arc<Mutex<Option<(Arc<Hub>, ClientId)>>>;
@@ -455,6 +480,10 @@ async fn serve<C, W>(
                 );
             }
         }
+    }
+    // Last: the canister hears of the disconnect without waiting for the client's close.
+    if end.code != 1006 {
+        linger(&mut ws).await;
     }
 }
 

@@ -861,3 +861,40 @@ async fn a_trapping_open_is_isolated_to_its_connection() {
     assert!(gw.metrics().isolation_calls.get() <= 3, "ceil(log2 5)");
     gw.shutdown().await;
 }
+
+/// A client whose frames the gateway has not read yet when it closes the connection still
+/// gets the close frame and its code: the gateway waits for the closing handshake (reading and
+/// dropping what arrives) before it closes TCP, instead of making the kernel reset the
+/// connection over the unread bytes (the reset used to overtake the close frame).
+#[tokio::test]
+async fn a_busy_client_closed_by_the_gateway_is_not_reset_before_it_reads_the_close() {
+    let (gw, _fake) = start(&[]).await;
+    for _ in 0..5 {
+        let mut ws = connect_from(gw.local_addr(), None).await;
+        hello(&mut ws).await;
+        // A text frame (refused: 1008) followed by data the gateway never gets to read
+        // before it closes: written in one go, without reading (1 MiB: more than it reads ahead).
+        ws.feed(Message::Text("not binary".into())).await.unwrap();
+        for _ in 0..256 {
+            // The gateway may already have closed: later writes can fail.
+            if ws
+                .feed(Message::Binary(vec![0u8; 4096].into()))
+                .await
+                .is_err()
+            {
+                break;
+            }
+        }
+        let _ = ws.flush().await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        // The client has not read the close frame yet and writes on, as a busy client does:
+        // the gateway is still reading (its closing handshake), so the writes do not fail
+        // with a reset (which made clients report "connection reset" instead of the code).
+        for _ in 0..16 {
+            let sent = ws.send(Message::Binary(vec![1u8; 4096].into())).await;
+            assert!(sent.is_ok(), "write after the gateway's close: {sent:?}");
+        }
+        let (code, reason) = closed(&mut ws).await;
+        assert_eq!(code, 1008, "{reason}");
+    }
+}
