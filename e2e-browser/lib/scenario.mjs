@@ -22,7 +22,7 @@ async function chatTexts(page) {
   return page.locator("#messages li.chat .text").allTextContents();
 }
 
-export async function runChatScenario({ chromiumPath, staticUrl, stack, screenshotName, log = () => {} }) {
+export async function runChatScenario({ chromiumPath, staticUrl, stack, screenshotName, history = false, log = () => {} }) {
   const proxy = await new TamperProxy(stack.gatewayUrl, ChatOut).start();
   const browser = await launch(chromiumPath);
   const consoleLines = [];
@@ -86,6 +86,21 @@ export async function runChatScenario({ chromiumPath, staticUrl, stack, screensh
     await bob.waitForFunction(() => ![...document.querySelectorAll("#members li")].some((li) => li.textContent === "alice"), null, { timeout: 10_000 });
     await alice.waitForSelector("#join:not(.hidden)", { timeout: 10_000 });
     log("alice left: announced to bob, member list updated");
+
+    if (history) {
+      // A page opened now (a new tab, or a reload after leaving) starts a new session: the chat
+      // canister sends the room's last messages on entering, so the page is not empty, and
+      // each is verified like any message.
+      const carol = await browser.context.newPage();
+      carol.on("console", (m) => consoleLines.push(`[carol] ${m.type()}: ${m.text()}`));
+      await carol.goto(pageUrl(staticUrl, stack, "carol"));
+      await carol.waitForSelector("#state[data-state=open]", { timeout: 60_000 });
+      await carol.locator("#messages li.chat", { hasText: "the real secret" }).waitFor({ timeout: 30_000 });
+      assert.deepEqual(await chatTexts(carol), ["hello bob", "hi alice", "the real secret"]);
+      const marks = await carol.locator("#messages li.chat .verified").allTextContents();
+      assert.ok(marks.length === 3 && marks.every((m) => /✓/.test(m)), `verified marks: ${marks}`);
+      log("a page opened later shows the room's history, verified");
+    }
 
     mkdirSync(ARTIFACTS, { recursive: true });
     const shot = join(ARTIFACTS, screenshotName);

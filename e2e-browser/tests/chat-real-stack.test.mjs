@@ -13,11 +13,11 @@ const { startStack } = await import("../lib/stack.mjs");
 const { runChatScenario } = await import("../lib/scenario.mjs");
 after(stopAll);
 
-test("browser (real replica + gateway + chat canister): two pages chat, tampering is detected and never displayed", { skip: chromium.skip, timeout: 1_800_000 }, async () => {
+test("browser (real replica + gateway + chat canister): two pages chat, tampering is detected and never displayed, a page opened later shows the room's history", { skip: chromium.skip, timeout: 1_800_000 }, async () => {
   const stack = await startStack();
   const web = await serveStatic(dist);
   try {
-    await runChatScenario({ chromiumPath: chromium.path, staticUrl: web.url, stack, screenshotName: "chat.png", log: (m) => console.log(`# ${m}`) });
+    await runChatScenario({ chromiumPath: chromium.path, staticUrl: web.url, stack, screenshotName: "chat.png", history: true, log: (m) => console.log(`# ${m}`) });
   } finally {
     await stack.stop();
   }
