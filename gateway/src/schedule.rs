@@ -18,8 +18,9 @@
 //!   message is produced a little after the announced time: a timer fires in the round
 //!   after its deadline) is followed by up to [`HINT_FOLLOW_UPS`] more, `--poll-min-interval-ms`
 //!   apart.
-//! - **Jitter**: the active and idle intervals are spread by +-`--poll-jitter-pct` (10 %) so
-//!   gateways started together do not poll a canister in lockstep.
+//! - **Jitter**: the active interval is spread by +-`--poll-jitter-pct` (10 %), the idle one
+//!   only lengthened by up to twice that (so the idle rate stays under its cap), so gateways
+//!   started together do not poll a canister in lockstep.
 //! - **Rhythm**: when [`crate::rhythm`] predicts the canister's next burst of periodic traffic
 //!   (`Outcome::rhythm_in`), the interval is replaced by [`rhythm_step`]: the burst itself if
 //!   it is at most one and a half intervals away, else the even step (within [0.75, 1.5)
@@ -194,10 +195,15 @@ impl Schedule {
                 };
                 (now.checked_add(step).unwrap_or(now), reason)
             }
-            None => (
-                now.checked_add(self.jitter(interval)).unwrap_or(now),
-                Reason::Interval,
-            ),
+            None => {
+                let mut spread = self.jitter(interval);
+                if !active {
+                    // Idle: jitter only lengthens the interval, so the idle rate stays at or
+                    // under 1 / --poll-max-interval-ms (2 queries/s by default).
+                    spread = interval.saturating_add(interval.abs_diff(spread));
+                }
+                (now.checked_add(spread).unwrap_or(now), Reason::Interval)
+            }
         };
         if self.follow_ups > 0 {
             let at = now.checked_add(self.settings.min).unwrap_or(now);
@@ -666,6 +672,29 @@ mod tests {
         let mean = a.iter().sum::<u64>() as f64 / a.len() as f64;
         assert!((mean - 100.0).abs() < 3.0, "mean {mean}");
         assert_ne!(a, gaps(8));
+    }
+
+    #[test]
+    fn idle_jitter_only_lengthens_so_the_idle_rate_stays_under_the_cap() {
+        let t0 = Instant::now();
+        let mut s = Schedule::new(
+            Settings {
+                jitter_pct: 10,
+                ..settings()
+            },
+            t0,
+            3,
+        );
+        // No traffic ever: after the active window, polls back off to the idle interval.
+        let polls = drive(&mut s, t0, 200_000, Duration::ZERO, |_| Outcome::default());
+        let idle: Vec<u64> = polls
+            .windows(2)
+            .filter(|w| w[0] > 65_000)
+            .map(|w| w[1] - w[0])
+            .collect();
+        assert!(idle.iter().all(|g| (500..=550).contains(g)), "{idle:?}");
+        let rate = idle.len() as f64 * 1000.0 / idle.iter().sum::<u64>() as f64;
+        assert!(rate <= 2.0 && rate > 1.8, "idle rate {rate}/s");
     }
 
     #[test]
