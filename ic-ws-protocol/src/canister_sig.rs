@@ -259,7 +259,7 @@ pub fn delegation_signature_msg(
 ) -> Vec<u8> {
     let mut fields: Vec<([u8; 32], [u8; 32])> = Vec::with_capacity(3);
     fields.push((sha256(b"pubkey"), sha256(pubkey)));
-    fields.push((sha256(b"expiration"), sha256(&leb128(expiration))));
+    fields.push((sha256(b"expiration"), sha256(&crate::leb128(expiration))));
     if let Some(targets) = targets {
         let mut hasher = Sha256::new();
         for target in targets {
@@ -276,19 +276,6 @@ pub fn delegation_signature_msg(
     let mut msg = DELEGATION_DOMAIN.to_vec();
     msg.extend_from_slice(&hasher.finalize());
     msg
-}
-
-fn leb128(mut value: u64) -> Vec<u8> {
-    let mut out = Vec::with_capacity(10);
-    loop {
-        let byte = (value & 0x7f) as u8;
-        value >>= 7;
-        if value == 0 {
-            out.push(byte);
-            return out;
-        }
-        out.push(byte | 0x80);
-    }
 }
 
 /// The 96-byte BLS key from raw or DER bytes.

@@ -73,16 +73,7 @@ impl AppTemplate {
             .get(self.len_at.checked_add(1 + PAYLOAD_MARKER.len())?..)?;
         let mut out = Vec::with_capacity(head.len() + 10 + payload.len() + tail.len());
         out.extend_from_slice(head);
-        let mut n = payload.len() as u64;
-        loop {
-            let b = (n & 0x7f) as u8;
-            n >>= 7;
-            if n == 0 {
-                out.push(b);
-                break;
-            }
-            out.push(b | 0x80);
-        }
+        out.extend_from_slice(&crate::leb128(payload.len() as u64));
         out.extend_from_slice(payload);
         out.extend_from_slice(tail);
         // The timestamp's offset moves with the payload if it comes after it.

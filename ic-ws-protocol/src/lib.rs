@@ -40,6 +40,21 @@ pub use frames::{ClientFrame, GatewayFrame, PROTOCOL_VERSION};
 pub use signing::{SessionKey, SignatureError};
 pub use types::*;
 
+/// Unsigned LEB128, the IC's encoding of natural numbers (in the state tree, in the
+/// representation-independent hash of requests and delegations, in candid's lengths).
+pub fn leb128(mut value: u64) -> Vec<u8> {
+    let mut out = Vec::with_capacity(10);
+    loop {
+        let byte = (value & 0x7f) as u8;
+        value >>= 7;
+        if value == 0 {
+            out.push(byte);
+            return out;
+        }
+        out.push(byte | 0x80);
+    }
+}
+
 /// Candid encoding of a single value (the form every blob in the protocol takes).
 pub fn encode<T: candid::CandidType>(value: &T) -> Result<Vec<u8>, candid::Error> {
     candid::encode_one(value)

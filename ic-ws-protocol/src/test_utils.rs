@@ -56,7 +56,10 @@ impl TestRootKey {
                     ),
                 ),
             ),
-            ic_certification::labeled(b"time".to_vec(), ic_certification::leaf(leb128(time_ns))),
+            ic_certification::labeled(
+                b"time".to_vec(),
+                ic_certification::leaf(crate::leb128(time_ns)),
+            ),
         );
         let mut msg = b"\x0Dic-state-root".to_vec();
         msg.extend_from_slice(&tree.digest());
@@ -77,19 +80,6 @@ pub fn cbor_self_describing<T: Serialize>(value: &T) -> Vec<u8> {
     ser.self_describe().ok();
     value.serialize(&mut ser).ok();
     out
-}
-
-fn leb128(mut v: u64) -> Vec<u8> {
-    let mut out = Vec::new();
-    loop {
-        let byte = (v & 0x7f) as u8;
-        v >>= 7;
-        if v == 0 {
-            out.push(byte);
-            return out;
-        }
-        out.push(byte | 0x80);
-    }
 }
 
 /// Builds a balanced fork tree over labeled subtrees, labels in ascending order (the IC's

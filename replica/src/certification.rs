@@ -65,18 +65,7 @@ fn label(s: &str) -> Vec<u8> {
 }
 
 /// Unsigned LEB128, the IC's encoding of natural numbers in the state tree.
-pub(crate) fn leb128(mut value: u64) -> Vec<u8> {
-    let mut out = Vec::with_capacity(10);
-    loop {
-        let byte = (value & 0x7f) as u8;
-        value >>= 7;
-        if value == 0 {
-            out.push(byte);
-            return out;
-        }
-        out.push(byte | 0x80);
-    }
-}
+pub(crate) use ic_ws_protocol::leb128;
 
 /// CBOR with the self-describe tag (55799), as the IC encodes certificates and responses.
 pub(crate) fn to_self_describing_cbor<T: Serialize>(value: &T) -> Vec<u8> {

@@ -5,55 +5,14 @@
 // canister are built with cargo unless IC_WS_REPLICA_BIN / IC_WS_TEST_CANISTER_WASM are set.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn, execFileSync } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import { createInterface } from 'node:readline';
-import { dirname, resolve } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { Actor, Certificate, HttpAgent, lookupResultToBuffer } from '@icp-sdk/core/agent';
 import { Ed25519KeyIdentity } from '@icp-sdk/core/identity';
 import { IDL } from '@icp-sdk/core/candid';
 import { Principal } from '@icp-sdk/core/principal';
 
-const workspace = resolve(dirname(fileURLToPath(import.meta.url)), '../../..');
-const cargo = process.env.CARGO ?? 'cargo';
-
-/** Runs cargo with --message-format=json and returns the artefact file names it reports. */
-function cargoArtifacts(args) {
-  const out = execFileSync(cargo, [...args, '--message-format=json-render-diagnostics'], {
-    cwd: workspace,
-    encoding: 'utf8',
-    stdio: ['ignore', 'pipe', 'inherit'],
-    maxBuffer: 64 * 1024 * 1024,
-  });
-  const files = [];
-  for (const line of out.split('\n')) {
-    if (!line.startsWith('{')) continue;
-    const message = JSON.parse(line);
-    if (message.reason !== 'compiler-artifact') continue;
-    if (message.executable) files.push(message.executable);
-    for (const file of message.filenames ?? []) files.push(file);
-  }
-  return files;
-}
-
-function replicaBinary() {
-  if (process.env.IC_WS_REPLICA_BIN) return process.env.IC_WS_REPLICA_BIN;
-  const files = cargoArtifacts(['build', '-p', 'ic-ws-replica', '--bin', 'ic-ws-replica']);
-  const bin = files.find((f) => /[\\/]ic-ws-replica(\.exe)?$/.test(f));
-  assert.ok(bin, `cargo did not report the ic-ws-replica binary: ${files.join(', ')}`);
-  return bin;
-}
-
-function testCanisterWasm() {
-  if (process.env.IC_WS_TEST_CANISTER_WASM) return process.env.IC_WS_TEST_CANISTER_WASM;
-  const files = cargoArtifacts([
-    'build', '--target', 'wasm32-unknown-unknown', '--profile', 'canister',
-    '-p', 'ic-ws-replica-test-canister', '--target-dir', resolve(workspace, 'target', 'canisters'),
-  ]);
-  const wasm = files.find((f) => f.endsWith('.wasm'));
-  assert.ok(wasm, `cargo did not report the test canister wasm: ${files.join(', ')}`);
-  return wasm;
-}
+import { canisterWasm, replicaBinary } from '../lib/build.mjs';
 
 // The part of the test canister's interface used here.
 const idlFactory = ({ IDL }) =>
@@ -69,7 +28,7 @@ let startup;
 
 before(async () => {
   const bin = replicaBinary();
-  const wasm = testCanisterWasm();
+  const wasm = canisterWasm('IC_WS_TEST_CANISTER_WASM', 'ic-ws-replica-test-canister');
   replica = spawn(bin, ['--port', '0', '--json', '--seed', 'js-test', '--install', `test=${wasm}`], {
     stdio: ['ignore', 'pipe', 'inherit'],
   });

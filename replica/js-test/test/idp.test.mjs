@@ -7,10 +7,8 @@
 // IC_WS_TEST_IDP_WASM and IC_WS_TEST_CANISTER_WASM are set.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn, execFileSync } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import { createInterface } from 'node:readline';
-import { dirname, resolve } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { Actor, HttpAgent } from '@icp-sdk/core/agent';
 import {
   Delegation,
@@ -20,45 +18,7 @@ import {
 } from '@icp-sdk/core/identity';
 import { Principal } from '@icp-sdk/core/principal';
 
-const workspace = resolve(dirname(fileURLToPath(import.meta.url)), '../../..');
-const cargo = process.env.CARGO ?? 'cargo';
-
-function cargoArtifacts(args) {
-  const out = execFileSync(cargo, [...args, '--message-format=json-render-diagnostics'], {
-    cwd: workspace,
-    encoding: 'utf8',
-    stdio: ['ignore', 'pipe', 'inherit'],
-    maxBuffer: 64 * 1024 * 1024,
-  });
-  const files = [];
-  for (const line of out.split('\n')) {
-    if (!line.startsWith('{')) continue;
-    const message = JSON.parse(line);
-    if (message.reason !== 'compiler-artifact') continue;
-    if (message.executable) files.push(message.executable);
-    for (const file of message.filenames ?? []) files.push(file);
-  }
-  return files;
-}
-
-function replicaBinary() {
-  if (process.env.IC_WS_REPLICA_BIN) return process.env.IC_WS_REPLICA_BIN;
-  const files = cargoArtifacts(['build', '-p', 'ic-ws-replica', '--bin', 'ic-ws-replica']);
-  const bin = files.find((f) => /[\\/]ic-ws-replica(\.exe)?$/.test(f));
-  assert.ok(bin, `cargo did not report the ic-ws-replica binary: ${files.join(', ')}`);
-  return bin;
-}
-
-function canisterWasm(envVar, pkg) {
-  if (process.env[envVar]) return process.env[envVar];
-  const files = cargoArtifacts([
-    'build', '--target', 'wasm32-unknown-unknown', '--profile', 'canister',
-    '-p', pkg, '--target-dir', resolve(workspace, 'target', 'canisters'),
-  ]);
-  const wasm = files.find((f) => f.endsWith('.wasm'));
-  assert.ok(wasm, `cargo did not report the ${pkg} wasm: ${files.join(', ')}`);
-  return wasm;
-}
+import { canisterWasm, replicaBinary } from '../lib/build.mjs';
 
 const idpFactory = ({ IDL }) => {
   const Delegation = IDL.Record({
