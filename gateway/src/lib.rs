@@ -71,6 +71,7 @@ pub mod supervisor;
 pub mod testhook;
 pub mod warnings;
 pub mod witness;
+pub mod work;
 
 pub use canister::{AgentCanister, CallError, CanisterApi};
 pub use config::Config;

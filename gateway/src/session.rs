@@ -28,7 +28,7 @@ use crate::hub::{Hub, Shared};
 use crate::memory::{Category, Shed};
 use crate::metrics::ErrorKind;
 use crate::outbox::{CloseWith, Outbox, Outgoing};
-use crate::relay::{
+use crate::work::{
     ClientShare, Hold, OpenReply, PendingMessage, PendingOpen, RelayItem, SharePermit,
 };
 use futures_util::{FutureExt, Sink, SinkExt, Stream, StreamExt};
@@ -640,7 +640,7 @@ fn on_frame<C: CanisterApi>(
             }
             let charge = shared.metrics.memory.charge(
                 Category::Relay,
-                bytes.len().saturating_add(crate::relay::ENTRY_OVERHEAD),
+                bytes.len().saturating_add(crate::work::ENTRY_OVERHEAD),
             );
             let hub = match shared.hub(canister_id) {
                 Ok(h) => h,
@@ -680,7 +680,7 @@ fn on_frame<C: CanisterApi>(
             };
             // The decoded message is held until the relay takes it: charged from now on. When
             // the budget is spent, this client's new message is shed, not someone's queue.
-            let cost = bytes.len().saturating_add(crate::relay::ENTRY_OVERHEAD);
+            let cost = bytes.len().saturating_add(crate::work::ENTRY_OVERHEAD);
             let Some(charge) = shared.metrics.memory.try_charge(Category::Held, cost) else {
                 shared.metrics.memory.shed(Shed::Message);
                 return Err(End::Close(overloaded()));
