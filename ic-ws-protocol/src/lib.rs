@@ -20,6 +20,7 @@ pub mod certification;
 #[cfg(feature = "client")]
 pub mod client;
 pub mod frames;
+pub mod identity;
 pub mod signing;
 #[cfg(feature = "test-utils")]
 pub mod test_utils;
