@@ -315,6 +315,7 @@ impl TestClient {
             }),
             args: candid::encode_one(args.to_string()).unwrap_or_default(),
             signature: Vec::new(),
+            identity: None,
         };
         self.key.sign_open(&c.canister, &mut req);
         req

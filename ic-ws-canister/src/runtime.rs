@@ -784,6 +784,7 @@ impl State {
                 resumed,
                 max_inbound_payload_bytes: self.config.max_inbound_payload_bytes,
                 idle_timeout_ns: self.config.idle_timeout_ns,
+                principal: None,
             },
         );
         let hash = content_hash(&content);

@@ -84,6 +84,7 @@ pub fn open_request(
         ),
         args: Vec::new(),
         signature: Vec::new(),
+        identity: None,
     };
     key.sign_open(&canister_id(), &mut open);
     open

@@ -371,6 +371,7 @@ fn close(client: ClientId, reason: CloseReason) {
         CloseReason::Expired => "timed out".to_string(),
         CloseReason::QueueOverflow => "fell behind".to_string(),
         CloseReason::ProtocolError(e) => format!("protocol error: {e}"),
+        CloseReason::IdentityExpired => "login expired".to_string(),
     };
     leave_room(&me, reason);
 }

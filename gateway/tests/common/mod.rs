@@ -135,6 +135,7 @@ pub fn open_request(args: &[u8], resume: Option<ResumeFrom>) -> ClientFrame {
             resume,
             args: args.to_vec(),
             signature: vec![0; 64],
+            identity: None,
         },
     }
 }
