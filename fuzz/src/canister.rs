@@ -262,6 +262,9 @@ fn step(r: &mut Reader<'_>) {
                 gateway_retention_ns: Some(small(r) * 1_000_000_000),
                 housekeeping_instructions: None,
                 max_retained_messages: Some(small(r) * 4),
+                identity_policy: None,
+                ic_root_key: None,
+                max_sessions_per_principal: Some(small(r)),
             };
             let _ = ic_ws_canister::configure(config);
         }

@@ -90,13 +90,19 @@ mod store;
 pub mod testing;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_identity;
 mod ws_tree;
 
 use candid::{CandidType, Principal};
 use serde::Deserialize;
 use std::cell::Cell;
 
-pub use config::{set_gateway_filter, GatewayPolicy, OverflowPolicy, WsConfig};
+pub use config::{
+    set_gateway_filter, set_identity_filter, GatewayPolicy, IdentityFilter, IdentityPolicy,
+    OverflowPolicy, WsConfig, MAINNET_IC_ROOT_KEY_DER,
+};
+pub use ic_ws_protocol::identity::{IdentityError, KeyKind};
 // The handler attributes; they generate the ws endpoints (docs in ic-ws-macros).
 pub use ic_ws_macros::{on_close, on_message, on_open};
 pub use ic_ws_protocol::{
@@ -169,6 +175,9 @@ pub struct ClientInfo {
     pub queued_messages: u64,
     /// Retained app payload bytes.
     pub queued_bytes: u64,
+    /// Issue 10: the IC principal verified at open (none: an anonymous session). Kept across
+    /// resumes, gateway switches and upgrades; never changed by a resume.
+    pub principal: Option<Principal>,
 }
 
 /// What [`publish`] did for each subscriber.
@@ -298,6 +307,25 @@ pub fn clients(after: Option<ClientId>, limit: usize) -> Vec<ClientInfo> {
             .map(|e| s.info(*e.key(), &e.value()))
             .collect()
     })
+}
+
+/// Issue 10: the IC principal verified when `client` opened (none: anonymous or unknown).
+/// What `#[on_open]` hands a `principal: Option<Principal>` parameter.
+pub fn client_principal(client: ClientId) -> Option<Principal> {
+    runtime::with_state(|s| s.bound_identity(client).map(|b| b.principal))
+}
+
+/// Issue 10: when the delegation that bound `client`'s principal expires (ns); the session is
+/// closed with `CloseReason::IdentityExpired` then (unless a resume brought a fresh proof).
+pub fn client_identity_expiry(client: ClientId) -> Option<u64> {
+    runtime::with_state(|s| s.bound_identity(client).map(|b| b.expires_ns))
+}
+
+/// Issue 10: the open sessions bound to `principal`, in id order: every session of one user,
+/// e.g. for per-user notifications. At most `max_sessions_per_principal` (the cap on
+/// sessions per principal enforced at open), so the work is bounded.
+pub fn clients_of(principal: &Principal) -> Vec<ClientId> {
+    runtime::with_state(|s| s.clients_of(principal))
 }
 
 /// Number of sessions (open, and closed ones not yet deleted).

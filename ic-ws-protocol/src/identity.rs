@@ -171,6 +171,9 @@ pub enum IdentityError {
         /// Which delegation.
         index: u32,
     },
+    /// A resume's proof names another principal than the session's (a resume never changes
+    /// the bound principal; an anonymous session stays anonymous).
+    PrincipalMismatch,
 }
 
 impl core::fmt::Display for IdentityError {
@@ -206,6 +209,9 @@ impl core::fmt::Display for IdentityError {
             }
             IdentityError::InvalidSignature { index } => {
                 write!(f, "the signature on delegation {index} does not verify")
+            }
+            IdentityError::PrincipalMismatch => {
+                f.write_str("a resume cannot change the session's principal")
             }
         }
     }
@@ -445,6 +451,36 @@ pub fn proof_digest(proof: &IdentityProof) -> [u8; 32] {
         put(&mut h, &d.signature);
     }
     h.finalize().into()
+}
+
+/// A one-link proof made by an Ed25519 identity key held as a [`crate::SessionKey`] (tests,
+/// load generators; real clients sign with their IC agent's identity): `identity` delegates
+/// to `session_key` until `expiration`, for `targets`.
+pub fn ed25519_proof(
+    identity: &crate::SessionKey,
+    session_key: &[u8; 32],
+    expiration: u64,
+    targets: Option<Vec<Principal>>,
+) -> IdentityProof {
+    let mut raw = [0u8; 32];
+    let pk = identity.public_key();
+    if let Some(src) = pk.get(..32) {
+        raw.copy_from_slice(src);
+    }
+    let delegation = Delegation {
+        pubkey: ed25519_der(session_key),
+        expiration,
+        targets,
+        permissions: None,
+    };
+    let signature = identity.sign(&delegation_signable(&delegation));
+    IdentityProof {
+        sender_pubkey: ed25519_der(&raw),
+        delegations: vec![SignedDelegation {
+            delegation,
+            signature,
+        }],
+    }
 }
 
 // ------------------------------------------------------------------ verification
