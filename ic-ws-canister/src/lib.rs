@@ -309,6 +309,34 @@ pub fn clients(after: Option<ClientId>, limit: usize) -> Vec<ClientInfo> {
     })
 }
 
+/// Issue 10: what an `#[on_open]` handler may take as its last parameter: the IC principal the
+/// open proved (verified by the runtime before the handler runs), none for an anonymous
+/// session.
+///
+/// ```
+/// use ic_ws_canister::{on_message, on_open, ClientId, ClientIdentity};
+///
+/// #[on_open]
+/// fn open(client: ClientId, name: String, identity: ClientIdentity) -> Result<(), String> {
+///     match identity.principal {
+///         Some(user) => Ok(()), // e.g. remember `user` for `clients_of(&user)`
+///         None if name == "guest" => Ok(()),
+///         None => Err("log in first".into()),
+///     }
+/// }
+///
+/// #[on_message]
+/// fn message(client: ClientId, text: String) {}
+/// # fn main() {}
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, CandidType, Deserialize)]
+pub struct ClientIdentity {
+    /// The verified principal (none: anonymous).
+    pub principal: Option<Principal>,
+    /// When the delegation binding it expires (ns); the session is closed then.
+    pub expires_ns: Option<u64>,
+}
+
 /// Issue 10: the IC principal verified when `client` opened (none: anonymous or unknown).
 /// What `#[on_open]` hands a `principal: Option<Principal>` parameter.
 pub fn client_principal(client: ClientId) -> Option<Principal> {
@@ -835,6 +863,15 @@ pub mod __private {
     /// Decodes an app payload (bounded candid decoding); failures are `DecodeError`.
     pub fn decode_payload<T: CandidType + DeserializeOwned>(bytes: &[u8]) -> Result<T, WsError> {
         ic_ws_protocol::decode(bytes).map_err(|e| WsError::DecodeError(e.to_string()))
+    }
+
+    /// What `#[on_open]` hands a `ClientIdentity` parameter.
+    pub fn client_identity(client: ClientId) -> crate::ClientIdentity {
+        let bound = with_state(|s| s.bound_identity(client));
+        crate::ClientIdentity {
+            principal: bound.map(|b| b.principal),
+            expires_ns: bound.map(|b| b.expires_ns),
+        }
     }
 
     /// `on_open` of an app that defines none: accepts every open.
