@@ -566,6 +566,8 @@ pub struct ClientInfo {
     pub queued_messages: u64,
     /// Retained payload bytes.
     pub queued_bytes: u64,
+    /// Issue 10: the verified principal (none: anonymous).
+    pub principal: Option<Principal>,
 }
 
 impl WsCanister {
