@@ -174,7 +174,7 @@ async fn connect_latency_with_and_without_identity() {
         .install(TEST_APP_PACKAGE, &candid::encode_args(()).unwrap())
         .unwrap();
     let gw = GatewayProcess::start(GatewayOptions::new(&net, &[canister])).unwrap();
-    let urls = vec![gw.url()];
+    let urls = [gw.url()];
     let ed: Arc<dyn Identity> = Arc::new(BasicIdentity::from_raw_key(&[7; 32]));
     let k1: Arc<dyn Identity> = Arc::new(Secp256k1Identity::from_private_key(
         k256::SecretKey::from_slice(&[8; 32]).unwrap(),
