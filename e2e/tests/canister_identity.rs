@@ -400,6 +400,53 @@ fn instructions_per_authenticated_open_by_kind() {
         println!("| {name} | {n} | {:.2} |", n as f64 / anon as f64);
         figures.push((*name, n));
     }
+    // The worst case a caller can buy with a valid proof: the longest chain (4 links) of the
+    // slowest kind (P-256 keys signing each other), then the session link.
+    let keys: Vec<Prime256v1Identity> = (0..4)
+        .map(|i| {
+            Prime256v1Identity::from_private_key(
+                p256::SecretKey::from_slice(&[70 + i; 32]).unwrap(),
+            )
+        })
+        .collect();
+    let mut chain = Vec::new();
+    for pair in keys.windows(2) {
+        let delegation = Delegation {
+            pubkey: pair[1].public_key().unwrap(),
+            expiration: exp,
+            targets: None,
+            permissions: None,
+        };
+        let signature = pair[0]
+            .sign_delegation(&delegation)
+            .unwrap()
+            .signature
+            .unwrap();
+        chain.push(SignedDelegation {
+            delegation,
+            signature,
+        });
+    }
+    let last =
+        Prime256v1Identity::from_private_key(p256::SecretKey::from_slice(&[73; 32]).unwrap());
+    let worst: Arc<dyn Identity> = Arc::new(DelegatedIdentity::new_unchecked(
+        keys[0].public_key().unwrap(),
+        Box::new(last),
+        chain,
+    ));
+    let n = measure(&|client| {
+        let p = proof_for(&c, worst.as_ref(), client);
+        assert_eq!(
+            p.delegations.len(),
+            ic_ws_protocol::identity::MAX_DELEGATIONS
+        );
+        Some(p)
+    });
+    println!(
+        "| worst case: 4 P-256 links (3 in the identity's chain + the session link) | {n} | {:.2} |",
+        n as f64 / anon as f64
+    );
+    assert!(n <= 30 * anon, "worst case {n}");
     // Budgets. An Ed25519 identity (one more Ed25519 verification) stays within the issue's
     // target of 2x an anonymous open. A two-link Ed25519 chain makes three verifications in
     // all (the open's and two links, ~2.1M each here, over half of an anonymous open each)

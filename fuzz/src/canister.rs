@@ -192,6 +192,32 @@ fn step(r: &mut Reader<'_>) {
                 open.timestamp_ns = open.timestamp_ns.wrapping_sub(u64::from(r.u8()) << 32);
                 key.sign_open(&canister, &mut open);
             }
+            if flags & 32 != 0 {
+                // Issue 10: an identity proof from one of four identities, valid or mangled
+                // (expiry, targets, signature byte), signed into the open.
+                let identity = SessionKey::from_seed([r.u8() % 4 + 200; 32]);
+                let mut session = [0u8; 32];
+                session.copy_from_slice(&key.public_key());
+                let how = r.u8();
+                let expiration = testing::time_ns().saturating_add(u64::from(how) << 30);
+                let targets = (how & 1 != 0).then(|| vec![canister]);
+                let mut proof = ic_ws_protocol::identity::ed25519_proof(
+                    &identity, &session, expiration, targets,
+                );
+                if how & 2 != 0 {
+                    if let Some(d) = proof.delegations.first_mut() {
+                        let i = usize::from(r.u8()) % d.signature.len().max(1);
+                        if let Some(b) = d.signature.get_mut(i) {
+                            *b ^= 1;
+                        }
+                    }
+                }
+                if how & 4 != 0 {
+                    proof.delegations.truncate(usize::from(r.u8() % 2));
+                }
+                open.identity = Some(proof);
+                key.sign_open(&canister, &mut open);
+            }
             if flags & 16 != 0 {
                 open.signature.reverse();
             }
