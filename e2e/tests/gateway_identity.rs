@@ -210,3 +210,54 @@ async fn connect_latency_with_and_without_identity() {
         );
     }
 }
+
+/// A tampering gateway moves Bob's identity proof into Alice's open (both through it): the
+/// canister refuses that open (the open's signature covers the proof) and binds nothing; Alice's
+/// client takes the refusal as uncertified, retries, and gets her own principal; nobody ever
+/// holds a session bound to Bob's principal but Bob.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_swapping_proofs_between_clients_gets_nothing() {
+    use ic_ws_e2e::tamper::{OutcomeAttack, TamperProxy};
+    let net = TestNet::start().unwrap();
+    let canister = net
+        .install(TEST_APP_PACKAGE, &candid::encode_args(()).unwrap())
+        .unwrap();
+    let gw = GatewayProcess::start(GatewayOptions::new(&net, &[canister])).unwrap();
+    let proxy = TamperProxy::start(&gw.url()).await.unwrap();
+    let urls = [proxy.url().to_string()];
+    let alice_id: Arc<dyn Identity> = Arc::new(BasicIdentity::from_raw_key(&[21; 32]));
+    let bob_id: Arc<dyn Identity> = Arc::new(Secp256k1Identity::from_private_key(
+        k256::SecretKey::from_slice(&[22; 32]).unwrap(),
+    ));
+    let bob = connect(config(&urls, canister, &net, bob_id.clone())).await;
+    proxy.arm_next(OutcomeAttack::SwapIdentity);
+    let alice = connect(config(&urls, canister, &net, alice_id.clone())).await;
+    assert_eq!(
+        proxy.outcomes_fired(),
+        vec![(OutcomeAttack::SwapIdentity, None)],
+        "the swap was carried out"
+    );
+    let (pa, pb) = (alice_id.sender().unwrap(), bob_id.sender().unwrap());
+    assert_eq!(alice.principal(), Some(pa));
+    let seen: Vec<(u64, Option<Principal>)> = query(
+        &net,
+        canister,
+        "app_open_identities",
+        candid::encode_args(()).unwrap(),
+    );
+    assert_eq!(
+        seen,
+        vec![
+            (bob.client_id().unwrap(), Some(pb)),
+            (alice.client_id().unwrap(), Some(pa))
+        ],
+        "on_open ran once per client, each with its own principal"
+    );
+    let of_b: Vec<u64> = query(
+        &net,
+        canister,
+        "app_clients_of",
+        candid::encode_one(pb).unwrap(),
+    );
+    assert_eq!(of_b, vec![bob.client_id().unwrap()]);
+}
