@@ -366,6 +366,8 @@ export class ClientSession {
       timestamp_ns: ts,
       resume: resume ? [resume] : [],
       args: resume ? new Uint8Array() : this.config.openArgs,
+      // Issue 10: identities are not offered by this client yet (anonymous sessions).
+      identity: [],
     });
     if (this.conn) this.conn.phase = { kind: "OpenResult", pending: { timestampNs: ts, resume: resume !== undefined } };
     return { Open: { canister_id: this.config.canisterId, request } };

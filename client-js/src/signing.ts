@@ -6,9 +6,10 @@
  * bytes; the test vectors produced by `ic-ws-protocol` pin it down.
  */
 import { ed25519 } from "@noble/curves/ed25519.js";
+import { sha256 } from "@noble/hashes/sha2.js";
 import { Principal } from "@icp-sdk/core/principal";
 import { concat, fromHex, lengthPrefixed, toHex, u16be, u64be, utf8 } from "./bytes.js";
-import type { ClientMessage, MessageKind, OpenRequest } from "./types.js";
+import type { ClientMessage, Delegation, IdentityProof, MessageKind, OpenRequest } from "./types.js";
 
 /** Domain separator of open requests: `"\x0Aic-ws-open"`. */
 export const OPEN_DOMAIN = concat([new Uint8Array([10]), utf8("ic-ws-open")]);
@@ -34,7 +35,46 @@ export function openSigningBytes(canisterId: Principal, open: Omit<OpenRequest, 
     u64be(open.timestamp_ns),
     resume,
     lengthPrefixed(open.args),
+    // Issue 10: only when the open carries an identity proof.
+    ...(open.identity && open.identity.length === 1 ? [new Uint8Array([1]), proofDigest(open.identity[0])] : []),
   ]);
+}
+
+function leb128(n: bigint): Uint8Array {
+  const out: number[] = [];
+  do {
+    let byte = Number(n & 0x7fn);
+    n >>= 7n;
+    if (n !== 0n) byte |= 0x80;
+    out.push(byte);
+  } while (n !== 0n);
+  return new Uint8Array(out);
+}
+
+/** The IC's representation-independent hash of a delegation (what its signature covers). */
+export function delegationHash(d: Delegation): Uint8Array {
+  const pairs: Uint8Array[] = [];
+  const pair = (key: string, value: Uint8Array) => pairs.push(concat([sha256(utf8(key)), value]));
+  pair("pubkey", sha256(d.pubkey));
+  pair("expiration", sha256(leb128(d.expiration)));
+  if (d.targets.length === 1) pair("targets", sha256(concat(d.targets[0].map((t) => sha256(t.toUint8Array())))));
+  if (d.permissions.length === 1) pair("permissions", sha256(utf8("queries" in d.permissions[0] ? "queries" : "all")));
+  pairs.sort((a, b) => {
+    for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return a[i] - b[i];
+    return 0;
+  });
+  return sha256(concat(pairs));
+}
+
+/** `sha256(bytes sender_pubkey, u32 n, n x (bytes hash(delegation_i), bytes signature_i))`. */
+export function proofDigest(p: IdentityProof): Uint8Array {
+  const n = new Uint8Array(4);
+  new DataView(n.buffer).setUint32(0, p.delegations.length);
+  return sha256(concat([
+    lengthPrefixed(p.sender_pubkey),
+    n,
+    ...p.delegations.flatMap((d) => [lengthPrefixed(delegationHash(d.delegation)), lengthPrefixed(d.signature)]),
+  ]));
 }
 
 function kindBytes(kind: MessageKind): Uint8Array {

@@ -10,6 +10,35 @@ import type { Principal } from "@icp-sdk/core/principal";
 import { boundedText, MAX_PEER_TEXT_BYTES } from "./bytes.js";
 
 export const ResumeFromIdl = IDL.Record({ client_id: IDL.Nat64, next_outbound_seq: IDL.Nat64 });
+/** Issue 10: the IC's delegation (ic-transport-types' layout) and the proof an open carries. */
+export const DelegationIdl = IDL.Record({
+  pubkey: IDL.Vec(IDL.Nat8),
+  expiration: IDL.Nat64,
+  targets: IDL.Opt(IDL.Vec(IDL.Principal)),
+  permissions: IDL.Opt(IDL.Variant({ queries: IDL.Null, all: IDL.Null })),
+});
+export const SignedDelegationIdl = IDL.Record({ delegation: DelegationIdl, signature: IDL.Vec(IDL.Nat8) });
+export const IdentityProofIdl = IDL.Record({
+  sender_pubkey: IDL.Vec(IDL.Nat8),
+  delegations: IDL.Vec(SignedDelegationIdl),
+});
+const Index = IDL.Record({ index: IDL.Nat32 });
+export const IdentityErrorIdl = IDL.Variant({
+  Required: IDL.Null,
+  Refused: IDL.Text,
+  TooLarge: IDL.Record({ size: IDL.Nat64, limit: IDL.Nat64 }),
+  ChainLength: IDL.Record({ len: IDL.Nat64, limit: IDL.Nat64 }),
+  TooManyTargets: IDL.Null,
+  MalformedKey: Index,
+  CanisterSignatureUnsupported: IDL.Null,
+  Cycle: IDL.Null,
+  Expired: IDL.Record({ index: IDL.Nat32, expiration: IDL.Nat64 }),
+  TargetNotAllowed: Index,
+  QueriesOnly: Index,
+  WrongSessionKey: IDL.Null,
+  InvalidSignature: Index,
+  PrincipalMismatch: IDL.Null,
+});
 export const OpenRequestIdl = IDL.Record({
   client_key: IDL.Vec(IDL.Nat8),
   gateway: IDL.Principal,
@@ -17,6 +46,7 @@ export const OpenRequestIdl = IDL.Record({
   resume: IDL.Opt(ResumeFromIdl),
   args: IDL.Vec(IDL.Nat8),
   signature: IDL.Vec(IDL.Nat8),
+  identity: IDL.Opt(IdentityProofIdl),
 });
 export const OpenOkIdl = IDL.Record({ client_id: IDL.Nat64, next_inbound_seq: IDL.Nat64, opened_seq: IDL.Nat64 });
 export const MessageKindIdl = IDL.Variant({
@@ -38,6 +68,7 @@ export const CloseReasonIdl = IDL.Variant({
   Expired: IDL.Null,
   QueueOverflow: IDL.Null,
   ProtocolError: IDL.Text,
+  IdentityExpired: IDL.Null,
 });
 export const WsErrorIdl = IDL.Variant({
   InvalidSignature: IDL.Null,
@@ -58,6 +89,7 @@ export const WsErrorIdl = IDL.Variant({
   Closed: IDL.Null,
   InvalidArgument: IDL.Text,
   NotProcessed: IDL.Null,
+  Identity: IdentityErrorIdl,
 });
 export const OutboundBodyIdl = IDL.Variant({
   App: IDL.Record({ topic: IDL.Opt(IDL.Text), payload: IDL.Vec(IDL.Nat8) }),
@@ -68,6 +100,7 @@ export const OutboundBodyIdl = IDL.Variant({
     resumed: IDL.Bool,
     max_inbound_payload_bytes: IDL.Nat64,
     idle_timeout_ns: IDL.Nat64,
+    principal: IDL.Opt(IDL.Principal),
   }),
   Closed: IDL.Record({ reason: CloseReasonIdl }),
   MessageRejected: IDL.Record({ inbound_seq: IDL.Nat64, error: WsErrorIdl }),
@@ -100,7 +133,15 @@ export interface OpenRequest {
   resume: [] | [ResumeFrom];
   args: Uint8Array;
   signature: Uint8Array;
+  /** Issue 10: proof that an IC principal authorised the session key (none: anonymous). */
+  identity: [] | [IdentityProof];
 }
+export interface Delegation {
+  pubkey: Uint8Array; expiration: bigint; targets: [] | [Principal[]];
+  permissions: [] | [{ queries: null } | { all: null }];
+}
+export interface SignedDelegation { delegation: Delegation; signature: Uint8Array }
+export interface IdentityProof { sender_pubkey: Uint8Array; delegations: SignedDelegation[] }
 export interface OpenOk { client_id: bigint; next_inbound_seq: bigint; opened_seq: bigint }
 export type MessageKind =
   | { App: Uint8Array }
@@ -113,7 +154,8 @@ export type CloseReason =
   | { AppClosed: { code: number; reason: string } }
   | { Expired: null }
   | { QueueOverflow: null }
-  | { ProtocolError: string };
+  | { ProtocolError: string }
+  | { IdentityExpired: null };
 export type OutboundBody =
   | { App: { topic: [] | [string]; payload: Uint8Array } }
   | {
@@ -123,6 +165,8 @@ export type OutboundBody =
         max_inbound_payload_bytes: bigint;
         /** Protocol v2: the session's idle timeout (part of the own-clock expiry proof). */
         idle_timeout_ns: bigint;
+        /** Issue 10: the principal the canister bound (none: anonymous). */
+        principal?: [] | [Principal];
       };
     }
   | { Closed: { reason: CloseReason } }
@@ -137,7 +181,8 @@ export type WsError =
   | { StaleOpen: null } | { ResumeUnavailable: { first_available: bigint } } | { InvalidResume: null }
   | { Rejected: string } | { OpenRejected: { client_id: bigint; reason: string } } | { DecodeError: string }
   | { TooLarge: { size: bigint; limit: bigint } }
-  | { LimitReached: string } | { Closed: null } | { InvalidArgument: string } | { NotProcessed: null };
+  | { LimitReached: string } | { Closed: null } | { InvalidArgument: string } | { NotProcessed: null }
+  | { Identity: Record<string, unknown> };
 export type ClientFrame =
   | { Open: { canister_id: Principal; request: OpenRequest } }
   | { Message: ClientMessage };

@@ -250,7 +250,7 @@ export class FakeGateway {
     this.push(s, {
       Opened: {
         client_key: req.client_key, open_timestamp_ns: req.timestamp_ns, next_inbound_seq: s.nextInSeq, resumed: req.resume.length > 0,
-        max_inbound_payload_bytes: this.maxInboundPayloadBytes, idle_timeout_ns: this.idleTimeoutNs,
+        max_inbound_payload_bytes: this.maxInboundPayloadBytes, idle_timeout_ns: this.idleTimeoutNs, principal: [],
       },
     });
     if (req.resume.length === 0) this.onOpened(s, req.args);

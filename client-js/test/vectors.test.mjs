@@ -26,6 +26,20 @@ function openFromJson(r) {
     timestamp_ns: BigInt(r.timestamp_ns),
     resume: r.resume ? [{ client_id: BigInt(r.resume.client_id), next_outbound_seq: BigInt(r.resume.next_outbound_seq) }] : [],
     args: fromHex(r.args),
+    identity: r.identity
+      ? [{
+          sender_pubkey: fromHex(r.identity.sender_pubkey),
+          delegations: r.identity.delegations.map((d) => ({
+            delegation: {
+              pubkey: fromHex(d.pubkey),
+              expiration: BigInt(d.expiration),
+              targets: d.targets ? [d.targets.map((t) => Principal.fromText(t))] : [],
+              permissions: [],
+            },
+            signature: fromHex(d.signature),
+          })),
+        }]
+      : [],
   };
 }
 

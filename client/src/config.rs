@@ -101,6 +101,14 @@ pub struct ClientConfig {
     pub max_frame_bytes: usize,
     /// The clock (default: the system clock).
     pub clock: ClockFn,
+    /// Issue 10: the IC identity whose principal the canister binds to each session (any
+    /// ic-agent `Identity` that can sign delegations: Ed25519, secp256k1, P-256, a
+    /// `DelegatedIdentity` from Internet Identity, ...). `None` (the default): anonymous.
+    pub identity: Option<Arc<dyn ic_agent::Identity>>,
+    /// Issue 10: how long the delegation to each session key is valid (the canister closes
+    /// the session with `IdentityExpired` then; the identity's own chain may end earlier).
+    /// Default 8 hours.
+    pub identity_ttl: Duration,
 }
 
 impl std::fmt::Debug for ClientConfig {
@@ -135,7 +143,37 @@ impl ClientConfig {
             event_buffer: 1024,
             max_frame_bytes: 16 * 1024 * 1024,
             clock: system_clock(),
+            identity: None,
+            identity_ttl: Duration::from_secs(8 * 3600),
         }
+    }
+
+    /// Issue 10: proves `identity`'s principal to the canister in every new session.
+    pub fn with_identity(mut self, identity: Arc<dyn ic_agent::Identity>) -> Self {
+        self.identity = Some(identity);
+        self
+    }
+
+    /// The proof maker the session state machine calls once per session key.
+    pub(crate) fn prover(&self) -> Option<ic_ws_protocol::client::Prover> {
+        let identity = self.identity.clone()?;
+        let canister = self.canister_id;
+        let clock = self.clock.clone();
+        let ttl = u64::try_from(self.identity_ttl.as_nanos()).unwrap_or(u64::MAX);
+        Some(Box::new(move |session_key: &[u8; 32]| {
+            let expiration = clock().saturating_add(ttl);
+            identity_proof(identity.as_ref(), session_key, canister, expiration).unwrap_or_else(
+                |e| {
+                    // An identity that cannot sign delegations: the open carries an empty
+                    // chain, which the canister refuses with a typed `Identity` error.
+                    tracing::warn!(error = %e, "the identity cannot sign a delegation");
+                    ic_ws_protocol::identity::IdentityProof {
+                        sender_pubkey: identity.public_key().unwrap_or_default(),
+                        delegations: Vec::new(),
+                    }
+                },
+            )
+        }))
     }
 
     /// Uses another IC root key (DER), e.g. a local replica's.
@@ -229,6 +267,60 @@ impl ClientConfig {
             on_session_lost: self.on_session_lost,
         }
     }
+}
+
+/// Issue 10: the proof that `identity` authorises `session_key` for `canister` until
+/// `expiration_ns`: the identity signs the IC delegation `{pubkey: DER(session_key),
+/// expiration, targets: [canister]}` (as ic-agent signs any delegation), appended to the
+/// identity's own delegation chain.
+pub fn identity_proof(
+    identity: &dyn ic_agent::Identity,
+    session_key: &[u8; 32],
+    canister: Principal,
+    expiration_ns: u64,
+) -> Result<ic_ws_protocol::identity::IdentityProof, String> {
+    use ic_ws_protocol::identity as id;
+    let delegation = ic_agent::identity::Delegation {
+        pubkey: id::ed25519_der(session_key),
+        expiration: expiration_ns,
+        targets: Some(vec![canister]),
+        permissions: None,
+    };
+    let signature = identity.sign_delegation(&delegation)?;
+    let sender_pubkey = signature
+        .public_key
+        .ok_or("the identity has no public key (anonymous)")?;
+    let own = signature
+        .signature
+        .ok_or("the identity produced no signature")?;
+    let convert = |d: &ic_agent::identity::Delegation| id::Delegation {
+        pubkey: d.pubkey.clone(),
+        expiration: d.expiration,
+        targets: d.targets.clone(),
+        permissions: d.permissions.map(|p| match p {
+            ic_agent::identity::DelegationPermissions::Queries => {
+                id::DelegationPermissions::Queries
+            }
+            ic_agent::identity::DelegationPermissions::All => id::DelegationPermissions::All,
+        }),
+    };
+    let mut delegations: Vec<id::SignedDelegation> = signature
+        .delegations
+        .unwrap_or_default()
+        .iter()
+        .map(|d| id::SignedDelegation {
+            delegation: convert(&d.delegation),
+            signature: d.signature.clone(),
+        })
+        .collect();
+    delegations.push(id::SignedDelegation {
+        delegation: convert(&delegation),
+        signature: own,
+    });
+    Ok(id::IdentityProof {
+        sender_pubkey,
+        delegations,
+    })
 }
 
 #[cfg(test)]

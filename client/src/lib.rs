@@ -72,7 +72,7 @@ use ic_ws_protocol::{ClientId, CloseReason, MessageKind};
 use serde::de::DeserializeOwned;
 use tokio::sync::{mpsc, oneshot};
 
-pub use config::{system_clock, Backoff, ClientConfig, ClockFn, OnSessionLost};
+pub use config::{identity_proof, system_clock, Backoff, ClientConfig, ClockFn, OnSessionLost};
 use driver::{Command, Driver};
 pub use error::{BindingError, Claim, ClientError};
 pub use event::{Event, Message, RawMessage};
@@ -150,6 +150,7 @@ pub struct Client {
     events: mpsc::Receiver<Event>,
     shared: Arc<Shared>,
     canister_id: Principal,
+    principal: Option<Principal>,
 }
 
 impl Client {
@@ -177,11 +178,18 @@ impl Client {
             reconnects: AtomicU64::new(0),
         });
         let canister_id = config.canister_id;
+        let principal = config.identity.as_ref().and_then(|i| i.sender().ok());
         let driver = Driver {
-            session: ic_ws_protocol::client::ClientSession::new(
-                config.session_config(),
-                driver::os_key_source(),
-            ),
+            session: {
+                let session = ic_ws_protocol::client::ClientSession::new(
+                    config.session_config(),
+                    driver::os_key_source(),
+                );
+                match config.prover() {
+                    Some(prover) => session.with_identity(prover),
+                    None => session,
+                }
+            },
             config,
             commands: commands_rx,
             events: events_tx,
@@ -219,7 +227,14 @@ impl Client {
             events: events_rx,
             shared,
             canister_id,
+            principal,
         })
+    }
+
+    /// Issue 10: the IC principal the canister bound to this session (certified in every
+    /// `Opened`, which the client checks), none for an anonymous session.
+    pub fn principal(&self) -> Option<Principal> {
+        self.principal
     }
 
     /// The current session's client id (changes only after [`Event::SessionLost`]).

@@ -315,6 +315,7 @@ impl TestClient {
             }),
             args: candid::encode_one(args.to_string()).unwrap_or_default(),
             signature: Vec::new(),
+            identity: None,
         };
         self.key.sign_open(&c.canister, &mut req);
         req
@@ -565,6 +566,8 @@ pub struct ClientInfo {
     pub queued_messages: u64,
     /// Retained payload bytes.
     pub queued_bytes: u64,
+    /// Issue 10: the verified principal (none: anonymous).
+    pub principal: Option<Principal>,
 }
 
 impl WsCanister {

@@ -119,6 +119,7 @@ impl RawClient {
             resume: None,
             args,
             signature: Vec::new(),
+            identity: None,
         };
         self.key.sign_open(&self.canister, &mut request);
         self.send(&ClientFrame::Open {

@@ -57,6 +57,10 @@ pub enum OutcomeAttack {
     DropOpenResult,
     /// Deliver the `OpenResult` but never a `Messages` frame.
     WithholdFrames,
+    /// Issue 10: relay the open with its identity proof replaced by the one of the latest
+    /// open another client (another session key) sent through the proxy: a gateway moving a
+    /// user's proof to another session.
+    SwapIdentity,
 }
 
 /// An attack that was carried out.
@@ -241,6 +245,7 @@ async fn relay<C, G>(
         outcome,
         mute: false,
         swallow: false,
+        replace: None,
     };
     loop {
         tokio::select! {
@@ -250,6 +255,10 @@ async fn relay<C, G>(
                     let forged = conn.on_client_frame(&m);
                     if std::mem::take(&mut conn.swallow) {
                         // An open the attack answers itself: the canister never sees it.
+                    } else if let Some(bytes) = conn.replace.take() {
+                        if to_gateway.send(WsMessage::Binary(bytes.into())).await.is_err() {
+                            return;
+                        }
                     } else if to_gateway.send(m).await.is_err() || close {
                         return;
                     }
@@ -304,6 +313,8 @@ struct Conn {
     mute: bool,
     /// Do not relay the client frame just examined (an open the attack answers itself).
     swallow: bool,
+    /// Relay these bytes instead of the client frame just examined (`SwapIdentity`).
+    replace: Option<Vec<u8>>,
 }
 
 impl Conn {
@@ -314,7 +325,39 @@ impl Conn {
             return None;
         };
         let frame: ic_ws_protocol::ClientFrame = ic_ws_protocol::decode(bytes).ok()?;
-        if let ic_ws_protocol::ClientFrame::Open { .. } = &frame {
+        if let ic_ws_protocol::ClientFrame::Open {
+            canister_id,
+            request,
+        } = &frame
+        {
+            if self.outcome == Some(OutcomeAttack::SwapIdentity) {
+                let stolen = {
+                    let s = lock(&self.state);
+                    s.client_opens.iter().rev().find_map(|b| {
+                        match ic_ws_protocol::decode::<ic_ws_protocol::ClientFrame>(b).ok()? {
+                            ic_ws_protocol::ClientFrame::Open { request: other, .. }
+                                if other.client_key != request.client_key =>
+                            {
+                                other.identity
+                            }
+                            _ => None,
+                        }
+                    })
+                };
+                if let Some(proof) = stolen {
+                    let mut swapped = request.clone();
+                    swapped.identity = Some(proof);
+                    self.replace = ic_ws_protocol::encode(&ic_ws_protocol::ClientFrame::Open {
+                        canister_id: *canister_id,
+                        request: swapped,
+                    })
+                    .ok();
+                    lock(&self.state)
+                        .outcomes_fired
+                        .push((OutcomeAttack::SwapIdentity, None));
+                    self.outcome = None;
+                }
+            }
             lock(&self.state).client_opens.push(bytes.to_vec());
             // The open-outcome attacks answer the open themselves and never relay it: a
             // relayed open would create a real session whose `on_open` keeps what it took

@@ -218,6 +218,7 @@ fn step(r: &mut Reader<'_>) {
                     next_outbound_seq,
                 }),
                 args: Vec::new(),
+                identity: None,
                 signature: Vec::new(),
             };
             if flags & 4 != 0 {
@@ -225,6 +226,31 @@ fn step(r: &mut Reader<'_>) {
             }
             if flags & 8 != 0 {
                 open.timestamp_ns = open.timestamp_ns.wrapping_sub(u64::from(r.u8()) << 32);
+            }
+            if flags & 32 != 0 {
+                // Issue 10: an identity proof from one of four identities, valid or mangled
+                // (expiry, targets, signature byte), signed into the open.
+                let identity = SessionKey::from_seed([r.u8() % 4 + 200; 32]);
+                let mut session = [0u8; 32];
+                session.copy_from_slice(&key.public_key());
+                let how = r.u8();
+                let expiration = testing::time_ns().saturating_add(u64::from(how) << 30);
+                let targets = (how & 1 != 0).then(|| vec![canister]);
+                let mut proof = ic_ws_protocol::identity::ed25519_proof(
+                    &identity, &session, expiration, targets,
+                );
+                if how & 2 != 0 {
+                    if let Some(d) = proof.delegations.first_mut() {
+                        let i = usize::from(r.u8()) % d.signature.len().max(1);
+                        if let Some(b) = d.signature.get_mut(i) {
+                            *b ^= 1;
+                        }
+                    }
+                }
+                if how & 4 != 0 {
+                    proof.delegations.truncate(usize::from(r.u8() % 2));
+                }
+                open.identity = Some(proof);
             }
             open.signature = sign_cached(&key, open_signing_bytes(&canister, &open));
             if flags & 16 != 0 {
@@ -297,6 +323,9 @@ fn step(r: &mut Reader<'_>) {
                 gateway_retention_ns: Some(small(r) * 1_000_000_000),
                 housekeeping_instructions: None,
                 max_retained_messages: Some(small(r) * 4),
+                identity_policy: None,
+                ic_root_key: None,
+                max_sessions_per_principal: Some(small(r)),
             };
             let _ = ic_ws_canister::configure(config);
         }

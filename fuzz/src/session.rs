@@ -210,6 +210,7 @@ fn parse(data: &[u8], gateway: Principal, canister: Principal) -> (ScriptedSocke
                         resume,
                         args,
                         signature: vec![0; 64],
+                        identity: None,
                     },
                 }))
             }

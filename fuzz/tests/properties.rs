@@ -79,6 +79,7 @@ fn client_frame() -> impl Strategy<Value = ClientFrame> {
                         }),
                         args,
                         signature,
+                        identity: None,
                     },
                 }
             },
@@ -162,6 +163,7 @@ fn content() -> impl Strategy<Value = OutboundContent> {
                 resumed,
                 max_inbound_payload_bytes: 64 * 1024,
                 idle_timeout_ns: 120_000_000_000,
+                principal: None,
             }
         ),
         close_reason().prop_map(|reason| OutboundBody::Closed { reason }),

@@ -371,6 +371,7 @@ impl CanisterApi for FakeCanister {
                         resumed: open.resume.is_some(),
                         max_inbound_payload_bytes: 64 * 1024,
                         idle_timeout_ns: 120_000_000_000,
+                        principal: None,
                     },
                 )
                 .unwrap_or(0);
@@ -606,6 +607,7 @@ mod tests {
             resume: None,
             args: Vec::new(),
             signature: vec![0; 64],
+            identity: None,
         };
         let batch = OpenBatch {
             opens: vec![open.clone()],

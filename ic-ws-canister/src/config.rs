@@ -129,7 +129,59 @@ pub struct WsConfig {
     /// per-session limits alone allow `max_sessions x max_queued_messages` (200 million with
     /// the defaults), which no upgrade could rebuild and no wasm heap could hold.
     pub max_retained_messages: Option<u64>,
+    /// Issue 10: which opens must prove an IC principal (see [`IdentityPolicy`]). `None`:
+    /// [`IdentityPolicy::AnonymousAllowed`].
+    pub identity_policy: Option<IdentityPolicy>,
+    /// Issue 10: the IC root public key (DER, 133 bytes, or the raw 96 bytes) that canister
+    /// signatures in identity proofs (Internet Identity's) are verified under. `None`: the
+    /// mainnet root key ([`MAINNET_IC_ROOT_KEY_DER`]); a local replica's canister passes
+    /// that replica's key.
+    pub ic_root_key: Option<Vec<u8>>,
+    /// Issue 10: most sessions (open, or closed and not yet deleted) bound to one principal;
+    /// a further open proving it gets `LimitReached`. Bounds [`crate::clients_of`]. `None`:
+    /// the default, 64.
+    pub max_sessions_per_principal: Option<u64>,
 }
+
+/// Which opens must carry a verified identity proof.
+#[derive(CandidType, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum IdentityPolicy {
+    /// Anonymous sessions and sessions with a verified principal (the default).
+    #[default]
+    AnonymousAllowed,
+    /// Only opens with a valid proof; others get `WsError::Identity(Required)`.
+    AuthenticatedOnly,
+    /// The function registered with [`crate::set_identity_filter`] decides for each new
+    /// session, given its verified principal (`None`: anonymous). It runs inside the runtime:
+    /// it must be cheap, deterministic and must not call `ic_ws_canister` functions. Without
+    /// a registered function every open is refused (fails closed); register it in `#[init]`
+    /// and `#[post_upgrade]`. A refusal is `WsError::Identity(Refused(reason))`.
+    Callback,
+}
+
+/// An app's identity filter ([`IdentityPolicy::Callback`]).
+pub type IdentityFilter = fn(Option<&candid::Principal>) -> Result<(), String>;
+
+thread_local! {
+    static IDENTITY_FILTER: std::cell::Cell<Option<IdentityFilter>> =
+        const { std::cell::Cell::new(None) };
+}
+
+/// Registers the app's identity filter, used under [`IdentityPolicy::Callback`].
+pub fn set_identity_filter(filter: IdentityFilter) {
+    IDENTITY_FILTER.with(|f| f.set(Some(filter)));
+}
+
+/// Runs the registered identity filter (refuses when none is registered).
+pub(crate) fn run_identity_filter(principal: Option<&candid::Principal>) -> Result<(), String> {
+    match IDENTITY_FILTER.with(std::cell::Cell::get) {
+        Some(f) => f(principal),
+        None => Err("no identity filter registered".into()),
+    }
+}
+
+/// The IC mainnet root public key (DER), the default of [`WsConfig::ic_root_key`].
+pub const MAINNET_IC_ROOT_KEY_DER: &[u8; 133] = b"\x30\x81\x82\x30\x1d\x06\x0d\x2b\x06\x01\x04\x01\x82\xdc\x7c\x05\x03\x01\x02\x01\x06\x0c\x2b\x06\x01\x04\x01\x82\xdc\x7c\x05\x03\x02\x01\x03\x61\x00\x81\x4c\x0e\x6e\xc7\x1f\xab\x58\x3b\x08\xbd\x81\x37\x3c\x25\x5c\x3c\x37\x1b\x2e\x84\x86\x3c\x98\xa4\xf1\xe0\x8b\x74\x23\x5d\x14\xfb\x5d\x9c\x0c\xd5\x46\xd9\x68\x5f\x91\x3a\x0c\x0b\x2c\xc5\x34\x15\x83\xbf\x4b\x43\x92\xe4\x67\xdb\x96\xd6\x5b\x9b\xb4\xcb\x71\x71\x12\xf8\x47\x2e\x0d\x5a\x4d\x14\x50\x5f\xfd\x74\x84\xb0\x12\x91\x09\x1c\x5f\x87\xb9\x88\x83\x46\x3f\x98\x09\x1a\x0b\xaa\xae";
 
 /// Which principals may act as gateways.
 #[derive(CandidType, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
@@ -242,6 +294,9 @@ impl Default for WsConfig {
             gateway_retention_ns: None,
             housekeeping_instructions: None,
             max_retained_messages: None,
+            identity_policy: None,
+            ic_root_key: None,
+            max_sessions_per_principal: None,
         }
     }
 }
@@ -302,6 +357,14 @@ impl WsConfig {
         }
         if matches!(&self.gateways, Some(GatewayPolicy::Allowlist(l)) if l.is_empty()) {
             return Err("an empty gateway allowlist would refuse every gateway".into());
+        }
+        if self.max_sessions_per_principal == Some(0) {
+            return Err("max_sessions_per_principal must be positive".into());
+        }
+        if let Some(k) = &self.ic_root_key {
+            if k.len() != 96 && k.len() != 133 {
+                return Err("ic_root_key must be 96 raw bytes or the 133-byte DER form".into());
+            }
         }
         if self.max_retained_messages == Some(0) {
             return Err("max_retained_messages must be positive".into());
@@ -388,6 +451,23 @@ impl WsConfig {
     pub fn housekeeping_budget(&self) -> u64 {
         self.housekeeping_instructions
             .unwrap_or(DEFAULT_HOUSEKEEPING_INSTRUCTIONS)
+    }
+
+    /// [`WsConfig::identity_policy`] with its default applied.
+    pub fn identity_policy(&self) -> IdentityPolicy {
+        self.identity_policy.unwrap_or_default()
+    }
+
+    /// [`WsConfig::ic_root_key`] with its default applied.
+    pub fn ic_root_key(&self) -> Vec<u8> {
+        self.ic_root_key
+            .clone()
+            .unwrap_or_else(|| MAINNET_IC_ROOT_KEY_DER.to_vec())
+    }
+
+    /// [`WsConfig::max_sessions_per_principal`] with its default applied.
+    pub fn sessions_per_principal(&self) -> u64 {
+        self.max_sessions_per_principal.unwrap_or(64)
     }
 
     /// Whether `caller` may act as a gateway ([`WsConfig::gateways`]).

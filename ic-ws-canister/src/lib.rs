@@ -89,13 +89,19 @@ mod store;
 pub mod testing;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_identity;
 mod ws_tree;
 
 use candid::{CandidType, Principal};
 use serde::Deserialize;
 use std::cell::Cell;
 
-pub use config::{set_gateway_filter, GatewayPolicy, OverflowPolicy, WsConfig};
+pub use config::{
+    set_gateway_filter, set_identity_filter, GatewayPolicy, IdentityFilter, IdentityPolicy,
+    OverflowPolicy, WsConfig, MAINNET_IC_ROOT_KEY_DER,
+};
+pub use ic_ws_protocol::identity::{IdentityError, KeyKind};
 // The handler attributes; they generate the ws endpoints (docs in ic-ws-macros).
 pub use ic_ws_macros::{on_close, on_message, on_open};
 pub use ic_ws_protocol::{
@@ -168,6 +174,9 @@ pub struct ClientInfo {
     pub queued_messages: u64,
     /// Retained app payload bytes.
     pub queued_bytes: u64,
+    /// Issue 10: the IC principal verified at open (none: an anonymous session). Kept across
+    /// resumes, gateway switches and upgrades; never changed by a resume.
+    pub principal: Option<Principal>,
 }
 
 /// What [`publish`] did for each subscriber.
@@ -297,6 +306,53 @@ pub fn clients(after: Option<ClientId>, limit: usize) -> Vec<ClientInfo> {
             .map(|e| s.info(*e.key(), &e.value()))
             .collect()
     })
+}
+
+/// Issue 10: what an `#[on_open]` handler may take as its last parameter: the IC principal the
+/// open proved (verified by the runtime before the handler runs), none for an anonymous
+/// session.
+///
+/// ```
+/// use ic_ws_canister::{on_message, on_open, ClientId, ClientIdentity};
+///
+/// #[on_open]
+/// fn open(client: ClientId, name: String, identity: ClientIdentity) -> Result<(), String> {
+///     match identity.principal {
+///         Some(user) => Ok(()), // e.g. remember `user` for `clients_of(&user)`
+///         None if name == "guest" => Ok(()),
+///         None => Err("log in first".into()),
+///     }
+/// }
+///
+/// #[on_message]
+/// fn message(client: ClientId, text: String) {}
+/// # fn main() {}
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, CandidType, Deserialize)]
+pub struct ClientIdentity {
+    /// The verified principal (none: anonymous).
+    pub principal: Option<Principal>,
+    /// When the delegation binding it expires (ns); the session is closed then.
+    pub expires_ns: Option<u64>,
+}
+
+/// Issue 10: the IC principal verified when `client` opened (none: anonymous or unknown).
+/// What `#[on_open]` hands a `principal: Option<Principal>` parameter.
+pub fn client_principal(client: ClientId) -> Option<Principal> {
+    runtime::with_state(|s| s.bound_identity(client).map(|b| b.principal))
+}
+
+/// Issue 10: when the delegation that bound `client`'s principal expires (ns); the session is
+/// closed with `CloseReason::IdentityExpired` then (unless a resume brought a fresh proof).
+pub fn client_identity_expiry(client: ClientId) -> Option<u64> {
+    runtime::with_state(|s| s.bound_identity(client).map(|b| b.expires_ns))
+}
+
+/// Issue 10: the open sessions bound to `principal`, in id order: every session of one user,
+/// e.g. for per-user notifications. At most `max_sessions_per_principal` (the cap on
+/// sessions per principal enforced at open), so the work is bounded.
+pub fn clients_of(principal: &Principal) -> Vec<ClientId> {
+    runtime::with_state(|s| s.clients_of(principal))
 }
 
 /// Number of sessions (open, and closed ones not yet deleted).
@@ -806,6 +862,15 @@ pub mod __private {
     /// Decodes an app payload (bounded candid decoding); failures are `DecodeError`.
     pub fn decode_payload<T: CandidType + DeserializeOwned>(bytes: &[u8]) -> Result<T, WsError> {
         ic_ws_protocol::decode(bytes).map_err(|e| WsError::DecodeError(e.to_string()))
+    }
+
+    /// What `#[on_open]` hands a `ClientIdentity` parameter.
+    pub fn client_identity(client: ClientId) -> crate::ClientIdentity {
+        let bound = with_state(|s| s.bound_identity(client));
+        crate::ClientIdentity {
+            principal: bound.map(|b| b.principal),
+            expires_ns: bound.map(|b| b.expires_ns),
+        }
     }
 
     /// `on_open` of an app that defines none: accepts every open.

@@ -122,7 +122,11 @@ pub(crate) mod slot {
     pub const GATEWAY_IDS: u8 = 6;
     /// The outbound-message arena ([`crate::arena`]).
     pub const OUTBOX: u8 = 7;
-    // 8 is reserved (it held the delivery log, now rebuilt on the heap from the arena).
+    /// Issue 10: sessions' verified principals (`runtime/identity.rs`). Slot 8 held the
+    /// delivery log before the arena layout (c95fd93), which no canister of an earlier
+    /// layout can be upgraded from; no version since has written it, so it is empty in every
+    /// canister that upgrades to this one.
+    pub const IDENTITIES: u8 = 8;
     pub const SHARED: u8 = 9;
     pub const SUBS: u8 = 10;
     pub const CLIENT_SUBS: u8 = 11;

@@ -38,6 +38,7 @@ use ic_ws_protocol::{content_hash, ClientId, CloseReason, WsError};
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 
+pub(crate) mod identity;
 mod sybil;
 pub(crate) use sybil::GatewayIdle;
 mod upgrade;
@@ -106,6 +107,8 @@ pub(crate) struct State {
     activity: StableBTreeMap<[u8; 16], (), Memory>,
     closed: StableBTreeMap<[u8; 16], (), Memory>,
     pending_close: StableBTreeMap<u64, Vec<u8>, Memory>,
+    /// Issue 10: verified principals of sessions (see `runtime/identity.rs`).
+    pub(crate) identities: StableBTreeMap<Vec<u8>, Vec<u8>, Memory>,
     /// Persisted counters; `next_log_idx` there is the bound of the reserved block.
     counters: Counters,
     /// The next delivery-log index (heap; `< counters.next_log_idx`).
@@ -196,6 +199,7 @@ impl State {
             activity: StableBTreeMap::init(ws_memory(slot::ACTIVITY)),
             closed: StableBTreeMap::init(ws_memory(slot::CLOSED)),
             pending_close: StableBTreeMap::init(ws_memory(slot::PENDING_CLOSE)),
+            identities: StableBTreeMap::init(ws_memory(slot::IDENTITIES)),
             next_log_idx: counters.next_log_idx,
             counters,
             config,
@@ -553,6 +557,7 @@ impl State {
         self.activity.remove(&pair_key(rec.last_activity_ns, id));
         self.closed.insert(pair_key(now, id), ());
         self.unsubscribe_all(id);
+        self.identity_closed(id);
         self.pending_close.insert(id, reason_bytes);
         self.clients.insert(id, rec);
         true
@@ -575,6 +580,7 @@ impl State {
         self.closed.remove(&pair_key(rec.closed_at_ns, id));
         self.unsubscribe_all(id);
         self.pending_close.remove(&id);
+        self.identity_deleted(id);
         if let Some(mut k) = self.keys.get(&rec.key) {
             k.sessions = k.sessions.saturating_sub(1);
             if k.sessions == 0 && !self.open_ts_replayable(&k, now) {
@@ -724,8 +730,13 @@ impl State {
         now: u64,
     ) -> Result<NewSession, WsError> {
         let key = self.check_open(caller, canister, open, now)?;
+        // The proof: verified after the open's own signature (which covers it) and before
+        // anything changes; its refusals are pure functions of the signed bytes and the time,
+        // so they consume nothing (a replay is refused the same way).
+        let identity = self.verify_identity(canister, &key, open, now)?;
         if let Err(e) = self
-            .check_gateway_capacity(&caller)
+            .check_identity_policy(identity.as_ref())
+            .and_then(|()| self.check_gateway_capacity(&caller))
             .and_then(|()| self.check_canister_capacity())
             .and_then(|()| self.check_gateway_records(&caller))
             .and_then(|()| self.check_room_for_opened(0))
@@ -753,6 +764,9 @@ impl State {
         };
         self.adjust_gateway_sessions(gw.id, 1);
         self.activity.insert(pair_key(now, id), ());
+        if let Some(v) = &identity {
+            self.bind_identity(id, v);
+        }
         let opened_seq = self.enqueue_opened(id, &mut rec, open.timestamp_ns, false, now);
         self.clients.insert(id, rec);
         Ok(NewSession {
@@ -784,6 +798,7 @@ impl State {
                 resumed,
                 max_inbound_payload_bytes: self.config.max_inbound_payload_bytes,
                 idle_timeout_ns: self.config.idle_timeout_ns,
+                principal: self.bound_identity(id).map(|b| b.principal),
             },
         );
         let hash = content_hash(&content);
@@ -868,6 +883,7 @@ impl State {
         rec.closed = true;
         rec.closed_at_ns = now;
         self.closed.insert(pair_key(now, id), ());
+        self.identity_closed(id);
         self.clients.insert(id, rec);
         WsError::OpenRejected {
             client_id: id,
@@ -935,7 +951,25 @@ impl State {
         now: u64,
     ) -> Result<OpenOk, WsError> {
         let key = self.check_open(caller, canister, open, now)?;
+        // A resume may carry a fresh proof (a later delegation expiry) for the same principal
+        // only; without one the bound principal is kept as it is.
+        let identity = self.verify_identity(canister, &key, open, now)?;
+        if let (Some(v), Some(r)) = (&identity, open.resume) {
+            let owns = self
+                .clients
+                .get(&r.client_id)
+                .is_some_and(|c| c.key == key && !c.closed);
+            if owns && self.bound_identity(r.client_id).map(|b| b.principal) != Some(v.principal) {
+                return Err(WsError::Identity(
+                    ic_ws_protocol::identity::IdentityError::PrincipalMismatch,
+                ));
+            }
+        }
         let result = self.resume_checked(caller, key, open, now);
+        if let (Ok(ok), Some(v)) = (&result, &identity) {
+            // Checked above: same principal; only the expiry moves.
+            let _ = self.refresh_identity(ok.client_id, v);
+        }
         if result.is_err() {
             self.consume_open_ts(key, open.timestamp_ns, now);
         }
@@ -1323,6 +1357,7 @@ impl State {
             first_retained_seq: rec.first_retained_seq,
             queued_messages: rec.queued_messages,
             queued_bytes: rec.queued_bytes,
+            principal: self.bound_identity(id).map(|b| b.principal),
         }
     }
 }

@@ -84,9 +84,39 @@ pub fn open_request(
         ),
         args: Vec::new(),
         signature: Vec::new(),
+        identity: None,
     };
     key.sign_open(&canister_id(), &mut open);
     open
+}
+
+/// Issue 10: a signed open request through `gateway` that proves the Ed25519 identity
+/// `identity` (a one-link delegation to `key` for this canister, valid for `ttl_ns`).
+pub fn open_request_with_identity(
+    key: &SessionKey,
+    gateway: Principal,
+    identity: &SessionKey,
+    ttl_ns: u64,
+) -> OpenRequest {
+    let mut open = open_request(key, gateway, None);
+    let mut session = [0u8; 32];
+    session.copy_from_slice(&key.public_key());
+    open.identity = Some(ic_ws_protocol::identity::ed25519_proof(
+        identity,
+        &session,
+        time_ns().saturating_add(ttl_ns),
+        Some(vec![canister_id()]),
+    ));
+    key.sign_open(&canister_id(), &mut open);
+    open
+}
+
+/// The principal of the Ed25519 identity `identity` (what an open made by
+/// [`open_request_with_identity`] binds).
+pub fn identity_principal(identity: &SessionKey) -> Principal {
+    let mut raw = [0u8; 32];
+    raw.copy_from_slice(&identity.public_key());
+    Principal::self_authenticating(ic_ws_protocol::identity::ed25519_der(&raw))
 }
 
 /// Opens a session through test gateway 1 with a key from `seed` and accept-all handlers;

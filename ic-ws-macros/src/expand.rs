@@ -472,6 +472,12 @@ fn on_open(handler: &Handler, config: &Config, paths: &Paths) -> TokenStream {
         }
         None => (quote!(let _ = #args_bytes;), TokenStream::new()),
     };
+    if let Some(identity_ty) = &handler.identity_ty {
+        call_args.push(quote!({
+            let __ic_ws_identity: #identity_ty = #private::client_identity(#client);
+            __ic_ws_identity
+        }));
+    }
     let traits = signature_traits(Kind::Open, paths);
     let call = call_handler(handler, &call_args);
     quote! {

@@ -34,7 +34,7 @@ impl Kind {
     fn expected_signatures(self) -> &'static str {
         match self {
             Kind::Open => {
-                "`fn(client: ClientId)` or `fn(client: ClientId, args: A)`, returning `()` or `Result<(), String>`"
+                "`fn(client: ClientId)` or `fn(client: ClientId, args: A)`, optionally followed by `identity: ClientIdentity`, returning `()` or `Result<(), String>`"
             }
             Kind::Message => {
                 "`fn(client: ClientId, message: M)` returning `()` or `Result<(), String>`"
@@ -81,6 +81,8 @@ pub struct Handler {
     pub client_ty: Box<Type>,
     /// Type of the second parameter, when present: message, open arguments or close reason.
     pub payload_ty: Option<Box<Type>>,
+    /// `#[on_open]` only: the trailing `ClientIdentity` parameter (the verified principal).
+    pub identity_ty: Option<Box<Type>>,
     /// Return type.
     pub output: Output,
 }
@@ -127,6 +129,27 @@ impl Handler {
                 ),
                 FnArg::Typed(pat_type) => types.push(pat_type.ty.clone()),
             }
+        }
+
+        // `#[on_open]` may end with `identity: ClientIdentity` (recognised by the type's name;
+        // the generated code places the type at the user's tokens, so a different type of
+        // that name is a type error there).
+        let mut identity_ty = None;
+        if kind == Kind::Open
+            && types.len() >= 2
+            && types.last().is_some_and(|t| is_client_identity(t))
+        {
+            identity_ty = types.pop();
+        } else if kind == Kind::Open && types.len() == 3 {
+            if let Some(FnArg::Typed(third)) = sig.inputs.iter().nth(2) {
+                errors.error(
+                    &third.ty,
+                    "the third parameter of an `#[on_open]` handler is the verified identity: \
+                     `ClientIdentity` (ic_ws_canister::ClientIdentity, whose `principal` is an \
+                     `Option<Principal>`)",
+                );
+            }
+            types.pop();
         }
 
         let arity = kind.arity();
@@ -192,8 +215,22 @@ impl Handler {
             ident: sig.ident.clone(),
             client_ty,
             payload_ty: types.next(),
+            identity_ty,
             output,
         })
+    }
+}
+
+/// A type whose last path segment is `ClientIdentity`.
+fn is_client_identity(ty: &Type) -> bool {
+    match ty {
+        Type::Path(p) => p
+            .path
+            .segments
+            .last()
+            .is_some_and(|s| s.ident == "ClientIdentity" && s.arguments.is_none()),
+        Type::Paren(p) => is_client_identity(&p.elem),
+        _ => false,
     }
 }
 

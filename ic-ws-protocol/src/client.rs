@@ -52,6 +52,10 @@ pub const DEFAULT_CLOCK_SKEW_NS: u64 = 5 * 60 * 1_000_000_000;
 /// the test vectors).
 pub type KeySource = Box<dyn FnMut() -> [u8; 32] + Send + Sync>;
 
+/// Issue 10: makes the identity proof for a session key (the client's IC identity signs a
+/// delegation to it; see [`crate::identity`]). Called once per session key.
+pub type Prover = Box<dyn FnMut(&[u8; 32]) -> crate::identity::IdentityProof + Send + Sync>;
+
 /// What to do when a session is given up (its expiry proven by the client's own clock, or
 /// its own unconfirmed messages lost from the bounded resend queue).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -125,6 +129,17 @@ pub enum BindingError {
     NotOpenedFirst {
         /// Its sequence number.
         seq: u64,
+    },
+    /// `Opened` binds another principal than this client proved (or one where it proved none,
+    /// or none where it proved one: a canister that does not know identity proofs).
+    #[error("Opened (seq {seq}) binds principal {got:?}, expected {expected:?}")]
+    WrongPrincipal {
+        /// Its sequence number.
+        seq: u64,
+        /// The principal our proof names (none for an anonymous session).
+        expected: Option<Principal>,
+        /// What the canister certified.
+        got: Option<Principal>,
     },
     /// `Opened` / `OpenRejected` names another session key.
     #[error("Opened (seq {seq}) binds another key")]
@@ -434,6 +449,9 @@ pub struct ClientSession {
     wait_until: Option<u64>,
     stopped: bool,
     conn: Option<Conn>,
+    prover: Option<Prover>,
+    /// The proof for the current key and its principal (made when the key is made).
+    proof: Option<(crate::identity::IdentityProof, Principal)>,
 }
 
 impl core::fmt::Debug for ClientSession {
@@ -510,7 +528,35 @@ impl ClientSession {
             wait_until: None,
             stopped: false,
             conn: None,
+            prover: None,
+            proof: None,
         }
+    }
+
+    /// Issue 10: sessions of this client prove an IC identity: `prover` makes the proof for
+    /// each session key (a new session after a lost one gets a new key and a new proof). New
+    /// opens carry it, resumes do not (the canister keeps the bound principal), and every
+    /// certified `Opened` must name the proof's principal.
+    pub fn with_identity(mut self, mut prover: Prover) -> Self {
+        self.proof = Some(self.make_proof(&mut prover));
+        self.prover = Some(prover);
+        self
+    }
+
+    fn make_proof(&self, prover: &mut Prover) -> (crate::identity::IdentityProof, Principal) {
+        let mut key = [0u8; 32];
+        let pk = self.key.public_key();
+        if let Some(src) = pk.get(..32) {
+            key.copy_from_slice(src);
+        }
+        let proof = prover(&key);
+        let principal = crate::identity::principal_of(&proof.sender_pubkey);
+        (proof, principal)
+    }
+
+    /// The principal this client proves (none: anonymous).
+    pub fn principal(&self) -> Option<Principal> {
+        self.proof.as_ref().map(|(_, p)| *p)
     }
 
     /// The session's client id once certified (`None` before the first `Opened` and while a
@@ -802,6 +848,11 @@ impl ClientSession {
                 self.config.open_args.clone()
             },
             signature: Vec::new(),
+            identity: if resume.is_some() {
+                None
+            } else {
+                self.proof.as_ref().map(|(p, _)| p.clone())
+            },
         };
         self.key.sign_open(&self.config.canister_id, &mut request);
         if let Some(conn) = self.conn.as_mut() {
@@ -937,10 +988,20 @@ impl ClientSession {
                     resumed,
                     max_inbound_payload_bytes,
                     idle_timeout_ns,
+                    principal,
                 } => {
                     let p = pending.ok_or(BindingError::UnexpectedOpened { seq: m.seq })?;
                     if *client_key != own_key {
                         return Err(BindingError::WrongKey { seq: m.seq }.into());
+                    }
+                    let expected = self.principal();
+                    if *principal != expected {
+                        return Err(BindingError::WrongPrincipal {
+                            seq: m.seq,
+                            expected,
+                            got: *principal,
+                        }
+                        .into());
                     }
                     if p.resume && *open_timestamp_ns < p.timestamp_ns {
                         // The confirmation of an earlier open of ours whose connection died
@@ -1234,6 +1295,10 @@ impl ClientSession {
     fn lose_session(&mut self) -> u64 {
         let dropped = self.next_seq.saturating_sub(self.confirmed_inbound);
         self.key = SessionKey::from_seed((self.keys)());
+        if let Some(mut prover) = self.prover.take() {
+            self.proof = Some(self.make_proof(&mut prover));
+            self.prover = Some(prover);
+        }
         self.client_id = None;
         self.confirmed = false;
         self.next_expected = 0;

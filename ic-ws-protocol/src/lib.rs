@@ -27,6 +27,7 @@ pub mod certification;
 pub mod client;
 pub mod content;
 pub mod frames;
+pub mod identity;
 pub mod signing;
 #[cfg(feature = "test-utils")]
 pub mod test_utils;

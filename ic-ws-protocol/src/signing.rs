@@ -32,7 +32,10 @@ fn put_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
 
 /// The bytes signed by an open request:
 /// `OPEN_DOMAIN, principal canister_id, principal gateway, client_key[32], u64 timestamp_ns,
-/// u8 0 | (u8 1, u64 client_id, u64 next_outbound_seq), bytes args`.
+/// u8 0 | (u8 1, u64 client_id, u64 next_outbound_seq), bytes args`, followed, only when the
+/// open carries an identity proof, by `u8 1, proof_digest[32]`
+/// ([`crate::identity::proof_digest`]). Opens without a proof sign exactly the bytes they
+/// signed before proofs existed.
 pub fn open_signing_bytes(canister_id: &Principal, open: &OpenRequest) -> Vec<u8> {
     let mut out = Vec::with_capacity(OPEN_DOMAIN.len() + 120 + open.args.len());
     out.extend_from_slice(OPEN_DOMAIN);
@@ -49,6 +52,10 @@ pub fn open_signing_bytes(canister_id: &Principal, open: &OpenRequest) -> Vec<u8
         }
     }
     put_bytes(&mut out, &open.args);
+    if let Some(proof) = &open.identity {
+        out.push(1);
+        out.extend_from_slice(&crate::identity::proof_digest(proof));
+    }
     out
 }
 

@@ -37,6 +37,12 @@ pub struct OpenRequest {
     /// Ed25519 signature (64 bytes) over the open signing bytes.
     #[serde(with = "serde_bytes")]
     pub signature: Vec<u8>,
+    /// Issue 10: proof that an IC principal authorised this session key (a delegation chain
+    /// ending at `client_key`, see [`crate::identity`]); none for an anonymous session. The
+    /// signing bytes cover it (its digest), so a gateway can neither strip nor swap it. An
+    /// `opt` field: opens of clients built before it decode with `None`.
+    #[serde(default)]
+    pub identity: Option<crate::identity::IdentityProof>,
 }
 
 /// Where a resuming client continues.
@@ -222,6 +228,12 @@ pub enum OutboundBody {
         /// signed message for this long is expired. A client that has signed nothing for
         /// longer may take an uncertified refusal of its resume as true.
         idle_timeout_ns: u64,
+        /// Issue 10: the IC principal the canister bound to this session (verified from the
+        /// open's identity proof), none for an anonymous session. Certified, so the client
+        /// checks that the canister bound the principal it proved. Absent (`None`) in
+        /// confirmations of canisters built before it.
+        #[serde(default)]
+        principal: Option<Principal>,
     },
     /// Protocol version 2: the canister consumed inbound message `inbound_seq` of this session
     /// (it is accepted, later ones follow it) and the application's handler refused it
@@ -275,6 +287,9 @@ pub enum CloseReason {
     QueueOverflow,
     /// The client broke the protocol (for example a message its handler could not decode).
     ProtocolError(String),
+    /// Issue 10: the delegation that bound the session's principal expired (only sessions
+    /// opened with an identity proof can end this way).
+    IdentityExpired,
 }
 
 /// Typed error of every endpoint. Nothing changes in the canister when one is returned.
@@ -341,6 +356,9 @@ pub enum WsError {
     /// Protocol version 2: the call's instruction budget ran out before this entry. Nothing
     /// changed for it; the gateway sends it again in a later call (safe: a duplicate is a no-op).
     NotProcessed,
+    /// Issue 10, `ws_open` only: the open's identity proof (or its absence) was refused.
+    /// Nothing changed; a new open with a valid proof may follow.
+    Identity(crate::identity::IdentityError),
 }
 
 impl core::fmt::Display for WsError {
@@ -373,6 +391,7 @@ impl core::fmt::Display for WsError {
             WsError::LimitReached(what) => write!(f, "limit reached: {what}"),
             WsError::Closed => f.write_str("session closed"),
             WsError::InvalidArgument(e) => write!(f, "invalid argument: {e}"),
+            WsError::Identity(e) => write!(f, "identity: {e}"),
             WsError::NotProcessed => {
                 write!(
                     f,

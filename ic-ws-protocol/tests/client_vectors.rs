@@ -103,6 +103,7 @@ fn ws_error_json(e: &WsError) -> Value {
         WsError::Closed => json!({"Closed": null}),
         WsError::InvalidArgument(s) => json!({ "InvalidArgument": s }),
         WsError::NotProcessed => json!({"NotProcessed": null}),
+        WsError::Identity(e) => json!({ "Identity": format!("{e:?}") }),
     }
 }
 
@@ -117,6 +118,7 @@ fn close_reason_json(r: &CloseReason) -> Value {
         CloseReason::Expired => json!({"Expired": null}),
         CloseReason::QueueOverflow => json!({"QueueOverflow": null}),
         CloseReason::ProtocolError(s) => json!({ "ProtocolError": s }),
+        CloseReason::IdentityExpired => json!({"IdentityExpired": null}),
     }
 }
 
@@ -356,6 +358,7 @@ impl Script {
             resumed: open.resume.is_some(),
             max_inbound_payload_bytes: 1000,
             idle_timeout_ns: 120 * SEC,
+            principal: None,
         }
     }
 
@@ -825,6 +828,7 @@ fn vectors() -> Vec<Value> {
         resumed: false,
         max_inbound_payload_bytes: 1000,
         idle_timeout_ns: 120 * SEC,
+        principal: None,
     };
     let f = s.certified(CLIENT, 0, vec![body], NOW + MS);
     let a = s.frame(NOW + 2 * MS, f);

@@ -37,6 +37,7 @@ fn open_cases(key: &SessionKey) -> Vec<(&'static str, OpenRequest)> {
         resume: None,
         args: candid::encode_one("alice").unwrap(),
         signature: vec![],
+        identity: None,
     };
     let resume = OpenRequest {
         resume: Some(ResumeFrom {
@@ -47,7 +48,56 @@ fn open_cases(key: &SessionKey) -> Vec<(&'static str, OpenRequest)> {
         timestamp_ns: NOW_NS + 1,
         ..base.clone()
     };
-    vec![("new_session", base), ("resume", resume)]
+    let with_identity = OpenRequest {
+        identity: Some(identity_proof(key)),
+        ..base.clone()
+    };
+    vec![
+        ("new_session", base),
+        ("resume", resume),
+        ("new_session_with_identity", with_identity),
+    ]
+}
+
+/// Issue 10: an Ed25519 IC identity (seed 5, deterministic signatures) delegates to the
+/// session key, restricted to the canister, until NOW + 1 h.
+fn identity_proof(key: &SessionKey) -> identity::IdentityProof {
+    use ic_agent::Identity;
+    let id = ic_agent::identity::BasicIdentity::from_raw_key(&[5; 32]);
+    let session: [u8; 32] = key.public_key().try_into().unwrap();
+    let delegation = identity::Delegation {
+        pubkey: identity::ed25519_der(&session),
+        expiration: NOW_NS + 3_600_000_000_000,
+        targets: Some(vec![canister()]),
+        permissions: None,
+    };
+    let signature = id
+        .sign_arbitrary(&identity::delegation_signable(&delegation))
+        .unwrap()
+        .signature
+        .unwrap();
+    identity::IdentityProof {
+        sender_pubkey: id.public_key().unwrap(),
+        delegations: vec![identity::SignedDelegation {
+            delegation,
+            signature,
+        }],
+    }
+}
+
+fn identity_json(p: &identity::IdentityProof) -> Value {
+    json!({
+        "sender_pubkey": hx(&p.sender_pubkey),
+        "principal": identity::principal_of(&p.sender_pubkey).to_text(),
+        "delegations": p.delegations.iter().map(|d| json!({
+            "pubkey": hx(&d.delegation.pubkey),
+            "expiration": d.delegation.expiration.to_string(),
+            "targets": d.delegation.targets.as_ref().map(|t| t.iter().map(|p| p.to_text()).collect::<Vec<_>>()),
+            "signable": hx(&identity::delegation_signable(&d.delegation)),
+            "signature": hx(&d.signature),
+        })).collect::<Vec<_>>(),
+        "proof_digest": hx(&identity::proof_digest(p)),
+    })
 }
 
 fn message_cases() -> Vec<(&'static str, ClientMessage)> {
@@ -114,6 +164,7 @@ fn delivery(key: &SessionKey) -> Delivery {
             resumed: false,
             max_inbound_payload_bytes: 64 * 1024,
             idle_timeout_ns: 120_000_000_000,
+            principal: None,
         },
     };
     let messages = vec![
@@ -351,6 +402,7 @@ fn generate() -> Value {
                     "timestamp_ns": req.timestamp_ns.to_string(),
                     "resume": req.resume.map(|r| json!({"client_id": r.client_id.to_string(), "next_outbound_seq": r.next_outbound_seq.to_string()})),
                     "args": hx(&req.args),
+                    "identity": req.identity.as_ref().map(identity_json),
                 },
                 "signing_bytes": hx(&bytes),
                 "signature": hx(&req.signature),
@@ -455,6 +507,26 @@ fn signatures_in_vectors_verify_and_tampering_fails() {
             signing::verify_open(&canister(), &moved),
             Err(SignatureError::Invalid)
         );
+        // A gateway can neither strip an identity proof nor add or swap one.
+        let mut stripped = req.clone();
+        stripped.identity = match req.identity {
+            Some(_) => None,
+            None => Some(identity_proof(&key)),
+        };
+        assert_eq!(
+            signing::verify_open(&canister(), &stripped),
+            Err(SignatureError::Invalid)
+        );
+        if let Some(p) = &req.identity {
+            let mut swapped = req.clone();
+            let mut q = p.clone();
+            q.delegations[0].delegation.expiration += 1;
+            swapped.identity = Some(q);
+            assert_eq!(
+                signing::verify_open(&canister(), &swapped),
+                Err(SignatureError::Invalid)
+            );
+        }
     }
     for (_, mut msg) in message_cases() {
         key.sign_message(&canister(), &mut msg);

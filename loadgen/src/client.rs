@@ -136,6 +136,7 @@ impl Session {
             resume: None,
             args: candid::encode_one("loadgen").unwrap_or_default(),
             signature: vec![],
+            identity: None,
         };
         key.sign_open(&canister, &mut request);
         send(

@@ -462,6 +462,7 @@ impl Conn {
                             resumed,
                             max_inbound_payload_bytes: c.max_inbound_payload_bytes,
                             idle_timeout_ns: c.idle_timeout_ns,
+                            principal: None,
                         },
                     );
                     Ok((

@@ -62,13 +62,36 @@ thread_local! {
     static CERTIFIED: RefCell<RbTree<Vec<u8>, Vec<u8>>> = const { RefCell::new(RbTree::new()) };
 }
 
+thread_local! {
+    /// Issue 10: the identity each `on_open` was handed (heap: tests read it before upgrades;
+    /// the runtime's own record survives them).
+    static OPEN_IDENTITIES: RefCell<Vec<(u64, Option<candid::Principal>)>> = const { RefCell::new(Vec::new()) };
+}
+
 #[on_open]
-fn open(client: ClientId, args: String) -> Result<(), String> {
+fn open(
+    client: ClientId,
+    args: String,
+    identity: ic_ws_canister::ClientIdentity,
+) -> Result<(), String> {
     if args == "reject" {
         return Err("rejected by the test app".into());
     }
+    OPEN_IDENTITIES.with(|o| o.borrow_mut().push((client, identity.principal)));
     OPENS.with(|o| o.borrow_mut().insert(client, args));
     Ok(())
+}
+
+/// Issue 10: the principal each `on_open` saw, in order.
+#[ic_cdk::query]
+fn app_open_identities() -> Vec<(u64, Option<candid::Principal>)> {
+    OPEN_IDENTITIES.with(|o| o.borrow().clone())
+}
+
+/// Issue 10: the open sessions of a principal.
+#[ic_cdk::query]
+fn app_clients_of(p: candid::Principal) -> Vec<u64> {
+    ic_ws_canister::clients_of(&p)
 }
 
 // `post_upgrade = false`: this app writes its own `#[post_upgrade]` (below), which can skip

@@ -37,11 +37,12 @@
 //! (the repository's `dfx.json`). After an interface change, regenerate `chat.did` with
 //! `UPDATE_DID=1 cargo test -p ic-ws-example-chat candid_interface`.
 
+use candid::Principal;
 use candid::{CandidType, Deserialize};
 use ic_stable_structures::memory_manager::MemoryId;
 use ic_stable_structures::storable::Bound;
 use ic_stable_structures::{StableBTreeMap, Storable};
-use ic_ws_canister::{on_close, on_message, on_open, ClientId, CloseReason};
+use ic_ws_canister::{on_close, on_message, on_open, ClientId, ClientIdentity, CloseReason};
 use std::borrow::Cow;
 use std::cell::RefCell;
 
@@ -87,6 +88,14 @@ pub enum ChatIn {
         /// The room to join.
         room: String,
     },
+    /// Issue 10: a direct message to every session of a principal (a user logged in with an
+    /// IC identity), wherever they are; the sender sees `Direct` too when it reached someone.
+    Direct {
+        /// The recipient's principal.
+        to: Principal,
+        /// 1 to 1000 characters.
+        text: String,
+    },
 }
 
 /// What the canister sends.
@@ -126,6 +135,19 @@ pub enum ChatOut {
         /// Why, for display.
         reason: String,
     },
+    /// Issue 10: a direct message (`ChatIn::Direct`), to every session of the recipient.
+    Direct {
+        /// The sender's name.
+        from: String,
+        /// The sender's verified principal (none: an anonymous participant).
+        from_principal: Option<Principal>,
+        /// The recipient's principal.
+        to: Principal,
+        /// What was said.
+        text: String,
+        /// Canister time (ns).
+        at_ns: u64,
+    },
     /// Sent to a participant when they enter a room: who is there.
     Members {
         /// The room.
@@ -148,6 +170,10 @@ pub struct Participant {
     pub room: String,
     /// When they joined the chat (ns).
     pub joined_at_ns: u64,
+    /// Issue 10: the principal verified at open (none: anonymous, shown as such). Absent in
+    /// participants stored before it (candid reads `null`).
+    #[serde(default)]
+    pub principal: Option<Principal>,
 }
 
 /// A participant and whether a gateway holds their connection right now (a disconnected
@@ -389,7 +415,7 @@ fn leave_room(who: &Participant, reason: String) {
 }
 
 #[on_open]
-fn open(client: ClientId, args: OpenArgs) -> Result<(), String> {
+fn open(client: ClientId, args: OpenArgs, identity: ClientIdentity) -> Result<(), String> {
     let name = validate_name(&args.name)?;
     let room = validate_room(args.room.as_deref().unwrap_or(DEFAULT_ROOM))?;
     if NAMES.with(|n| n.borrow().contains_key(&name_key(&name))) {
@@ -401,6 +427,7 @@ fn open(client: ClientId, args: OpenArgs) -> Result<(), String> {
         name,
         room,
         joined_at_ns: now_ns(),
+        principal: identity.principal,
     };
     PARTICIPANTS.with(|p| p.borrow_mut().insert(client, me.clone()));
     // If entering fails, the open is rejected and the runtime deletes the new session with
@@ -417,6 +444,31 @@ fn message(client: ClientId, message: ChatIn) -> Result<(), String> {
         return Err("not a participant".into());
     };
     match message {
+        ChatIn::Direct { to, text } => {
+            let chars = text.chars().count();
+            if text.trim().is_empty() || chars > MAX_TEXT_CHARS {
+                return Err(format!("a message has 1 to {MAX_TEXT_CHARS} characters"));
+            }
+            // Every open session of the recipient (bounded by the runtime's cap on sessions
+            // per principal).
+            let sessions = ic_ws_canister::clients_of(&to);
+            if sessions.is_empty() {
+                return Err(format!("{to} is not connected"));
+            }
+            let out = ChatOut::Direct {
+                from: me.name.clone(),
+                from_principal: me.principal,
+                to,
+                text,
+                at_ns: now_ns(),
+            };
+            let echo = (!sessions.contains(&client)).then_some(client);
+            for session in sessions.iter().copied().chain(echo) {
+                // A recipient whose queue is full misses it (its overflow policy applies).
+                let _ = ic_ws_canister::send(session, &out);
+            }
+            Ok(())
+        }
         ChatIn::Say { text } => {
             let chars = text.chars().count();
             if text.trim().is_empty() || chars > MAX_TEXT_CHARS {
@@ -460,6 +512,7 @@ fn close(client: ClientId, reason: CloseReason) {
         CloseReason::Expired => "timed out".to_string(),
         CloseReason::QueueOverflow => "fell behind".to_string(),
         CloseReason::ProtocolError(e) => format!("protocol error: {e}"),
+        CloseReason::IdentityExpired => "login expired".to_string(),
     };
     leave_room(&me, reason);
 }

@@ -369,3 +369,89 @@ fn newcomers_get_the_rooms_last_messages_and_the_history_stays_bounded() {
         "the lobby's messages were the oldest"
     );
 }
+
+/// Issue 10: participants show their verified principal (anonymous ones none), and a direct
+/// message reaches every session of the recipient principal, and only those.
+#[test]
+fn direct_messages_reach_every_session_of_a_principal() {
+    testing::set_time_ns(1_800_000_000_000_000_000);
+    let alice_identity = SessionKey::from_seed([100; 32]);
+    let alice_principal = testing::identity_principal(&alice_identity);
+    let join_as = |seed: u8, name: &str| {
+        let key = SessionKey::from_seed([seed; 32]);
+        testing::set_caller(testing::gateway(1));
+        let mut open = testing::open_request_with_identity(
+            &key,
+            testing::gateway(1),
+            &alice_identity,
+            3_600_000_000_000,
+        );
+        open.args = candid::encode_one(OpenArgs {
+            name: name.into(),
+            room: None,
+        })
+        .unwrap();
+        key.sign_open(&testing::canister_id(), &mut open);
+        let ok = ws_open(handlers(), OpenBatch { opens: vec![open] })
+            .pop()
+            .unwrap()
+            .unwrap();
+        Client {
+            id: ok.client_id,
+            key,
+            seq: 0,
+        }
+    };
+    let phone = join_as(1, "alice-phone");
+    let laptop = join_as(2, "alice-laptop");
+    let mut bob = join(3, "bob", Some("elsewhere"));
+    let carol = join(4, "carol", None);
+    let listed: Vec<(String, Option<candid::Principal>)> = participants(None)
+        .into_iter()
+        .map(|p| (p.participant.name, p.participant.principal))
+        .collect();
+    assert!(listed.contains(&("alice-phone".into(), Some(alice_principal))));
+    assert!(listed.contains(&("alice-laptop".into(), Some(alice_principal))));
+    assert!(listed.contains(&("bob".into(), None)));
+    assert_eq!(
+        say(
+            &mut bob,
+            ChatIn::Direct {
+                to: alice_principal,
+                text: "hi alice".into()
+            }
+        ),
+        MessageResult::Ok
+    );
+    let direct = |c: &Client| -> Vec<(String, Option<candid::Principal>, String)> {
+        inbox(c)
+            .into_iter()
+            .filter_map(|m| match m {
+                ChatOut::Direct {
+                    from,
+                    from_principal,
+                    text,
+                    ..
+                } => Some((from, from_principal, text)),
+                _ => None,
+            })
+            .collect()
+    };
+    let expected = vec![("bob".to_string(), None, "hi alice".to_string())];
+    assert_eq!(direct(&phone), expected);
+    assert_eq!(direct(&laptop), expected);
+    assert_eq!(direct(&bob), expected, "the sender sees what it sent");
+    assert!(direct(&carol).is_empty(), "nobody else gets it");
+    // A principal with no session: refused.
+    let nobody = testing::identity_principal(&SessionKey::from_seed([101; 32]));
+    assert!(matches!(
+        say(
+            &mut bob,
+            ChatIn::Direct {
+                to: nobody,
+                text: "anyone?".into()
+            }
+        ),
+        MessageResult::Err(_)
+    ));
+}

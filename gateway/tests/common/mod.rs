@@ -144,6 +144,7 @@ pub fn open_request_through(
             resume,
             args: args.to_vec(),
             signature: vec![0; 64],
+            identity: None,
         },
     }
 }

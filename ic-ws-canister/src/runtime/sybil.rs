@@ -153,6 +153,13 @@ impl State {
             self.activity.remove(&k);
             return Some(Chore::Expired(id));
         }
+        // Issue 10: a session whose delegation expired is closed (certified reason).
+        if let Some((exp, id)) = self.first_identity_expired(now) {
+            self.close_session(id, CloseReason::IdentityExpired, now);
+            // `close_session` removes the entry (also when the session was closed already).
+            self.drop_expiry_entry(exp, id);
+            return Some(Chore::Expired(id));
+        }
         let delete_before = now.saturating_sub(self.config.closed_retention_ns);
         let done = self
             .closed
@@ -203,7 +210,11 @@ impl State {
             .gateway_idle
             .first()
             .map(|(t, _)| t.saturating_add(self.config.gateway_retention()));
-        [expiry, deletion, gateway].into_iter().flatten().min()
+        let identity = self.next_identity_expiry();
+        [expiry, deletion, gateway, identity]
+            .into_iter()
+            .flatten()
+            .min()
     }
 }
 
