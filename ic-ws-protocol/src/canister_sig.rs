@@ -614,6 +614,59 @@ mod tests {
         }
     }
 
+    /// Issue 10 end to end in the protocol crate: an Internet-Identity-style chain (canister
+    /// signature -> session key) proves the principal of the canister-signature key at open,
+    /// under the configured root key only.
+    #[cfg(feature = "identity")]
+    #[test]
+    fn a_canister_signature_delegation_proves_its_principal_at_open() {
+        use crate::identity::{
+            ed25519_der, verify_proof, Delegation, IdentityError, IdentityProof, SignedDelegation,
+            VerifyContext,
+        };
+        let root = Bls::new(5);
+        let session = crate::SessionKey::from_seed([4; 32]);
+        let session_key: [u8; 32] = session.public_key().try_into().unwrap();
+        let now = 1_800_000_000_000_000_000u64;
+        let delegation = Delegation {
+            pubkey: ed25519_der(&session_key),
+            expiration: now + 3_600_000_000_000,
+            targets: Some(vec![canister()]),
+            permissions: None,
+        };
+        let user_key = public_key_der(&Principal::from_slice(&[9; 10]), b"anchor 10000");
+        let msg = crate::identity::delegation_signable(&delegation);
+        let tree = sig_tree(&[(b"anchor 10000", &msg)]);
+        let cert = root.sign(cert_tree(&Principal::from_slice(&[9; 10]), &tree.digest()), None);
+        let proof = IdentityProof {
+            sender_pubkey: user_key.clone(),
+            delegations: vec![SignedDelegation {
+                delegation,
+                signature: encode_sig(&cert, &tree),
+            }],
+        };
+        let ctx = |root_key: &'static [u8]| VerifyContext {
+            canister: canister(),
+            session_key: Box::leak(Box::new(session_key)),
+            now_ns: now,
+            ic_root_key: root_key,
+        };
+        let raw: &'static [u8] = Box::leak(root.raw().into_boxed_slice());
+        let verified = verify_proof(&proof, &ctx(raw)).unwrap();
+        assert_eq!(verified.principal, Principal::self_authenticating(&user_key));
+        // Another root key (another network, or a forged certificate): not this principal.
+        let other: &'static [u8] = Box::leak(Bls::new(6).raw().into_boxed_slice());
+        assert_eq!(
+            verify_proof(&proof, &ctx(other)).map(|v| v.principal),
+            Err(IdentityError::InvalidSignature { index: 0 })
+        );
+        // A canister whose configured root key is unusable says so.
+        assert_eq!(
+            verify_proof(&proof, &ctx(&[1, 2, 3])).map(|v| v.principal),
+            Err(IdentityError::CanisterSignatureUnsupported)
+        );
+    }
+
     #[test]
     fn a_valid_signature_verifies_with_the_raw_or_der_root_key() {
         let c = case();

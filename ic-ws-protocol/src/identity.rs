@@ -143,7 +143,8 @@ pub enum IdentityError {
         /// Which key.
         index: u32,
     },
-    /// A canister-signature key where this build cannot verify canister signatures.
+    /// A canister-signature key, and the canister cannot verify canister signatures (its
+    /// configured IC root key, `WsConfig::ic_root_key`, is not a BLS key).
     CanisterSignatureUnsupported,
     /// A key appears twice in the chain.
     Cycle,
@@ -192,7 +193,7 @@ impl core::fmt::Display for IdentityError {
                 write!(f, "key {index} of the chain is malformed or unsupported")
             }
             IdentityError::CanisterSignatureUnsupported => {
-                f.write_str("canister signatures are not supported by this canister")
+                f.write_str("this canister cannot verify canister signatures (its IC root key is not a BLS key)")
             }
             IdentityError::Cycle => f.write_str("a key appears twice in the delegation chain"),
             IdentityError::Expired { index, expiration } => {
@@ -390,7 +391,7 @@ pub fn delegation_hash(d: &Delegation) -> [u8; 32] {
         pairs.push(p);
     };
     pair("pubkey", Sha256::digest(&d.pubkey).into());
-    pair("expiration", Sha256::digest(leb128(d.expiration)).into());
+    pair("expiration", Sha256::digest(crate::leb128(d.expiration)).into());
     if let Some(targets) = &d.targets {
         let mut h = Sha256::new();
         for t in targets {
@@ -421,18 +422,6 @@ pub fn delegation_signable(d: &Delegation) -> Vec<u8> {
     out
 }
 
-fn leb128(mut n: u64) -> Vec<u8> {
-    let mut out = Vec::with_capacity(10);
-    loop {
-        let byte = (n & 0x7f) as u8;
-        n >>= 7;
-        if n == 0 {
-            out.push(byte);
-            return out;
-        }
-        out.push(byte | 0x80);
-    }
-}
 
 /// SHA-256 of the proof's canonical encoding, which the open's signing bytes include so that
 /// a gateway can neither strip nor swap a proof without breaking the session key's signature:
@@ -610,8 +599,8 @@ pub fn precheck(
 }
 
 /// Verifies `proof` for `ctx` (see the module docs for the checks), with `ed25519` verifying
-/// Ed25519 signatures. Canister signatures are refused with
-/// [`IdentityError::CanisterSignatureUnsupported`] in this build.
+/// Ed25519 signatures; canister signatures (Internet Identity) under `ctx.ic_root_key`
+/// ([`crate::canister_sig`]).
 #[cfg(feature = "identity")]
 pub fn verify_proof_with(
     proof: &IdentityProof,
@@ -668,10 +657,17 @@ fn verify_signature_der(
             }
         }
         PublicKey::CanisterSignature { .. } => {
-            // The lead wires in `canister_sig::verify(ctx.ic_root_key, der, message,
-            // signature)` here.
-            let _ = ctx.ic_root_key;
-            return Err(Some(IdentityError::CanisterSignatureUnsupported));
+            // Internet Identity's scheme: a certificate of the signing canister's certified
+            // data under the IC root key, and a tree holding sig/<seed>/<message>.
+            use crate::canister_sig::{verify, CanisterSigError};
+            return match verify(ctx.ic_root_key, der, message, signature) {
+                Ok(()) => Ok(()),
+                // The canister's configured root key is unusable: it cannot verify any.
+                Err(CanisterSigError::MalformedRootKey) => {
+                    Err(Some(IdentityError::CanisterSignatureUnsupported))
+                }
+                Err(_) => Err(None),
+            };
         }
     };
     if ok {
@@ -1047,7 +1043,7 @@ mod tests {
     }
 
     #[test]
-    fn canister_signature_keys_parse_and_are_refused_in_this_build() {
+    fn canister_signature_keys_parse_and_an_unusable_root_key_is_reported() {
         // DER of a canister-signature key as Internet Identity builds it.
         let id = Principal::from_slice(&[0, 0, 0, 0, 0, 0, 0, 7, 1, 1]);
         let seed = [9u8; 32];
