@@ -637,7 +637,10 @@ mod tests {
         let user_key = public_key_der(&Principal::from_slice(&[9; 10]), b"anchor 10000");
         let msg = crate::identity::delegation_signable(&delegation);
         let tree = sig_tree(&[(b"anchor 10000", &msg)]);
-        let cert = root.sign(cert_tree(&Principal::from_slice(&[9; 10]), &tree.digest()), None);
+        let cert = root.sign(
+            cert_tree(&Principal::from_slice(&[9; 10]), &tree.digest()),
+            None,
+        );
         let proof = IdentityProof {
             sender_pubkey: user_key.clone(),
             delegations: vec![SignedDelegation {
@@ -653,7 +656,10 @@ mod tests {
         };
         let raw: &'static [u8] = Box::leak(root.raw().into_boxed_slice());
         let verified = verify_proof(&proof, &ctx(raw)).unwrap();
-        assert_eq!(verified.principal, Principal::self_authenticating(&user_key));
+        assert_eq!(
+            verified.principal,
+            Principal::self_authenticating(&user_key)
+        );
         // Another root key (another network, or a forged certificate): not this principal.
         let other: &'static [u8] = Box::leak(Bls::new(6).raw().into_boxed_slice());
         assert_eq!(

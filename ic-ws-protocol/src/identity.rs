@@ -391,7 +391,10 @@ pub fn delegation_hash(d: &Delegation) -> [u8; 32] {
         pairs.push(p);
     };
     pair("pubkey", Sha256::digest(&d.pubkey).into());
-    pair("expiration", Sha256::digest(crate::leb128(d.expiration)).into());
+    pair(
+        "expiration",
+        Sha256::digest(crate::leb128(d.expiration)).into(),
+    );
     if let Some(targets) = &d.targets {
         let mut h = Sha256::new();
         for t in targets {
@@ -421,7 +424,6 @@ pub fn delegation_signable(d: &Delegation) -> Vec<u8> {
     out.extend_from_slice(&delegation_hash(d));
     out
 }
-
 
 /// SHA-256 of the proof's canonical encoding, which the open's signing bytes include so that
 /// a gateway can neither strip nor swap a proof without breaking the session key's signature:
