@@ -348,6 +348,11 @@ impl Hub {
         use crate::warnings::Verdict;
         let verdict = lock(&self.call_failures).failed(Instant::now());
         if let Verdict::Log { suppressed } = verdict {
+            // The canister's reject text is its own choice: quote a bounded part of it.
+            let error = ic_ws_protocol::text::bounded(
+                &error.to_string(),
+                crate::warnings::MAX_QUOTED_BYTES,
+            );
             if suppressed == 0 {
                 tracing::warn!(canister = %self.canister, "{call} failed: {error}");
             } else {

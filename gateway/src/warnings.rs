@@ -5,6 +5,9 @@
 
 use std::time::{Duration, Instant};
 
+/// Most bytes of a peer's error text (a canister's reject message) quoted in a warning.
+pub const MAX_QUOTED_BYTES: usize = 1024;
+
 /// Shortest time between two logged warnings of one kind.
 pub const EVERY: Duration = Duration::from_secs(10);
 
