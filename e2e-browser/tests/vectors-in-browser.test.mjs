@@ -29,6 +29,21 @@ test("browser: the Rust test vectors pass in Chromium", { skip: chromium.skip, t
           client_key: fromHex(r.client_key), gateway: Principal.fromText(r.gateway), timestamp_ns: BigInt(r.timestamp_ns),
           resume: r.resume ? [{ client_id: BigInt(r.resume.client_id), next_outbound_seq: BigInt(r.resume.next_outbound_seq) }] : [],
           args: fromHex(r.args),
+          // Issue 10: an open may carry an identity proof (covered by the signing bytes).
+          identity: r.identity
+            ? [{
+                sender_pubkey: fromHex(r.identity.sender_pubkey),
+                delegations: r.identity.delegations.map((d) => ({
+                  delegation: {
+                    pubkey: fromHex(d.pubkey),
+                    expiration: BigInt(d.expiration),
+                    targets: d.targets ? [d.targets.map((t) => Principal.fromText(t))] : [],
+                    permissions: [],
+                  },
+                  signature: fromHex(d.signature),
+                })),
+              }]
+            : [],
         };
         out.opens.push([o.name, toHex(openSigningBytes(canister, req)) === o.signing_bytes, toHex(key.signOpen(canister, req).signature) === o.signature]);
       }
