@@ -357,6 +357,18 @@ mod tests {
         }
     }
 
+    /// The default settings with 10 % jitter, starting at `t0`.
+    fn jittered(t0: Instant, seed: u64) -> Schedule {
+        Schedule::new(
+            Settings {
+                jitter_pct: 10,
+                ..settings()
+            },
+            t0,
+            seed,
+        )
+    }
+
     /// Drives a schedule on a fake clock: polls whenever due, the canister answering `reply`
     /// (given the poll's time offset in ms), each poll taking `took`; returns the poll offsets.
     fn drive(
@@ -649,14 +661,7 @@ mod tests {
     fn jitter_spreads_intervals_within_bounds_and_differs_by_seed() {
         let t0 = Instant::now();
         let gaps = |seed: u64| {
-            let mut s = Schedule::new(
-                Settings {
-                    jitter_pct: 10,
-                    ..settings()
-                },
-                t0,
-                seed,
-            );
+            let mut s = jittered(t0, seed);
             let polls = drive(&mut s, t0, 20_000, Duration::ZERO, |_| Outcome {
                 got_messages: true,
                 ..Outcome::default()
@@ -677,14 +682,7 @@ mod tests {
     #[test]
     fn idle_jitter_only_lengthens_so_the_idle_rate_stays_under_the_cap() {
         let t0 = Instant::now();
-        let mut s = Schedule::new(
-            Settings {
-                jitter_pct: 10,
-                ..settings()
-            },
-            t0,
-            3,
-        );
+        let mut s = jittered(t0, 3);
         // No traffic ever: after the active window, polls back off to the idle interval.
         let polls = drive(&mut s, t0, 200_000, Duration::ZERO, |_| Outcome::default());
         let idle: Vec<u64> = polls
@@ -753,14 +751,7 @@ mod tests {
     fn periodic_traffic(period_ms: u64, jitter_ms: u64, lag_ms: u64, rhythm: bool) -> (f64, f64) {
         use crate::rhythm::{Rhythm, Settings as RhythmSettings};
         let t0 = Instant::now();
-        let mut s = Schedule::new(
-            Settings {
-                jitter_pct: 10,
-                ..settings()
-            },
-            t0,
-            7,
-        );
+        let mut s = jittered(t0, 7);
         let mut r = Rhythm::new(RhythmSettings {
             gap: ms(20),
             min_period: ms(200),

@@ -47,3 +47,28 @@ export function canisterWasm(envVar, pkg) {
   assert.ok(wasm, `cargo did not report the ${pkg} wasm: ${files.join(', ')}`);
   return wasm;
 }
+
+/**
+ * Starts the replica with `--json` and the given canisters (`{ name: wasmPath }`); resolves to
+ * `{ startup, stop }`: the startup line (URL, root key, canister ids) and a function that
+ * stops the process (SIGTERM, waits for the exit).
+ */
+export async function startReplica(seed, canisters) {
+  const { spawn } = await import('node:child_process');
+  const { createInterface } = await import('node:readline');
+  const args = ['--port', '0', '--json', '--seed', seed];
+  for (const [name, wasm] of Object.entries(canisters)) args.push('--install', `${name}=${wasm}`);
+  const replica = spawn(replicaBinary(), args, { stdio: ['ignore', 'pipe', 'inherit'] });
+  const lines = createInterface({ input: replica.stdout });
+  const startup = await new Promise((resolveStartup, reject) => {
+    replica.once('exit', (code) => reject(new Error(`ic-ws-replica exited early with ${code}`)));
+    lines.once('line', (line) => resolveStartup(JSON.parse(line)));
+  });
+  const stop = async () => {
+    if (replica.exitCode !== null) return;
+    const exited = new Promise((r) => replica.once('exit', r));
+    replica.kill('SIGTERM');
+    await exited;
+  };
+  return { startup, stop };
+}

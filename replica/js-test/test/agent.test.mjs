@@ -5,14 +5,12 @@
 // canister are built with cargo unless IC_WS_REPLICA_BIN / IC_WS_TEST_CANISTER_WASM are set.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
-import { createInterface } from 'node:readline';
 import { Actor, Certificate, HttpAgent, lookupResultToBuffer } from '@icp-sdk/core/agent';
 import { Ed25519KeyIdentity } from '@icp-sdk/core/identity';
 import { IDL } from '@icp-sdk/core/candid';
 import { Principal } from '@icp-sdk/core/principal';
 
-import { canisterWasm, replicaBinary } from '../lib/build.mjs';
+import { canisterWasm, startReplica } from '../lib/build.mjs';
 
 // The part of the test canister's interface used here.
 const idlFactory = ({ IDL }) =>
@@ -23,28 +21,16 @@ const idlFactory = ({ IDL }) =>
     certificate: IDL.Func([], [IDL.Opt(IDL.Vec(IDL.Nat8))], ['query']),
   });
 
-let replica;
+let stopReplica;
 let startup;
 
 before(async () => {
-  const bin = replicaBinary();
   const wasm = canisterWasm('IC_WS_TEST_CANISTER_WASM', 'ic-ws-replica-test-canister');
-  replica = spawn(bin, ['--port', '0', '--json', '--seed', 'js-test', '--install', `test=${wasm}`], {
-    stdio: ['ignore', 'pipe', 'inherit'],
-  });
-  const lines = createInterface({ input: replica.stdout });
-  startup = await new Promise((resolveStartup, reject) => {
-    replica.once('exit', (code) => reject(new Error(`ic-ws-replica exited early with ${code}`)));
-    lines.once('line', (line) => resolveStartup(JSON.parse(line)));
-  });
+  ({ startup, stop: stopReplica } = await startReplica('js-test', { test: wasm }));
 });
 
 after(async () => {
-  if (replica && replica.exitCode === null) {
-    const exited = new Promise((r) => replica.once('exit', r));
-    replica.kill('SIGTERM');
-    await exited;
-  }
+  if (stopReplica) await stopReplica();
 });
 
 test('startup line names the URL, root key and canister', () => {

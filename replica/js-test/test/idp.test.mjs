@@ -7,8 +7,6 @@
 // IC_WS_TEST_IDP_WASM and IC_WS_TEST_CANISTER_WASM are set.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
-import { createInterface } from 'node:readline';
 import { Actor, HttpAgent } from '@icp-sdk/core/agent';
 import {
   Delegation,
@@ -18,7 +16,7 @@ import {
 } from '@icp-sdk/core/identity';
 import { Principal } from '@icp-sdk/core/principal';
 
-import { canisterWasm, replicaBinary } from '../lib/build.mjs';
+import { canisterWasm, startReplica } from '../lib/build.mjs';
 
 const idpFactory = ({ IDL }) => {
   const Delegation = IDL.Record({
@@ -48,31 +46,17 @@ const idpFactory = ({ IDL }) => {
 };
 const testFactory = ({ IDL }) => IDL.Service({ whoami: IDL.Func([], [IDL.Principal], ['query']) });
 
-let replica;
+let stopReplica;
 let startup;
 
 before(async () => {
-  const bin = replicaBinary();
   const idp = canisterWasm('IC_WS_TEST_IDP_WASM', 'ic-ws-replica-test-idp');
   const testWasm = canisterWasm('IC_WS_TEST_CANISTER_WASM', 'ic-ws-replica-test-canister');
-  replica = spawn(
-    bin,
-    ['--port', '0', '--json', '--seed', 'js-idp', '--install', `idp=${idp}`, '--install', `test=${testWasm}`],
-    { stdio: ['ignore', 'pipe', 'inherit'] },
-  );
-  const lines = createInterface({ input: replica.stdout });
-  startup = await new Promise((resolveStartup, reject) => {
-    replica.once('exit', (code) => reject(new Error(`ic-ws-replica exited early with ${code}`)));
-    lines.once('line', (line) => resolveStartup(JSON.parse(line)));
-  });
+  ({ startup, stop: stopReplica } = await startReplica('js-idp', { idp, test: testWasm }));
 });
 
 after(async () => {
-  if (replica && replica.exitCode === null) {
-    const exited = new Promise((r) => replica.once('exit', r));
-    replica.kill('SIGTERM');
-    await exited;
-  }
+  if (stopReplica) await stopReplica();
 });
 
 /** The II flow: a device identity prepares a delegation to `session`, then fetches it. */
