@@ -15,8 +15,11 @@
  * it never drops a message from the resend queue nor stops the client. Certified outcomes
  * (`MessageRejected`, `OpenRejected`, the session's `Closed`) are facts (`certified: true`).
  */
+import type { SignIdentity } from "@icp-sdk/core/agent";
 import { IDL } from "@icp-sdk/core/candid";
 import { Principal } from "@icp-sdk/core/principal";
+import { identityProver } from "./identity.js";
+import type { Prover } from "./identity.js";
 import { boundedText, fromHex, MAX_CLOSE_REASON_BYTES, MAX_PEER_TEXT_BYTES } from "./bytes.js";
 import { ClientSession, DEFAULT_CLOCK_SKEW_NS, SendRefused, SessionFailure } from "./session.js";
 import type { Action, Claim, Next, SessionEvent } from "./session.js";
@@ -46,6 +49,8 @@ export type ErrorKind =
   | "MessageRejected"
   /** A certified app payload does not decode as the configured outbound type. */
   | "BadPayload"
+  /** Issue 10: the `identity` cannot authorise a session (its delegation expired, or it did not sign). The client stops. */
+  | "Identity"
   /** The WebSocket failed (network, gateway down). */
   | "Transport";
 
@@ -182,6 +187,17 @@ export interface IcWsClientOptions<In, Out> {
   clockSkewMs?: number;
   /** After the session was given up: open a new one (default) or stop. */
   onSessionLost?: "NewSession" | "Stop";
+  /**
+   * Issue 10: an IC identity whose principal the canister binds to each session (any
+   * `@icp-sdk/core` `SignIdentity`: `Ed25519KeyIdentity`, `Secp256k1KeyIdentity`,
+   * `ECDSAKeyIdentity`, or the `DelegationIdentity` Internet Identity's `AuthClient` returns).
+   * Each new session key gets a delegation from it, restricted to this canister; the canister
+   * verifies it at open and closes the session with `IdentityExpired` when the earliest
+   * expiration of the chain passes (log in again, then `connect()`). Default: anonymous.
+   */
+  identity?: SignIdentity;
+  /** Lifetime of the delegation to each session key (default 8 h; the identity's own chain may end earlier). */
+  identityTtlMs?: number;
   /** WebSocket implementation (default: the global one, else the `ws` package in Node). */
   WebSocket?: WebSocketConstructor;
   /** Clock in ns since the epoch (tests). */
@@ -289,6 +305,7 @@ function errorFor(f: SessionFailure, openTimeoutMs: number, defaultRootKeyOnLoca
   if (k.startsWith("Verify.")) return new IcWsError(k.slice(7) as VerifyCheck, f.message, true);
   if (k.startsWith("Binding.")) return new IcWsError("OpenedMismatch", `${f.message} (${k.slice(8)})`, true);
   if (k === "Protocol" || k === "UnsupportedVersion") return new IcWsError("ProtocolViolation", f.message, false);
+  if (k === "Identity") return new IcWsError("Identity", f.message, false);
   if (k === "Timeout") return new IcWsError("Transport", `no certified confirmation of the open within ${openTimeoutMs} ms (${f.message})`, false);
   // Claims were reported as `Unverified` when they arrived, a lost session as `SessionLost`,
   // certified ends by their events; transport failures by the `close` event.
@@ -333,6 +350,7 @@ export class IcWsClient<In = Uint8Array, Out = Uint8Array> {
   /** Inputs are handed to the machine one after the other (verification is asynchronous). */
   private chain: Promise<void> = Promise.resolve();
   private readonly rootKeyDer: Uint8Array;
+  private readonly prover?: Prover;
 
   constructor(options: IcWsClientOptions<In, Out>) {
     this.rootKeyDer = rootKeyOption(options.rootKey);
@@ -342,6 +360,7 @@ export class IcWsClient<In = Uint8Array, Out = Uint8Array> {
     this.storageKey = options.storageKey ?? `ic-ws:${this.canisterId.toText()}`;
     this.now = options.now ?? nowNs;
     this.urls = [options.gatewayUrl, ...(options.fallbackGatewayUrls ?? [])];
+    this.prover = options.identity ? identityProver(options.identity, this.canisterId, options.identityTtlMs ?? 8 * 3600_000) : undefined;
     this.machine = this.newMachine(true);
   }
 
@@ -362,6 +381,7 @@ export class IcWsClient<In = Uint8Array, Out = Uint8Array> {
       clockSkewNs: o.clockSkewMs !== undefined ? ms(o.clockSkewMs) : DEFAULT_CLOCK_SKEW_NS,
       resumeRefusalsBeforeWait: Math.max(2, this.urls.length),
       onSessionLost: o.onSessionLost ?? "NewSession",
+      prover: this.prover,
     }, freshSeed, stored);
   }
 
@@ -390,6 +410,11 @@ export class IcWsClient<In = Uint8Array, Out = Uint8Array> {
   /** The session's client id, once certified. */
   get clientId(): bigint | undefined {
     return this.machine.clientId;
+  }
+
+  /** Issue 10: the principal this client's sessions prove (undefined: anonymous). */
+  get principal(): Principal | undefined {
+    return this.prover?.principal;
   }
 
   /** The session key's public half. */

@@ -10,6 +10,7 @@ export * from "./verify.js";
 export * from "./storage.js";
 export * from "./session.js";
 export * from "./client.js";
+export * from "./identity.js";
 // Re-exported so that apps describe their message types with the same candid library the
 // client decodes with (and bundle one copy of it).
 export { IDL } from "@icp-sdk/core/candid";

@@ -22,11 +22,13 @@
  * input and a key-seed source, and carries out the returned actions in order.
  */
 import type { Principal } from "@icp-sdk/core/principal";
+import type { Prover } from "./identity.js";
+import { IdentityUnusable } from "./identity.js";
 import { boundedText, bytesEqual, MAX_PEER_TEXT_BYTES } from "./bytes.js";
 import { SessionKey } from "./signing.js";
 import type { StoredSession } from "./storage.js";
 import { PROTOCOL_VERSION } from "./types.js";
-import type { ClientFrame, ClientMessage, CloseReason, GatewayFrame, MessageKind, OpenOk, OutboundMessage, WsError } from "./types.js";
+import type { ClientFrame, ClientMessage, CloseReason, GatewayFrame, IdentityProof, MessageKind, OpenOk, OutboundMessage, WsError } from "./types.js";
 import { DeliveryVerifier, VerifyError } from "./verify.js";
 import type { VerifiedMessage } from "./verify.js";
 
@@ -48,6 +50,11 @@ export interface SessionConfig {
   /** Consecutive "gone" refusals of resumes before the client waits for the expiry proof (at least the number of gateways). */
   resumeRefusalsBeforeWait: number;
   onSessionLost: "NewSession" | "Stop";
+  /**
+   * Issue 10: sessions prove this principal (a delegation to each new session key); every
+   * certified `Opened` must bind it. None: anonymous sessions, and `Opened` must bind none.
+   */
+  prover?: Prover;
 }
 
 /** An uncertified outcome claimed by the gateway: only ever means "retry elsewhere". */
@@ -158,12 +165,16 @@ export class ClientSession {
   private waitUntil?: bigint;
   private stopped = false;
   private conn?: Conn;
+  /** The identity proof for the current key (made once per key, on its first open). */
+  private proof?: IdentityProof;
 
   /** A machine with no session (a key from `keys`), or the stored one (resumed on connect). */
   constructor(config: SessionConfig, keys: () => Uint8Array, stored?: StoredSession) {
     this.config = config;
     this.keys = keys;
-    if (stored) {
+    // A session stored by a client with another identity (or anonymous vs not) is not this
+    // client's to resume: its Opened binds another principal.
+    if (stored && stored.principal === config.prover?.principal.toText()) {
       this.key = SessionKey.fromHex(stored.keySeed);
       this.clientIdValue = stored.clientId;
       this.confirmed = stored.clientId !== undefined;
@@ -205,6 +216,7 @@ export class ClientSession {
       lastMessageSignedAtNs: this.lastMessageSignedAt,
       maxInboundPayloadBytes: this.limitsValue?.maxInboundPayloadBytes,
       idleTimeoutNs: this.limitsValue?.idleTimeoutNs,
+      principal: this.config.prover?.principal.toText(),
     };
   }
 
@@ -326,7 +338,18 @@ export class ClientSession {
         out.push(this.fail(new SessionFailure("UnsupportedVersion", `gateway speaks protocol version ${frame.Hello.protocol_version}, this client ${PROTOCOL_VERSION}`), false, now));
         return out;
       }
-      this.write(this.openFrame(frame.Hello.gateway, now), now, out);
+      let open: ClientFrame;
+      try {
+        open = await this.openFrame(frame.Hello.gateway, now);
+      } catch (e) {
+        if (!(e instanceof IdentityUnusable)) throw e;
+        // Retrying cannot help: the app must give the client a usable identity.
+        this.stopped = true;
+        out.push(this.fail(new SessionFailure("Identity", e.message), false, now));
+        return out;
+      }
+      if (this.conn !== conn) return out; // the connection ended while the identity signed
+      this.write(open, now, out);
       return out;
     }
     if ("OpenResult" in frame && phase.kind === "OpenResult") {
@@ -356,7 +379,11 @@ export class ClientSession {
     return out;
   }
 
-  private openFrame(gateway: Principal, now: bigint): ClientFrame {
+  private async openFrame(gateway: Principal, now: bigint): Promise<ClientFrame> {
+    const prover = this.config.prover;
+    const fresh = !(this.confirmed && this.clientIdValue !== undefined);
+    // A resume carries no proof: the canister keeps the bound principal.
+    if (prover && fresh && !this.proof) this.proof = await prover.prove(this.key.publicKey, now);
     const ts = now > this.lastOpenTs ? now : this.lastOpenTs + 1n;
     this.lastOpenTs = ts;
     const resume = this.confirmed && this.clientIdValue !== undefined ? { client_id: this.clientIdValue, next_outbound_seq: this.nextExpectedValue } : undefined;
@@ -366,8 +393,7 @@ export class ClientSession {
       timestamp_ns: ts,
       resume: resume ? [resume] : [],
       args: resume ? new Uint8Array() : this.config.openArgs,
-      // Issue 10: identities are not offered by this client yet (anonymous sessions).
-      identity: [],
+      identity: !resume && this.proof ? [this.proof] : [],
     });
     if (this.conn) this.conn.phase = { kind: "OpenResult", pending: { timestampNs: ts, resume: resume !== undefined } };
     return { Open: { canister_id: this.config.canisterId, request } };
@@ -451,6 +477,11 @@ export class ClientSession {
         if (p.resume && o.open_timestamp_ns < p.timestampNs) continue; // an earlier open's confirmation
         if (o.open_timestamp_ns !== p.timestampNs) throw binding("WrongOpenTimestamp", `Opened (seq ${m.seq}) confirms the open at ${o.open_timestamp_ns} ns, not ours at ${p.timestampNs} ns`);
         if (o.resumed !== p.resume) throw binding("WrongResumeFlag", `Opened (seq ${m.seq}) has resumed = ${o.resumed}, expected ${p.resume}`);
+        const bound = o.principal?.[0];
+        const expected = this.config.prover?.principal;
+        if ((bound === undefined) !== (expected === undefined) || (bound && expected && bound.toText() !== expected.toText())) {
+          throw binding("WrongPrincipal", `Opened (seq ${m.seq}) binds principal ${bound?.toText() ?? "none (anonymous)"}, expected ${expected?.toText() ?? "none (anonymous)"}`);
+        }
         pending = undefined;
         opened = { k: o.next_inbound_seq, limits: { maxInboundPayloadBytes: o.max_inbound_payload_bytes, idleTimeoutNs: o.idle_timeout_ns } };
         events.push({ Opened: { clientId, resumed: o.resumed, nextInboundSeq: o.next_inbound_seq, resent: 0 } });
@@ -576,6 +607,7 @@ export class ClientSession {
   private loseSession(): bigint {
     const dropped = this.nextSeq > this.confirmedInbound ? this.nextSeq - this.confirmedInbound : 0n;
     this.key = SessionKey.fromSeed(this.keys());
+    this.proof = undefined;
     this.clientIdValue = undefined;
     this.confirmed = false;
     this.nextExpectedValue = 0n;

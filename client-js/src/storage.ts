@@ -51,6 +51,8 @@ export interface StoredSession {
   /** Limits certified in the last `Opened` (protocol v2). */
   maxInboundPayloadBytes?: bigint;
   idleTimeoutNs?: bigint;
+  /** Issue 10: the principal the session proves (text; none: anonymous). A client with another identity does not resume it. */
+  principal?: string;
 }
 
 interface Json {
@@ -64,6 +66,7 @@ interface Json {
   lastMessageSignedAtNs?: string;
   maxInboundPayloadBytes?: string;
   idleTimeoutNs?: string;
+  principal?: string;
 }
 
 const big = (v: bigint | undefined) => (v === undefined ? undefined : v.toString());
@@ -81,6 +84,7 @@ export function saveSession(storage: KeyValueStorage, key: string, s: StoredSess
     lastMessageSignedAtNs: big(s.lastMessageSignedAtNs),
     maxInboundPayloadBytes: big(s.maxInboundPayloadBytes),
     idleTimeoutNs: big(s.idleTimeoutNs),
+    principal: s.principal,
   };
   try {
     storage.setItem(key, JSON.stringify(json));
@@ -106,6 +110,7 @@ export function loadSession(storage: KeyValueStorage, key: string): StoredSessio
       lastMessageSignedAtNs: unbig(j.lastMessageSignedAtNs),
       maxInboundPayloadBytes: unbig(j.maxInboundPayloadBytes),
       idleTimeoutNs: unbig(j.idleTimeoutNs),
+      principal: typeof j.principal === "string" ? j.principal : undefined,
     };
   } catch {
     return undefined;

@@ -122,6 +122,8 @@ pub enum ChatOut {
         client: ClientId,
         /// The room.
         room: String,
+        /// Issue 10: their principal, verified at open (none: anonymous).
+        principal: Option<Principal>,
     },
     /// Someone left the room (closed, expired or switched rooms); announced in rooms of at
     /// most [`MAX_ANNOUNCED_ROOM`] (counting the one who left).
@@ -156,6 +158,8 @@ pub enum ChatOut {
         names: Vec<String>,
         /// How many participants the room has.
         total: u64,
+        /// Issue 10: the principal of each of `names` (same order; none: anonymous).
+        principals: Vec<Option<Principal>>,
     },
 }
 
@@ -351,14 +355,15 @@ fn participant(client: ClientId) -> Option<Participant> {
 fn members(room: &str) -> ChatOut {
     // Costs at most MAX_MEMBERS_LISTED reads, whatever the room's size.
     let topic = room_topic(room);
-    let names = ic_ws_canister::subscribers_up_to(&topic, MAX_MEMBERS_LISTED)
+    let (names, principals) = ic_ws_canister::subscribers_up_to(&topic, MAX_MEMBERS_LISTED)
         .iter()
-        .filter_map(|c| participant(*c).map(|p| p.name))
-        .collect();
+        .filter_map(|c| participant(*c).map(|p| (p.name, p.principal)))
+        .unzip();
     ChatOut::Members {
         room: room.to_string(),
         names,
         total: ic_ws_canister::subscribers_count(&topic),
+        principals,
     }
 }
 
@@ -381,7 +386,7 @@ fn publish(room: &str, event: &ChatOut) -> Result<(), String> {
 /// Puts `client` in `room`: subscribes it (the only step that can fail, so nothing is
 /// announced for a participant that could not enter), tells it who is there and what was
 /// said last, announces it.
-fn enter_room(client: ClientId, name: &str, room: &str) -> Result<(), String> {
+fn enter_room(client: ClientId, me: &Participant, room: &str) -> Result<(), String> {
     ic_ws_canister::subscribe(client, &room_topic(room)).map_err(|e| e.to_string())?;
     ic_ws_canister::send(client, &members(room)).map_err(|e| e.to_string())?;
     for said in history(room) {
@@ -391,9 +396,10 @@ fn enter_room(client: ClientId, name: &str, room: &str) -> Result<(), String> {
         room,
         0,
         &ChatOut::Joined {
-            name: name.to_string(),
+            name: me.name.clone(),
             client,
             room: room.to_string(),
+            principal: me.principal,
         },
     )
 }
@@ -432,7 +438,7 @@ fn open(client: ClientId, args: OpenArgs, identity: ClientIdentity) -> Result<()
     PARTICIPANTS.with(|p| p.borrow_mut().insert(client, me.clone()));
     // If entering fails, the open is rejected and the runtime deletes the new session with
     // whatever it queued; the participant is forgotten too.
-    enter_room(client, &me.name, &me.room).inspect_err(|_| {
+    enter_room(client, &me, &me.room).inspect_err(|_| {
         NAMES.with(|n| n.borrow_mut().remove(&name_key(&me.name)));
         PARTICIPANTS.with(|p| p.borrow_mut().remove(&client));
     })
@@ -491,7 +497,7 @@ fn message(client: ClientId, message: ChatIn) -> Result<(), String> {
                 return Ok(());
             }
             let previous = me.clone();
-            enter_room(client, &me.name, &room)?;
+            enter_room(client, &me, &room)?;
             leave_room(&previous, format!("moved to {room}"));
             me.room = room;
             PARTICIPANTS.with(|p| p.borrow_mut().insert(client, me));
@@ -515,6 +521,32 @@ fn close(client: ClientId, reason: CloseReason) {
         CloseReason::IdentityExpired => "login expired".to_string(),
     };
     leave_room(&me, reason);
+}
+
+/// The install argument: `(opt record { ic_root_key = opt blob "..." })` on a local network
+/// (dfx, PocketIC, the embedded replica), whose root key differs from mainnet's: canister
+/// signatures (Internet Identity logins) are verified under it. Without it (or `null`), the
+/// mainnet key (`WsConfig::ic_root_key`'s default). Kept across upgrades with the runtime's
+/// configuration.
+#[derive(CandidType, Deserialize, Clone, Debug, Default)]
+pub struct ChatInit {
+    /// The network's root key (DER, 133 bytes, as `/api/v2/status` gives it).
+    pub ic_root_key: Option<Vec<u8>>,
+}
+
+#[ic_cdk::init]
+fn init(arg: Option<ChatInit>) {
+    let arg = arg.unwrap_or_default();
+    if let Some(key) = arg.ic_root_key {
+        let config = ic_ws_canister::WsConfig {
+            ic_root_key: Some(key),
+            ..ic_ws_canister::config()
+        };
+        // A malformed key fails the install with the reason (nothing to lose yet).
+        if let Err(e) = ic_ws_canister::configure(config) {
+            ic_cdk::trap(format!("invalid install argument: {e}"));
+        }
+    }
 }
 
 /// Participants of `room` (all rooms with `null`), in client id order, with whether each is

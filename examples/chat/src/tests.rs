@@ -151,12 +151,14 @@ fn joining_lists_members_and_announces_the_newcomer() {
             room: "lobby".into(),
             names: vec!["ada".into(), "bob".into()],
             total: 2,
+            principals: vec![None, None],
         })
     );
     assert!(inbox(&ada).contains(&ChatOut::Joined {
         name: "bob".into(),
         client: bob.id,
         room: "lobby".into(),
+        principal: None,
     }));
 }
 
@@ -413,6 +415,30 @@ fn direct_messages_reach_every_session_of_a_principal() {
     assert!(listed.contains(&("alice-phone".into(), Some(alice_principal))));
     assert!(listed.contains(&("alice-laptop".into(), Some(alice_principal))));
     assert!(listed.contains(&("bob".into(), None)));
+    // The page shows them: the join notice and the member list carry the principal.
+    assert!(inbox(&phone).contains(&ChatOut::Joined {
+        name: "alice-laptop".into(),
+        client: laptop.id,
+        room: "lobby".into(),
+        principal: Some(alice_principal),
+    }));
+    let lobby = inbox(&carol)
+        .into_iter()
+        .find_map(|m| match m {
+            ChatOut::Members {
+                names, principals, ..
+            } => Some(names.into_iter().zip(principals).collect::<Vec<_>>()),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(
+        lobby,
+        vec![
+            ("alice-phone".to_string(), Some(alice_principal)),
+            ("alice-laptop".to_string(), Some(alice_principal)),
+            ("carol".to_string(), None),
+        ]
+    );
     assert_eq!(
         say(
             &mut bob,
