@@ -11,54 +11,15 @@
 import { test, after } from "node:test";
 import assert from "node:assert/strict";
 import { WebSocket, WebSocketServer } from "ws";
-import { Actor, HttpAgent } from "@icp-sdk/core/agent";
-import { Delegation, DelegationChain, DelegationIdentity, ECDSAKeyIdentity, Ed25519KeyIdentity } from "@icp-sdk/core/identity";
+import { DelegationChain, DelegationIdentity, ECDSAKeyIdentity, Ed25519KeyIdentity } from "@icp-sdk/core/identity";
 import { Secp256k1KeyIdentity } from "@icp-sdk/core/identity/secp256k1";
 import { IcWsClient, IDL, Principal, ClientFrameIdl } from "../dist/index.js";
+import { chatParticipants, loginWithTestIdp } from "./lib/test-idp.mjs";
 
 const skip = !(process.env.IC_WS_REPLICA_BIN && process.env.IC_WS_GATEWAY_BIN) && "set IC_WS_REPLICA_BIN and IC_WS_GATEWAY_BIN";
 
 let stopAll = async () => {};
 after(() => stopAll());
-
-/** The test identity provider's interface (replica/test-idp, Internet Identity's shapes). */
-const idpFactory = ({ IDL: I }) => {
-  const Del = I.Record({ pubkey: I.Vec(I.Nat8), expiration: I.Nat64, targets: I.Opt(I.Vec(I.Principal)) });
-  return I.Service({
-    prepare_delegation: I.Func([I.Vec(I.Nat8), I.Opt(I.Nat64), I.Opt(I.Vec(I.Principal))],
-      [I.Variant({ Ok: I.Record({ user_key: I.Vec(I.Nat8), expiration: I.Nat64 }), Err: I.Text })], []),
-    get_delegation: I.Func([I.Vec(I.Nat8), I.Nat64, I.Opt(I.Vec(I.Principal))],
-      [I.Variant({ signed_delegation: I.Record({ delegation: Del, signature: I.Vec(I.Nat8) }), no_such_delegation: I.Null })], ["query"]),
-  });
-};
-
-/**
- * Logs in with the test identity provider as Internet Identity's AuthClient does: a device
- * identity asks it to sign a delegation to a fresh session key; the result is a
- * `DelegationIdentity` whose chain starts at the user's canister-signature key.
- */
-async function loginWithTestIdp(stack, targets) {
-  const device = Ed25519KeyIdentity.generate();
-  const agent = await HttpAgent.create({ host: stack.replicaUrl, identity: device, shouldFetchRootKey: true });
-  const idp = Actor.createActor(idpFactory, { agent, canisterId: stack.idpCanisterId });
-  const session = Ed25519KeyIdentity.generate();
-  const key = new Uint8Array(session.getPublicKey().toDer());
-  const prepared = await idp.prepare_delegation(key, [30n * 60n * 1_000_000_000n], targets ? [targets] : []);
-  if (!("Ok" in prepared)) throw new Error(`prepare_delegation: ${prepared.Err}`);
-  const { user_key, expiration } = prepared.Ok;
-  // The signature is readable once the certified data of the update is (the next round).
-  for (let i = 0; i < 100; i++) {
-    const got = await idp.get_delegation(key, expiration, targets ? [targets] : []);
-    if ("signed_delegation" in got) {
-      const d = got.signed_delegation;
-      const delegation = new Delegation(new Uint8Array(d.delegation.pubkey), d.delegation.expiration, d.delegation.targets[0]);
-      const chain = DelegationChain.fromDelegations([{ delegation, signature: new Uint8Array(d.signature) }], new Uint8Array(user_key));
-      return DelegationIdentity.fromDelegation(session, chain);
-    }
-    await new Promise((r) => setTimeout(r, 50));
-  }
-  throw new Error("the test identity provider never returned the delegation");
-}
 
 /** A two-link chain made locally: a root key delegates to a middle key (as a wallet would). */
 async function localChain({ expiredMs } = {}) {
@@ -173,7 +134,7 @@ test("identities: every kind opens with its principal bound; direct messages; st
     secp256k1: Secp256k1KeyIdentity.generate(),
     p256: await ECDSAKeyIdentity.generate(),
     chain: await localChain(),
-    "test-idp": await loginWithTestIdp(stack, [chatId]),
+    "test-idp": (await loginWithTestIdp(stack.replicaUrl, stack.idpCanisterId, [chatId])).identity,
   };
   const clients = [];
   for (const [kind, identity] of Object.entries(identities)) {
@@ -197,6 +158,10 @@ test("identities: every kind opens with its principal bound; direct messages; st
     assert.deepEqual(c.errors.map((e) => e.kind), [], `${kind}: no errors`);
   }
   assert.equal(listedPrincipal(last.got, "anon"), null, "anonymous participants have no principal");
+  // The canister's own record (its `participants` query) agrees.
+  const listed = new Map((await chatParticipants(stack.replicaUrl, stack.canisterId)).map((p) => [p.name, p.principal]));
+  for (const [kind, identity] of Object.entries(identities)) assert.equal(listed.get(`id-${kind}`), identity.getPrincipal().toText(), kind);
+  assert.equal(listed.get("anon"), null);
   assert.equal(anonymous.client.principal, undefined);
 
   // A direct message from the anonymous participant reaches the canister-signature user.
