@@ -13,8 +13,8 @@ export async function startFakeChat() {
   gw.onOpened = (s, args) => {
     const [{ name }] = IDL.decode([OpenArgs], args);
     names.set(s.id, name);
-    gw.push(s, { App: { topic: [], payload: IDL.encode([ChatOut], [{ Members: { room: "lobby", names: [...names.values()], total: BigInt(names.size) } }]) } });
-    broadcast({ Joined: { name, client: s.id, room: "lobby" } });
+    gw.push(s, { App: { topic: [], payload: IDL.encode([ChatOut], [{ Members: { room: "lobby", names: [...names.values()], total: BigInt(names.size), principals: [...names.values()].map(() => []) } }]) } });
+    broadcast({ Joined: { name, client: s.id, room: "lobby", principal: [] } });
   };
   gw.onClosed = (s) => {
     const name = names.get(s.id);

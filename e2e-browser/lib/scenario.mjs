@@ -12,8 +12,9 @@ import { ChatOut } from "./chat-idl.mjs";
 
 export const ARTIFACTS = join(ROOT, "artifacts");
 
-function pageUrl(base, { gatewayUrl, canisterId, rootKeyHex }, name) {
+function pageUrl(base, { gatewayUrl, canisterId, rootKeyHex }, name, signIn = false) {
   const q = new URLSearchParams({ gateway: gatewayUrl, canister: canisterId, name });
+  if (signIn) q.set("signin", "1");
   if (rootKeyHex) q.set("rootKey", rootKeyHex);
   return `${base}?${q}`;
 }
@@ -83,7 +84,7 @@ export async function runChatScenario({ chromiumPath, staticUrl, stack, screensh
     // alice leaves: the canister's on_close announces it; her page offers the name form again.
     await alice.click("#leave");
     await bob.locator("#messages li.event", { hasText: "alice left (left)" }).waitFor({ timeout: 30_000 });
-    await bob.waitForFunction(() => ![...document.querySelectorAll("#members li")].some((li) => li.textContent === "alice"), null, { timeout: 10_000 });
+    await bob.waitForFunction(() => ![...document.querySelectorAll("#members li .name")].some((n) => n.textContent === "alice"), null, { timeout: 10_000 });
     await alice.waitForSelector("#join:not(.hidden)", { timeout: 10_000 });
     log("alice left: announced to bob, member list updated");
 
@@ -93,13 +94,30 @@ export async function runChatScenario({ chromiumPath, staticUrl, stack, screensh
       // each is verified like any message.
       const carol = await browser.context.newPage();
       carol.on("console", (m) => consoleLines.push(`[carol] ${m.type()}: ${m.text()}`));
-      await carol.goto(pageUrl(staticUrl, stack, "carol"));
+      await carol.goto(pageUrl(staticUrl, stack, "carol", true));
       await carol.waitForSelector("#state[data-state=open]", { timeout: 60_000 });
       await carol.locator("#messages li.chat", { hasText: "the real secret" }).waitFor({ timeout: 30_000 });
       assert.deepEqual(await chatTexts(carol), ["hello bob", "hi alice", "the real secret"]);
       const marks = await carol.locator("#messages li.chat .verified").allTextContents();
       assert.ok(marks.length === 3 && marks.every((m) => /✓/.test(m)), `verified marks: ${marks}`);
       log("a page opened later shows the room's history, verified");
+
+      // carol signed in (issue 10): bob's member list shows the principal the canister
+      // verified (anonymous bob shows none); bob clicks it and sends a direct message, which
+      // reaches carol's session of that principal.
+      const carolPrincipal = await carol.evaluate(() => globalThis.chatClient.principal.toText());
+      const badge = bob.locator("#members li", { hasText: "carol" }).locator(".who.signed");
+      await badge.waitFor({ timeout: 30_000 });
+      assert.match(await badge.getAttribute("title"), new RegExp(carolPrincipal));
+      assert.equal(await carol.locator("#members li", { hasText: "bob" }).locator(".who").textContent(), "anonymous");
+      await badge.click();
+      await bob.fill("#text", "just for carol");
+      await bob.click("#send");
+      const direct = carol.locator("#messages li.direct", { hasText: "just for carol" });
+      await direct.waitFor({ timeout: 30_000 });
+      assert.match(await direct.locator(".from").textContent(), /bob → you/);
+      assert.match(await direct.locator(".verified").textContent(), /✓/);
+      log(`signed-in carol (${carolPrincipal}) shown to bob; bob's direct message reached her`);
     }
 
     mkdirSync(ARTIFACTS, { recursive: true });

@@ -18,6 +18,10 @@ const result = await build({
   sourcemap: true,
   outfile: join(out, "app.js"),
   metafile: true,
+  // `@icp-sdk/core` (the page's identity) from the client's own install: one copy of it in the
+  // bundle, the one @ic-ws/client (a file: dependency) uses. A page with @ic-ws/client from
+  // npm lists @icp-sdk/core beside it instead.
+  nodePaths: [join(here, "../../../client-js/node_modules")],
   logLevel: "warning",
 });
 copyFileSync(join(here, "index.html"), join(out, "index.html"));

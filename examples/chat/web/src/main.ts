@@ -4,11 +4,17 @@
  * shows the certificate's time. A failed check shows a banner and the message is never shown.
  *
  * Configuration: `config.json` next to the page (written by scripts/demo), overridden by
- * query parameters `gateway`, `canister`, `rootKey` (hex DER; omit for mainnet), `name` and
- * `room` (default `lobby`).
+ * query parameters `gateway`, `canister`, `rootKey` (hex DER; omit for mainnet), `name`,
+ * `room` (default `lobby`) and `signin=1` (sign in with the browser's key).
+ *
+ * Signing in (issue 10): the page keeps an Ed25519 identity in `localStorage` and gives it to
+ * the client (`identity` option), which proves its principal at open; the canister shows it
+ * next to the name, and others can click it to send direct messages to every session of that
+ * principal. A real app passes Internet Identity's `AuthClient.getIdentity()` instead.
  */
+import { Ed25519KeyIdentity } from "@icp-sdk/core/identity";
 import { IcWsClient, IDL, fromHex } from "@ic-ws/client";
-import type { ConnectionState, IcWsError } from "@ic-ws/client";
+import type { ConnectionState, IcWsError, Principal } from "@ic-ws/client";
 import { ChatIn, ChatOut, OpenArgs } from "./chat-types.js";
 
 interface Config { gateway: string; canister: string; rootKey?: string }
@@ -69,12 +75,52 @@ function verifiedMark(li: HTMLLIElement, certNs: bigint): void {
   li.appendChild(mark);
 }
 
-const members = new Set<string>();
+/** The browser's own identity (made once, kept in localStorage). */
+function browserIdentity(): Ed25519KeyIdentity {
+  const key = "ic-ws-chat:identity";
+  try {
+    const stored = localStorage.getItem(key);
+    if (stored) return Ed25519KeyIdentity.fromJSON(stored);
+  } catch {
+    // Unreadable: make a new one.
+  }
+  const identity = Ed25519KeyIdentity.generate();
+  localStorage.setItem(key, JSON.stringify(identity.toJSON()));
+  return identity;
+}
+
+/** `abcde…xyz` of a principal's text, the whole of it in the title. */
+function shortPrincipal(p: Principal): string {
+  const t = p.toText();
+  return t.length > 17 ? `${t.slice(0, 11)}…${t.slice(-5)}` : t;
+}
+
+/** Who is in the room: name -> verified principal (null: anonymous). */
+const members = new Map<string, Principal | null>();
+/** The composer's recipient: a principal (direct message) or the room. */
+let directTo: { name: string; principal: Principal } | undefined;
+
+function setDirect(to: typeof directTo): void {
+  directTo = to;
+  const el = $("to");
+  el.textContent = to ? `to ${to.name} (direct) ✕` : "";
+  el.classList.toggle("show", to !== undefined);
+}
+
 function renderMembers(): void {
   const ul = $("members");
-  ul.replaceChildren(...[...members].sort().map((n) => {
+  ul.replaceChildren(...[...members.keys()].sort().map((n) => {
+    const principal = members.get(n) ?? null;
     const li = document.createElement("li");
-    li.textContent = n;
+    const name = document.createElement("span");
+    name.className = "name";
+    name.textContent = n;
+    const who = document.createElement("span");
+    who.className = principal ? "who signed" : "who";
+    who.textContent = principal ? shortPrincipal(principal) : "anonymous";
+    who.title = principal ? `verified principal ${principal.toText()}: click to send a direct message` : "not signed in";
+    if (principal) who.onclick = () => setDirect({ name: n, principal });
+    li.append(name, who);
     return li;
   }));
 }
@@ -99,7 +145,7 @@ function showJoin(): void {
   $("leave").classList.add("hidden");
 }
 
-function start(cfg: Config, name: string): void {
+function start(cfg: Config, name: string, signIn: boolean): void {
   $("join").classList.add("hidden");
   $("chat").classList.remove("hidden");
   $("messages").replaceChildren();
@@ -114,11 +160,14 @@ function start(cfg: Config, name: string): void {
     outboundType: ChatOut,
     openArgs: IDL.encode([OpenArgs], [{ name, room: room ? [room] : [] }]),
     storageKey: `ic-ws-chat:${cfg.canister}:${name}`,
+    identity: signIn ? browserIdentity() : undefined,
   });
   (window as unknown as { chatClient: unknown }).chatClient = client;
   client.on("state", setState);
   client.on("open", (o) => {
-    $("whoami").textContent = `${name} · client #${o.clientId}${o.resumed ? " (resumed)" : ""}`;
+    const me = client.principal ? ` · ${shortPrincipal(client.principal)}` : " · anonymous";
+    $("whoami").textContent = `${name}${me} · client #${o.clientId}${o.resumed ? " (resumed)" : ""}`;
+    $("whoami").title = client.principal ? `signed in: the canister verified principal ${client.principal.toText()}` : "not signed in";
   });
   client.on("message", (m) => {
     const d = m.data;
@@ -135,8 +184,22 @@ function start(cfg: Config, name: string): void {
         li.append(from, text);
         verifiedMark(li, m.certificateTimeNs);
       });
+    } else if ("Direct" in d) {
+      const x = d.Direct;
+      addLine((li) => {
+        li.className = "chat direct";
+        const from = document.createElement("span");
+        from.className = "from";
+        from.textContent = `${x.from} → ${x.to.toText() === client.principal?.toText() ? "you" : shortPrincipal(x.to)}`;
+        from.title = `direct message from ${x.from_principal[0]?.toText() ?? "an anonymous participant"}`;
+        const text = document.createElement("span");
+        text.className = "text";
+        text.textContent = x.text;
+        li.append(from, text);
+        verifiedMark(li, m.certificateTimeNs);
+      });
     } else if ("Joined" in d) {
-      members.add(d.Joined.name);
+      members.set(d.Joined.name, d.Joined.principal[0] ?? null);
       renderMembers();
       addLine((li) => {
         li.className = "event";
@@ -153,7 +216,7 @@ function start(cfg: Config, name: string): void {
       });
     } else if ("Members" in d) {
       members.clear();
-      for (const n of d.Members.names) members.add(n);
+      d.Members.names.forEach((n, i) => members.set(n, d.Members.principals[i]?.[0] ?? null));
       renderMembers();
       $("room").textContent = `#${d.Members.room}`;
     }
@@ -177,12 +240,13 @@ function start(cfg: Config, name: string): void {
     const text = input.value.trim();
     if (!text) return;
     try {
-      client.send({ Say: { text } });
+      client.send(directTo ? { Direct: { to: directTo.principal, text } } : { Say: { text } });
       input.value = "";
     } catch (e) {
       showNotice(String(e));
     }
   });
+  $("to").onclick = () => setDirect(undefined);
   const leave = $<HTMLButtonElement>("leave");
   leave.classList.remove("hidden");
   leave.onclick = () => {
@@ -207,14 +271,18 @@ async function main(): Promise<void> {
     ev.preventDefault();
     const name = $<HTMLInputElement>("name").value.trim();
     if (!name) return;
+    const signIn = $<HTMLInputElement>("signin").checked;
     sessionStorage.setItem("ic-ws-chat:name", name);
-    start(cfg, name);
+    sessionStorage.setItem("ic-ws-chat:signin", signIn ? "1" : "");
+    start(cfg, name, signIn);
   });
   // A reload keeps the name (and the client resumes the session stored for it).
   const preset = sessionStorage.getItem("ic-ws-chat:name") ?? new URLSearchParams(location.search).get("name");
   if (preset) {
+    const signIn = (sessionStorage.getItem("ic-ws-chat:signin") ?? new URLSearchParams(location.search).get("signin")) === "1";
     sessionStorage.setItem("ic-ws-chat:name", preset);
-    start(cfg, preset);
+    sessionStorage.setItem("ic-ws-chat:signin", signIn ? "1" : "");
+    start(cfg, preset, signIn);
   }
 }
 
