@@ -464,6 +464,8 @@ pub struct WsConfig {
     pub gateway_retention_ns: Option<u64>,
     pub housekeeping_instructions: Option<u64>,
     pub max_retained_messages: Option<u64>,
+    /// Issue 10: the root key canister signatures are verified under (`None`: mainnet's).
+    pub ic_root_key: Option<Vec<u8>>,
 }
 
 impl Default for WsConfig {
@@ -493,6 +495,7 @@ impl Default for WsConfig {
             gateway_retention_ns: None,
             housekeeping_instructions: None,
             max_retained_messages: None,
+            ic_root_key: None,
         }
     }
 }

@@ -261,3 +261,127 @@ async fn a_gateway_swapping_proofs_between_clients_gets_nothing() {
     );
     assert_eq!(of_b, vec![bob.client_id().unwrap()]);
 }
+
+/// What the test identity provider's `prepare_delegation` returns (replica/test-idp).
+#[derive(candid::CandidType, serde::Deserialize)]
+struct Prepared {
+    user_key: serde_bytes::ByteBuf,
+    expiration: u64,
+}
+
+#[derive(candid::CandidType, serde::Deserialize)]
+struct IdpDelegation {
+    pubkey: serde_bytes::ByteBuf,
+    expiration: u64,
+    targets: Option<Vec<Principal>>,
+}
+
+#[derive(candid::CandidType, serde::Deserialize)]
+enum GetDelegationResponse {
+    #[serde(rename = "signed_delegation")]
+    SignedDelegation {
+        delegation: IdpDelegation,
+        signature: serde_bytes::ByteBuf,
+    },
+    #[serde(rename = "no_such_delegation")]
+    NoSuchDelegation,
+}
+
+/// Issue 10: an Internet Identity-style login used by the Rust client. Over HTTP with ic-agent
+/// (as II's client does), a device identity asks the test identity provider to sign a
+/// delegation from the user's canister-signature key to a dapp session key; the client gets
+/// the resulting ic-agent `DelegatedIdentity`, extends it to its ws session key and opens
+/// through the gateway. The app verifies the canister signature (certificate, witness, BLS)
+/// under this network's root key and `on_open` sees the user's principal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_test_idp_login_opens_with_the_users_principal() {
+    use ic_ws_e2e::canister_harness::WsConfig;
+    let net = TestNet::start().unwrap();
+    let canister = net
+        .install(TEST_APP_PACKAGE, &candid::encode_args(()).unwrap())
+        .unwrap();
+    let configured = net
+        .replica
+        .update(
+            canister,
+            "app_configure",
+            &candid::encode_one(WsConfig {
+                ic_root_key: Some(net.root_key_der.clone()),
+                ..WsConfig::default()
+            })
+            .unwrap(),
+            Principal::anonymous(),
+        )
+        .unwrap();
+    candid::decode_one::<Result<(), String>>(&configured)
+        .unwrap()
+        .unwrap();
+    let idp = net
+        .install("ic-ws-replica-test-idp", &candid::encode_args(()).unwrap())
+        .unwrap();
+    let gw = GatewayProcess::start(GatewayOptions::new(&net, &[canister])).unwrap();
+
+    let agent = ic_agent::Agent::builder()
+        .with_url(&net.url)
+        .with_identity(BasicIdentity::from_raw_key(&[31; 32]))
+        .build()
+        .unwrap();
+    agent.fetch_root_key().await.unwrap();
+    let session = BasicIdentity::from_raw_key(&[32; 32]);
+    let session_key = serde_bytes::ByteBuf::from(session.public_key().unwrap());
+    let targets = Some(vec![canister]);
+    let reply = agent
+        .update(&idp, "prepare_delegation")
+        .with_arg(
+            candid::encode_args((&session_key, Some(3_600_000_000_000u64), &targets)).unwrap(),
+        )
+        .call_and_wait()
+        .await
+        .unwrap();
+    let prepared: Result<Prepared, String> = candid::decode_one(&reply).unwrap();
+    let prepared = prepared.unwrap();
+    let reply = agent
+        .query(&idp, "get_delegation")
+        .with_arg(candid::encode_args((&session_key, prepared.expiration, &targets)).unwrap())
+        .call()
+        .await
+        .unwrap();
+    let GetDelegationResponse::SignedDelegation {
+        delegation,
+        signature,
+    } = candid::decode_one(&reply).unwrap()
+    else {
+        panic!("no delegation after prepare_delegation");
+    };
+    let user: Arc<dyn Identity> = Arc::new(DelegatedIdentity::new_unchecked(
+        prepared.user_key.to_vec(),
+        Box::new(session),
+        vec![SignedDelegation {
+            delegation: Delegation {
+                pubkey: delegation.pubkey.into_vec(),
+                expiration: delegation.expiration,
+                targets: delegation.targets,
+                permissions: None,
+            },
+            signature: signature.into_vec(),
+        }],
+    ));
+    let principal = Principal::self_authenticating(&prepared.user_key);
+    assert_eq!(user.sender().unwrap(), principal);
+
+    let client = connect(config(&[gw.url()], canister, &net, user)).await;
+    assert_eq!(
+        client.principal(),
+        Some(principal),
+        "checked in the certified Opened"
+    );
+    let id = client.client_id().unwrap();
+    let seen: Vec<(u64, Option<Principal>)> = query(
+        &net,
+        canister,
+        "app_open_identities",
+        candid::encode_args(()).unwrap(),
+    );
+    assert_eq!(seen, vec![(id, Some(principal))], "on_open saw the II user");
+    assert_eq!(info(&net, canister, id).principal, Some(principal));
+}
