@@ -7,6 +7,7 @@ export const ChatIn = IDL.Variant({
   Say: IDL.Record({ text: IDL.Text }),
   SwitchRoom: IDL.Record({ room: IDL.Text }),
   Direct: IDL.Record({ to: IDL.Principal, text: IDL.Text }),
+  History: IDL.Null,
 });
 export const ChatOut = IDL.Variant({
   Message: IDL.Record({ from: IDL.Text, client: IDL.Nat64, room: IDL.Text, text: IDL.Text, at_ns: IDL.Nat64 }),

@@ -89,6 +89,17 @@ export async function runChatScenario({ chromiumPath, staticUrl, stack, screensh
     log("alice left: announced to bob, member list updated");
 
     if (history) {
+      // bob reloads: the page resumes its stored session (a resume re-delivers only what was
+      // not acknowledged) and asks for the room's recent messages: they are shown again,
+      // verified, each once.
+      await bob.reload();
+      await bob.waitForSelector("#state[data-state=open]", { timeout: 60_000 });
+      await bob.locator("#messages li.chat", { hasText: "the real secret" }).waitFor({ timeout: 30_000 });
+      await bob.waitForTimeout(500);
+      assert.deepEqual(await chatTexts(bob), ["hello bob", "hi alice", "the real secret"]);
+      assert.match(await bob.locator("#whoami").textContent(), /resumed/);
+      log("bob reloaded: session resumed, the room's history shown again, once");
+
       // A page opened now (a new tab, or a reload after leaving) starts a new session: the chat
       // canister sends the room's last messages on entering, so the page is not empty, and
       // each is verified like any message.

@@ -7,7 +7,8 @@
 //! participant can switch rooms; the `participants` and `rooms` queries list who is there
 //! and who is connected right now. Whoever enters a room (a new tab, a reloaded page, a
 //! room switch) first gets the room's last [`HISTORY_SENT`] messages, kept among the last
-//! [`HISTORY_KEPT`] of the whole chat.
+//! [`HISTORY_KEPT`] of the whole chat; a resumed session (a reloaded page) asks for them again
+//! with `ChatIn::History`.
 //!
 //! The whole ws part is the three annotated handlers below: `#[on_open]`, `#[on_message]`
 //! and `#[on_close]` generate the `ws_open`, `ws_message`, `ws_close` and `ws_poll`
@@ -96,6 +97,11 @@ pub enum ChatIn {
         /// 1 to 1000 characters.
         text: String,
     },
+    /// Issue 11: sends the current room's last [`HISTORY_SENT`] messages again (to this
+    /// session only), e.g. after a page reload resumed the session: a resume re-delivers only
+    /// what was not acknowledged, so a reloaded page would otherwise start empty. Costs the
+    /// requester's own queue, like any message it asks for.
+    History,
 }
 
 /// What the canister sends.
@@ -489,6 +495,12 @@ fn message(client: ClientId, message: ChatIn) -> Result<(), String> {
             };
             publish(&me.room, &said)?;
             remember(&me.room, &said);
+            Ok(())
+        }
+        ChatIn::History => {
+            for said in history(&me.room) {
+                ic_ws_canister::send(client, &said).map_err(|e| e.to_string())?;
+            }
             Ok(())
         }
         ChatIn::SwitchRoom { room } => {

@@ -360,6 +360,19 @@ fn newcomers_get_the_rooms_last_messages_and_the_history_stays_bounded() {
     };
     assert_eq!(say(&mut bob, switch), MessageResult::Ok);
     assert!(texts(&inbox(&bob)).ends_with(&["cy: kitchen talk".to_string()]));
+    // A resumed session (a reloaded page) asks again: the room's history comes once more, to
+    // the asker only.
+    assert_eq!(say(&mut bob, ChatIn::History), MessageResult::Ok);
+    let again = texts(&inbox(&bob));
+    assert_eq!(again.iter().filter(|t| *t == "cy: kitchen talk").count(), 2, "{again:?}");
+    assert_eq!(
+        texts(&inbox(&cy))
+            .iter()
+            .filter(|t| *t == "cy: kitchen talk")
+            .count(),
+        1,
+        "only the asker gets it"
+    );
     // However much is said, at most HISTORY_KEPT messages are kept.
     for i in 0..HISTORY_KEPT + 10 {
         let text = format!("more {i}");

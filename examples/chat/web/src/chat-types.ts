@@ -14,8 +14,9 @@ export const ChatIn = IDL.Variant({
   Say: IDL.Record({ text: IDL.Text }),
   SwitchRoom: IDL.Record({ room: IDL.Text }),
   Direct: IDL.Record({ to: IDL.Principal, text: IDL.Text }),
+  History: IDL.Null,
 });
-export type ChatIn = { Say: { text: string } } | { SwitchRoom: { room: string } } | { Direct: { to: Principal; text: string } };
+export type ChatIn = { Say: { text: string } } | { SwitchRoom: { room: string } } | { Direct: { to: Principal; text: string } } | { History: null };
 
 /** What the canister sends. */
 export const ChatOut = IDL.Variant({

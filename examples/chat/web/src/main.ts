@@ -164,7 +164,14 @@ function start(cfg: Config, name: string, signIn: boolean): void {
   });
   (window as unknown as { chatClient: unknown }).chatClient = client;
   client.on("state", setState);
+  // A reload resumes the stored session, and a resume re-delivers only what was not
+  // acknowledged: the first confirmation of this page being a resume, ask for the room's
+  // recent messages again (shown once: lines are keyed by sender and time).
+  let firstOpen = true;
+  const shown = new Set<string>();
   client.on("open", (o) => {
+    if (firstOpen && o.resumed) client.send({ History: null });
+    firstOpen = false;
     const me = client.principal ? ` · ${shortPrincipal(client.principal)}` : " · anonymous";
     $("whoami").textContent = `${name}${me} · client #${o.clientId}${o.resumed ? " (resumed)" : ""}`;
     $("whoami").title = client.principal ? `signed in: the canister verified principal ${client.principal.toText()}` : "not signed in";
@@ -172,6 +179,9 @@ function start(cfg: Config, name: string, signIn: boolean): void {
   client.on("message", (m) => {
     const d = m.data;
     if ("Message" in d) {
+      const key = `${d.Message.client}:${d.Message.at_ns}:${d.Message.text}`;
+      if (shown.has(key)) return;
+      shown.add(key);
       addLine((li) => {
         li.className = "chat";
         const from = document.createElement("span");
