@@ -14,7 +14,8 @@
 //! - [`session`]: one client connection; [`outbox`]: its bounded send buffer;
 //! - [`relay`]: client -> canister batching; [`poller`]: canister -> client delivery, on
 //!   the [`schedule`] policy (when to poll);
-//!   [`witness`]: per-client pruned trees; [`hub`]: the shared state they meet in;
+//!   per-client pruned trees come from `ic_ws_protocol::witness`; [`hub`]: the shared state
+//!   they meet in;
 //! - [`supervisor`]: spawns, restarts and stops every long-lived worker; [`health`]: which
 //!   are down;
 //! - [`metrics`] and [`admin`]: Prometheus `/metrics` and `/healthz`;
@@ -23,7 +24,7 @@
 //!   [`testhook`]: failures on demand for tests (hidden flag).
 //!
 //! Layers: `hub` (passive state) and `health` at the bottom; the workers `relay`, `poller`,
-//! `session` (with `outbox`, `witness`, `codec`) and `listener`, `admin` use them;
+//! `session` (with `outbox`, `codec`) and `listener`, `admin` use them;
 //! `supervisor` spawns and restarts the workers; `Gateway` (this file) starts the supervisor.
 //! No module imports one above it, except that the hub names the relay queue's item type
 //! (`relay::RelayItem`); it runs no worker.
@@ -70,7 +71,6 @@ pub mod shutdown;
 pub mod supervisor;
 pub mod testhook;
 pub mod warnings;
-pub mod witness;
 pub mod work;
 
 pub use canister::{AgentCanister, CallError, CanisterApi};

@@ -35,6 +35,8 @@ pub mod text;
 pub mod types;
 #[cfg(feature = "verify")]
 pub mod verify;
+#[cfg(feature = "verify")]
+pub mod witness;
 
 pub use certification::{content_hash, message_path};
 pub use frames::{ClientFrame, GatewayFrame, PROTOCOL_VERSION};

@@ -364,7 +364,11 @@ fn newcomers_get_the_rooms_last_messages_and_the_history_stays_bounded() {
     // the asker only.
     assert_eq!(say(&mut bob, ChatIn::History), MessageResult::Ok);
     let again = texts(&inbox(&bob));
-    assert_eq!(again.iter().filter(|t| *t == "cy: kitchen talk").count(), 2, "{again:?}");
+    assert_eq!(
+        again.iter().filter(|t| *t == "cy: kitchen talk").count(),
+        2,
+        "{again:?}"
+    );
     assert_eq!(
         texts(&inbox(&cy))
             .iter()

@@ -2,16 +2,19 @@
 //!
 //! A poll reply's tree witnesses every message of the page (up to hundreds of clients). Each
 //! client must get a tree that proves only its own leaves (`/ws/<client>/<seq>`), with the same
-//! root hash. `ic_ws_protocol::verify::prune_tree_for_client` (the reference, used by tests and
+//! root hash. [`crate::verify::prune_tree_for_client`] (the reference, used by tests and
 //! simple tools) walks and re-hashes the whole tree for each client, so a page for N clients
 //! costs O(N²) work. [`PageWitness`] indexes the tree once (every node's digest, its parent,
 //! where each client's leaves are) and then builds each client's witness from its leaves up to
 //! the root, collapsing every subtree without a kept leaf into a single pruned hash: O(path
 //! length) per client. The result is the same tree as the reference's (tested), so witnesses
 //! stay logarithmic in the number of other clients.
+//!
+//! Gateways cut every client's frame with it (`ic-ws-gateway`'s poller); it lives here, beside
+//! the reference, so that protocol knowledge stays in one crate.
 
+use crate::types::ClientId;
 use ic_certification::{hash_tree::Hash, HashTree, HashTreeNode};
-use ic_ws_protocol::types::ClientId;
 use std::collections::{HashMap, HashSet};
 
 const NONE: u32 = u32::MAX;
@@ -95,7 +98,7 @@ impl PageWitness {
                     ic_certification::hash_tree::labeled_hash(label.as_bytes(), &self.digest(s));
                 let idx = self.nodes.len() as u32;
                 if let [ws, client, seq] = full_path.as_slice() {
-                    if ws.as_slice() == ic_ws_protocol::certification::WS_LABEL {
+                    if ws.as_slice() == crate::certification::WS_LABEL {
                         if let (Ok(c), Ok(s)) = (
                             <[u8; 8]>::try_from(client.as_slice()),
                             <[u8; 8]>::try_from(seq.as_slice()),
@@ -182,8 +185,8 @@ impl PageWitness {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use crate::certification::content_hash;
     use ic_certification::{fork, labeled, leaf, LookupResult};
-    use ic_ws_protocol::certification::content_hash;
 
     /// A balanced fork over `nodes` (as the canister's trees are).
     pub(crate) fn fork_all(mut nodes: Vec<HashTree>) -> HashTree {
@@ -230,11 +233,11 @@ pub(crate) mod tests {
         for client in [0u64, 7, 700, 2093] {
             let seqs = [10, 11, 12];
             let mine = page.for_client(client, &seqs);
-            let reference = ic_ws_protocol::verify::prune_tree_for_client(&tree, client, &seqs);
+            let reference = crate::verify::prune_tree_for_client(&tree, client, &seqs);
             assert_eq!(mine.digest(), tree.digest(), "root hash unchanged");
             assert_eq!(reference.digest(), tree.digest());
             for (c, s, content) in &messages {
-                let path = ic_ws_protocol::message_path(*c, *s);
+                let path = crate::message_path(*c, *s);
                 let got = matches!(mine.lookup_path(path.iter()), LookupResult::Found(v) if v == content_hash(content));
                 assert_eq!(
                     got,
@@ -261,7 +264,7 @@ pub(crate) mod tests {
         assert_eq!(w.digest(), tree.digest());
         for s in 0..5u64 {
             let found = matches!(
-                w.lookup_path(ic_ws_protocol::message_path(1, s).iter()),
+                w.lookup_path(crate::message_path(1, s).iter()),
                 LookupResult::Found(_)
             );
             assert_eq!(found, s == 2 || s == 3);
