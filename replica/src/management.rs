@@ -7,7 +7,9 @@
 //! local network), `install_code` (install / reinstall / upgrade, see `Engine::install`),
 //! `canister_status`, `stop_canister`, `start_canister`, `delete_canister`, `update_settings`
 //! (controllers; the other settings are accepted and have no effect: no cycles or memory
-//! accounting here). Everything else is rejected with IC0407 naming the method; an argument that
+//! accounting here), and the wasm chunk store that icp-cli installs through even for small
+//! modules (`upload_chunk`, `stored_chunks`, `clear_chunk_store`, `install_chunked_code`;
+//! chunks of at most 1 MiB, at most [`MAX_CHUNKS`] per canister, as on the IC). Everything else is rejected with IC0407 naming the method; an argument that
 //! does not decode is IC0408; a caller that is not a controller IC0512.
 //!
 //! Effective canister id (interface specification, "Effective canister id"): any id for the
@@ -16,12 +18,13 @@
 
 use candid::{CandidType, Nat, Principal};
 use ic_management_canister_types::{
-    CanisterIdRecord, CanisterInstallMode, CanisterSettings, CanisterStatusType,
-    CreateCanisterArgs, EnvironmentVariable, InstallCodeArgs, LogVisibility, MemoryMetrics,
-    ProvisionalCreateCanisterWithCyclesArgs, QueryStats, SnapshotVisibility, UpdateSettingsArgs,
-    WasmMemoryPersistence,
+    CanisterIdRecord, CanisterInstallMode, CanisterSettings, CanisterStatusType, ChunkHash,
+    CreateCanisterArgs, EnvironmentVariable, InstallChunkedCodeArgs, InstallCodeArgs,
+    LogVisibility, MemoryMetrics, ProvisionalCreateCanisterWithCyclesArgs, QueryStats,
+    SnapshotVisibility, UpdateSettingsArgs, UploadChunkArgs, WasmMemoryPersistence,
 };
 use serde::de::DeserializeOwned;
+use sha2::{Digest, Sha256};
 
 use crate::engine::{InstallMode, Reject, RejectCode};
 use crate::replica::{canister_not_found, Core};
@@ -31,7 +34,13 @@ const MAX_CONTROLLERS: usize = 10;
 
 /// Methods served over HTTP (for the "unsupported" message).
 const SUPPORTED: &str = "provisional_create_canister_with_cycles, create_canister, install_code, \
-     canister_status, stop_canister, start_canister, delete_canister, update_settings";
+     canister_status, stop_canister, start_canister, delete_canister, update_settings, \
+     upload_chunk, stored_chunks, clear_chunk_store, install_chunked_code";
+
+/// Largest wasm chunk (the IC's limit: 1 MiB).
+pub const MAX_CHUNK_BYTES: usize = 1024 * 1024;
+/// Most chunks a canister's store holds (the IC's default store: 100 MiB of 1 MiB chunks).
+pub const MAX_CHUNKS: usize = 100;
 
 fn reject(code: RejectCode, error_code: u16, message: impl Into<String>) -> Reject {
     Reject {
@@ -128,8 +137,13 @@ pub(crate) fn effective_canister_id(method: &str, arg: &[u8]) -> Result<Option<P
             None
         }
         "install_code" => Some(decode::<InstallCodeArgs>(method, arg)?.canister_id),
+        "install_chunked_code" => {
+            Some(decode::<InstallChunkedCodeArgs>(method, arg)?.target_canister)
+        }
+        "upload_chunk" => Some(decode::<UploadChunkArgs>(method, arg)?.canister_id),
         "update_settings" => Some(decode::<UpdateSettingsArgs>(method, arg)?.canister_id),
-        "canister_status" | "stop_canister" | "start_canister" | "delete_canister" => {
+        "canister_status" | "stop_canister" | "start_canister" | "delete_canister"
+        | "stored_chunks" | "clear_chunk_store" => {
             Some(decode::<CanisterIdRecord>(method, arg)?.canister_id)
         }
         _ => return Err(unsupported(method)),
@@ -235,31 +249,74 @@ pub(crate) fn execute(
             let args: InstallCodeArgs = decode(method, arg)?;
             let canister = args.canister_id;
             controlled(core, canister, sender, method)?;
-            let mode = match args.mode {
-                CanisterInstallMode::Install => InstallMode::Install,
-                CanisterInstallMode::Reinstall => InstallMode::Reinstall,
-                CanisterInstallMode::Upgrade(flags) => {
-                    let flags = flags.unwrap_or_default();
-                    if flags.skip_pre_upgrade == Some(true) {
-                        return Err(reject(
-                            RejectCode::CanisterReject,
-                            408,
-                            "install_code: upgrade with skip_pre_upgrade = true is not supported by ic-ws-replica",
-                        ));
-                    }
-                    if flags.wasm_memory_persistence == Some(WasmMemoryPersistence::Keep) {
-                        return Err(reject(
-                            RejectCode::CanisterReject,
-                            408,
-                            "install_code: wasm_memory_persistence = keep (enhanced orthogonal persistence) is not \
-                             supported by ic-ws-replica",
-                        ));
-                    }
-                    InstallMode::Upgrade
-                }
-            };
+            let mode = install_mode(method, args.mode)?;
             core.engine
                 .install(canister, &args.wasm_module, &args.arg, mode, sender)?;
+            reply(&())
+        }
+        "upload_chunk" => {
+            let args: UploadChunkArgs = decode(method, arg)?;
+            controlled(core, args.canister_id, sender, method)?;
+            if args.chunk.len() > MAX_CHUNK_BYTES {
+                return Err(reject(
+                    RejectCode::CanisterReject,
+                    408,
+                    format!(
+                        "upload_chunk: a chunk of {} bytes exceeds the limit of {MAX_CHUNK_BYTES}",
+                        args.chunk.len()
+                    ),
+                ));
+            }
+            let hash: [u8; 32] = Sha256::digest(&args.chunk).into();
+            let store = core.chunks.entry(args.canister_id).or_default();
+            if !store.contains_key(&hash) && store.len() >= MAX_CHUNKS {
+                return Err(reject(
+                    RejectCode::CanisterReject,
+                    408,
+                    format!("upload_chunk: the chunk store of {} is full ({MAX_CHUNKS} chunks): clear_chunk_store first", args.canister_id),
+                ));
+            }
+            store.insert(hash, args.chunk);
+            reply(&ChunkHash {
+                hash: hash.to_vec(),
+            })
+        }
+        "stored_chunks" => {
+            let CanisterIdRecord { canister_id } = decode(method, arg)?;
+            controlled(core, canister_id, sender, method)?;
+            let hashes: Vec<ChunkHash> = core
+                .chunks
+                .get(&canister_id)
+                .map(|store| {
+                    store
+                        .keys()
+                        .map(|h| ChunkHash { hash: h.to_vec() })
+                        .collect()
+                })
+                .unwrap_or_default();
+            reply(&hashes)
+        }
+        "clear_chunk_store" => {
+            let CanisterIdRecord { canister_id } = decode(method, arg)?;
+            controlled(core, canister_id, sender, method)?;
+            core.chunks.remove(&canister_id);
+            reply(&())
+        }
+        "install_chunked_code" => {
+            let args: InstallChunkedCodeArgs = decode(method, arg)?;
+            let target = args.target_canister;
+            let store_canister = args.store_canister.unwrap_or(target);
+            controlled(core, target, sender, method)?;
+            controlled(core, store_canister, sender, method)?;
+            let mode = install_mode(method, args.mode)?;
+            let wasm = assemble(
+                core,
+                store_canister,
+                &args.chunk_hashes_list,
+                &args.wasm_module_hash,
+            )?;
+            core.engine
+                .install(target, &wasm, &args.arg, mode, sender)?;
             reply(&())
         }
         "canister_status" => {
@@ -281,6 +338,7 @@ pub(crate) fn execute(
             let CanisterIdRecord { canister_id } = decode(method, arg)?;
             controlled(core, canister_id, sender, method)?;
             core.engine.delete_canister(canister_id)?;
+            core.chunks.remove(&canister_id);
             core.canisters.remove(&canister_id);
             core.tree.remove_canister(canister_id);
             reply(&())
@@ -295,6 +353,70 @@ pub(crate) fn execute(
         }
         _ => Err(unsupported(method)),
     }
+}
+
+/// The install mode of `install_code` / `install_chunked_code`; what this replica cannot do is
+/// refused with the reason.
+fn install_mode(method: &str, mode: CanisterInstallMode) -> Result<InstallMode, Reject> {
+    Ok(match mode {
+        CanisterInstallMode::Install => InstallMode::Install,
+        CanisterInstallMode::Reinstall => InstallMode::Reinstall,
+        CanisterInstallMode::Upgrade(flags) => {
+            let flags = flags.unwrap_or_default();
+            if flags.skip_pre_upgrade == Some(true) {
+                return Err(reject(
+                    RejectCode::CanisterReject,
+                    408,
+                    format!("{method}: upgrade with skip_pre_upgrade = true is not supported by ic-ws-replica"),
+                ));
+            }
+            if flags.wasm_memory_persistence == Some(WasmMemoryPersistence::Keep) {
+                return Err(reject(
+                    RejectCode::CanisterReject,
+                    408,
+                    format!(
+                        "{method}: wasm_memory_persistence = keep (enhanced orthogonal persistence) is not \
+                         supported by ic-ws-replica"
+                    ),
+                ));
+            }
+            InstallMode::Upgrade
+        }
+    })
+}
+
+/// The module of `install_chunked_code`: the chunks of `store` named by `hashes`, in order,
+/// whose sha256 must be `module_hash` (as on the IC).
+fn assemble(
+    core: &Core,
+    store: Principal,
+    hashes: &[ChunkHash],
+    module_hash: &[u8],
+) -> Result<Vec<u8>, Reject> {
+    let invalid = |message: String| reject(RejectCode::CanisterReject, 408, message);
+    let chunks = core.chunks.get(&store);
+    let mut wasm = Vec::new();
+    for (i, h) in hashes.iter().enumerate() {
+        let chunk = <[u8; 32]>::try_from(h.hash.as_slice())
+            .ok()
+            .and_then(|key| chunks.and_then(|c| c.get(&key)))
+            .ok_or_else(|| {
+                invalid(format!(
+                    "install_chunked_code: chunk {i} ({}) is not in the chunk store of {store}",
+                    hex::encode(&h.hash)
+                ))
+            })?;
+        wasm.extend_from_slice(chunk);
+    }
+    let hash: [u8; 32] = Sha256::digest(&wasm).into();
+    if hash.as_slice() != module_hash {
+        return Err(invalid(format!(
+            "install_chunked_code: the assembled module's hash is {}, not the wasm_module_hash {}",
+            hex::encode(hash),
+            hex::encode(module_hash)
+        )));
+    }
+    Ok(wasm)
 }
 
 /// `canister_status` reply. The fields of `ic-management-canister-types` 0.8 plus those of the

@@ -92,6 +92,9 @@ pub(crate) struct Core {
     pub(crate) canisters: BTreeSet<Principal>,
     requests: HashMap<[u8; 32], IngressRecord>,
     expiries: BTreeMap<u64, Vec<[u8; 32]>>,
+    /// Each canister's wasm chunk store (`upload_chunk`, `install_chunked_code`): sha256 ->
+    /// chunk, bounded as on the IC (see `management`).
+    pub(crate) chunks: HashMap<Principal, BTreeMap<[u8; 32], Vec<u8>>>,
 }
 
 pub(crate) struct Shared {
@@ -290,6 +293,7 @@ impl Replica {
             canisters: BTreeSet::new(),
             requests: HashMap::new(),
             expiries: BTreeMap::new(),
+            chunks: HashMap::new(),
         };
         let manual_time_ns = match config.engine.clock {
             Clock::Manual { .. } => core.engine.time_ns(),

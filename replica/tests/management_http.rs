@@ -422,3 +422,126 @@ async fn malformed_and_unsupported_management_calls_are_rejected_clearly() {
     );
     assert_eq!(served.replica.module_hash(canister), None);
 }
+
+async fn upload(
+    m: &ManagementCanister<'_>,
+    canister: Principal,
+    chunk: Vec<u8>,
+) -> Result<(ic_management_canister_types::ChunkHash,), AgentError> {
+    let args = ic_management_canister_types::UploadChunkArgs {
+        canister_id: canister,
+        chunk,
+    };
+    m.upload_chunk(&canister, &args).call_and_wait().await
+}
+
+/// The wasm chunk store, as icp-cli uses it for every install (and ic-utils for large modules):
+/// upload_chunk, stored_chunks, install_chunked_code (the module assembled from the chunks in
+/// the order given, checked against its hash), clear_chunk_store; and what hostile or
+/// mistaken callers get: a stranger, a chunk over 1 MiB, a full store, a missing chunk, a
+/// wrong module hash, each refused with the reason and nothing installed.
+#[tokio::test(flavor = "multi_thread")]
+async fn chunked_install_through_the_chunk_store() {
+    use ic_management_canister_types::ChunkHash;
+    use sha2::{Digest, Sha256};
+    let served = Served::new(ReplicaConfig::with_seed("management chunks"));
+    let owner = served.agent(ed25519_identity(1)).await;
+    let stranger = served.agent(ed25519_identity(2)).await;
+    let mgmt = ManagementCanister::create(&owner);
+    let canister = create(&owner).await;
+    // The probe module in two chunks, uploaded out of order; installed in the right order.
+    let wasm = probe_wasm();
+    let (a, b) = wasm.split_at(wasm.len() / 2);
+    let (hb,) = upload(&mgmt, canister, b.to_vec()).await.unwrap();
+    let (ha,) = upload(&mgmt, canister, a.to_vec()).await.unwrap();
+    assert_eq!(ha.hash, Sha256::digest(a).to_vec());
+    let (stored,) = mgmt.stored_chunks(&canister).call_and_wait().await.unwrap();
+    assert_eq!(stored.len(), 2);
+    let module_hash = Sha256::digest(&wasm).to_vec();
+    // Wrong order: the assembled module's hash differs; nothing is installed.
+    let wrong_order = mgmt
+        .install_chunked_code(&canister, &module_hash)
+        .with_chunk_hashes(vec![hb.clone(), ha.clone()])
+        .build()
+        .unwrap()
+        .call_and_wait()
+        .await;
+    assert_reject(wrong_order, RejectCode::CanisterReject, "IC0408", "hash");
+    assert!(served.replica.module_hash(canister).is_none());
+    // A chunk that was never uploaded.
+    let missing = mgmt
+        .install_chunked_code(&canister, &module_hash)
+        .with_chunk_hashes(vec![ha.clone(), ChunkHash { hash: vec![9; 32] }])
+        .build()
+        .unwrap()
+        .call_and_wait()
+        .await;
+    assert_reject(
+        missing,
+        RejectCode::CanisterReject,
+        "IC0408",
+        "not in the chunk store",
+    );
+    // A stranger can neither upload nor install.
+    let hostile = ManagementCanister::create(&stranger);
+    assert_reject(
+        upload(&hostile, canister, vec![1, 2, 3]).await,
+        RejectCode::CanisterError,
+        "IC0512",
+        "controllers",
+    );
+    let stolen = hostile
+        .install_chunked_code(&canister, &module_hash)
+        .with_chunk_hashes(vec![ha.clone(), hb.clone()])
+        .build()
+        .unwrap()
+        .call_and_wait()
+        .await;
+    assert_reject(stolen, RejectCode::CanisterError, "IC0512", "controllers");
+    // The right order installs it; the canister runs.
+    mgmt.install_chunked_code(&canister, &module_hash)
+        .with_chunk_hashes(vec![ha, hb])
+        .build()
+        .unwrap()
+        .call_and_wait()
+        .await
+        .unwrap();
+    assert_eq!(inc(&owner, canister).await.unwrap(), 1);
+    assert_eq!(
+        served.replica.module_hash(canister).unwrap().to_vec(),
+        module_hash
+    );
+
+    // Bounds: a chunk over 1 MiB; a store of 100 chunks takes no 101st (the same chunk again
+    // is no new entry); clearing empties it.
+    assert_reject(
+        upload(&mgmt, canister, vec![0; 1024 * 1024 + 1]).await,
+        RejectCode::CanisterReject,
+        "IC0408",
+        "exceeds",
+    );
+    mgmt.clear_chunk_store(&canister)
+        .call_and_wait()
+        .await
+        .unwrap();
+    for i in 0..100u32 {
+        upload(&mgmt, canister, i.to_be_bytes().to_vec())
+            .await
+            .unwrap();
+    }
+    upload(&mgmt, canister, 0u32.to_be_bytes().to_vec())
+        .await
+        .unwrap();
+    assert_reject(
+        upload(&mgmt, canister, 100u32.to_be_bytes().to_vec()).await,
+        RejectCode::CanisterReject,
+        "IC0408",
+        "full",
+    );
+    mgmt.clear_chunk_store(&canister)
+        .call_and_wait()
+        .await
+        .unwrap();
+    let (stored,) = mgmt.stored_chunks(&canister).call_and_wait().await.unwrap();
+    assert!(stored.is_empty());
+}
