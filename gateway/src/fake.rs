@@ -22,9 +22,8 @@
 
 use crate::canister::{CallError, CanisterApi};
 use candid::Principal;
-use ic_certification::{fork, labeled, leaf, HashTree};
 use ic_ws_protocol::types::*;
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -102,44 +101,7 @@ fn content(body: OutboundBody) -> Vec<u8> {
     .unwrap_or_default()
 }
 
-/// A balanced fork over `nodes`.
-pub fn fork_all(mut nodes: Vec<HashTree>) -> HashTree {
-    match nodes.len() {
-        0 => ic_certification::empty(),
-        1 => nodes.remove(0),
-        n => {
-            let right = nodes.split_off(n / 2);
-            fork(fork_all(nodes), fork_all(right))
-        }
-    }
-}
-
-/// The tree `/ws/<client>/<seq> -> sha256(content)` over `messages`, beside an app subtree.
-pub fn tree_of(messages: &[OutboundMessage]) -> HashTree {
-    let mut by_client: BTreeMap<ClientId, BTreeMap<u64, HashTree>> = BTreeMap::new();
-    for m in messages {
-        by_client.entry(m.client_id).or_default().insert(
-            m.seq,
-            labeled(
-                m.seq.to_be_bytes().to_vec(),
-                leaf(ic_ws_protocol::content_hash(&m.content).to_vec()),
-            ),
-        );
-    }
-    let clients = by_client
-        .into_iter()
-        .map(|(c, leaves)| {
-            labeled(
-                c.to_be_bytes().to_vec(),
-                fork_all(leaves.into_values().collect()),
-            )
-        })
-        .collect();
-    fork(
-        labeled(b"app".to_vec(), leaf(b"app data".to_vec())),
-        labeled(b"ws".to_vec(), fork_all(clients)),
-    )
-}
+pub use ic_ws_protocol::witness::tree_of;
 
 impl FakeState {
     fn queue(&mut self, client: ClientId, body: OutboundBody) -> Option<u64> {

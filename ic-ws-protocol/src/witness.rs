@@ -182,41 +182,72 @@ impl PageWitness {
     }
 }
 
+/// A balanced fork over `nodes` (the shape of the canister's trees).
+pub fn balanced_fork(mut nodes: Vec<HashTree>) -> HashTree {
+    match nodes.len() {
+        0 => ic_certification::empty(),
+        1 => nodes.remove(0),
+        n => {
+            let right = nodes.split_off(n / 2);
+            ic_certification::fork(balanced_fork(nodes), balanced_fork(right))
+        }
+    }
+}
+
+/// The tree a poll reply would carry for `messages`: `/ws/<client>/<seq> -> sha256(content)`
+/// beside an app subtree, balanced as the canister builds it. For fakes, tests and benchmarks
+/// (the canister's own tree is `ic_ws_canister`'s).
+pub fn tree_of(messages: &[crate::types::OutboundMessage]) -> HashTree {
+    use ic_certification::{fork, labeled, leaf};
+    let mut by_client: std::collections::BTreeMap<
+        ClientId,
+        std::collections::BTreeMap<u64, HashTree>,
+    > = Default::default();
+    for m in messages {
+        by_client.entry(m.client_id).or_default().insert(
+            m.seq,
+            labeled(
+                m.seq.to_be_bytes().to_vec(),
+                leaf(crate::certification::content_hash(&m.content).to_vec()),
+            ),
+        );
+    }
+    let clients = by_client
+        .into_iter()
+        .map(|(c, leaves)| {
+            labeled(
+                c.to_be_bytes().to_vec(),
+                balanced_fork(leaves.into_values().collect()),
+            )
+        })
+        .collect();
+    fork(
+        labeled(b"app".to_vec(), leaf(b"app data".to_vec())),
+        labeled(
+            crate::certification::WS_LABEL.to_vec(),
+            balanced_fork(clients),
+        ),
+    )
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
     use crate::certification::content_hash;
-    use ic_certification::{fork, labeled, leaf, LookupResult};
+    use crate::types::OutboundMessage;
+    use ic_certification::LookupResult;
 
-    /// A balanced fork over `nodes` (as the canister's trees are).
-    pub(crate) fn fork_all(mut nodes: Vec<HashTree>) -> HashTree {
-        match nodes.len() {
-            0 => ic_certification::empty(),
-            1 => nodes.remove(0),
-            n => {
-                let right = nodes.split_off(n / 2);
-                fork(fork_all(nodes), fork_all(right))
-            }
-        }
-    }
-
-    /// `/ws/<client>/<seq> -> sha256(content)` for the given messages, beside an app subtree.
-    pub(crate) fn tree_of(messages: &[(ClientId, u64, Vec<u8>)]) -> HashTree {
-        let mut by_client: std::collections::BTreeMap<ClientId, Vec<HashTree>> = Default::default();
-        for (c, s, content) in messages {
-            by_client.entry(*c).or_default().push(labeled(
-                s.to_be_bytes().to_vec(),
-                leaf(content_hash(content).to_vec()),
-            ));
-        }
-        let clients = by_client
-            .into_iter()
-            .map(|(c, leaves)| labeled(c.to_be_bytes().to_vec(), fork_all(leaves)))
+    /// `tree_of` over `(client, seq, content)` triples.
+    fn tree_of(messages: &[(ClientId, u64, Vec<u8>)]) -> HashTree {
+        let messages: Vec<OutboundMessage> = messages
+            .iter()
+            .map(|(client_id, seq, content)| OutboundMessage {
+                client_id: *client_id,
+                seq: *seq,
+                content: content.clone(),
+            })
             .collect();
-        fork(
-            labeled(b"app".to_vec(), leaf(b"app data".to_vec())),
-            labeled(b"ws".to_vec(), fork_all(clients)),
-        )
+        super::tree_of(&messages)
     }
 
     #[test]
