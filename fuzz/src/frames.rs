@@ -86,7 +86,11 @@ fn ed25519_differential(data: &[u8]) {
         return;
     };
     let expected = verify_signature(key, msg, sig);
-    assert_eq!(ed25519::verify(key, msg, sig), expected, "single verdicts differ");
+    assert_eq!(
+        ed25519::verify(key, msg, sig),
+        expected,
+        "single verdicts differ"
+    );
     static HONEST: OnceLock<Vec<(Vec<u8>, Vec<u8>, Vec<u8>)>> = OnceLock::new();
     let honest = HONEST.get_or_init(|| {
         (0..2u8)
@@ -113,7 +117,11 @@ fn ed25519_differential(data: &[u8]) {
     entries.insert(usize::from(data[0] % 3), input);
     let mut want = vec![Ok(()), Ok(())];
     want.insert(usize::from(data[0] % 3), expected);
-    assert_eq!(ed25519::verify_batch(&entries), want, "batch verdicts differ");
+    assert_eq!(
+        ed25519::verify_batch(&entries),
+        want,
+        "batch verdicts differ"
+    );
     assert_eq!(ed25519::batch_holds(&entries), expected.is_ok());
     let known = ed25519::batch_verified(&entries);
     assert!(known.iter().zip(&want).all(|(k, w)| !k || w.is_ok()));

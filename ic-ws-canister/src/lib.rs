@@ -690,7 +690,7 @@ impl CallBudget {
 
     /// Instructions left before the budget (0 once it is reached).
     fn remaining(&self) -> u64 {
-        self.limit.saturating_sub(env::instruction_counter())
+        self.limit.saturating_sub(env::instruction_counter_peek())
     }
 }
 
@@ -704,20 +704,26 @@ const MESSAGE_BATCH_MAX: usize = 64;
 /// move the budget's cut (at most one entry past it, as without batches).
 const BATCH_COST_PER_ENTRY: u64 = 1_000_000;
 
+/// Smallest batch worth making after failures (below it, single verifications).
+const MESSAGE_BATCH_MIN: usize = 8;
+
 /// The batch verification state of one `ws_message` call: verdicts for the next entries.
 struct MessageBatches {
     /// Per upcoming entry, the key its signature was found valid under.
     ahead: std::collections::VecDeque<Option<[u8; 32]>>,
-    /// False after a batch failed: the call's remaining entries are verified one by one (a
-    /// caller sending bad signatures pays for at most one failed batch per call).
-    batching: bool,
+    /// Size of the next batch: [`MESSAGE_BATCH_MAX`], halved after each failed batch (whose
+    /// entries are then verified one by one); no more batches in the call once it falls
+    /// below [`MESSAGE_BATCH_MIN`]. So one bad entry costs the single verifications of its
+    /// batch only, and a caller sending bad signatures wastes at most 64 + 32 + 16 + 8 entries'
+    /// worth of batches per call.
+    size: usize,
 }
 
 impl MessageBatches {
     fn new() -> Self {
         MessageBatches {
             ahead: std::collections::VecDeque::new(),
-            batching: true,
+            size: MESSAGE_BATCH_MAX,
         }
     }
 
@@ -730,15 +736,17 @@ impl MessageBatches {
         rest: &[ic_ws_protocol::types::ClientMessage],
         budget: &CallBudget,
     ) -> Option<[u8; 32]> {
-        if self.ahead.is_empty() && self.batching {
-            let fits = usize::try_from(budget.remaining() / BATCH_COST_PER_ENTRY)
-                .unwrap_or(usize::MAX);
-            let n = rest.len().min(MESSAGE_BATCH_MAX).min(fits);
+        if self.ahead.is_empty() && self.size >= MESSAGE_BATCH_MIN {
+            let fits =
+                usize::try_from(budget.remaining() / BATCH_COST_PER_ENTRY).unwrap_or(usize::MAX);
+            let n = rest.len().min(self.size).min(fits);
             if n >= 2 {
                 let (keys, held) = runtime::with_state(|s| {
                     s.preverify_messages(caller, canister, rest.get(..n).unwrap_or_default())
                 });
-                self.batching = held;
+                if !held {
+                    self.size /= 2;
+                }
                 self.ahead.extend(keys);
             }
         }

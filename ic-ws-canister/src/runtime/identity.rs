@@ -74,7 +74,9 @@ pub(crate) struct VerifiedLinks(Vec<([u8; 32], Vec<u8>, Vec<u8>)>);
 
 impl VerifiedLinks {
     fn contains(&self, k: &[u8; 32], m: &[u8], s: &[u8]) -> bool {
-        self.0.iter().any(|(k2, m2, s2)| k2 == k && m2 == m && s2 == s)
+        self.0
+            .iter()
+            .any(|(k2, m2, s2)| k2 == k && m2 == m && s2 == s)
     }
 }
 

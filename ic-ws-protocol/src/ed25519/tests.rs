@@ -62,7 +62,10 @@ fn sign_raw(
 fn same(pk: &[u8], msg: &[u8], sig: &[u8]) -> Result<(), SignatureError> {
     let ours = verify(pk, msg, sig);
     let expected = reference(pk, msg, sig);
-    assert_eq!(ours, expected, "verdicts differ for pk {pk:02x?} sig {sig:02x?}");
+    assert_eq!(
+        ours, expected,
+        "verdicts differ for pk {pk:02x?} sig {sig:02x?}"
+    );
     let e = Entry {
         public_key: pk,
         message: msg,
@@ -100,9 +103,7 @@ fn same_batch(cases: &[Case]) -> Vec<Result<(), SignatureError>> {
     for (k, r) in known.iter().zip(&expected) {
         assert!(!k || r.is_ok());
     }
-    let equation_fails = e
-        .iter()
-        .any(|e| parse(e).is_ok_and(|p| !p.holds()));
+    let equation_fails = e.iter().any(|e| parse(e).is_ok_and(|p| !p.holds()));
     if !equation_fails {
         assert!(known.iter().zip(&expected).all(|(k, r)| *k == r.is_ok()));
     } else {
@@ -203,7 +204,11 @@ fn every_corpus_case_alone_gets_the_reference_verdict() {
         valid += usize::from(same(k, m, s).is_ok());
     }
     // The corpus holds both verdicts, and many of each.
-    assert!(valid >= 20 && corpus.len() - valid >= 40, "{valid} of {}", corpus.len());
+    assert!(
+        valid >= 20 && corpus.len() - valid >= 40,
+        "{valid} of {}",
+        corpus.len()
+    );
 }
 
 #[test]
@@ -277,8 +282,14 @@ fn small_order_and_non_canonical_points_are_rejected() {
         }
     }
     // Wrong lengths are Malformed in both.
-    assert_eq!(same(&[1; 31], msg, &[0; 64]), Err(SignatureError::Malformed));
-    assert_eq!(same(&[1; 32], msg, &[0; 63]), Err(SignatureError::Malformed));
+    assert_eq!(
+        same(&[1; 31], msg, &[0; 64]),
+        Err(SignatureError::Malformed)
+    );
+    assert_eq!(
+        same(&[1; 32], msg, &[0; 63]),
+        Err(SignatureError::Malformed)
+    );
 }
 
 #[test]
