@@ -711,11 +711,12 @@ const MESSAGE_BATCH_MIN: usize = 8;
 struct MessageBatches {
     /// Per upcoming entry, the key its signature was found valid under.
     ahead: std::collections::VecDeque<Option<[u8; 32]>>,
-    /// Size of the next batch: [`MESSAGE_BATCH_MAX`], halved after each failed batch (whose
-    /// entries are then verified one by one); no more batches in the call once it falls
-    /// below [`MESSAGE_BATCH_MIN`]. So one bad entry costs the single verifications of its
-    /// batch only, and a caller sending bad signatures wastes at most 64 + 32 + 16 + 8 entries'
-    /// worth of batches per call.
+    /// Size of the next batch: [`MESSAGE_BATCH_MAX`], halved after each failed batch (a
+    /// failed batch is split once into 4 groups checked as batches again; the entries of the
+    /// groups that fail are verified one by one); no more batches in the call once it falls
+    /// below [`MESSAGE_BATCH_MIN`]. So one bad entry costs the single verifications of a
+    /// quarter of its batch, and a caller sending bad signatures wastes at most two passes
+    /// over 64 + 32 + 16 + 8 entries per call.
     size: usize,
 }
 

@@ -262,36 +262,71 @@ pub fn batch_holds(entries: &[Entry<'_>]) -> bool {
     batch_equation_holds(&parsed.iter().collect::<Vec<_>>())
 }
 
-/// Which entries are known to verify, after one batch equation and no single verification:
-/// the entries that pass their own checks (lengths, `S < L`, encodings, small order) are
-/// verified together; if that holds they are all `true`, otherwise every entry is `false`.
-/// Entries failing their own checks are `false` and do not spoil the batch. `false` means
-/// "not known valid": [`verify`] gives the verdict (cheaply for an entry that fails its own
-/// checks). For callers that must bound the work per call (a canister): the cost is one
-/// batch, the single verifications are theirs to schedule.
+/// A failed batch of at least this many entries is split into [`SPLIT`] groups, each checked
+/// as a batch again, before anything is left to single verifications.
+pub const SPLIT_MIN: usize = 16;
+/// Into how many groups a failed batch is split (once).
+pub const SPLIT: usize = 4;
+
+/// For each entry that passed its own checks (`parsed[i]` is `Some`), whether it is known
+/// valid: the batch equation over all of them; if that fails and they are at least
+/// [`SPLIT_MIN`], the equation over each of [`SPLIT`] groups of them (one bad entry then
+/// leaves only its group unknown). At most two passes of multi-scalar multiplication over the
+/// entries; no single verification.
+fn known_valid(parsed: &[Option<Parsed>]) -> Vec<bool> {
+    let ok: Vec<usize> = (0..parsed.len()).filter(|&i| parsed[i].is_some()).collect();
+    let refs = |idx: &[usize]| -> Vec<&Parsed> {
+        idx.iter().filter_map(|&i| parsed[i].as_ref()).collect()
+    };
+    let mut known = vec![false; parsed.len()];
+    let mut mark = |idx: &[usize]| idx.iter().for_each(|&i| known[i] = true);
+    if ok.len() == 1 {
+        // One entry: its own equation, once.
+        if refs(&ok).first().is_some_and(|p| p.holds()) {
+            mark(&ok);
+        }
+    } else if batch_equation_holds(&refs(&ok)) {
+        mark(&ok);
+    } else if ok.len() >= SPLIT_MIN {
+        for group in ok.chunks(ok.len().div_ceil(SPLIT)) {
+            if batch_equation_holds(&refs(group)) {
+                mark(group);
+            }
+        }
+    }
+    known
+}
+
+/// Which entries are known to verify, after batch equations and no single verification: the
+/// entries that pass their own checks (lengths, `S < L`, encodings, small order) are verified
+/// together; if that fails (and they are at least [`SPLIT_MIN`]), each of [`SPLIT`] groups of
+/// them is verified as a batch again. `true`: the entry is valid (up to the batch's
+/// `2^-128`). `false`: not known valid (it failed its own checks, or its group failed):
+/// [`verify`] gives the verdict (cheaply for an entry that fails its own checks). For callers
+/// that must bound the work per call (a canister): the cost is at most two multi-scalar
+/// passes over the entries, and the single verifications are theirs to schedule.
 pub fn batch_verified(entries: &[Entry<'_>]) -> Vec<bool> {
     let parsed: Vec<Option<Parsed>> = entries.iter().map(|e| parse(e).ok()).collect();
-    let ok: Vec<&Parsed> = parsed.iter().flatten().collect();
-    let holds = batch_equation_holds(&ok);
-    parsed.iter().map(|p| holds && p.is_some()).collect()
+    known_valid(&parsed)
 }
 
 /// Verifies every entry: each result is [`verify`]'s verdict for it. The entries that pass
-/// their own checks are verified together (one multi-scalar multiplication); if that batch
-/// fails, each of them is verified alone, so every bad entry is still identified (a batch
-/// with a bad entry costs the batch plus the single verifications).
+/// their own checks are verified in a batch (split once into groups if it fails, see
+/// [`batch_verified`]); the entries of a group that fails are verified alone, so every bad
+/// entry is still identified.
 pub fn verify_batch(entries: &[Entry<'_>]) -> Vec<Result<(), SignatureError>> {
     let parsed: Vec<Result<Parsed, SignatureError>> = entries.iter().map(parse).collect();
-    let ok: Vec<&Parsed> = parsed.iter().filter_map(|p| p.as_ref().ok()).collect();
-    // One entry: its own equation, once.
-    let all_hold = ok.len() > 1 && batch_equation_holds(&ok);
-    parsed
+    let opt: Vec<Option<Parsed>> = parsed.into_iter().map(Result::ok).collect();
+    let known = known_valid(&opt);
+    entries
         .iter()
-        .map(|p| match p {
-            Err(e) => Err(*e),
-            Ok(_) if all_hold => Ok(()),
-            Ok(p) if p.holds() => Ok(()),
-            Ok(_) => Err(SignatureError::Invalid),
+        .zip(opt.iter().zip(known))
+        .map(|(e, (p, known))| match p {
+            // Failed its own checks: the error those checks give.
+            None => parse(e).map(|_| ()),
+            Some(_) if known => Ok(()),
+            Some(p) if p.holds() => Ok(()),
+            Some(_) => Err(SignatureError::Invalid),
         })
         .collect()
 }
