@@ -57,6 +57,45 @@ fn sign_raw(
     (pk, sig)
 }
 
+/// A signature whose nonce point is given by its encoding `r_enc` (any bytes) with nonce
+/// scalar `r`: `S = r + k a`, `k = H(r_enc || A || M)`. With `r = 0` and `r_enc` a small-order
+/// point, the equation holds up to torsion: only the checks on `R` refuse it.
+fn sign_with_r(
+    a: Scalar,
+    a_pub: EdwardsPoint,
+    r: Scalar,
+    r_enc: [u8; 32],
+    msg: &[u8],
+) -> ([u8; 32], [u8; 64]) {
+    let pk = a_pub.compress().to_bytes();
+    let mut h = Sha512::new();
+    h.update(r_enc);
+    h.update(pk);
+    h.update(msg);
+    let k = Scalar::from_bytes_mod_order_wide(&h.finalize().into());
+    let s = r + k * a;
+    let mut sig = [0u8; 64];
+    sig[..32].copy_from_slice(&r_enc);
+    sig[32..].copy_from_slice(s.as_bytes());
+    (pk, sig)
+}
+
+/// Signatures valid but for a small-order `R` (each torsion point, either sign bit): the
+/// reference refuses them all.
+fn small_order_r_cases(msg: &[u8]) -> Vec<Case> {
+    let a = Scalar::from_bytes_mod_order_wide(&rnd("a-small-r", 0));
+    let mut out = Vec::new();
+    for t in EIGHT_TORSION.iter() {
+        for sign in [0u8, 0x80] {
+            let mut enc = t.compress().to_bytes();
+            enc[31] |= sign;
+            let (pk, sig) = sign_with_r(a, ED25519_BASEPOINT_POINT * a, Scalar::ZERO, enc, msg);
+            out.push((pk.to_vec(), msg.to_vec(), sig.to_vec()));
+        }
+    }
+    out
+}
+
 /// The verdict of [`verify`] and of a one-entry [`verify_batch`], checked against the
 /// reference.
 fn same(pk: &[u8], msg: &[u8], sig: &[u8]) -> Result<(), SignatureError> {
@@ -154,6 +193,7 @@ fn corpus() -> Vec<Case> {
             out.push((key.public_key(), msg.clone(), s2));
         }
     }
+    out.extend(small_order_r_cases(&msg));
     // Non-canonical y (>= p) as key and as R.
     for low in [0xedu8, 0xee, 0xf0, 0xff] {
         for sign in [0u8, 0x80] {
@@ -265,6 +305,10 @@ fn small_order_and_non_canonical_points_are_rejected() {
         let mut neg = enc;
         neg[31] |= 0x80;
         assert!(same(&neg, msg, &sig).is_err());
+    }
+    // Small-order R in signatures whose equation holds up to torsion (nonce 0).
+    for (k, m, s) in small_order_r_cases(msg) {
+        assert_eq!(same(&k, &m, &s), Err(SignatureError::Invalid));
     }
     // Non-canonical y (y + p for small y; y = p, p + 1, ...), both sign bits.
     for low in 0xedu8..=0xff {
