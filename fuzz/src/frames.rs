@@ -91,7 +91,9 @@ fn ed25519_differential(data: &[u8]) {
         expected,
         "single verdicts differ"
     );
-    static HONEST: OnceLock<Vec<(Vec<u8>, Vec<u8>, Vec<u8>)>> = OnceLock::new();
+    /// Honest `(key, message, signature)` entries.
+    type Honest = Vec<(Vec<u8>, Vec<u8>, Vec<u8>)>;
+    static HONEST: OnceLock<Honest> = OnceLock::new();
     let honest = HONEST.get_or_init(|| {
         (0..2u8)
             .map(|i| {

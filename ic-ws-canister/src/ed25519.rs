@@ -34,7 +34,7 @@ pub(crate) fn verify_message(
 
 /// Owned `(key, message, signature)` triples, to borrow as a batch of [`Entry`].
 #[derive(Default)]
-pub(crate) struct OwnedBatch(pub(crate) Vec<([u8; 32], Vec<u8>, Vec<u8>)>);
+pub(crate) struct OwnedBatch(pub(crate) Vec<ic_ws_protocol::identity::Ed25519Signature>);
 
 impl OwnedBatch {
     /// Which entries are known valid after one batch equation (see

@@ -625,6 +625,9 @@ pub fn verify_proof_with(
     })
 }
 
+/// One Ed25519 signature of a chain: `(signer key, signed bytes, signature)`.
+pub type Ed25519Signature = ([u8; 32], Vec<u8>, Vec<u8>);
+
 /// The Ed25519 signatures of `proof`'s chain, as `(signer key, signed bytes, signature)` in
 /// chain order, or `None` if [`precheck`] refuses the proof. For a verifier that checks them
 /// in one batch (together with the open's own signature) before [`verify_proof_with`], whose
@@ -633,7 +636,7 @@ pub fn verify_proof_with(
 pub fn ed25519_signatures(
     proof: &IdentityProof,
     ctx: &VerifyContext<'_>,
-) -> Option<Vec<([u8; 32], Vec<u8>, Vec<u8>)>> {
+) -> Option<Vec<Ed25519Signature>> {
     precheck(proof, ctx).ok()?;
     let mut out = Vec::new();
     let mut signer: &[u8] = &proof.sender_pubkey;

@@ -70,7 +70,7 @@ fn decode_bound(v: &[u8]) -> Option<Bound> {
 /// The Ed25519 signatures of an open's identity proof already found valid (in one batch with
 /// the open's own signature): `(key, signed bytes, signature)`.
 #[derive(Default)]
-pub(crate) struct VerifiedLinks(Vec<([u8; 32], Vec<u8>, Vec<u8>)>);
+pub(crate) struct VerifiedLinks(Vec<ic_ws_protocol::identity::Ed25519Signature>);
 
 impl VerifiedLinks {
     fn contains(&self, k: &[u8; 32], m: &[u8], s: &[u8]) -> bool {
