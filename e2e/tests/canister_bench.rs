@@ -42,7 +42,7 @@ fn ack_all(c: &WsCanister, gw: Principal, cl: &mut TestClient) {
 /// 160k, over issue 2's 150k target (BENCHMARKS.md says so), until the certified bodies get a
 /// compact error type of their own; the poll budgets are the new measurements plus ~15 %.
 const SEND_100B_MARGINAL: u64 = 160_000;
-const VERIFIED_MESSAGE_IN_BATCH_OF_50: u64 = 2_000_000;
+const VERIFIED_MESSAGE_IN_BATCH_OF_50: u64 = 1_000_000;
 const POLL_50_ONE_CLIENT: u64 = 840_000;
 const POLL_50_FIFTY_CLIENTS: u64 = 1_140_000;
 const PUBLISH_PER_SUBSCRIBER: u64 = 120_000;
@@ -467,4 +467,86 @@ fn bench_certified_outcomes() {
         "| certified `OpenRejected` vs an accepted open (difference) | {} |",
         rejected as i64 - opened as i64
     );
+}
+
+/// Inbound verification by batch size (BENCHMARKS.md, "Inbound verification"): a `ws_message`
+/// call of `n` verified `Noop` messages, each from its own session (the gateway's usual case:
+/// many clients), per message; then the same with 5 messages per session (100 sessions x 5
+/// for 500), and with one badly signed entry (the batch fails and its entries are verified
+/// one by one).
+#[test]
+#[ignore]
+fn bench_inbound_batches() {
+    let c = WsCanister::new();
+    let gw = gateway(1);
+    let mut clients = Vec::new();
+    for chunk in 0..5u64 {
+        let mut cls: Vec<TestClient> = (0..100)
+            .map(|i| TestClient::new(10_000 + chunk * 100 + i))
+            .collect();
+        let reqs = cls
+            .iter()
+            .map(|cl| cl.open_request(&c, gw, "", false))
+            .collect();
+        for (cl, r) in cls.iter_mut().zip(c.ws_open(gw, reqs)) {
+            cl.id = r.unwrap().client_id;
+        }
+        clients.extend(cls);
+    }
+    // Warm the decoded-key cache as a running canister has it (each session sent before).
+    let warm = clients
+        .iter_mut()
+        .map(|cl| cl.message(&c, MessageKind::KeepAlive))
+        .collect();
+    assert!(c
+        .ws_message(gw, warm)
+        .iter()
+        .all(|r| *r == MessageResult::Ok));
+    println!("| messages in the call | sessions | instructions | per message |");
+    println!("|---|---|---|---|");
+    for n in [1usize, 2, 3, 10, 50, 100, 500] {
+        let msgs = clients[..n]
+            .iter_mut()
+            .map(|cl| cl.message(&c, app_payload(&Inbound::Noop)))
+            .collect();
+        assert!(c
+            .ws_message(gw, msgs)
+            .iter()
+            .all(|r| *r == MessageResult::Ok));
+        let used = c.last_instructions();
+        println!("| {n} | {n} | {used} | {} |", used / n as u64);
+    }
+    for (n, per) in [(50usize, 5usize), (500, 5)] {
+        let mut msgs = Vec::new();
+        for cl in clients[..n / per].iter_mut() {
+            for _ in 0..per {
+                msgs.push(cl.message(&c, app_payload(&Inbound::Noop)));
+            }
+        }
+        assert!(c
+            .ws_message(gw, msgs)
+            .iter()
+            .all(|r| *r == MessageResult::Ok));
+        let used = c.last_instructions();
+        println!("| {n} | {} | {used} | {} |", n / per, used / n as u64);
+    }
+    for n in [50usize, 500] {
+        let mut msgs: Vec<_> = clients[..n]
+            .iter_mut()
+            .map(|cl| cl.message(&c, app_payload(&Inbound::Noop)))
+            .collect();
+        msgs[n / 2].signature[40] ^= 1;
+        let r = c.ws_message(gw, msgs);
+        assert_eq!(r.iter().filter(|r| **r == MessageResult::Ok).count(), n - 1);
+        let used = c.last_instructions();
+        println!(
+            "| {n}, one badly signed | {n} | {used} | {} |",
+            used / n as u64
+        );
+        // The bad entry's client sends it again, signed (its sequence number is still free).
+        let cl = &mut clients[n / 2];
+        cl.next_inbound -= 1;
+        let m = cl.message(&c, app_payload(&Inbound::Noop));
+        assert_eq!(c.ws_message(gw, vec![m]), vec![MessageResult::Ok]);
+    }
 }

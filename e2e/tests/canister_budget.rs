@@ -151,6 +151,9 @@ fn a_500_entry_batch_of_bad_signatures_is_bounded_by_the_budget() {
         honest_used / 500
     );
     assert!(honest_used < 2_000_000_000, "{honest_used}");
+    // Batch verification (issue 13): 1,176,731 per entry measured (2,220,838 before); the
+    // ceiling fails if the entries stop being verified in batches.
+    assert!(honest_used / 500 <= 1_400_000, "{honest_used}");
     const SMALL: u64 = 200_000_000;
     c.configure(WsConfig {
         max_instructions_per_call: Some(SMALL),
@@ -165,7 +168,8 @@ fn a_500_entry_batch_of_bad_signatures_is_bounded_by_the_budget() {
         default_used / 500,
         500 - checked
     );
-    // Default: the entry cap binds (500 x ~1.9M, under the 2B budget).
+    // Default: the entry cap binds (500 x ~2.2M: the single checks plus the failed batches,
+    // under the 2B budget).
     assert!(default_used < 2_000_000_000, "{default_used}");
     // Small budget: cut after the budget plus one entry.
     assert!(checked < 500, "{checked}");

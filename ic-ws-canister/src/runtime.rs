@@ -673,7 +673,7 @@ impl State {
         canister: &Principal,
         open: &OpenRequest,
         now: u64,
-    ) -> Result<[u8; 32], WsError> {
+    ) -> Result<([u8; 32], identity::VerifiedLinks), WsError> {
         if caller == Principal::anonymous() {
             return Err(WsError::AnonymousGateway);
         }
@@ -685,7 +685,7 @@ impl State {
             .as_slice()
             .try_into()
             .map_err(|_| WsError::MalformedKey)?;
-        crate::ed25519::verify_open(canister, open).map_err(sig_error)?;
+        let links = self.verify_open_signatures(canister, &key, open, now)?;
         if open.timestamp_ns.abs_diff(now) > self.config.clock_skew_ns {
             return Err(WsError::StaleOpen);
         }
@@ -694,7 +694,7 @@ impl State {
                 return Err(WsError::StaleOpen);
             }
         }
-        Ok(key)
+        Ok((key, links))
     }
 
     fn check_gateway_capacity(&self, caller: &Principal) -> Result<(), WsError> {
@@ -729,11 +729,11 @@ impl State {
         open: &OpenRequest,
         now: u64,
     ) -> Result<NewSession, WsError> {
-        let key = self.check_open(caller, canister, open, now)?;
+        let (key, links) = self.check_open(caller, canister, open, now)?;
         // The proof: verified after the open's own signature (which covers it) and before
         // anything changes; its refusals are pure functions of the signed bytes and the time,
         // so they consume nothing (a replay is refused the same way).
-        let identity = self.verify_identity(canister, &key, open, now)?;
+        let identity = self.verify_identity(canister, &key, open, now, &links)?;
         if let Err(e) = self
             .check_identity_policy(identity.as_ref())
             .and_then(|()| self.check_gateway_capacity(&caller))
@@ -950,10 +950,10 @@ impl State {
         open: &OpenRequest,
         now: u64,
     ) -> Result<OpenOk, WsError> {
-        let key = self.check_open(caller, canister, open, now)?;
+        let (key, links) = self.check_open(caller, canister, open, now)?;
         // A resume may carry a fresh proof (a later delegation expiry) for the same principal
         // only; without one the bound principal is kept as it is.
-        let identity = self.verify_identity(canister, &key, open, now)?;
+        let identity = self.verify_identity(canister, &key, open, now, &links)?;
         if let (Some(v), Some(r)) = (&identity, open.resume) {
             let owns = self
                 .clients
@@ -1045,13 +1045,63 @@ impl State {
 
     // ---------------------------------------------------------------- inbound
 
+    /// Batch verification for the next entries of a `ws_message` call (their signatures are
+    /// then not verified again by [`State::accept_message`]): the entries that would reach
+    /// their signature check now (known session, not closed, attached to the caller, payload
+    /// within bounds) are verified together. Returns, per entry, the key its signature was
+    /// found valid under (`None`: not known valid, verified alone when it is processed), and
+    /// whether the batch held (`false` when an entry failed the batch equation).
+    /// Pure: changes nothing but the decoded-key cache.
+    pub(crate) fn preverify_messages(
+        &self,
+        caller: Principal,
+        canister: &Principal,
+        msgs: &[ClientMessage],
+    ) -> (Vec<Option<[u8; 32]>>, bool) {
+        let gateway = self.gateway_id(&caller);
+        let mut batch = crate::ed25519::OwnedBatch::default();
+        let mut member = Vec::with_capacity(msgs.len());
+        for msg in msgs {
+            let rec = self.clients.get(&msg.client_id).filter(|rec| {
+                !rec.closed
+                    && rec.attached
+                    && Some(rec.gateway) == gateway
+                    && match &msg.kind {
+                        MessageKind::App(p) => {
+                            p.len() as u64 <= self.config.max_inbound_payload_bytes
+                        }
+                        _ => true,
+                    }
+            });
+            member.push(rec.map(|rec| {
+                batch.0.push((
+                    rec.key,
+                    ic_ws_protocol::signing::message_signing_bytes(canister, msg),
+                    msg.signature.clone(),
+                ));
+                rec.key
+            }));
+        }
+        let verified = batch.verified();
+        let held = verified.iter().all(|v| *v);
+        let mut verified = verified.into_iter();
+        let keys = member
+            .into_iter()
+            .map(|k| k.filter(|_| verified.next().unwrap_or(false)))
+            .collect();
+        (keys, held)
+    }
+
     /// Checks one client message and, if it is the next one, accepts it (sequence, activity,
     /// ack). Returns what the endpoint must do next; `Ok(None)` for a duplicate.
+    /// `verified_key`: the key [`State::preverify_messages`] found the signature valid under
+    /// (the signature is not verified again if that is still the session's key).
     pub(crate) fn accept_message(
         &mut self,
         caller: Principal,
         canister: &Principal,
         msg: ClientMessage,
+        verified_key: Option<[u8; 32]>,
         now: u64,
     ) -> Result<Option<Accepted>, WsError> {
         let id = msg.client_id;
@@ -1071,7 +1121,9 @@ impl State {
                 });
             }
         }
-        crate::ed25519::verify_message(canister, &rec.key, &msg).map_err(sig_error)?;
+        if verified_key != Some(rec.key) {
+            crate::ed25519::verify_message(canister, &rec.key, &msg).map_err(sig_error)?;
+        }
         if msg.seq < rec.next_inbound_seq {
             return Ok(None);
         }

@@ -1579,3 +1579,81 @@ fn entries_past_the_instruction_budget_are_not_processed_and_succeed_when_resent
     })
     .is_err());
 }
+
+/// Batch verification in `ws_message` (issue 13): across batch boundaries, with badly signed
+/// entries (their batch fails and its entries are verified one by one), entries refused
+/// before their signature check and duplicates, every entry gets the result it gets alone,
+/// and the handler sees the accepted ones in order.
+#[test]
+fn batched_signature_checks_give_every_entry_its_own_result() {
+    let clients: Vec<Client> = (1..=40).map(|i| open(i, 1)).collect();
+    let elsewhere = open(41, 2);
+    let mut batch = Vec::new();
+    for round in 0..2u64 {
+        for (i, c) in clients.iter().enumerate() {
+            batch.push(msg(c, round, app(&format!("m{i}-{round}"))));
+        }
+    }
+    let ok = MessageResult::Ok;
+    let mut expected = vec![ok.clone(); batch.len()];
+    // A broken S in the first batch (entries 0..64): invalid, and the same client's next
+    // entry is then out of sequence.
+    batch[5].signature[40] ^= 1;
+    expected[5] = MessageResult::Err(WsError::InvalidSignature);
+    expected[45] = MessageResult::Err(WsError::OutOfSequence {
+        expected: 0,
+        got: 1,
+    });
+    // A non-canonical R in the second batch.
+    batch[70].signature[..32].copy_from_slice(&[0xff; 32]);
+    expected[70] = MessageResult::Err(WsError::InvalidSignature);
+    // Refused before the signature check; a duplicate.
+    batch.push(msg(&elsewhere, 0, app("x")));
+    expected.push(MessageResult::Err(WsError::WrongGateway));
+    let mut unknown = msg(&clients[0], 0, app("x"));
+    unknown.client_id = 9_999;
+    batch.push(unknown);
+    expected.push(MessageResult::Err(WsError::UnknownClient(9_999)));
+    batch.push(msg(&clients[0], 0, app("m0-0")));
+    expected.push(MessageResult::Duplicate);
+    // And many more valid entries after the failures (batches again, smaller).
+    for round in 2..4u64 {
+        for (i, c) in clients.iter().enumerate().skip(6).take(30) {
+            batch.push(msg(c, round, app(&format!("m{i}-{round}"))));
+            // Client 30's entry 1 was refused: its later ones are out of sequence.
+            expected.push(if i == 30 {
+                MessageResult::Err(WsError::OutOfSequence {
+                    expected: 1,
+                    got: round,
+                })
+            } else {
+                ok.clone()
+            });
+        }
+    }
+    let before = events().len();
+    let r = deliver(1, batch.clone());
+    assert_eq!(r, expected);
+    let seen: Vec<String> = events()[before..].to_vec();
+    let want: Vec<String> = batch
+        .iter()
+        .zip(&expected)
+        .filter(|(_, r)| **r == MessageResult::Ok)
+        .map(|(m, _)| {
+            let text: String = match &m.kind {
+                MessageKind::App(p) => candid::decode_one(p).unwrap(),
+                _ => unreachable!(),
+            };
+            format!("msg {} {text}", m.client_id)
+        })
+        .collect();
+    assert_eq!(seen, want, "handled in order, each once");
+    // The whole call again: every accepted entry is a duplicate, the rest as before.
+    let r = deliver(1, batch);
+    for (got, first) in r.iter().zip(&expected) {
+        match first {
+            MessageResult::Ok => assert_eq!(*got, MessageResult::Duplicate),
+            other => assert_eq!(got, other),
+        }
+    }
+}

@@ -434,3 +434,59 @@ fn a_live_session_is_closed_when_its_delegation_expires() {
     assert_eq!(client_info(short.client_id), None);
     assert_eq!(client_principal(short.client_id), None);
 }
+
+/// A two-link Ed25519 chain: the open's signature and both links are verified in one batch
+/// (issue 13). Whichever signature is bad, the error is the one of the checks made one by one:
+/// the open's own signature first, then the links in chain order.
+#[test]
+fn batched_chain_verification_reports_the_first_bad_signature() {
+    use ic_ws_protocol::identity::{delegation_signable, Delegation, SignedDelegation};
+    setup();
+    let (s, id, mid) = (key(1), key(100), key(50));
+    let canister = testing::canister_id();
+    // id -> mid -> session key s.
+    let chain = |bad_link: Option<usize>| {
+        let mut proof = ed25519_proof(&mid, &raw(&s), T0 + HOUR, None);
+        let first = Delegation {
+            pubkey: ed25519_der(&raw(&mid)),
+            expiration: T0 + HOUR,
+            targets: None,
+            permissions: None,
+        };
+        let signature = id.sign(&delegation_signable(&first));
+        proof.sender_pubkey = ed25519_der(&raw(&id));
+        proof.delegations.insert(
+            0,
+            SignedDelegation {
+                delegation: first,
+                signature,
+            },
+        );
+        if let Some(i) = bad_link {
+            proof.delegations[i].signature[40] ^= 1;
+        }
+        let mut o = open_request(&s, gateway(1), None);
+        o.identity = Some(proof);
+        s.sign_open(&canister, &mut o);
+        o
+    };
+    for i in 0..2 {
+        assert_eq!(
+            ws_open(chain(Some(i))),
+            Err(WsError::Identity(IdentityError::InvalidSignature {
+                index: i as u32
+            })),
+            "link {i}"
+        );
+    }
+    // A bad open signature is reported before a bad link.
+    let mut o = chain(Some(1));
+    o.signature[40] ^= 1;
+    assert_eq!(ws_open(o), Err(WsError::InvalidSignature));
+    // Both links and the open valid: accepted, with the root's principal.
+    let ok = ws_open(chain(None)).unwrap();
+    assert_eq!(
+        opened_principal(ok.client_id),
+        vec![Some(identity_principal(&id))]
+    );
+}

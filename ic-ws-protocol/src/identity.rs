@@ -625,6 +625,30 @@ pub fn verify_proof_with(
     })
 }
 
+/// One Ed25519 signature of a chain: `(signer key, signed bytes, signature)`.
+pub type Ed25519Signature = ([u8; 32], Vec<u8>, Vec<u8>);
+
+/// The Ed25519 signatures of `proof`'s chain, as `(signer key, signed bytes, signature)` in
+/// chain order, or `None` if [`precheck`] refuses the proof. For a verifier that checks them
+/// in one batch (together with the open's own signature) before [`verify_proof_with`], whose
+/// `ed25519` callback then only has to recognise them: the verdicts, their order and the
+/// errors stay [`verify_proof_with`]'s.
+pub fn ed25519_signatures(
+    proof: &IdentityProof,
+    ctx: &VerifyContext<'_>,
+) -> Option<Vec<Ed25519Signature>> {
+    precheck(proof, ctx).ok()?;
+    let mut out = Vec::new();
+    let mut signer: &[u8] = &proof.sender_pubkey;
+    for d in &proof.delegations {
+        if let Some(PublicKey::Ed25519(k)) = parse_der_public_key(signer) {
+            out.push((*k, delegation_signable(&d.delegation), d.signature.clone()));
+        }
+        signer = &d.delegation.pubkey;
+    }
+    Some(out)
+}
+
 /// Verifies one signature under a DER key. `Err(None)`: the signature is invalid;
 /// `Err(Some(e))`: the key cannot be used.
 #[cfg(feature = "identity")]

@@ -26,6 +26,8 @@ pub mod certification;
 #[cfg(feature = "client")]
 pub mod client;
 pub mod content;
+#[cfg(feature = "ed25519")]
+pub mod ed25519;
 pub mod frames;
 pub mod identity;
 pub mod signing;

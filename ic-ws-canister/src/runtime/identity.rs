@@ -67,15 +67,70 @@ fn decode_bound(v: &[u8]) -> Option<Bound> {
     })
 }
 
+/// The Ed25519 signatures of an open's identity proof already found valid (in one batch with
+/// the open's own signature): `(key, signed bytes, signature)`.
+#[derive(Default)]
+pub(crate) struct VerifiedLinks(Vec<ic_ws_protocol::identity::Ed25519Signature>);
+
+impl VerifiedLinks {
+    fn contains(&self, k: &[u8; 32], m: &[u8], s: &[u8]) -> bool {
+        self.0
+            .iter()
+            .any(|(k2, m2, s2)| k2 == k && m2 == m && s2 == s)
+    }
+}
+
 impl State {
+    /// Verifies the open's own signature (`Err` as before: `InvalidSignature` /
+    /// `MalformedKey`). With an identity proof whose checks before signatures pass, the
+    /// open's signature and the chain's Ed25519 signatures are verified in one batch; if that
+    /// holds, the chain's are returned so that [`State::verify_identity`] does not verify
+    /// them again, otherwise the open's signature is verified alone (and the chain's later,
+    /// one by one, as without the batch): every verdict and error is unchanged.
+    pub(crate) fn verify_open_signatures(
+        &self,
+        canister: &Principal,
+        key: &[u8; 32],
+        open: &OpenRequest,
+        now: u64,
+    ) -> Result<VerifiedLinks, WsError> {
+        let links = open.identity.as_ref().and_then(|proof| {
+            let ctx = VerifyContext {
+                canister: *canister,
+                session_key: key,
+                now_ns: now,
+                // Unused by the checks before signatures.
+                ic_root_key: &[],
+            };
+            ic_ws_protocol::identity::ed25519_signatures(proof, &ctx)
+        });
+        if let Some(links) = links.filter(|l| !l.is_empty()) {
+            let mut batch = crate::ed25519::OwnedBatch(links);
+            batch.0.push((
+                *key,
+                ic_ws_protocol::signing::open_signing_bytes(canister, open),
+                open.signature.clone(),
+            ));
+            if batch.verified().iter().all(|v| *v) {
+                batch.0.pop();
+                return Ok(VerifiedLinks(batch.0));
+            }
+        }
+        crate::ed25519::verify_open(canister, open).map_err(crate::runtime::sig_error)?;
+        Ok(VerifiedLinks::default())
+    }
+
     /// Verifies the open's identity proof, if any (pure: no state change; a refusal depends
-    /// only on the signed proof and the time, so a replay is refused the same way).
+    /// only on the signed proof and the time, so a replay is refused the same way). `links`:
+    /// the proof's Ed25519 signatures already verified (by
+    /// [`State::verify_open_signatures`]).
     pub(crate) fn verify_identity(
         &self,
         canister: &Principal,
         key: &[u8; 32],
         open: &OpenRequest,
         now: u64,
+        links: &VerifiedLinks,
     ) -> Result<Option<VerifiedIdentity>, WsError> {
         let Some(proof) = &open.identity else {
             return Ok(None);
@@ -88,7 +143,7 @@ impl State {
             ic_root_key: &root,
         };
         ic_ws_protocol::identity::verify_proof_with(proof, &ctx, &|k, m, s| {
-            crate::ed25519::verify_signature(k, m, s).is_ok()
+            links.contains(k, m, s) || crate::ed25519::verify_signature(k, m, s).is_ok()
         })
         .map(Some)
         .map_err(WsError::Identity)
