@@ -222,6 +222,40 @@ pub fn send_bytes(client: ClientId, payload: Vec<u8>) -> Result<u64, Error> {
     r
 }
 
+/// [`send`] and [`publish`] for one message type: the compiler checks every call against it,
+/// where the plain functions take any candid type (and a wrong one reaches clients as a
+/// payload their bindings cannot decode). `#[on_message(outbound = T, handle = NAME)]`
+/// generates `pub const NAME: Outbound<T>`:
+///
+/// ```ignore
+/// #[on_message(outbound = ChatOut, handle = OUT)]
+/// fn message(client: ClientId, m: ChatIn) { OUT.send(client, &ChatOut::Ack).ok(); }
+/// ```
+pub struct Outbound<T>(core::marker::PhantomData<fn(&T)>);
+
+impl<T: CandidType> Outbound<T> {
+    /// The handle (the macro makes one; an app may too).
+    pub const fn new() -> Self {
+        Outbound(core::marker::PhantomData)
+    }
+
+    /// [`send`] of a `T`.
+    pub fn send(&self, client: ClientId, msg: &T) -> Result<u64, Error> {
+        send(client, msg)
+    }
+
+    /// [`publish`] of a `T`.
+    pub fn publish(&self, topic: &str, msg: &T) -> Result<PublishReport, Error> {
+        publish(topic, msg)
+    }
+}
+
+impl<T: CandidType> Default for Outbound<T> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 /// Publishes `msg` to every subscriber of `topic`. The content is stored once; each
 /// subscriber gets it under its own sequence number (and certified path).
 pub fn publish<T: CandidType>(topic: &str, msg: &T) -> Result<PublishReport, Error> {

@@ -36,6 +36,10 @@ pub struct Config {
     /// upgrade; `path` names an app function `fn()` it calls first; `false` generates nothing
     /// (the app's own `#[ic_cdk::post_upgrade]` must call `ic_ws_canister::post_upgrade()`).
     pub post_upgrade: Option<PostUpgrade>,
+    /// `handle = NAME` (on_message only, with `outbound`): generates
+    /// `pub const NAME: Outbound<Outbound type>`, a `send` / `publish` the compiler checks
+    /// against the declared outbound type (plain `send` takes any candid type).
+    pub handle: Option<Ident>,
 }
 
 /// The `post_upgrade` argument.
@@ -62,7 +66,7 @@ impl Config {
 fn accepted_keys(kind: Kind) -> &'static str {
     match kind {
         Kind::Message => {
-            "`crate = \"path\"`, `outbound = Type`, `inspect_message = false`, `gateway_filter = path`, `post_upgrade = false | path::to::fn`"
+            "`crate = \"path\"`, `outbound = Type`, `handle = NAME`, `inspect_message = false`, `gateway_filter = path`, `post_upgrade = false | path::to::fn`"
         }
         Kind::Open | Kind::Close => "`crate = \"path\"`, `on_message_in = path::to::module`",
     }
@@ -83,6 +87,12 @@ pub fn parse(kind: Kind, args: TokenStream, errors: &mut Errors) -> Config {
     };
     if let Err(e) = parser.parse2(args) {
         errors.push(e);
+    }
+    if let (Some(handle), None) = (&config.handle, &config.outbound) {
+        errors.error(
+            handle,
+            "`handle = NAME` needs `outbound = Type`: the handle sends exactly that type",
+        );
     }
     config
 }
@@ -123,6 +133,21 @@ fn parse_one(
                     &key,
                     format!(
                         "`outbound` belongs on `#[on_message]`; `#[{}]` accepts {}",
+                        kind.attr_name(),
+                        accepted_keys(kind)
+                    ),
+                );
+            }
+        }
+        "handle" => {
+            let name: Ident = input.parse()?;
+            if kind == Kind::Message {
+                set_once(&mut config.handle, name, &key, errors);
+            } else {
+                errors.error(
+                    &key,
+                    format!(
+                        "`handle` belongs on `#[on_message]`; `#[{}]` accepts {}",
                         kind.attr_name(),
                         accepted_keys(kind)
                     ),

@@ -384,7 +384,7 @@ fn announce(room: &str, extra: u64, event: &ChatOut) -> Result<(), String> {
 }
 
 fn publish(room: &str, event: &ChatOut) -> Result<(), String> {
-    ic_ws_canister::publish(&room_topic(room), event)
+    OUT.publish(&room_topic(room), event)
         .map(|_| ())
         .map_err(|e| e.to_string())
 }
@@ -394,9 +394,10 @@ fn publish(room: &str, event: &ChatOut) -> Result<(), String> {
 /// said last, announces it.
 fn enter_room(client: ClientId, me: &Participant, room: &str) -> Result<(), String> {
     ic_ws_canister::subscribe(client, &room_topic(room)).map_err(|e| e.to_string())?;
-    ic_ws_canister::send(client, &members(room)).map_err(|e| e.to_string())?;
+    OUT.send(client, &members(room))
+        .map_err(|e| e.to_string())?;
     for said in history(room) {
-        ic_ws_canister::send(client, &said).map_err(|e| e.to_string())?;
+        OUT.send(client, &said).map_err(|e| e.to_string())?;
     }
     announce(
         room,
@@ -450,7 +451,8 @@ fn open(client: ClientId, args: OpenArgs, identity: ClientIdentity) -> Result<()
     })
 }
 
-#[on_message(outbound = ChatOut)]
+// `handle = OUT`: `OUT.send` / `OUT.publish` take a `ChatOut` only (checked by the compiler).
+#[on_message(outbound = ChatOut, handle = OUT)]
 fn message(client: ClientId, message: ChatIn) -> Result<(), String> {
     let Some(mut me) = participant(client) else {
         return Err("not a participant".into());
@@ -477,7 +479,7 @@ fn message(client: ClientId, message: ChatIn) -> Result<(), String> {
             let echo = (!sessions.contains(&client)).then_some(client);
             for session in sessions.iter().copied().chain(echo) {
                 // A recipient whose queue is full misses it (its overflow policy applies).
-                let _ = ic_ws_canister::send(session, &out);
+                let _ = OUT.send(session, &out);
             }
             Ok(())
         }
@@ -499,7 +501,7 @@ fn message(client: ClientId, message: ChatIn) -> Result<(), String> {
         }
         ChatIn::History => {
             for said in history(&me.room) {
-                ic_ws_canister::send(client, &said).map_err(|e| e.to_string())?;
+                OUT.send(client, &said).map_err(|e| e.to_string())?;
             }
             Ok(())
         }
