@@ -193,7 +193,8 @@ export interface IcWsClientOptions<In, Out> {
    * `ECDSAKeyIdentity`, or the `DelegationIdentity` Internet Identity's `AuthClient` returns).
    * Each new session key gets a delegation from it, restricted to this canister; the canister
    * verifies it at open and closes the session with `IdentityExpired` when the earliest
-   * expiration of the chain passes (log in again, then `connect()`). Default: anonymous.
+   * expiration of the chain passes (log in again and make a new client with the new identity:
+   * a client keeps the identity it was given). Default: anonymous.
    */
   identity?: SignIdentity;
   /** Lifetime of the delegation to each session key (default 8 h; the identity's own chain may end earlier). */
