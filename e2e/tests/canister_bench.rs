@@ -26,6 +26,25 @@ fn send_cost(c: &WsCanister, id: u64, size: u32, count: u32) -> u64 {
     c.last_instructions()
 }
 
+/// One `ws_message` call carrying a message of `kind` from each of `clients`, all accepted;
+/// returns the call's instructions.
+fn all_accepted(
+    c: &WsCanister,
+    gw: Principal,
+    clients: &mut [TestClient],
+    kind: MessageKind,
+) -> u64 {
+    let msgs = clients
+        .iter_mut()
+        .map(|cl| cl.message(c, kind.clone()))
+        .collect();
+    assert!(c
+        .ws_message(gw, msgs)
+        .iter()
+        .all(|r| *r == MessageResult::Ok));
+    c.last_instructions()
+}
+
 fn ack_all(c: &WsCanister, gw: Principal, cl: &mut TestClient) {
     cl.receive_all(c, &c.poll_all(gw)).unwrap();
     let m = cl.message(c, MessageKind::KeepAlive);
@@ -87,15 +106,7 @@ fn runtime_figures_stay_within_their_budgets() {
     assert_eq!(c.ws_message(gw, vec![m]), vec![MessageResult::Ok]);
     let batch1 = c.last_instructions();
     println!("| ws_message batch of 1 verified message | {batch1} |");
-    let msgs = clients
-        .iter_mut()
-        .map(|cl| cl.message(&c, app_payload(&Inbound::Noop)))
-        .collect();
-    assert!(c
-        .ws_message(gw, msgs)
-        .iter()
-        .all(|r| *r == MessageResult::Ok));
-    let batch50 = c.last_instructions();
+    let batch50 = all_accepted(&c, gw, &mut clients, app_payload(&Inbound::Noop));
     println!("| ws_message batch of 50, per message | {} |", batch50 / 50);
     println!(
         "| ws_message batch of 50, marginal per message ((50 - 1) / 49) | {} |",
@@ -494,26 +505,11 @@ fn bench_inbound_batches() {
         clients.extend(cls);
     }
     // Warm the decoded-key cache as a running canister has it (each session sent before).
-    let warm = clients
-        .iter_mut()
-        .map(|cl| cl.message(&c, MessageKind::KeepAlive))
-        .collect();
-    assert!(c
-        .ws_message(gw, warm)
-        .iter()
-        .all(|r| *r == MessageResult::Ok));
+    all_accepted(&c, gw, &mut clients, MessageKind::KeepAlive);
     println!("| messages in the call | sessions | instructions | per message |");
     println!("|---|---|---|---|");
     for n in [1usize, 2, 3, 10, 50, 100, 500] {
-        let msgs = clients[..n]
-            .iter_mut()
-            .map(|cl| cl.message(&c, app_payload(&Inbound::Noop)))
-            .collect();
-        assert!(c
-            .ws_message(gw, msgs)
-            .iter()
-            .all(|r| *r == MessageResult::Ok));
-        let used = c.last_instructions();
+        let used = all_accepted(&c, gw, &mut clients[..n], app_payload(&Inbound::Noop));
         println!("| {n} | {n} | {used} | {} |", used / n as u64);
     }
     for (n, per) in [(50usize, 5usize), (500, 5)] {
