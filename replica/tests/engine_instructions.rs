@@ -1,6 +1,7 @@
 //! Engine tests of instruction counting: the engine counts the canister's own wasm operators
-//! (as the IC does), not the code its instrumentation injects, charges loops per iteration,
-//! stops at the limit exactly, and rolls back what a message that hit it did.
+//! with the IC's weights and system-call charges (`engine::costs`), not the code its
+//! instrumentation injects, charges loops per iteration, stops at the limit exactly, and rolls
+//! back what a message that hit it did.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod engine_common;
@@ -9,11 +10,12 @@ use candid::Principal;
 use engine_common::{config, controller, user};
 use ic_ws_replica::engine::{Engine, EngineConfig, InstallMode, RejectCode};
 
-/// `$stores` and `$loads` run K iterations of loops with the same number of operators per
-/// iteration; `$stores` writes the heap twice per iteration (each store gets ~8 injected
-/// operators for dirty-page tracking), `$loads` only reads it. Per iteration: the loop header
-/// `local.get local.get i32.ge_u br_if` (4) and the body (11); the last header check adds 4:
-/// 15 K + 4 instructions, whatever the body does.
+/// `$stores` and `$loads` run K iterations of loops with the same cost per iteration;
+/// `$stores` writes the heap twice per iteration (each store gets ~8 injected operators for
+/// dirty-page tracking), `$loads` only reads it. With the IC's weights: function entry 1; per
+/// iteration the loop header `local.get local.get i32.ge_u br_if` (1 + 1 + 1 + 2) and the body
+/// (10 operators of weight 1 and a `br` of 2); the last header check adds 5: 17 K + 6
+/// instructions, whatever the body does.
 const CANISTER: &str = r#"
   (module
     (import "ic0" "msg_reply" (func $reply))
@@ -36,11 +38,14 @@ const CANISTER: &str = r#"
           (drop (i32.load offset=8192 (i32.const 0)))
           (local.set $i (i32.add (local.get $i) (i32.const 1)))
           (br $top))))
-    ;; 3 + 15,004 = 15,007 instructions each.
+    ;; Entry 1, `i32.const` 1, `call` 5, `call $reply` 5 + its overhead 500, + 17,006.
+    ;; = 17,518 instructions each.
     (func (export "canister_update stores") (call $stores (i32.const 1000)) (call $reply))
     (func (export "canister_update loads") (call $loads (i32.const 1000)) (call $reply))
     ;; Replies with performance_counter(0) before and after 1,000 iterations of `$loads`.
-    ;; The function's straight-line code (14 operators) is charged on entry.
+    ;; The function's straight-line code (1,435 instructions: 12 operators, four calls of 5,
+    ;; two `performance_counter` overheads of 200, `msg_reply_data_append` and `msg_reply`
+    ;; overheads of 500) is charged on entry.
     (func (export "canister_update counter")
       (i64.store (i32.const 0) (call $perf (i32.const 0)))
       (call $loads (i32.const 1000))
@@ -55,14 +60,14 @@ const CANISTER: &str = r#"
       (i32.store (i32.const 60000) (i32.const 9)) (loop (br 0)))
     (func (export "canister_query read")
       (call $append (i32.const 60000) (i32.const 4)) (call $reply))
-    ;; 6 instructions: `call block i32.const br_if` (3, checked on entry), then `nop nop nop`
-    ;; after the block, a segment without a check of its own.
+    ;; 512 instructions: entry 1, `call` 5 + 500, `block i32.const br_if` (0 + 1 + 2; checked
+    ;; on entry), then `nop nop nop` (3) after the block, a segment without a check of its own.
     (func (export "canister_update tail")
       (call $reply)
       (block (br_if 0 (i32.const 1)))
       (nop) (nop) (nop)))"#;
 
-const STORES: u64 = 15_007;
+const STORES: u64 = 17_518;
 
 fn engine_with(update_limit: u64, query_limit: u64) -> Engine {
     Engine::new(EngineConfig {
@@ -109,10 +114,10 @@ fn the_performance_counter_grows_by_exactly_the_work_done_in_between() {
     let reply = e.update(id, "counter", &[], user()).unwrap();
     let before = u64::from_le_bytes(reply[..8].try_into().unwrap());
     let after = u64::from_le_bytes(reply[8..].try_into().unwrap());
-    assert_eq!(before, 14, "the entry segment is charged on entry");
-    assert_eq!(after - before, 15 * 1000 + 4, "the loop in between");
-    // The message's total adds the 16-byte reply copy: 20 + 16.
-    assert_eq!(e.last_instructions(), after + 20 + 16);
+    assert_eq!(before, 1_435, "the entry segment is charged on entry");
+    assert_eq!(after - before, 17 * 1000 + 6, "the loop in between");
+    // The message's total adds the 16 transmitted reply bytes: 50 each.
+    assert_eq!(e.last_instructions(), after + 16 * 50);
 }
 
 #[test]
@@ -205,12 +210,12 @@ fn the_start_function_is_counted_and_limited() {
 
 #[test]
 fn exceeding_the_limit_in_the_last_instructions_of_a_message_still_fails() {
-    let mut e = engine_with(6, 6);
+    let mut e = engine_with(512, 512);
     let id = install(&mut e, CANISTER);
     e.update(id, "tail", &[], user()).unwrap();
-    assert_eq!(e.last_instructions(), 6);
+    assert_eq!(e.last_instructions(), 512);
 
-    let mut e = engine_with(5, 5);
+    let mut e = engine_with(511, 511);
     let id = install(&mut e, CANISTER);
     let err = e.update(id, "tail", &[], user()).unwrap_err();
     assert_eq!(
@@ -218,11 +223,11 @@ fn exceeding_the_limit_in_the_last_instructions_of_a_message_still_fails() {
         Some("IC0522"),
         "the reply made before the overrun is dropped: {err}"
     );
-    assert_eq!(e.last_instructions(), 5);
+    assert_eq!(e.last_instructions(), 511);
 }
 
-/// pre_upgrade and post_upgrade run `$loads` K times each (15 K + 4 instructions per call, plus
-/// the call: 2), 15,006 instructions each.
+/// pre_upgrade and post_upgrade run `$loads` K times each (17 K + 6 instructions per call, plus
+/// the hook's entry 1, `i32.const` 1 and `call` 5), 17,013 instructions each.
 const UPGRADABLE: &str = r#"
   (module
     (memory 1)
@@ -237,7 +242,7 @@ const UPGRADABLE: &str = r#"
     (func (export "canister_pre_upgrade") (call $loads (i32.const 1000)))
     (func (export "canister_post_upgrade") (call $loads (i32.const 1000)))
     (func (export "canister_update f")))"#;
-const HOOK: u64 = STORES - 1;
+const HOOK: u64 = 17_013;
 
 #[test]
 fn an_upgrade_has_one_budget_for_pre_and_post_upgrade_and_the_default_is_the_ics() {

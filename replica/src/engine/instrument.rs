@@ -121,6 +121,8 @@ struct Layout {
     type_params: Vec<Option<u32>>,
     num_types: u32,
     imported_funcs: u32,
+    /// The IC's fixed overhead of a call to each imported function (by function index).
+    import_overheads: Vec<u64>,
     /// Type index of each function (imported then defined).
     func_types: Vec<u32>,
     imported_globals: u32,
@@ -158,6 +160,10 @@ impl Layout {
                             match import.ty {
                                 TypeRef::Func(t) | TypeRef::FuncExact(t) => {
                                     l.imported_funcs += 1;
+                                    l.import_overheads.push(super::costs::import_overhead(
+                                        import.module,
+                                        import.name,
+                                    ));
                                     l.func_types.push(t);
                                 }
                                 TypeRef::Global(g) => {
@@ -396,7 +402,7 @@ pub fn instrument(wasm: &[u8]) -> Result<Instrumented, InvalidWasm> {
             let params = layout.params_of_func(defined_func_index)?;
             defined_func_index += 1;
             bodies_seen += 1;
-            section.function(&rewrite_body(body, params, &inj)?);
+            section.function(&rewrite_body(body, params, &inj, &layout.import_overheads)?);
             if bodies_seen == total_bodies {
                 add_helper_bodies(section, &inj);
                 out.section(&*section);
@@ -711,13 +717,19 @@ fn store_kind(op: &Operator<'_>) -> Option<(wasmparser::MemArg, ValType)> {
     })
 }
 
-/// Instructions an original operator costs: 1, except the structural markers `block`, `loop`,
-/// `else` and `end`, which execute no work of their own (the IC's classic cost table does the
-/// same).
-pub fn operator_cost(op: &Operator<'_>) -> u64 {
+/// Instructions one execution of an original operator costs on the IC: its weight
+/// ([`super::costs::operator_cost`]) plus, for a call to an imported system function, that
+/// call's fixed overhead (`import_overheads`, by imported function index).
+pub fn operator_cost(op: &Operator<'_>, import_overheads: &[u64]) -> u64 {
+    let weight = super::costs::operator_cost(op);
     match op {
-        Operator::Block { .. } | Operator::Loop { .. } | Operator::Else | Operator::End => 0,
-        _ => 1,
+        Operator::Call { function_index } => weight.saturating_add(
+            import_overheads
+                .get(*function_index as usize)
+                .copied()
+                .unwrap_or(0),
+        ),
+        _ => weight,
     }
 }
 
@@ -758,12 +770,13 @@ fn ends_segment(op: &Operator<'_>) -> bool {
 
 /// For each operator index (and one past the end), the cost of the segment starting there
 /// (0 where no segment starts or the segment is empty).
-fn segment_costs(ops: &[Operator<'_>]) -> Vec<u64> {
+fn segment_costs(ops: &[Operator<'_>], import_overheads: &[u64]) -> Vec<u64> {
     let mut costs = vec![0u64; ops.len() + 1];
     let mut start = 0;
-    let mut cost = 0u64;
+    // Every function call starts with a charge of its own, as on the IC.
+    let mut cost = super::costs::FUNCTION_ENTRY;
     for (i, op) in ops.iter().enumerate() {
-        cost += operator_cost(op);
+        cost += operator_cost(op, import_overheads);
         if ends_segment(op) {
             costs[start] = cost;
             start = i + 1;
@@ -854,6 +867,7 @@ fn rewrite_body(
     body: &FunctionBody<'_>,
     params: u32,
     inj: &Injected,
+    import_overheads: &[u64],
 ) -> Result<Function, InvalidWasm> {
     let mut reencoder = RoundtripReencoder;
     let mut locals: Vec<(u32, ValType)> = Vec::new();
@@ -894,7 +908,7 @@ fn rewrite_body(
     if uses_v128_store {
         locals.push((1, ValType::V128));
     }
-    let costs = segment_costs(&ops);
+    let costs = segment_costs(&ops, import_overheads);
     let last = ops.len().saturating_sub(1);
     let mut f = Function::new(locals);
     f.instructions()
@@ -952,11 +966,21 @@ fn rewrite_body(
                 src_mem: 0,
             }
             | Operator::MemoryInit { mem: 0, .. } => {
-                // Stack: [dst, value|src, len]
+                // Stack: [dst, value|src, len]. The IC charges the length on top of the
+                // operator's weight, before the operation runs (a length past the limit traps
+                // without copying).
                 f.instructions()
                     .local_set(temps.c)
                     .local_set(temps.b)
-                    .local_tee(temps.a)
+                    .local_set(temps.a)
+                    .local_get(temps.count)
+                    .local_get(temps.c)
+                    .i64_extend_i32_u()
+                    .i64_sub()
+                    .local_set(temps.count);
+                charge(&mut f, inj, temps.count, 0, true);
+                f.instructions()
+                    .local_get(temps.a)
                     .local_get(temps.c)
                     .call(inj.mark_func)
                     .local_get(temps.a)
@@ -1094,11 +1118,12 @@ mod tests {
         }
     }
 
-    /// Two loops with the same number of operators per iteration, one storing to the heap (each
-    /// store gets ~8 injected operators), one only loading. Per iteration: the loop header's
-    /// segment `local.get local.get i32.ge_u br_if` (4), then the body: 2 x 3 operators of
-    /// stores or loads, `local.get i32.const i32.add local.set` (4) and `br` (1): 11. The last
-    /// header check costs 4 more: 15 K + 4.
+    /// Two loops with the same cost per iteration, one storing to the heap (each store gets ~8
+    /// injected operators), one only loading. With the IC's weights: function entry 1 (`block`
+    /// and `loop` are free); per iteration the loop header's segment `local.get local.get
+    /// i32.ge_u br_if` (1 + 1 + 1 + 2), then the body: 2 x 3 operators of stores or loads (1
+    /// each), `local.get i32.const i32.add local.set` (4) and `br` (2): 12. The last header
+    /// check costs 5 more: 1 + 17 K + 5.
     const COUNTING: &str = r#"
       (module
         (memory 1)
@@ -1132,7 +1157,7 @@ mod tests {
     fn loops_are_charged_per_iteration_and_stores_cost_what_loads_cost() {
         let (mut p, _) = Probe::new(COUNTING);
         for k in [0, 1, 7, 1000] {
-            let expected = 15 * k as i64 + 4;
+            let expected = 17 * k as i64 + 6;
             assert_eq!(
                 p.cost("stores", &[Val::I32(k)]),
                 expected,
@@ -1149,29 +1174,82 @@ mod tests {
     #[test]
     fn only_the_taken_arm_of_an_if_is_charged() {
         let (mut p, _) = Probe::new(COUNTING);
-        // `local.get if` (2), then `nop nop nop` (3) or `nop` (1); `else` and `end` are free.
-        assert_eq!(p.cost("branch", &[Val::I32(1)]), 5);
-        assert_eq!(p.cost("branch", &[Val::I32(0)]), 3);
+        // Entry 1, `local.get if` (1 + 2), then `nop nop nop` (3) or `nop` (1); `else` and `end`
+        // are free.
+        assert_eq!(p.cost("branch", &[Val::I32(1)]), 7);
+        assert_eq!(p.cost("branch", &[Val::I32(0)]), 5);
     }
 
     #[test]
     fn injected_helpers_cost_only_the_original_operator() {
         let (mut p, _) = Probe::new(COUNTING);
-        // `i32.const x3 memory.fill`, `i32.const memory.grow drop`, `memory.size drop`: the
-        // mark and grow helpers (and the fill of 13 pages of the bytemap) are free.
-        assert_eq!(p.cost("bulk", &[]), 9);
-        // `i32.const call call drop` + twice the callee's `local.get i32.const i32.add`.
-        assert_eq!(p.cost("calls", &[]), 4 + 2 * 3);
+        // Entry 1, `i32.const x3` (3) `memory.fill` (100 + its 50,000 bytes), `i32.const
+        // memory.grow drop` (1 + 300 + 1), `memory.size drop` (20 + 1): the mark and grow
+        // helpers (and the fill of 13 pages of the bytemap) are free.
+        assert_eq!(p.cost("bulk", &[]), 1 + 3 + 100 + 50_000 + 302 + 21);
+        // Entry 1, `i32.const call call drop` (1 + 5 + 5 + 1) + twice the callee's entry and
+        // `local.get i32.const i32.add` (1 + 3).
+        assert_eq!(p.cost("calls", &[]), 13 + 2 * 4);
+    }
+
+    #[test]
+    fn bulk_memory_is_charged_per_byte_before_it_runs() {
+        let (mut p, _) = Probe::new(PROBE);
+        // Entry 1, `local.get x3` (3), `memory.fill` (100) + the length.
+        for len in [0, 1, 4096, 100_000] {
+            assert_eq!(
+                p.cost("fill", &[Val::I32(0), Val::I32(7), Val::I32(len)]),
+                104 + len as i64,
+                "fill of {len} bytes"
+            );
+        }
+        // A fill whose length the counter cannot pay traps before writing anything.
+        p.set_counter(104 + 4095);
+        let f = p.instance.get_func(&mut p.store, "fill").unwrap();
+        let args = [Val::I32(0), Val::I32(9), Val::I32(4096)];
+        assert!(f.call(&mut p.store, &args, &mut []).is_err());
+        assert!(p.counter() < 0);
+        assert_eq!(p.heap()[0], 7, "nothing was written (7 from the fills before)");
+    }
+
+    #[test]
+    fn system_calls_cost_their_ic_overhead() {
+        let wasm = wat::parse_str(
+            r#"(module
+                (import "ic0" "time" (func $time (result i64)))
+                (import "ic0" "call_perform" (func $perform (result i32)))
+                (import "ic0" "stable64_size" (func $ssize (result i64)))
+                (func (export "t") (drop (call $time)))
+                (func (export "p") (drop (call $perform)))
+                (func (export "s") (drop (call $ssize))))"#,
+        )
+        .unwrap();
+        let out = instrument(&wasm).unwrap();
+        let engine = super::super::compile::wasmtime_engine().unwrap();
+        let module = Module::new(engine, &out.wasm).unwrap();
+        let mut store = Store::new(engine, ());
+        let imports = [
+            wasmtime::Func::wrap(&mut store, || 0i64).into(),
+            wasmtime::Func::wrap(&mut store, || 0i32).into(),
+            wasmtime::Func::wrap(&mut store, || 0i64).into(),
+        ];
+        let instance = Instance::new(&mut store, &module, &imports).unwrap();
+        let mut p = Probe { store, instance };
+        p.set_counter(i64::MAX);
+        // Entry 1, `call` 5, `drop` 1, plus the call's overhead from the IC's table.
+        assert_eq!(p.cost("t", &[]), 7 + 500);
+        assert_eq!(p.cost("p", &[]), 7 + 5_000);
+        assert_eq!(p.cost("s", &[]), 7, "wasm-native stable memory: size is free");
     }
 
     #[test]
     fn the_counter_traps_when_it_would_go_below_zero() {
         let (mut p, _) = Probe::new(COUNTING);
-        // K = 1 needs 19 instructions: 19 are enough, 18 are not.
-        p.set_counter(19);
+        // K = 1 needs 23 instructions: 23 are enough, 22 are not.
+        p.set_counter(23);
         p.call("stores", &[Val::I32(1)]);
         assert_eq!(p.counter(), 0);
-        p.set_counter(18);
+        p.set_counter(22);
         let f = p.instance.get_func(&mut p.store, "stores").unwrap();
         let err = f.call(&mut p.store, &[Val::I32(1)], &mut []).unwrap_err();
         assert_eq!(
@@ -1187,7 +1265,7 @@ mod tests {
         p.set_counter(1_000_000);
         let f = p.instance.get_func(&mut p.store, "spin").unwrap();
         assert!(f.call(&mut p.store, &[], &mut []).is_err());
-        assert_eq!(p.counter(), -1, "one `br` per iteration");
+        assert_eq!(p.counter(), -1, "one `br` (2) per iteration after the entry's 1");
     }
 
     #[test]

@@ -24,6 +24,7 @@
 //! What is and is not faithful to the IC is listed in `replica/ENGINE.md`.
 
 mod compile;
+pub mod costs;
 mod execution;
 mod install;
 pub mod instrument;

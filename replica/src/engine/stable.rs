@@ -112,6 +112,23 @@ impl StableMemory {
         Ok(())
     }
 
+    /// How many 4 KiB pages a write of `len` bytes at `offset` would write for the first time
+    /// in the current message (the IC charges each such page; outside a message: 0). Counts at
+    /// most the pages of the range, whatever its length claims (bounds are checked by the write).
+    pub fn pages_first_written_by(&self, offset: u64, len: u64) -> u64 {
+        let Some(undo) = &self.undo else {
+            return 0;
+        };
+        if len == 0 || offset.checked_add(len).is_none_or(|end| end > self.size_bytes()) {
+            return 0;
+        }
+        let first = offset / PAGE as u64;
+        let last = (offset + len - 1) / PAGE as u64;
+        (first..=last)
+            .filter(|index| !undo.pages.contains_key(index))
+            .count() as u64
+    }
+
     /// Writes `src` at `offset`.
     pub fn write(&mut self, offset: u64, src: &[u8]) -> Result<(), OutOfBounds> {
         self.check(offset, src.len() as u64)?;
@@ -173,6 +190,24 @@ mod tests {
         let mut zeros = [1u8; 16];
         m.read(WASM_PAGE - 16, &mut zeros).unwrap();
         assert_eq!(zeros, [0u8; 16], "unwritten pages read as zero");
+    }
+
+    #[test]
+    fn pages_are_charged_once_per_message_when_first_written() {
+        let mut m = grown(1);
+        assert_eq!(m.pages_first_written_by(0, 10), 0, "outside a message");
+        m.begin();
+        // 4000..14000 touches pages 0, 1, 2, 3.
+        assert_eq!(m.pages_first_written_by(4000, 10_000), 4);
+        m.write(4000, &[7u8; 10_000]).unwrap();
+        assert_eq!(m.pages_first_written_by(4096 * 3, 4096 * 2), 1, "page 4 only");
+        assert_eq!(m.pages_first_written_by(0, 1), 0, "page 0 is already written");
+        assert_eq!(m.pages_first_written_by(0, 0), 0);
+        assert_eq!(m.pages_first_written_by(WASM_PAGE - 1, 2), 0, "out of bounds");
+        assert_eq!(m.pages_first_written_by(u64::MAX, 2), 0, "overflow");
+        m.commit();
+        m.begin();
+        assert_eq!(m.pages_first_written_by(4000, 10_000), 4, "a new message pays again");
     }
 
     #[test]

@@ -16,6 +16,7 @@ use std::sync::Arc;
 use candid::Principal;
 use wasmtime::{Caller, Global, Linker, Memory, Val};
 
+use super::costs;
 use super::instrument::WASM_PAGE_SIZE;
 use super::stable::{StableMemory, MAX_WASM_PAGES as MAX_STABLE_PAGES};
 
@@ -26,9 +27,6 @@ pub const MAX_CERTIFIED_DATA: usize = 32;
 /// Cycles every canister pretends to hold (cycles are not accounted; calls must not fail for
 /// lack of them).
 pub const CYCLE_BALANCE: u128 = 100_000_000_000_000;
-/// Fixed instructions charged for each system call that copies data, plus one per byte copied:
-/// host work then shows up in the instruction counter roughly as on the IC.
-const COPY_BASE_COST: u64 = 20;
 
 /// The context a message runs in (interface spec: I, G, U, RQ, NRQ, CQ, Ry, Rt, C, F, T, s).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -357,10 +355,11 @@ fn check(c: &Caller<'_, Host>, allowed: u32, name: &str) -> HostResult<()> {
     Ok(())
 }
 
-/// Charges `COPY_BASE_COST + bytes` instructions to the counter (below zero: the instruction
-/// limit trap; the counter stays negative so the engine reports the limit).
-fn charge(c: &mut Caller<'_, Host>, bytes: usize) -> HostResult<()> {
-    let cost = COPY_BASE_COST.saturating_add(bytes as u64);
+/// Charges the run-time part of a system call's cost (bytes copied or transmitted, stable
+/// pages dirtied; see [`super::costs`]: the fixed overhead is charged by the instrumentation
+/// with the calling segment) to the counter (below zero: the instruction limit trap; the
+/// counter stays negative so the engine reports the limit).
+fn charge(c: &mut Caller<'_, Host>, cost: u64) -> HostResult<()> {
     let Some(counter) = c.data().instructions else {
         return Err(OutOfInstructions.into());
     };
@@ -427,7 +426,7 @@ fn copy_out(
         ));
     };
     let part = part.to_vec();
-    charge(c, part.len())?;
+    charge(c, costs::PER_BYTE.saturating_mul(part.len() as u64))?;
     write_heap(c, dst as u64, &part)
 }
 
@@ -459,7 +458,7 @@ fn respond(
 }
 
 fn stable_read_into(c: &mut Caller<'_, Host>, dst: u64, offset: u64, size: u64) -> HostResult<()> {
-    charge(c, size as usize)?;
+    charge(c, costs::PER_BYTE.saturating_mul(size))?;
     let (mem, limit) = heap(c)?;
     let r = range(dst, size, limit)?;
     let start = r.start as u32;
@@ -474,7 +473,13 @@ fn stable_read_into(c: &mut Caller<'_, Host>, dst: u64, offset: u64, size: u64) 
 }
 
 fn stable_write_from(c: &mut Caller<'_, Host>, offset: u64, src: u64, size: u64) -> HostResult<()> {
-    charge(c, size as usize)?;
+    let dirtied = c.data().stable.pages_first_written_by(offset, size);
+    charge(
+        c,
+        costs::PER_BYTE
+            .saturating_mul(size)
+            .saturating_add(costs::DIRTY_STABLE_PAGE.saturating_mul(dirtied)),
+    )?;
     let (mem, limit) = heap(c)?;
     let r = range(src, size, limit)?;
     let (data, host) = mem.data_and_store_mut(&mut *c);
@@ -593,7 +598,7 @@ fn define_message_api(l: &mut Linker<Host>) -> wasmtime::Result<()> {
         if c.data().exec.reply_buf.len() + size as usize > MAX_PAYLOAD {
             return violation(format!("msg_reply_data_append: reply exceeds the maximum of {MAX_PAYLOAD} bytes"));
         }
-        charge(&mut c, size as usize)?;
+        charge(&mut c, costs::PER_TRANSMITTED_BYTE.saturating_mul(size as u64))?;
         let data = read_heap(&mut c, src as u64, size as u64)?;
         c.data_mut().exec.reply_buf.extend_from_slice(&data);
         Ok(())
@@ -608,6 +613,7 @@ fn define_message_api(l: &mut Linker<Host>) -> wasmtime::Result<()> {
         "msg_reject",
         |mut c: Caller<'_, Host>, src: u32, size: u32| {
             check(&c, ctx::RESPOND, "msg_reject")?;
+            charge(&mut c, costs::PER_TRANSMITTED_BYTE.saturating_mul(size as u64))?;
             let data = read_heap(&mut c, src as u64, size as u64)?;
             let Ok(message) = String::from_utf8(data) else {
                 return violation("msg_reject: the message is not valid UTF-8");
@@ -831,6 +837,7 @@ fn define_canister_api(l: &mut Linker<Host>) -> wasmtime::Result<()> {
                     "certified_data_set: {size} bytes given, at most {MAX_CERTIFIED_DATA} allowed"
                 ));
             }
+            charge(&mut c, costs::PER_BYTE.saturating_mul(size as u64))?;
             let data = read_heap(&mut c, src as u64, size as u64)?;
             c.data_mut().certified_data = data;
             Ok(())
@@ -948,7 +955,7 @@ fn define_call_api(l: &mut Linker<Host>) -> wasmtime::Result<()> {
         "call_data_append",
         |mut c: Caller<'_, Host>, src: u32, size: u32| {
             check(&c, ctx::CALL, "call_data_append")?;
-            charge(&mut c, size as usize)?;
+            charge(&mut c, costs::PER_TRANSMITTED_BYTE.saturating_mul(size as u64))?;
             let data = read_heap(&mut c, src as u64, size as u64)?;
             let Some(call) = c.data_mut().exec.pending_call.as_mut() else {
                 return violation("call_data_append: no call is being constructed");
@@ -1213,6 +1220,7 @@ fn define_misc_api(l: &mut Linker<Host>) -> wasmtime::Result<()> {
         "debug_print",
         |mut c: Caller<'_, Host>, src: u32, size: u32| {
             check(&c, ctx::ANY, "debug_print")?;
+            charge(&mut c, costs::PER_BYTE.saturating_mul(size as u64))?;
             let bytes = read_heap(&mut c, src as u64, size as u64)?;
             let line = String::from_utf8_lossy(&bytes).into_owned();
             let logs = &mut c.data_mut().logs;
