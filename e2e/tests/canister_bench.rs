@@ -57,14 +57,19 @@ fn ack_all(c: &WsCanister, gw: Principal, cl: &mut TestClient) {
 /// Issue 10 (identity) put `IdentityError` into `WsError`, hence into the type table that
 /// every certified content carries (`OutboundBody::OpenRejected` / `MessageRejected` hold a
 /// `WsError`): the content of a 100 B send grew by that table, and hashing and re-encoding it
-/// costs ~13k more per send and ~2.5k more per polled message. The send budget is therefore
-/// 160k, over issue 2's 150k target (BENCHMARKS.md says so), until the certified bodies get a
-/// compact error type of their own; the poll budgets are the new measurements plus ~15 %.
-const SEND_100B_MARGINAL: u64 = 160_000;
+/// costs ~13k more per send and ~2.5k more per polled message.
+///
+/// Issue 13 made the replica charge what the IC charges (`ic_ws_replica::engine::costs`: the
+/// IC's operator weights, system-call overheads, 50 instructions per byte of a reply): a send
+/// is 165,329 (was 152,417 with one instruction per operator), so its budget is 170k, over
+/// issue 2's 150k target (BENCHMARKS.md says so); a poll of 50 messages is now dominated by its
+/// reply (~33 KB x 50 = 1.65M), so the poll budgets are the new measurements plus ~15 %; the
+/// verified message (916,263) stays within issue 13's 1M.
+const SEND_100B_MARGINAL: u64 = 170_000;
 const VERIFIED_MESSAGE_IN_BATCH_OF_50: u64 = 1_000_000;
-const POLL_50_ONE_CLIENT: u64 = 840_000;
-const POLL_50_FIFTY_CLIENTS: u64 = 1_140_000;
-const PUBLISH_PER_SUBSCRIBER: u64 = 120_000;
+const POLL_50_ONE_CLIENT: u64 = 3_200_000;
+const POLL_50_FIFTY_CLIENTS: u64 = 3_650_000;
+const PUBLISH_PER_SUBSCRIBER: u64 = 130_000;
 const STABLE_OVERHEAD_PER_QUEUED_MESSAGE: u64 = 100;
 
 #[test]
