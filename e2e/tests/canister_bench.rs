@@ -18,7 +18,7 @@
 
 use candid::Principal;
 use ic_ws_e2e::canister_harness::*;
-use ic_ws_protocol::types::{MessageKind, MessageResult, PollRequest};
+use ic_ws_protocol::types::{MessageBatch, MessageKind, MessageResult, PollRequest};
 
 fn send_cost(c: &WsCanister, id: u64, size: u32, count: u32) -> u64 {
     let r: Result<u64, String> = c.update("app_send_bytes", (id, size, count));
@@ -108,6 +108,17 @@ fn runtime_figures_stay_within_their_budgets() {
         c.last_instructions() / 50
     );
     let m = clients[0].message(&c, app_payload(&Inbound::Noop));
+    // Argument bytes (the IC charges 2,000 cycles per ingress byte): a batch of one, and what
+    // each further message adds (the candid type table is shared).
+    let arg = |n: usize| {
+        let messages = vec![m.clone(); n];
+        candid::encode_one(MessageBatch { messages }).unwrap().len()
+    };
+    println!(
+        "| ws_message argument: 1 message / each further message (bytes) | {} / {} |",
+        arg(1),
+        arg(2) - arg(1)
+    );
     assert_eq!(c.ws_message(gw, vec![m]), vec![MessageResult::Ok]);
     let batch1 = c.last_instructions();
     println!("| ws_message batch of 1 verified message | {batch1} |");

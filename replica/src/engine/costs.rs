@@ -136,9 +136,7 @@ pub fn operator_cost(op: &Operator<'_>) -> u64 {
         | O::TableFill { .. }
         | O::TableCopy { .. }
         | O::TableInit { .. } => 100,
-        O::MemoryGrow { .. } | O::TableGrow { .. } | O::DataDrop { .. } | O::ElemDrop { .. } => {
-            300
-        }
+        O::MemoryGrow { .. } | O::TableGrow { .. } | O::DataDrop { .. } | O::ElemDrop { .. } => 300,
         O::RefFunc { .. } => 130,
 
         // Control.
@@ -226,7 +224,12 @@ mod tests {
         // One operator of each weight class, pinned to the IC's table (instrumentation.rs).
         use Operator as O;
         for (op, cost) in [
-            (O::Block { blockty: wasmparser::BlockType::Empty }, 0),
+            (
+                O::Block {
+                    blockty: wasmparser::BlockType::Empty,
+                },
+                0,
+            ),
             (O::End, 0),
             (O::I32Const { value: 1 }, 1),
             (O::LocalGet { local_index: 0 }, 1),
@@ -248,7 +251,13 @@ mod tests {
                 10,
             ),
             (O::MemoryGrow { mem: 0 }, 300),
-            (O::MemoryCopy { dst_mem: 0, src_mem: 0 }, 100),
+            (
+                O::MemoryCopy {
+                    dst_mem: 0,
+                    src_mem: 0,
+                },
+                100,
+            ),
             (O::BrIf { relative_depth: 0 }, 2),
             (O::RefFunc { function_index: 0 }, 130),
             (O::I64x2Mul, 4),

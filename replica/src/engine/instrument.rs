@@ -20,8 +20,9 @@
 //!
 //! - **Instruction counting** (as the IC does it): a mutable i64 global (`__ic_instructions`)
 //!   holds the instructions the message may still execute. At the start of every straight-line
-//!   segment of each canister function, the rewrite subtracts the number of *original*
-//!   operators of that segment (see [`operator_cost`]). Segments end after every branch, `if`,
+//!   segment of each canister function, the rewrite subtracts what the IC charges for the
+//!   segment's *original* operators (see [`operator_cost`] and [`super::costs`]); bulk memory
+//!   instructions also subtract their length when they run. Segments end after every branch, `if`,
 //!   `else`, `end`, `return`, `unreachable` and at loop headers, so a loop pays its body on
 //!   every iteration. Each function works on a copy of the counter in a local (kept in a
 //!   register), written back to the global before calls and when leaving the function, and
@@ -1209,7 +1210,11 @@ mod tests {
         let args = [Val::I32(0), Val::I32(9), Val::I32(4096)];
         assert!(f.call(&mut p.store, &args, &mut []).is_err());
         assert!(p.counter() < 0);
-        assert_eq!(p.heap()[0], 7, "nothing was written (7 from the fills before)");
+        assert_eq!(
+            p.heap()[0],
+            7,
+            "nothing was written (7 from the fills before)"
+        );
     }
 
     #[test]
@@ -1239,7 +1244,11 @@ mod tests {
         // Entry 1, `call` 5, `drop` 1, plus the call's overhead from the IC's table.
         assert_eq!(p.cost("t", &[]), 7 + 500);
         assert_eq!(p.cost("p", &[]), 7 + 5_000);
-        assert_eq!(p.cost("s", &[]), 7, "wasm-native stable memory: size is free");
+        assert_eq!(
+            p.cost("s", &[]),
+            7,
+            "wasm-native stable memory: size is free"
+        );
     }
 
     #[test]
@@ -1265,7 +1274,11 @@ mod tests {
         p.set_counter(1_000_000);
         let f = p.instance.get_func(&mut p.store, "spin").unwrap();
         assert!(f.call(&mut p.store, &[], &mut []).is_err());
-        assert_eq!(p.counter(), -1, "one `br` (2) per iteration after the entry's 1");
+        assert_eq!(
+            p.counter(),
+            -1,
+            "one `br` (2) per iteration after the entry's 1"
+        );
     }
 
     #[test]

@@ -119,7 +119,11 @@ impl StableMemory {
         let Some(undo) = &self.undo else {
             return 0;
         };
-        if len == 0 || offset.checked_add(len).is_none_or(|end| end > self.size_bytes()) {
+        if len == 0
+            || offset
+                .checked_add(len)
+                .is_none_or(|end| end > self.size_bytes())
+        {
             return 0;
         }
         let first = offset / PAGE as u64;
@@ -200,14 +204,30 @@ mod tests {
         // 4000..14000 touches pages 0, 1, 2, 3.
         assert_eq!(m.pages_first_written_by(4000, 10_000), 4);
         m.write(4000, &[7u8; 10_000]).unwrap();
-        assert_eq!(m.pages_first_written_by(4096 * 3, 4096 * 2), 1, "page 4 only");
-        assert_eq!(m.pages_first_written_by(0, 1), 0, "page 0 is already written");
+        assert_eq!(
+            m.pages_first_written_by(4096 * 3, 4096 * 2),
+            1,
+            "page 4 only"
+        );
+        assert_eq!(
+            m.pages_first_written_by(0, 1),
+            0,
+            "page 0 is already written"
+        );
         assert_eq!(m.pages_first_written_by(0, 0), 0);
-        assert_eq!(m.pages_first_written_by(WASM_PAGE - 1, 2), 0, "out of bounds");
+        assert_eq!(
+            m.pages_first_written_by(WASM_PAGE - 1, 2),
+            0,
+            "out of bounds"
+        );
         assert_eq!(m.pages_first_written_by(u64::MAX, 2), 0, "overflow");
         m.commit();
         m.begin();
-        assert_eq!(m.pages_first_written_by(4000, 10_000), 4, "a new message pays again");
+        assert_eq!(
+            m.pages_first_written_by(4000, 10_000),
+            4,
+            "a new message pays again"
+        );
     }
 
     #[test]

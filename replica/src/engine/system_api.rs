@@ -613,7 +613,10 @@ fn define_message_api(l: &mut Linker<Host>) -> wasmtime::Result<()> {
         "msg_reject",
         |mut c: Caller<'_, Host>, src: u32, size: u32| {
             check(&c, ctx::RESPOND, "msg_reject")?;
-            charge(&mut c, costs::PER_TRANSMITTED_BYTE.saturating_mul(size as u64))?;
+            charge(
+                &mut c,
+                costs::PER_TRANSMITTED_BYTE.saturating_mul(size as u64),
+            )?;
             let data = read_heap(&mut c, src as u64, size as u64)?;
             let Ok(message) = String::from_utf8(data) else {
                 return violation("msg_reject: the message is not valid UTF-8");
@@ -955,7 +958,10 @@ fn define_call_api(l: &mut Linker<Host>) -> wasmtime::Result<()> {
         "call_data_append",
         |mut c: Caller<'_, Host>, src: u32, size: u32| {
             check(&c, ctx::CALL, "call_data_append")?;
-            charge(&mut c, costs::PER_TRANSMITTED_BYTE.saturating_mul(size as u64))?;
+            charge(
+                &mut c,
+                costs::PER_TRANSMITTED_BYTE.saturating_mul(size as u64),
+            )?;
             let data = read_heap(&mut c, src as u64, size as u64)?;
             let Some(call) = c.data_mut().exec.pending_call.as_mut() else {
                 return violation("call_data_append: no call is being constructed");
