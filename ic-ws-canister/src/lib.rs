@@ -82,6 +82,7 @@ pub mod certification;
 pub mod config;
 mod ed25519;
 mod env;
+mod hash_tree;
 pub mod memory;
 mod runtime;
 mod store;
