@@ -17,6 +17,7 @@ use ic_ws_protocol::verify::{
     prune_tree_for_client, DeliveryVerifier, VerifiedMessage, VerifyError,
     DEFAULT_MAX_CERTIFICATE_AGE_NS,
 };
+use ic_ws_protocol::witness::PageWitness;
 use ic_ws_protocol::{ClientId, SessionKey};
 use ic_ws_replica::{Reject, Replica, ReplicaConfig};
 use serde::de::DeserializeOwned;
@@ -373,6 +374,41 @@ impl TestClient {
         Ok(n)
     }
 
+    /// [`TestClient::receive`] with the page's tree decoded once for many clients (the
+    /// gateway's per-page index, [`PageWitness`], which cuts each client's witness in
+    /// O(log n) instead of decoding and pruning the whole tree per client).
+    pub fn receive_page(
+        &mut self,
+        c: &WsCanister,
+        page: &DecodedPage<'_>,
+    ) -> Result<usize, VerifyError> {
+        let mine: Vec<OutboundMessage> = page
+            .reply
+            .messages
+            .iter()
+            .filter(|m| m.client_id == self.id)
+            .cloned()
+            .collect();
+        if mine.is_empty() {
+            return Ok(0);
+        }
+        let seqs: Vec<u64> = mine.iter().map(|m| m.seq).collect();
+        let pruned = page.witness.for_client(self.id, &seqs);
+        let tree =
+            serde_cbor::to_vec(&pruned).map_err(|e| VerifyError::MalformedTree(e.to_string()))?;
+        let verified = c.verifier(self.id).verify(
+            &mine,
+            &page.reply.certificate,
+            &tree,
+            self.next_outbound,
+            c.now(),
+        )?;
+        let n = verified.len();
+        self.next_outbound += n as u64;
+        self.received.extend(verified);
+        Ok(n)
+    }
+
     /// [`TestClient::receive`] over several replies.
     pub fn receive_all(
         &mut self,
@@ -385,6 +421,40 @@ impl TestClient {
         }
         Ok(n)
     }
+}
+
+/// A poll reply with its tree decoded and indexed once, for [`TestClient::receive_page`].
+pub struct DecodedPage<'a> {
+    reply: &'a PollReply,
+    witness: PageWitness,
+}
+
+impl<'a> DecodedPage<'a> {
+    /// Decodes `reply`'s tree (CBOR) and indexes it.
+    pub fn new(reply: &'a PollReply) -> Result<Self, VerifyError> {
+        let full: HashTree = serde_cbor::from_slice(&reply.tree)
+            .map_err(|e| VerifyError::MalformedTree(e.to_string()))?;
+        Ok(DecodedPage {
+            reply,
+            witness: PageWitness::new(&full),
+        })
+    }
+}
+
+/// Every client of `clients` receives its messages from every reply of `replies` (in order),
+/// each reply's tree decoded once.
+pub fn receive_all_clients(
+    clients: &mut [TestClient],
+    c: &WsCanister,
+    replies: &[PollReply],
+) -> Result<(), VerifyError> {
+    for reply in replies {
+        let page = DecodedPage::new(reply)?;
+        for cl in clients.iter_mut() {
+            cl.receive_page(c, &page)?;
+        }
+    }
+    Ok(())
 }
 
 /// candid text argument helper.

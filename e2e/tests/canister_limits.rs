@@ -168,8 +168,8 @@ fn topic_fan_out_to_1000_subscribers() {
     );
     // Every subscriber verifies it as seq 1 of its own stream, topic "prices".
     let replies = c.poll_all(gw);
-    for cl in clients.iter_mut() {
-        cl.receive_all(&c, &replies).unwrap();
+    receive_all_clients(&mut clients, &c, &replies).unwrap();
+    for cl in clients.iter() {
         assert_eq!(cl.received.len(), 2);
         match &cl.received[1].content.body {
             OutboundBody::App { topic, .. } => {
