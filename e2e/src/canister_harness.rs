@@ -346,32 +346,14 @@ impl TestClient {
     /// to them) and checks them the way a client does. On success they are appended to
     /// `received` and the expected sequence advances.
     pub fn receive(&mut self, c: &WsCanister, reply: &PollReply) -> Result<usize, VerifyError> {
-        let mine: Vec<OutboundMessage> = reply
-            .messages
-            .iter()
-            .filter(|m| m.client_id == self.id)
-            .cloned()
-            .collect();
+        let (mine, seqs) = self.mine(reply);
         if mine.is_empty() {
             return Ok(0);
         }
         let full: HashTree = serde_cbor::from_slice(&reply.tree)
             .map_err(|e| VerifyError::MalformedTree(e.to_string()))?;
-        let seqs: Vec<u64> = mine.iter().map(|m| m.seq).collect();
         let pruned = prune_tree_for_client(&full, self.id, &seqs);
-        let tree =
-            serde_cbor::to_vec(&pruned).map_err(|e| VerifyError::MalformedTree(e.to_string()))?;
-        let verified = c.verifier(self.id).verify(
-            &mine,
-            &reply.certificate,
-            &tree,
-            self.next_outbound,
-            c.now(),
-        )?;
-        let n = verified.len();
-        self.next_outbound += n as u64;
-        self.received.extend(verified);
-        Ok(n)
+        self.accept(c, &mine, &pruned, &reply.certificate)
     }
 
     /// [`TestClient::receive`] with the page's tree decoded once for many clients (the
@@ -382,27 +364,40 @@ impl TestClient {
         c: &WsCanister,
         page: &DecodedPage<'_>,
     ) -> Result<usize, VerifyError> {
-        let mine: Vec<OutboundMessage> = page
-            .reply
+        let (mine, seqs) = self.mine(page.reply);
+        if mine.is_empty() {
+            return Ok(0);
+        }
+        let pruned = page.witness.for_client(self.id, &seqs);
+        self.accept(c, &mine, &pruned, &page.reply.certificate)
+    }
+
+    /// This client's messages in `reply`, and their sequence numbers.
+    fn mine(&self, reply: &PollReply) -> (Vec<OutboundMessage>, Vec<u64>) {
+        let mine: Vec<OutboundMessage> = reply
             .messages
             .iter()
             .filter(|m| m.client_id == self.id)
             .cloned()
             .collect();
-        if mine.is_empty() {
-            return Ok(0);
-        }
-        let seqs: Vec<u64> = mine.iter().map(|m| m.seq).collect();
-        let pruned = page.witness.for_client(self.id, &seqs);
+        let seqs = mine.iter().map(|m| m.seq).collect();
+        (mine, seqs)
+    }
+
+    /// Verifies `mine` against the client's witness and the certificate, as a client does,
+    /// and keeps what verified.
+    fn accept(
+        &mut self,
+        c: &WsCanister,
+        mine: &[OutboundMessage],
+        witness: &HashTree,
+        certificate: &[u8],
+    ) -> Result<usize, VerifyError> {
         let tree =
-            serde_cbor::to_vec(&pruned).map_err(|e| VerifyError::MalformedTree(e.to_string()))?;
-        let verified = c.verifier(self.id).verify(
-            &mine,
-            &page.reply.certificate,
-            &tree,
-            self.next_outbound,
-            c.now(),
-        )?;
+            serde_cbor::to_vec(witness).map_err(|e| VerifyError::MalformedTree(e.to_string()))?;
+        let verified =
+            c.verifier(self.id)
+                .verify(mine, certificate, &tree, self.next_outbound, c.now())?;
         let n = verified.len();
         self.next_outbound += n as u64;
         self.received.extend(verified);
