@@ -815,6 +815,25 @@ pub mod __private {
     pub use ::candid;
     pub use ::ic_cdk;
 
+    /// Implemented by `#[on_message]` for its marker type; `#[on_open]` requires it of the
+    /// marker it attaches to, which is a stand-in when its module has no `#[on_message]`.
+    #[diagnostic::on_unimplemented(
+        message = "`#[on_open]` needs the canister's `#[on_message]` handler in the same module, and there is none",
+        label = "no `#[on_message]` in this module",
+        note = "add the message handler, e.g. `#[on_message] fn message(client: ClientId, message: MyMessage) {{ .. }}`: it generates the canister's ws endpoints (exactly one per canister)",
+        note = "if it is in another module, name that module: `#[on_open(on_message_in = path::to::module)]`"
+    )]
+    pub trait OnOpenNeedsOnMessage {}
+
+    /// As [`OnOpenNeedsOnMessage`], for `#[on_close]`.
+    #[diagnostic::on_unimplemented(
+        message = "`#[on_close]` needs the canister's `#[on_message]` handler in the same module, and there is none",
+        label = "no `#[on_message]` in this module",
+        note = "add the message handler, e.g. `#[on_message] fn message(client: ClientId, message: MyMessage) {{ .. }}`: it generates the canister's ws endpoints (exactly one per canister)",
+        note = "if it is in another module, name that module: `#[on_close(on_message_in = path::to::module)]`"
+    )]
+    pub trait OnCloseNeedsOnMessage {}
+
     use super::*;
     use crate::runtime::{with_state, Accepted};
     use serde::de::DeserializeOwned;
