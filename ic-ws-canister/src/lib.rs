@@ -194,6 +194,43 @@ fn encode_payload<T: CandidType>(msg: &T) -> Result<Vec<u8>, Error> {
     ic_ws_protocol::encode(msg).map_err(|e| Error::Encode(e.to_string()))
 }
 
+/// Embeds a candid file in the canister's wasm as its `candid:service` metadata: the public
+/// custom section `icp:public candid:service`, as `ic-wasm <wasm> metadata candid:service -f
+/// <file> -v public` writes it, where icp-cli, dfx and the IC dashboard read a canister's
+/// interface (`icp canister call` without it: "no Candid interface is available").
+///
+/// The path is relative to the crate's `Cargo.toml`; the file is read at compile time (a
+/// change rebuilds the canister) and only wasm builds get the section. Invoke it once per
+/// canister, at the crate root beside `ic_cdk::export_candid!()`, and keep the file in sync
+/// with a test comparing it to `__export_service()` (as `examples/chat` does):
+///
+/// ```ignore
+/// ic_ws_canister::candid_metadata!("chat.did");
+/// ic_cdk::export_candid!();
+/// ```
+///
+/// dfx's `"metadata": [{ "name": "candid:service" }]` in `dfx.json` writes the same section
+/// again (ic-wasm replaces a section of that name), so the two agree.
+#[macro_export]
+macro_rules! candid_metadata {
+    ($path:literal) => {
+        #[cfg(target_family = "wasm")]
+        #[doc(hidden)]
+        #[unsafe(link_section = "icp:public candid:service")]
+        #[used]
+        static __IC_WS_CANDID_SERVICE: [u8; ::core::include_bytes!(::core::concat!(
+            ::core::env!("CARGO_MANIFEST_DIR"),
+            "/",
+            $path
+        ))
+        .len()] = *::core::include_bytes!(::core::concat!(
+            ::core::env!("CARGO_MANIFEST_DIR"),
+            "/",
+            $path
+        ));
+    };
+}
+
 /// Sends `msg` (candid-encoded) to one client; returns its sequence number in the client's
 /// stream. The message is retained in stable memory and certified until the client
 /// acknowledges it.

@@ -110,15 +110,9 @@ fn get() -> i64 {
     value()
 }
 
-// The interface (`counter.did`) as the `candid:service` custom section of the wasm, where
-// icp-cli, dfx and the dashboard look for it (public, as `ic-wasm metadata candid:service
-// -v public` would write it).
-#[cfg(target_family = "wasm")]
-#[link_section = "icp:public candid:service"]
-#[used]
-static CANDID_SERVICE: [u8; include_bytes!("../counter.did").len()] =
-    *include_bytes!("../counter.did");
-
+// The interface (`counter.did`) as the wasm's `candid:service` metadata, where icp-cli, dfx
+// and the dashboard look for it.
+ic_ws_canister::candid_metadata!("counter.did");
 ic_cdk::export_candid!();
 
 #[cfg(test)]
