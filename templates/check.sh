@@ -56,7 +56,7 @@ say "cargo build --target wasm32-unknown-unknown --profile canister"
 cargo build --quiet --target wasm32-unknown-unknown --profile canister
 wasm=$CARGO_TARGET_DIR/wasm32-unknown-unknown/canister/counter.wasm
 [ -s "$wasm" ] || fail "no wasm at $wasm"
-# The candid:service metadata: the section's name and the interface's last line are in it.
+# The candid:service metadata: the section's name and the interface's ws_app_types line are in it.
 LC_ALL=C grep -qF 'icp:public candid:service' "$wasm" || fail "$wasm has no candid:service section"
 LC_ALL=C grep -qF "$(grep 'ws_app_types' counter.did)" "$wasm" || fail "$wasm does not carry counter.did"
 say "wasm: $wasm ($(wc -c <"$wasm") bytes, candid:service embedded)"
