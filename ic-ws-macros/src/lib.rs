@@ -140,7 +140,9 @@ pub fn on_message(attr: TokenStream, item: TokenStream) -> TokenStream {
 ///
 /// Arguments: `crate = "path"` as for `#[on_message]`, and `on_message_in = path::to::module`
 /// when `#[on_message]` is in another module (default: the same module; a module with
-/// `#[on_open]` and no `#[on_message]` is a compile error that says so).
+/// `#[on_open]` and no `#[on_message]` is a compile error that says so). Name it also in a
+/// module that glob-imports the one with `#[on_message]` (`use super::*;` then
+/// `on_message_in = super`): without it the hidden marker's name is ambiguous (E0659).
 #[proc_macro_attribute]
 pub fn on_open(attr: TokenStream, item: TokenStream) -> TokenStream {
     expand_attribute(Kind::Open, attr.into(), item.into()).into()
