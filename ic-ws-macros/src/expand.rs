@@ -110,13 +110,14 @@ fn marker_module(paths: &Paths) -> TokenStream {
             /// The handlers of this canister: `#[on_open]` and `#[on_close]` attach their
             /// shims to it as inherent constants, which take precedence over the defaults.
             pub struct App;
+
+            // What `#[on_open]` / `#[on_close]` check: this module has an `#[on_message]`.
+            impl #private::OnOpenNeedsOnMessage for App {}
+            impl #private::OnCloseNeedsOnMessage for App {}
         }
         #[doc(hidden)]
         #[allow(unused_imports)]
         pub(crate) use self::#module as #close_alias;
-        // What `#[on_open]` / `#[on_close]` check: this module has an `#[on_message]`.
-        impl #private::OnOpenNeedsOnMessage for self::#module::App {}
-        impl #private::OnCloseNeedsOnMessage for self::#module::App {}
 
         /// Only one `#[on_message]` per canister: a second one redefines this crate-level
         /// macro, which the compiler reports wherever the two are.
