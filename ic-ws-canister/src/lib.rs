@@ -195,6 +195,43 @@ fn encode_payload<T: CandidType>(msg: &T) -> Result<Vec<u8>, Error> {
     ic_ws_protocol::encode(msg).map_err(|e| Error::Encode(e.to_string()))
 }
 
+/// Embeds a candid file in the canister's wasm as its `candid:service` metadata: the public
+/// custom section `icp:public candid:service`, as `ic-wasm <wasm> metadata candid:service -f
+/// <file> -v public` writes it, where icp-cli, dfx and the IC dashboard read a canister's
+/// interface (`icp canister call` without it: "no Candid interface is available").
+///
+/// The path is relative to the crate's `Cargo.toml`; the file is read at compile time (a
+/// change rebuilds the canister) and only wasm builds get the section. Invoke it once per
+/// canister, at the crate root beside `ic_cdk::export_candid!()`, and keep the file in sync
+/// with a test comparing it to `__export_service()` (as `examples/chat` does):
+///
+/// ```ignore
+/// ic_ws_canister::candid_metadata!("chat.did");
+/// ic_cdk::export_candid!();
+/// ```
+///
+/// dfx's `"metadata": [{ "name": "candid:service" }]` in `dfx.json` writes the same section
+/// again (ic-wasm replaces a section of that name), so the two agree.
+#[macro_export]
+macro_rules! candid_metadata {
+    ($path:literal) => {
+        #[cfg(target_family = "wasm")]
+        #[doc(hidden)]
+        #[unsafe(link_section = "icp:public candid:service")]
+        #[used]
+        static __IC_WS_CANDID_SERVICE: [u8; ::core::include_bytes!(::core::concat!(
+            ::core::env!("CARGO_MANIFEST_DIR"),
+            "/",
+            $path
+        ))
+        .len()] = *::core::include_bytes!(::core::concat!(
+            ::core::env!("CARGO_MANIFEST_DIR"),
+            "/",
+            $path
+        ));
+    };
+}
+
 /// Sends `msg` (candid-encoded) to one client; returns its sequence number in the client's
 /// stream. The message is retained in stable memory and certified until the client
 /// acknowledges it.
@@ -815,6 +852,25 @@ impl Drop for EndpointGuard {
 pub mod __private {
     pub use ::candid;
     pub use ::ic_cdk;
+
+    /// Implemented by `#[on_message]` for its marker type; `#[on_open]` requires it of the
+    /// marker it attaches to, which is a stand-in when its module has no `#[on_message]`.
+    #[diagnostic::on_unimplemented(
+        message = "`#[on_open]` needs the canister's `#[on_message]` handler in the same module, and there is none",
+        label = "no `#[on_message]` in this module",
+        note = "add the message handler, e.g. `#[on_message] fn message(client: ClientId, message: MyMessage) {{ .. }}`: it generates the canister's ws endpoints (exactly one per canister)",
+        note = "if it is in another module, name that module: `#[on_open(on_message_in = path::to::module)]`"
+    )]
+    pub trait OnOpenNeedsOnMessage {}
+
+    /// As [`OnOpenNeedsOnMessage`], for `#[on_close]`.
+    #[diagnostic::on_unimplemented(
+        message = "`#[on_close]` needs the canister's `#[on_message]` handler in the same module, and there is none",
+        label = "no `#[on_message]` in this module",
+        note = "add the message handler, e.g. `#[on_message] fn message(client: ClientId, message: MyMessage) {{ .. }}`: it generates the canister's ws endpoints (exactly one per canister)",
+        note = "if it is in another module, name that module: `#[on_close(on_message_in = path::to::module)]`"
+    )]
+    pub trait OnCloseNeedsOnMessage {}
 
     use super::*;
     use crate::runtime::{with_state, Accepted};

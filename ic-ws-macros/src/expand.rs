@@ -18,9 +18,16 @@
 //!   duplicate `#[on_message]` in the same module a duplicate `__ic_ws_on_message` module, and
 //!   in any module a duplicate crate-level `#[macro_export]` sentinel (E0428), both found by
 //!   `cargo check`, before the linker would see two `canister_update ws_open` exports.
-//! - `#[on_open]` / `#[on_close]` without `#[on_message]` in their module fail to resolve
-//!   `__ic_ws_on_message::App`; `on_message_in = path::to::module` names the module when the
-//!   handlers are split over modules.
+//! - `#[on_open]` / `#[on_close]` without `#[on_message]` in their module: each also
+//!   generates a fallback module of its own with a stand-in `App` and glob-imports it. An
+//!   item of the module shadows a glob import, so the stand-in is only reached when
+//!   `#[on_message]` is missing; it compiles, and a bound that only the real `App` satisfies
+//!   (`__private::OnOpenNeedsOnMessage`, implemented by `#[on_message]`) fails with a
+//!   `#[diagnostic::on_unimplemented]` message saying what is missing and how to add it.
+//!   `#[on_close]` reaches the marker module through an alias (`__ic_ws_on_message_for_close`)
+//!   so that the two fallbacks never provide the same name (two glob imports of different
+//!   items under one name would be ambiguous). `on_message_in = path::to::module` names the
+//!   module when the handlers are split over modules (no fallback then).
 //!
 //! `App::HANDLERS` (hidden) is the table of the three shims the endpoints pass to the runtime;
 //! native tests of an app drive `ic_ws_canister::__private::ws_*` with it, without a replica.
@@ -44,8 +51,11 @@ use proc_macro2::{Span, TokenStream};
 use quote::{format_ident, quote};
 use syn::{Ident, Path, Type};
 
-/// Name of the hidden module `#[on_message]` generates.
+/// Name of the hidden module `#[on_message]` generates (named by apps' native tests:
+/// `__ic_ws_on_message::App::HANDLERS`).
 const MARKER_MODULE: &str = "__ic_ws_on_message";
+/// The alias of the marker module through which `#[on_close]` reaches it.
+const CLOSE_ALIAS: &str = "__ic_ws_on_message_for_close";
 
 /// The paths generated code uses.
 struct Paths {
@@ -82,15 +92,17 @@ pub fn generate(handler: &Handler, config: &Config) -> TokenStream {
 
 /// What is still generated when the handler has errors: for `#[on_message]`, the marker
 /// module, so that valid `#[on_open]` / `#[on_close]` do not add unrelated errors.
-pub fn fallback(kind: Kind) -> TokenStream {
+pub fn fallback(kind: Kind, config: &Config) -> TokenStream {
     match kind {
-        Kind::Message => marker_module(),
+        Kind::Message => marker_module(&Paths::new(config)),
         Kind::Open | Kind::Close => TokenStream::new(),
     }
 }
 
-fn marker_module() -> TokenStream {
+fn marker_module(paths: &Paths) -> TokenStream {
+    let private = &paths.private;
     let module = format_ident!("{}", MARKER_MODULE);
+    let close_alias = format_ident!("{}", CLOSE_ALIAS);
     quote! {
         #[doc(hidden)]
         #[allow(dead_code, non_snake_case)]
@@ -98,7 +110,14 @@ fn marker_module() -> TokenStream {
             /// The handlers of this canister: `#[on_open]` and `#[on_close]` attach their
             /// shims to it as inherent constants, which take precedence over the defaults.
             pub struct App;
+
+            // What `#[on_open]` / `#[on_close]` check: this module has an `#[on_message]`.
+            impl #private::OnOpenNeedsOnMessage for App {}
+            impl #private::OnCloseNeedsOnMessage for App {}
         }
+        #[doc(hidden)]
+        #[allow(unused_imports)]
+        pub(crate) use self::#module as #close_alias;
 
         /// Only one `#[on_message]` per canister: a second one redefines this crate-level
         /// macro, which the compiler reports wherever the two are.
@@ -110,12 +129,61 @@ fn marker_module() -> TokenStream {
     }
 }
 
+/// The name through which an `#[on_open]` / `#[on_close]` reaches the marker module.
+fn marker_name(kind: Kind) -> Ident {
+    match kind {
+        Kind::Close => format_ident!("{}", CLOSE_ALIAS),
+        Kind::Open | Kind::Message => format_ident!("{}", MARKER_MODULE),
+    }
+}
+
 /// The path of the marker type as seen from an `#[on_open]` / `#[on_close]`.
-fn marker_path(config: &Config) -> TokenStream {
-    let module = format_ident!("{}", MARKER_MODULE);
+fn marker_path(kind: Kind, config: &Config) -> TokenStream {
+    let module = marker_name(kind);
     match &config.on_message_in {
         Some(path) => quote!(#path::#module::App),
         None => quote!(self::#module::App),
+    }
+}
+
+/// For an `#[on_open]` / `#[on_close]`: the check that the marker is `#[on_message]`'s, and,
+/// in the handler's own module, the fallback that makes a missing `#[on_message]` that
+/// check's error (see the module docs).
+fn require_on_message(handler: &Handler, config: &Config, paths: &Paths) -> TokenStream {
+    let private = &paths.private;
+    let marker = marker_path(handler.kind, config);
+    let bound = match handler.kind {
+        Kind::Close => quote!(#private::OnCloseNeedsOnMessage),
+        Kind::Open | Kind::Message => quote!(#private::OnOpenNeedsOnMessage),
+    };
+    let fallback = match &config.on_message_in {
+        Some(_) => TokenStream::new(),
+        None => {
+            let name = marker_name(handler.kind);
+            let holder = format_ident!(
+                "__ic_ws_no_on_message_{}_{}",
+                handler.kind.attr_name(),
+                handler.ident
+            );
+            quote! {
+                #[doc(hidden)]
+                #[allow(dead_code, non_snake_case, non_camel_case_types)]
+                mod #holder {
+                    pub(crate) mod #name {
+                        pub(crate) struct App;
+                    }
+                }
+                #[allow(unused_imports)]
+                use self::#holder::*;
+            }
+        }
+    };
+    quote! {
+        #fallback
+        const _: () = {
+            fn __ic_ws_requires_on_message<T: #bound>() {}
+            let _ = __ic_ws_requires_on_message::<#marker>;
+        };
     }
 }
 
@@ -201,7 +269,7 @@ fn call_handler(handler: &Handler, args: &[TokenStream]) -> TokenStream {
 
 fn on_message(handler: &Handler, config: &Config, paths: &Paths) -> TokenStream {
     let Paths { krate, private } = paths;
-    let marker = marker_module();
+    let marker = marker_module(paths);
     let module = format_ident!("{}", MARKER_MODULE);
     let message_ty: &Type = match &handler.payload_ty {
         Some(ty) => ty,
@@ -466,7 +534,8 @@ fn on_message(handler: &Handler, config: &Config, paths: &Paths) -> TokenStream 
 
 fn on_open(handler: &Handler, config: &Config, paths: &Paths) -> TokenStream {
     let Paths { krate, private } = paths;
-    let marker = marker_path(config);
+    let marker = marker_path(Kind::Open, config);
+    let requirement = require_on_message(handler, config, paths);
     let client = local("__ic_ws_client");
     let args_bytes = local("__ic_ws_args");
     let mut call_args = vec![client_arg(handler, &client)];
@@ -508,6 +577,7 @@ fn on_open(handler: &Handler, config: &Config, paths: &Paths) -> TokenStream {
                 __ic_ws_on_open
             };
         }
+        #requirement
         #open_args_query
     }
 }
@@ -542,7 +612,8 @@ fn open_args_query(args_ty: &Type, paths: &Paths) -> TokenStream {
 
 fn on_close(handler: &Handler, config: &Config, paths: &Paths) -> TokenStream {
     let Paths { krate, .. } = paths;
-    let marker = marker_path(config);
+    let marker = marker_path(Kind::Close, config);
+    let requirement = require_on_message(handler, config, paths);
     let client = local("__ic_ws_client");
     let reason = local("__ic_ws_reason");
     let mut call_args = vec![client_arg(handler, &client)];
@@ -569,6 +640,7 @@ fn on_close(handler: &Handler, config: &Config, paths: &Paths) -> TokenStream {
                 __ic_ws_on_close
             };
         }
+        #requirement
     }
 }
 
@@ -690,13 +762,22 @@ mod tests {
                 fn c(c: ClientId, r: CloseReason) {}
             ),
         );
-        for (code, constant) in [(&open, "ON_OPEN"), (&close, "ON_CLOSE")] {
+        for (code, constant, marker) in [
+            (&open, "ON_OPEN", "__ic_ws_on_message"),
+            (&close, "ON_CLOSE", "__ic_ws_on_message_for_close"),
+        ] {
             assert!(!code.contains("export_name"), "{code}");
             assert!(
-                code.contains("impl self :: __ic_ws_on_message :: App"),
+                code.contains(&format!("impl self :: {marker} :: App")),
                 "{code}"
             );
             assert!(code.contains(&format!("const {constant}")), "{code}");
+            // The stand-in for a missing `#[on_message]`, glob-imported, and the check.
+            assert!(
+                code.contains(&format!("pub (crate) mod {marker}")),
+                "{code}"
+            );
+            assert!(code.contains("NeedsOnMessage"), "{code}");
         }
     }
 
@@ -737,17 +818,19 @@ mod tests {
         assert!(!code.contains("ic_ws_canister"), "{code}");
         assert!(code.contains("crate :: rt :: ClientId"), "{code}");
         assert!(
-            code.contains("impl crate :: ws :: __ic_ws_on_message :: App"),
+            code.contains("impl crate :: ws :: __ic_ws_on_message_for_close :: App"),
             "{code}"
         );
+        // With `on_message_in`, no stand-in in this module: the named one must have it.
+        assert!(!code.contains("__ic_ws_no_on_message"), "{code}");
     }
 
     #[test]
     fn fallback_keeps_the_marker_only_for_on_message() {
-        assert!(fallback(Kind::Message)
+        assert!(fallback(Kind::Message, &Config::default())
             .to_string()
             .contains("__ic_ws_on_message"));
-        assert!(fallback(Kind::Open).is_empty());
-        assert!(fallback(Kind::Close).is_empty());
+        assert!(fallback(Kind::Open, &Config::default()).is_empty());
+        assert!(fallback(Kind::Close, &Config::default()).is_empty());
     }
 }

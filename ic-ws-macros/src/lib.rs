@@ -139,7 +139,10 @@ pub fn on_message(attr: TokenStream, item: TokenStream) -> TokenStream {
 /// `A` in the candid interface for client bindings.
 ///
 /// Arguments: `crate = "path"` as for `#[on_message]`, and `on_message_in = path::to::module`
-/// when `#[on_message]` is in another module (default: the same module).
+/// when `#[on_message]` is in another module (default: the same module; a module with
+/// `#[on_open]` and no `#[on_message]` is a compile error that says so). Name it also in a
+/// module that glob-imports the one with `#[on_message]` (`use super::*;` then
+/// `on_message_in = super`): without it the hidden marker's name is ambiguous (E0659).
 #[proc_macro_attribute]
 pub fn on_open(attr: TokenStream, item: TokenStream) -> TokenStream {
     expand_attribute(Kind::Open, attr.into(), item.into()).into()
@@ -185,14 +188,14 @@ fn expand_attribute(
             Some(handler) if errors.is_empty() => expand::generate(&handler, &config),
             // A method sits in an `impl` block, where the fallback's items cannot go.
             _ if func.sig.receiver().is_some() => proc_macro2::TokenStream::new(),
-            _ => expand::fallback(kind),
+            _ => expand::fallback(kind, &config),
         },
         Err(_) => {
             errors.error(
                 &item,
                 format!("`#[{}]` must be placed on a function", kind.attr_name()),
             );
-            expand::fallback(kind)
+            expand::fallback(kind, &config)
         }
     };
     let compile_errors = errors.to_compile_errors();

@@ -600,6 +600,8 @@ fn rooms() -> Vec<RoomInfo> {
 // tree during the upgrade (so the first poll after it is certified); the app's own state is
 // in stable structures and needs nothing.
 
+// The interface as the wasm's `candid:service` metadata (icp-cli, dfx and the dashboard read it).
+ic_ws_canister::candid_metadata!("chat.did");
 ic_cdk::export_candid!();
 
 #[cfg(test)]

@@ -447,6 +447,8 @@ fn tick() {
     tick_once();
 }
 
+// The interface as the wasm's `candid:service` metadata (icp-cli, dfx and the dashboard read it).
+ic_ws_canister::candid_metadata!("ticker.did");
 ic_cdk::export_candid!();
 
 #[cfg(test)]
