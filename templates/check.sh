@@ -43,7 +43,8 @@ cp -r "$root/templates/rust-canister" "$app"
 rm -rf "$app/target" "$app/web/node_modules" "$app/web/dist" "$app/web/src/bindings" "$app/.icp"
 cp "$root/Cargo.lock" "$app/Cargo.lock"
 mkdir -p "$app/.cargo"
-cat >"$app/.cargo/config.toml" <<TOML
+# Appended: the template's own .cargo/config.toml (its build flags) stays.
+cat >>"$app/.cargo/config.toml" <<TOML
 [patch.crates-io]
 ic-ws-canister = { path = "$root/ic-ws-canister" }
 ic-ws-protocol = { path = "$root/ic-ws-protocol" }
