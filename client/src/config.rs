@@ -182,6 +182,47 @@ impl ClientConfig {
         self
     }
 
+    /// [`Self::with_root_key`] from hex, as local networks print their key (`dfx ping`,
+    /// `icp network status`, the replica's `--json` line; whitespace and a `0x` prefix are
+    /// ignored). Not hex, or not a DER-encoded BLS key (e.g. the raw 96 bytes), is a
+    /// configuration error here instead of a failed certificate later.
+    pub fn with_root_key_hex(self, hex: &str) -> Result<Self, crate::ClientError> {
+        use crate::ClientError::Config;
+        let digits: Vec<u8> = hex
+            .trim()
+            .trim_start_matches("0x")
+            .bytes()
+            .filter(|b| !b.is_ascii_whitespace())
+            .collect();
+        let pairs = digits.chunks_exact(2);
+        if !pairs.remainder().is_empty() {
+            return Err(Config(format!(
+                "root key: {} hex digits, an odd number",
+                digits.len()
+            )));
+        }
+        let mut der = Vec::with_capacity(pairs.len());
+        for pair in pairs {
+            let value = std::str::from_utf8(pair)
+                .ok()
+                .and_then(|p| u8::from_str_radix(p, 16).ok());
+            let Some(value) = value else {
+                return Err(Config("root key: not hex (expected 0-9, a-f)".into()));
+            };
+            der.push(value);
+        }
+        if der.len() == 96 {
+            return Err(Config(
+                "root key: 96 bytes is a raw BLS key; pass its DER encoding (133 bytes, as \
+                 `dfx ping` or the replica's `/api/v2/status` give it)"
+                    .into(),
+            ));
+        }
+        ic_ws_protocol::verify::bls_key_from_der(&der)
+            .map_err(|e| Config(format!("root key: {e}")))?;
+        Ok(self.with_root_key(der))
+    }
+
     /// Adds a fallback gateway URL.
     pub fn with_fallback_gateway(mut self, url: impl Into<String>) -> Self {
         self.gateway_urls.push(url.into());
@@ -344,6 +385,35 @@ mod tests {
         }
         assert_eq!(b.delay(30), Duration::from_secs(2));
         assert_eq!(b.delay(u32::MAX), Duration::from_secs(2));
+    }
+
+    #[test]
+    fn a_root_key_in_hex_is_decoded_or_refused_with_the_reason() {
+        let c = ClientConfig::new("ws://127.0.0.1:1", Principal::anonymous());
+        let hex: String = MAINNET_ROOT_KEY_DER
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        let ok = c.clone().with_root_key_hex(&hex).unwrap();
+        assert_eq!(ok.root_key_der, MAINNET_ROOT_KEY_DER);
+        let head: String = hex.chars().take(40).collect();
+        let tail: String = hex.chars().skip(40).collect();
+        let spaced = format!("0x{head}\n {}", tail.to_uppercase());
+        assert_eq!(
+            c.clone().with_root_key_hex(&spaced).unwrap().root_key_der,
+            MAINNET_ROOT_KEY_DER
+        );
+        let refused = |input: &str| match c.clone().with_root_key_hex(input) {
+            Err(crate::ClientError::Config(m)) => m,
+            other => panic!("{input:?}: {other:?}"),
+        };
+        let odd: String = hex.chars().skip(1).collect();
+        assert!(refused(&odd).contains("odd number"));
+        assert!(refused(&hex.replacen('a', "g", 1)).contains("not hex"));
+        let raw: String = hex.chars().skip(hex.len() - 192).collect();
+        assert!(refused(&raw).contains("raw BLS key"));
+        assert!(refused("00ff").contains("root key"));
+        assert!(refused("é").contains("not hex"));
     }
 
     #[test]

@@ -55,6 +55,8 @@ struct Signed {
 /// The replica's certified state tree.
 pub(crate) struct StateTree {
     tree: NestedTree<Vec<u8>, Vec<u8>>,
+    /// Names published under `/canister/<id>/metadata` (to drop the ones a new module lacks).
+    metadata_names: std::collections::HashMap<Principal, Vec<String>>,
     time_ns: u64,
     signed: Option<Signed>,
     signatures_made: u64,
@@ -104,6 +106,7 @@ impl StateTree {
         tree.insert(&[label("time")], leb128(time_ns));
         StateTree {
             tree,
+            metadata_names: std::collections::HashMap::new(),
             time_ns,
             signed: None,
             signatures_made: 0,
@@ -157,8 +160,43 @@ impl StateTree {
         self.set_canister_leaf(canister, "controllers", Some(controllers));
     }
 
+    /// Publishes the installed module's metadata sections at `/canister/<id>/metadata/<name>`
+    /// (public and private alike, as the IC's state tree holds them; `read_state` decides who
+    /// may read a private one). Sections of a replaced module disappear.
+    pub(crate) fn set_metadata(&mut self, canister: Principal, sections: &[(String, Vec<u8>)]) {
+        let names: Vec<String> = sections.iter().map(|(n, _)| n.clone()).collect();
+        let known = self.metadata_names.get(&canister);
+        if known.is_some_and(|k| *k != names) {
+            let base = vec![
+                label("canister"),
+                canister.as_slice().to_vec(),
+                label("metadata"),
+            ];
+            if self.tree.contains_path(&base) {
+                self.tree.delete(&base);
+            }
+        }
+        for (name, content) in sections {
+            let path = vec![
+                label("canister"),
+                canister.as_slice().to_vec(),
+                label("metadata"),
+                name.as_bytes().to_vec(),
+            ];
+            if self.tree.get(&path) != Some(content) {
+                self.tree.insert(&path, content.clone());
+            }
+        }
+        if names.is_empty() {
+            self.metadata_names.remove(&canister);
+        } else {
+            self.metadata_names.insert(canister, names);
+        }
+    }
+
     /// Removes everything under `/canister/<id>` (a deleted canister looks up as Absent).
     pub(crate) fn remove_canister(&mut self, canister: Principal) {
+        self.metadata_names.remove(&canister);
         let base = vec![label("canister"), canister.as_slice().to_vec()];
         if self.tree.contains_path(&base) {
             self.tree.delete(&base);

@@ -147,6 +147,13 @@ impl Core {
             let controllers = self.engine.controllers(canister).unwrap_or_default();
             self.tree
                 .set_canister(canister, certified, module_hash, &controllers);
+            let metadata: Vec<(String, Vec<u8>)> = self
+                .engine
+                .metadata(canister)
+                .into_iter()
+                .map(|m| (m.name, m.content))
+                .collect();
+            self.tree.set_metadata(canister, &metadata);
         }
     }
 

@@ -574,6 +574,93 @@ async fn canister_metadata_is_certified_through_read_state() {
     );
 }
 
+/// `module` with a custom section `name` holding `data` appended (wasm allows custom sections
+/// anywhere).
+fn with_custom_section(mut module: Vec<u8>, name: &str, data: &[u8]) -> Vec<u8> {
+    fn leb(mut n: usize, out: &mut Vec<u8>) {
+        loop {
+            let byte = (n & 0x7f) as u8;
+            n >>= 7;
+            out.push(if n == 0 { byte } else { byte | 0x80 });
+            if n == 0 {
+                break;
+            }
+        }
+    }
+    let mut body = Vec::new();
+    leb(name.len(), &mut body);
+    body.extend_from_slice(name.as_bytes());
+    body.extend_from_slice(data);
+    module.push(0);
+    leb(body.len(), &mut module);
+    module.extend(body);
+    module
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn canister_metadata_sections_are_served_public_to_anyone_private_to_controllers() {
+    let served = Served::new(ReplicaConfig::with_seed("metadata sections"));
+    let did = b"service : { get : () -> (nat64) query }".to_vec();
+    let wasm = with_custom_section(probe_wasm(), "icp:public candid:service", &did);
+    let wasm = with_custom_section(wasm, "icp:private secret", b"for controllers");
+    let canister = served.replica.create_and_install(&wasm, &[]).unwrap();
+    // The controller (anonymous, as create_and_install sets it) reads both, certified.
+    let controller = served.anonymous_agent().await;
+    assert_eq!(
+        controller
+            .read_state_canister_metadata(canister, "candid:service")
+            .await
+            .unwrap(),
+        did
+    );
+    assert_eq!(
+        controller
+            .read_state_canister_metadata(canister, "secret")
+            .await
+            .unwrap(),
+        b"for controllers".to_vec()
+    );
+    // Anyone reads the public one; the private one is refused to a stranger.
+    let stranger = served.agent(ed25519_identity(7)).await;
+    assert_eq!(
+        stranger
+            .read_state_canister_metadata(canister, "candid:service")
+            .await
+            .unwrap(),
+        did
+    );
+    let err = stranger
+        .read_state_canister_metadata(canister, "secret")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, AgentError::HttpError(p) if p.status == 403),
+        "{err:?}"
+    );
+    // A name the module does not declare is absent.
+    assert!(controller
+        .read_state_canister_metadata(canister, "candid:args")
+        .await
+        .is_err());
+    // An upgrade to a module without sections takes them away.
+    served
+        .replica
+        .upgrade(canister, &probe_wasm(), &[])
+        .unwrap();
+    assert!(stranger
+        .read_state_canister_metadata(canister, "candid:service")
+        .await
+        .is_err());
+    // A module declaring a name twice is not installed.
+    let twice = with_custom_section(
+        with_custom_section(probe_wasm(), "icp:public x", b"1"),
+        "icp:private x",
+        b"2",
+    );
+    let err = served.replica.create_and_install(&twice, &[]).unwrap_err();
+    assert!(err.to_string().contains("more than once"), "{err}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn bad_requests_are_answered_while_another_client_keeps_being_served() {
     let served = Served::new(ReplicaConfig::with_seed("errors"));

@@ -37,6 +37,51 @@ pub struct Compiled {
     pub has_start: bool,
     /// Imports that trap when called because this replica does not implement them.
     pub unsupported_imports: Vec<String>,
+    /// The module's canister metadata: custom sections named `icp:public <name>` or
+    /// `icp:private <name>` (as ic-wasm, dfx and icp-cli write them), served under
+    /// `/canister/<id>/metadata/<name>` by `read_state`.
+    pub metadata: Vec<Metadata>,
+}
+
+/// One canister metadata section.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Metadata {
+    /// The name after the visibility (`candid:service`, ...).
+    pub name: String,
+    /// `icp:public`: anyone may read it; `icp:private`: controllers only.
+    pub public: bool,
+    /// The section's content.
+    pub content: Vec<u8>,
+}
+
+/// The `icp:public` / `icp:private` custom sections of `wasm`. A name given twice is refused,
+/// as the IC refuses such a module.
+pub fn metadata_sections(wasm: &[u8]) -> Result<Vec<Metadata>, InvalidWasm> {
+    let mut out: Vec<Metadata> = Vec::new();
+    for payload in wasmparser::Parser::new(0).parse_all(wasm) {
+        let payload = payload.map_err(|e| InvalidWasm(format!("invalid wasm module: {e}")))?;
+        let wasmparser::Payload::CustomSection(section) = payload else {
+            continue;
+        };
+        let (public, name) = if let Some(n) = section.name().strip_prefix("icp:public ") {
+            (true, n)
+        } else if let Some(n) = section.name().strip_prefix("icp:private ") {
+            (false, n)
+        } else {
+            continue;
+        };
+        if out.iter().any(|m| m.name == name) {
+            return Err(InvalidWasm(format!(
+                "the module declares the canister metadata `{name}` more than once"
+            )));
+        }
+        out.push(Metadata {
+            name: name.to_string(),
+            public,
+            content: section.data().to_vec(),
+        });
+    }
+    Ok(out)
 }
 
 impl Compiled {
@@ -143,6 +188,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 fn compile_uncached(shared: &Shared, wasm: &[u8]) -> Result<Compiled, InvalidWasm> {
     let instrumented = instrument(wasm)?;
+    let metadata = metadata_sections(wasm)?;
     let module = Module::new(&shared.engine, &instrumented.wasm)
         .map_err(|e| InvalidWasm(format!("wasm module does not compile: {}", e.root_cause())))?;
     let mut linker = shared.linker.clone();
@@ -200,5 +246,6 @@ fn compile_uncached(shared: &Shared, wasm: &[u8]) -> Result<Compiled, InvalidWas
         has_table: instrumented.has_table,
         has_start: instrumented.has_start,
         unsupported_imports,
+        metadata,
     })
 }

@@ -54,6 +54,15 @@ impl Engine {
         self.canisters.get(&canister).and_then(|c| c.module_hash)
     }
 
+    /// The installed module's canister metadata (`icp:public` / `icp:private` sections).
+    pub fn metadata(&self, canister: Principal) -> Vec<super::compile::Metadata> {
+        self.canisters
+            .get(&canister)
+            .and_then(|c| c.runtime.as_ref())
+            .map(|rt| rt.compiled().metadata.clone())
+            .unwrap_or_default()
+    }
+
     /// Certified data of a canister (empty if nothing installed or set).
     pub fn certified_data(&self, canister: Principal) -> Option<Vec<u8>> {
         let c = self.canisters.get(&canister)?;

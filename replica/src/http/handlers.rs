@@ -405,6 +405,31 @@ fn check_read_state_paths(
                     )));
                 }
                 request.check_target(&requested)?;
+                // A private metadata section (`icp:private`) is for the controllers only.
+                if let (Some(b"metadata"), Some(name)) =
+                    (labels.get(2).map(Vec::as_slice), labels.get(3))
+                {
+                    let core = replica.core();
+                    let private = core
+                        .engine
+                        .metadata(requested)
+                        .iter()
+                        .any(|m| !m.public && m.name.as_bytes() == name.as_slice());
+                    let controller = core
+                        .engine
+                        .controllers(requested)
+                        .unwrap_or_default()
+                        .contains(&request.sender);
+                    if private && !controller {
+                        return Err(HttpError::new(
+                            StatusCode::FORBIDDEN,
+                            format!(
+                                "Custom section {} can only be requested by the controllers of the canister.",
+                                String::from_utf8_lossy(name)
+                            ),
+                        ));
+                    }
+                }
             }
             Some(b"request_status") => {
                 let Some(rid) = labels.get(1) else {
