@@ -223,20 +223,4 @@ impl State {
     pub(crate) fn subscriber_count(&self, topic: &str) -> u64 {
         self.topics.get(&topic.as_bytes().to_vec()).unwrap_or(0)
     }
-
-    /// The first `limit` subscribers of `topic` in id order (reads at most `limit` keys).
-    pub(crate) fn subscribers_up_to(&self, topic: &str, limit: usize) -> Vec<ClientId> {
-        let mut start = vec![topic.len() as u8];
-        start.extend_from_slice(topic.as_bytes());
-        let mut end = start.clone();
-        end.extend_from_slice(&[0xff; 9]);
-        self.subs
-            .keys_range(start..end)
-            .take(limit)
-            .filter_map(|k| {
-                k.get(k.len().saturating_sub(8)..)
-                    .map(|b| crate::store::Reader::new(b).u64())
-            })
-            .collect()
-    }
 }

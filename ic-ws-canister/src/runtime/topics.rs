@@ -79,13 +79,20 @@ impl State {
             .collect()
     }
 
+    /// Every subscriber of `topic`, in id order.
     pub(crate) fn subscribers(&self, topic: &str) -> Vec<ClientId> {
+        self.subscribers_up_to(topic, usize::MAX)
+    }
+
+    /// The first `limit` subscribers of `topic` in id order (reads at most `limit` keys).
+    pub(crate) fn subscribers_up_to(&self, topic: &str, limit: usize) -> Vec<ClientId> {
         let mut start = vec![topic.len() as u8];
         start.extend_from_slice(topic.as_bytes());
         let mut end = start.clone();
         end.extend_from_slice(&[0xff; 9]);
         self.subs
             .keys_range(start..end)
+            .take(limit)
             .filter_map(|k| {
                 k.get(k.len().saturating_sub(8)..)
                     .map(|b| crate::store::Reader::new(b).u64())
