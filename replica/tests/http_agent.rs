@@ -637,6 +637,31 @@ async fn canister_metadata_sections_are_served_public_to_anyone_private_to_contr
         matches!(&err, AgentError::HttpError(p) if p.status == 403),
         "{err:?}"
     );
+    // Nor through a wider path that would carry the whole metadata subtree.
+    for path in [
+        vec![
+            Label::from("canister"),
+            Label::from_bytes(canister.as_slice()),
+        ],
+        vec![
+            Label::from("canister"),
+            Label::from_bytes(canister.as_slice()),
+            Label::from("metadata"),
+        ],
+    ] {
+        let err = stranger
+            .read_state_raw(vec![path.clone()], canister)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, AgentError::HttpError(p) if p.status == 403),
+            "{path:?}: {err:?}"
+        );
+        controller
+            .read_state_raw(vec![path], canister)
+            .await
+            .unwrap();
+    }
     // A name the module does not declare is absent.
     assert!(controller
         .read_state_canister_metadata(canister, "candid:args")

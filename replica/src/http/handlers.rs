@@ -405,16 +405,23 @@ fn check_read_state_paths(
                     )));
                 }
                 request.check_target(&requested)?;
-                // A private metadata section (`icp:private`) is for the controllers only.
-                if let (Some(b"metadata"), Some(name)) =
-                    (labels.get(2).map(Vec::as_slice), labels.get(3))
-                {
+                // A private metadata section (`icp:private`) is for the controllers only,
+                // whether named or inside a wider path (`/canister/<id>`,
+                // `/canister/<id>/metadata`), which would carry the whole subtree.
+                let third = labels.get(2).map(Vec::as_slice);
+                let whole_metadata = labels.len() == 2
+                    || (labels.len() == 3 && third == Some(b"metadata".as_slice()));
+                let named = match (third, labels.get(3)) {
+                    (Some(b"metadata"), Some(name)) => Some(name.as_slice()),
+                    _ => None,
+                };
+                if whole_metadata || named.is_some() {
                     let core = replica.core();
                     let private = core
                         .engine
                         .metadata(requested)
                         .iter()
-                        .any(|m| !m.public && m.name.as_bytes() == name.as_slice());
+                        .any(|m| !m.public && named.is_none_or(|n| m.name.as_bytes() == n));
                     let controller = core
                         .engine
                         .controllers(requested)
@@ -425,7 +432,10 @@ fn check_read_state_paths(
                             StatusCode::FORBIDDEN,
                             format!(
                                 "Custom section {} can only be requested by the controllers of the canister.",
-                                String::from_utf8_lossy(name)
+                                named.map_or_else(
+                                    || "metadata (private sections)".into(),
+                                    String::from_utf8_lossy
+                                )
                             ),
                         ));
                     }
