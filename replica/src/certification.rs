@@ -55,8 +55,9 @@ struct Signed {
 /// The replica's certified state tree.
 pub(crate) struct StateTree {
     tree: NestedTree<Vec<u8>, Vec<u8>>,
-    /// Names published under `/canister/<id>/metadata` (to drop the ones a new module lacks).
-    metadata_names: std::collections::HashMap<Principal, Vec<String>>,
+    /// Per canister: the module hash whose metadata is published under
+    /// `/canister/<id>/metadata`, and the names published (to drop the ones a new module lacks).
+    metadata_names: std::collections::HashMap<Principal, (Option<[u8; 32]>, Vec<String>)>,
     time_ns: u64,
     signed: Option<Signed>,
     signatures_made: u64,
@@ -163,9 +164,20 @@ impl StateTree {
     /// Publishes the installed module's metadata sections at `/canister/<id>/metadata/<name>`
     /// (public and private alike, as the IC's state tree holds them; `read_state` decides who
     /// may read a private one). Sections of a replaced module disappear.
-    pub(crate) fn set_metadata(&mut self, canister: Principal, sections: &[(String, Vec<u8>)]) {
+    /// Published once per installed module: rounds do not revisit it.
+    pub(crate) fn metadata_published_for(&self, canister: Principal) -> Option<Option<[u8; 32]>> {
+        self.metadata_names.get(&canister).map(|(hash, _)| *hash)
+    }
+
+    /// See [`Self::metadata_published_for`]; `module_hash` is the module the sections are of.
+    pub(crate) fn set_metadata(
+        &mut self,
+        canister: Principal,
+        module_hash: Option<[u8; 32]>,
+        sections: &[(String, Vec<u8>)],
+    ) {
         let names: Vec<String> = sections.iter().map(|(n, _)| n.clone()).collect();
-        let known = self.metadata_names.get(&canister);
+        let known = self.metadata_names.get(&canister).map(|(_, n)| n);
         if known.is_some_and(|k| *k != names) {
             let base = vec![
                 label("canister"),
@@ -187,11 +199,7 @@ impl StateTree {
                 self.tree.insert(&path, content.clone());
             }
         }
-        if names.is_empty() {
-            self.metadata_names.remove(&canister);
-        } else {
-            self.metadata_names.insert(canister, names);
-        }
+        self.metadata_names.insert(canister, (module_hash, names));
     }
 
     /// Removes everything under `/canister/<id>` (a deleted canister looks up as Absent).

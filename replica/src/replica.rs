@@ -147,13 +147,16 @@ impl Core {
             let controllers = self.engine.controllers(canister).unwrap_or_default();
             self.tree
                 .set_canister(canister, certified, module_hash, &controllers);
-            let metadata: Vec<(String, Vec<u8>)> = self
-                .engine
-                .metadata(canister)
-                .into_iter()
-                .map(|m| (m.name, m.content))
-                .collect();
-            self.tree.set_metadata(canister, &metadata);
+            // Metadata changes only with the module: republished when the module hash does.
+            if self.tree.metadata_published_for(canister) != Some(module_hash) {
+                let metadata: Vec<(String, Vec<u8>)> = self
+                    .engine
+                    .metadata(canister)
+                    .into_iter()
+                    .map(|m| (m.name, m.content))
+                    .collect();
+                self.tree.set_metadata(canister, module_hash, &metadata);
+            }
         }
     }
 
