@@ -17,7 +17,11 @@
 //! - A duplicate `#[on_open]` / `#[on_close]` is a duplicate inherent constant (E0592); a
 //!   duplicate `#[on_message]` in the same module a duplicate `__ic_ws_on_message` module, and
 //!   in any module a duplicate crate-level `#[macro_export]` sentinel (E0428), both found by
-//!   `cargo check`, before the linker would see two `canister_update ws_open` exports.
+//!   `cargo check`, before the linker would see two `canister_update ws_open` exports. The
+//!   sentinel comes first in the generated code, so its error
+//!   (`__ic_ws_only_one_on_message_per_canister` is defined multiple times, at both
+//!   attributes) is the first one reported in either case; in the same module the duplicate
+//!   marker names follow it (UI tests `duplicate_on_message*`).
 //! - `#[on_open]` / `#[on_close]` without `#[on_message]` in their module: each also
 //!   generates a fallback module of its own with a stand-in `App` and glob-imports it. An
 //!   item of the module shadows a glob import, so the stand-in is only reached when
@@ -104,6 +108,14 @@ fn marker_module(paths: &Paths) -> TokenStream {
     let module = format_ident!("{}", MARKER_MODULE);
     let close_alias = format_ident!("{}", CLOSE_ALIAS);
     quote! {
+        /// Only one `#[on_message]` per canister: a second one redefines this crate-level
+        /// macro, which the compiler reports wherever the two are (first,
+        /// before the duplicate names below).
+        #[doc(hidden)]
+        #[macro_export]
+        macro_rules! __ic_ws_only_one_on_message_per_canister {
+            () => {};
+        }
         #[doc(hidden)]
         #[allow(dead_code, non_snake_case)]
         pub(crate) mod #module {
@@ -119,13 +131,6 @@ fn marker_module(paths: &Paths) -> TokenStream {
         #[allow(unused_imports)]
         pub(crate) use self::#module as #close_alias;
 
-        /// Only one `#[on_message]` per canister: a second one redefines this crate-level
-        /// macro, which the compiler reports wherever the two are.
-        #[doc(hidden)]
-        #[macro_export]
-        macro_rules! __ic_ws_only_one_on_message_per_canister {
-            () => {};
-        }
     }
 }
 
