@@ -98,6 +98,9 @@ pub fn build_canister(package: &str) -> Result<PathBuf, WasmBuildError> {
         return Ok(path.clone());
     }
     let root = workspace_root()?;
+    // Whoever builds canisters from source (tests, benchmarks) also keeps their compiled
+    // modules beside them, for the next process (`engine::use_module_cache`).
+    crate::engine::use_module_cache(canister_target_dir(&root).join("replica-modules"));
     let path = run_cargo(&root, package)?;
     cache.insert(package.to_string(), path.clone());
     Ok(path)

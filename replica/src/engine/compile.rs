@@ -4,9 +4,17 @@
 //! bytemap; no fuel metering: the instrumentation counts instructions itself) and one cache of
 //! compiled modules keyed by the SHA-256 of the (decompressed) wasm, so a test suite that
 //! installs the same canister in a hundred engines compiles it once.
+//!
+//! Across processes, compiled modules can also be kept on disk (`IC_WS_REPLICA_MODULE_CACHE`,
+//! or [`use_module_cache`]; tests that build their canisters from source turn it on, see
+//! `wasm_build`): cranelift spends ~15 s of CPU on a 4 MB canister in a debug build, and every
+//! test binary and every replica process of the suite would pay it again. The key is the
+//! SHA-256 of the *instrumented* wasm (so a change of the instrumentation is a miss, never a
+//! stale module) and wasmtime's compatibility hash of the engine's version and settings.
 
 use std::collections::{HashMap, HashSet};
 use std::io::Read;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use sha2::{Digest, Sha256};
@@ -20,6 +28,10 @@ use super::MethodKind;
 pub const MAX_WASM_SIZE: usize = 100 * 1024 * 1024;
 /// Compiled modules kept in the process-wide cache before it is emptied.
 const CACHE_CAPACITY: usize = 64;
+/// Compiled modules kept in the on-disk cache (the oldest are removed beyond it).
+const DISK_CACHE_CAPACITY: usize = 32;
+/// Names the format of the on-disk cache's keys.
+const DISK_CACHE_VERSION: &[u8] = b"ic-ws-replica compiled module v1";
 
 /// A compiled, instrumented canister module, ready to instantiate.
 pub struct Compiled {
@@ -186,11 +198,124 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+fn module_cache_dir() -> &'static Option<PathBuf> {
+    MODULE_CACHE.get_or_init(env_module_cache)
+}
+
+fn env_module_cache() -> Option<PathBuf> {
+    std::env::var_os("IC_WS_REPLICA_MODULE_CACHE")
+        .filter(|d| !d.is_empty())
+        .map(PathBuf::from)
+}
+
+static MODULE_CACHE: OnceLock<Option<PathBuf>> = OnceLock::new();
+
+/// Keeps compiled modules in `dir` (created when needed) for other processes, unless
+/// `IC_WS_REPLICA_MODULE_CACHE` names another directory or the process already compiled:
+/// returns whether `dir` is now the cache. Only name a directory written by this replica alone
+/// (as a build directory is): its files are loaded as compiled machine code.
+pub fn use_module_cache(dir: PathBuf) -> bool {
+    let mut chosen = false;
+    MODULE_CACHE.get_or_init(|| {
+        env_module_cache().or_else(|| {
+            chosen = true;
+            Some(dir)
+        })
+    });
+    chosen
+}
+
+/// `wasm` (instrumented) compiled, from the on-disk cache when there is one and it holds it.
+fn load_module(
+    engine: &wasmtime::Engine,
+    wasm: &[u8],
+    cache: Option<&Path>,
+) -> Result<Module, InvalidWasm> {
+    let compile = || {
+        Module::new(engine, wasm)
+            .map_err(|e| InvalidWasm(format!("wasm module does not compile: {}", e.root_cause())))
+    };
+    let Some(dir) = cache else {
+        return compile();
+    };
+    let path = dir.join(format!("{}.cwasm", disk_key(engine, wasm)));
+    // Read into memory rather than mapped: a file truncated or rewritten in place by someone
+    // else later cannot fault a running replica.
+    if let Ok(bytes) = std::fs::read(&path) {
+        // SAFETY: `Module::deserialize` runs the bytes as machine code. They were written by
+        // `store_module` below (whole, by rename) from `Module::serialize` of a module this
+        // engine compiled, in a directory the operator gave this replica for it (see
+        // `use_module_cache`); wasmtime also checks that they are its own artefact, of the
+        // same version and settings, and refuses anything else (then we compile).
+        #[allow(unsafe_code)]
+        let loaded = unsafe { Module::deserialize(engine, &bytes) };
+        match loaded {
+            Ok(module) => return Ok(module),
+            Err(e) => {
+                tracing::warn!(path = %path.display(), "compiled module not reusable, compiling: {e:#}")
+            }
+        }
+    }
+    let module = compile()?;
+    match module.serialize() {
+        Ok(bytes) => store_module(dir, &path, &bytes),
+        Err(e) => tracing::warn!("compiled module not serialisable: {e:#}"),
+    }
+    Ok(module)
+}
+
+/// The on-disk cache key of `wasm` for `engine` (hex).
+fn disk_key(engine: &wasmtime::Engine, wasm: &[u8]) -> String {
+    use std::hash::{Hash, Hasher};
+    let mut compat = std::hash::DefaultHasher::new();
+    engine.precompile_compatibility_hash().hash(&mut compat);
+    let digest = Sha256::new()
+        .chain_update(DISK_CACHE_VERSION)
+        .chain_update(compat.finish().to_le_bytes())
+        .chain_update(wasm)
+        .finalize();
+    hex::encode(digest)
+}
+
+/// Writes a compiled module to the cache (a temporary file renamed into place, so readers of
+/// other processes see whole files only) and keeps the cache within its capacity. Failures
+/// only cost a later compilation: warned, not returned.
+fn store_module(dir: &Path, path: &Path, bytes: &[u8]) {
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    let written = std::fs::create_dir_all(dir)
+        .and_then(|()| std::fs::write(&tmp, bytes))
+        .and_then(|()| std::fs::rename(&tmp, path));
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        tracing::warn!(dir = %dir.display(), "cannot keep the compiled module: {e}");
+        return;
+    }
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let mut modules: Vec<(std::time::SystemTime, PathBuf)> = entries
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "cwasm"))
+        .filter_map(|p| Some((std::fs::metadata(&p).ok()?.modified().ok()?, p)))
+        .collect();
+    if modules.len() > DISK_CACHE_CAPACITY {
+        modules.sort();
+        let excess = modules.len() - DISK_CACHE_CAPACITY;
+        for (_, old) in modules.into_iter().take(excess) {
+            let _ = std::fs::remove_file(old);
+        }
+    }
+}
+
 fn compile_uncached(shared: &Shared, wasm: &[u8]) -> Result<Compiled, InvalidWasm> {
     let instrumented = instrument(wasm)?;
     let metadata = metadata_sections(wasm)?;
-    let module = Module::new(&shared.engine, &instrumented.wasm)
-        .map_err(|e| InvalidWasm(format!("wasm module does not compile: {}", e.root_cause())))?;
+    let module = load_module(
+        &shared.engine,
+        &instrumented.wasm,
+        module_cache_dir().as_deref(),
+    )?;
     let mut linker = shared.linker.clone();
     let mut unsupported_imports = Vec::new();
     for import in module.imports() {
@@ -248,4 +373,94 @@ fn compile_uncached(shared: &Shared, wasm: &[u8]) -> Result<Compiled, InvalidWas
         unsupported_imports,
         metadata,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn module_wasm(value: i32) -> Vec<u8> {
+        wat::parse_str(format!(
+            r#"(module (func (export "f") (result i32) i32.const {value}))"#
+        ))
+        .expect("wat")
+    }
+
+    fn call_f(engine: &wasmtime::Engine, module: &Module) -> i32 {
+        let mut store = Store::new(engine, ());
+        let instance = wasmtime::Instance::new(&mut store, module, &[]).expect("instantiate");
+        let f = instance
+            .get_typed_func::<(), i32>(&mut store, "f")
+            .expect("export f");
+        f.call(&mut store, ()).expect("call f")
+    }
+
+    fn cached_files(dir: &Path) -> Vec<PathBuf> {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+            .expect("cache dir")
+            .map(|e| e.expect("entry").path())
+            .collect();
+        files.sort();
+        files
+    }
+
+    #[test]
+    fn the_disk_cache_serves_other_processes_and_survives_bad_files() {
+        let engine = wasmtime_engine().expect("engine");
+        let dir = std::env::temp_dir().join(format!("ic-ws-module-cache-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let wasm = module_wasm(7);
+
+        // First use: compiled and written, whole (no temporary file left).
+        let first = load_module(engine, &wasm, Some(&dir)).expect("compile");
+        assert_eq!(call_f(engine, &first), 7);
+        let files = cached_files(&dir);
+        assert_eq!(files.len(), 1, "{files:?}");
+        assert_eq!(files[0].extension().and_then(|x| x.to_str()), Some("cwasm"));
+
+        // Next use (as another process would): loaded from the file, which is not rewritten.
+        let written = std::fs::metadata(&files[0])
+            .and_then(|m| m.modified())
+            .expect("mtime");
+        let again = load_module(engine, &wasm, Some(&dir)).expect("load");
+        assert_eq!(call_f(engine, &again), 7);
+        let after = std::fs::metadata(&files[0])
+            .and_then(|m| m.modified())
+            .expect("mtime");
+        assert_eq!(written, after, "a hit must not compile and write again");
+
+        // Another module is another key: never the first one's code.
+        let other = load_module(engine, &module_wasm(8), Some(&dir)).expect("compile other");
+        assert_eq!(call_f(engine, &other), 8);
+        assert_eq!(cached_files(&dir).len(), 2);
+
+        // A damaged file is not loaded: compiled again (and the file replaced).
+        std::fs::write(&files[0], b"not a compiled module").expect("damage");
+        let repaired = load_module(engine, &wasm, Some(&dir)).expect("recompile");
+        assert_eq!(call_f(engine, &repaired), 7);
+        assert_ne!(
+            std::fs::read(&files[0]).expect("read"),
+            b"not a compiled module".to_vec()
+        );
+
+        // Without a cache directory nothing is written anywhere.
+        let plain = load_module(engine, &module_wasm(9), None).expect("compile");
+        assert_eq!(call_f(engine, &plain), 9);
+        assert_eq!(cached_files(&dir).len(), 2);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn the_disk_cache_keeps_at_most_its_capacity() {
+        let dir = std::env::temp_dir().join(format!("ic-ws-module-prune-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("dir");
+        for i in 0..DISK_CACHE_CAPACITY + 3 {
+            let path = dir.join(format!("{i:04}.cwasm"));
+            store_module(&dir, &path, b"x");
+        }
+        let files = cached_files(&dir);
+        assert_eq!(files.len(), DISK_CACHE_CAPACITY, "{files:?}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

@@ -44,7 +44,7 @@ use sha2::{Digest, Sha256};
 use runtime::{Entry, ExecError, OnSuccess, Outcome, Runtime};
 use system_api::{ApiContext, Closure, Exec, Host, HostTrap, Response, SubnetInfo};
 
-pub use compile::{Metadata, MAX_WASM_SIZE};
+pub use compile::{use_module_cache, Metadata, MAX_WASM_SIZE};
 
 /// How the engine reads the IC time (`ic0.time`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
