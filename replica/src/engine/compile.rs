@@ -241,18 +241,30 @@ fn load_module(
     let path = dir.join(format!("{}.cwasm", disk_key(engine, wasm)));
     // Read into memory rather than mapped: a file truncated or rewritten in place by someone
     // else later cannot fault a running replica.
-    if let Ok(bytes) = std::fs::read(&path) {
-        // SAFETY: `Module::deserialize` runs the bytes as machine code. They were written by
-        // `store_module` below (whole, by rename) from `Module::serialize` of a module this
-        // engine compiled, in a directory the operator gave this replica for it (see
-        // `use_module_cache`); wasmtime also checks that they are its own artefact, of the
-        // same version and settings, and refuses anything else (then we compile).
-        #[allow(unsafe_code)]
-        let loaded = unsafe { Module::deserialize(engine, &bytes) };
-        match loaded {
-            Ok(module) => return Ok(module),
-            Err(e) => {
-                tracing::warn!(path = %path.display(), "compiled module not reusable, compiling: {e:#}")
+    if let Ok(file) = std::fs::read(&path) {
+        // The file is the SHA-256 of the artefact, then the artefact: a damaged or partial file
+        // is never handed to wasmtime.
+        let intact = file
+            .split_at_checked(32)
+            .filter(|(digest, body)| Sha256::digest(body).as_slice() == *digest);
+        match intact {
+            Some((_, body)) => {
+                // SAFETY: `Module::deserialize` runs the bytes as machine code. They are, as
+                // their digest shows, what `store_module` wrote from `Module::serialize` of a
+                // module compiled by this engine's configuration, in a directory the operator
+                // gave this replica for it (see `use_module_cache`); wasmtime also checks that
+                // they are its own artefact, of the same version and settings.
+                #[allow(unsafe_code)]
+                let loaded = unsafe { Module::deserialize(engine, body) };
+                match loaded {
+                    Ok(module) => return Ok(module),
+                    Err(e) => {
+                        tracing::warn!(path = %path.display(), "compiled module not reusable, compiling: {e:#}")
+                    }
+                }
+            }
+            None => {
+                tracing::warn!(path = %path.display(), "compiled module damaged, compiling")
             }
         }
     }
@@ -281,9 +293,18 @@ fn disk_key(engine: &wasmtime::Engine, wasm: &[u8]) -> String {
 /// other processes see whole files only) and keeps the cache within its capacity. Failures
 /// only cost a later compilation: warned, not returned.
 fn store_module(dir: &Path, path: &Path, bytes: &[u8]) {
-    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    use std::io::Write;
+    // Unique per process and write: two threads that compiled the same module at once each
+    // write their own file (the rename makes one of them the cache's).
+    static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = path.with_extension(format!("tmp{}-{n}", std::process::id()));
     let written = std::fs::create_dir_all(dir)
-        .and_then(|()| std::fs::write(&tmp, bytes))
+        .and_then(|()| std::fs::File::create(&tmp))
+        .and_then(|mut f| {
+            f.write_all(&Sha256::digest(bytes))?;
+            f.write_all(bytes)
+        })
         .and_then(|()| std::fs::rename(&tmp, path));
     if let Err(e) = written {
         let _ = std::fs::remove_file(&tmp);
@@ -434,7 +455,15 @@ mod tests {
         assert_eq!(call_f(engine, &other), 8);
         assert_eq!(cached_files(&dir).len(), 2);
 
-        // A damaged file is not loaded: compiled again (and the file replaced).
+        // A damaged file is not loaded: compiled again (and the file replaced). Here one byte
+        // of the artefact flipped (the digest in front no longer matches), then garbage.
+        let mut flipped = std::fs::read(&files[0]).expect("read");
+        let last = flipped.len() - 1;
+        flipped[last] ^= 1;
+        std::fs::write(&files[0], &flipped).expect("damage");
+        let repaired = load_module(engine, &wasm, Some(&dir)).expect("recompile");
+        assert_eq!(call_f(engine, &repaired), 7);
+        assert_ne!(std::fs::read(&files[0]).expect("read"), flipped);
         std::fs::write(&files[0], b"not a compiled module").expect("damage");
         let repaired = load_module(engine, &wasm, Some(&dir)).expect("recompile");
         assert_eq!(call_f(engine, &repaired), 7);
