@@ -169,6 +169,7 @@ impl WsCanister {
                 cursor,
                 max_messages: None,
                 max_bytes: None,
+                max_clients: None,
             },
         )
         .unwrap_or_else(|e| panic!("ws_poll error: {e}"))

@@ -140,6 +140,7 @@ fn runtime_figures_stay_within_their_budgets() {
                 cursor: 0,
                 max_messages: Some(50),
                 max_bytes: None,
+                max_clients: None,
             },
         )
         .unwrap();
@@ -160,6 +161,7 @@ fn runtime_figures_stay_within_their_budgets() {
                 cursor,
                 max_messages: Some(50),
                 max_bytes: None,
+                max_clients: None,
             },
         )
         .unwrap();
@@ -181,6 +183,7 @@ fn runtime_figures_stay_within_their_budgets() {
                 cursor,
                 max_messages: Some(50),
                 max_bytes: None,
+                max_clients: None,
             },
         )
         .unwrap();

@@ -112,6 +112,7 @@ fn poll_replies_are_capped_in_count_and_bytes() {
                 cursor: 0,
                 max_messages: Some(3),
                 max_bytes: None,
+                max_clients: None,
             },
         )
         .unwrap();

@@ -226,6 +226,7 @@ fn an_upgrade_without_the_rebuild_fails_loudly_then_recovers_in_an_update_call()
             cursor: 0,
             max_messages: None,
             max_bytes: None,
+            max_clients: None,
         },
     );
     match r {

@@ -42,10 +42,38 @@ async fn round_trip_through_a_real_gateway() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_clients_messages_arrive_in_order() {
+    messages_arrive_in_order(None).await;
+}
+
+/// The same with one client per poll page (`--poll-page-clients 1`, and no growth of the cap
+/// under the backlog): the canister's wasm cuts every page before a second client, and nothing
+/// is lost, duplicated or reordered across the many small pages.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_arrive_in_order_in_pages_of_one_client() {
+    let (_net, gw) = messages_arrive_in_order(Some("1")).await;
+    let pages = gw.metric("ic_ws_gateway_page_clients_count").unwrap();
+    let single = gw
+        .metric("ic_ws_gateway_page_clients_bucket{le=\"1\"}")
+        .unwrap();
+    // 3 clients x 3 x 40 broadcasts, in pages of one client each.
+    assert!(pages >= 9.0, "{pages} pages");
+    assert_eq!(single, pages, "every page carried one client");
+    assert_eq!(gw.metric("ic_ws_gateway_page_cap_grown_total"), Some(0.0));
+}
+
+/// Three clients each say N messages at once; every client sees everyone's, in order, once.
+/// Returns the replica and the gateway, still running (for the gateway's metrics).
+async fn messages_arrive_in_order(page_clients: Option<&str>) -> (TestNet, GatewayProcess) {
     const N: usize = 40;
     let net = TestNet::start().unwrap();
     let canister = net.install(CHAT, &no_args()).unwrap();
-    let gw = GatewayProcess::start(GatewayOptions::new(&net, &[canister])).unwrap();
+    let mut options = GatewayOptions::new(&net, &[canister]);
+    if let Some(n) = page_clients {
+        options = options
+            .arg("--poll-page-clients", n)
+            .arg("--poll-page-clients-max", n);
+    }
+    let gw = GatewayProcess::start(options).unwrap();
     let names = ["ann", "ben", "cat"];
     let mut clients = Vec::new();
     for name in names {
@@ -75,6 +103,7 @@ async fn each_clients_messages_arrive_in_order() {
         }
         assert!(seen.disconnects().is_empty(), "{name}: {seen:?}");
     }
+    (net, gw)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -335,6 +335,7 @@ fn step(r: &mut Reader<'_>) {
                 cursor: 0,
                 max_messages: None,
                 max_bytes: None,
+                max_clients: None,
             }));
         }
     }
@@ -399,6 +400,7 @@ pub fn seeds() -> Vec<Vec<u8>> {
         cursor: 0,
         max_messages: Some(2),
         max_bytes: None,
+        max_clients: Some(1),
     };
     w.u8(3)
         .bytes16(&ic_ws_protocol::encode(&poll).unwrap_or_default());

@@ -313,6 +313,21 @@ pub struct Config {
     #[arg(long, env = "IC_WS_GATEWAY_POLL_MAX_BYTES")]
     pub poll_max_bytes: Option<u32>,
 
+    /// Clients per poll reply asked for (`max_clients`): the gateway writes one frame per
+    /// client of a page, so this bounds the delay a page adds for its last client. A backlog
+    /// that outlasts the active poll interval doubles it per reply up to
+    /// `--poll-page-clients-max`; 0 asks for no cap.
+    #[arg(long, env = "IC_WS_GATEWAY_POLL_PAGE_CLIENTS", default_value_t = 64)]
+    pub poll_page_clients: u32,
+
+    /// The most clients per poll reply a lasting backlog makes the gateway ask for.
+    #[arg(
+        long,
+        env = "IC_WS_GATEWAY_POLL_PAGE_CLIENTS_MAX",
+        default_value_t = 4096
+    )]
+    pub poll_page_clients_max: u32,
+
     /// Stop polling a canister this long after its last client left, in ms.
     #[arg(
         long,
@@ -614,6 +629,14 @@ impl Config {
             active_window: Duration::from_millis(self.poll_active_window_ms),
             max_rate: self.poll_max_rate,
             jitter_pct: self.poll_jitter_pct,
+        }
+    }
+    /// The page cap's settings: it grows when a backlog outlasts the active interval.
+    pub fn poll_page_cap(&self) -> crate::pagecap::Settings {
+        crate::pagecap::Settings {
+            base: self.poll_page_clients,
+            max: self.poll_page_clients_max,
+            grow_after: self.poll_schedule().active,
         }
     }
     /// The rhythm detector's settings, if it is on: bursts are messages less than

@@ -507,12 +507,22 @@ impl CanisterApi for FakeCanister {
             .saturating_sub(base)
             .min(s.log.len());
         let max_bytes = request.max_bytes.unwrap_or(1_572_864).min(1_572_864) as usize;
+        // Like the runtime: 0 counts as 1; the page ends before one client too many.
+        let max_clients = request.max_clients.unwrap_or(u32::MAX).max(1) as usize;
+        let mut clients: std::collections::HashSet<ClientId> = Default::default();
         let mut end = start;
         let mut bytes = 0;
         while end < s.log.len()
             && end - start < max
             && (end == start || bytes + s.log[end].content.len() <= max_bytes)
         {
+            let client = s.log[end].client_id;
+            if !clients.contains(&client) {
+                if clients.len() >= max_clients {
+                    break;
+                }
+                clients.insert(client);
+            }
             bytes += s.log[end].content.len();
             end += 1;
         }

@@ -61,6 +61,7 @@ pub mod listener;
 pub mod memory;
 pub mod metrics;
 pub mod outbox;
+pub mod pagecap;
 pub mod poller;
 pub mod ratelimit;
 pub mod relay;

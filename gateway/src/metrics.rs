@@ -238,6 +238,10 @@ pub struct Metrics {
     pub page_distribution: Histogram,
     /// Messages per poll page that had any.
     pub page_size: Histogram,
+    /// Clients per poll page that had any (one frame each).
+    pub page_clients: Histogram,
+    /// Times a poller doubled its clients-per-page cap (a backlog outlasted the poll interval).
+    pub page_cap_grown: Counter,
     /// Clients closed because their send buffer overflowed (4001).
     pub buffer_overflows: Counter,
     /// Workers failed and not yet restarted.
@@ -286,6 +290,8 @@ impl Default for Metrics {
             delivery_delay: Histogram::new(SECONDS_BUCKETS),
             page_distribution: Histogram::new(SECONDS_BUCKETS),
             page_size: Histogram::new(SIZE_BUCKETS),
+            page_clients: Histogram::new(SIZE_BUCKETS),
+            page_cap_grown: Counter::default(),
             buffer_overflows: Counter::default(),
             workers_down: Gauge::default(),
             session_panics: Counter::default(),
@@ -482,6 +488,17 @@ impl Metrics {
             &mut out,
             "ic_ws_gateway_page_messages",
             "Messages per poll reply that had any.",
+        );
+        self.page_clients.render(
+            &mut out,
+            "ic_ws_gateway_page_clients",
+            "Clients (frames) per poll reply that had any.",
+        );
+        counter(
+            &mut out,
+            "ic_ws_gateway_page_cap_grown_total",
+            "Times a poller doubled its clients-per-page cap (a backlog outlasted the poll interval).",
+            self.page_cap_grown.get(),
         );
         counter(
             &mut out,

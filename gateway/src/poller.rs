@@ -7,13 +7,15 @@
 //! traffic in the last minute, backing off to `--poll-max-interval-ms` when idle, right after
 //! every update the gateway relays (`hub.poll_wake`), at once after a reply flagged `more`,
 //! no later than the canister's hint (`next_poll_ms`, clamped), jittered and within a query
-//! budget. The poller stops some time after its canister's last
-//! client left.
+//! budget. Each poll asks for at most [`crate::pagecap`]'s number of clients (one frame each),
+//! which bounds how long a page's last frame waits behind the others. The poller stops some
+//! time after its canister's last client left.
 
 use crate::canister::CanisterApi;
 use crate::health::WorkerExit;
 use crate::hub::{Hub, Page, Shared};
 use crate::metrics::ErrorKind;
+use crate::pagecap::{Change, PageCap};
 use crate::rhythm::Rhythm;
 use crate::schedule::{Outcome, Schedule};
 use ic_ws_protocol::types::{ClientId, OutboundMessage, PollReply, PollRequest};
@@ -31,6 +33,7 @@ pub async fn run<C: CanisterApi>(shared: Arc<Shared<C>>, hub: Arc<Hub>) -> Worke
     let seed = std::collections::hash_map::RandomState::new().hash_one(hub.canister);
     let mut schedule = Schedule::new(shared.config.poll_schedule(), Instant::now(), seed);
     let mut rhythm = shared.config.poll_rhythm().map(Rhythm::new);
+    let mut page_cap = PageCap::new(shared.config.poll_page_cap());
     let mut cursor = hub.cursor();
     let mut last_client = Instant::now();
     tracing::debug!(canister = %hub.canister, cursor, "poller started");
@@ -51,6 +54,7 @@ pub async fn run<C: CanisterApi>(shared: Arc<Shared<C>>, hub: Arc<Hub>) -> Worke
             cursor,
             max_messages: shared.config.poll_max_messages,
             max_bytes: shared.config.poll_max_bytes,
+            max_clients: page_cap.request(),
         };
         let started = Instant::now();
         let started_wall_ns = wall_ns();
@@ -79,8 +83,15 @@ pub async fn run<C: CanisterApi>(shared: Arc<Shared<C>>, hub: Arc<Hub>) -> Worke
                 }
                 cursor = reply.next_cursor;
                 hub.set_cursor(cursor);
-                if outcome.got_messages {
-                    deliver(&shared, &hub, reply);
+                let more = reply.more;
+                let clients = if outcome.got_messages {
+                    deliver(&shared, &hub, reply)
+                } else {
+                    0
+                };
+                if page_cap.observe(Instant::now(), more, clients) == Change::Grown {
+                    shared.metrics.page_cap_grown.inc();
+                    tracing::debug!(canister = %hub.canister, cap = ?page_cap.request(), "backlog outlasted the poll interval: bigger pages");
                 }
             }
             Ok(Err(e)) => {
@@ -120,8 +131,9 @@ fn wall_ns() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
 }
 
-/// Splits a reply by client and hands each client its messages.
-pub fn deliver<C: CanisterApi>(shared: &Shared<C>, hub: &Hub, reply: PollReply) {
+/// Splits a reply by client and hands each client its messages; returns how many clients the
+/// reply had messages for.
+pub fn deliver<C: CanisterApi>(shared: &Shared<C>, hub: &Hub, reply: PollReply) -> usize {
     let received = Instant::now();
     let tree = match serde_cbor::from_slice::<ic_certification::HashTree>(&reply.tree) {
         Ok(t) => t,
@@ -129,7 +141,7 @@ pub fn deliver<C: CanisterApi>(shared: &Shared<C>, hub: &Hub, reply: PollReply) 
             // Clients would reject these messages anyway; they resume from what they have.
             shared.metrics.error(ErrorKind::Poll);
             tracing::warn!(canister = %hub.canister, "poll reply tree does not decode: {e}");
-            return;
+            return 0;
         }
     };
     let page = Arc::new(Page {
@@ -149,6 +161,7 @@ pub fn deliver<C: CanisterApi>(shared: &Shared<C>, hub: &Hub, reply: PollReply) 
             })
             .push(m);
     }
+    let clients = order.len();
     let mut table = hub.table();
     for client in order {
         if let Some(messages) = by_client.remove(&client) {
@@ -157,8 +170,10 @@ pub fn deliver<C: CanisterApi>(shared: &Shared<C>, hub: &Hub, reply: PollReply) 
     }
     drop(table);
     shared.metrics.page_size.observe(total as f64);
+    shared.metrics.page_clients.observe(clients as f64);
     shared
         .metrics
         .page_distribution
         .observe_duration(received.elapsed());
+    clients
 }

@@ -132,6 +132,7 @@ fn poll(gw: u8, cursor: u64) -> PollReply {
         cursor,
         max_messages: None,
         max_bytes: None,
+        max_clients: None,
     })
     .unwrap()
 }
@@ -742,6 +743,7 @@ fn poll_is_capped_by_count_and_bytes() {
         cursor: 0,
         max_messages: Some(3),
         max_bytes: None,
+        max_clients: None,
     })
     .unwrap();
     assert_eq!(r.messages.len(), 3);
@@ -751,6 +753,7 @@ fn poll_is_capped_by_count_and_bytes() {
         cursor: 0,
         max_messages: Some(0),
         max_bytes: Some(0),
+        max_clients: None,
     })
     .unwrap();
     assert_eq!((r.messages.len(), r.more), (1, true));
@@ -760,6 +763,77 @@ fn poll_is_capped_by_count_and_bytes() {
         __private::ws_poll(PollRequest::default()),
         Err(WsError::InvalidArgument(_))
     ));
+}
+
+#[test]
+fn poll_is_capped_by_distinct_clients() {
+    let clients: Vec<Client> = (1..=4).map(|i| open(i, 1)).collect();
+    let id = |i: usize| clients[i].id;
+    for i in [0, 1, 0, 2, 3, 1, 1, 3] {
+        send(id(i), &format!("to {i}")).unwrap();
+    }
+    let all: Vec<(ClientId, u64)> = poll(1, 0)
+        .messages
+        .iter()
+        .map(|m| (m.client_id, m.seq))
+        .collect();
+    assert_eq!(all.len(), 12);
+    let capped = |cursor: u64, max_clients: u32| {
+        testing::set_caller(gateway(1));
+        __private::ws_poll(PollRequest {
+            cursor,
+            max_messages: None,
+            max_bytes: None,
+            max_clients: Some(max_clients),
+        })
+        .unwrap()
+    };
+    for max_clients in [0, 1, 2, 3, 4] {
+        let mut cursor = 0;
+        let mut got = Vec::new();
+        let mut pages: Vec<Vec<ClientId>> = Vec::new();
+        loop {
+            let r = capped(cursor, max_clients);
+            verify(&r);
+            let page: Vec<ClientId> = r.messages.iter().map(|m| m.client_id).collect();
+            got.extend(r.messages.iter().map(|m| (m.client_id, m.seq)));
+            pages.push(page);
+            cursor = r.next_cursor;
+            if !r.more {
+                break;
+            }
+        }
+        // Nothing lost, nothing reordered, at most `max_clients` (0 counts as 1) per page, and
+        // each page ended only because the next message was for one client too many.
+        assert_eq!(got, all, "max_clients {max_clients}");
+        let cap = max_clients.max(1) as usize;
+        let distinct = |page: &[ClientId]| {
+            let mut d = page.to_vec();
+            d.sort_unstable();
+            d.dedup();
+            d.len()
+        };
+        for (page, next) in pages.iter().zip(pages.iter().skip(1)) {
+            assert_eq!(distinct(page), cap, "{pages:?}");
+            assert!(!page.contains(&next[0]), "{pages:?}");
+        }
+        assert!(distinct(pages.last().unwrap()) <= cap);
+        if max_clients >= 4 {
+            assert_eq!(pages.len(), 1);
+        }
+    }
+    // Four clients' opens then the sends: with a cap of 2 the first page is the first two
+    // opens, the second the other two, and the third starts at the first send.
+    let first = capped(0, 2);
+    assert_eq!(
+        first
+            .messages
+            .iter()
+            .map(|m| (m.client_id, m.seq))
+            .collect::<Vec<_>>(),
+        vec![(id(0), 0), (id(1), 0)]
+    );
+    assert!(first.more);
 }
 
 #[test]

@@ -148,6 +148,11 @@ pub struct PollRequest {
     pub max_messages: Option<u32>,
     /// Cap on reply bytes (the canister applies its own lower cap).
     pub max_bytes: Option<u32>,
+    /// Cap on distinct clients in the reply (0 counts as 1): the reply ends before the first
+    /// message for a client beyond this many, with `more` set. A gateway writes one frame per
+    /// client of a page, so this bounds the work (and delay) one page costs it. Absent: no cap.
+    /// Canisters older than this field ignore it.
+    pub max_clients: Option<u32>,
 }
 
 /// One certified outbound message.

@@ -96,6 +96,7 @@ fn inbox(client: &Client) -> Vec<ChatOut> {
         cursor: 0,
         max_messages: None,
         max_bytes: None,
+        max_clients: None,
     })
     .unwrap();
     assert!(!reply.more, "test inbox larger than one poll");

@@ -94,6 +94,7 @@ fn inbox(client: &Client) -> Vec<TickerOut> {
         cursor: 0,
         max_messages: None,
         max_bytes: None,
+        max_clients: None,
     })
     .unwrap();
     reply

@@ -187,6 +187,8 @@ impl State {
                 .unwrap_or(u32::MAX)
                 .min(self.config.max_poll_bytes),
         );
+        // Clients per reply: 0 counts as 1, like `max_messages`.
+        let max_clients = req.max_clients.unwrap_or(u32::MAX).max(1) as usize;
         let mut messages: Vec<OutboundMessage> = Vec::new();
         let mut ranges: Vec<(ClientId, u64, u64)> = Vec::new();
         let mut next_cursor = req.cursor;
@@ -199,6 +201,11 @@ impl State {
                     break;
                 }
                 let (client, seq) = (r.client, r.seq);
+                let known = ranges.iter().position(|r| r.0 == client);
+                if known.is_none() && ranges.len() >= max_clients {
+                    more = true;
+                    break;
+                }
                 let Some((_, out)) = self.read_msg(r.addr) else {
                     continue;
                 };
@@ -210,7 +217,7 @@ impl State {
                 }
                 bytes += size;
                 next_cursor = idx + 1;
-                match ranges.iter_mut().find(|r| r.0 == client) {
+                match known.and_then(|i| ranges.get_mut(i)) {
                     Some(r) => {
                         r.1 = r.1.min(seq);
                         r.2 = r.2.max(seq);

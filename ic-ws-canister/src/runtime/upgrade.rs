@@ -177,6 +177,7 @@ mod tests {
             cursor: 0,
             max_messages: None,
             max_bytes: None,
+            max_clients: None,
         })
     }
 

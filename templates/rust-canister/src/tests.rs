@@ -79,6 +79,7 @@ fn inbox(page: &Page) -> Vec<CounterOut> {
         cursor: 0,
         max_messages: None,
         max_bytes: None,
+        max_clients: None,
     };
     let reply = ws_poll(request).expect("poll");
     let mut out = Vec::new();
