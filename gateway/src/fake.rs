@@ -45,8 +45,9 @@ struct Session {
 pub struct FakeState {
     next_client: u64,
     sessions: HashMap<ClientId, Session>,
-    /// The gateway's delivery log (`ws_poll` reads it from the cursor).
-    pub log: Vec<OutboundMessage>,
+    /// The gateway's delivery log (`ws_poll` reads it from the cursor; a deque, so compaction
+    /// does not move the unread rest).
+    pub log: VecDeque<OutboundMessage>,
     /// Cursor of `log[0]` (non-zero once compacted).
     log_base: usize,
     /// Drop what a poll has read (long benchmarks; a restarted gateway then cannot re-read
@@ -62,6 +63,9 @@ pub struct FakeState {
     pub fail_next: VecDeque<CallError>,
     /// Number of polls so far.
     pub polls: u64,
+    /// Distinct clients of each poll reply that had messages, when the poll asked for a cap
+    /// on them (`max_clients`).
+    pub page_clients: Vec<usize>,
     /// The next this many `ws_message` calls are applied but their reply is "lost" (a
     /// transient error), as when a connection drops after the IC executed the call.
     pub lose_replies: usize,
@@ -121,7 +125,7 @@ impl FakeState {
             content,
         };
         s.retained.push(m.clone());
-        self.log.push(m);
+        self.log.push_back(m);
         Some(seq)
     }
 
@@ -508,25 +512,29 @@ impl CanisterApi for FakeCanister {
             .min(s.log.len());
         let max_bytes = request.max_bytes.unwrap_or(1_572_864).min(1_572_864) as usize;
         // Like the runtime: 0 counts as 1; the page ends before one client too many.
-        let max_clients = request.max_clients.unwrap_or(u32::MAX).max(1) as usize;
-        let mut clients: std::collections::HashSet<ClientId> = Default::default();
+        let max_clients = request.max_clients.map(|n| n.max(1) as usize);
+        let mut clients: Vec<ClientId> = Vec::new();
         let mut end = start;
         let mut bytes = 0;
-        while end < s.log.len()
-            && end - start < max
-            && (end == start || bytes + s.log[end].content.len() <= max_bytes)
-        {
-            let client = s.log[end].client_id;
-            if !clients.contains(&client) {
-                if clients.len() >= max_clients {
-                    break;
-                }
-                clients.insert(client);
+        while let Some(m) = s.log.get(end) {
+            if end - start >= max || (end > start && bytes + m.content.len() > max_bytes) {
+                break;
             }
-            bytes += s.log[end].content.len();
+            if let Some(cap) = max_clients {
+                if !clients.contains(&m.client_id) {
+                    if clients.len() >= cap {
+                        break;
+                    }
+                    clients.push(m.client_id);
+                }
+            }
+            bytes += m.content.len();
             end += 1;
         }
-        let messages = s.log[start..end].to_vec();
+        let messages: Vec<OutboundMessage> = s.log.range(start..end).cloned().collect();
+        if max_clients.is_some() && !messages.is_empty() {
+            s.page_clients.push(clients.len());
+        }
         let tree = serde_cbor::to_vec(&tree_of(&messages))
             .map_err(|e| CallError::Permanent(e.to_string()))?;
         Ok(Ok(PollReply {

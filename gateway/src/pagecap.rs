@@ -11,10 +11,11 @@
 //! frame each).
 //!
 //! The cap starts at `--poll-page-clients` (the **base**). A backlog (replies flagged `more`)
-//! is drained at once by the schedule's follow-up polls; only when a backlog outlasts
-//! `grow_after` (the active poll interval) are the pages too small for the poll round trip
-//! (mainnet queries take tens to hundreds of ms), and then each further reply that still
-//! says `more` doubles the cap, up to `max`. A reply without `more` that used at most a
+//! is drained at once by the schedule's follow-up polls; only when a backlog of pages cut by
+//! this cap (as many clients as asked for) outlasts `grow_after` (the active poll interval)
+//! are the pages too small for the poll round trip (mainnet queries take tens to hundreds of
+//! ms), and then each further such reply doubles the cap, up to `max`. Pages cut by the
+//! canister's other caps (messages, bytes) do not grow it: more clients would not help. A reply without `more` that used at most a
 //! quarter of the cap halves it again, never below the base: a page size that keeps up
 //! stays (no oscillation between a size that drains the backlog and one that does not).
 //!
@@ -83,6 +84,13 @@ impl PageCap {
         if self.settings.base == 0 {
             return Change::Kept;
         }
+        let full = usize::try_from(self.cap).is_ok_and(|cap| clients >= cap);
+        if more && !full {
+            // Cut by the canister's other caps (messages, bytes): more clients per page would
+            // not drain it faster.
+            self.backlog_since = None;
+            return Change::Kept;
+        }
         if more {
             let since = *self.backlog_since.get_or_insert(now);
             if now.saturating_duration_since(since) >= self.settings.grow_after
@@ -138,11 +146,12 @@ mod tests {
     fn a_lasting_backlog_doubles_the_cap_per_reply_up_to_max_then_it_halves_back() {
         let mut cap = PageCap::new(settings());
         let t0 = Instant::now();
-        // Mainnet-like: 150 ms per poll, always `more`.
+        // Mainnet-like: 150 ms per poll, always `more`, every page as many clients as asked.
         assert_eq!(cap.observe(t0, true, 64), Change::Kept);
         let mut expected = 64;
         for i in 1..=8u32 {
-            let change = cap.observe(t0 + i * 150 * MS, true, 64);
+            let asked = cap.request().unwrap() as usize;
+            let change = cap.observe(t0 + i * 150 * MS, true, asked);
             if expected < 4096 {
                 assert_eq!(change, Change::Grown);
                 expected *= 2;
@@ -162,6 +171,21 @@ mod tests {
             assert_eq!(cap.request(), Some(want));
             t += 100 * MS;
         }
+    }
+
+    #[test]
+    fn a_backlog_cut_by_the_message_cap_does_not_grow_it() {
+        let mut cap = PageCap::new(settings());
+        let t0 = Instant::now();
+        // Fan-out: 500-message pages of 10 clients each, `more` for a whole second.
+        for i in 0..100 {
+            assert_eq!(cap.observe(t0 + i * 10 * MS, true, 10), Change::Kept);
+        }
+        assert_eq!(cap.request(), Some(64));
+        // A full page after that starts its own backlog clock.
+        assert_eq!(cap.observe(t0 + 1000 * MS, true, 64), Change::Kept);
+        assert_eq!(cap.observe(t0 + 1050 * MS, true, 64), Change::Kept);
+        assert_eq!(cap.observe(t0 + 1100 * MS, true, 64), Change::Grown);
     }
 
     #[test]
@@ -211,7 +235,7 @@ mod tests {
                 prop_assert!((base..=max).contains(&after));
                 match change {
                     Change::Kept => prop_assert_eq!(before, after),
-                    Change::Grown => prop_assert!(more && after > before && after <= before.saturating_mul(2)),
+                    Change::Grown => prop_assert!(more && clients >= before as usize && after > before && after <= before.saturating_mul(2)),
                     Change::Shrunk => prop_assert!(!more && after < before && after >= before / 2),
                 }
             }

@@ -5,6 +5,7 @@ mod common;
 
 use common::*;
 use futures_util::{SinkExt, StreamExt};
+use ic_ws_gateway::fake::FakeCanister;
 use ic_ws_gateway::CallError;
 use ic_ws_protocol::types::*;
 use ic_ws_protocol::{ClientFrame, GatewayFrame};
@@ -897,4 +898,46 @@ async fn a_busy_client_closed_by_the_gateway_is_not_reset_before_it_reads_the_cl
         let (code, reason) = closed(&mut ws).await;
         assert_eq!(code, 1008, "{reason}");
     }
+}
+
+/// Pages are capped by clients (`max_clients`); a backlog of full pages that outlasts the
+/// active interval (a far canister: 20 ms per poll here) doubles the cap per reply up to its
+/// maximum, and nothing is lost or reordered across the small pages.
+#[tokio::test]
+async fn a_lasting_backlog_grows_the_page_cap_to_its_maximum() {
+    let mut fake = FakeCanister::new();
+    fake.query_delay = Duration::from_millis(20);
+    let gw = start_with(
+        fake.clone(),
+        &[
+            "--poll-page-clients",
+            "1",
+            "--poll-page-clients-max",
+            "8",
+            "--poll-active-interval-ms",
+            "30",
+        ],
+    )
+    .await;
+    let mut clients = Vec::new();
+    for _ in 0..12 {
+        clients.push(Client::open(gw.local_addr()).await);
+    }
+    // 10 messages to each of 12 clients, interleaved: 120 one-client pages at the base cap.
+    for i in 0..10u8 {
+        for c in &clients {
+            fake.send(c.client_id, &[i]);
+        }
+    }
+    for c in &mut clients {
+        assert_eq!(
+            c.payloads(10).await,
+            (0..10u8).map(|i| vec![i]).collect::<Vec<_>>()
+        );
+    }
+    let pages = fake.state().page_clients.clone();
+    assert!(pages.iter().all(|&n| n <= 8), "{pages:?}");
+    assert!(pages.contains(&8), "the cap reached its maximum: {pages:?}");
+    assert!(gw.metrics().page_cap_grown.get() >= 3);
+    gw.shutdown().await;
 }

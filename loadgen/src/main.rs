@@ -690,12 +690,21 @@ async fn receive(args: ReceiveArgs) -> Result<(), LoadError> {
         .map_or(f64::NAN, |s| s * 1000.0);
     let gaps = stats.gaps.load(std::sync::atomic::Ordering::Relaxed);
     let closed = stats.closed.load(std::sync::atomic::Ordering::Relaxed);
+    let delta = |name: &str| stats::metric(&m1, name) - stats::metric(&m0, name);
+    let pages = delta("ic_ws_gateway_page_messages_count");
+    let polls_per_s = delta("ic_ws_gateway_polls_total") / dt;
+    let page_messages = delta("ic_ws_gateway_page_messages_sum") / pages;
+    let page_clients = delta("ic_ws_gateway_page_clients_sum") / pages;
+    let cap_grown = delta("ic_ws_gateway_page_cap_grown_total");
     println!("receive: {} clients: {delivered} messages in {dt:.1} s = {rate:.0} msg/s in {:.0} frames/s; gateway CPU {cpu:.2} cores (without the fake canister's threads, which used {fake_cpu:.2}); load generator CPU {own_cpu:.2} cores", args.clients, frames / dt);
     println!(
         "latency fake-canister send -> client receipt (ms, {n} samples): p50 {p50:.1}, p99 {p99:.1}, max {max:.1}; gateway-added delay: p50 <= {gw_p50} ms, p99 <= {gw_p99} ms; gaps {gaps}, sessions lost {closed}"
     );
     println!(
-        "{{\"scenario\":\"receive\",\"clients\":{},\"delivered\":{delivered},\"seconds\":{dt:.2},\"msgs_per_s\":{rate:.0},\"frames_per_s\":{:.0},\"gateway_cpu_cores\":{cpu:.2},\"fake_canister_cpu_cores\":{fake_cpu:.2},\"loadgen_cpu_cores\":{own_cpu:.2},\"latency_ms\":{{\"p50\":{p50:.2},\"p99\":{p99:.2},\"max\":{max:.2}}},\"gateway_delay_ms\":{{\"p50_le\":{gw_p50},\"p99_le\":{gw_p99}}},\"gaps\":{gaps},\"lost_sessions\":{closed}}}",
+        "polls: {polls_per_s:.0}/s; pages with messages: {page_messages:.1} messages to {page_clients:.1} clients on average; page cap grown {cap_grown} times"
+    );
+    println!(
+        "{{\"scenario\":\"receive\",\"clients\":{},\"delivered\":{delivered},\"seconds\":{dt:.2},\"msgs_per_s\":{rate:.0},\"frames_per_s\":{:.0},\"gateway_cpu_cores\":{cpu:.2},\"fake_canister_cpu_cores\":{fake_cpu:.2},\"loadgen_cpu_cores\":{own_cpu:.2},\"latency_ms\":{{\"p50\":{p50:.2},\"p99\":{p99:.2},\"max\":{max:.2}}},\"gateway_delay_ms\":{{\"p50_le\":{gw_p50},\"p99_le\":{gw_p99}}},\"gaps\":{gaps},\"lost_sessions\":{closed},\"polls_per_s\":{polls_per_s:.1},\"page_messages\":{page_messages:.1},\"page_clients\":{page_clients:.1},\"page_cap_grown\":{cap_grown}}}",
         args.clients, frames / dt
     );
     stop_tx.send_replace(true);
