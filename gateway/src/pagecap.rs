@@ -15,9 +15,10 @@
 //! this cap (as many clients as asked for) outlasts `grow_after` (the active poll interval)
 //! are the pages too small for the poll round trip (mainnet queries take tens to hundreds of
 //! ms), and then each further such reply doubles the cap, up to `max`. Pages cut by the
-//! canister's other caps (messages, bytes) do not grow it: more clients would not help. A reply without `more` that used at most a
-//! quarter of the cap halves it again, never below the base: a page size that keeps up
-//! stays (no oscillation between a size that drains the backlog and one that does not).
+//! canister's other caps (messages, bytes) do not grow it: more clients would not help. A
+//! reply without `more` that used at most half of the cap halves it again, never below the
+//! base; one that used more keeps it (the page size keeps up with the traffic at this round
+//! trip, and halving it would bring the backlog back).
 //!
 //! What a hostile peer gets from it: the cap only follows its own canister's replies, so a
 //! canister that always answers `more` makes its own poller ask for up to `max` clients per
@@ -55,7 +56,7 @@ pub enum Change {
     Kept,
     /// Doubled (a backlog outlasted `grow_after`).
     Grown,
-    /// Halved (a page used at most a quarter of it).
+    /// Halved (a page without `more` used at most half of it).
     Shrunk,
 }
 
@@ -102,8 +103,8 @@ impl PageCap {
             return Change::Kept;
         }
         self.backlog_since = None;
-        let quarter = usize::try_from(self.cap / 4).unwrap_or(usize::MAX);
-        if clients <= quarter && self.cap > self.settings.base {
+        let half = usize::try_from(self.cap / 2).unwrap_or(usize::MAX);
+        if clients <= half && self.cap > self.settings.base {
             self.cap = (self.cap / 2).max(self.settings.base);
             return Change::Shrunk;
         }
@@ -161,8 +162,8 @@ mod tests {
             assert_eq!(cap.request(), Some(expected));
         }
         assert_eq!(expected, 4096);
-        // A page that used more than a quarter: kept (it keeps up at this size).
-        assert_eq!(cap.observe(t0 + 2 * 1000 * MS, false, 1025), Change::Kept);
+        // A page that used more than half: kept (it keeps up at this size).
+        assert_eq!(cap.observe(t0 + 2 * 1000 * MS, false, 2049), Change::Kept);
         assert_eq!(cap.request(), Some(4096));
         // Quiet pages halve it back to the base, no further.
         let mut t = t0 + 3000 * MS;
