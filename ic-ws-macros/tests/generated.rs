@@ -227,39 +227,6 @@ fn client_close_calls_on_close_with_the_reason() {
     );
 }
 
-/// The candid block of `docs/protocol.md` (the normative interface).
-fn protocol_candid() -> String {
-    let doc = include_str!("../../docs/protocol.md");
-    let start = doc.find("```candid\ntype ClientId").unwrap() + "```candid\n".len();
-    let len = doc[start..].find("```").unwrap();
-    doc[start..start + len].to_string()
-}
-
-#[test]
-fn generated_ws_endpoints_match_the_protocol_document() {
-    use candid::types::{subtype::equal, TypeInner};
-    use candid_parser::utils::CandidSource;
-    use std::collections::HashSet;
-
-    let generated = __export_service();
-    let (mut env, actor) = CandidSource::Text(&generated).load().unwrap();
-    let (doc_env, doc_actor) = CandidSource::Text(&protocol_candid()).load().unwrap();
-    let methods = env.as_service(&actor.unwrap()).unwrap().to_vec();
-    let doc_methods = doc_env.as_service(&doc_actor.unwrap()).unwrap().to_vec();
-    assert_eq!(doc_methods.len(), 4, "the document's service changed");
-    for (name, doc_ty) in doc_methods {
-        let (_, ty) = methods
-            .iter()
-            .find(|(n, _)| *n == name)
-            .unwrap_or_else(|| panic!("generated interface lacks {name}:\n{generated}"));
-        let doc_ty = env.merge_type(doc_env.clone(), doc_ty);
-        let mut gamma = HashSet::new();
-        equal(&mut gamma, &env, ty, &doc_ty)
-            .unwrap_or_else(|e| panic!("{name} differs from docs/protocol.md: {e}\n{generated}"));
-        assert!(matches!(ty.as_ref(), TypeInner::Func(_)));
-    }
-}
-
 #[test]
 fn candid_names_the_app_message_types() {
     let generated = __export_service();
