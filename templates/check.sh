@@ -15,6 +15,10 @@
 #
 # Usage: templates/check.sh
 #   CARGO_TARGET_DIR   the template builds in $CARGO_TARGET_DIR/template (default target/template)
+#   IC_WS_CANISTER_TARGET_DIR
+#                      if set, the wasm (and `icp build`) is built there instead: the directory
+#                      of the repository's own canister builds (same profile and wasm flags),
+#                      whose compiled dependencies it then reuses (scripts/test sets it)
 #   ICP_BIN            icp-cli to run `icp build` with (default: `icp` on PATH, else the one
 #                      replica/js-test installs; skipped when there is none)
 #   IC_WS_REPLICA_BIN  ic-ws-replica: deploys the built wasm into it and calls `get` with the
@@ -26,6 +30,8 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 target=${CARGO_TARGET_DIR:-target}
 case $target in /*) ;; *) target=$root/$target ;; esac
 export CARGO_TARGET_DIR=$target/template
+wasm_target=${IC_WS_CANISTER_TARGET_DIR:-$CARGO_TARGET_DIR}
+case $wasm_target in /*) ;; *) wasm_target=$root/$wasm_target ;; esac
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/ic-ws-template.XXXXXX")
 pids=()
 cleanup() {
@@ -54,8 +60,8 @@ cd "$app"
 say "cargo test (native: the counter's behaviour, counter.did in sync)"
 cargo test --quiet
 say "cargo build --target wasm32-unknown-unknown --profile canister"
-cargo build --quiet --target wasm32-unknown-unknown --profile canister
-wasm=$CARGO_TARGET_DIR/wasm32-unknown-unknown/canister/counter.wasm
+CARGO_TARGET_DIR=$wasm_target cargo build --quiet --target wasm32-unknown-unknown --profile canister
+wasm=$wasm_target/wasm32-unknown-unknown/canister/counter.wasm
 [ -s "$wasm" ] || fail "no wasm at $wasm"
 # The candid:service metadata: the section's name and the interface's ws_app_types line are in it.
 LC_ALL=C grep -qF 'icp:public candid:service' "$wasm" || fail "$wasm has no candid:service section"
@@ -85,7 +91,7 @@ packaged=$root/replica/js-test/node_modules/@icp-sdk/icp-cli-linux-x64/bin/icp
 cd "$app"
 if [ -n "$icp" ]; then
   say "icp build ($("$icp" --version))"
-  "$icp" build >/dev/null
+  CARGO_TARGET_DIR=$wasm_target "$icp" build >/dev/null
   artifact=.icp/cache/artifacts/counter
   cmp -s "$artifact" "$wasm" || fail "icp build's artifact ($artifact) is not the cargo-built wasm"
 else
