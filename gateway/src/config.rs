@@ -469,6 +469,12 @@ impl Config {
                 self.poll_max_interval_ms, self.poll_min_interval_ms
             ));
         }
+        if self.poll_page_clients_max < self.poll_page_clients {
+            return err(format!(
+                "--poll-page-clients-max ({}) is below --poll-page-clients ({})",
+                self.poll_page_clients_max, self.poll_page_clients
+            ));
+        }
         if self.poll_jitter_pct > 50 {
             return err(format!(
                 "--poll-jitter-pct ({}) must be at most 50",
@@ -758,6 +764,15 @@ mod tests {
                 "poll-max-interval",
             ),
             (&["--poll-max-rate", "0"], "--poll-max-rate"),
+            (
+                &[
+                    "--poll-page-clients",
+                    "100",
+                    "--poll-page-clients-max",
+                    "50",
+                ],
+                "below --poll-page-clients",
+            ),
             (&["--poll-jitter-pct", "51"], "--poll-jitter-pct"),
             (&["--tls-cert", "c.pem"], "--tls-key"),
             (&["--fetch-root-key"], "mainnet"),
