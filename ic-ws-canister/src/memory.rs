@@ -131,6 +131,9 @@ pub(crate) mod slot {
     pub const SUBS: u8 = 10;
     pub const CLIENT_SUBS: u8 = 11;
     pub const TOPICS: u8 = 12;
+    /// Unused: the activity index (open sessions by last activity) was a stable map here; it
+    /// is on the heap now, rebuilt at load, and a canister upgraded from an earlier version
+    /// has this map emptied at its first load (`State::forget_stable_activity_index`).
     pub const ACTIVITY: u8 = 13;
     pub const CLOSED: u8 = 14;
     pub const PENDING_CLOSE: u8 = 15;

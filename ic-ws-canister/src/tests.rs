@@ -886,6 +886,69 @@ fn topics_fan_out_with_one_stored_payload() {
     ));
 }
 
+/// The activity index is heap state: after an upgrade it is rebuilt from the client records,
+/// and expiry follows each session's last activity as before (the oldest first, the active
+/// one kept).
+#[test]
+fn expiry_follows_activity_across_an_upgrade() {
+    let a = open(1, 1);
+    let mut b = open(2, 1);
+    let c = open(3, 1);
+    testing::advance_ns(60 * 1_000_000_000);
+    assert_eq!(say(&mut b, 1, "alive"), MessageResult::Ok);
+    testing::simulate_upgrade();
+    post_upgrade();
+    // a and c are silent for 121 s > 120 s, b for 61 s.
+    testing::advance_ns(61 * 1_000_000_000);
+    housekeeping();
+    let closes = |n: usize| -> Vec<String> {
+        events()
+            .into_iter()
+            .filter(|e| e.starts_with("close"))
+            .take(n)
+            .collect()
+    };
+    assert_eq!(
+        closes(3),
+        vec![
+            format!("close {} Expired", a.id),
+            format!("close {} Expired", c.id)
+        ]
+    );
+    assert!(client_info(b.id).unwrap().open);
+    // A message after the upgrade moves b's entry in the rebuilt index.
+    assert_eq!(say(&mut b, 1, "still"), MessageResult::Ok);
+    testing::advance_ns(100 * 1_000_000_000);
+    housekeeping();
+    assert!(client_info(b.id).unwrap().open);
+    testing::advance_ns(21 * 1_000_000_000);
+    housekeeping();
+    assert_eq!(closes(4).get(2), Some(&format!("close {} Expired", b.id)));
+}
+
+/// A canister upgraded from a version that kept the activity index in stable memory: the old
+/// map is emptied at load and never read (a stale entry there would expire an active session).
+#[test]
+fn an_earlier_stable_activity_index_is_emptied_and_ignored() {
+    use crate::memory::{slot, ws_memory, Memory};
+    use ic_stable_structures::StableBTreeMap;
+    let mut a = open(1, 1);
+    let old_map = || -> StableBTreeMap<[u8; 16], (), Memory> {
+        StableBTreeMap::init(ws_memory(slot::ACTIVITY))
+    };
+    // As the earlier version left it, with an entry older than a's last activity.
+    old_map().insert(crate::store::pair_key(0, a.id), ());
+    testing::advance_ns(100 * 1_000_000_000);
+    assert_eq!(say(&mut a, 1, "alive"), MessageResult::Ok);
+    testing::simulate_upgrade();
+    post_upgrade();
+    assert!(old_map().is_empty());
+    testing::advance_ns(100 * 1_000_000_000);
+    housekeeping();
+    assert!(client_info(a.id).unwrap().open);
+}
+
+#[test]
 #[test]
 fn upgrade_rebuilds_the_same_tree() {
     let mut c = open(1, 1);

@@ -8,9 +8,9 @@ use super::*;
 
 impl State {
     pub(super) fn touch_activity(&mut self, id: ClientId, rec: &mut ClientRecord, now: u64) {
-        self.activity.remove(&pair_key(rec.last_activity_ns, id));
+        self.activity.remove(&(rec.last_activity_ns, id));
         rec.last_activity_ns = now;
-        self.activity.insert(pair_key(now, id), ());
+        self.activity.insert((now, id));
     }
 
     /// Removes a session's retained messages from its gateway's delivery log.
@@ -67,7 +67,7 @@ impl State {
         let _ = self.enqueue(id, &mut rec, OutBody::Control { content }, hash);
         rec.closed = true;
         rec.closed_at_ns = now;
-        self.activity.remove(&pair_key(rec.last_activity_ns, id));
+        self.activity.remove(&(rec.last_activity_ns, id));
         self.closed.insert(pair_key(now, id), ());
         self.unsubscribe_all(id);
         self.identity_closed(id);
@@ -89,7 +89,7 @@ impl State {
         if rec.attached {
             self.adjust_gateway_sessions(rec.gateway, -1);
         }
-        self.activity.remove(&pair_key(rec.last_activity_ns, id));
+        self.activity.remove(&(rec.last_activity_ns, id));
         self.closed.remove(&pair_key(rec.closed_at_ns, id));
         self.unsubscribe_all(id);
         self.pending_close.remove(&id);
@@ -276,7 +276,7 @@ impl State {
             ..ClientRecord::default()
         };
         self.adjust_gateway_sessions(gw.id, 1);
-        self.activity.insert(pair_key(now, id), ());
+        self.activity.insert((now, id));
         if let Some(v) = &identity {
             self.bind_identity(id, v);
         }
@@ -371,7 +371,7 @@ impl State {
         rec.next_outbound_seq = 0;
         self.unsubscribe_all(id);
         self.pending_close.remove(&id);
-        self.activity.remove(&pair_key(rec.last_activity_ns, id));
+        self.activity.remove(&(rec.last_activity_ns, id));
         if rec.closed {
             self.closed.remove(&pair_key(rec.closed_at_ns, id));
         }

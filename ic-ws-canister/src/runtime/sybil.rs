@@ -141,12 +141,9 @@ impl State {
     /// else delete the oldest idle gateway record past its retention. `None`: nothing is due.
     pub(crate) fn housekeeping_step(&mut self, now: u64) -> Option<Chore> {
         let idle_before = now.saturating_sub(self.config.idle_timeout_ns);
-        let expired = self
-            .activity
-            .keys_range(pair_key(0, 0)..pair_key(idle_before, 0))
-            .next();
+        let expired = self.activity.range(..(idle_before, 0)).next().copied();
         if let Some(k) = expired {
-            let id = split_pair(&k).1;
+            let id = k.1;
             self.close_session(id, CloseReason::Expired, now);
             // `close_session` removes the entry; an entry without an open session (which
             // cannot happen) must not be found again forever.
@@ -198,9 +195,8 @@ impl State {
     pub(crate) fn next_housekeeping_due(&self) -> Option<u64> {
         let expiry = self
             .activity
-            .keys_range(pair_key(0, 0)..)
-            .next()
-            .map(|k| split_pair(&k).0.saturating_add(self.config.idle_timeout_ns));
+            .first()
+            .map(|(t, _)| t.saturating_add(self.config.idle_timeout_ns));
         let deletion = self.closed.keys_range(pair_key(0, 0)..).next().map(|k| {
             split_pair(&k)
                 .0

@@ -69,9 +69,13 @@ impl State {
         let mut tree = WsTree::default();
         let mut log = BTreeMap::new();
         let mut retained = 0u64;
+        let mut activity = BTreeSet::new();
         for entry in self.clients.iter() {
             let id = *entry.key();
             let rec = entry.value();
+            if !rec.closed {
+                activity.insert((rec.last_activity_ns, id));
+            }
             let mut addr = rec.head;
             for seq in rec.first_retained_seq..rec.next_outbound_seq {
                 let Some(h) = self.peek_msg(addr) else {
@@ -101,9 +105,27 @@ impl State {
         }
         self.tree = tree;
         self.log = log;
+        self.activity = activity;
         self.retained = retained;
+        self.forget_stable_activity_index();
         // Fills the tree's hash caches (a poll right after an upgrade reads them).
         self.tree.root_hash();
+    }
+
+    /// Versions before the heap activity index kept it in stable memory (slot
+    /// [`slot::ACTIVITY`]): after an upgrade from one, its entries are never read again, and
+    /// the map is emptied (a new header: O(1)) so that the slot holds nothing stale. A fresh
+    /// canister never touches the slot.
+    fn forget_stable_activity_index(&self) {
+        let memory = ws_memory(slot::ACTIVITY);
+        if ic_stable_structures::Memory::size(&memory) == 0 {
+            return;
+        }
+        let old: StableBTreeMap<[u8; 16], (), Memory> = StableBTreeMap::init(memory);
+        if !old.is_empty() {
+            let _: StableBTreeMap<[u8; 16], (), Memory> =
+                StableBTreeMap::new(ws_memory(slot::ACTIVITY));
+        }
     }
 }
 
@@ -146,7 +168,7 @@ pub(crate) fn test_fill(
                 ..ClientRecord::default()
             };
             s.adjust_gateway_sessions(gw.id, 1);
-            s.activity.insert(pair_key(now, id), ());
+            s.activity.insert((now, id));
             s.enqueue_opened(id, &mut rec, now, false, now);
             s.clients.insert(id, rec);
             for i in 0..messages {
