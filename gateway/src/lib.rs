@@ -7,10 +7,11 @@
 //!
 //! Modules, one concern each:
 //! - [`config`]: flags and environment variables, validation;
-//! - [`identity`]: the gateway's key file and principal;
-//! - [`canister`]: the canister endpoints ([`canister::CanisterApi`]) and their ic-agent
-//!   implementation; relay and poller are generic over the trait;
-//! - [`listener`]: accept loop, TLS, handshake, connection limits; [`ratelimit`]: per-IP rate;
+//! - `identity`: the gateway's key file and principal;
+//! - [`canister`]: the canister endpoints ([`canister::CanisterApi`]); relay and poller are
+//!   generic over the trait; `agent`: its ic-agent implementation;
+//! - [`listener`]: accept loop, handshake, connection limits; [`tls`]: the TLS acceptor;
+//!   [`ratelimit`]: per-IP rate;
 //! - [`session`]: one client connection; [`outbox`]: its bounded send buffer;
 //! - [`relay`]: client -> canister batching; [`poller`]: canister -> client delivery, on
 //!   the [`schedule`] policy (when to poll);
@@ -22,6 +23,10 @@
 //! - [`shutdown`]: SIGTERM/Ctrl-C handling;
 //! - [`fake`]: an in-memory canister for tests and gateway-only benchmarks;
 //!   [`testhook`]: failures on demand for tests (hidden flag).
+//!
+//! Feature `server` (default) brings `agent`, `identity`, [`tls`]'s rustls acceptor and
+//! `run` (what the binary does): ic-agent and rustls. Without it the crate is the library
+//! core, as the fuzz harness builds it; a TLS certificate is then a startup error.
 //!
 //! Layers: `hub` (passive state) and `health` at the bottom; the workers `relay`, `poller`,
 //! `session` (with `outbox`, `codec`) and `listener`, `admin` use them;
@@ -48,6 +53,8 @@
 )]
 
 pub mod admin;
+#[cfg(feature = "server")]
+pub mod agent;
 pub mod canister;
 pub mod codec;
 pub mod config;
@@ -55,6 +62,7 @@ pub mod error;
 pub mod fake;
 pub mod health;
 pub mod hub;
+#[cfg(feature = "server")]
 pub mod identity;
 pub mod inbound;
 pub mod listener;
@@ -71,10 +79,13 @@ pub mod session;
 pub mod shutdown;
 pub mod supervisor;
 pub mod testhook;
+pub mod tls;
 pub mod warnings;
 pub mod work;
 
-pub use canister::{AgentCanister, CallError, CanisterApi};
+#[cfg(feature = "server")]
+pub use agent::AgentCanister;
+pub use canister::{CallError, CanisterApi};
 pub use config::Config;
 pub use error::{GatewayError, Result};
 
@@ -103,7 +114,7 @@ impl<C: CanisterApi> Gateway<C> {
         config.validate()?;
         let policy = config.canister_policy()?;
         let tls = match (&config.tls_cert, &config.tls_key) {
-            (Some(cert), Some(key)) => Some(listener::tls_acceptor(cert, key)?),
+            (Some(cert), Some(key)) => Some(tls::acceptor(cert, key)?),
             _ => None,
         };
         // Each connection is a file descriptor: --max-connections must fit the open-files limit.
@@ -199,6 +210,7 @@ impl<C: CanisterApi> Gateway<C> {
 }
 
 /// What the binary does: identity, IC agent, serve until SIGTERM/Ctrl-C, shut down.
+#[cfg(feature = "server")]
 pub async fn run(config: Config) -> Result<()> {
     config.validate()?;
     let (identity, principal) = identity::load_or_create(&config.identity_file)?;

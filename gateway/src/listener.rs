@@ -22,43 +22,15 @@ use crate::inbound::MeteredStream;
 use crate::metrics::{ErrorKind, Metrics, Rejection};
 use crate::outbox::CloseWith;
 use crate::ratelimit::{IpRateLimiter, Slot, SourceTable};
+use crate::tls;
 use ic_ws_protocol::frames::close_code;
 use std::net::{IpAddr, SocketAddr};
-use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
-use tokio_rustls::rustls;
-use tokio_rustls::TlsAcceptor;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
-
-/// Loads a TLS certificate chain and private key (PEM files) into an acceptor.
-pub fn tls_acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor> {
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-    let certs = CertificateDer::pem_file_iter(cert)
-        .and_then(|it| it.collect::<std::result::Result<Vec<_>, _>>())
-        .map_err(|e| GatewayError::Tls(format!("certificate {}: {e}", cert.display())))?;
-    if certs.is_empty() {
-        return Err(GatewayError::Tls(format!(
-            "no certificate in {}",
-            cert.display()
-        )));
-    }
-    let key = PrivateKeyDer::from_pem_file(key)
-        .map_err(|e| GatewayError::Tls(format!("private key {}: {e}", key.display())))?;
-    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::aws_lc_rs::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .map_err(|e| GatewayError::Tls(e.to_string()))?
-    .with_no_client_auth()
-    .with_single_cert(certs, key)
-    .map_err(|e| GatewayError::Tls(format!("certificate and key do not fit: {e}")))?;
-    Ok(TlsAcceptor::from(Arc::new(config)))
-}
 
 /// The soft limit on open files of this process (from /proc/self/limits), if known.
 pub fn open_files_limit() -> Option<u64> {
@@ -257,7 +229,7 @@ impl Gate {
 pub async fn accept_loop<C: CanisterApi>(
     shared: Arc<Shared<C>>,
     listener: TcpListener,
-    tls: Option<TlsAcceptor>,
+    tls: Option<tls::Acceptor>,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut gate = Gate::new(&shared);
@@ -338,7 +310,7 @@ async fn handle<C: CanisterApi>(
     shared: Arc<Shared<C>>,
     tcp: TcpStream,
     peer: SocketAddr,
-    tls: Option<TlsAcceptor>,
+    tls: Option<tls::Acceptor>,
     reject: Option<CloseWith>,
     guard: ConnGuard,
 ) {
@@ -355,7 +327,7 @@ async fn handle<C: CanisterApi>(
     let handshake = async {
         let ws = match tls {
             None => accept_ws(&shared, tcp).await.map(Either::Plain),
-            Some(acceptor) => match acceptor.accept(tcp).await {
+            Some(acceptor) => match tls::accept(&acceptor, tcp).await {
                 Ok(stream) => accept_ws(&shared, stream).await.map(Either::Tls),
                 Err(e) => Err(format!("TLS handshake failed: {e}")),
             },

@@ -34,7 +34,6 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::Instant;
-use tokio_rustls::TlsAcceptor;
 
 /// First restart delay of a failed worker.
 pub const FIRST_BACKOFF: Duration = Duration::from_millis(100);
@@ -113,7 +112,7 @@ pub struct Listeners {
     /// The admin server, if enabled.
     pub admin: Option<std::net::TcpListener>,
     /// TLS for the client listener.
-    pub tls: Option<TlsAcceptor>,
+    pub tls: Option<crate::tls::Acceptor>,
 }
 
 /// A handle on the supervisor task.
