@@ -949,7 +949,6 @@ fn an_earlier_stable_activity_index_is_emptied_and_ignored() {
 }
 
 #[test]
-#[test]
 fn upgrade_rebuilds_the_same_tree() {
     let mut c = open(1, 1);
     for i in 0..10 {
