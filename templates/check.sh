@@ -18,7 +18,9 @@
 #   IC_WS_CANISTER_TARGET_DIR
 #                      if set, the wasm (and `icp build`) is built there instead: the directory
 #                      of the repository's own canister builds (same profile and wasm flags),
-#                      whose compiled dependencies it then reuses (scripts/test sets it)
+#                      whose compiled dependencies it then reuses (scripts/test does not: it
+#                      runs this beside its tests, and a shared directory would make their
+#                      canister builds wait on cargo's lock for this one)
 #   ICP_BIN            icp-cli to run `icp build` with (default: `icp` on PATH, else the one
 #                      replica/js-test installs; skipped when there is none)
 #   IC_WS_REPLICA_BIN  ic-ws-replica: deploys the built wasm into it and calls `get` with the
