@@ -1,4 +1,5 @@
-//! Upgrades: rebuilding the heap state (certified tree, delivery logs) from stable memory,
+//! Upgrades: rebuilding the heap state (certified tree, delivery logs, activity index) from
+//! stable memory,
 //! what it costs, and the test hook that fills a canister for the upgrade benchmark.
 //!
 //! The rebuild runs once per canister instance, when the state is first loaded: in
@@ -59,7 +60,7 @@ impl State {
     }
 
     /// Recomputes the heap state (certified tree, delivery logs) from the retained messages
-    /// in stable memory.
+    /// in stable memory, and the activity index from the open sessions' records.
     ///
     /// Per message it reads the chunk's fixed part with the stored content hash (76 bytes,
     /// [`crate::store::CHUNK_PEEK`]), never the content: the cost is the tree's hashing
