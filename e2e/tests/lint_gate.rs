@@ -5,14 +5,13 @@
 //! Here it builds a throwaway crate with a lint and a compiler warning in it, through the
 //! wrapper, in the ways the suite's builds use it.
 
+use ic_ws_e2e::process::temp_dir;
+use ic_ws_replica::wasm_build::workspace_root;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("the repository")
-        .to_path_buf()
+    workspace_root().expect("the repository")
 }
 
 /// The toolchain of `rust-toolchain.toml`, for the cargo started outside the repository (where
@@ -99,8 +98,8 @@ fn build(root: &Path, name: &str, b: Build<'_>) -> (String, Output) {
 
 #[test]
 fn the_wrapper_lints_the_repositorys_host_builds_and_the_report_fails_on_them() {
-    let tmp = tempdir();
-    let root = tmp.path();
+    let tmp = temp_dir("lint-gate-linted").expect("temp dir");
+    let root = tmp.as_path();
     let (log, report) = build(
         root,
         "linted",
@@ -124,12 +123,13 @@ fn the_wrapper_lints_the_repositorys_host_builds_and_the_report_fails_on_them() 
         said.contains("`lint-probe` (lib) generated 2 warnings"),
         "--report did not name the crate: {said}"
     );
+    let _ = std::fs::remove_dir_all(root);
 }
 
 #[test]
 fn outside_the_root_under_the_skipped_directory_and_for_wasm_it_is_plain_rustc() {
-    let tmp = tempdir();
-    let root = tmp.path();
+    let tmp = temp_dir("lint-gate-plain").expect("temp dir");
+    let root = tmp.as_path();
     let elsewhere = root.join("elsewhere");
     std::fs::create_dir_all(&elsewhere).expect("mkdir");
     let cases = [
@@ -184,28 +184,5 @@ fn outside_the_root_under_the_skipped_directory_and_for_wasm_it_is_plain_rustc()
             "{name}: --report missed a warning"
         );
     }
-}
-
-/// A scratch directory removed at the end (no tempfile dependency for one use).
-struct TempDir(PathBuf);
-impl TempDir {
-    fn path(&self) -> &Path {
-        &self.0
-    }
-}
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-fn tempdir() -> TempDir {
-    use std::sync::atomic::{AtomicU32, Ordering};
-    static N: AtomicU32 = AtomicU32::new(0);
-    let dir = std::env::temp_dir().join(format!(
-        "ic-ws-lint-gate-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    ));
-    std::fs::create_dir_all(&dir).expect("mkdir");
-    TempDir(dir)
+    let _ = std::fs::remove_dir_all(root);
 }

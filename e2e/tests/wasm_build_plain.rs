@@ -1,7 +1,7 @@
 //! Canister wasm is built as `cargo build` builds what ships, whatever workspace rustc wrapper
 //! the tests run under: scripts/test sets one (its clippy wrapper, scripts/lint-rustc), and
-//! cargo hashes a workspace wrapper into the members' symbol names, which reorders the wasm's
-//! functions (same size, other bytes). The instruction budgets must measure the shipped bytes.
+//! cargo hashes a workspace wrapper into the members' symbol names: a wasm built through one
+//! had the same size but other bytes. The instruction budgets must measure the shipped bytes.
 //! Alone in its binary: it sets a process-wide variable.
 
 use std::os::unix::fs::PermissionsExt;

@@ -160,8 +160,8 @@ fn run_cargo(root: &Path, package: &str) -> Result<PathBuf, WasmBuildError> {
         // variable anyway, removing it just makes that obvious.
         .env_remove("CARGO_TARGET_DIR")
         // Built as `cargo build` builds the wasm that ships: cargo hashes a workspace rustc
-        // wrapper (scripts/test's clippy wrapper) into the members' symbol names, which
-        // reorders the wasm's functions, so a build through one is not the shipped bytes.
+        // wrapper (scripts/test's clippy wrapper, which the tests inherit) into the members'
+        // symbol names, and a wasm built through one has other bytes (same size).
         .env_remove("RUSTC_WORKSPACE_WRAPPER")
         .output()
         .map_err(|source| WasmBuildError::Spawn {
